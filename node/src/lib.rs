@@ -1,0 +1,1 @@
+//! The reference node (built in the node work).

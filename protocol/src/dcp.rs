@@ -1,0 +1,1 @@
+//! DCP messages (filled in by the streaming work).

@@ -1,0 +1,1 @@
+//! TAP messages (filled in by the streaming work).

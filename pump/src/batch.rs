@@ -1,0 +1,278 @@
+//! Batches and their acknowledgement.
+//!
+//! A source builds a [`Batch`] with [`Batch::with_ack`] when it must learn that the sink has
+//! confirmed it (to send a TAP ack, a DCP buffer-ack, or advance a checkpoint): it keeps the
+//! [`Acked`] future and the sink resolves it through the batch's [`Ack`]. An `Ack` dropped
+//! without being confirmed resolves `Acked` as not delivered, so a crashed sink never lets a
+//! source move on.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::message::Message;
+use crate::stats::Stats;
+
+/// When a batch is full. cbtransfer's defaults: 1000 messages or 400,000 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_items: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            max_items: 1000,
+            max_bytes: 400_000,
+        }
+    }
+}
+
+/// Accumulates messages until [`BatchLimits`] say the batch is full. Does no I/O.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    limits: BatchLimits,
+    messages: Vec<Message>,
+    bytes: usize,
+}
+
+impl BatchBuilder {
+    /// An empty builder.
+    pub fn new(limits: BatchLimits) -> Self {
+        BatchBuilder {
+            limits,
+            messages: Vec::with_capacity(limits.max_items.min(4096)),
+            bytes: 0,
+        }
+    }
+
+    /// Adds a message; true when the batch is now full and should be taken.
+    pub fn push(&mut self, m: Message) -> bool {
+        self.bytes += m.size();
+        self.messages.push(m);
+        self.is_full()
+    }
+
+    /// True at `max_items` messages or `max_bytes` bytes.
+    pub fn is_full(&self) -> bool {
+        self.messages.len() >= self.limits.max_items || self.bytes >= self.limits.max_bytes
+    }
+
+    /// True when nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Takes what has accumulated, leaving the builder empty.
+    pub fn take(&mut self) -> Vec<Message> {
+        self.bytes = 0;
+        std::mem::replace(
+            &mut self.messages,
+            Vec::with_capacity(self.limits.max_items.min(4096)),
+        )
+    }
+}
+
+/// One key a sink could not write, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFailure {
+    pub key: Bytes,
+    pub vbucket: u16,
+    pub reason: String,
+}
+
+impl std::fmt::Display for KeyFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "key {:?} (vbucket {}): {}",
+            crate::message::key_display(&self.key),
+            self.vbucket,
+            self.reason
+        )
+    }
+}
+
+/// What the sink did with a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Messages written and confirmed.
+    pub written: usize,
+    /// Messages the destination declined harmlessly (KEY_EEXISTS on add, KEY_ENOENT on delete).
+    pub skipped: usize,
+    /// Messages that could not be written; the run goes on and ends non-zero.
+    pub failed: Vec<KeyFailure>,
+    /// Retries it took.
+    pub retries: u64,
+}
+
+impl Delivery {
+    /// Every one of `n` messages written.
+    pub fn all(n: usize) -> Delivery {
+        Delivery {
+            written: n,
+            ..Delivery::default()
+        }
+    }
+}
+
+/// Why a source's [`Acked`] did not resolve with a delivery.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the sink dropped the batch without confirming it")]
+pub struct NotDelivered;
+
+/// The sink's side of a batch's acknowledgement. Confirming records the delivery in the run's
+/// stats and wakes the source, if it waits.
+#[derive(Debug, Default)]
+pub struct Ack {
+    tx: Option<oneshot::Sender<Delivery>>,
+    stats: Option<Arc<Stats>>,
+    bytes: usize,
+    /// The batch's share of the channel's byte budget, released when the batch is settled.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Ack {
+    /// Confirms the batch: counts it and resolves the source's [`Acked`].
+    pub fn confirm(mut self, delivery: Delivery) {
+        if let Some(stats) = self.stats.take() {
+            stats.record_delivery(&delivery, self.bytes);
+        }
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(delivery);
+        }
+        self.permit = None;
+    }
+
+    pub(crate) fn attach(&mut self, stats: Arc<Stats>, bytes: usize) {
+        self.stats = Some(stats);
+        self.bytes = bytes;
+    }
+}
+
+/// The source's side: resolves when the sink confirms the batch.
+#[derive(Debug)]
+pub struct Acked(oneshot::Receiver<Delivery>);
+
+impl std::future::Future for Acked {
+    type Output = Result<Delivery, NotDelivered>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.map_err(|_| NotDelivered))
+    }
+}
+
+/// Messages plus their byte total and an acknowledgement handle.
+#[derive(Debug)]
+pub struct Batch {
+    pub messages: Vec<Message>,
+    bytes: usize,
+    ack: Ack,
+}
+
+impl Batch {
+    /// A batch nobody waits on (files, generated data): confirmed into the stats only.
+    pub fn new(messages: Vec<Message>) -> Batch {
+        let bytes = messages.iter().map(Message::size).sum();
+        Batch {
+            messages,
+            bytes,
+            ack: Ack::default(),
+        }
+    }
+
+    /// A batch whose confirmation the source awaits through the returned [`Acked`].
+    pub fn with_ack(messages: Vec<Message>) -> (Batch, Acked) {
+        let (tx, rx) = oneshot::channel();
+        let mut b = Batch::new(messages);
+        b.ack.tx = Some(tx);
+        (b, Acked(rx))
+    }
+
+    /// Number of messages.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// True when there are no messages.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Payload bytes (key + value + meta of every message).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Splits into the messages and the ack to confirm once they are written. The batch's
+    /// share of the channel's byte budget stays with the ack until it is confirmed or dropped,
+    /// so memory is bounded end to end.
+    pub fn into_parts(mut self) -> (Vec<Message>, Ack) {
+        let mut ack = std::mem::take(&mut self.ack);
+        ack.bytes = self.bytes;
+        (std::mem::take(&mut self.messages), ack)
+    }
+
+    /// Confirms the whole batch as written.
+    pub fn confirm_all(self) {
+        let n = self.len();
+        let (_, ack) = self.into_parts();
+        ack.confirm(Delivery::all(n));
+    }
+
+    pub(crate) fn attach(&mut self, stats: Arc<Stats>, permit: tokio::sync::OwnedSemaphorePermit) {
+        let bytes = self.bytes;
+        self.ack.attach(stats, bytes);
+        self.ack.permit = Some(permit);
+    }
+
+    /// Takes the ack out of a batch that turned out empty, to confirm it at once.
+    pub(crate) fn take_ack(&mut self) -> Ack {
+        std::mem::take(&mut self.ack)
+    }
+
+    pub(crate) fn recount(&mut self) {
+        self.bytes = self.messages.iter().map(Message::size).sum();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_is_full_at_either_limit() {
+        let mut b = BatchBuilder::new(BatchLimits {
+            max_items: 3,
+            max_bytes: 1000,
+        });
+        assert!(!b.push(Message::mutation("a", "1")));
+        assert!(!b.push(Message::mutation("b", "1")));
+        assert!(b.push(Message::mutation("c", "1")));
+        assert_eq!(b.take().len(), 3);
+        assert!(b.is_empty());
+        let mut b = BatchBuilder::new(BatchLimits {
+            max_items: 1000,
+            max_bytes: 10,
+        });
+        assert!(!b.push(Message::mutation("k", "12345")));
+        assert!(b.push(Message::mutation("k", "1234")));
+    }
+
+    #[tokio::test]
+    async fn acked_resolves_on_confirm_and_fails_when_the_ack_is_dropped() {
+        let (batch, acked) = Batch::with_ack(vec![Message::mutation("k", "v")]);
+        batch.confirm_all();
+        assert_eq!(acked.await.unwrap().written, 1);
+
+        let (batch, acked) = Batch::with_ack(vec![Message::mutation("k", "v")]);
+        drop(batch);
+        assert_eq!(acked.await, Err(NotDelivered));
+    }
+}

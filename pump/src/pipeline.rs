@@ -1,0 +1,293 @@
+//! The pipeline: one source, one bounded channel, one sink, each side with its own workers.
+//!
+//! ```text
+//!   Source::run ──send──▶ [ channel: N batches, B bytes, filter ] ──recv──▶ Sink::run
+//!        ▲                                                                    │
+//!        └──────────────────── Acked ◀── Ack::confirm ─────────────────────────┘
+//! ```
+//!
+//! The source ends by returning; the channel then drains and the sink's `recv` answers `None`,
+//! with [`BatchReceiver::source_end`] saying whether the source completed, failed or was
+//! cancelled (a file sink commits only a complete run). Ctrl-C cancels the context's token:
+//! the source stops at its next send, the sink drains and confirms what is queued, and the
+//! summary reports what was confirmed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::Delivery;
+use crate::channel::{self, BatchReceiver, BatchSender, SourceEnd};
+use crate::error::Error;
+use crate::message::Message;
+use crate::options::Options;
+use crate::progress::{self, ProgressMode};
+use crate::stats::{Stats, Summary};
+
+/// What every worker of a run shares.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub options: Arc<Options>,
+    pub stats: Arc<Stats>,
+    pub cancel: CancellationToken,
+    pub progress: ProgressMode,
+}
+
+impl Context {
+    /// A context with fresh stats and token, progress lines off.
+    pub fn new(options: Options) -> Context {
+        Context {
+            options: Arc::new(options),
+            stats: Arc::new(Stats::default()),
+            cancel: CancellationToken::new(),
+            progress: ProgressMode::Off,
+        }
+    }
+
+    /// Builder: how progress is shown.
+    pub fn with_progress(mut self, mode: ProgressMode) -> Context {
+        self.progress = mode;
+        self
+    }
+}
+
+/// Reads messages and sends them in batches. Returns when it has sent everything; returning
+/// an error fails the run (and [`Error::Cancelled`] is a clean stop after Ctrl-C).
+#[async_trait]
+pub trait Source: Send {
+    /// Streams everything into `out`.
+    async fn run(self: Box<Self>, out: BatchSender, ctx: Context) -> Result<(), Error>;
+}
+
+/// Writes batches and confirms each through its ack, until `input` is drained.
+#[async_trait]
+pub trait Sink: Send {
+    /// Consumes `input`; confirms every batch it has durably written.
+    async fn run(self: Box<Self>, input: BatchReceiver, ctx: Context) -> Result<(), Error>;
+}
+
+/// The simple shape of a sink: write one batch, say what happened. [`WriterSink`] runs it.
+#[async_trait]
+pub trait BatchWriter: Send {
+    /// Writes the messages; returns once they are durable (or failed per key).
+    async fn write(&mut self, messages: Vec<Message>) -> Result<Delivery, Error>;
+    /// Called once the channel is drained, with how the source ended. A file writer commits
+    /// here only when `end` is [`SourceEnd::Complete`].
+    async fn finish(&mut self, _end: SourceEnd) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// Runs a [`BatchWriter`] as a [`Sink`]: one batch at a time, each confirmed once written.
+pub struct WriterSink<W>(pub W);
+
+#[async_trait]
+impl<W: BatchWriter> Sink for WriterSink<W> {
+    async fn run(mut self: Box<Self>, input: BatchReceiver, _ctx: Context) -> Result<(), Error> {
+        while let Some(batch) = input.recv().await {
+            let (messages, ack) = batch.into_parts();
+            let delivery = self.0.write(messages).await?;
+            ack.confirm(delivery);
+        }
+        self.0.finish(input.source_end()).await
+    }
+}
+
+/// Channel bounds for a run: a few batches per worker, and bytes to match.
+fn channel_bounds(options: &Options) -> (usize, usize) {
+    let workers = options.threads.max(1);
+    let batches = workers * 4 + 4;
+    let bytes = (options.extra.batch_max_bytes * batches).clamp(16 << 20, 256 << 20);
+    (batches, bytes)
+}
+
+/// Runs `source` into `sink` and returns the summary. The error, when there is one, is the
+/// sink's if it failed (the source then only saw the channel close), the source's otherwise.
+pub async fn run(
+    source: Box<dyn Source>,
+    sink: Box<dyn Sink>,
+    ctx: Context,
+) -> Result<Summary, Error> {
+    let (batches, bytes) = channel_bounds(&ctx.options);
+    let (tx, rx) = channel::bounded(
+        batches,
+        bytes,
+        ctx.options.filter(),
+        ctx.stats.clone(),
+        ctx.cancel.clone(),
+    );
+    let done = CancellationToken::new();
+    let reporter = progress::spawn(
+        ctx.stats.clone(),
+        ctx.progress,
+        Duration::from_secs(ctx.options.extra.report),
+        done.clone(),
+    );
+
+    let sink_task = tokio::spawn(sink.run(rx, ctx.clone()));
+    let keep = tx.clone();
+    let source_result = tokio::spawn(source.run(tx, ctx.clone()))
+        .await
+        .unwrap_or_else(|e| Err(Error::source("source", format!("worker panicked: {e}"))));
+    let end = match &source_result {
+        Ok(()) if ctx.cancel.is_cancelled() => SourceEnd::Cancelled,
+        Ok(()) => SourceEnd::Complete,
+        Err(Error::Cancelled) => SourceEnd::Cancelled,
+        Err(_) => SourceEnd::Failed,
+    };
+    keep.set_end(end);
+    drop(keep);
+    let sink_result = sink_task
+        .await
+        .unwrap_or_else(|e| Err(Error::sink("sink", format!("worker panicked: {e}"))));
+
+    done.cancel();
+    let _ = reporter.await;
+    if end == SourceEnd::Cancelled {
+        ctx.stats.mark_cancelled();
+    }
+    sink_result?;
+    match source_result {
+        Ok(()) | Err(Error::Cancelled) => Ok(ctx.stats.summary()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Batch;
+    use std::sync::Mutex;
+
+    struct Numbers(usize);
+
+    #[async_trait]
+    impl Source for Numbers {
+        async fn run(self: Box<Self>, out: BatchSender, _ctx: Context) -> Result<(), Error> {
+            for chunk in (0..self.0).collect::<Vec<_>>().chunks(10) {
+                let msgs = chunk
+                    .iter()
+                    .map(|i| Message {
+                        seqno: *i as u64 + 1,
+                        ..Message::mutation(format!("k{i}"), "v")
+                    })
+                    .collect();
+                out.send(Batch::new(msgs)).await?;
+            }
+            Ok(())
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Collect(Arc<Mutex<(Vec<Message>, Option<SourceEnd>)>>);
+
+    #[async_trait]
+    impl BatchWriter for Collect {
+        async fn write(&mut self, messages: Vec<Message>) -> Result<Delivery, Error> {
+            let n = messages.len();
+            self.0.lock().unwrap().0.extend(messages);
+            Ok(Delivery::all(n))
+        }
+        async fn finish(&mut self, end: SourceEnd) -> Result<(), Error> {
+            self.0.lock().unwrap().1 = Some(end);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn every_message_arrives_in_order_and_is_counted() {
+        let out = Collect::default();
+        let summary = run(
+            Box::new(Numbers(95)),
+            Box::new(WriterSink(out.clone())),
+            Context::new(Options::default()),
+        )
+        .await
+        .unwrap();
+        let got = out.0.lock().unwrap();
+        assert_eq!(got.0.len(), 95);
+        assert!(got.0.windows(2).all(|w| w[0].seqno < w[1].seqno));
+        assert_eq!(got.1, Some(SourceEnd::Complete));
+        assert_eq!(summary.counts.items_written, 95);
+        assert_eq!(summary.counts.batches, 10);
+        assert!(summary.is_complete());
+    }
+
+    struct Failing;
+
+    #[async_trait]
+    impl Source for Failing {
+        async fn run(self: Box<Self>, out: BatchSender, _ctx: Context) -> Result<(), Error> {
+            out.send_messages(vec![Message::mutation("a", "1")]).await?;
+            Err(Error::source("test:", "disk on fire"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_source_fails_the_run_and_the_sink_is_told_not_to_commit() {
+        let out = Collect::default();
+        let err = run(
+            Box::new(Failing),
+            Box::new(WriterSink(out.clone())),
+            Context::new(Options::default()),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("disk on fire"));
+        assert_eq!(out.0.lock().unwrap().1, Some(SourceEnd::Failed));
+    }
+
+    struct BrokenSink;
+
+    #[async_trait]
+    impl BatchWriter for BrokenSink {
+        async fn write(&mut self, _m: Vec<Message>) -> Result<Delivery, Error> {
+            Err(Error::sink("test:", "refused"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_sink_stops_the_source_and_its_error_is_reported() {
+        let err = run(
+            Box::new(Numbers(100_000)),
+            Box::new(WriterSink(BrokenSink)),
+            Context::new(Options::default()),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("refused"), "{err}");
+    }
+
+    struct Endless;
+
+    #[async_trait]
+    impl Source for Endless {
+        async fn run(self: Box<Self>, out: BatchSender, _ctx: Context) -> Result<(), Error> {
+            loop {
+                out.send_messages(vec![Message::mutation("k", "v"); 10])
+                    .await?;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn cancel_stops_reading_drains_and_reports_what_was_confirmed() {
+        let ctx = Context::new(Options::default());
+        let cancel = ctx.cancel.clone();
+        let out = Collect::default();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            cancel.cancel();
+        });
+        let summary = run(Box::new(Endless), Box::new(WriterSink(out.clone())), ctx)
+            .await
+            .unwrap();
+        assert!(summary.cancelled);
+        let got = out.0.lock().unwrap();
+        assert_eq!(got.1, Some(SourceEnd::Cancelled));
+        assert_eq!(summary.counts.items_written, got.0.len() as u64);
+        assert_eq!(summary.counts.items_read, summary.counts.items_written);
+    }
+}

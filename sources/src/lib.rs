@@ -1,0 +1,15 @@
+//! Every kind of source the pump can read from, one module each, each with the same shape:
+//! its spec (what the user writes, validated without I/O), the source, and its tests.
+//!
+//! ```text
+//! gen.rs        gen:[max-items=N,...]   generated items with real vbucket ids
+//! ```
+//!
+//! [`register`] adds them all to a [`pump::Registry`].
+
+pub mod gen;
+
+/// Adds every source kind of this crate to `registry`.
+pub fn register(registry: &mut pump::Registry) {
+    registry.add_source(gen::GenKind);
+}

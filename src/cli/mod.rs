@@ -1,0 +1,107 @@
+//! Argument parsing and dispatch. Each subcommand lives in its own module.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod transfer;
+
+/// pump: move vbucket data and meta2 bases from a source to a sink, at wire speed.
+#[derive(Debug, Parser)]
+#[command(name = "pump", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Move every item of SOURCE into SINK (cbtransfer).
+    Transfer(transfer::TransferArgs),
+    /// List the source and sink kinds and their spec syntax.
+    Kinds,
+}
+
+/// Every source and sink kind this binary knows.
+pub fn registry() -> pump::Registry {
+    let mut r = pump::Registry::new();
+    pump_sources::register(&mut r);
+    pump_sinks::register(&mut r);
+    r
+}
+
+/// How a command ended, as an exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// Exit 2: the user asked for something that cannot be.
+    Usage(String),
+    /// Exit 1: the work failed.
+    Failed(String),
+}
+
+impl From<pump::Error> for Failure {
+    fn from(e: pump::Error) -> Self {
+        if e.is_usage() {
+            Failure::Usage(e.to_string())
+        } else {
+            Failure::Failed(e.to_string())
+        }
+    }
+}
+
+/// Parses the arguments, runs the command, prints errors, returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pump: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Transfer(args) => transfer::run(args).await,
+            Command::Kinds => {
+                print_kinds();
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(m)) => {
+            eprintln!("pump: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(m)) => {
+            eprintln!("pump: {m}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print_kinds() {
+    let r = registry();
+    println!("sources:");
+    for k in r.sources() {
+        println!("  {:<10} {}", k.name(), k.syntax());
+    }
+    println!("sinks:");
+    for k in r.sinks() {
+        println!("  {:<10} {}", k.name(), k.syntax());
+    }
+}

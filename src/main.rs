@@ -1,0 +1,15 @@
+//! `pump`: the command line.
+//!
+//! ```text
+//! cli/mod.rs       argument parsing (clap), exit codes, Ctrl-C
+//! cli/transfer.rs  pump transfer SOURCE SINK
+//! repair/          the phases before and after a transfer (recover, meta2)
+//! ```
+//!
+//! Exit codes: 0 success, 1 the transfer or repair failed, 2 a usage error.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}
