@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Move every item of SOURCE into SINK (cbtransfer).
-    Transfer(transfer::TransferArgs),
+    Transfer(Box<transfer::TransferArgs>),
     /// List the source and sink kinds and their spec syntax.
     Kinds,
 }
@@ -74,7 +74,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Transfer(args) => transfer::run(args).await,
+            Command::Transfer(args) => transfer::run(*args).await,
             Command::Kinds => {
                 print_kinds();
                 Ok(())
