@@ -2,12 +2,14 @@
 //! its spec, the sink, and its tests.
 //!
 //! ```text
+//! backup/       BACKUP_DIR  the Couchbase backup directory (cbbackup / cbrestore)
 //! blackhole.rs  blackhole:  discards, counts
 //! stdout.rs     stdout:     one line per message
 //! ```
 //!
 //! [`register`] adds them all to a [`pump::Registry`].
 
+pub mod backup;
 pub mod blackhole;
 pub mod stdout;
 
@@ -15,5 +17,6 @@ pub mod stdout;
 pub fn register(registry: &mut pump::Registry) {
     registry
         .add_sink(blackhole::BlackholeKind)
-        .add_sink(stdout::StdoutKind);
+        .add_sink(stdout::StdoutKind)
+        .add_sink(backup::BackupKind);
 }
