@@ -6,7 +6,8 @@
 //!
 //! A run counts as holding data when its node directory has a complete `data-NNNN.cbb` (a run
 //! that failed left only `.partial` files and is written again). Two runs in the same second
-//! get distinct diff names: the later one's timestamp moves on by a second.
+//! get distinct diff names: a diff's timestamp is moved past every run already in its root, so
+//! that name order stays restore order.
 
 use std::path::{Path, PathBuf};
 
@@ -59,8 +60,16 @@ pub fn plan_run_dir(
                     if !has_data_files(&in_full) {
                         in_full
                     } else {
+                        // Restores read runs in name order: this diff must sort after
+                        // every run already there, even within the same second.
+                        let newest = subdirs(&root)?
+                            .into_iter()
+                            .filter(|n| bfd::run_kind(n).is_some())
+                            .map(|n| n[..18].to_string())
+                            .max()
+                            .unwrap_or_default();
                         let mut t = now;
-                        while root.join(bfd::run_dir_name(&ts(t), RunKind::Diff)).exists() {
+                        while ts(t) <= newest {
                             t += chrono::Duration::seconds(1);
                         }
                         bfd::node_dir(
