@@ -17,14 +17,24 @@ fn csv_to_csv_keeps_binary_values_as_bytes_literals() {
          c,0,0,0,\"b\"\"it's\"\"\",,1,0\r\n",
     )
     .unwrap();
-    transfer_ok(&format!("csv:{}", input.display()), &format!("csv:{}", out.display()), &[]);
+    transfer_ok(
+        &format!("csv:{}", input.display()),
+        &format!("csv:{}", out.display()),
+        &[],
+    );
     let rows = csv_rows(&out);
     assert_eq!(rows.len(), 4);
     // Python's repr picks double quotes for bytes holding ' and no ".
-    assert_eq!(rows[1], ["a", "1", "2", "3", "b\"\\x00\\xff'q\"", "b''", "10", "0"]);
+    assert_eq!(
+        rows[1],
+        ["a", "1", "2", "3", "b\"\\x00\\xff'q\"", "b''", "10", "0"]
+    );
     assert_eq!(rows[2][4], "b'plain, with a comma'");
     // vbid 65535 means unknown: the key's hash.
-    assert_eq!(rows[2][6], pump_protocol::vbucket_of(b"b", 1024).to_string());
+    assert_eq!(
+        rows[2][6],
+        pump_protocol::vbucket_of(b"b", 1024).to_string()
+    );
     assert_eq!(rows[3][4], "b\"it's\"");
 }
 
@@ -33,7 +43,11 @@ fn a_malformed_csv_line_is_an_error_naming_the_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("bad.csv");
     std::fs::write(&input, "id,flags,value\nk1,0,v\nk2,0,v\nk3,0,b'\\xZZ'\n").unwrap();
-    let out = pump(&["transfer", &format!("csv:{}", input.display()), "blackhole:"]);
+    let out = pump(&[
+        "transfer",
+        &format!("csv:{}", input.display()),
+        "blackhole:",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("bad.csv") && err.contains("line 4"), "{err}");
@@ -43,7 +57,11 @@ fn a_malformed_csv_line_is_an_error_naming_the_file_and_line() {
 fn a_missing_csv_file_is_an_error_naming_it() {
     let out = pump(&["transfer", "csv:/nonexistent/in.csv", "blackhole:"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("/nonexistent/in.csv"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/in.csv"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -106,8 +106,11 @@ pub fn create_schema(db: &rusqlite::Connection) -> rusqlite::Result<()> {
 /// Pragmas a writer uses on a data file that stays under a temporary name until the run is
 /// complete (so a crash loses nothing that was promised): no rollback journal, no fsync per
 /// commit (the writer syncs the file once before renaming it).
-pub const WRITER_PRAGMAS: &str =
-    "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -65536;";
+pub const WRITER_PRAGMAS: [(&str, &str); 3] = [
+    ("journal_mode", "OFF"),
+    ("synchronous", "OFF"),
+    ("cache_size", "-65536"),
+];
 
 /// The timestamp format of root and run directory names (strftime), UTC.
 pub const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H%M%SZ";
@@ -294,12 +297,16 @@ mod tests {
     fn a_new_database_has_the_schema_and_user_version_2015() {
         let db = rusqlite::Connection::open_in_memory().unwrap();
         create_schema(&db).unwrap();
-        let v: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = db
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, 2015);
         let sql: String = db
-            .query_row("SELECT sql FROM sqlite_master WHERE name='cbb_msg'", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name='cbb_msg'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(sql, CREATE_TABLE);
         for v in [Version::V2004, Version::V2014, Version::V2015] {

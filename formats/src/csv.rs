@@ -49,7 +49,12 @@ pub fn write_bytes_literal(bytes: &[u8], out: &mut Vec<u8>) {
             0x20..=0x7e => out.push(c),
             c => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(&[b'\\', b'x', HEX[(c >> 4) as usize], HEX[(c & 15) as usize]]);
+                out.extend_from_slice(&[
+                    b'\\',
+                    b'x',
+                    HEX[(c >> 4) as usize],
+                    HEX[(c & 15) as usize],
+                ]);
             }
         }
     }
@@ -147,8 +152,20 @@ mod tests {
 
     #[test]
     fn literals_and_plain_text_read_back() {
-        for v in [&b"abc"[..], b"", b"it's", b"'\"", b"a\\b\n\t\r\x00\xff", b"b'x'"] {
-            assert_eq!(&*read_bytes_field(lit(v).as_bytes()).unwrap(), v, "{}", lit(v));
+        for v in [
+            &b"abc"[..],
+            b"",
+            b"it's",
+            b"'\"",
+            b"a\\b\n\t\r\x00\xff",
+            b"b'x'",
+        ] {
+            assert_eq!(
+                &*read_bytes_field(lit(v).as_bytes()).unwrap(),
+                v,
+                "{}",
+                lit(v)
+            );
         }
         assert_eq!(&*read_bytes_field(b"plain text").unwrap(), b"plain text");
         assert_eq!(&*read_bytes_field(b"{\"a\":1}").unwrap(), b"{\"a\":1}");

@@ -10,8 +10,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use pump::{
-    BatchWriter, Delivery, Error, Message, Op, Options, Sink, SinkKind, SourceEnd, Spec,
-    WriterSink,
+    BatchWriter, Delivery, Error, Message, Op, Options, Sink, SinkKind, SourceEnd, Spec, WriterSink,
 };
 use pump_formats::{bfd, csv as format};
 
@@ -31,10 +30,14 @@ impl SinkKind for CsvKind {
     fn open(&self, spec: &Spec, _options: &Options) -> Result<Box<dyn Sink>, Error> {
         let path = PathBuf::from(spec.body());
         if spec.body().is_empty() {
-            return Err(Error::usage(format!("{spec}: no file name; expected csv:FILE")));
+            return Err(Error::usage(format!(
+                "{spec}: no file name; expected csv:FILE"
+            )));
         }
         if path.is_dir() {
-            return Err(Error::usage(format!("{spec}: is a directory; expected csv:FILE")));
+            return Err(Error::usage(format!(
+                "{spec}: is a directory; expected csv:FILE"
+            )));
         }
         let parent = path
             .parent()
@@ -78,7 +81,10 @@ impl CsvWriter {
     }
 
     fn err(&self, e: impl std::fmt::Display) -> Error {
-        Error::sink(format!("csv:{}", self.path.display()), format!("{}: {e}", self.partial.display()))
+        Error::sink(
+            format!("csv:{}", self.path.display()),
+            format!("{}: {e}", self.partial.display()),
+        )
     }
 
     fn open(&mut self) -> Result<(), Error> {
@@ -99,7 +105,10 @@ impl BatchWriter for CsvWriter {
             self.open()?;
         }
         let mut delivery = Delivery::default();
-        let (mut field, mut rev) = (std::mem::take(&mut self.field), std::mem::take(&mut self.rev));
+        let (mut field, mut rev) = (
+            std::mem::take(&mut self.field),
+            std::mem::take(&mut self.rev),
+        );
         let mut result = Ok(());
         if let Some(out) = self.out.as_mut() {
             for m in &messages {
@@ -111,11 +120,8 @@ impl BatchWriter for CsvWriter {
                 format::write_bytes_literal(&m.value, &mut field);
                 rev.clear();
                 format::write_bytes_literal(&bfd::meta_column(m.rev_seqno, &m.meta), &mut rev);
-                let (flags, expiry, cas) = (
-                    m.flags.to_string(),
-                    m.expiry.to_string(),
-                    m.cas.to_string(),
-                );
+                let (flags, expiry, cas) =
+                    (m.flags.to_string(), m.expiry.to_string(), m.cas.to_string());
                 let (vbid, dtype) = (m.vbucket.to_string(), m.datatype.to_string());
                 let row: [&[u8]; 8] = [
                     &m.key,

@@ -60,9 +60,8 @@ impl Source for CsvSource {
         let spec = format!("csv:{}", self.path.display());
         let (tx, mut rx) = mpsc::channel(4);
         let limits = ctx.options.batch_limits();
-        let thread = tokio::task::spawn_blocking(move || {
-            read(&self.path, self.num_vbuckets, limits, &tx)
-        });
+        let thread =
+            tokio::task::spawn_blocking(move || read(&self.path, self.num_vbuckets, limits, &tx));
         let mut sent = Ok(());
         while let Some(messages) = rx.recv().await {
             if let Err(e) = out.send_messages(messages).await {
@@ -111,7 +110,10 @@ fn read(
     let find = |name: &str| header.iter().position(|h| h == name.as_bytes());
     let cols = Columns {
         id: find("id").ok_or_else(|| {
-            format!("{file}: line 1: no 'id' column in the header (expected {})", format::COLUMNS.join(","))
+            format!(
+                "{file}: line 1: no 'id' column in the header (expected {})",
+                format::COLUMNS.join(",")
+            )
         })?,
         flags: find("flags"),
         expiration: find("expiration"),
@@ -128,9 +130,11 @@ fn read(
         let more = r.read_byte_record(&mut record).map_err(|e| {
             let line = e.position().map(|p| p.line()).unwrap_or(0);
             match e.kind() {
-                ::csv::ErrorKind::UnequalLengths { expected_len, len, .. } => format!(
-                    "{file}: line {line}: {len} fields where the header has {expected_len}"
-                ),
+                ::csv::ErrorKind::UnequalLengths {
+                    expected_len, len, ..
+                } => {
+                    format!("{file}: line {line}: {len} fields where the header has {expected_len}")
+                }
                 _ => format!("{file}: line {line}: {e}"),
             }
         })?;
@@ -148,25 +152,37 @@ fn read(
             std::str::from_utf8(f)
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| bad(format!("{name} {:?} is not a number", String::from_utf8_lossy(f))))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{name} {:?} is not a number",
+                        String::from_utf8_lossy(f)
+                    ))
+                })
         };
         let key_bytes = field(Some(cols.id));
         if key_bytes.is_empty() {
             return Err(bad("empty id".into()));
         }
-        let flags = u32::try_from(number("flags", cols.flags)?).map_err(|_| bad("flags above 32 bits".into()))?;
+        let flags = u32::try_from(number("flags", cols.flags)?)
+            .map_err(|_| bad("flags above 32 bits".into()))?;
         let expiry = u32::try_from(number("expiration", cols.expiration)?)
             .map_err(|_| bad("expiration above 32 bits".into()))?;
         let cas = number("cas", cols.cas)?;
-        let dtype = u8::try_from(number("dtype", cols.dtype)?).map_err(|_| bad("dtype above 255".into()))?;
+        let dtype = u8::try_from(number("dtype", cols.dtype)?)
+            .map_err(|_| bad("dtype above 255".into()))?;
         let vbid = number("vbid", cols.vbid)?;
-        let vbucket = if cols.vbid.is_none() || field(cols.vbid).is_empty() || vbid == u64::from(format::UNKNOWN_VBUCKET) {
+        let vbucket = if cols.vbid.is_none()
+            || field(cols.vbid).is_empty()
+            || vbid == u64::from(format::UNKNOWN_VBUCKET)
+        {
             pump_protocol::vbucket_of(key_bytes, num_vbuckets)
         } else {
             u16::try_from(vbid).map_err(|_| bad(format!("vbid {vbid} is not 0-65535")))?
         };
-        let value = format::read_bytes_field(field(cols.value)).map_err(|e| bad(format!("value: {e}")))?;
-        let rev = format::read_bytes_field(field(cols.rev)).map_err(|e| bad(format!("rev: {e}")))?;
+        let value =
+            format::read_bytes_field(field(cols.value)).map_err(|e| bad(format!("value: {e}")))?;
+        let rev =
+            format::read_bytes_field(field(cols.rev)).map_err(|e| bad(format!("rev: {e}")))?;
         let (rev_seqno, meta) = bfd::parse_meta_column(&rev);
         let k0 = buf.len();
         buf.extend_from_slice(key_bytes);
@@ -189,10 +205,9 @@ fn read(
             v0..m0,
             m0..end,
         ));
-        if batch.len() >= limits.max_items || buf.len() >= limits.max_bytes {
-            if tx.blocking_send(slice_out(&mut batch, &mut buf)).is_err() {
-                return Ok(());
-            }
+        let full = batch.len() >= limits.max_items || buf.len() >= limits.max_bytes;
+        if full && tx.blocking_send(slice_out(&mut batch, &mut buf)).is_err() {
+            return Ok(());
         }
     }
     if !batch.is_empty() {
@@ -229,7 +244,8 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let stats = std::sync::Arc::new(pump::Stats::default());
         let cancel = tokio_util::sync::CancellationToken::new();
-        let (tx, rx) = pump::channel::bounded(1000, 1 << 30, pump::Filter::default(), stats, cancel);
+        let (tx, rx) =
+            pump::channel::bounded(1000, 1 << 30, pump::Filter::default(), stats, cancel);
         Box::new(CsvSource::new(path, 1024))
             .run(tx, Context::new(Options::default()))
             .await?;
@@ -250,15 +266,27 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(&got[0].value[..], b"a\nb");
         assert_eq!((got[0].flags, got[0].expiry, got[0].cas), (1, 2, u64::MAX));
-        assert_eq!((got[0].vbucket, got[0].rev_seqno, got[0].datatype), (528, 7, 1));
+        assert_eq!(
+            (got[0].vbucket, got[0].rev_seqno, got[0].datatype),
+            (528, 7, 1)
+        );
         assert_eq!((&got[1].value[..], got[1].vbucket), (&b"plain"[..], 3));
     }
 
     #[tokio::test]
     async fn a_malformed_line_is_an_error_naming_the_file_and_line() {
-        let err = read_all("id,flags,value\nk1,0,v\nk2,zero,v\n").await.unwrap_err().to_string();
-        assert!(err.contains("in.csv") && err.contains("line 3") && err.contains("flags"), "{err}");
-        let err = read_all("id,flags,value\nk1,0,v\nk2,0\n").await.unwrap_err().to_string();
+        let err = read_all("id,flags,value\nk1,0,v\nk2,zero,v\n")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("in.csv") && err.contains("line 3") && err.contains("flags"),
+            "{err}"
+        );
+        let err = read_all("id,flags,value\nk1,0,v\nk2,0\n")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 3"), "{err}");
         let err = read_all("key,value\nk1,v\n").await.unwrap_err().to_string();
         assert!(err.contains("'id'"), "{err}");

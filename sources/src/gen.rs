@@ -202,10 +202,14 @@ impl Source for GenSource {
                 .into()
         };
         let per_batch = ctx.options.extra.batch_max_size.max(1) as u64;
-        let per_batch = if c.min_value_size > 0 {
-            per_batch.min((ctx.options.extra.batch_max_bytes / c.min_value_size).max(1) as u64)
-        } else {
-            per_batch
+        let per_batch = match ctx
+            .options
+            .extra
+            .batch_max_bytes
+            .checked_div(c.min_value_size)
+        {
+            Some(fit) => per_batch.min(fit.max(1) as u64),
+            None => per_batch,
         };
         let end = c.start + c.max_items;
         let mut i = c.start;

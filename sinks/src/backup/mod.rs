@@ -138,7 +138,10 @@ impl Sink for BackupSink {
         match thread.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::sink(&spec, e)),
-            Err(e) => Err(Error::sink(&spec, format!("the SQLite writer panicked: {e}"))),
+            Err(e) => Err(Error::sink(
+                &spec,
+                format!("the SQLite writer panicked: {e}"),
+            )),
         }
     }
 }

@@ -50,8 +50,18 @@ fn items(n: usize, from: usize, size: usize) -> Vec<Message> {
 }
 
 fn only_node_dir(dir: &std::path::Path) -> std::path::PathBuf {
-    let root = std::fs::read_dir(dir).unwrap().next().unwrap().unwrap().path();
-    let run = std::fs::read_dir(&root).unwrap().next().unwrap().unwrap().path();
+    let root = std::fs::read_dir(dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let run = std::fs::read_dir(&root)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     bfd::node_dir(&run, "my bucket", "127.0.0.1:8091")
 }
 
@@ -69,7 +79,10 @@ fn the_first_run_is_full_and_later_runs_are_diffs_under_the_same_root() {
     let dir = tempfile::tempdir().unwrap();
     let now = chrono::Utc::now();
     let a = plan_run_dir(dir.path(), "b", "n", now).unwrap();
-    assert!(a.to_str().unwrap().contains("-full/bucket-b/node-n"), "{a:?}");
+    assert!(
+        a.to_str().unwrap().contains("-full/bucket-b/node-n"),
+        "{a:?}"
+    );
     // No complete data file yet: the same full run is written again.
     assert_eq!(plan_run_dir(dir.path(), "b", "n", now).unwrap(), a);
     std::fs::write(a.join("data-0000.cbb"), b"").unwrap();
@@ -88,21 +101,41 @@ fn the_first_run_is_full_and_later_runs_are_diffs_under_the_same_root() {
 #[tokio::test]
 async fn a_complete_run_writes_renamed_data_files_and_json_beside_them() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(run_sink(config(dir.path(), 1 << 30), vec![items(10, 0, 5), items(5, 10, 5)], false).await);
+    assert!(
+        run_sink(
+            config(dir.path(), 1 << 30),
+            vec![items(10, 0, 5), items(5, 10, 5)],
+            false
+        )
+        .await
+    );
     let node = only_node_dir(dir.path());
-    assert!(node.to_str().unwrap().contains("bucket-my+bucket/node-127.0.0.1%3A8091"));
+    assert!(node
+        .to_str()
+        .unwrap()
+        .contains("bucket-my+bucket/node-127.0.0.1%3A8091"));
     assert_eq!(
         names(&node),
-        ["data-0000.cbb", "failover.json", "meta.json", "seqno.json", "snapshot_markers.json"]
+        [
+            "data-0000.cbb",
+            "failover.json",
+            "meta.json",
+            "seqno.json",
+            "snapshot_markers.json"
+        ]
     );
     let db = rusqlite::Connection::open(node.join("data-0000.cbb")).unwrap();
     let (n, cas): (i64, String) = db
-        .query_row("SELECT count(*), max(cas) FROM cbb_msg WHERE key = CAST('k0' AS BLOB)", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row(
+            "SELECT count(*), max(cas) FROM cbb_msg WHERE key = CAST('k0' AS BLOB)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
     assert_eq!((n, cas), (1, u64::MAX.to_string()));
-    let total: i64 = db.query_row("SELECT count(*) FROM cbb_msg", [], |r| r.get(0)).unwrap();
+    let total: i64 = db
+        .query_row("SELECT count(*) FROM cbb_msg", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(total, 15);
     let seqnos: serde_json::Value =
         serde_json::from_slice(&std::fs::read(node.join("seqno.json")).unwrap()).unwrap();
@@ -118,7 +151,10 @@ async fn data_files_roll_once_their_values_pass_the_limit() {
     let batches = (0..4).map(|i| items(10, i * 10, 100)).collect();
     assert!(run_sink(config(dir.path(), 1500), batches, false).await);
     let node = only_node_dir(dir.path());
-    let files: Vec<_> = names(&node).into_iter().filter(|n| n.ends_with(".cbb")).collect();
+    let files: Vec<_> = names(&node)
+        .into_iter()
+        .filter(|n| n.ends_with(".cbb"))
+        .collect();
     // 1000 value bytes per batch: a file rolls after its second batch.
     assert_eq!(files, ["data-0000.cbb", "data-0001.cbb"]);
 }

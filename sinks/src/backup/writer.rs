@@ -49,8 +49,12 @@ pub struct Writer {
 impl Writer {
     /// Runs until `Finish` or until the channel closes; the error names the file.
     pub fn run(config: BackupConfig, mut rx: mpsc::Receiver<Job>) -> Result<(), String> {
-        let node_dir =
-            super::plan_run_dir(&config.dir, &config.bucket, &config.node, chrono::Utc::now())?;
+        let node_dir = super::plan_run_dir(
+            &config.dir,
+            &config.bucket,
+            &config.node,
+            chrono::Utc::now(),
+        )?;
         let mut w = Writer {
             config,
             node_dir,
@@ -73,9 +77,7 @@ impl Writer {
                         None => return w.finish(SourceEnd::Failed),
                     }
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    return w.finish(SourceEnd::Failed)
-                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return w.finish(SourceEnd::Failed),
             };
             match job {
                 Job::Batch(messages, ack) => {
@@ -218,8 +220,13 @@ impl Writer {
         }
         for (partial, done) in &self.files {
             sync_file(partial)?;
-            std::fs::rename(partial, done)
-                .map_err(|e| format!("{}: cannot rename to {}: {e}", partial.display(), done.display()))?;
+            std::fs::rename(partial, done).map_err(|e| {
+                format!(
+                    "{}: cannot rename to {}: {e}",
+                    partial.display(),
+                    done.display()
+                )
+            })?;
         }
         let json = [
             (bfd::META_JSON, bfd::meta_json("seqno", "0.0.0")),

@@ -48,7 +48,10 @@ pub fn data_files(dir: &Path, bucket: &str) -> Result<Vec<PathBuf>, String> {
             }
         }
         return Err(if buckets.is_empty() {
-            format!("no bucket directory (bucket-*) in the backup at {}", dir.display())
+            format!(
+                "no bucket directory (bucket-*) in the backup at {}",
+                dir.display()
+            )
         } else {
             format!(
                 "no bucket {bucket:?} in this backup; it holds: {} (pick one with -b)",

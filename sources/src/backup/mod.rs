@@ -73,7 +73,8 @@ impl BackupSource {
 impl Source for BackupSource {
     async fn run(self: Box<Self>, out: BatchSender, ctx: Context) -> Result<(), Error> {
         let spec = self.spec.clone();
-        let files = layout::data_files(&self.dir, &self.bucket).map_err(|e| Error::source(&spec, e))?;
+        let files =
+            layout::data_files(&self.dir, &self.bucket).map_err(|e| Error::source(&spec, e))?;
         let (tx, mut rx) = mpsc::channel(4);
         let limits = ctx.options.batch_limits();
         let stats = out.stats().clone();

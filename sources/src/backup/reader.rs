@@ -43,7 +43,8 @@ pub fn read_all(
 
 /// Opens a data file read-only and checks its user_version.
 pub fn open(path: &Path) -> Result<(Connection, Version), String> {
-    let err = |e: rusqlite::Error| format!("{}: not a readable backup data file: {e}", path.display());
+    let err =
+        |e: rusqlite::Error| format!("{}: not a readable backup data file: {e}", path.display());
     let db = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -87,7 +88,9 @@ fn read_file(
     let mut batch: Vec<Row> = Vec::with_capacity(limits.max_items.min(4096));
     let mut n = 0u64;
     loop {
-        let row = rows.next().map_err(|e| format!("{file}: row {}: {e}", n + 1))?;
+        let row = rows
+            .next()
+            .map_err(|e| format!("{file}: row {}: {e}", n + 1))?;
         let Some(row) = row else { break };
         n += 1;
         let bad = |what: &str| format!("{file}: row {n}: {what}");
@@ -131,9 +134,17 @@ fn read_file(
         let meta_start = buf.len();
         let meta_raw = put(col::META, &mut buf)?;
         let (rev_seqno, meta_bytes) = bfd::parse_meta_column(&buf[meta_raw.clone()]);
-        let meta = if meta_bytes.is_some() { meta_raw } else { meta_start..meta_start };
+        let meta = if meta_bytes.is_some() {
+            meta_raw
+        } else {
+            meta_start..meta_start
+        };
         let (seqno, datatype, conflict_res) = if version.columns() > col::SEQNO {
-            let conf = if version.columns() > col::CONF_RES { int(col::CONF_RES)? } else { 0 };
+            let conf = if version.columns() > col::CONF_RES {
+                int(col::CONF_RES)?
+            } else {
+                0
+            };
             (int(col::SEQNO)?, int(col::DTYPE)?, conf)
         } else {
             (0, 0, 0)
@@ -156,10 +167,9 @@ fn read_file(
             value,
             meta,
         });
-        if batch.len() >= limits.max_items || buf.len() >= limits.max_bytes {
-            if !flush(&mut batch, &mut buf, limits, tx, cancel) {
-                return Ok(false);
-            }
+        let full = batch.len() >= limits.max_items || buf.len() >= limits.max_bytes;
+        if full && !flush(&mut batch, &mut buf, limits, tx, cancel) {
+            return Ok(false);
         }
     }
     Ok(batch.is_empty() || flush(&mut batch, &mut buf, limits, tx, cancel))
