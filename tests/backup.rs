@@ -157,6 +157,7 @@ fn cbbackup_file(path: &Path, user_version: i64, keys: std::ops::Range<u32>, cmd
     ))
     .unwrap();
     let marks = vec!["?"; n].join(",");
+    db.execute_batch("BEGIN").unwrap();
     let mut insert = db
         .prepare(&format!("INSERT INTO cbb_msg VALUES ({marks})"))
         .unwrap();
@@ -180,6 +181,8 @@ fn cbbackup_file(path: &Path, user_version: i64, keys: std::ops::Range<u32>, cmd
             .execute(rusqlite::params_from_iter(&vals[..n]))
             .unwrap();
     }
+    drop(insert);
+    db.execute_batch("COMMIT").unwrap();
 }
 
 #[test]
