@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 use super::BackupConfig;
 
 /// Commit once this much payload is uncommitted.
-pub const COMMIT_BYTES: usize = 8 << 20;
+pub const COMMIT_BYTES: usize = 12 << 20;
 /// Commit once this many batches are uncommitted.
-pub const COMMIT_BATCHES: usize = 64;
+pub const COMMIT_BATCHES: usize = 256;
 
 /// What the async side sends the writer.
 pub enum Job {
