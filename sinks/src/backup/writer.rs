@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use pump::{Ack, Delivery, Message, Op, SourceEnd};
 use pump_formats::bfd;
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use super::BackupConfig;
@@ -147,28 +147,35 @@ impl Writer {
             self.cas_text.clear();
             let _ = write!(self.cas_text, "{}", m.cas);
             let meta = bfd::meta_column(m.rev_seqno, &m.meta);
+            let fail = |e: rusqlite::Error| {
+                format!(
+                    "{file}: cannot write key {:?} (vbucket {}): {e}",
+                    m.key_display(),
+                    m.vbucket
+                )
+            };
+            // Bound one by one (no parameter slice per row), in cbb_msg's column order.
+            insert.raw_bind_parameter(1, cmd).map_err(fail)?;
+            insert.raw_bind_parameter(2, m.vbucket).map_err(fail)?;
+            insert.raw_bind_parameter(3, &m.key[..]).map_err(fail)?;
+            insert.raw_bind_parameter(4, m.flags).map_err(fail)?;
+            insert.raw_bind_parameter(5, m.expiry).map_err(fail)?;
             insert
-                .execute(params![
-                    cmd,
-                    m.vbucket,
-                    &m.key[..],
-                    m.flags,
-                    m.expiry,
-                    self.cas_text.as_str(),
-                    &meta[..],
-                    &m.value[..],
-                    i64::try_from(m.seqno).unwrap_or(i64::MAX),
-                    m.datatype,
-                    m.meta.len() as i64,
-                    m.conflict_res,
-                ])
-                .map_err(|e| {
-                    format!(
-                        "{file}: cannot write key {:?} (vbucket {}): {e}",
-                        m.key_display(),
-                        m.vbucket
-                    )
-                })?;
+                .raw_bind_parameter(6, self.cas_text.as_str())
+                .map_err(fail)?;
+            insert.raw_bind_parameter(7, &meta[..]).map_err(fail)?;
+            insert.raw_bind_parameter(8, &m.value[..]).map_err(fail)?;
+            insert
+                .raw_bind_parameter(9, i64::try_from(m.seqno).unwrap_or(i64::MAX))
+                .map_err(fail)?;
+            insert.raw_bind_parameter(10, m.datatype).map_err(fail)?;
+            insert
+                .raw_bind_parameter(11, m.meta.len() as i64)
+                .map_err(fail)?;
+            insert
+                .raw_bind_parameter(12, m.conflict_res)
+                .map_err(fail)?;
+            insert.raw_execute().map_err(fail)?;
             self.file_bytes += m.value.len() as u64;
             let vb = m.vbucket as usize;
             if vb >= self.seqnos.len() {
