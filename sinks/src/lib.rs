@@ -2,18 +2,24 @@
 //! its spec, the sink, and its tests.
 //!
 //! ```text
+//! backup/       BACKUP_DIR  the Couchbase backup directory (cbbackup / cbrestore)
 //! blackhole.rs  blackhole:  discards, counts
+//! csv.rs        csv:FILE    cbtransfer's CSV columns
 //! stdout.rs     stdout:     one line per message
 //! ```
 //!
 //! [`register`] adds them all to a [`pump::Registry`].
 
+pub mod backup;
 pub mod blackhole;
+pub mod csv;
 pub mod stdout;
 
 /// Adds every sink kind of this crate to `registry`.
 pub fn register(registry: &mut pump::Registry) {
     registry
         .add_sink(blackhole::BlackholeKind)
-        .add_sink(stdout::StdoutKind);
+        .add_sink(stdout::StdoutKind)
+        .add_sink(csv::CsvKind)
+        .add_sink(backup::BackupKind);
 }

@@ -2,14 +2,21 @@
 //! its spec (what the user writes, validated without I/O), the source, and its tests.
 //!
 //! ```text
+//! backup/       BACKUP_DIR              a Couchbase backup directory (cbbackup / cbrestore)
+//! csv.rs        csv:FILE                rows of cbtransfer's CSV
 //! gen.rs        gen:[max-items=N,...]   generated items with real vbucket ids
 //! ```
 //!
 //! [`register`] adds them all to a [`pump::Registry`].
 
+pub mod backup;
+pub mod csv;
 pub mod gen;
 
 /// Adds every source kind of this crate to `registry`.
 pub fn register(registry: &mut pump::Registry) {
-    registry.add_source(gen::GenKind);
+    registry
+        .add_source(gen::GenKind)
+        .add_source(csv::CsvKind)
+        .add_source(backup::BackupKind);
 }

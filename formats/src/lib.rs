@@ -1,0 +1,12 @@
+//! File format facts shared by pump's sources and sinks, kept in one place so that a reader
+//! and a writer of the same format can never disagree. Sources and sinks never depend on each
+//! other; both depend on this crate.
+//!
+//! ```text
+//! bfd.rs   the Couchbase backup directory (cbbackup / cbrestore): layout, names, the
+//!          cbb_msg SQLite schema and its three user_versions, the meta column
+//! csv.rs   cbtransfer's CSV: columns, and Python bytes literals (b'...') for value and rev
+//! ```
+
+pub mod bfd;
+pub mod csv;

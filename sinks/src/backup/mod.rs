@@ -1,0 +1,150 @@
+//! A backup directory (a bare path): the Couchbase backup layout cbbackup writes and cbrestore
+//! reads (see `pump_formats::bfd` for the layout and the SQLite format).
+//!
+//! ```text
+//! mod.rs     BackupKind (the spec), BackupConfig, BackupSink (the async side)
+//! layout.rs  which run directory this run writes: a new -full, or a -diff beside the last full
+//! writer.rs  the SQLite thread: prepared inserts, large transactions, rolling data files,
+//!            temporary names renamed only when the source completed
+//! ```
+//!
+//! A batch is confirmed only once the transaction holding its rows has committed. The data
+//! files and the JSON files beside them keep their temporary names (`data-0000.cbb.partial`)
+//! until the source has sent everything; a failed or interrupted run leaves them there and
+//! says where.
+//!
+//! `-x` keys: `cbb_max_mb` (roll to the next data file past this many MB of values),
+//! `backup_node` (the node directory's host name, `localhost` by default).
+
+mod layout;
+mod writer;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use pump::pipeline::Context;
+use pump::{BatchReceiver, Error, Options, Sink, SinkKind, Spec};
+use tokio::sync::mpsc;
+
+pub use layout::plan_run_dir;
+use writer::{Job, Writer};
+
+/// The backup directory kind: any spec without a scheme.
+pub struct BackupKind;
+
+impl SinkKind for BackupKind {
+    fn name(&self) -> &'static str {
+        "backup"
+    }
+    fn syntax(&self) -> &'static str {
+        "BACKUP_DIR (a path)"
+    }
+    fn matches(&self, spec: &Spec) -> bool {
+        spec.scheme().is_none()
+    }
+    fn extra_keys(&self) -> &'static [&'static str] {
+        &["backup_node"]
+    }
+    fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Sink>, Error> {
+        Ok(Box::new(BackupSink {
+            config: BackupConfig::from_spec(spec, options)?,
+        }))
+    }
+}
+
+/// Where and how to write.
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    /// The backup directory.
+    pub dir: PathBuf,
+    /// The bucket directory's name (`-B`, or `-b`).
+    pub bucket: String,
+    /// The node directory's name.
+    pub node: String,
+    /// Roll to the next data file once a file's values pass this many bytes.
+    pub cbb_max_bytes: u64,
+    /// The spec, for messages.
+    pub spec: String,
+}
+
+impl BackupConfig {
+    /// Checks the directory (or its parent) without writing anything.
+    pub fn from_spec(spec: &Spec, options: &Options) -> Result<BackupConfig, Error> {
+        let dir = PathBuf::from(spec.body());
+        if dir.exists() {
+            if !dir.is_dir() {
+                return Err(Error::usage(format!(
+                    "{spec}: exists and is not a directory; a backup sink needs a directory"
+                )));
+            }
+        } else {
+            let parent = dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            if !parent.is_dir() {
+                return Err(Error::usage(format!(
+                    "{spec}: the parent directory {} does not exist",
+                    parent.display()
+                )));
+            }
+        }
+        Ok(BackupConfig {
+            dir,
+            bucket: options.dest_bucket().to_string(),
+            node: options
+                .extra
+                .get("backup_node")
+                .unwrap_or("localhost")
+                .to_string(),
+            cbb_max_bytes: options.extra.cbb_max_mb.saturating_mul(1024 * 1024),
+            spec: spec.to_string(),
+        })
+    }
+}
+
+/// Writes batches into a new run of the backup directory.
+pub struct BackupSink {
+    config: BackupConfig,
+}
+
+impl BackupSink {
+    /// A sink for `config`.
+    pub fn new(config: BackupConfig) -> Self {
+        BackupSink { config }
+    }
+}
+
+#[async_trait]
+impl Sink for BackupSink {
+    async fn run(self: Box<Self>, input: BatchReceiver, _ctx: Context) -> Result<(), Error> {
+        let spec = self.config.spec.clone();
+        let (tx, rx) = mpsc::channel::<Job>(4);
+        let config = self.config;
+        let thread = tokio::task::spawn_blocking(move || Writer::run(config, rx));
+        let mut sent_all = true;
+        while let Some(batch) = input.recv().await {
+            let (messages, ack) = batch.into_parts();
+            if tx.send(Job::Batch(messages, ack)).await.is_err() {
+                // The writer stopped: its result says why.
+                sent_all = false;
+                break;
+            }
+        }
+        if sent_all {
+            let _ = tx.send(Job::Finish(input.source_end())).await;
+        }
+        drop(tx);
+        match thread.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::sink(&spec, e)),
+            Err(e) => Err(Error::sink(
+                &spec,
+                format!("the SQLite writer panicked: {e}"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

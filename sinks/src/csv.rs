@@ -1,0 +1,219 @@
+//! `csv:FILE`: one row per mutation in cbtransfer's columns
+//! (`id,flags,expiration,cas,value,rev,vbid,dtype`, see `pump_formats::csv`), `value` and `rev`
+//! as Python bytes literals. Deletions have no row (as in cbtransfer) and count as skipped.
+//!
+//! The rows go to `FILE.partial`, renamed to FILE only when the source completed.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use pump::{
+    BatchWriter, Delivery, Error, Message, Op, Options, Sink, SinkKind, SourceEnd, Spec, WriterSink,
+};
+use pump_formats::{bfd, csv as format};
+
+/// The `csv:` kind.
+pub struct CsvKind;
+
+impl SinkKind for CsvKind {
+    fn name(&self) -> &'static str {
+        "csv"
+    }
+    fn syntax(&self) -> &'static str {
+        "csv:FILE"
+    }
+    fn matches(&self, spec: &Spec) -> bool {
+        spec.scheme() == Some("csv")
+    }
+    fn open(&self, spec: &Spec, _options: &Options) -> Result<Box<dyn Sink>, Error> {
+        let path = PathBuf::from(spec.body());
+        if spec.body().is_empty() {
+            return Err(Error::usage(format!(
+                "{spec}: no file name; expected csv:FILE"
+            )));
+        }
+        if path.is_dir() {
+            return Err(Error::usage(format!(
+                "{spec}: is a directory; expected csv:FILE"
+            )));
+        }
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !parent.is_dir() {
+            return Err(Error::usage(format!(
+                "{spec}: the directory {} does not exist",
+                parent.display()
+            )));
+        }
+        Ok(Box::new(WriterSink(CsvWriter::new(path))))
+    }
+}
+
+/// Writes rows to a temporary file and renames it on a complete run.
+pub struct CsvWriter {
+    path: PathBuf,
+    partial: PathBuf,
+    out: Option<::csv::Writer<BufWriter<File>>>,
+    field: Vec<u8>,
+    rev: Vec<u8>,
+}
+
+impl CsvWriter {
+    /// A writer of `path`.
+    pub fn new(path: PathBuf) -> Self {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("out.csv")
+            .to_string();
+        let partial = path.with_file_name(bfd::partial_name(&name));
+        CsvWriter {
+            path,
+            partial,
+            out: None,
+            field: Vec::new(),
+            rev: Vec::new(),
+        }
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> Error {
+        Error::sink(
+            format!("csv:{}", self.path.display()),
+            format!("{}: {e}", self.partial.display()),
+        )
+    }
+
+    fn open(&mut self) -> Result<(), Error> {
+        let file = File::create(&self.partial).map_err(|e| self.err(e))?;
+        let mut w = ::csv::WriterBuilder::new()
+            .terminator(::csv::Terminator::CRLF)
+            .from_writer(BufWriter::with_capacity(1 << 20, file));
+        w.write_record(format::COLUMNS).map_err(|e| self.err(e))?;
+        self.out = Some(w);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BatchWriter for CsvWriter {
+    async fn write(&mut self, messages: Vec<Message>) -> Result<Delivery, Error> {
+        if self.out.is_none() {
+            self.open()?;
+        }
+        let mut delivery = Delivery::default();
+        let (mut field, mut rev) = (
+            std::mem::take(&mut self.field),
+            std::mem::take(&mut self.rev),
+        );
+        let mut result = Ok(());
+        if let Some(out) = self.out.as_mut() {
+            for m in &messages {
+                if m.op != Op::Mutation {
+                    delivery.skipped += 1;
+                    continue;
+                }
+                field.clear();
+                format::write_bytes_literal(&m.value, &mut field);
+                rev.clear();
+                format::write_bytes_literal(&bfd::meta_column(m.rev_seqno, &m.meta), &mut rev);
+                let (flags, expiry, cas) =
+                    (m.flags.to_string(), m.expiry.to_string(), m.cas.to_string());
+                let (vbid, dtype) = (m.vbucket.to_string(), m.datatype.to_string());
+                let row: [&[u8]; 8] = [
+                    &m.key,
+                    flags.as_bytes(),
+                    expiry.as_bytes(),
+                    cas.as_bytes(),
+                    &field,
+                    &rev,
+                    vbid.as_bytes(),
+                    dtype.as_bytes(),
+                ];
+                if let Err(e) = out.write_record(row) {
+                    result = Err(e);
+                    break;
+                }
+                delivery.written += 1;
+            }
+        }
+        self.field = field;
+        self.rev = rev;
+        result.map_err(|e| self.err(e))?;
+        Ok(delivery)
+    }
+
+    async fn finish(&mut self, end: SourceEnd) -> Result<(), Error> {
+        if self.out.is_none() && end == SourceEnd::Complete {
+            self.open()?;
+        }
+        let Some(out) = self.out.take() else {
+            return Ok(());
+        };
+        let file = out
+            .into_inner()
+            .map_err(|e| self.err(e.error()))?
+            .into_inner()
+            .map_err(|e| self.err(e.error()))?;
+        if end != SourceEnd::Complete {
+            eprintln!(
+                "csv:{}: the source did not complete; the rows written are left in {}",
+                self.path.display(),
+                self.partial.display()
+            );
+            return Ok(());
+        }
+        file.sync_all().map_err(|e| self.err(e))?;
+        drop(file);
+        std::fs::rename(&self.partial, &self.path).map_err(|e| self.err(e))?;
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn rows_are_written_as_cbtransfer_does_and_renamed_on_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.csv");
+        let mut w = CsvWriter::new(path.clone());
+        let d = w
+            .write(vec![
+                Message {
+                    flags: 2,
+                    expiry: 3,
+                    cas: 4,
+                    vbucket: 5,
+                    rev_seqno: 6,
+                    ..Message::mutation("k,1", "it's")
+                },
+                Message::deletion("gone"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!((d.written, d.skipped), (1, 1));
+        assert!(!path.exists());
+        w.finish(SourceEnd::Complete).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "id,flags,expiration,cas,value,rev,vbid,dtype\r\n\"k,1\",2,3,4,\"b\"\"it's\"\"\",b'6',5,0\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_run_leaves_only_the_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.csv");
+        let mut w = CsvWriter::new(path.clone());
+        w.write(vec![Message::mutation("k", "v")]).await.unwrap();
+        w.finish(SourceEnd::Failed).await.unwrap();
+        assert!(!path.exists());
+        assert!(dir.path().join("out.csv.partial").exists());
+    }
+}

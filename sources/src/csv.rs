@@ -1,0 +1,294 @@
+//! `csv:FILE`: rows of a CSV file with a header naming its columns, as cbtransfer writes
+//! them (`id,flags,expiration,cas,value,rev,vbid,dtype`, see `pump_formats::csv`).
+//!
+//! `id` is required; every other column is optional. `value` and `rev` may be Python bytes
+//! literals (`b'...'`) or plain text. A row without `vbid`, or with cbtransfer's 65535
+//! ("unknown"), gets the CRC32 hash of its key over `-x num_vbuckets`. A malformed line (a
+//! wrong number of fields, a bad number, a bad literal) fails the run naming the file and line.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pump::pipeline::Context;
+use pump::{BatchLimits, BatchSender, Error, Message, Options, Source, SourceKind, Spec};
+use pump_formats::{bfd, csv as format};
+use tokio::sync::mpsc;
+
+/// The `csv:` kind.
+pub struct CsvKind;
+
+impl SourceKind for CsvKind {
+    fn name(&self) -> &'static str {
+        "csv"
+    }
+    fn syntax(&self) -> &'static str {
+        "csv:FILE"
+    }
+    fn matches(&self, spec: &Spec) -> bool {
+        spec.scheme() == Some("csv")
+    }
+    fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Source>, Error> {
+        let path = PathBuf::from(spec.body());
+        if !path.is_file() {
+            return Err(Error::source(spec, "no such file"));
+        }
+        Ok(Box::new(CsvSource {
+            path,
+            num_vbuckets: options.extra.num_vbuckets,
+        }))
+    }
+}
+
+/// Reads a CSV file.
+pub struct CsvSource {
+    path: PathBuf,
+    num_vbuckets: u16,
+}
+
+impl CsvSource {
+    /// A source reading `path`.
+    pub fn new(path: PathBuf, num_vbuckets: u16) -> Self {
+        CsvSource { path, num_vbuckets }
+    }
+}
+
+#[async_trait]
+impl Source for CsvSource {
+    async fn run(self: Box<Self>, out: BatchSender, ctx: Context) -> Result<(), Error> {
+        let spec = format!("csv:{}", self.path.display());
+        let (tx, mut rx) = mpsc::channel(4);
+        let limits = ctx.options.batch_limits();
+        let thread =
+            tokio::task::spawn_blocking(move || read(&self.path, self.num_vbuckets, limits, &tx));
+        let mut sent = Ok(());
+        while let Some(messages) = rx.recv().await {
+            if let Err(e) = out.send_messages(messages).await {
+                sent = Err(e);
+                break;
+            }
+        }
+        drop(rx);
+        let read = thread
+            .await
+            .unwrap_or_else(|e| Err(format!("the reader panicked: {e}")));
+        sent?;
+        read.map_err(|e| Error::source(&spec, e))
+    }
+}
+
+/// Which field of a record holds each column.
+#[derive(Default)]
+struct Columns {
+    id: usize,
+    flags: Option<usize>,
+    expiration: Option<usize>,
+    cas: Option<usize>,
+    value: Option<usize>,
+    rev: Option<usize>,
+    vbid: Option<usize>,
+    dtype: Option<usize>,
+}
+
+fn read(
+    path: &Path,
+    num_vbuckets: u16,
+    limits: BatchLimits,
+    tx: &mpsc::Sender<Vec<Message>>,
+) -> Result<(), String> {
+    let file = path.display();
+    let mut r = ::csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_path(path)
+        .map_err(|e| format!("{file}: {e}"))?;
+    let header = r
+        .byte_headers()
+        .map_err(|e| format!("{file}: line 1: {e}"))?
+        .clone();
+    let find = |name: &str| header.iter().position(|h| h == name.as_bytes());
+    let cols = Columns {
+        id: find("id").ok_or_else(|| {
+            format!(
+                "{file}: line 1: no 'id' column in the header (expected {})",
+                format::COLUMNS.join(",")
+            )
+        })?,
+        flags: find("flags"),
+        expiration: find("expiration"),
+        cas: find("cas"),
+        value: find("value"),
+        rev: find("rev"),
+        vbid: find("vbid"),
+        dtype: find("dtype"),
+    };
+    let mut record = ::csv::ByteRecord::new();
+    let mut buf = BytesMut::new();
+    let mut batch: Vec<Pending> = Vec::new();
+    loop {
+        let more = r.read_byte_record(&mut record).map_err(|e| {
+            let line = e.position().map(|p| p.line()).unwrap_or(0);
+            match e.kind() {
+                ::csv::ErrorKind::UnequalLengths {
+                    expected_len, len, ..
+                } => {
+                    format!("{file}: line {line}: {len} fields where the header has {expected_len}")
+                }
+                _ => format!("{file}: line {line}: {e}"),
+            }
+        })?;
+        if !more {
+            break;
+        }
+        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        let bad = |what: String| format!("{file}: line {line}: {what}");
+        let field = |i: Option<usize>| i.and_then(|i| record.get(i)).unwrap_or(b"");
+        let number = |name: &str, i: Option<usize>| -> Result<u64, String> {
+            let f = field(i);
+            if f.is_empty() {
+                return Ok(0);
+            }
+            std::str::from_utf8(f)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{name} {:?} is not a number",
+                        String::from_utf8_lossy(f)
+                    ))
+                })
+        };
+        let key_bytes = field(Some(cols.id));
+        if key_bytes.is_empty() {
+            return Err(bad("empty id".into()));
+        }
+        let flags = u32::try_from(number("flags", cols.flags)?)
+            .map_err(|_| bad("flags above 32 bits".into()))?;
+        let expiry = u32::try_from(number("expiration", cols.expiration)?)
+            .map_err(|_| bad("expiration above 32 bits".into()))?;
+        let cas = number("cas", cols.cas)?;
+        let dtype = u8::try_from(number("dtype", cols.dtype)?)
+            .map_err(|_| bad("dtype above 255".into()))?;
+        let vbid = number("vbid", cols.vbid)?;
+        let vbucket = if cols.vbid.is_none()
+            || field(cols.vbid).is_empty()
+            || vbid == u64::from(format::UNKNOWN_VBUCKET)
+        {
+            pump_protocol::vbucket_of(key_bytes, num_vbuckets)
+        } else {
+            u16::try_from(vbid).map_err(|_| bad(format!("vbid {vbid} is not 0-65535")))?
+        };
+        let value =
+            format::read_bytes_field(field(cols.value)).map_err(|e| bad(format!("value: {e}")))?;
+        let rev =
+            format::read_bytes_field(field(cols.rev)).map_err(|e| bad(format!("rev: {e}")))?;
+        let (rev_seqno, meta) = bfd::parse_meta_column(&rev);
+        let k0 = buf.len();
+        buf.extend_from_slice(key_bytes);
+        let v0 = buf.len();
+        buf.extend_from_slice(&value);
+        let m0 = buf.len();
+        buf.extend_from_slice(meta.unwrap_or(b""));
+        let end = buf.len();
+        batch.push((
+            Message {
+                vbucket,
+                flags,
+                expiry,
+                cas,
+                rev_seqno,
+                datatype: dtype,
+                ..Message::default()
+            },
+            k0..v0,
+            v0..m0,
+            m0..end,
+        ));
+        let full = batch.len() >= limits.max_items || buf.len() >= limits.max_bytes;
+        if full && tx.blocking_send(slice_out(&mut batch, &mut buf)).is_err() {
+            return Ok(());
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.blocking_send(slice_out(&mut batch, &mut buf));
+    }
+    Ok(())
+}
+
+/// A pending row: the message without its bytes, and where key, value and meta sit in the
+/// batch buffer.
+type Pending = (Message, Range<usize>, Range<usize>, Range<usize>);
+
+/// Takes the pending rows as messages sliced out of one frozen buffer.
+fn slice_out(batch: &mut Vec<Pending>, buf: &mut BytesMut) -> Vec<Message> {
+    let bytes = buf.split().freeze();
+    batch
+        .drain(..)
+        .map(|(m, k, v, meta)| Message {
+            key: bytes.slice(k),
+            value: bytes.slice(v),
+            meta: bytes.slice(meta),
+            ..m
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read_all(text: &str) -> Result<Vec<Message>, Error> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.csv");
+        std::fs::write(&path, text).unwrap();
+        let stats = std::sync::Arc::new(pump::Stats::default());
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let (tx, rx) =
+            pump::channel::bounded(1000, 1 << 30, pump::Filter::default(), stats, cancel);
+        Box::new(CsvSource::new(path, 1024))
+            .run(tx, Context::new(Options::default()))
+            .await?;
+        let mut out = Vec::new();
+        while let Some(b) = rx.recv().await {
+            out.extend(b.messages);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn cbtransfer_rows_and_plain_text_values_read_back() {
+        let got = read_all(
+            "id,flags,expiration,cas,value,rev,vbid,dtype\r\nhello,1,2,18446744073709551615,b'a\\nb',b'7',65535,1\r\nk2,0,0,0,plain,,3,0\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(&got[0].value[..], b"a\nb");
+        assert_eq!((got[0].flags, got[0].expiry, got[0].cas), (1, 2, u64::MAX));
+        assert_eq!(
+            (got[0].vbucket, got[0].rev_seqno, got[0].datatype),
+            (528, 7, 1)
+        );
+        assert_eq!((&got[1].value[..], got[1].vbucket), (&b"plain"[..], 3));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_line_is_an_error_naming_the_file_and_line() {
+        let err = read_all("id,flags,value\nk1,0,v\nk2,zero,v\n")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("in.csv") && err.contains("line 3") && err.contains("flags"),
+            "{err}"
+        );
+        let err = read_all("id,flags,value\nk1,0,v\nk2,0\n")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+        let err = read_all("key,value\nk1,v\n").await.unwrap_err().to_string();
+        assert!(err.contains("'id'"), "{err}");
+    }
+}
