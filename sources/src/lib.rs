@@ -3,13 +3,17 @@
 //!
 //! ```text
 //! gen.rs        gen:[max-items=N,...]   generated items with real vbucket ids
+//! memcached/    memcached://HOST:PORT   every item of a running memcached (metadump + GETKQ)
 //! ```
 //!
 //! [`register`] adds them all to a [`pump::Registry`].
 
 pub mod gen;
+pub mod memcached;
 
 /// Adds every source kind of this crate to `registry`.
 pub fn register(registry: &mut pump::Registry) {
-    registry.add_source(gen::GenKind);
+    registry
+        .add_source(gen::GenKind)
+        .add_source(memcached::MemcachedKind);
 }

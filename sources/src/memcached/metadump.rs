@@ -1,0 +1,153 @@
+//! The key listing of a memcached: `lru_crawler metadump all` on a text connection.
+//!
+//! ```text
+//! > lru_crawler metadump all\r\n
+//! < key=a%25b exp=-1 la=1795392107 cas=1 fetch=no cls=1 size=68\n
+//! < key=c exp=2000000000 la=1795392107 cas=2 fetch=no cls=1 size=65\n
+//! < END\r\n
+//! ```
+//!
+//! Keys are URL-encoded; `exp` is an absolute Unix time, -1 for none. memcached refuses other
+//! commands pipelined with a metadump, hence a connection of its own; it answers `BUSY` while
+//! another crawl runs.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// One listed key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: Bytes,
+    /// Absolute Unix time; 0 for none.
+    pub expiry: u32,
+}
+
+/// Parses one `key=... exp=...` line; `None` when the line is not one.
+pub fn parse_line(line: &str) -> Option<Listed> {
+    let mut key = None;
+    let mut expiry = None;
+    for field in line.split_ascii_whitespace() {
+        if let Some(k) = field.strip_prefix("key=") {
+            let raw: Vec<u8> = percent_encoding::percent_decode_str(k).collect();
+            key = Some(Bytes::from(raw));
+        } else if let Some(e) = field.strip_prefix("exp=") {
+            let e: i64 = e.parse().ok()?;
+            expiry = Some(u32::try_from(e).unwrap_or(0));
+        }
+    }
+    Some(Listed {
+        key: key?,
+        expiry: expiry?,
+    })
+}
+
+/// A running metadump.
+pub struct Metadump {
+    reader: BufReader<TcpStream>,
+    peer: String,
+    timeout: Duration,
+    line: Vec<u8>,
+    /// The key line read by start().
+    first: Option<Listed>,
+    done: bool,
+}
+
+impl Metadump {
+    /// Connects and starts the crawl, waiting while another crawl is running.
+    pub async fn start(addr: &str, timeout: Duration) -> Result<Metadump, String> {
+        for _ in 0..100 {
+            let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| format!("{addr}: no connection within {timeout:?}"))?
+                .map_err(|e| format!("{addr}: cannot connect: {e}"))?;
+            let mut m = Metadump {
+                reader: BufReader::with_capacity(256 * 1024, stream),
+                peer: addr.to_string(),
+                timeout,
+                line: Vec::with_capacity(512),
+                first: None,
+                done: false,
+            };
+            m.reader
+                .get_mut()
+                .write_all(b"lru_crawler metadump all\r\n")
+                .await
+                .map_err(|e| format!("{addr}: {e}"))?;
+            let first = m.read_line().await?;
+            if first.starts_with("BUSY") {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            if first == "END" {
+                m.done = true;
+                return Ok(m);
+            }
+            if first.starts_with("key=") {
+                m.first = Some(parse_line(&first).ok_or_else(|| {
+                    format!("{addr}: metadump: cannot read the line {first:?}")
+                })?);
+                return Ok(m);
+            }
+            return Err(format!(
+                "{addr}: `lru_crawler metadump all` answered {first:?}: cannot list the keys (a memcached started with -S has no text protocol; one started with -o no_lru_crawler has no crawler)"
+            ));
+        }
+        Err(format!("{addr}: the LRU crawler stayed busy for 10 s"))
+    }
+
+    async fn read_line(&mut self) -> Result<String, String> {
+        self.line.clear();
+        let n = tokio::time::timeout(
+            self.timeout,
+            self.reader.read_until(b'\n', &mut self.line),
+        )
+        .await
+        .map_err(|_| format!("{}: metadump: no answer within {:?}", self.peer, self.timeout))?
+        .map_err(|e| format!("{}: metadump: {e}", self.peer))?;
+        if n == 0 {
+            return Err(format!(
+                "{}: the server closed the connection in the middle of the metadump",
+                self.peer
+            ));
+        }
+        Ok(String::from_utf8_lossy(&self.line).trim_end().to_string())
+    }
+
+    /// Up to `n` more keys; an empty list once the listing is over.
+    pub async fn next_keys(&mut self, n: usize) -> Result<Vec<Listed>, String> {
+        let mut out = Vec::with_capacity(n);
+        // The line read by start() comes first.
+        out.extend(self.first.take());
+        while !self.done && out.len() < n {
+            let line = self.read_line().await?;
+            if line == "END" {
+                self.done = true;
+            } else if line.starts_with("key=") {
+                out.push(parse_line(&line).ok_or_else(|| {
+                    format!("{}: metadump: cannot read the line {line:?}", self.peer)
+                })?);
+            } else if !line.is_empty() {
+                return Err(format!("{}: metadump: unexpected {line:?}", self.peer));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_give_the_decoded_key_and_the_expiry() {
+        let l = parse_line("key=a%25b%20c exp=-1 la=1795392107 cas=1 fetch=no cls=1 size=68")
+            .unwrap();
+        assert_eq!((&l.key[..], l.expiry), (&b"a%b c"[..], 0));
+        let l = parse_line("key=c exp=2000000000 la=1 cas=2 fetch=no cls=1 size=65").unwrap();
+        assert_eq!(l.expiry, 2_000_000_000);
+        assert_eq!(parse_line("END"), None);
+    }
+}
