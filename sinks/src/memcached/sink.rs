@@ -49,6 +49,7 @@ impl Sink for MemcachedSink {
                 ctx: ctx.clone(),
                 in_flight: VecDeque::new(),
                 waiting: Vec::new(),
+                reconnects: 0,
             };
             workers.spawn(worker.run(input.clone()));
         }
@@ -197,6 +198,8 @@ struct Worker {
     in_flight: VecDeque<Pending>,
     /// Batches whose temporary failures wait out a backoff before being resent.
     waiting: Vec<(Instant, Pending)>,
+    /// Reconnects since the last settled round.
+    reconnects: u32,
 }
 
 enum Step {
@@ -286,6 +289,22 @@ impl Worker {
             )));
         };
         if packet.opcode != Opcode::Noop {
+            if matches!(packet.status(), Status::AuthError | Status::Eaccess) {
+                // memcached -S answers a write before authentication so, then hangs up.
+                return Err(ClientError::Auth {
+                    peer: self.config.addr.clone(),
+                    user: self
+                        .config
+                        .credentials
+                        .as_ref()
+                        .map(|c| c.user.clone())
+                        .unwrap_or_default(),
+                    reason: format!(
+                        "a write answered {}; does the server require authentication? give memcached://USER:PASSWORD@HOST:PORT or -U/-P",
+                        reason(packet.status(), &packet.value)
+                    ),
+                });
+            }
             return front.answer(&packet, self.config.add).map_err(lost);
         }
         if packet.opaque != BARRIER {
@@ -297,6 +316,8 @@ impl Worker {
         let Some(mut p) = self.in_flight.pop_front() else {
             return Ok(());
         };
+        // A settled round is progress: the reconnect budget starts afresh.
+        self.reconnects = 0;
         let retry = p.settle();
         if retry.is_empty() {
             p.ack.confirm(p.delivery);
@@ -346,9 +367,9 @@ impl Worker {
             return Err(self.fatal(first));
         }
         let mut last = first;
-        let mut attempt = 0;
         loop {
-            attempt += 1;
+            self.reconnects += 1;
+            let attempt = self.reconnects;
             let Some(pause) = self.config.retry.backoff(attempt) else {
                 return Err(Error::sink(
                     &self.config.spec,
@@ -452,6 +473,8 @@ mod tests {
         p.answer(&answer(3, Status::KeyEexists), true).unwrap();
         p.answer(&answer(4, Status::KeyEnoent), true).unwrap();
         assert!(p.answer(&answer(99, Status::E2big), true).is_err());
+        // A settled round is progress: the reconnect budget starts afresh.
+        self.reconnects = 0;
         let retry = p.settle();
         assert_eq!(retry, vec![(2, Status::Enomem)]);
         assert_eq!((p.delivery.written, p.delivery.skipped), (1, 2));
