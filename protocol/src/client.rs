@@ -37,6 +37,9 @@ pub enum ClientError {
         user: String,
         reason: String,
     },
+    /// The server refused a command because the connection is not authenticated.
+    #[error("{peer}: the server requires authentication ({reason}): give USER:PASSWORD")]
+    AuthRequired { peer: String, reason: String },
     /// The network failed, the server closed the connection, or it did not answer in time:
     /// reconnecting may help.
     #[error("{peer}: {reason}")]
@@ -56,6 +59,13 @@ pub struct Client {
 impl Drop for Client {
     fn drop(&mut self) {
         self.writer_task.abort();
+    }
+}
+
+impl ClientError {
+    /// True when reconnecting cannot help (the credentials are missing or wrong).
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, ClientError::Lost { .. })
     }
 }
 

@@ -291,18 +291,17 @@ impl Worker {
         if packet.opcode != Opcode::Noop {
             if matches!(packet.status(), Status::AuthError | Status::Eaccess) {
                 // memcached -S answers a write before authentication so, then hangs up.
-                return Err(ClientError::Auth {
-                    peer: self.config.addr.clone(),
-                    user: self
-                        .config
-                        .credentials
-                        .as_ref()
-                        .map(|c| c.user.clone())
-                        .unwrap_or_default(),
-                    reason: format!(
-                        "a write answered {}; does the server require authentication? give memcached://USER:PASSWORD@HOST:PORT or -U/-P",
-                        reason(packet.status(), &packet.value)
-                    ),
+                let why = reason(packet.status(), &packet.value);
+                return Err(match &self.config.credentials {
+                    None => ClientError::AuthRequired {
+                        peer: self.config.addr.clone(),
+                        reason: format!("a write answered {why}"),
+                    },
+                    Some(c) => ClientError::Auth {
+                        peer: self.config.addr.clone(),
+                        user: c.user.clone(),
+                        reason: format!("a write answered {why}"),
+                    },
                 });
             }
             return front.answer(&packet, self.config.add).map_err(lost);
@@ -363,7 +362,7 @@ impl Worker {
     /// Reconnects after a lost connection and resends every round not settled, with backoff
     /// up to max_retry attempts; then fails naming the server.
     async fn recover(&mut self, first: ClientError) -> Result<Client, Error> {
-        if matches!(first, ClientError::Auth { .. }) {
+        if first.is_fatal() {
             return Err(self.fatal(first));
         }
         let mut last = first;
@@ -388,7 +387,7 @@ impl Worker {
             self.ctx.stats.record_retries(1);
             let client = match self.connect().await {
                 Ok(c) => c,
-                Err(e @ ClientError::Auth { .. }) => return Err(self.fatal(e)),
+                Err(e) if e.is_fatal() => return Err(self.fatal(e)),
                 Err(e) => {
                     last = e;
                     continue;
