@@ -122,6 +122,7 @@ pub struct Item {
 impl AsciiClient {
     pub fn connect(addr: &str) -> AsciiClient {
         let s = TcpStream::connect(addr).expect("connect to memcached");
+        s.set_nodelay(true).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
         AsciiClient {
