@@ -1,6 +1,6 @@
 //! gen -> memcached through the pump, beside the ceiling measured in the same run against the
 //! same server: a minimal raw writer streaming prebuilt SETQ packets (100-byte values) with a
-//! NOOP every 1000 over one and two connections.
+//! NOOP every 1000 over one, two and four connections. Each figure is the best of three runs.
 //!
 //! `cargo bench -p pump-benches --bench memcached` (Debian's memcached must be installed).
 //! `PUMP_BENCH_ITEMS` sets the item count (1,000,000).
@@ -163,22 +163,32 @@ fn main() {
     let server = start_memcached();
     let port = server.port;
     println!("memcached 1.6 (-m 1024 -t 2 -c 1024), {items} items of {VALUE}-byte values");
+    // Best of three: the machine is shared, and the best run is the one least disturbed.
+    let runs = 3;
     let mut best_ceiling: f64 = 0.0;
-    for conns in [1, 2] {
-        flush_all(port);
-        let r = rt.block_on(ceiling(port, items, conns));
+    for conns in [1, 2, 4] {
+        let r = (0..runs)
+            .map(|_| {
+                flush_all(port);
+                rt.block_on(ceiling(port, items, conns))
+            })
+            .fold(0.0, f64::max);
         println!(
-            "  ceiling, raw SETQ writer, {conns} conn: {:>10.0} items/s {:>7.1} MB/s",
+            "  ceiling, raw SETQ writer, {conns} conn:  {:>10.0} items/s {:>7.1} MB/s",
             r,
             mb(r)
         );
         best_ceiling = best_ceiling.max(r);
     }
     for threads in [1, 2, 4] {
-        flush_all(port);
-        let r = rt.block_on(through_pump(port, items, threads));
+        let r = (0..runs)
+            .map(|_| {
+                flush_all(port);
+                rt.block_on(through_pump(port, items, threads))
+            })
+            .fold(0.0, f64::max);
         println!(
-            "  pump gen -> memcached, -t {threads}:    {:>10.0} items/s {:>7.1} MB/s  {:>5.1}% of the ceiling",
+            "  pump gen -> memcached, -t {threads}:      {:>10.0} items/s {:>7.1} MB/s  {:>5.1}% of the best ceiling",
             r,
             mb(r),
             100.0 * r / best_ceiling
