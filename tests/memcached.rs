@@ -61,10 +61,18 @@ fn add_keeps_existing_keys_and_counts_them_as_skipped() {
         &mc.url(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("150 written, 50 skipped"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("150 written, 50 skipped"),
+        "{}",
+        stderr(&out)
+    );
     let got = c.get_many(&keys("a_", 200));
-    assert!(got[..50].iter().all(|i| i.as_ref().unwrap().value == b"old"));
-    assert!(got[50..].iter().all(|i| i.as_ref().unwrap().value == b"01234"));
+    assert!(got[..50]
+        .iter()
+        .all(|i| i.as_ref().unwrap().value == b"old"));
+    assert!(got[50..]
+        .iter()
+        .all(|i| i.as_ref().unwrap().value == b"01234"));
 }
 
 #[test]
@@ -93,7 +101,10 @@ fn a_value_over_1mb_is_reported_and_listed_while_the_good_ones_land() {
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("1000 written") && err.contains("1 failed"), "{err}");
+    assert!(
+        err.contains("1000 written") && err.contains("1 failed"),
+        "{err}"
+    );
     assert!(err.contains("\"big\"") && err.contains("E2BIG"), "{err}");
     let listed = std::fs::read_to_string(&failed).unwrap();
     assert_eq!(listed.lines().count(), 1, "{listed}");
@@ -102,7 +113,9 @@ fn a_value_over_1mb_is_reported_and_listed_while_the_good_ones_land() {
     let mut c = to.text();
     assert_eq!(c.stat("curr_items"), 1000);
     let got = c.get_many(&keys("good_", 1000));
-    assert!(got.iter().all(|i| i.as_ref().unwrap().value == gen_value(100)));
+    assert!(got
+        .iter()
+        .all(|i| i.as_ref().unwrap().value == gen_value(100)));
 }
 
 #[test]
@@ -128,7 +141,11 @@ fn a_full_server_ends_with_every_item_either_written_or_listed_as_failed() {
         .lines()
         .map(|l| l.split('\t').next().unwrap().to_string())
         .collect();
-    assert!(!listed.is_empty() && listed.len() < 30_000, "{}", listed.len());
+    assert!(
+        !listed.is_empty() && listed.len() < 30_000,
+        "{}",
+        listed.len()
+    );
     let all = keys("m_", 30_000);
     let got = mc.text().get_many(&all);
     for (k, item) in all.iter().zip(got) {
@@ -145,7 +162,15 @@ fn sasl_server() -> (Memcached, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sasldb");
     let mut p = Command::new("saslpasswd2")
-        .args(["-a", "memcached", "-c", "-p", "-f", db.to_str().unwrap(), "pumpuser"])
+        .args([
+            "-a",
+            "memcached",
+            "-c",
+            "-p",
+            "-f",
+            db.to_str().unwrap(),
+            "pumpuser",
+        ])
         .stdin(Stdio::piped())
         .spawn()
         .expect("saslpasswd2 (Debian package sasl2-bin)");
@@ -203,7 +228,10 @@ fn sasl_with_the_right_password_writes_and_a_wrong_one_fails_before_any_data() {
     let out = pump(&["transfer", "-q", "gen:max-items=100,prefix=bad_", &bad]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(&mc.addr()) && err.contains("authentication"), "{err}");
+    assert!(
+        err.contains(&mc.addr()) && err.contains("authentication"),
+        "{err}"
+    );
     assert!(!err.contains("wrong"), "the password is shown: {err}");
 
     let out = pump(&[
@@ -272,7 +300,9 @@ fn memcached_to_memcached_keeps_every_key_value_flags_and_expiry() {
     let to = Memcached::start(&[]);
     let expiry = now() + 5_000_000;
     let src = format!("gen:max-items=5000,min-value-size=30,prefix=t_,flags=17,expiry={expiry}");
-    assert!(pump(&["transfer", "-q", &src, &from.url()]).status.success());
+    assert!(pump(&["transfer", "-q", &src, &from.url()])
+        .status
+        .success());
     let mut c = from.text();
     c.set("odd%key/ü", 9, 0, b"no expiry");
     c.set("empty", 0, 0, b"");
@@ -287,7 +317,18 @@ fn memcached_to_memcached_keeps_every_key_value_flags_and_expiry() {
     for ((k, x), y) in all.iter().zip(a).zip(b) {
         let (x, y) = (x.unwrap(), y.unwrap_or_else(|| panic!("{k} missing")));
         assert_eq!((&x.value, x.flags), (&y.value, y.flags), "{k}");
-        assert!((x.ttl - y.ttl).abs() <= 2, "{k}: ttl {} then {}", x.ttl, y.ttl);
+        assert!(
+            (x.ttl - y.ttl).abs() <= 2,
+            "{k}: ttl {} then {}",
+            x.ttl,
+            y.ttl
+        );
     }
-    assert_eq!(to.text().get_many(&["odd%key/ü".into()])[0].as_ref().unwrap().ttl, -1);
+    assert_eq!(
+        to.text().get_many(&["odd%key/ü".into()])[0]
+            .as_ref()
+            .unwrap()
+            .ttl,
+        -1
+    );
 }

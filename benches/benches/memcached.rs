@@ -76,7 +76,17 @@ fn prebuilt(from: usize, to: usize) -> Vec<bytes::Bytes> {
             let mut b = BytesMut::with_capacity(PER_NOOP * (24 + 8 + 16 + VALUE) + 24);
             for i in start..(start + PER_NOOP).min(to) {
                 let key = format!("pymc{i}");
-                encode_request(&mut b, Opcode::SetQ, 0, i as u32, 0, 0, &extras, key.as_bytes(), &value);
+                encode_request(
+                    &mut b,
+                    Opcode::SetQ,
+                    0,
+                    i as u32,
+                    0,
+                    0,
+                    &extras,
+                    key.as_bytes(),
+                    &value,
+                );
             }
             encode_request(&mut b, Opcode::Noop, 0, 0, 0, 0, &[], &[], &[]);
             b.freeze()
@@ -86,7 +96,9 @@ fn prebuilt(from: usize, to: usize) -> Vec<bytes::Bytes> {
 
 /// Streams the buffers over one connection and waits for every NOOP answer.
 async fn raw_stream(port: u16, bufs: Vec<bytes::Bytes>) {
-    let s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     s.set_nodelay(true).unwrap();
     let (mut r, mut w) = s.into_split();
     let expect = bufs.len();
@@ -139,10 +151,20 @@ async fn through_pump(port: u16, items: usize, threads: usize) -> f64 {
     };
     let src = Spec::parse(&format!("gen:max-items={items},min-value-size={VALUE}")).unwrap();
     let dst = Spec::parse(&format!("memcached://127.0.0.1:{port}")).unwrap();
-    let source = registry.source_kind(&src).unwrap().open(&src, &options).unwrap();
-    let sink = registry.sink_kind(&dst).unwrap().open(&dst, &options).unwrap();
+    let source = registry
+        .source_kind(&src)
+        .unwrap()
+        .open(&src, &options)
+        .unwrap();
+    let sink = registry
+        .sink_kind(&dst)
+        .unwrap()
+        .open(&dst, &options)
+        .unwrap();
     let t = Instant::now();
-    let summary = pump::run(source, sink, Context::new(options)).await.unwrap();
+    let summary = pump::run(source, sink, Context::new(options))
+        .await
+        .unwrap();
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(summary.counts.items_written, items as u64);
     items as f64 / secs

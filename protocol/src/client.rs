@@ -107,7 +107,9 @@ impl Client {
             writer_task,
         };
         if let Some((user, password)) = auth {
-            client.send(crate::sasl::plain_auth(user, password).to_bytes()).await?;
+            client
+                .send(crate::sasl::plain_auth(user, password).to_bytes())
+                .await?;
             let answer = client.recv().await.map_err(|e| match e {
                 ClientError::Lost { peer, reason } => ClientError::Lost {
                     peer,

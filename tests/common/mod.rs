@@ -49,7 +49,9 @@ impl Memcached {
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let child = cmd.spawn().expect("start memcached (Debian package memcached)");
+        let child = cmd
+            .spawn()
+            .expect("start memcached (Debian package memcached)");
         let m = Memcached {
             port,
             child: Some(child),
@@ -63,12 +65,14 @@ impl Memcached {
                 req[0] = 0x80;
                 req[1] = 0x0b;
                 let mut head = [0u8; 24];
-                if s.write_all(&req).is_ok() && s.read_exact(&mut head).is_ok() && head[0] == 0x81
-                {
+                if s.write_all(&req).is_ok() && s.read_exact(&mut head).is_ok() && head[0] == 0x81 {
                     return m;
                 }
             }
-            assert!(Instant::now() < deadline, "memcached on {port} did not start");
+            assert!(
+                Instant::now() < deadline,
+                "memcached on {port} did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -133,7 +137,9 @@ impl AsciiClient {
 
     fn line(&mut self) -> String {
         let mut l = String::new();
-        self.r.read_line(&mut l).expect("read a line from memcached");
+        self.r
+            .read_line(&mut l)
+            .expect("read a line from memcached");
         l.trim_end().to_string()
     }
 

@@ -122,9 +122,11 @@ mod tests {
     fn spec_gives_address_credentials_and_add() {
         let mut o = Options::default();
         o.extra.set("add", "1");
-        let c =
-            MemcachedConfig::from_spec(&Spec::parse("memcached://u:pw@127.0.0.1:11211").unwrap(), &o)
-                .unwrap();
+        let c = MemcachedConfig::from_spec(
+            &Spec::parse("memcached://u:pw@127.0.0.1:11211").unwrap(),
+            &o,
+        )
+        .unwrap();
         assert_eq!(c.addr, "127.0.0.1:11211");
         assert_eq!(c.credentials.as_ref().unwrap().password, "pw");
         assert!(c.add);

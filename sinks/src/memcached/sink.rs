@@ -134,7 +134,17 @@ impl Pending {
         for &i in &self.todo {
             let m = &self.messages[i as usize];
             if m.is_removal() {
-                encode_request(&mut buf, Opcode::DeleteQ, m.vbucket, i, 0, 0, &[], &m.key, &[]);
+                encode_request(
+                    &mut buf,
+                    Opcode::DeleteQ,
+                    m.vbucket,
+                    i,
+                    0,
+                    0,
+                    &[],
+                    &m.key,
+                    &[],
+                );
             } else {
                 let mut extras = [0u8; 8];
                 extras[..4].copy_from_slice(&m.flags.to_be_bytes());
@@ -472,13 +482,15 @@ mod tests {
         p.answer(&answer(3, Status::KeyEexists), true).unwrap();
         p.answer(&answer(4, Status::KeyEnoent), true).unwrap();
         assert!(p.answer(&answer(99, Status::E2big), true).is_err());
-        // A settled round is progress: the reconnect budget starts afresh.
-        self.reconnects = 0;
         let retry = p.settle();
         assert_eq!(retry, vec![(2, Status::Enomem)]);
         assert_eq!((p.delivery.written, p.delivery.skipped), (1, 2));
         assert_eq!(p.delivery.failed.len(), 2);
         assert_eq!(&p.delivery.failed[1].key[..], b"big");
-        assert!(p.delivery.failed[1].reason.contains("E2BIG"), "{:?}", p.delivery.failed[1]);
+        assert!(
+            p.delivery.failed[1].reason.contains("E2BIG"),
+            "{:?}",
+            p.delivery.failed[1]
+        );
     }
 }

@@ -86,9 +86,10 @@ impl Metadump {
                 return Ok(m);
             }
             if first.starts_with("key=") {
-                m.first = Some(parse_line(&first).ok_or_else(|| {
-                    format!("{addr}: metadump: cannot read the line {first:?}")
-                })?);
+                m.first =
+                    Some(parse_line(&first).ok_or_else(|| {
+                        format!("{addr}: metadump: cannot read the line {first:?}")
+                    })?);
                 return Ok(m);
             }
             return Err(format!(
@@ -100,13 +101,15 @@ impl Metadump {
 
     async fn read_line(&mut self) -> Result<String, String> {
         self.line.clear();
-        let n = tokio::time::timeout(
-            self.timeout,
-            self.reader.read_until(b'\n', &mut self.line),
-        )
-        .await
-        .map_err(|_| format!("{}: metadump: no answer within {:?}", self.peer, self.timeout))?
-        .map_err(|e| format!("{}: metadump: {e}", self.peer))?;
+        let n = tokio::time::timeout(self.timeout, self.reader.read_until(b'\n', &mut self.line))
+            .await
+            .map_err(|_| {
+                format!(
+                    "{}: metadump: no answer within {:?}",
+                    self.peer, self.timeout
+                )
+            })?
+            .map_err(|e| format!("{}: metadump: {e}", self.peer))?;
         if n == 0 {
             return Err(format!(
                 "{}: the server closed the connection in the middle of the metadump",
@@ -143,8 +146,8 @@ mod tests {
 
     #[test]
     fn lines_give_the_decoded_key_and_the_expiry() {
-        let l = parse_line("key=a%25b%20c exp=-1 la=1795392107 cas=1 fetch=no cls=1 size=68")
-            .unwrap();
+        let l =
+            parse_line("key=a%25b%20c exp=-1 la=1795392107 cas=1 fetch=no cls=1 size=68").unwrap();
         assert_eq!((&l.key[..], l.expiry), (&b"a%b c"[..], 0));
         let l = parse_line("key=c exp=2000000000 la=1 cas=2 fetch=no cls=1 size=65").unwrap();
         assert_eq!(l.expiry, 2_000_000_000);

@@ -104,11 +104,12 @@ mod tests {
     #[test]
     fn spec_gives_the_address_and_refuses_paths() {
         let o = Options::default();
-        let c = MemcachedConfig::from_spec(&Spec::parse("memcached://127.0.0.1:11211").unwrap(), &o)
-            .unwrap();
+        let c =
+            MemcachedConfig::from_spec(&Spec::parse("memcached://127.0.0.1:11211").unwrap(), &o)
+                .unwrap();
         assert_eq!((c.addr.as_str(), c.num_vbuckets), ("127.0.0.1:11211", 1024));
-        let e = MemcachedConfig::from_spec(&Spec::parse("memcached://h:1/b").unwrap(), &o)
-            .unwrap_err();
+        let e =
+            MemcachedConfig::from_spec(&Spec::parse("memcached://h:1/b").unwrap(), &o).unwrap_err();
         assert!(e.is_usage());
     }
 }

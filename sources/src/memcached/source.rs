@@ -84,7 +84,9 @@ impl Source for MemcachedSource {
                 if p.opcode == Opcode::Noop && p.opaque == BARRIER {
                     break;
                 }
-                let listed = keys.get(p.opaque as usize).filter(|_| p.opcode == Opcode::GetKQ);
+                let listed = keys
+                    .get(p.opaque as usize)
+                    .filter(|_| p.opcode == Opcode::GetKQ);
                 let Some(listed) = listed else {
                     return Err(fail(format!(
                         "{}: an answer ({:?}, opaque {}) to nothing asked",
