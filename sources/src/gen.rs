@@ -205,7 +205,12 @@ impl Source for GenSource {
         // and dropped by the sink for every message, from two threads.
         let pattern = Bytes::from_static(Box::leak(pattern.into_boxed_slice()));
         let per_batch = ctx.options.extra.batch_max_size.max(1) as u64;
-        let per_batch = match ctx.options.extra.batch_max_bytes.checked_div(c.min_value_size) {
+        let per_batch = match ctx
+            .options
+            .extra
+            .batch_max_bytes
+            .checked_div(c.min_value_size)
+        {
             Some(n) => per_batch.min(n.max(1) as u64),
             None => per_batch,
         };

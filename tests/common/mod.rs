@@ -32,13 +32,24 @@ pub struct Memcached {
 }
 
 impl Memcached {
-    /// Starts one on a free port.
+    /// Starts one on a free port (another, if a parallel test took that one first).
     pub fn start(args: &[&str]) -> Memcached {
-        Memcached::start_with(free_port(), args, &[])
+        for _ in 0..5 {
+            if let Some(m) = Memcached::try_start(free_port(), args, &[]) {
+                return m;
+            }
+        }
+        panic!("memcached did not start on any of 5 free ports");
     }
 
     /// Starts one on `port` with extra environment variables; waits until it answers VERSION.
     pub fn start_with(port: u16, args: &[&str], env: &[(&str, &str)]) -> Memcached {
+        Memcached::try_start(port, args, env)
+            .unwrap_or_else(|| panic!("memcached did not start on port {port}"))
+    }
+
+    /// Starts one; `None` when it exits at once (the port is taken).
+    fn try_start(port: u16, args: &[&str], env: &[(&str, &str)]) -> Option<Memcached> {
         let mut cmd = Command::new("memcached");
         cmd.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0"]);
         // memcached refuses to run as root without -u.
@@ -52,12 +63,16 @@ impl Memcached {
         let child = cmd
             .spawn()
             .expect("start memcached (Debian package memcached)");
-        let m = Memcached {
+        let mut m = Memcached {
             port,
             child: Some(child),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            // Exited: it could not listen. Answering while exited would be someone else's.
+            if m.exited() {
+                return None;
+            }
             // A binary VERSION: answered with or without SASL, and before any text command.
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
                 s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -66,7 +81,9 @@ impl Memcached {
                 req[1] = 0x0b;
                 let mut head = [0u8; 24];
                 if s.write_all(&req).is_ok() && s.read_exact(&mut head).is_ok() && head[0] == 0x81 {
-                    return m;
+                    // Still alive after answering: the answer was ours.
+                    std::thread::sleep(Duration::from_millis(20));
+                    return (!m.exited()).then_some(m);
                 }
             }
             assert!(
@@ -74,6 +91,16 @@ impl Memcached {
                 "memcached on {port} did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn exited(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => false,
+            _ => {
+                self.child = None;
+                true
+            }
         }
     }
 
