@@ -494,3 +494,132 @@ mod tests {
         );
     }
 }
+
+/// The sink against a scripted server on 127.0.0.1: what it resends, and when.
+#[cfg(test)]
+mod server_tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use futures::{SinkExt, StreamExt};
+    use pump::{BatchSender, Options, SinkKind, Source, Spec};
+    use pump_protocol::PacketCodec;
+    use tokio::net::TcpListener;
+    use tokio_util::codec::Framed;
+
+    use super::*;
+
+    struct Messages(Vec<Message>);
+
+    #[async_trait]
+    impl Source for Messages {
+        async fn run(self: Box<Self>, out: BatchSender, _ctx: Context) -> Result<(), Error> {
+            out.send_messages(self.0).await
+        }
+    }
+
+    /// What to answer to a write on connection N (None: nothing, the quiet success), and
+    /// whether to hang up instead.
+    type Script = fn(usize, &Packet) -> (Option<Status>, bool);
+
+    /// Serves connections one after another as `script` says. Returns the port and every key
+    /// written, per connection.
+    async fn server(script: Script) -> (u16, Arc<Mutex<Vec<Vec<Bytes>>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let mut conn = 0;
+            while let Ok((s, _)) = l.accept().await {
+                log.lock().unwrap().push(Vec::new());
+                let mut f = Framed::new(s, PacketCodec::default());
+                'conn: while let Some(Ok(p)) = f.next().await {
+                    let answer = match p.opcode {
+                        Opcode::Version => Some(Status::Success),
+                        Opcode::Noop => Some(Status::Success),
+                        _ => {
+                            log.lock().unwrap()[conn].push(p.key.clone());
+                            let (status, hang_up) = script(conn, &p);
+                            if hang_up {
+                                break 'conn;
+                            }
+                            status
+                        }
+                    };
+                    if let Some(s) = answer {
+                        f.send(Packet::response_to(&p, s)).await.unwrap();
+                    }
+                }
+                conn += 1;
+            }
+        });
+        (port, seen)
+    }
+
+    async fn transfer(port: u16, n: usize) -> Result<pump::Summary, Error> {
+        let mut options = Options {
+            threads: 1,
+            ..Options::default()
+        };
+        options.extra.backoff_cap = Duration::from_millis(20);
+        let spec = Spec::parse(&format!("memcached://127.0.0.1:{port}")).unwrap();
+        let sink = super::super::MemcachedKind.open(&spec, &options).unwrap();
+        let messages = (0..n)
+            .map(|i| Message::mutation(format!("k{i}"), "v"))
+            .collect();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            pump::run(Box::new(Messages(messages)), sink, Context::new(options)),
+        )
+        .await
+        .expect("the transfer ended")
+    }
+
+    #[tokio::test]
+    async fn only_the_messages_that_failed_temporarily_are_resent() {
+        // k3 and k7 are busy the first time they are seen.
+        let (port, seen) = server(|_, p| {
+            let busy = &p.key[..] == b"k3" || &p.key[..] == b"k7";
+            (busy.then_some(Status::Etmpfail), false)
+        })
+        .await;
+        let summary = transfer(port, 10).await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "one connection");
+        let keys: Vec<_> = seen[0].iter().map(|k| k.to_vec()).collect();
+        // Every round after the first carries only k3 and k7, until max_retry.
+        assert_eq!(keys.len(), 10 + 2 * 10, "{keys:?}");
+        assert!(keys[10..].iter().all(|k| k == b"k3" || k == b"k7"));
+        assert_eq!(summary.counts.items_written, 8);
+        assert_eq!(summary.counts.failed, 2);
+        assert!(
+            summary.failures[0].reason.contains("ETMPFAIL"),
+            "{:?}",
+            summary.failures
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_lost_mid_batch_is_reopened_and_the_batch_resent_whole() {
+        // The first connection hangs up at the fifth write, before the NOOP.
+        let (port, seen) = server(|conn, p| (None, conn == 0 && &p.key[..] == b"k4")).await;
+        let summary = transfer(port, 10).await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "reconnected once");
+        let second: Vec<_> = seen[1].iter().map(|k| k.to_vec()).collect();
+        let want: Vec<Vec<u8>> = (0..10).map(|i| format!("k{i}").into_bytes()).collect();
+        assert_eq!(second, want);
+        assert_eq!(summary.counts.items_written, 10);
+        assert!(summary.counts.retries >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_keeps_hanging_up_is_an_error_naming_it() {
+        let (port, _seen) = server(|_, _| (None, true)).await;
+        let err = transfer(port, 3).await.unwrap_err().to_string();
+        assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+        assert!(err.contains("lost the connection"), "{err}");
+    }
+}
