@@ -73,8 +73,10 @@ impl Sink for MemcachedSink {
 struct Pending {
     messages: Vec<Message>,
     ack: Ack,
-    /// Indices of the messages sent in this round.
-    todo: Vec<u32>,
+    /// Indices of the messages sent in this round; `None`: every message.
+    todo: Option<Vec<u32>>,
+    /// Wire bytes of a round of every message.
+    wire: usize,
     /// Retry rounds so far.
     attempt: u32,
     delivery: Delivery,
@@ -94,8 +96,8 @@ impl Pending {
     /// Takes a batch; keys memcached cannot hold fail here without being sent.
     fn new(messages: Vec<Message>, ack: Ack) -> Pending {
         let mut delivery = Delivery::default();
-        let mut todo = Vec::with_capacity(messages.len());
-        for (i, m) in messages.iter().enumerate() {
+        let mut wire = HEADER_LEN;
+        for m in &messages {
             if m.key.is_empty() || m.key.len() > MAX_KEY_LEN {
                 delivery.failed.push(KeyFailure {
                     key: m.key.clone(),
@@ -106,33 +108,49 @@ impl Pending {
                     ),
                 });
             } else {
-                todo.push(i as u32);
+                wire += HEADER_LEN + 8 + m.key.len() + m.value.len();
             }
         }
+        // The common case sends every message and needs no list of them.
+        let todo = (!delivery.failed.is_empty()).then(|| {
+            (0..messages.len() as u32)
+                .filter(|&i| {
+                    let k = messages[i as usize].key.len();
+                    (1..=MAX_KEY_LEN).contains(&k)
+                })
+                .collect()
+        });
         Pending {
             messages,
             ack,
             todo,
+            wire,
             attempt: 0,
             delivery,
             round: Round::default(),
         }
     }
 
-    /// The wire buffer of this round: one quiet write per index of `todo`, then the NOOP.
+    /// Messages sent in this round.
+    fn sent(&self) -> usize {
+        self.todo.as_ref().map_or(self.messages.len(), Vec::len)
+    }
+
+    /// The wire buffer of this round: one quiet write per message of `todo`, then the NOOP.
     fn encode(&self, add: bool) -> Bytes {
-        let cap: usize = self
-            .todo
-            .iter()
-            .map(|&i| {
-                let m = &self.messages[i as usize];
-                HEADER_LEN + 8 + m.key.len() + m.value.len()
-            })
-            .sum();
+        let cap = match &self.todo {
+            None => self.wire,
+            Some(todo) => todo
+                .iter()
+                .map(|&i| {
+                    let m = &self.messages[i as usize];
+                    HEADER_LEN + 8 + m.key.len() + m.value.len()
+                })
+                .sum::<usize>(),
+        };
         let mut buf = BytesMut::with_capacity(cap + HEADER_LEN);
         let set = if add { Opcode::AddQ } else { Opcode::SetQ };
-        for &i in &self.todo {
-            let m = &self.messages[i as usize];
+        let mut put = |i: u32, m: &Message| {
             if m.is_removal() {
                 encode_request(
                     &mut buf,
@@ -151,6 +169,18 @@ impl Pending {
                 extras[4..].copy_from_slice(&m.expiry.to_be_bytes());
                 // Datatype stays 0: a plain memcached knows no datatypes.
                 encode_request(&mut buf, set, m.vbucket, i, 0, 0, &extras, &m.key, &m.value);
+            }
+        };
+        match &self.todo {
+            None => {
+                for (i, m) in self.messages.iter().enumerate() {
+                    put(i as u32, m);
+                }
+            }
+            Some(todo) => {
+                for &i in todo {
+                    put(i, &self.messages[i as usize]);
+                }
             }
         }
         encode_request(&mut buf, Opcode::Noop, 0, BARRIER, 0, 0, &[], &[], &[]);
@@ -183,7 +213,7 @@ impl Pending {
     fn settle(&mut self) -> Vec<(u32, Status)> {
         let r = std::mem::take(&mut self.round);
         let answered = r.skipped + r.failed.len() + r.retry.len();
-        self.delivery.written += self.todo.len().saturating_sub(answered);
+        self.delivery.written += self.sent().saturating_sub(answered);
         self.delivery.skipped += r.skipped;
         self.delivery.failed.extend(r.failed);
         r.retry
@@ -243,7 +273,7 @@ impl Worker {
                 Step::Batch(Some(batch)) => {
                     let (messages, ack) = batch.into_parts();
                     let p = Pending::new(messages, ack);
-                    if p.todo.is_empty() {
+                    if p.sent() == 0 {
                         p.ack.confirm(p.delivery);
                         Ok(())
                     } else {
@@ -336,7 +366,7 @@ impl Worker {
         match self.config.retry.backoff(p.attempt) {
             Some(pause) => {
                 p.delivery.retries += 1;
-                p.todo = retry.iter().map(|(i, _)| *i).collect();
+                p.todo = Some(retry.iter().map(|(i, _)| *i).collect());
                 self.waiting.push((Instant::now() + pause, p));
             }
             None => {
@@ -471,7 +501,7 @@ mod tests {
             Message::deletion("absent"),
             Message::mutation("x".repeat(300), "v"),
         ]);
-        assert_eq!(p.todo, vec![0, 1, 2, 3, 4]);
+        assert_eq!(p.todo, Some(vec![0, 1, 2, 3, 4]));
         assert_eq!(p.delivery.failed.len(), 1, "the 300-byte key fails unsent");
         let answer = |i: u32, s: Status| {
             Packet::response_to(&Packet::request(Opcode::SetQ).with_opaque(i), s)
