@@ -9,6 +9,7 @@
 //! Exit codes: 0 success, 1 the transfer or repair failed, 2 a usage error.
 
 mod cli;
+mod repair;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -211,7 +211,7 @@ impl Source for GenSource {
             .batch_max_bytes
             .checked_div(c.min_value_size)
         {
-            Some(n) => per_batch.min(n.max(1) as u64),
+            Some(fit) => per_batch.min(fit.max(1) as u64),
             None => per_batch,
         };
         let end = c.start + c.max_items;

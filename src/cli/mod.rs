@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod recover;
 mod transfer;
 
 /// pump: move vbucket data and meta2 bases from a source to a sink, at wire speed.
@@ -17,7 +18,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Move every item of SOURCE into SINK (cbtransfer).
-    Transfer(transfer::TransferArgs),
+    Transfer(Box<transfer::TransferArgs>),
+    /// Bring back the vbuckets a failed-over node lost, from another cluster (cbrecovery).
+    Recover(Box<recover::RecoverArgs>),
     /// List the source and sink kinds and their spec syntax.
     Kinds,
 }
@@ -74,7 +77,8 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Transfer(args) => transfer::run(args).await,
+            Command::Transfer(args) => transfer::run(*args).await,
+            Command::Recover(args) => recover::run(*args).await,
             Command::Kinds => {
                 print_kinds();
                 Ok(())

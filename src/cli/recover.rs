@@ -1,0 +1,136 @@
+//! `pump recover [options] restore_from restore_to` (cbrecovery's options).
+
+use clap::Args;
+use pump::{Credentials, VbucketSet};
+
+use super::Failure;
+use crate::repair::recover::{recover, RecoverError, RecoverRequest};
+
+/// cbrecovery's options.
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The cluster to read from, e.g. http://10.1.2.3:8091
+    pub restore_from: String,
+    /// The cluster to repair, e.g. http://10.3.4.5:8091
+    pub restore_to: String,
+    /// Source bucket.
+    #[arg(short = 'b', long = "bucket-source", default_value = "default")]
+    pub bucket_source: String,
+    /// Destination bucket.
+    #[arg(short = 'B', long = "bucket-destination", default_value = "default")]
+    pub bucket_destination: String,
+    /// REST user of the source cluster.
+    #[arg(short = 'u', long = "username")]
+    pub username: Option<String>,
+    /// REST password of the source cluster.
+    #[arg(
+        short = 'p',
+        long = "password",
+        env = "PUMP_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// REST user of the destination cluster.
+    #[arg(short = 'U', long = "username-destination")]
+    pub username_destination: Option<String>,
+    /// REST password of the destination cluster.
+    #[arg(
+        short = 'P',
+        long = "password-destination",
+        env = "PUMP_PASSWORD_DEST",
+        hide_env_values = true
+    )]
+    pub password_destination: Option<String>,
+    /// Only these vbuckets, e.g. 500,612,700-712.
+    #[arg(short = 'l', long = "vbucket-list")]
+    pub vbucket_list: Option<String>,
+    /// Add this node to the destination for the recovered data.
+    #[arg(short = 'a', long = "add-node")]
+    pub add_node: Option<String>,
+    /// The failed-over node it replaces.
+    #[arg(short = 'r', long = "remove-node")]
+    pub remove_node: Option<String>,
+    /// Show what is missing and the plan; change nothing.
+    #[arg(short = 'n', long = "dry-run")]
+    pub dry_run: bool,
+    /// More output.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Streams per transfer.
+    #[arg(short = 't', long = "threads", default_value_t = 4)]
+    pub threads: usize,
+}
+
+fn creds(u: &Option<String>, p: &Option<String>) -> Option<Credentials> {
+    u.as_ref().map(|user| Credentials {
+        user: user.clone(),
+        password: p.clone().unwrap_or_default(),
+    })
+}
+
+/// Runs the recovery and prints its report.
+pub async fn run(args: RecoverArgs) -> Result<(), Failure> {
+    let req = RecoverRequest {
+        from: args.restore_from.clone(),
+        to: args.restore_to.clone(),
+        bucket_source: args.bucket_source,
+        bucket_destination: args.bucket_destination,
+        source_auth: creds(&args.username, &args.password),
+        dest_auth: creds(&args.username_destination, &args.password_destination),
+        vbuckets: args
+            .vbucket_list
+            .as_deref()
+            .map(VbucketSet::parse)
+            .transpose()?,
+        add_node: args.add_node,
+        remove_node: args.remove_node,
+        dry_run: args.dry_run,
+        verbose: args.verbose,
+        threads: args.threads.max(1),
+    };
+    let started = std::time::Instant::now();
+    let report = recover(req).await.map_err(|e| match e {
+        RecoverError::Usage(m) => Failure::Usage(m),
+        other => Failure::Failed(other.to_string()),
+    })?;
+    if report.missing.is_empty() {
+        eprintln!(
+            "nothing missing on {}: no vbucket to recover",
+            args.restore_to
+        );
+        return Ok(());
+    }
+    if args.dry_run {
+        eprintln!(
+            "dry run ({}): {} vbuckets missing, nothing changed",
+            report.dialect,
+            report.missing.len()
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "{:>8}  {:<22} {:>10} {:>12} {:>12}",
+        "vbucket", "into", "items", "bytes", "items/s"
+    );
+    for r in &report.recovered {
+        eprintln!(
+            "{:>8}  {:<22} {:>10} {:>12} {:>12.0}",
+            r.vbucket,
+            r.node,
+            r.items,
+            r.bytes,
+            r.items as f64 / r.seconds.max(1e-9)
+        );
+    }
+    let items: u64 = report.recovered.iter().map(|r| r.items).sum();
+    let bytes: u64 = report.recovered.iter().map(|r| r.bytes).sum();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{} vbuckets recovered ({}), {items} items, {bytes} bytes in {secs:.2} s: {:.0} items/s, {:.1} MB/s",
+        report.recovered.len(),
+        report.dialect,
+        items as f64 / secs.max(1e-9),
+        bytes as f64 / 1e6 / secs.max(1e-9)
+    );
+    Ok(())
+}

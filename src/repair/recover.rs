@@ -1,0 +1,599 @@
+//! `pump recover FROM TO` (cbrecovery): bring back the vbuckets a failed-over node lost.
+//!
+//! Two REST dialects, detected on the destination:
+//!
+//! ```text
+//! recovery design                                 Couchbase Server's shipped form
+//! GET  .../vbucketsMissing -> [500, 612]          POST .../controller/startRecovery
+//! POST .../replaceNode add=NEW&remove=OLD  (-a/-r)     -> {"recoveryMap":[{"node","vbuckets"}],"uuid"}
+//! POST .../changeVbucketStates vbucket=..&state=replica
+//!   transfer each vbucket FROM -> its node (TAP)    transfer each vbucket FROM -> its node (TAP)
+//! POST .../changeVbucketStates vbucket=N&state=active  POST .../controller/commitVBucket?recovery_uuid=U
+//! POST .../updateVbucketMap                                 vbucket=N
+//! ```
+//!
+//! Each vbucket is transferred then activated on its own, so an interrupted run leaves the
+//! vbuckets it finished active and a rerun picks up the rest. Status codes become sentences
+//! that name the node or vbucket.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use pump::{Context, Credentials, Options, Spec, VbucketSet};
+use serde_json::Value;
+
+/// What `pump recover` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RecoverRequest {
+    pub from: String,
+    pub to: String,
+    pub bucket_source: String,
+    pub bucket_destination: String,
+    pub source_auth: Option<Credentials>,
+    pub dest_auth: Option<Credentials>,
+    pub vbuckets: Option<VbucketSet>,
+    pub add_node: Option<String>,
+    pub remove_node: Option<String>,
+    pub dry_run: bool,
+    pub verbose: u8,
+    pub threads: usize,
+}
+
+/// Why a recovery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Rest(String),
+    #[error("{0}")]
+    Transfer(String),
+}
+
+/// One vbucket brought back.
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    pub vbucket: u16,
+    pub node: String,
+    pub items: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// What a recovery did.
+#[derive(Debug, Default)]
+pub struct RecoverReport {
+    pub missing: Vec<u16>,
+    pub recovered: Vec<Recovered>,
+    pub dialect: &'static str,
+}
+
+/// A small REST client for one cluster.
+struct Rest {
+    base: String,
+    auth: Option<Credentials>,
+    http: reqwest::Client,
+}
+
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+impl Rest {
+    fn new(url: &str, auth: Option<Credentials>) -> Result<Rest, RecoverError> {
+        let base = normalise_url(url)?;
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| RecoverError::Rest(format!("{base}: cannot build an HTTP client: {e}")))?;
+        Ok(Rest { base, auth, http })
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> Result<Answer, RecoverError> {
+        let req = match &self.auth {
+            Some(c) => req.basic_auth(&c.user, Some(&c.password)),
+            None => req,
+        };
+        let res = req
+            .send()
+            .await
+            .map_err(|e| RecoverError::Rest(format!("{}: {what}: {e}", self.base)))?;
+        let status = res.status().as_u16();
+        let body = res.text().await.unwrap_or_default();
+        Ok(Answer { status, body })
+    }
+
+    async fn get(&self, path: &str) -> Result<Answer, RecoverError> {
+        self.send(
+            self.http.get(format!("{}{path}", self.base)),
+            &format!("GET {path}"),
+        )
+        .await
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, String)]) -> Result<Answer, RecoverError> {
+        let body: String = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        self.send(req, &format!("POST {path}")).await
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `http://h:p`, `couchbase://h:p` or `h:p` -> `http://h:p` (no trailing slash).
+fn normalise_url(url: &str) -> Result<String, RecoverError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("couchbase://"))
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| RecoverError::Usage(format!("{url}: expected http://HOST:PORT")))?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(RecoverError::Usage(format!(
+            "{url}: expected http://HOST:PORT with a port from 1 to 65535"
+        )));
+    }
+    Ok(format!("http://{host}:{port}"))
+}
+
+/// The sentence for a status of the recovery design's REST API.
+fn design_error(call: &str, status: u16, subject: &str) -> String {
+    let why = match (call, status) {
+        ("replaceNode", 401) => format!("node {subject} was not found in the destination cluster"),
+        ("replaceNode", 402) => {
+            format!("node {subject} is already part of the destination cluster")
+        }
+        ("replaceNode", 403) => format!("node {subject} is still active: fail it over first"),
+        ("changeVbucketStates", 410) => {
+            format!("vbucket(s) {subject} not found on the destination")
+        }
+        ("changeVbucketStates", 411) => {
+            format!("state {subject} is not valid: it must be active, replica, pending or dead")
+        }
+        ("updateVbucketMap", 410) => "the destination could not update its vbucket map".to_string(),
+        (_, 401) => "authentication failed: check -U/-P".to_string(),
+        _ => format!("unexpected status {status}"),
+    };
+    format!("{call}: {why}")
+}
+
+/// The sentence for a status of Couchbase Server's startRecovery / commitVBucket.
+fn shipped_error(call: &str, status: u16, subject: &str) -> String {
+    let why = match (call, status) {
+        ("startRecovery", 400) => "no recovery needed".to_string(),
+        ("startRecovery", 404) => format!("bucket {subject} not found on the destination"),
+        ("startRecovery", 500) => "could not start recovery because some nodes failed".to_string(),
+        ("startRecovery", 503) => {
+            "could not start recovery because a rebalance is running".to_string()
+        }
+        ("commitVBucket", 400) => "the recovery_uuid parameter is missing".to_string(),
+        ("commitVBucket", 402) => format!("vbucket {subject} is unspecified or not a number"),
+        ("commitVBucket", 404) => format!("vbucket {subject} is not part of the recovery map"),
+        ("commitVBucket", 406) => "no recovery in progress, or a wrong recovery_uuid".to_string(),
+        ("commitVBucket", 500) => {
+            format!("could not commit vbucket {subject} because some nodes failed")
+        }
+        (_, 401) => "authentication failed: check -U/-P".to_string(),
+        _ => format!("unexpected status {status}"),
+    };
+    format!("{call}: {why}")
+}
+
+fn vb_list(vbs: &[u16]) -> String {
+    VbucketSet::from_ids(vbs.iter().copied()).to_list_string()
+}
+
+/// The cluster's KV address of each node index, and each vbucket's chain, from the bucket's map.
+struct BucketMap {
+    servers: Vec<String>,
+    chains: Vec<Vec<i64>>,
+}
+
+impl BucketMap {
+    fn parse(body: &str, what: &str) -> Result<BucketMap, RecoverError> {
+        let v: Value = serde_json::from_str(body).map_err(|e| {
+            RecoverError::Rest(format!("{what}: the bucket's JSON does not parse: {e}"))
+        })?;
+        let m = &v["vBucketServerMap"];
+        let servers = m["serverList"]
+            .as_array()
+            .ok_or_else(|| RecoverError::Rest(format!("{what}: no vBucketServerMap.serverList")))?
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect();
+        let chains = m["vBucketMap"]
+            .as_array()
+            .ok_or_else(|| RecoverError::Rest(format!("{what}: no vBucketServerMap.vBucketMap")))?
+            .iter()
+            .map(|c| {
+                c.as_array()
+                    .map(|a| a.iter().filter_map(Value::as_i64).collect())
+                    .unwrap_or_default()
+            })
+            .collect();
+        Ok(BucketMap { servers, chains })
+    }
+
+    /// The KV address of the first node holding `vb` in any position of its chain.
+    fn holder(&self, vb: u16) -> Option<String> {
+        let chain = self.chains.get(vb as usize)?;
+        chain
+            .iter()
+            .find(|i| **i >= 0)
+            .and_then(|i| self.servers.get(*i as usize))
+            .cloned()
+    }
+}
+
+/// Runs the recovery and returns what was done.
+pub async fn recover(req: RecoverRequest) -> Result<RecoverReport, RecoverError> {
+    let dest = Rest::new(&req.to, req.dest_auth.clone())?;
+    normalise_url(&req.from)?;
+    let bucket = &req.bucket_destination;
+    let missing_path = format!("/pools/default/buckets/{bucket}/vbucketsMissing");
+    let probe = dest.get(&missing_path).await?;
+    match probe.status {
+        200 => recover_design(&req, &dest, &probe.body).await,
+        404 => recover_shipped(&req, &dest).await,
+        401 => Err(RecoverError::Rest(format!(
+            "{}: authentication failed: check -U/-P",
+            dest.base
+        ))),
+        s => Err(RecoverError::Rest(format!(
+            "{}: GET {missing_path}: unexpected status {s}: {}",
+            dest.base, probe.body
+        ))),
+    }
+}
+
+fn keep_listed(req: &RecoverRequest, mut vbs: Vec<u16>) -> Vec<u16> {
+    if let Some(set) = &req.vbuckets {
+        vbs.retain(|vb| set.contains(*vb));
+    }
+    vbs.sort_unstable();
+    vbs.dedup();
+    vbs
+}
+
+async fn recover_design(
+    req: &RecoverRequest,
+    dest: &Rest,
+    body: &str,
+) -> Result<RecoverReport, RecoverError> {
+    let bucket = &req.bucket_destination;
+    let listed: Vec<u16> = serde_json::from_str::<Vec<u16>>(body.trim()).map_err(|e| {
+        RecoverError::Rest(format!(
+            "{}: vbucketsMissing is not a list of vbucket ids: {e}",
+            dest.base
+        ))
+    })?;
+    let missing = keep_listed(req, listed);
+    let mut report = RecoverReport {
+        missing: missing.clone(),
+        dialect: "recovery design",
+        ..Default::default()
+    };
+    if missing.is_empty() {
+        return Ok(report);
+    }
+    eprintln!("missing vbuckets on {}: {}", dest.base, vb_list(&missing));
+    if req.dry_run {
+        eprintln!("dry run: would {}set them to replica, stream them from {}, set them active, update the map",
+            match (&req.add_node, &req.remove_node) {
+                (Some(a), Some(r)) => format!("replace node {r} by {a}, "),
+                (Some(a), None) => format!("add node {a}, "),
+                _ => String::new(),
+            },
+            req.from);
+        return Ok(report);
+    }
+    let b = format!("/pools/default/buckets/{bucket}");
+    if req.add_node.is_some() || req.remove_node.is_some() {
+        let mut form = Vec::new();
+        if let Some(a) = &req.add_node {
+            form.push(("add", a.clone()));
+        }
+        if let Some(r) = &req.remove_node {
+            form.push(("remove", r.clone()));
+        }
+        let a = dest.post(&format!("{b}/replaceNode"), &form).await?;
+        let subject = match a.status {
+            401 | 403 => req
+                .remove_node
+                .clone()
+                .or(req.add_node.clone())
+                .unwrap_or_default(),
+            _ => req.add_node.clone().unwrap_or_default(),
+        };
+        match a.status {
+            200..=202 => eprintln!("replaced node: {form:?}"),
+            402 => eprintln!("node {subject} is already in the cluster (a rerun?): going on"),
+            s => return Err(RecoverError::Rest(design_error("replaceNode", s, &subject))),
+        }
+    }
+    change_states(dest, &b, &missing, "replica").await?;
+    let map = BucketMap::parse(&dest.get(&b).await?.body, &dest.base)?;
+    for vb in &missing {
+        let node = map.holder(*vb).ok_or_else(|| {
+            RecoverError::Rest(format!("vbucket {vb}: the destination's map names no node for it after changeVbucketStates"))
+        })?;
+        let r = transfer_vbucket(req, *vb, &node).await?;
+        change_states(dest, &b, &[*vb], "active").await?;
+        if req.verbose > 0 {
+            eprintln!("vbucket {vb}: {} items recovered into {node}", r.items);
+        }
+        report.recovered.push(r);
+    }
+    let a = dest.post(&format!("{b}/updateVbucketMap"), &[]).await?;
+    if !(200..=202).contains(&a.status) {
+        return Err(RecoverError::Rest(design_error(
+            "updateVbucketMap",
+            a.status,
+            "",
+        )));
+    }
+    Ok(report)
+}
+
+async fn change_states(dest: &Rest, b: &str, vbs: &[u16], state: &str) -> Result<(), RecoverError> {
+    let mut form: Vec<(&str, String)> = vbs.iter().map(|vb| ("vbucket", vb.to_string())).collect();
+    form.push(("state", state.to_string()));
+    let a = dest
+        .post(&format!("{b}/changeVbucketStates"), &form)
+        .await?;
+    match a.status {
+        200..=202 => Ok(()),
+        411 => Err(RecoverError::Rest(design_error(
+            "changeVbucketStates",
+            411,
+            state,
+        ))),
+        s => Err(RecoverError::Rest(design_error(
+            "changeVbucketStates",
+            s,
+            &vb_list(vbs),
+        ))),
+    }
+}
+
+async fn recover_shipped(req: &RecoverRequest, dest: &Rest) -> Result<RecoverReport, RecoverError> {
+    let bucket = &req.bucket_destination;
+    let c = format!("/pools/default/buckets/{bucket}/controller");
+    let a = dest.post(&format!("{c}/startRecovery"), &[]).await?;
+    let mut report = RecoverReport {
+        dialect: "startRecovery",
+        ..Default::default()
+    };
+    match a.status {
+        200..=202 => {}
+        400 => return Ok(report),
+        s => {
+            return Err(RecoverError::Rest(shipped_error(
+                "startRecovery",
+                s,
+                bucket,
+            )))
+        }
+    }
+    let v: Value = serde_json::from_str(&a.body).map_err(|e| {
+        RecoverError::Rest(format!(
+            "{}: startRecovery answer does not parse: {e}",
+            dest.base
+        ))
+    })?;
+    let uuid = v["uuid"].as_str().map(str::to_string).unwrap_or_default();
+    let nodes = node_kv_addresses(dest).await?;
+    let mut plan: BTreeMap<u16, String> = BTreeMap::new();
+    for entry in v["recoveryMap"].as_array().into_iter().flatten() {
+        let otp = entry["node"].as_str().unwrap_or_default();
+        let kv = nodes.get(otp).cloned().ok_or_else(|| {
+            RecoverError::Rest(format!(
+                "startRecovery names node {otp:?}, which /pools/default does not list"
+            ))
+        })?;
+        for vb in entry["vbuckets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+        {
+            plan.insert(vb as u16, kv.clone());
+        }
+    }
+    let keep = keep_listed(req, plan.keys().copied().collect());
+    plan.retain(|vb, _| keep.contains(vb));
+    report.missing = plan.keys().copied().collect();
+    if req.dry_run || plan.is_empty() {
+        if !plan.is_empty() {
+            eprintln!(
+                "dry run: would stream vbuckets {} from {} and commit each",
+                vb_list(&report.missing),
+                req.from
+            );
+        }
+        let _ = dest
+            .post(&format!("{c}/stopRecovery?recovery_uuid={uuid}"), &[])
+            .await?;
+        return Ok(report);
+    }
+    eprintln!(
+        "missing vbuckets on {}: {}",
+        dest.base,
+        vb_list(&report.missing)
+    );
+    for (vb, node) in plan {
+        let r = transfer_vbucket(req, vb, &node).await?;
+        let a = dest
+            .post(
+                &format!("{c}/commitVBucket?recovery_uuid={uuid}"),
+                &[("vbucket", vb.to_string())],
+            )
+            .await?;
+        if !(200..=202).contains(&a.status) {
+            return Err(RecoverError::Rest(shipped_error(
+                "commitVBucket",
+                a.status,
+                &vb.to_string(),
+            )));
+        }
+        if req.verbose > 0 {
+            eprintln!("vbucket {vb}: {} items recovered into {node}", r.items);
+        }
+        report.recovered.push(r);
+    }
+    Ok(report)
+}
+
+/// otpNode -> KV address, from `GET /pools/default`.
+async fn node_kv_addresses(dest: &Rest) -> Result<BTreeMap<String, String>, RecoverError> {
+    let a = dest.get("/pools/default").await?;
+    let v: Value = serde_json::from_str(&a.body).map_err(|e| {
+        RecoverError::Rest(format!("{}: /pools/default does not parse: {e}", dest.base))
+    })?;
+    let mut out = BTreeMap::new();
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        let otp = n["otpNode"].as_str().unwrap_or_default().to_string();
+        let host = n["hostname"].as_str().unwrap_or_default();
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        if let Some(port) = n["ports"]["direct"].as_u64() {
+            out.insert(otp, format!("{host}:{port}"));
+        }
+    }
+    Ok(out)
+}
+
+/// Streams one vbucket from the source cluster into `node`'s replica copy over TAP.
+async fn transfer_vbucket(
+    req: &RecoverRequest,
+    vb: u16,
+    node: &str,
+) -> Result<Recovered, RecoverError> {
+    let registry = crate::cli::registry();
+    let from = normalise_url(&req.from)?.replacen("http://", "couchbase://", 1);
+    let source_spec = Spec::parse(&from).map_err(|e| RecoverError::Usage(e.to_string()))?;
+    let sink_spec =
+        Spec::parse(&format!("tap://{node}")).map_err(|e| RecoverError::Usage(e.to_string()))?;
+    let options = Options {
+        source_bucket: req.bucket_source.clone(),
+        dest_bucket: Some(req.bucket_destination.clone()),
+        source_auth: req.source_auth.clone(),
+        dest_auth: req.dest_auth.clone(),
+        vbuckets: Some(VbucketSet::from_ids([vb])),
+        threads: req.threads,
+        verbose: req.verbose,
+        ..Options::default()
+    };
+    let open_err = |e: pump::Error| RecoverError::Transfer(format!("vbucket {vb}: {e}"));
+    let source = registry
+        .source_kind(&source_spec)
+        .map_err(open_err)?
+        .open(&source_spec, &options)
+        .map_err(open_err)?;
+    let sink = registry
+        .sink_kind(&sink_spec)
+        .map_err(open_err)?
+        .open(&sink_spec, &options)
+        .map_err(open_err)?;
+    let started = Instant::now();
+    let summary = pump::run(source, sink, Context::new(options))
+        .await
+        .map_err(|e| {
+            RecoverError::Transfer(format!("vbucket {vb} from {} into {node}: {e}", req.from))
+        })?;
+    if summary.counts.failed > 0 {
+        return Err(RecoverError::Transfer(format!(
+            "vbucket {vb}: {} items could not be written into {node}; first: {}",
+            summary.counts.failed,
+            summary
+                .failures
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        )));
+    }
+    Ok(Recovered {
+        vbucket: vb,
+        node: node.to_string(),
+        items: summary.counts.items_written,
+        bytes: summary.counts.bytes_written,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_normalise_and_bad_ones_are_usage_errors() {
+        assert_eq!(
+            normalise_url("http://10.1.2.3:8091/").unwrap(),
+            "http://10.1.2.3:8091"
+        );
+        assert_eq!(
+            normalise_url("couchbase://h:9000").unwrap(),
+            "http://h:9000"
+        );
+        assert_eq!(normalise_url("h:9000").unwrap(), "http://h:9000");
+        assert!(matches!(
+            normalise_url("http://h"),
+            Err(RecoverError::Usage(_))
+        ));
+        assert!(matches!(
+            normalise_url("http://h:99999"),
+            Err(RecoverError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn every_design_status_has_a_sentence_naming_its_subject() {
+        assert!(design_error("replaceNode", 401, "n_9@h").contains("n_9@h was not found"));
+        assert!(design_error("replaceNode", 402, "n_3@h").contains("already part"));
+        assert!(design_error("replaceNode", 403, "n_1@h").contains("fail it over first"));
+        assert!(design_error("changeVbucketStates", 410, "500,612").contains("500,612 not found"));
+        assert!(
+            design_error("changeVbucketStates", 411, "bogus").contains("state bogus is not valid")
+        );
+        assert!(design_error("updateVbucketMap", 410, "").contains("could not update"));
+        assert!(shipped_error("commitVBucket", 404, "12").contains("vbucket 12 is not part"));
+        assert!(shipped_error("startRecovery", 503, "default").contains("rebalance"));
+    }
+
+    #[test]
+    fn map_holder_is_the_first_node_in_the_chain() {
+        let body = r#"{"vBucketServerMap":{"serverList":["127.0.0.1:12000","127.0.0.1:12001"],"vBucketMap":[[0,1],[-1,1],[-1,-1]]}}"#;
+        let m = BucketMap::parse(body, "test").unwrap();
+        assert_eq!(m.holder(0).as_deref(), Some("127.0.0.1:12000"));
+        assert_eq!(m.holder(1).as_deref(), Some("127.0.0.1:12001"));
+        assert_eq!(m.holder(2), None);
+        assert_eq!(m.holder(99), None);
+    }
+
+    #[test]
+    fn form_values_are_percent_encoded() {
+        assert_eq!(
+            percent_encode("n_1@127.0.0.1:9001"),
+            "n_1%40127.0.0.1%3A9001"
+        );
+    }
+}
