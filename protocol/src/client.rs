@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
@@ -168,6 +168,10 @@ impl Client {
     /// The next frame from the server; fails on EOF, a corrupt stream, or no frame within the
     /// timeout. Cancel-safe.
     pub async fn recv(&mut self) -> Result<Packet, ClientError> {
+        // A frame already buffered needs no timer (and no clock read).
+        if let Some(Some(Ok(p))) = self.reader.next().now_or_never() {
+            return Ok(p);
+        }
         let reason = match tokio::time::timeout(self.timeout, self.reader.next()).await {
             Ok(Some(Ok(p))) => return Ok(p),
             Ok(Some(Err(e))) => e.to_string(),

@@ -13,7 +13,8 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::FutureExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -26,22 +27,28 @@ pub struct Listed {
 }
 
 /// Parses one `key=... exp=...` line; `None` when the line is not one.
-pub fn parse_line(line: &str) -> Option<Listed> {
+pub fn parse_line(line: &[u8]) -> Option<Listed> {
+    let (key, expiry) = fields(line)?;
+    let key: Vec<u8> = percent_encoding::percent_decode(key).collect();
+    Some(Listed {
+        key: key.into(),
+        expiry,
+    })
+}
+
+/// The URL-encoded key and the expiry of a `key=... exp=...` line.
+fn fields(line: &[u8]) -> Option<(&[u8], u32)> {
     let mut key = None;
     let mut expiry = None;
-    for field in line.split_ascii_whitespace() {
-        if let Some(k) = field.strip_prefix("key=") {
-            let raw: Vec<u8> = percent_encoding::percent_decode_str(k).collect();
-            key = Some(Bytes::from(raw));
-        } else if let Some(e) = field.strip_prefix("exp=") {
-            let e: i64 = e.parse().ok()?;
+    for field in line.split(|b| b.is_ascii_whitespace()) {
+        if let Some(k) = field.strip_prefix(b"key=") {
+            key = Some(k);
+        } else if let Some(e) = field.strip_prefix(b"exp=") {
+            let e: i64 = std::str::from_utf8(e).ok()?.parse().ok()?;
             expiry = Some(u32::try_from(e).unwrap_or(0));
         }
     }
-    Some(Listed {
-        key: key?,
-        expiry: expiry?,
-    })
+    Some((key?, expiry?))
 }
 
 /// A running metadump.
@@ -76,7 +83,8 @@ impl Metadump {
                 .write_all(b"lru_crawler metadump all\r\n")
                 .await
                 .map_err(|e| format!("{addr}: {e}"))?;
-            let first = m.read_line().await?;
+            m.read_line().await?;
+            let first = String::from_utf8_lossy(m.current()).into_owned();
             if first.starts_with("BUSY") {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -87,7 +95,7 @@ impl Metadump {
             }
             if first.starts_with("key=") {
                 m.first =
-                    Some(parse_line(&first).ok_or_else(|| {
+                    Some(parse_line(first.as_bytes()).ok_or_else(|| {
                         format!("{addr}: metadump: cannot read the line {first:?}")
                     })?);
                 return Ok(m);
@@ -99,44 +107,82 @@ impl Metadump {
         Err(format!("{addr}: the LRU crawler stayed busy for 10 s"))
     }
 
-    async fn read_line(&mut self) -> Result<String, String> {
+    /// Reads the next line into `self.line`.
+    async fn read_line(&mut self) -> Result<(), String> {
         self.line.clear();
-        let n = tokio::time::timeout(self.timeout, self.reader.read_until(b'\n', &mut self.line))
-            .await
-            .map_err(|_| {
-                format!(
-                    "{}: metadump: no answer within {:?}",
-                    self.peer, self.timeout
-                )
-            })?
-            .map_err(|e| format!("{}: metadump: {e}", self.peer))?;
+        // A line already buffered needs no timer.
+        let n = match self.reader.read_until(b'\n', &mut self.line).now_or_never() {
+            Some(r) => r,
+            // What was read so far stays in `self.line`; the read goes on from there.
+            None => {
+                tokio::time::timeout(self.timeout, self.reader.read_until(b'\n', &mut self.line))
+                    .await
+                    .map_err(|_| {
+                        format!(
+                            "{}: metadump: no answer within {:?}",
+                            self.peer, self.timeout
+                        )
+                    })?
+            }
+        }
+        .map_err(|e| format!("{}: metadump: {e}", self.peer))?;
         if n == 0 {
             return Err(format!(
                 "{}: the server closed the connection in the middle of the metadump",
                 self.peer
             ));
         }
-        Ok(String::from_utf8_lossy(&self.line).trim_end().to_string())
+        Ok(())
     }
 
-    /// Up to `n` more keys; an empty list once the listing is over.
+    /// The last line read, without its line end.
+    fn current(&self) -> &[u8] {
+        self.line.trim_ascii_end()
+    }
+
+    /// Up to `n` more keys; an empty list once the listing is over. The keys are decoded into
+    /// one buffer and sliced out of it.
     pub async fn next_keys(&mut self, n: usize) -> Result<Vec<Listed>, String> {
-        let mut out = Vec::with_capacity(n);
+        let mut buf = BytesMut::with_capacity(n * 24);
+        let mut spans = Vec::with_capacity(n);
         // The line read by start() comes first.
-        out.extend(self.first.take());
-        while !self.done && out.len() < n {
-            let line = self.read_line().await?;
-            if line == "END" {
+        let first = self.first.take();
+        while !self.done && spans.len() + usize::from(first.is_some()) < n {
+            self.read_line().await?;
+            let line = self.current();
+            if line == b"END" {
                 self.done = true;
-            } else if line.starts_with("key=") {
-                out.push(parse_line(&line).ok_or_else(|| {
-                    format!("{}: metadump: cannot read the line {line:?}", self.peer)
-                })?);
+            } else if line.starts_with(b"key=") {
+                let (key, expiry) = fields(line).ok_or_else(|| {
+                    format!(
+                        "{}: metadump: cannot read the line {:?}",
+                        self.peer,
+                        String::from_utf8_lossy(line)
+                    )
+                })?;
+                let k0 = buf.len();
+                if key.contains(&b'%') {
+                    buf.extend(percent_encoding::percent_decode(key));
+                } else {
+                    buf.put_slice(key);
+                }
+                spans.push((k0, buf.len(), expiry));
             } else if !line.is_empty() {
-                return Err(format!("{}: metadump: unexpected {line:?}", self.peer));
+                return Err(format!(
+                    "{}: metadump: unexpected {:?}",
+                    self.peer,
+                    String::from_utf8_lossy(line)
+                ));
             }
         }
-        Ok(out)
+        let buf = buf.freeze();
+        Ok(first
+            .into_iter()
+            .chain(spans.into_iter().map(|(k0, k1, expiry)| Listed {
+                key: buf.slice(k0..k1),
+                expiry,
+            }))
+            .collect())
     }
 }
 
@@ -147,10 +193,10 @@ mod tests {
     #[test]
     fn lines_give_the_decoded_key_and_the_expiry() {
         let l =
-            parse_line("key=a%25b%20c exp=-1 la=1795392107 cas=1 fetch=no cls=1 size=68").unwrap();
+            parse_line(b"key=a%25b%20c exp=-1 la=1795392107 cas=1 fetch=no cls=1 size=68").unwrap();
         assert_eq!((&l.key[..], l.expiry), (&b"a%b c"[..], 0));
-        let l = parse_line("key=c exp=2000000000 la=1 cas=2 fetch=no cls=1 size=65").unwrap();
+        let l = parse_line(b"key=c exp=2000000000 la=1 cas=2 fetch=no cls=1 size=65").unwrap();
         assert_eq!(l.expiry, 2_000_000_000);
-        assert_eq!(parse_line("END"), None);
+        assert_eq!(parse_line(b"END"), None);
     }
 }
