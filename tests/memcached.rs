@@ -38,8 +38,9 @@ fn restore_100000_items_keeps_value_flags_and_expiry() {
         let item = item.unwrap_or_else(|| panic!("{k} missing"));
         assert_eq!(item.value, want, "{k}");
         assert_eq!(item.flags, 0xdead_beef, "{k}");
+        // memcached's clock ticks in whole seconds from its own start: allow it a second or two.
         assert!(
-            (9_999_000..=10_000_000).contains(&item.ttl),
+            (9_999_000..=10_000_002).contains(&item.ttl),
             "{k}: ttl {}",
             item.ttl
         );
