@@ -60,6 +60,8 @@ pub struct Metadump {
     /// The key line read by start().
     first: Option<Listed>,
     done: bool,
+    /// `curr_items` before the listing began.
+    pub items_before: u64,
 }
 
 impl Metadump {
@@ -77,7 +79,9 @@ impl Metadump {
                 line: Vec::with_capacity(512),
                 first: None,
                 done: false,
+                items_before: 0,
             };
+            m.items_before = m.curr_items().await?;
             m.reader
                 .get_mut()
                 .write_all(b"lru_crawler metadump all\r\n")
@@ -105,6 +109,35 @@ impl Metadump {
             ));
         }
         Err(format!("{addr}: the LRU crawler stayed busy for 10 s"))
+    }
+
+    /// `stats` -> `STAT curr_items N`, sent alone before the metadump.
+    async fn curr_items(&mut self) -> Result<u64, String> {
+        self.reader
+            .get_mut()
+            .write_all(b"stats\r\n")
+            .await
+            .map_err(|e| format!("{}: {e}", self.peer))?;
+        let mut items = 0;
+        loop {
+            self.read_line().await?;
+            let line = self.current();
+            if line == b"END" {
+                return Ok(items);
+            }
+            if let Some(n) = line.strip_prefix(b"STAT curr_items ") {
+                items = std::str::from_utf8(n)
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+            } else if !line.starts_with(b"STAT ") {
+                return Err(format!(
+                    "{}: `stats` answered {:?}: cannot list the keys (a memcached started with -S has no text protocol)",
+                    self.peer,
+                    String::from_utf8_lossy(line)
+                ));
+            }
+        }
     }
 
     /// Reads the next line into `self.line`.

@@ -59,6 +59,8 @@ impl Source for MemcachedSource {
             .await
             .map_err(|e| fail(format!("memcached at {e}")))?;
         let mut dump = Metadump::start(&c.addr, c.timeout).await.map_err(fail)?;
+        out.stats().set_expected(dump.items_before);
+        let mut listed = 0u64;
         let mut in_flight: VecDeque<Vec<Listed>> = VecDeque::with_capacity(DEPTH);
         let mut listing_done = false;
         let mut vanished = 0usize;
@@ -69,6 +71,7 @@ impl Source for MemcachedSource {
                     listing_done = true;
                     break;
                 }
+                listed += keys.len() as u64;
                 client
                     .send(encode_gets(&keys))
                     .await
@@ -123,6 +126,15 @@ impl Source for MemcachedSource {
             if !messages.is_empty() {
                 out.send_messages(messages).await?;
             }
+        }
+        if listed < dump.items_before {
+            // The LRU crawler can miss items that move between LRU queues while it walks
+            // (right after heavy writes, for example).
+            tracing::warn!(
+                "{}: the metadump listed {listed} keys but the server held {} items when it began; run the transfer again once the server is quiet to catch the rest",
+                c.spec,
+                dump.items_before
+            );
         }
         if vanished > 0 {
             tracing::warn!(
