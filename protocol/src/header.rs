@@ -82,17 +82,24 @@ impl Header {
         Ok(h)
     }
 
-    /// Writes the 24 bytes.
+    /// Writes the 24 bytes, in one copy.
     pub fn write(&self, out: &mut impl BufMut) {
-        out.put_u8(self.magic.byte());
-        out.put_u8(self.opcode);
-        out.put_u16(self.key_len);
-        out.put_u8(self.extras_len);
-        out.put_u8(self.datatype);
-        out.put_u16(self.vbucket_or_status);
-        out.put_u32(self.body_len);
-        out.put_u32(self.opaque);
-        out.put_u64(self.cas);
+        out.put_slice(&self.to_array());
+    }
+
+    /// The 24 bytes.
+    pub fn to_array(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0] = self.magic.byte();
+        b[1] = self.opcode;
+        b[2..4].copy_from_slice(&self.key_len.to_be_bytes());
+        b[4] = self.extras_len;
+        b[5] = self.datatype;
+        b[6..8].copy_from_slice(&self.vbucket_or_status.to_be_bytes());
+        b[8..12].copy_from_slice(&self.body_len.to_be_bytes());
+        b[12..16].copy_from_slice(&self.opaque.to_be_bytes());
+        b[16..24].copy_from_slice(&self.cas.to_be_bytes());
+        b
     }
 
     /// The vbucket of a request.

@@ -6,6 +6,7 @@
 //! blackhole.rs  blackhole:  discards, counts
 //! csv.rs        csv:FILE    cbtransfer's CSV columns
 //! stdout.rs     stdout:     one line per message
+//! memcached/    memcached://[USER:PASSWORD@]HOST:PORT   pipelined binary-protocol writes
 //! ```
 //!
 //! [`register`] adds them all to a [`pump::Registry`].
@@ -13,6 +14,7 @@
 pub mod backup;
 pub mod blackhole;
 pub mod csv;
+pub mod memcached;
 pub mod stdout;
 
 /// Adds every sink kind of this crate to `registry`.
@@ -21,5 +23,6 @@ pub fn register(registry: &mut pump::Registry) {
         .add_sink(blackhole::BlackholeKind)
         .add_sink(stdout::StdoutKind)
         .add_sink(csv::CsvKind)
+        .add_sink(memcached::MemcachedKind)
         .add_sink(backup::BackupKind);
 }

@@ -189,18 +189,21 @@ impl Source for GenSource {
     async fn run(self: Box<Self>, out: BatchSender, ctx: Context) -> Result<(), Error> {
         let c = &self.config;
         out.stats().set_expected(c.max_items);
-        let pattern: Bytes = if c.low_compression {
+        let pattern: Vec<u8> = if c.low_compression {
             let mut v = vec![0u8; c.min_value_size];
             rand::rng().fill_bytes(&mut v);
             // Keep it printable so every sink (CSV, stdout) shows it plainly.
             v.iter_mut().for_each(|b| *b = b'a' + (*b % 26));
-            v.into()
+            v
         } else {
             (0..c.min_value_size)
                 .map(|i| b'0' + (i % 10) as u8)
-                .collect::<Vec<_>>()
-                .into()
+                .collect()
         };
+        // Every plain value shares this one pattern. Made static (one allocation per run, never
+        // freed), cloning it costs nothing, where a shared count would be bumped by the source
+        // and dropped by the sink for every message, from two threads.
+        let pattern = Bytes::from_static(Box::leak(pattern.into_boxed_slice()));
         let per_batch = ctx.options.extra.batch_max_size.max(1) as u64;
         let per_batch = match ctx
             .options

@@ -5,6 +5,7 @@
 //! backup/       BACKUP_DIR              a Couchbase backup directory (cbbackup / cbrestore)
 //! csv.rs        csv:FILE                rows of cbtransfer's CSV
 //! gen.rs        gen:[max-items=N,...]   generated items with real vbucket ids
+//! memcached/    memcached://HOST:PORT   every item of a running memcached (metadump + GETKQ)
 //! ```
 //!
 //! [`register`] adds them all to a [`pump::Registry`].
@@ -12,11 +13,13 @@
 pub mod backup;
 pub mod csv;
 pub mod gen;
+pub mod memcached;
 
 /// Adds every source kind of this crate to `registry`.
 pub fn register(registry: &mut pump::Registry) {
     registry
         .add_source(gen::GenKind)
         .add_source(csv::CsvKind)
+        .add_source(memcached::MemcachedKind)
         .add_source(backup::BackupKind);
 }
