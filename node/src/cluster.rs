@@ -60,8 +60,18 @@ fn port(base: u16, i: usize) -> u16 {
 }
 
 impl Cluster {
-    /// Starts the nodes and their REST ports.
+    /// Starts the nodes (node i persists in DATA/node-i) and their REST ports.
     pub async fn start(cfg: ClusterConfig) -> std::io::Result<Arc<Cluster>> {
+        Self::start_with(cfg, true).await
+    }
+
+    /// Starts a one-node cluster that persists in DATA itself (`pump node`).
+    pub async fn start_single(mut cfg: ClusterConfig) -> std::io::Result<Arc<Cluster>> {
+        cfg.nodes = 1;
+        Self::start_with(cfg, false).await
+    }
+
+    async fn start_with(cfg: ClusterConfig, subdirs: bool) -> std::io::Result<Arc<Cluster>> {
         let n = cfg.nodes.max(1);
         let replicas = cfg.replicas.min(n - 1);
         let nvb = cfg.node.vbuckets;
@@ -69,7 +79,7 @@ impl Cluster {
         for i in 0..n {
             let mut nc = cfg.node.clone();
             nc.initial_state = VbucketState::Dead;
-            if let Some(d) = &cfg.node.data {
+            if let (Some(d), true) = (&cfg.node.data, subdirs) {
                 nc.data = Some(d.join(format!("node-{i}")));
             }
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port(cfg.kv_port, i)));

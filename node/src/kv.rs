@@ -308,7 +308,8 @@ impl Connection {
                     self.fail(&p, Status::Einval);
                     return Next::Continue;
                 }
-                let r = bucket.delete(vb, p.key.clone(), p.cas, CLIENT_STATES);
+                // memcached answers a delete with cas 0.
+                let r = bucket.delete(vb, p.key.clone(), p.cas, CLIENT_STATES).map(|_| 0);
                 self.answer(&p, r);
             }
             Opcode::Increment | Opcode::IncrementQ | Opcode::Decrement | Opcode::DecrementQ => {

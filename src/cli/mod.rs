@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cluster;
+mod node;
 mod transfer;
 
 /// pump: move vbucket data and meta2 bases from a source to a sink, at wire speed.
@@ -20,6 +22,10 @@ enum Command {
     Transfer(Box<transfer::TransferArgs>),
     /// List the source and sink kinds and their spec syntax.
     Kinds,
+    /// Run one reference node (KV + REST) in the foreground.
+    Node(Box<node::NodeArgs>),
+    /// A local cluster of reference nodes: up, failover.
+    Cluster(Box<cluster::ClusterArgs>),
 }
 
 /// Every source and sink kind this binary knows.
@@ -75,6 +81,8 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Transfer(args) => transfer::run(*args).await,
+            Command::Node(args) => node::run(*args).await,
+            Command::Cluster(args) => cluster::run(*args).await,
             Command::Kinds => {
                 print_kinds();
                 Ok(())
