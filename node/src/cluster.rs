@@ -144,9 +144,7 @@ impl Cluster {
         let s = self.lock();
         s.nodes
             .iter()
-            .position(|n| {
-                n.otp == name || n.kv.to_string() == name || n.rest.to_string() == name
-            })
+            .position(|n| n.otp == name || n.kv.to_string() == name || n.rest.to_string() == name)
             .or_else(|| name.parse::<usize>().ok().filter(|i| *i < s.nodes.len()))
     }
 
@@ -164,7 +162,11 @@ impl Cluster {
             let row = &mut s.map[vb];
             let vbid = vb as u16;
             if row[0] == failed {
-                let promoted = row.iter().skip(1).copied().find(|r| *r >= 0 && *r != failed);
+                let promoted = row
+                    .iter()
+                    .skip(1)
+                    .copied()
+                    .find(|r| *r >= 0 && *r != failed);
                 match promoted {
                     Some(r) => {
                         let b = &self.nodes[r as usize].bucket;

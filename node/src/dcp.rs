@@ -85,8 +85,13 @@ fn stream_req(bucket: &Bucket, p: &Packet, tx: &mpsc::UnboundedSender<Event>) ->
     }
     let mut e = &p.extras[..];
     let (_flags, _res) = (e.get_u32(), e.get_u32());
-    let (start, end, uuid, snap_start, snap_end) =
-        (e.get_u64(), e.get_u64(), e.get_u64(), e.get_u64(), e.get_u64());
+    let (start, end, uuid, snap_start, snap_end) = (
+        e.get_u64(),
+        e.get_u64(),
+        e.get_u64(),
+        e.get_u64(),
+        e.get_u64(),
+    );
     let vb = p.vbucket();
     let Some(v) = bucket.vb(vb) else {
         return reply(StreamReqReply::Err(Status::NotMyVbucket));
@@ -149,9 +154,7 @@ pub async fn produce(
                                     Ok(n) => (Status::Success, Some(Event::BufferSize(n))),
                                     Err(_) => (Status::Einval, None),
                                 },
-                                b"enable_noop" => {
-                                    (Status::Success, Some(Event::Noop(v == "true")))
-                                }
+                                b"enable_noop" => (Status::Success, Some(Event::Noop(v == "true"))),
                                 b"set_noop_interval" => match v.parse::<u64>() {
                                     Ok(n) => (Status::Success, Some(Event::NoopInterval(n))),
                                     Err(_) => (Status::Einval, None),
@@ -192,9 +195,9 @@ pub async fn produce(
                         Opcode::Noop => {
                             Event::Reply(Packet::response_to(&p, Status::Success).to_bytes())
                         }
-                        _ => Event::Reply(
-                            Packet::response_to(&p, Status::UnknownCommand).to_bytes(),
-                        ),
+                        _ => {
+                            Event::Reply(Packet::response_to(&p, Status::UnknownCommand).to_bytes())
+                        }
                     }
                 };
                 if tx.send(ev).is_err() {
@@ -365,7 +368,17 @@ fn fits(window: u64, unacked: u64, len: usize) -> bool {
     window == 0 || unacked == 0 || unacked + len as u64 <= window
 }
 
-fn put_header(buf: &mut BytesMut, op: Opcode, vb: u16, opaque: u32, cas: u64, dt: u8, e: usize, k: usize, v: usize) {
+fn put_header(
+    buf: &mut BytesMut,
+    op: Opcode,
+    vb: u16,
+    opaque: u32,
+    cas: u64,
+    dt: u8,
+    e: usize,
+    k: usize,
+    v: usize,
+) {
     Header {
         magic: Magic::Request,
         opcode: op.value(),
@@ -381,7 +394,13 @@ fn put_header(buf: &mut BytesMut, op: Opcode, vb: u16, opaque: u32, cas: u64, dt
 }
 
 /// Sends the next message of `s`.
-fn step(bucket: &Bucket, s: &mut Stream, buf: &mut BytesMut, window: u64, unacked: &mut u64) -> Step {
+fn step(
+    bucket: &Bucket,
+    s: &mut Stream,
+    buf: &mut BytesMut,
+    window: u64,
+    unacked: &mut u64,
+) -> Step {
     if s.pending.is_empty() {
         if s.last >= s.end {
             let len = HEADER_LEN + 4;
@@ -411,7 +430,17 @@ fn step(bucket: &Bucket, s: &mut Stream, buf: &mut BytesMut, window: u64, unacke
                 return Step::Full;
             }
             let start = if s.first { s.last } else { s.last + 1 };
-            put_header(buf, Opcode::DcpSnapshotMarker, s.vb, s.opaque, 0, 0, 20, 0, 0);
+            put_header(
+                buf,
+                Opcode::DcpSnapshotMarker,
+                s.vb,
+                s.opaque,
+                0,
+                0,
+                20,
+                0,
+                0,
+            );
             buf.put_u64(start);
             buf.put_u64(upto);
             buf.put_u32(if s.first {
@@ -450,7 +479,17 @@ fn step(bucket: &Bucket, s: &mut Stream, buf: &mut BytesMut, window: u64, unacke
     if !fits(window, *unacked, len) {
         return Step::Full;
     }
-    put_header(buf, op, s.vb, s.opaque, item.cas, item.datatype, elen, key.len(), vlen);
+    put_header(
+        buf,
+        op,
+        s.vb,
+        s.opaque,
+        item.cas,
+        item.datatype,
+        elen,
+        key.len(),
+        vlen,
+    );
     buf.put_u64(item.by_seqno);
     buf.put_u64(item.rev_seqno);
     if op == Opcode::DcpMutation {

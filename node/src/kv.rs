@@ -309,7 +309,9 @@ impl Connection {
                     return Next::Continue;
                 }
                 // memcached answers a delete with cas 0.
-                let r = bucket.delete(vb, p.key.clone(), p.cas, CLIENT_STATES).map(|_| 0);
+                let r = bucket
+                    .delete(vb, p.key.clone(), p.cas, CLIENT_STATES)
+                    .map(|_| 0);
                 self.answer(&p, r);
             }
             Opcode::Increment | Opcode::IncrementQ | Opcode::Decrement | Opcode::DecrementQ => {
@@ -511,7 +513,11 @@ impl Connection {
         let (flags, expiry, rev, cas) = (e.get_u32(), e.get_u32(), e.get_u64(), e.get_u64());
         let deleted = p.opcode == Opcode::DelWithMeta;
         let item = Item {
-            value: if deleted { Bytes::new() } else { p.value.clone() },
+            value: if deleted {
+                Bytes::new()
+            } else {
+                p.value.clone()
+            },
             flags,
             expiry,
             cas,
@@ -529,7 +535,11 @@ impl Connection {
             p.vbucket(),
             p.key.clone(),
             item,
-            &[VbucketState::Active, VbucketState::Replica, VbucketState::Pending],
+            &[
+                VbucketState::Active,
+                VbucketState::Replica,
+                VbucketState::Pending,
+            ],
         )
     }
 

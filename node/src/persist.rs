@@ -99,8 +99,8 @@ pub fn load(path: &Path) -> io::Result<Option<Vec<Vbucket>>> {
     let mut vbs = Vec::with_capacity(nvb as usize);
     for _ in 0..nvb {
         need(&b, 1 + 8 + 2, "vbucket")?;
-        let state = VbucketState::from_u32(u32::from(b.get_u8()))
-            .ok_or_else(|| corrupt(path, "state"))?;
+        let state =
+            VbucketState::from_u32(u32::from(b.get_u8())).ok_or_else(|| corrupt(path, "state"))?;
         let high_seqno = b.get_u64();
         let nf = b.get_u16() as usize;
         need(&b, nf * 16 + 4, "failover log")?;

@@ -125,7 +125,8 @@ pub async fn produce(
         let mut codec = PacketCodec::with_max_body(MAX_BODY);
         loop {
             while let Ok(Some(p)) = codec.decode(&mut rbuf) {
-                if p.magic == Magic::Response && ack_tx.send((p.opaque, p.vbucket_or_status)).is_err()
+                if p.magic == Magic::Response
+                    && ack_tx.send((p.opaque, p.vbucket_or_status)).is_err()
                 {
                     return;
                 }
@@ -218,7 +219,9 @@ pub async fn produce(
             let mut any = false;
             for (n, &vb) in vbs.iter().enumerate() {
                 let chunk = match bucket.vb(vb) {
-                    Some(v) if v.high_seqno > last_sent[n] => v.range(last_sent[n], v.high_seqno, CHUNK),
+                    Some(v) if v.high_seqno > last_sent[n] => {
+                        v.range(last_sent[n], v.high_seqno, CHUNK)
+                    }
                     _ => continue,
                 };
                 for (k, i) in chunk {

@@ -91,7 +91,14 @@ async fn node(cfg: NodeConfig) -> Node {
 async fn load(addr: SocketAddr, n: usize, flags: u32) {
     let mut c = Client::connect(addr).await;
     let mut ps: Vec<Packet> = (0..n)
-        .map(|i| set(Opcode::SetQ, &format!("key{i:06}"), &format!("value-{i}"), flags))
+        .map(|i| {
+            set(
+                Opcode::SetQ,
+                &format!("key{i:06}"),
+                &format!("value-{i}"),
+                flags,
+            )
+        })
         .collect();
     ps.push(Packet::request(Opcode::Noop).with_opaque(77));
     c.send_all(&ps).await;
@@ -128,7 +135,10 @@ async fn quiet_writes_answer_only_failures_before_the_noop_barrier() {
     ps.push(Packet::request(Opcode::Noop).with_opaque(9999));
     c.send_all(&ps).await;
     let r = c.recv().await;
-    assert_eq!((r.opcode, r.opaque, r.status()), (Opcode::AddQ, 5000, Status::KeyEexists));
+    assert_eq!(
+        (r.opcode, r.opaque, r.status()),
+        (Opcode::AddQ, 5000, Status::KeyEexists)
+    );
     let r = c.recv().await;
     assert_eq!((r.opcode, r.opaque), (Opcode::Noop, 9999));
     assert_eq!(n.bucket.item_count(), 1000);
@@ -211,7 +221,12 @@ async fn tap_item_flags_are_swapped_without_fix_flag_byteorder() {
     let n = node(NodeConfig::default()).await;
     load(n.kv_addr, 10, 0x0102_0304).await;
     for fix in [false, true] {
-        let flags = connect_flags::DUMP | if fix { connect_flags::FIX_FLAG_BYTEORDER } else { 0 };
+        let flags = connect_flags::DUMP
+            | if fix {
+                connect_flags::FIX_FLAG_BYTEORDER
+            } else {
+                0
+            };
         let mut c = tap_connect(n.kv_addr, flags, None).await;
         let mut seen = 0;
         while let Some(p) = c.recv_within(WAIT).await {
@@ -253,9 +268,15 @@ async fn tap_consumer_writes_into_a_replica_vbucket_and_acks() {
     m.encode(&mut b);
     c.sock.write_all(&b).await.unwrap();
     let a1 = c.recv().await;
-    assert_eq!((a1.magic, a1.opcode, a1.opaque, a1.status()), (Magic::Response, Opcode::TapVbucketSet, 1, Status::Success));
+    assert_eq!(
+        (a1.magic, a1.opcode, a1.opaque, a1.status()),
+        (Magic::Response, Opcode::TapVbucketSet, 1, Status::Success)
+    );
     let a2 = c.recv().await;
-    assert_eq!((a2.opcode, a2.opaque, a2.status()), (Opcode::TapMutation, 2, Status::Success));
+    assert_eq!(
+        (a2.opcode, a2.opaque, a2.status()),
+        (Opcode::TapMutation, 2, Status::Success)
+    );
     assert_eq!(n.bucket.state(vb), Some(VbucketState::Replica));
     let v = n.bucket.vb(vb).unwrap();
     let item = &v.items[&b"tapkey"[..]];
@@ -322,10 +343,17 @@ async fn a_dcp_stream_sends_a_snapshot_every_item_and_ends_at_the_high_seqno() {
             cas: 0,
             mode: pump_node::store::WriteMode::Set,
         };
-        n.bucket.write(1, w, pump_node::store::CLIENT_STATES).unwrap();
+        n.bucket
+            .write(1, w, pump_node::store::CLIENT_STATES)
+            .unwrap();
     }
     n.bucket
-        .delete(1, Bytes::from_static(b"k0"), 0, pump_node::store::CLIENT_STATES)
+        .delete(
+            1,
+            Bytes::from_static(b"k0"),
+            0,
+            pump_node::store::CLIENT_STATES,
+        )
         .unwrap();
     let mut c = dcp_open(n.kv_addr, &[]).await;
     c.send(&stream_req(1, 0, 101, 0)).await;
@@ -352,7 +380,9 @@ async fn a_dcp_stream_sends_a_snapshot_every_item_and_ends_at_the_high_seqno() {
                 dels += 1;
                 last = i.by_seqno;
             }
-            DcpMessage::StreamEnd { reason, vbucket, .. } => {
+            DcpMessage::StreamEnd {
+                reason, vbucket, ..
+            } => {
                 assert_eq!(reason, pump_protocol::dcp::StreamEndReason::Ok);
                 assert_eq!(vbucket, 1);
                 break;
@@ -374,7 +404,10 @@ async fn a_stream_request_with_an_unknown_uuid_is_told_to_roll_back() {
     let mut c = dcp_open(n.kv_addr, &[]).await;
     c.send(&stream_req(0, 5, 10, 12345)).await;
     let r = c.recv().await;
-    assert_eq!(StreamReqReply::from_packet(&r).unwrap(), StreamReqReply::Rollback(0));
+    assert_eq!(
+        StreamReqReply::from_packet(&r).unwrap(),
+        StreamReqReply::Rollback(0)
+    );
 }
 
 #[tokio::test]
@@ -396,7 +429,9 @@ async fn dcp_flow_control_never_has_more_than_the_window_unacked_and_noops_flow(
             cas: 0,
             mode: pump_node::store::WriteMode::Set,
         };
-        n.bucket.write(vb, w, pump_node::store::CLIENT_STATES).unwrap();
+        n.bucket
+            .write(vb, w, pump_node::store::CLIENT_STATES)
+            .unwrap();
     }
     const WINDOW: u64 = 20_000;
     let mut c = dcp_open(
@@ -492,5 +527,8 @@ async fn a_node_restarted_on_its_data_dir_keeps_items_seqnos_and_uuids() {
     g.vbucket_or_status = vbucket_of(b"key7", 16);
     c.send(&g).await;
     let r = c.recv().await;
-    assert_eq!((r.status(), (&r.extras[..]).get_u32()), (Status::Success, 7));
+    assert_eq!(
+        (r.status(), (&r.extras[..]).get_u32()),
+        (Status::Success, 7)
+    );
 }
