@@ -130,7 +130,7 @@ pub async fn produce(
     let (mut r, mut w) = sock.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let rb = bucket.clone();
-    let reader = tokio::spawn(async move {
+    let reader = crate::tap::AbortOnDrop(tokio::spawn(async move {
         let mut codec = PacketCodec::with_max_body(MAX_BODY);
         loop {
             loop {
@@ -209,7 +209,7 @@ pub async fn produce(
                 _ => return,
             }
         }
-    });
+    }));
 
     let mut streams: Vec<Stream> = Vec::new();
     let mut window: u64 = 0;
@@ -251,37 +251,43 @@ pub async fn produce(
                     .with_opaque(0xfeed)
                     .encode(&mut buf);
             }
-            // Fill the buffer from the streams, round robin, inside the window.
+            // Fill the buffer from the streams, round robin, inside the window; stop after a
+            // whole round in which no stream had anything to send.
             let mut progressed = false;
             let mut full = false;
-            while buf.len() < FLUSH_AT && !streams.is_empty() && !full {
+            let mut idle_run = 0;
+            while buf.len() < FLUSH_AT && !streams.is_empty() && !full && idle_run < streams.len() {
                 if next >= streams.len() {
                     next = 0;
                 }
                 let s = &mut streams[next];
                 let mut done = false;
+                let mut sent = false;
                 for _ in 0..ITEMS_PER_TURN {
                     match step(&bucket, s, &mut buf, window, &mut unacked) {
-                        Step::Sent => progressed = true,
+                        Step::Sent => sent = true,
                         Step::Full => {
                             full = true;
                             break;
                         }
                         Step::Idle => break,
                         Step::Ended => {
-                            progressed = true;
+                            sent = true;
                             done = true;
                             break;
                         }
                     }
                 }
+                if sent {
+                    progressed = true;
+                    idle_run = 0;
+                } else {
+                    idle_run += 1;
+                }
                 if done {
                     streams.remove(next);
                 } else {
                     next += 1;
-                }
-                if !progressed && next >= streams.len() {
-                    break;
                 }
             }
             if !buf.is_empty() {
@@ -317,7 +323,7 @@ pub async fn produce(
         }
     }
     .await;
-    reader.abort();
+    drop(reader);
     let _ = w.shutdown().await;
     result
 }

@@ -34,6 +34,15 @@ fn io_err(msg: impl Into<String>) -> std::io::Error {
     std::io::Error::other(msg.into())
 }
 
+/// Aborts a spawned task when dropped (the reader half of a producer connection).
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct Emitter {
     w: OwnedWriteHalf,
     buf: BytesMut,
@@ -121,7 +130,7 @@ pub async fn produce(
     let (mut r, w) = sock.into_split();
     let (ack_tx, acks) = mpsc::unbounded_channel();
     // The reader: acks (responses to our messages) go to the emitter; EOF ends it.
-    let reader = tokio::spawn(async move {
+    let reader = AbortOnDrop(tokio::spawn(async move {
         let mut codec = PacketCodec::with_max_body(MAX_BODY);
         loop {
             while let Ok(Some(p)) = codec.decode(&mut rbuf) {
@@ -136,7 +145,7 @@ pub async fn produce(
                 Ok(_) => {}
             }
         }
-    });
+    }));
     let vbs: Vec<u16> = match &c.vbuckets {
         Some(v) => v.clone(),
         None => (0..bucket.num_vbuckets())
@@ -213,7 +222,7 @@ pub async fn produce(
         }
         // A backfill (not a dump) keeps streaming new changes until the consumer leaves.
         loop {
-            if reader.is_finished() {
+            if reader.0.is_finished() {
                 return Ok(());
             }
             let mut any = false;
@@ -238,7 +247,7 @@ pub async fn produce(
         }
     }
     .await;
-    reader.abort();
+    drop(reader);
     let mut w = e.w;
     let _ = w.shutdown().await;
     result
