@@ -374,6 +374,7 @@ fn fits(window: u64, unacked: u64, len: usize) -> bool {
     window == 0 || unacked == 0 || unacked + len as u64 <= window
 }
 
+#[allow(clippy::too_many_arguments)]
 fn put_header(
     buf: &mut BytesMut,
     op: Opcode,

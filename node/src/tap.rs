@@ -57,7 +57,7 @@ impl Emitter {
     async fn emit(&mut self, mut m: TapMessage, last: bool) -> std::io::Result<()> {
         self.sent += 1;
         m.opaque = self.sent as u32;
-        let ack = self.support_ack && (last || self.sent % ACK_EVERY == 0);
+        let ack = self.support_ack && (last || self.sent.is_multiple_of(ACK_EVERY));
         if ack {
             m.tap_flags |= message_flags::ACK;
         }
