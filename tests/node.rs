@@ -272,6 +272,25 @@ async fn cluster_failover_promotes_replicas_and_every_node_serves_the_map() {
         ],
         3,
     );
+    // vbucket 4 is active on node 1, replica on node 2: write it on node 1 before the failover.
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| pump_protocol::vbucket_of(k.as_bytes(), 64) == 4)
+        .unwrap();
+    let mut c = TcpStream::connect(("127.0.0.1", s.nodes[1].0)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = BytesMut::new();
+    let set = Packet::request(Opcode::Set)
+        .with_vbucket(4)
+        .with_extras(vec![0, 0, 0, 5, 0, 0, 0, 0])
+        .with_key(Bytes::from(key.clone()))
+        .with_value(Bytes::from_static(b"replicated"));
+    c.write_all(&set.to_bytes()).unwrap();
+    assert_eq!(
+        read_packet(&mut c, &mut buf).status(),
+        pump_protocol::Status::Success
+    );
+    drop(c);
     let before = vbucket_map(s.nodes[2].1).await;
     let map = &before["vBucketServerMap"]["vBucketMap"];
     assert_eq!(map[4], serde_json::json!([1, 2]));
@@ -305,6 +324,18 @@ async fn cluster_failover_promotes_replicas_and_every_node_serves_the_map() {
     assert_eq!(after["nodes"][1]["clusterMembership"], "inactiveFailed");
     // The failed node's KV port is closed.
     assert!(TcpStream::connect(("127.0.0.1", s.nodes[1].0)).is_err());
+    // The promoted copy on node 2 serves what was written on node 1.
+    let mut c = TcpStream::connect(("127.0.0.1", s.nodes[2].0)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let get = Packet::request(Opcode::Get)
+        .with_vbucket(4)
+        .with_key(Bytes::from(key));
+    c.write_all(&get.to_bytes()).unwrap();
+    let r = read_packet(&mut c, &mut BytesMut::new());
+    assert_eq!(
+        (r.status(), &r.value[..]),
+        (pump_protocol::Status::Success, &b"replicated"[..])
+    );
 }
 
 #[tokio::test]
