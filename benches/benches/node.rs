@@ -178,6 +178,64 @@ fn main() {
         assert_eq!(n, items);
         report("TAP dump", n, bytes, secs);
 
+        // Pipelined SETQ into a second node: batches of 1000 with a NOOP barrier each.
+        let sink = Node::start(NodeConfig::default(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let mut c = TcpStream::connect(sink.kv_addr).await.unwrap();
+        let mut wire = BytesMut::new();
+        let mut batches = Vec::new();
+        for i in 0..items {
+            let key = format!("key{i:09}");
+            let vb = vbucket_of(key.as_bytes(), 1024);
+            pump_protocol::packet::encode_request(
+                &mut wire,
+                Opcode::SetQ,
+                vb,
+                0,
+                0,
+                0,
+                &[0; 8],
+                key.as_bytes(),
+                &value,
+            );
+            if (i + 1) % 1000 == 0 || i + 1 == items {
+                pump_protocol::packet::encode_request(
+                    &mut wire,
+                    Opcode::Noop,
+                    0,
+                    0,
+                    0,
+                    0,
+                    &[],
+                    &[],
+                    &[],
+                );
+                batches.push(wire.split().freeze());
+            }
+        }
+        let wire_bytes: usize = batches.iter().map(|b| b.len()).sum();
+        let (mut r, mut w) = c.into_split();
+        let n = batches.len();
+        let t = Instant::now();
+        let writer = tokio::spawn(async move {
+            for b in batches {
+                w.write_all(&b).await.unwrap();
+            }
+            w
+        });
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0usize;
+        while got < n * 24 {
+            let k = r.read(&mut buf).await.unwrap();
+            assert!(k > 0);
+            got += k;
+        }
+        let _w = writer.await.unwrap();
+        report("SETQ pipeline (1 conn)", items, wire_bytes as u64, t.elapsed().as_secs_f64());
+        c = _w.reunite(r).unwrap();
+        drop(c);
+
         ceiling(dcp_bytes).await;
     });
 }
