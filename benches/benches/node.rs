@@ -232,7 +232,12 @@ fn main() {
             got += k;
         }
         let _w = writer.await.unwrap();
-        report("SETQ pipeline (1 conn)", items, wire_bytes as u64, t.elapsed().as_secs_f64());
+        report(
+            "SETQ pipeline (1 conn)",
+            items,
+            wire_bytes as u64,
+            t.elapsed().as_secs_f64(),
+        );
         c = _w.reunite(r).unwrap();
         drop(c);
 

@@ -10,7 +10,7 @@
 //! The node writes it every second while something changed and on a clean stop, so a node
 //! restarted on the same directory keeps its items, seqnos and vbucket uuids.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Read, Write as _};
 use std::path::Path;
 
@@ -111,7 +111,7 @@ pub fn load(path: &Path) -> io::Result<Option<Vec<Vbucket>>> {
             })
             .collect();
         let n = b.get_u32() as usize;
-        let mut items = HashMap::with_capacity(n);
+        let mut items = crate::store::ItemMap::with_capacity_and_hasher(n, Default::default());
         let mut by_seqno = BTreeMap::new();
         for _ in 0..n {
             need(&b, 2, "key")?;

@@ -9,7 +9,9 @@
 //! An active vbucket may forward each change to a replica bucket (the in-process replication of
 //! the local cluster).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,6 +22,42 @@ use pump_protocol::{Status, VbucketState};
 
 /// Relative expirations above this many seconds are absolute unix times (memcached's rule).
 const RELATIVE_EXPIRY_MAX: u32 = 30 * 24 * 3600;
+
+/// A fast non-cryptographic hasher for keys (multiply-rotate over 8-byte words). The node is a
+/// reference server, not exposed to untrusted clients, so hash flooding is not a concern.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+const HASH_K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        let mut z = self.0;
+        z ^= z >> 33;
+        z = z.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        z ^ (z >> 33)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(HASH_K);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(b) ^ rest.len() as u64).wrapping_mul(HASH_K);
+        }
+        self.0 = h;
+    }
+}
+
+/// The items of a vbucket.
+pub type ItemMap = HashMap<Bytes, Item, BuildHasherDefault<KeyHasher>>;
 
 /// One stored item (or a tombstone).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +106,7 @@ pub struct Write {
 #[derive(Debug)]
 pub struct Vbucket {
     pub state: VbucketState,
-    pub items: HashMap<Bytes, Item>,
+    pub items: ItemMap,
     pub by_seqno: BTreeMap<u64, Bytes>,
     pub high_seqno: u64,
     /// Newest first.
@@ -81,7 +119,7 @@ impl Vbucket {
     fn new(state: VbucketState) -> Vbucket {
         Vbucket {
             state,
-            items: HashMap::new(),
+            items: ItemMap::default(),
             by_seqno: BTreeMap::new(),
             high_seqno: 0,
             failover: vec![FailoverEntry {
@@ -104,22 +142,31 @@ impl Vbucket {
         self.failover.first().map(|e| e.uuid).unwrap_or(0)
     }
 
-    /// Stores `item` under `key` at the next seqno and returns it.
-    fn put(&mut self, key: Bytes, mut item: Item) -> Item {
+    /// Stores `item` under `key` at the next seqno; returns its cas.
+    fn put(&mut self, key: Bytes, mut item: Item) -> u64 {
         self.high_seqno += 1;
         item.by_seqno = self.high_seqno;
-        self.place(key, item.clone());
-        item
+        let cas = item.cas;
+        self.place(key, item);
+        cas
     }
 
     /// Stores an item that already carries its seqno (replication); keeps high_seqno monotonic.
     fn place(&mut self, key: Bytes, item: Item) {
-        if let Some(old) = self.items.get(&key) {
-            self.by_seqno.remove(&old.by_seqno);
+        let seqno = item.by_seqno;
+        self.high_seqno = self.high_seqno.max(seqno);
+        self.by_seqno.insert(seqno, key.clone());
+        match self.items.entry(key) {
+            Entry::Occupied(mut o) => {
+                let old = o.insert(item);
+                if old.by_seqno != seqno {
+                    self.by_seqno.remove(&old.by_seqno);
+                }
+            }
+            Entry::Vacant(v) => {
+                v.insert(item);
+            }
         }
-        self.high_seqno = self.high_seqno.max(item.by_seqno);
-        self.by_seqno.insert(item.by_seqno, key.clone());
-        self.items.insert(key, item);
     }
 
     /// Up to `max` items with seqno in `(after, upto]`, in seqno order.
@@ -229,7 +276,9 @@ impl Bucket {
     }
 
     fn mark_dirty(&self) {
-        self.dirty.store(true, Ordering::Release);
+        if !self.dirty.load(Ordering::Relaxed) {
+            self.dirty.store(true, Ordering::Release);
+        }
     }
 
     fn next_cas(&self) -> u64 {
@@ -269,20 +318,23 @@ impl Bucket {
             return Err(Status::NotMyVbucket);
         }
         let t = now();
-        let existing = v.live(&w.key, t).cloned();
-        match (w.mode, &existing) {
+        let (existing_cas, rev) = match v.items.get(&w.key) {
+            Some(i) if !i.deleted && !i.expired(t) => (Some(i.cas), i.rev_seqno + 1),
+            Some(i) => (None, i.rev_seqno + 1),
+            None => (None, 1),
+        };
+        match (w.mode, existing_cas) {
             (WriteMode::Add, Some(_)) => return Err(Status::KeyEexists),
             (WriteMode::Replace, None) => return Err(Status::KeyEnoent),
             _ => {}
         }
         if w.cas != 0 {
-            match &existing {
+            match existing_cas {
                 None => return Err(Status::KeyEnoent),
-                Some(i) if i.cas != w.cas => return Err(Status::KeyEexists),
+                Some(c) if c != w.cas => return Err(Status::KeyEexists),
                 _ => {}
             }
         }
-        let rev = v.items.get(&w.key).map(|i| i.rev_seqno + 1).unwrap_or(1);
         let item = Item {
             value: w.value,
             flags: w.flags,
@@ -293,10 +345,10 @@ impl Bucket {
             datatype: w.datatype,
             deleted: false,
         };
-        let stored = v.put(w.key.clone(), item);
-        self.forward(vb, &v, w.key, &stored);
+        let cas = v.put(w.key.clone(), item);
+        self.forward(vb, &v, w.key);
         self.mark_dirty();
-        Ok(stored.cas)
+        Ok(cas)
     }
 
     /// Deletes `key` (a tombstone with a new seqno); `cas` 0 = any.
@@ -327,10 +379,10 @@ impl Bucket {
             datatype: 0,
             deleted: true,
         };
-        let stored = v.put(key.clone(), item);
-        self.forward(vb, &v, key, &stored);
+        let cas = v.put(key.clone(), item);
+        self.forward(vb, &v, key);
         self.mark_dirty();
-        Ok(stored.cas)
+        Ok(cas)
     }
 
     /// Applies an item as a replication stream carries it (a new seqno here, flags and expiry
@@ -352,17 +404,20 @@ impl Bucket {
         if item.rev_seqno == 0 {
             item.rev_seqno = v.items.get(&key).map(|i| i.rev_seqno + 1).unwrap_or(1);
         }
-        let stored = v.put(key.clone(), item);
-        self.forward(vb, &v, key, &stored);
+        let cas = v.put(key.clone(), item);
+        self.forward(vb, &v, key);
         self.mark_dirty();
-        Ok(stored.cas)
+        Ok(cas)
     }
 
     /// Forwards a change to the replica copy, same seqno.
-    fn forward(&self, vb: u16, v: &Vbucket, key: Bytes, item: &Item) {
+    fn forward(&self, vb: u16, v: &Vbucket, key: Bytes) {
         if let Some(r) = &v.replica {
+            let Some(item) = v.items.get(&key).cloned() else {
+                return;
+            };
             if let Some(mut rv) = r.vb(vb) {
-                rv.place(key, item.clone());
+                rv.place(key, item);
                 r.mark_dirty();
             }
         }
