@@ -1,1 +1,25 @@
-//! The reference node (built in the node work).
+//! The reference data node and local cluster.
+//!
+//! ```text
+//! store.rs    a bucket of vbuckets: items, seqnos, tombstones, failover logs, per-vbucket locks
+//! persist.rs  the bucket snapshot file (--data DIR)
+//! kv.rs       the KV port: memcached binary protocol, pipelined; the TAP consumer path
+//! tap.rs      the TAP producer (TAP_CONNECT)
+//! dcp.rs      the DCP producer (DCP_OPEN), flow control, noops
+//! node.rs     one node: bucket + KV listener + persistence
+//! cluster.rs  N nodes sharing one vbucket map, in-process replication, failover
+//! rest.rs     the REST port (the map as Couchbase's REST shows it)
+//! ```
+
+pub mod cluster;
+pub mod dcp;
+pub mod kv;
+pub mod node;
+pub mod persist;
+pub mod rest;
+pub mod store;
+pub mod tap;
+
+pub use cluster::{Cluster, ClusterConfig, ClusterState, NodeInfo};
+pub use node::{Node, NodeConfig};
+pub use store::Bucket;

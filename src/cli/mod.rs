@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cluster;
+mod node;
 mod recover;
 mod transfer;
 
@@ -23,6 +25,10 @@ enum Command {
     Recover(Box<recover::RecoverArgs>),
     /// List the source and sink kinds and their spec syntax.
     Kinds,
+    /// Run one reference node (KV + REST) in the foreground.
+    Node(Box<node::NodeArgs>),
+    /// A local cluster of reference nodes: up, failover.
+    Cluster(Box<cluster::ClusterArgs>),
 }
 
 /// Every source and sink kind this binary knows.
@@ -79,6 +85,8 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Transfer(args) => transfer::run(*args).await,
             Command::Recover(args) => recover::run(*args).await,
+            Command::Node(args) => node::run(*args).await,
+            Command::Cluster(args) => cluster::run(*args).await,
             Command::Kinds => {
                 print_kinds();
                 Ok(())

@@ -1,0 +1,540 @@
+//! The DCP producer: what a DCP_OPEN (producer flag) turns its connection into.
+//!
+//! ```text
+//! reader task: CONTROL, STREAM_REQ (failover log or ROLLBACK), CLOSE_STREAM, GET_FAILOVER_LOG,
+//!              BUFFER_ACK, NOOP replies  --events-->  writer
+//! writer:      per stream SNAPSHOT_MARKER, MUTATION / DELETION / EXPIRATION (read from the
+//!              vbucket in chunks, no lock held while writing), STREAM_END (reason 0) at the end
+//!              seqno; streams interleaved; NOOP every noop interval when enabled
+//! flow control: with connection_buffer_size set, header+body of every message but NOOPs
+//!              counts as unacked until BUFFER_ACK; the writer stops while the window is full
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use pump_protocol::dcp::{snapshot_type, FailoverEntry, StreamReqReply};
+use pump_protocol::header::{Header, Magic, HEADER_LEN};
+use pump_protocol::{Opcode, Packet, PacketCodec, Status, VbucketState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::Decoder;
+
+use crate::kv::{put_response, KvContext, IDLE_TIMEOUT, MAX_BODY};
+use crate::store::{self, Bucket};
+
+const CHUNK: usize = 512;
+const FLUSH_AT: usize = 256 * 1024;
+const ITEMS_PER_TURN: usize = 64;
+
+enum Event {
+    /// Bytes to send as they are (replies), not flow-controlled.
+    Reply(Bytes),
+    Stream(Stream),
+    Close(u16),
+    Ack(u32),
+    BufferSize(u64),
+    Noop(bool),
+    NoopInterval(u64),
+}
+
+struct Stream {
+    vb: u16,
+    opaque: u32,
+    /// Last seqno sent (or the start).
+    last: u64,
+    end: u64,
+    /// Upper bound of the snapshot being sent; 0 = none open.
+    snap_end: u64,
+    /// First snapshot: its marker starts at the requested start.
+    first: bool,
+    pending: std::collections::VecDeque<(Bytes, store::Item)>,
+}
+
+/// The answer to a stream request, from the vbucket's failover log.
+pub fn check_request(
+    failover: &[FailoverEntry],
+    high: u64,
+    start: u64,
+    uuid: u64,
+) -> Result<(), u64> {
+    if start == 0 {
+        return Ok(());
+    }
+    // failover is newest first; the branch of `uuid` ends where the next newer one begins.
+    let Some(pos) = failover.iter().position(|e| e.uuid == uuid) else {
+        return Err(0);
+    };
+    let upper = if pos == 0 {
+        high
+    } else {
+        failover[pos - 1].seqno
+    };
+    if start > upper {
+        return Err(upper);
+    }
+    Ok(())
+}
+
+fn stream_req(bucket: &Bucket, p: &Packet, tx: &mpsc::UnboundedSender<Event>) -> Bytes {
+    let reply = |r: StreamReqReply| r.to_packet(p.opaque).to_bytes();
+    if p.extras.len() != 48 {
+        return reply(StreamReqReply::Err(Status::Einval));
+    }
+    let mut e = &p.extras[..];
+    let (_flags, _res) = (e.get_u32(), e.get_u32());
+    let (start, end, uuid, snap_start, snap_end) = (
+        e.get_u64(),
+        e.get_u64(),
+        e.get_u64(),
+        e.get_u64(),
+        e.get_u64(),
+    );
+    let vb = p.vbucket();
+    let Some(v) = bucket.vb(vb) else {
+        return reply(StreamReqReply::Err(Status::NotMyVbucket));
+    };
+    if v.state != VbucketState::Active {
+        return reply(StreamReqReply::Err(Status::NotMyVbucket));
+    }
+    if start > end || snap_start > start || start > snap_end.max(start) {
+        return reply(StreamReqReply::Err(Status::Erange));
+    }
+    if let Err(seqno) = check_request(&v.failover, v.high_seqno, start, uuid) {
+        return reply(StreamReqReply::Rollback(seqno));
+    }
+    let log = v.failover.clone();
+    drop(v);
+    let _ = tx.send(Event::Stream(Stream {
+        vb,
+        opaque: p.opaque,
+        last: start,
+        end,
+        snap_end: 0,
+        first: true,
+        pending: Default::default(),
+    }));
+    reply(StreamReqReply::Ok(log))
+}
+
+/// Runs a DCP producer on `sock` (OPEN already answered); `rbuf` holds bytes already read.
+pub async fn produce(
+    sock: TcpStream,
+    mut rbuf: BytesMut,
+    ctx: Arc<KvContext>,
+    _name: Bytes,
+) -> std::io::Result<()> {
+    let bucket = ctx.bucket.clone();
+    let (mut r, mut w) = sock.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let rb = bucket.clone();
+    let reader = crate::tap::AbortOnDrop(tokio::spawn(async move {
+        let mut codec = PacketCodec::with_max_body(MAX_BODY);
+        loop {
+            loop {
+                let p = match codec.decode(&mut rbuf) {
+                    Ok(Some(p)) => p,
+                    Ok(None) => break,
+                    Err(_) => return,
+                };
+                let ev = if p.magic == Magic::Response {
+                    continue; // NOOP answers
+                } else {
+                    match p.opcode {
+                        Opcode::DcpBufferAck if p.extras.len() == 4 => {
+                            Event::Ack((&p.extras[..]).get_u32())
+                        }
+                        Opcode::DcpControl => {
+                            let v = std::str::from_utf8(&p.value).unwrap_or("");
+                            let mut out = BytesMut::new();
+                            let (status, ev) = match &p.key[..] {
+                                b"connection_buffer_size" => match v.parse::<u64>() {
+                                    Ok(n) => (Status::Success, Some(Event::BufferSize(n))),
+                                    Err(_) => (Status::Einval, None),
+                                },
+                                b"enable_noop" => (Status::Success, Some(Event::Noop(v == "true"))),
+                                b"set_noop_interval" => match v.parse::<u64>() {
+                                    Ok(n) => (Status::Success, Some(Event::NoopInterval(n))),
+                                    Err(_) => (Status::Einval, None),
+                                },
+                                _ => (Status::Success, None),
+                            };
+                            put_response(
+                                &mut out,
+                                p.opcode.value(),
+                                p.opaque,
+                                status,
+                                0,
+                                &[],
+                                &[],
+                                &[],
+                            );
+                            if let Some(ev) = ev {
+                                let _ = tx.send(ev);
+                            }
+                            Event::Reply(out.freeze())
+                        }
+                        Opcode::DcpStreamReq => Event::Reply(stream_req(&rb, &p, &tx)),
+                        Opcode::DcpCloseStream => {
+                            let _ = tx.send(Event::Close(p.vbucket()));
+                            Event::Reply(Packet::response_to(&p, Status::Success).to_bytes())
+                        }
+                        Opcode::DcpGetFailoverLog => match rb.vb(p.vbucket()) {
+                            Some(v) => Event::Reply(
+                                StreamReqReply::Ok(v.failover.clone())
+                                    .to_packet(p.opaque)
+                                    .with_opcode_of(&p)
+                                    .to_bytes(),
+                            ),
+                            None => Event::Reply(
+                                Packet::response_to(&p, Status::NotMyVbucket).to_bytes(),
+                            ),
+                        },
+                        Opcode::Noop => {
+                            Event::Reply(Packet::response_to(&p, Status::Success).to_bytes())
+                        }
+                        _ => {
+                            Event::Reply(Packet::response_to(&p, Status::UnknownCommand).to_bytes())
+                        }
+                    }
+                };
+                if tx.send(ev).is_err() {
+                    return;
+                }
+            }
+            match tokio::time::timeout(IDLE_TIMEOUT, r.read_buf(&mut rbuf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
+    }));
+
+    let mut streams: Vec<Stream> = Vec::new();
+    let mut window: u64 = 0;
+    let mut unacked: u64 = 0;
+    let mut noop = false;
+    let mut noop_every = Duration::from_secs(120);
+    let mut last_noop = tokio::time::Instant::now();
+    let mut buf = BytesMut::with_capacity(FLUSH_AT + 64 * 1024);
+    let mut next = 0usize;
+    let result: std::io::Result<()> = async {
+        loop {
+            // Take every event already there.
+            let mut closed = false;
+            loop {
+                match rx.try_recv() {
+                    Ok(ev) => apply(
+                        ev,
+                        &mut buf,
+                        &mut streams,
+                        &mut unacked,
+                        &mut window,
+                        &mut noop,
+                        &mut noop_every,
+                    ),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            if closed {
+                w.write_all(&buf).await?;
+                return Ok(());
+            }
+            if noop && last_noop.elapsed() >= noop_every {
+                last_noop = tokio::time::Instant::now();
+                Packet::request(Opcode::DcpNoop)
+                    .with_opaque(0xfeed)
+                    .encode(&mut buf);
+            }
+            // Fill the buffer from the streams, round robin, inside the window; stop after a
+            // whole round in which no stream had anything to send.
+            let mut progressed = false;
+            let mut full = false;
+            let mut idle_run = 0;
+            while buf.len() < FLUSH_AT && !streams.is_empty() && !full && idle_run < streams.len() {
+                if next >= streams.len() {
+                    next = 0;
+                }
+                let s = &mut streams[next];
+                let mut done = false;
+                let mut sent = false;
+                for _ in 0..ITEMS_PER_TURN {
+                    match step(&bucket, s, &mut buf, window, &mut unacked) {
+                        Step::Sent => sent = true,
+                        Step::Full => {
+                            full = true;
+                            break;
+                        }
+                        Step::Idle => break,
+                        Step::Ended => {
+                            sent = true;
+                            done = true;
+                            break;
+                        }
+                    }
+                }
+                if sent {
+                    progressed = true;
+                    idle_run = 0;
+                } else {
+                    idle_run += 1;
+                }
+                if done {
+                    streams.remove(next);
+                } else {
+                    next += 1;
+                }
+            }
+            if !buf.is_empty() {
+                w.write_all(&buf).await?;
+                buf.clear();
+            }
+            if !progressed {
+                // Nothing to send: wait for an event, the noop timer, or new items.
+                let wait = if streams.is_empty() || full {
+                    noop_every
+                } else {
+                    Duration::from_millis(20)
+                };
+                let wait = if noop {
+                    wait.min(noop_every.saturating_sub(last_noop.elapsed()))
+                } else {
+                    wait
+                };
+                match tokio::time::timeout(wait, rx.recv()).await {
+                    Ok(Some(ev)) => apply(
+                        ev,
+                        &mut buf,
+                        &mut streams,
+                        &mut unacked,
+                        &mut window,
+                        &mut noop,
+                        &mut noop_every,
+                    ),
+                    Ok(None) => return Ok(()),
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+    .await;
+    drop(reader);
+    let _ = w.shutdown().await;
+    result
+}
+
+trait WithOpcode {
+    fn with_opcode_of(self, p: &Packet) -> Packet;
+}
+
+impl WithOpcode for Packet {
+    fn with_opcode_of(mut self, p: &Packet) -> Packet {
+        self.opcode = p.opcode;
+        self
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    ev: Event,
+    buf: &mut BytesMut,
+    streams: &mut Vec<Stream>,
+    unacked: &mut u64,
+    window: &mut u64,
+    noop: &mut bool,
+    noop_every: &mut Duration,
+) {
+    match ev {
+        Event::Reply(b) => buf.put_slice(&b),
+        Event::Stream(s) => {
+            streams.retain(|x| x.vb != s.vb);
+            streams.push(s);
+        }
+        Event::Close(vb) => streams.retain(|x| x.vb != vb),
+        Event::Ack(n) => *unacked = unacked.saturating_sub(u64::from(n)),
+        Event::BufferSize(n) => *window = n,
+        Event::Noop(on) => *noop = on,
+        Event::NoopInterval(s) => *noop_every = Duration::from_secs(s.max(1)),
+    }
+}
+
+enum Step {
+    Sent,
+    Full,
+    Idle,
+    Ended,
+}
+
+fn fits(window: u64, unacked: u64, len: usize) -> bool {
+    window == 0 || unacked == 0 || unacked + len as u64 <= window
+}
+
+#[allow(clippy::too_many_arguments)]
+fn put_header(
+    buf: &mut BytesMut,
+    op: Opcode,
+    vb: u16,
+    opaque: u32,
+    cas: u64,
+    dt: u8,
+    e: usize,
+    k: usize,
+    v: usize,
+) {
+    Header {
+        magic: Magic::Request,
+        opcode: op.value(),
+        key_len: k as u16,
+        extras_len: e as u8,
+        datatype: dt,
+        vbucket_or_status: vb,
+        body_len: (e + k + v) as u32,
+        opaque,
+        cas,
+    }
+    .write(buf);
+}
+
+/// Sends the next message of `s`.
+fn step(
+    bucket: &Bucket,
+    s: &mut Stream,
+    buf: &mut BytesMut,
+    window: u64,
+    unacked: &mut u64,
+) -> Step {
+    if s.pending.is_empty() {
+        if s.last >= s.end {
+            let len = HEADER_LEN + 4;
+            if !fits(window, *unacked, len) {
+                return Step::Full;
+            }
+            put_header(buf, Opcode::DcpStreamEnd, s.vb, s.opaque, 0, 0, 4, 0, 0);
+            buf.put_u32(0);
+            *unacked += len as u64;
+            return Step::Ended;
+        }
+        if s.snap_end <= s.last {
+            // Open the next snapshot: everything up to the high seqno now (or the end).
+            let (high, state) = match bucket.vb(s.vb) {
+                Some(v) => (v.high_seqno, v.state),
+                None => return Step::Ended,
+            };
+            if state != VbucketState::Active {
+                return Step::Ended;
+            }
+            let upto = high.min(s.end);
+            if upto <= s.last {
+                return Step::Idle;
+            }
+            let len = HEADER_LEN + 20;
+            if !fits(window, *unacked, len) {
+                return Step::Full;
+            }
+            let start = if s.first { s.last } else { s.last + 1 };
+            put_header(
+                buf,
+                Opcode::DcpSnapshotMarker,
+                s.vb,
+                s.opaque,
+                0,
+                0,
+                20,
+                0,
+                0,
+            );
+            buf.put_u64(start);
+            buf.put_u64(upto);
+            buf.put_u32(if s.first {
+                snapshot_type::DISK
+            } else {
+                snapshot_type::MEMORY
+            });
+            *unacked += len as u64;
+            s.first = false;
+            s.snap_end = upto;
+            return Step::Sent;
+        }
+        let chunk = match bucket.vb(s.vb) {
+            Some(v) => v.range(s.last, s.snap_end, CHUNK),
+            None => Vec::new(),
+        };
+        if chunk.is_empty() {
+            // Items moved past the snapshot (updated since): it is complete.
+            s.last = s.snap_end;
+            return Step::Sent;
+        }
+        s.pending.extend(chunk);
+    }
+    let Some((key, item)) = s.pending.front() else {
+        return Step::Idle;
+    };
+    let t = store::now();
+    let (op, elen, vlen) = if item.deleted {
+        (Opcode::DcpDeletion, 18, 0)
+    } else if item.expired(t) {
+        (Opcode::DcpExpiration, 18, 0)
+    } else {
+        (Opcode::DcpMutation, 31, item.value.len())
+    };
+    let len = HEADER_LEN + elen + key.len() + vlen;
+    if !fits(window, *unacked, len) {
+        return Step::Full;
+    }
+    put_header(
+        buf,
+        op,
+        s.vb,
+        s.opaque,
+        item.cas,
+        item.datatype,
+        elen,
+        key.len(),
+        vlen,
+    );
+    buf.put_u64(item.by_seqno);
+    buf.put_u64(item.rev_seqno);
+    if op == Opcode::DcpMutation {
+        buf.put_u32(item.flags);
+        buf.put_u32(item.expiry);
+        buf.put_u32(0);
+        buf.put_u16(0);
+        buf.put_u8(0);
+        buf.put_slice(key);
+        buf.put_slice(&item.value);
+    } else {
+        buf.put_u16(0);
+        buf.put_slice(key);
+    }
+    *unacked += len as u64;
+    s.last = item.by_seqno;
+    s.pending.pop_front();
+    if s.pending.is_empty() && s.last >= s.snap_end {
+        s.last = s.snap_end;
+    }
+    Step::Sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_on_an_unknown_uuid_or_past_its_branch_rolls_back() {
+        let log = [
+            FailoverEntry { uuid: 2, seqno: 10 },
+            FailoverEntry { uuid: 1, seqno: 0 },
+        ];
+        assert_eq!(check_request(&log, 20, 0, 99), Ok(()));
+        assert_eq!(check_request(&log, 20, 5, 99), Err(0));
+        assert_eq!(check_request(&log, 20, 15, 1), Err(10));
+        assert_eq!(check_request(&log, 20, 8, 1), Ok(()));
+        assert_eq!(check_request(&log, 20, 20, 2), Ok(()));
+        assert_eq!(check_request(&log, 20, 21, 2), Err(20));
+    }
+}

@@ -1,0 +1,254 @@
+//! The TAP producer: what a TAP_CONNECT turns its connection into.
+//!
+//! ```text
+//! per vbucket: OPAQUE (u32 1, initial vbucket stream) | CHECKPOINT_START (u64 id)
+//!              | MUTATION / DELETE ... | CHECKPOINT_END (u64 id)
+//! TAKEOVER:    VBUCKET_SET active per vbucket (the local copy goes dead)
+//! SUPPORT_ACK: the ACK flag on every 500th message and on the last; nothing more is sent
+//!              until that ack arrives
+//! DUMP:        the connection closes after the last ack; otherwise new changes keep flowing
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use pump_protocol::header::Magic;
+use pump_protocol::tap::{connect_flags, message_flags, TapConnect, TapKind, TapMessage};
+use pump_protocol::{PacketCodec, VbucketState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::Decoder;
+
+use crate::kv::{KvContext, IDLE_TIMEOUT, MAX_BODY};
+use crate::store;
+
+/// Messages between two ACK flags.
+pub const ACK_EVERY: u64 = 500;
+const CHUNK: usize = 1024;
+const FLUSH_AT: usize = 256 * 1024;
+
+fn io_err(msg: impl Into<String>) -> std::io::Error {
+    std::io::Error::other(msg.into())
+}
+
+/// Aborts a spawned task when dropped (the reader half of a producer connection).
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Emitter {
+    w: OwnedWriteHalf,
+    buf: BytesMut,
+    acks: mpsc::UnboundedReceiver<(u32, u16)>,
+    support_ack: bool,
+    fix: bool,
+    keys_only: bool,
+    sent: u64,
+}
+
+impl Emitter {
+    async fn emit(&mut self, mut m: TapMessage, last: bool) -> std::io::Result<()> {
+        self.sent += 1;
+        m.opaque = self.sent as u32;
+        let ack = self.support_ack && (last || self.sent.is_multiple_of(ACK_EVERY));
+        if ack {
+            m.tap_flags |= message_flags::ACK;
+        }
+        m.encode(&mut self.buf);
+        if ack {
+            self.flush().await?;
+            self.wait_ack(m.opaque).await?;
+        } else if self.buf.len() >= FLUSH_AT {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.w.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    async fn wait_ack(&mut self, opaque: u32) -> std::io::Result<()> {
+        loop {
+            match tokio::time::timeout(IDLE_TIMEOUT, self.acks.recv()).await {
+                Err(_) => return Err(io_err("TAP: no ack before the idle timeout")),
+                Ok(None) => return Err(io_err("TAP: consumer closed before acking")),
+                Ok(Some((_, status))) if status != 0 => {
+                    return Err(io_err(format!("TAP: consumer answered status {status:#x}")))
+                }
+                Ok(Some((o, _))) if o >= opaque => return Ok(()),
+                Ok(Some(_)) => {}
+            }
+        }
+    }
+
+    fn item(&self, vb: u16, key: Bytes, i: &store::Item) -> TapMessage {
+        let kind = if i.deleted {
+            TapKind::Delete
+        } else {
+            TapKind::Mutation
+        };
+        let mut m = TapMessage {
+            vbucket: vb,
+            cas: i.cas,
+            datatype: i.datatype,
+            key,
+            item_expiry: i.expiry,
+            ..TapMessage::new(kind)
+        };
+        if !i.deleted {
+            m.set_item_flags(i.flags, self.fix);
+            if self.keys_only {
+                m.tap_flags |= message_flags::NO_VALUE;
+            } else {
+                m.value = i.value.clone();
+            }
+        }
+        m
+    }
+}
+
+/// Runs a TAP producer on `sock` for the TAP_CONNECT `c`; `rbuf` holds bytes already read.
+pub async fn produce(
+    sock: TcpStream,
+    mut rbuf: BytesMut,
+    ctx: Arc<KvContext>,
+    c: TapConnect,
+) -> std::io::Result<()> {
+    let bucket = ctx.bucket.clone();
+    let (mut r, w) = sock.into_split();
+    let (ack_tx, acks) = mpsc::unbounded_channel();
+    // The reader: acks (responses to our messages) go to the emitter; EOF ends it.
+    let reader = AbortOnDrop(tokio::spawn(async move {
+        let mut codec = PacketCodec::with_max_body(MAX_BODY);
+        loop {
+            while let Ok(Some(p)) = codec.decode(&mut rbuf) {
+                if p.magic == Magic::Response
+                    && ack_tx.send((p.opaque, p.vbucket_or_status)).is_err()
+                {
+                    return;
+                }
+            }
+            match r.read_buf(&mut rbuf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }));
+    let vbs: Vec<u16> = match &c.vbuckets {
+        Some(v) => v.clone(),
+        None => (0..bucket.num_vbuckets())
+            .filter(|vb| bucket.state(*vb) == Some(VbucketState::Active))
+            .collect(),
+    };
+    let dump = c.has(connect_flags::DUMP);
+    let takeover = c.has(connect_flags::TAKEOVER_VBUCKETS);
+    let backfill = dump || c.backfill_since.is_some_and(|s| s != u64::MAX);
+    let mut e = Emitter {
+        w,
+        buf: BytesMut::with_capacity(FLUSH_AT + 64 * 1024),
+        acks,
+        support_ack: c.has(connect_flags::SUPPORT_ACK),
+        fix: c.has(connect_flags::FIX_FLAG_BYTEORDER),
+        keys_only: c.has(connect_flags::REQUEST_KEYS_ONLY),
+        sent: 0,
+    };
+    let mut last_sent: Vec<u64> = vec![0; vbs.len()];
+    let result = async {
+        for (n, &vb) in vbs.iter().enumerate() {
+            let last_vb = n + 1 == vbs.len() && !takeover;
+            let high = match bucket.vb(vb) {
+                Some(v) => v.high_seqno,
+                None => continue,
+            };
+            let mut op = TapMessage::new(TapKind::Opaque);
+            op.vbucket = vb;
+            op.value = Bytes::from_static(&[0, 0, 0, 1]);
+            e.emit(op, false).await?;
+            let mut cp = TapMessage::new(TapKind::CheckpointStart);
+            cp.vbucket = vb;
+            cp.value = Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 1]);
+            e.emit(cp, false).await?;
+            let mut after = 0;
+            if backfill {
+                let t = store::now();
+                loop {
+                    let chunk = match bucket.vb(vb) {
+                        Some(v) => v.range(after, high, CHUNK),
+                        None => Vec::new(),
+                    };
+                    let Some(last) = chunk.last() else { break };
+                    after = last.1.by_seqno;
+                    for (k, i) in chunk {
+                        if i.expired(t) || (dump && i.deleted) {
+                            continue;
+                        }
+                        let m = e.item(vb, k, &i);
+                        e.emit(m, false).await?;
+                    }
+                }
+            }
+            last_sent[n] = high;
+            let mut cp = TapMessage::new(TapKind::CheckpointEnd);
+            cp.vbucket = vb;
+            cp.value = Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 1]);
+            e.emit(cp, last_vb && dump).await?;
+        }
+        if takeover {
+            for (n, &vb) in vbs.iter().enumerate() {
+                e.emit(
+                    TapMessage::vbucket_set(vb, VbucketState::Active),
+                    n + 1 == vbs.len() && dump,
+                )
+                .await?;
+                bucket.set_state(vb, VbucketState::Dead);
+            }
+        }
+        e.flush().await?;
+        if dump {
+            // Without SUPPORT_ACK nothing confirms the end: the close does.
+            return Ok(());
+        }
+        // A backfill (not a dump) keeps streaming new changes until the consumer leaves.
+        loop {
+            if reader.0.is_finished() {
+                return Ok(());
+            }
+            let mut any = false;
+            for (n, &vb) in vbs.iter().enumerate() {
+                let chunk = match bucket.vb(vb) {
+                    Some(v) if v.high_seqno > last_sent[n] => {
+                        v.range(last_sent[n], v.high_seqno, CHUNK)
+                    }
+                    _ => continue,
+                };
+                for (k, i) in chunk {
+                    last_sent[n] = i.by_seqno;
+                    let m = e.item(vb, k, &i);
+                    e.emit(m, false).await?;
+                    any = true;
+                }
+            }
+            e.flush().await?;
+            if !any {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    .await;
+    drop(reader);
+    let mut w = e.w;
+    let _ = w.shutdown().await;
+    result
+}

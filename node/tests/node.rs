@@ -1,0 +1,534 @@
+//! Raw-bytes tests of a node bound on 127.0.0.1:0: KV, SASL, TAP, DCP, persistence.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use pump_node::{Node, NodeConfig};
+use pump_protocol::dcp::{DcpMessage, StreamReqReply, StreamRequest};
+use pump_protocol::tap::{connect_flags, message_flags, TapConnect, TapKind, TapMessage};
+use pump_protocol::{vbucket_of, Magic, Opcode, Packet, PacketCodec, Status, VbucketState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Client {
+    sock: TcpStream,
+    buf: BytesMut,
+    codec: PacketCodec,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        Client {
+            sock: TcpStream::connect(addr).await.unwrap(),
+            buf: BytesMut::new(),
+            codec: PacketCodec::default(),
+        }
+    }
+    async fn send(&mut self, p: &Packet) {
+        self.sock.write_all(&p.to_bytes()).await.unwrap();
+    }
+    async fn send_all(&mut self, ps: &[Packet]) {
+        let mut b = BytesMut::new();
+        ps.iter().for_each(|p| p.encode(&mut b));
+        self.sock.write_all(&b).await.unwrap();
+    }
+    /// The next packet, None on EOF.
+    async fn recv_within(&mut self, d: Duration) -> Option<Packet> {
+        tokio::time::timeout(d, async {
+            loop {
+                if let Some(p) = self.codec.decode(&mut self.buf).unwrap() {
+                    return Some(p);
+                }
+                if self.sock.read_buf(&mut self.buf).await.unwrap() == 0 {
+                    return None;
+                }
+            }
+        })
+        .await
+        .expect("timed out waiting for a packet")
+    }
+    async fn recv(&mut self) -> Packet {
+        self.recv_within(WAIT).await.expect("EOF")
+    }
+    /// True when nothing arrives within `d`.
+    async fn silent_for(&mut self, d: Duration) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        tokio::time::timeout(d, self.sock.read_buf(&mut self.buf))
+            .await
+            .is_err()
+    }
+}
+
+fn set(op: Opcode, key: &str, value: &str, flags: u32) -> Packet {
+    let mut e = BytesMut::new();
+    e.put_u32(flags);
+    e.put_u32(0);
+    Packet::request(op)
+        .with_vbucket(vbucket_of(key.as_bytes(), 1024))
+        .with_extras(e.freeze())
+        .with_key(Bytes::copy_from_slice(key.as_bytes()))
+        .with_value(Bytes::copy_from_slice(value.as_bytes()))
+}
+
+fn get(key: &str) -> Packet {
+    Packet::request(Opcode::Get)
+        .with_vbucket(vbucket_of(key.as_bytes(), 1024))
+        .with_key(Bytes::copy_from_slice(key.as_bytes()))
+}
+
+async fn node(cfg: NodeConfig) -> Node {
+    Node::start(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+async fn load(addr: SocketAddr, n: usize, flags: u32) {
+    let mut c = Client::connect(addr).await;
+    let mut ps: Vec<Packet> = (0..n)
+        .map(|i| {
+            set(
+                Opcode::SetQ,
+                &format!("key{i:06}"),
+                &format!("value-{i}"),
+                flags,
+            )
+        })
+        .collect();
+    ps.push(Packet::request(Opcode::Noop).with_opaque(77));
+    c.send_all(&ps).await;
+    let r = c.recv().await;
+    assert_eq!((r.opcode, r.opaque), (Opcode::Noop, 77));
+}
+
+#[tokio::test]
+async fn set_then_get_returns_value_flags_and_cas() {
+    let n = node(NodeConfig::default()).await;
+    let mut c = Client::connect(n.kv_addr).await;
+    c.send(&set(Opcode::Set, "hello", "world", 0xdead_beef).with_opaque(1))
+        .await;
+    let r = c.recv().await;
+    assert_eq!((r.status(), r.opaque), (Status::Success, 1));
+    assert_ne!(r.cas, 0);
+    c.send(&get("hello")).await;
+    let g = c.recv().await;
+    assert_eq!(g.status(), Status::Success);
+    assert_eq!(&g.value[..], b"world");
+    assert_eq!(&g.extras[..], &0xdead_beefu32.to_be_bytes());
+    assert_eq!(g.cas, r.cas);
+}
+
+#[tokio::test]
+async fn quiet_writes_answer_only_failures_before_the_noop_barrier() {
+    let n = node(NodeConfig::default()).await;
+    let mut c = Client::connect(n.kv_addr).await;
+    let mut ps: Vec<Packet> = (0..1000)
+        .map(|i| set(Opcode::SetQ, &format!("k{i}"), "v", 0).with_opaque(i))
+        .collect();
+    // An ADDQ of an existing key fails: the only answer before the NOOP.
+    ps.push(set(Opcode::AddQ, "k5", "x", 0).with_opaque(5000));
+    ps.push(Packet::request(Opcode::Noop).with_opaque(9999));
+    c.send_all(&ps).await;
+    let r = c.recv().await;
+    assert_eq!(
+        (r.opcode, r.opaque, r.status()),
+        (Opcode::AddQ, 5000, Status::KeyEexists)
+    );
+    let r = c.recv().await;
+    assert_eq!((r.opcode, r.opaque), (Opcode::Noop, 9999));
+    assert_eq!(n.bucket.item_count(), 1000);
+}
+
+#[tokio::test]
+async fn a_key_whose_vbucket_is_not_active_answers_not_my_vbucket() {
+    let n = node(NodeConfig::default()).await;
+    let vb = vbucket_of(b"hello", 1024);
+    n.bucket.set_state(vb, VbucketState::Replica);
+    let mut c = Client::connect(n.kv_addr).await;
+    c.send(&set(Opcode::Set, "hello", "v", 0)).await;
+    assert_eq!(c.recv().await.status(), Status::NotMyVbucket);
+    c.send(&get("hello")).await;
+    assert_eq!(c.recv().await.status(), Status::NotMyVbucket);
+}
+
+#[tokio::test]
+async fn sasl_plain_lets_in_the_right_password_only() {
+    let n = node(NodeConfig {
+        auth: Some(("admin".into(), "secret".into())),
+        ..NodeConfig::default()
+    })
+    .await;
+    let mut c = Client::connect(n.kv_addr).await;
+    c.send(&set(Opcode::Set, "k", "v", 0)).await;
+    assert_eq!(c.recv().await.status(), Status::AuthError);
+    c.send(&pump_protocol::sasl::plain_auth("admin", "wrong"))
+        .await;
+    assert_eq!(c.recv().await.status(), Status::AuthError);
+    c.send(&pump_protocol::sasl::plain_auth("admin", "secret"))
+        .await;
+    assert_eq!(c.recv().await.status(), Status::Success);
+    c.send(&set(Opcode::Set, "k", "v", 0)).await;
+    assert_eq!(c.recv().await.status(), Status::Success);
+}
+
+async fn tap_connect(addr: SocketAddr, flags: u32, vbuckets: Option<Vec<u16>>) -> Client {
+    let mut c = Client::connect(addr).await;
+    let tc = TapConnect {
+        name: Bytes::from_static(b"test"),
+        flags,
+        vbuckets,
+        ..TapConnect::default()
+    };
+    c.send(&tc.to_packet()).await;
+    c
+}
+
+#[tokio::test]
+async fn tap_dump_with_support_ack_waits_for_each_ack_and_closes_after_the_last() {
+    let n = node(NodeConfig::default()).await;
+    load(n.kv_addr, 1200, 7).await;
+    let mut c = tap_connect(
+        n.kv_addr,
+        connect_flags::DUMP | connect_flags::SUPPORT_ACK | connect_flags::FIX_FLAG_BYTEORDER,
+        None,
+    )
+    .await;
+    let (mut mutations, mut acks) = (0, 0);
+    while let Some(p) = c.recv_within(WAIT).await {
+        let m = TapMessage::from_packet(&p).unwrap();
+        if m.kind() == TapKind::Mutation {
+            mutations += 1;
+            assert_eq!(m.fixed_item_flags(), 7);
+        }
+        if m.wants_ack() {
+            acks += 1;
+            // The producer stops after an ACK-flagged message until the ack is sent.
+            assert!(c.silent_for(Duration::from_millis(200)).await);
+            c.send(&m.ack_reply()).await;
+        }
+    }
+    assert_eq!(mutations, 1200);
+    assert!(acks >= 2, "{acks} acks");
+}
+
+#[tokio::test]
+async fn tap_item_flags_are_swapped_without_fix_flag_byteorder() {
+    let n = node(NodeConfig::default()).await;
+    load(n.kv_addr, 10, 0x0102_0304).await;
+    for fix in [false, true] {
+        let flags = connect_flags::DUMP
+            | if fix {
+                connect_flags::FIX_FLAG_BYTEORDER
+            } else {
+                0
+            };
+        let mut c = tap_connect(n.kv_addr, flags, None).await;
+        let mut seen = 0;
+        while let Some(p) = c.recv_within(WAIT).await {
+            let m = TapMessage::from_packet(&p).unwrap();
+            if m.kind() == TapKind::Mutation {
+                seen += 1;
+                let raw = if fix { 0x0102_0304 } else { 0x0403_0201 };
+                assert_eq!(m.item_flags, raw, "fix={fix}");
+                assert_eq!(m.tap_flags & message_flags::NETWORK_BYTE_ORDER != 0, fix);
+                assert_eq!(m.fixed_item_flags(), 0x0102_0304);
+            }
+        }
+        assert_eq!(seen, 10);
+    }
+}
+
+#[tokio::test]
+async fn tap_consumer_writes_into_a_replica_vbucket_and_acks() {
+    let n = node(NodeConfig::default()).await;
+    let vb = vbucket_of(b"tapkey", 1024);
+    let mut c = Client::connect(n.kv_addr).await;
+    let set_state = TapMessage {
+        tap_flags: message_flags::ACK,
+        opaque: 1,
+        ..TapMessage::vbucket_set(vb, VbucketState::Replica)
+    };
+    let mut b = BytesMut::new();
+    set_state.encode(&mut b);
+    let mut m = TapMessage {
+        vbucket: vb,
+        opaque: 2,
+        key: Bytes::from_static(b"tapkey"),
+        value: Bytes::from_static(b"tapvalue"),
+        item_expiry: 0,
+        ..TapMessage::new(TapKind::Mutation)
+    };
+    m.set_item_flags(42, false);
+    m.tap_flags |= message_flags::ACK;
+    m.encode(&mut b);
+    c.sock.write_all(&b).await.unwrap();
+    let a1 = c.recv().await;
+    assert_eq!(
+        (a1.magic, a1.opcode, a1.opaque, a1.status()),
+        (Magic::Response, Opcode::TapVbucketSet, 1, Status::Success)
+    );
+    let a2 = c.recv().await;
+    assert_eq!(
+        (a2.opcode, a2.opaque, a2.status()),
+        (Opcode::TapMutation, 2, Status::Success)
+    );
+    assert_eq!(n.bucket.state(vb), Some(VbucketState::Replica));
+    let v = n.bucket.vb(vb).unwrap();
+    let item = &v.items[&b"tapkey"[..]];
+    assert_eq!((&item.value[..], item.flags), (&b"tapvalue"[..], 42));
+}
+
+async fn dcp_open(addr: SocketAddr, controls: &[(&str, &str)]) -> Client {
+    let mut c = Client::connect(addr).await;
+    c.send(
+        &DcpMessage::Open {
+            opaque: 1,
+            name: Bytes::from_static(b"test"),
+            seqno: 0,
+            flags: pump_protocol::dcp::open_flags::PRODUCER,
+        }
+        .to_packet(),
+    )
+    .await;
+    assert_eq!(c.recv().await.status(), Status::Success);
+    for (k, v) in controls {
+        c.send(
+            &DcpMessage::Control {
+                opaque: 2,
+                key: Bytes::copy_from_slice(k.as_bytes()),
+                value: Bytes::copy_from_slice(v.as_bytes()),
+            }
+            .to_packet(),
+        )
+        .await;
+        assert_eq!(c.recv().await.status(), Status::Success, "control {k}");
+    }
+    c
+}
+
+fn stream_req(vb: u16, start: u64, end: u64, uuid: u64) -> Packet {
+    DcpMessage::StreamReq(StreamRequest {
+        vbucket: vb,
+        opaque: 100 + u32::from(vb),
+        flags: 0,
+        start,
+        end,
+        vbucket_uuid: uuid,
+        snap_start: start,
+        snap_end: start,
+    })
+    .to_packet()
+}
+
+#[tokio::test]
+async fn a_dcp_stream_sends_a_snapshot_every_item_and_ends_at_the_high_seqno() {
+    let n = node(NodeConfig {
+        vbuckets: 4,
+        ..NodeConfig::default()
+    })
+    .await;
+    for i in 0..100 {
+        let key = Bytes::from(format!("k{i}"));
+        let w = pump_node::store::Write {
+            key,
+            value: Bytes::from_static(b"v"),
+            flags: 3,
+            expiry: 0,
+            datatype: 0,
+            cas: 0,
+            mode: pump_node::store::WriteMode::Set,
+        };
+        n.bucket
+            .write(1, w, pump_node::store::CLIENT_STATES)
+            .unwrap();
+    }
+    n.bucket
+        .delete(
+            1,
+            Bytes::from_static(b"k0"),
+            0,
+            pump_node::store::CLIENT_STATES,
+        )
+        .unwrap();
+    let mut c = dcp_open(n.kv_addr, &[]).await;
+    c.send(&stream_req(1, 0, 101, 0)).await;
+    let r = c.recv().await;
+    let StreamReqReply::Ok(log) = StreamReqReply::from_packet(&r).unwrap() else {
+        panic!("{r:?}")
+    };
+    assert_eq!(log.len(), 1);
+    let (mut muts, mut dels, mut markers, mut last) = (0, 0, 0, 0);
+    loop {
+        let p = c.recv().await;
+        match DcpMessage::from_packet(&p).unwrap() {
+            DcpMessage::SnapshotMarker { end, .. } => {
+                markers += 1;
+                assert_eq!(end, 101);
+            }
+            DcpMessage::Mutation(i) => {
+                muts += 1;
+                assert!(i.by_seqno > last);
+                last = i.by_seqno;
+                assert_eq!(i.flags, 3);
+            }
+            DcpMessage::Deletion(i) => {
+                dels += 1;
+                last = i.by_seqno;
+            }
+            DcpMessage::StreamEnd {
+                reason, vbucket, ..
+            } => {
+                assert_eq!(reason, pump_protocol::dcp::StreamEndReason::Ok);
+                assert_eq!(vbucket, 1);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((muts, dels, markers, last), (99, 1, 1, 101));
+}
+
+#[tokio::test]
+async fn a_stream_request_with_an_unknown_uuid_is_told_to_roll_back() {
+    let n = node(NodeConfig {
+        vbuckets: 4,
+        ..NodeConfig::default()
+    })
+    .await;
+    load(n.kv_addr, 0, 0).await;
+    let mut c = dcp_open(n.kv_addr, &[]).await;
+    c.send(&stream_req(0, 5, 10, 12345)).await;
+    let r = c.recv().await;
+    assert_eq!(
+        StreamReqReply::from_packet(&r).unwrap(),
+        StreamReqReply::Rollback(0)
+    );
+}
+
+#[tokio::test]
+async fn dcp_flow_control_never_has_more_than_the_window_unacked_and_noops_flow() {
+    let n = node(NodeConfig {
+        vbuckets: 8,
+        ..NodeConfig::default()
+    })
+    .await;
+    for i in 0..2000u32 {
+        let key = Bytes::from(format!("key{i}"));
+        let vb = vbucket_of(&key, 8);
+        let w = pump_node::store::Write {
+            key,
+            value: Bytes::from(vec![b'x'; 100]),
+            flags: 0,
+            expiry: 0,
+            datatype: 0,
+            cas: 0,
+            mode: pump_node::store::WriteMode::Set,
+        };
+        n.bucket
+            .write(vb, w, pump_node::store::CLIENT_STATES)
+            .unwrap();
+    }
+    const WINDOW: u64 = 20_000;
+    let mut c = dcp_open(
+        n.kv_addr,
+        &[
+            ("connection_buffer_size", "20000"),
+            ("enable_noop", "true"),
+            ("set_noop_interval", "1"),
+        ],
+    )
+    .await;
+    for vb in 0..8 {
+        let high = n.bucket.vb(vb).unwrap().high_seqno;
+        c.send(&stream_req(vb, 0, high, 0)).await;
+    }
+    let (mut unacked, mut items, mut ended, mut replies, mut noops) = (0u64, 0, 0, 0, 0);
+    while ended < 8 {
+        let p = c.recv().await;
+        if p.magic == Magic::Response {
+            replies += 1;
+            continue;
+        }
+        if p.opcode == Opcode::DcpNoop {
+            noops += 1;
+            c.send(&pump_protocol::dcp::noop_reply(p.opaque)).await;
+            continue;
+        }
+        unacked += p.wire_len() as u64;
+        assert!(unacked <= WINDOW, "{unacked} bytes unacked");
+        match p.opcode {
+            Opcode::DcpMutation => items += 1,
+            Opcode::DcpStreamEnd => ended += 1,
+            _ => {}
+        }
+        if unacked > WINDOW / 2 {
+            // Wait a little: the producer must not send past the window meanwhile.
+            if noops == 0 && items > 1000 {
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+            }
+            c.send(
+                &DcpMessage::BufferAck {
+                    opaque: 3,
+                    bytes: unacked as u32,
+                }
+                .to_packet(),
+            )
+            .await;
+            unacked = 0;
+        }
+    }
+    assert_eq!((items, replies), (2000, 8));
+    assert!(noops >= 1, "no NOOP arrived");
+}
+
+#[tokio::test]
+async fn a_node_restarted_on_its_data_dir_keeps_items_seqnos_and_uuids() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = NodeConfig {
+        vbuckets: 16,
+        data: Some(dir.path().to_path_buf()),
+        ..NodeConfig::default()
+    };
+    let n = node(cfg.clone()).await;
+    let mut c = Client::connect(n.kv_addr).await;
+    let mut ps: Vec<Packet> = (0..200)
+        .map(|i| {
+            let k = format!("key{i}");
+            let mut p = set(Opcode::SetQ, &k, "v", i);
+            p.vbucket_or_status = vbucket_of(k.as_bytes(), 16);
+            p
+        })
+        .collect();
+    ps.push(Packet::request(Opcode::Noop));
+    c.send_all(&ps).await;
+    c.recv().await;
+    let before: Vec<_> = (0..16)
+        .map(|vb| {
+            let v = n.bucket.vb(vb).unwrap();
+            (v.high_seqno, v.failover.clone(), v.items.clone())
+        })
+        .collect();
+    n.shutdown().await.unwrap();
+    let n = node(cfg).await;
+    let after: Vec<_> = (0..16)
+        .map(|vb| {
+            let v = n.bucket.vb(vb).unwrap();
+            (v.high_seqno, v.failover.clone(), v.items.clone())
+        })
+        .collect();
+    assert_eq!(before, after);
+    let mut c = Client::connect(n.kv_addr).await;
+    let mut g = get("key7");
+    g.vbucket_or_status = vbucket_of(b"key7", 16);
+    c.send(&g).await;
+    let r = c.recv().await;
+    assert_eq!(
+        (r.status(), (&r.extras[..]).get_u32()),
+        (Status::Success, 7)
+    );
+}

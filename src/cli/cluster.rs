@@ -1,0 +1,180 @@
+//! `pump cluster up|failover`: a local cluster of reference nodes.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use pump_node::{Cluster, ClusterConfig, NodeConfig};
+
+use super::Failure;
+
+/// Arguments of `pump cluster`.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Start N nodes on loopback sharing one vbucket map, in the foreground.
+    Up(Up),
+    /// Fail a node over through the cluster's REST (POST /controller/failOver).
+    Failover {
+        /// The cluster's REST address, e.g. http://127.0.0.1:9000
+        url: String,
+        /// The node: its otpNode name (n_1@127.0.0.1), host:port, or index.
+        node: String,
+    },
+}
+
+/// Arguments of `pump cluster up`.
+#[derive(Debug, Args)]
+pub struct Up {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// Replicas per vbucket (0 or 1).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub replicas: u8,
+    /// First KV port (node i listens on K+i); 0 picks free ports.
+    #[arg(long, default_value_t = 12000)]
+    pub kv_port: u16,
+    /// First REST port (node i listens on R+i); 0 picks free ports.
+    #[arg(long, default_value_t = 9000)]
+    pub rest_port: u16,
+    /// Bucket name.
+    #[arg(long, default_value = "default")]
+    pub bucket: String,
+    /// Number of vbuckets.
+    #[arg(long, default_value_t = 1024)]
+    pub vbuckets: u16,
+    /// Directory where each node persists its bucket (DIR/node-i).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// SASL user required of clients.
+    #[arg(long, requires = "password")]
+    pub user: Option<String>,
+    /// SASL password.
+    #[arg(long, requires = "user")]
+    pub password: Option<String>,
+}
+
+/// Runs `pump cluster ...`.
+pub async fn run(a: ClusterArgs) -> Result<(), Failure> {
+    match a.command {
+        ClusterCommand::Up(up_args) => up(up_args, false).await,
+        ClusterCommand::Failover { url, node } => failover(&url, &node).await,
+    }
+}
+
+/// Starts the nodes, prints one line per node, waits for SIGINT/SIGTERM, stops them.
+/// `single`: a standalone node (data in DIR itself, not DIR/node-0).
+pub async fn up(a: Up, single: bool) -> Result<(), Failure> {
+    if a.nodes == 0 {
+        return Err(Failure::Usage("--nodes must be at least 1".into()));
+    }
+    if a.vbuckets == 0 {
+        return Err(Failure::Usage("--vbuckets must be at least 1".into()));
+    }
+    let node = NodeConfig {
+        bucket: a.bucket,
+        vbuckets: a.vbuckets,
+        auth: a.user.zip(a.password),
+        data: a.data.clone(),
+        ..NodeConfig::default()
+    };
+    let cfg = ClusterConfig {
+        nodes: a.nodes,
+        replicas: usize::from(a.replicas),
+        node,
+        kv_port: a.kv_port,
+        rest_port: a.rest_port,
+    };
+    let cluster = if single {
+        Cluster::start_single(cfg).await
+    } else {
+        Cluster::start(cfg).await
+    }
+    .map_err(|e| Failure::Failed(format!("cannot start: {e}")))?;
+    {
+        let s = cluster.lock();
+        for (i, n) in s.nodes.iter().enumerate() {
+            println!("node {i} kv={} rest={} otp={}", n.kv, n.rest, n.otp);
+        }
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    wait_for_stop().await;
+    cluster
+        .shutdown()
+        .await
+        .map_err(|e| Failure::Failed(format!("stopping: {e}")))
+}
+
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn failover(url: &str, node: &str) -> Result<(), Failure> {
+    let base = url.trim_end_matches('/');
+    if !base.starts_with("http://") {
+        return Err(Failure::Usage(format!("{url}: expected http://HOST:PORT")));
+    }
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| Failure::Failed(e.to_string()))?;
+    // Resolve an index or host:port to the otpNode name through the node list.
+    let pool: serde_json::Value = client
+        .get(format!("{base}/pools/default"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| Failure::Failed(format!("{base}: {e}")))?
+        .json()
+        .await
+        .map_err(|e| Failure::Failed(format!("{base}/pools/default: {e}")))?;
+    let nodes = pool["nodes"].as_array().cloned().unwrap_or_default();
+    let otp = nodes
+        .iter()
+        .enumerate()
+        .find(|(i, n)| {
+            n["otpNode"] == node
+                || n["hostname"] == node
+                || i.to_string() == node
+                || n["hostname"]
+                    .as_str()
+                    .and_then(|h| h.rsplit_once(':'))
+                    .zip(n["ports"]["direct"].as_u64())
+                    .is_some_and(|((host, _), kv)| format!("{host}:{kv}") == node)
+        })
+        .and_then(|(_, n)| n["otpNode"].as_str().map(str::to_string))
+        .ok_or_else(|| Failure::Usage(format!("{node}: no such node in {base}")))?;
+    let r = client
+        .post(format!("{base}/controller/failOver"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("otpNode={}", otp.replace('@', "%40")))
+        .send()
+        .await
+        .map_err(|e| Failure::Failed(format!("{base}: {e}")))?;
+    let status = r.status();
+    let body = r.text().await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(Failure::Failed(format!(
+            "failover of {otp}: HTTP {status}: {body}"
+        )));
+    }
+    println!("failed over {otp}");
+    Ok(())
+}
