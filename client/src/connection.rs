@@ -53,6 +53,22 @@ pub enum Next {
     Idle,
 }
 
+/// An I/O error; a reset or broken connection reads as "closed by the peer".
+fn io_error(peer: &str, what: &str, source: std::io::Error) -> ClientError {
+    use std::io::ErrorKind::*;
+    match source.kind() {
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => ClientError::Closed {
+            peer: peer.to_string(),
+            what: format!("{what} ({source})"),
+        },
+        _ => ClientError::Io {
+            peer: peer.to_string(),
+            what: what.to_string(),
+            source,
+        },
+    }
+}
+
 /// The reading half: frames in.
 pub struct ReadHalf {
     peer: Arc<str>,
@@ -105,11 +121,7 @@ impl ReadHalf {
 
     fn protocol_error(&self, e: pump_protocol::ProtocolError, what: &str) -> ClientError {
         match e {
-            pump_protocol::ProtocolError::Io(source) => ClientError::Io {
-                peer: self.peer.to_string(),
-                what: what.to_string(),
-                source,
-            },
+            pump_protocol::ProtocolError::Io(source) => io_error(&self.peer, what, source),
             pump_protocol::ProtocolError::Truncated(n) => ClientError::Closed {
                 peer: self.peer.to_string(),
                 what: format!("{what} ({n} bytes of a frame received)"),
@@ -150,11 +162,7 @@ impl WriteHalf {
     pub async fn send_bytes(&mut self, bytes: &[u8], what: &str) -> Result<(), ClientError> {
         match tokio::time::timeout(self.timeout, self.stream.write_all(bytes)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(ClientError::Io {
-                peer: self.peer.to_string(),
-                what: what.to_string(),
-                source,
-            }),
+            Ok(Err(source)) => Err(io_error(&self.peer, what, source)),
             Err(_) => Err(ClientError::Timeout {
                 peer: self.peer.to_string(),
                 what: what.to_string(),

@@ -30,6 +30,8 @@ enum State {
 #[derive(Debug)]
 struct VbStream {
     req: StreamRequest,
+    /// The node's high seqno at the start (u64::MAX when unknown): where the stream ends.
+    high: u64,
     state: State,
     uuid: u64,
     snap: (u64, u64),
@@ -128,7 +130,7 @@ pub async fn stream_connection(
             Some(h) => h.get(&vb).copied().unwrap_or(0),
             None => u64::MAX,
         };
-        if pos.seqno >= end {
+        if pos.seqno == end {
             continue;
         }
         let opaque = 0x0001_0000 | u32::from(vb);
@@ -141,11 +143,14 @@ pub async fn stream_connection(
                     opaque,
                     flags: 0,
                     start: pos.seqno,
-                    end,
+                    // Saved past the node's high seqno: the node lost history; asking with
+                    // end = start lets it answer ROLLBACK (or end the stream at once).
+                    end: end.max(pos.seqno),
                     vbucket_uuid: pos.uuid,
                     snap_start: pos.snap_start.min(pos.seqno),
                     snap_end: pos.snap_end.max(pos.seqno),
                 },
+                high: end,
                 state: State::Requested,
                 uuid: pos.uuid,
                 snap: (pos.snap_start, pos.snap_end),
@@ -278,6 +283,7 @@ pub async fn stream_connection(
                             s.req.start = to;
                             s.req.snap_start = to;
                             s.req.snap_end = to;
+                            s.req.end = s.high.max(to);
                             if to == 0 {
                                 s.req.vbucket_uuid = 0;
                             }
