@@ -3,9 +3,10 @@
 //! ```text
 //! error.rs       ClientError: every variant names the peer (host:port or URL)
 //! connection.rs  Connection: one TCP connection framed with PacketCodec; connect, SASL PLAIN,
-//!                HELLO, SELECT_BUCKET, request/response and STAT, every read under a timeout;
+//!                SELECT_BUCKET, request/response and STAT, every read under a timeout;
 //!                split into a reading and a writing half for streaming
 //! vbmap.rs       VbucketMap: `GET /pools/default/buckets/<b>` and its vBucketServerMap
+//! testing.rs     FakeRest: a tiny HTTP responder for tests of REST clients
 //! pipeline.rs    WriteBatch + Pipeline: pipelined quiet writes with a NOOP barrier per batch,
 //!                several batches in flight per connection, per-message statuses out
 //! ```
@@ -15,6 +16,7 @@
 pub mod connection;
 pub mod error;
 pub mod pipeline;
+pub mod testing;
 pub mod vbmap;
 
 pub use connection::{Auth, Connection, Next, ReadHalf, WriteHalf, DEFAULT_TIMEOUT};

@@ -12,14 +12,14 @@ use super::DcpSourceKind;
 use crate::testutil::{listen, run, Collect, Peer};
 
 /// What the fake producer learnt during the handshake.
-struct Handshake {
-    controls: Vec<(String, String)>,
-    requests: Vec<StreamRequest>,
+pub(crate) struct Handshake {
+    pub controls: Vec<(String, String)>,
+    pub requests: Vec<StreamRequest>,
 }
 
 /// Plays a producer's handshake: no SELECT_BUCKET, STAT vbucket-seqno from `highs`, OPEN and
 /// CONTROL accepted; returns once `streams` STREAM_REQs arrived.
-async fn handshake(peer: &mut Peer, highs: &[(u16, u64)], streams: usize) -> Handshake {
+pub(crate) async fn handshake(peer: &mut Peer, highs: &[(u16, u64)], streams: usize) -> Handshake {
     let mut h = Handshake {
         controls: Vec::new(),
         requests: Vec::new(),
@@ -71,12 +71,12 @@ async fn handshake(peer: &mut Peer, highs: &[(u16, u64)], streams: usize) -> Han
     h
 }
 
-async fn accept_stream(peer: &mut Peer, r: &StreamRequest, uuid: u64) {
+pub(crate) async fn accept_stream(peer: &mut Peer, r: &StreamRequest, uuid: u64) {
     peer.send(StreamReqReply::Ok(vec![FailoverEntry { uuid, seqno: 0 }]).to_packet(r.opaque))
         .await;
 }
 
-fn mutation(r: &StreamRequest, seqno: u64) -> DcpMessage {
+pub(crate) fn mutation(r: &StreamRequest, seqno: u64) -> DcpMessage {
     DcpMessage::Mutation(DcpItem {
         vbucket: r.vbucket,
         opaque: r.opaque,
@@ -91,7 +91,7 @@ fn mutation(r: &StreamRequest, seqno: u64) -> DcpMessage {
     })
 }
 
-fn marker(r: &StreamRequest, start: u64, end: u64) -> DcpMessage {
+pub(crate) fn marker(r: &StreamRequest, start: u64, end: u64) -> DcpMessage {
     DcpMessage::SnapshotMarker {
         opaque: r.opaque,
         vbucket: r.vbucket,
@@ -101,7 +101,7 @@ fn marker(r: &StreamRequest, start: u64, end: u64) -> DcpMessage {
     }
 }
 
-fn end(r: &StreamRequest) -> DcpMessage {
+pub(crate) fn end(r: &StreamRequest) -> DcpMessage {
     DcpMessage::StreamEnd {
         opaque: r.opaque,
         vbucket: r.vbucket,
