@@ -16,6 +16,8 @@ pub mod couchbase;
 pub mod net;
 pub mod stdout;
 pub mod tap;
+#[cfg(test)]
+mod testutil;
 
 /// Adds every sink kind of this crate to `registry`.
 pub fn register(registry: &mut pump::Registry) {
