@@ -189,7 +189,11 @@ fn backup_and_restore(stream: &str) {
     let restored = contents(&b.spec(), &[]);
     assert_eq!(restored.len(), ITEMS);
     for (k, v) in &original {
-        assert_eq!(restored.get(k), Some(v), "key {k} differs after the restore");
+        assert_eq!(
+            restored.get(k),
+            Some(v),
+            "key {k} differs after the restore"
+        );
     }
 }
 
@@ -207,7 +211,12 @@ fn a_dcp_stream_of_a_3_node_cluster_restores_into_another_with_every_item_equal(
 fn start_node(data: &Path, kv: u16, rest: u16) -> Guard {
     let child = Command::new(PUMP)
         .args(["node", "--data", data.to_str().unwrap()])
-        .args(["--kv-port", &kv.to_string(), "--rest-port", &rest.to_string()])
+        .args([
+            "--kv-port",
+            &kv.to_string(),
+            "--rest-port",
+            &rest.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -216,7 +225,10 @@ fn start_node(data: &Path, kv: u16, rest: u16) -> Guard {
     while std::net::TcpStream::connect(("127.0.0.1", kv)).is_err()
         || std::net::TcpStream::connect(("127.0.0.1", rest)).is_err()
     {
-        assert!(Instant::now() < deadline, "pump node did not listen in 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "pump node did not listen in 30 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     Guard(child)
@@ -273,13 +285,20 @@ fn a_node_killed_mid_dcp_stream_fails_clearly_and_the_rerun_resumes_from_the_che
         .values()
         .map(|v| v["seqno"].as_u64().unwrap())
         .sum();
-    assert!(progressed > 0, "the checkpoint holds the confirmed progress");
+    assert!(
+        progressed > 0,
+        "the checkpoint holds the confirmed progress"
+    );
 
     let _node_a = start_node(&data, kv_a, rest_a);
     pump_ok(&["transfer", &src, &b.spec(), "-x", &x]);
     let copied = contents(&b.spec(), &[]);
     assert_eq!(copied.len(), ITEMS);
     for (k, v) in &original {
-        assert_eq!(copied.get(k), Some(v), "key {k} differs after the resumed run");
+        assert_eq!(
+            copied.get(k),
+            Some(v),
+            "key {k} differs after the resumed run"
+        );
     }
 }

@@ -53,7 +53,10 @@ async fn fake_producer(l: TcpListener, items: u64) {
                 write(&mut s, Packet::response_to(&p, Status::Success)).await
             }
             Opcode::DcpStreamReq => {
-                let log = vec![FailoverEntry { uuid: 4321, seqno: 0 }];
+                let log = vec![FailoverEntry {
+                    uuid: 4321,
+                    seqno: 0,
+                }];
                 write(&mut s, StreamReqReply::Ok(log).to_packet(p.opaque)).await;
                 let snap = DcpMessage::SnapshotMarker {
                     opaque: p.opaque,
@@ -98,7 +101,9 @@ async fn pump_transfer_dcp_to_stdout_prints_every_item_and_writes_the_checkpoint
     let spec = format!("dcp://{addr}");
     let out = tokio::task::spawn_blocking(move || {
         Command::new(PUMP)
-            .args(["transfer", &spec, "stdout:", "-l", "5", "-t", "1", "-q", "-x", &x])
+            .args([
+                "transfer", &spec, "stdout:", "-l", "5", "-t", "1", "-q", "-x", &x,
+            ])
             .output()
             .unwrap()
     })
@@ -139,6 +144,9 @@ fn the_streaming_kinds_are_registered_and_refuse_a_bad_stream_choice() {
     let kinds = Command::new(PUMP).arg("kinds").output().unwrap();
     let listed = String::from_utf8_lossy(&kinds.stdout);
     for k in ["tap://", "dcp://", "couchbase://"] {
-        assert!(listed.contains(k), "{k} missing from `pump kinds`: {listed}");
+        assert!(
+            listed.contains(k),
+            "{k} missing from `pump kinds`: {listed}"
+        );
     }
 }

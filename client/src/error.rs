@@ -25,10 +25,7 @@ pub enum ClientError {
     Closed { peer: String, what: String },
     /// The peer sent bytes the protocol does not allow.
     #[error("{peer}: {source}")]
-    Protocol {
-        peer: String,
-        source: ProtocolError,
-    },
+    Protocol { peer: String, source: ProtocolError },
     /// The peer answered a request with an error status.
     #[error("{peer}: {what} failed: {status}")]
     Status {

@@ -347,7 +347,11 @@ mod tests {
         for b in 0..3 {
             let mut batch = WriteBatch::default();
             for i in 0..5 {
-                let key = if i == b { format!("bad{b}") } else { format!("k{b}_{i}") };
+                let key = if i == b {
+                    format!("bad{b}")
+                } else {
+                    format!("k{b}_{i}")
+                };
                 batch.push(Opcode::SetQ, 7, 0, 0, &[0; 8], key.as_bytes(), b"v");
             }
             pending.push(p.send(batch).await.unwrap());
@@ -363,7 +367,9 @@ mod tests {
         let seen = peer.await.unwrap();
         assert_eq!(seen.len(), 18);
         assert_eq!(seen[5].opcode, Opcode::Noop);
-        assert!(seen[..5].iter().all(|f| f.vbucket() == 7 && f.opcode == Opcode::SetQ));
+        assert!(seen[..5]
+            .iter()
+            .all(|f| f.vbucket() == 7 && f.opcode == Opcode::SetQ));
         assert_eq!(seen[2].opaque, 2);
     }
 

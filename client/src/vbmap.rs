@@ -72,10 +72,7 @@ impl VbucketMap {
             }
             vbuckets.push(ids);
         }
-        let num_replicas = m
-            .get("numReplicas")
-            .and_then(|n| n.as_u64())
-            .unwrap_or(0) as usize;
+        let num_replicas = m.get("numReplicas").and_then(|n| n.as_u64()).unwrap_or(0) as usize;
         Ok(VbucketMap {
             servers,
             vbuckets,
@@ -199,8 +196,13 @@ mod tests {
     fn an_index_past_the_server_list_is_an_error_naming_the_vbucket() {
         let mut j = sample();
         j["vBucketServerMap"]["vBucketMap"][3] = serde_json::json!([5]);
-        let e = VbucketMap::parse(&j, "http://h:1/x").unwrap_err().to_string();
-        assert!(e.contains("vBucketMap[3]") && e.contains("http://h:1/x"), "{e}");
+        let e = VbucketMap::parse(&j, "http://h:1/x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("vBucketMap[3]") && e.contains("http://h:1/x"),
+            "{e}"
+        );
         let e = VbucketMap::parse(&serde_json::json!({}), "u").unwrap_err();
         assert!(e.to_string().contains("no vBucketServerMap"));
     }

@@ -43,11 +43,7 @@ impl Source for Feed {
 }
 
 /// Runs `source` into `sink` with `options`, under a timeout.
-pub async fn run(
-    source: Feed,
-    sink: Box<dyn Sink>,
-    options: Options,
-) -> Result<Summary, Error> {
+pub async fn run(source: Feed, sink: Box<dyn Sink>, options: Options) -> Result<Summary, Error> {
     tokio::time::timeout(
         Duration::from_secs(30),
         pump::run(Box::new(source), sink, Context::new(options)),

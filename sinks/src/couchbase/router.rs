@@ -92,7 +92,11 @@ impl Router {
 
     /// Sends `messages` (only the indexes in `which` when given), each to the node holding its
     /// vbucket in the current map.
-    pub async fn send(&self, messages: &[Message], which: Option<&[usize]>) -> Result<Round, Error> {
+    pub async fn send(
+        &self,
+        messages: &[Message],
+        which: Option<&[usize]>,
+    ) -> Result<Round, Error> {
         let map = self.state.lock().await.map.clone();
         let n = map.num_vbuckets();
         let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
@@ -171,7 +175,11 @@ impl Router {
 
     /// Waits for a round's statuses and resends what must be resent until every message is
     /// written, skipped or failed.
-    pub async fn settle(&self, messages: Vec<Message>, mut round: Round) -> Result<Delivery, Error> {
+    pub async fn settle(
+        &self,
+        messages: Vec<Message>,
+        mut round: Round,
+    ) -> Result<Delivery, Error> {
         let mut delivery = Delivery::default();
         let mut attempt = 0u32;
         loop {
@@ -208,7 +216,11 @@ impl Router {
                 for (j, &i) in part.indices.iter().enumerate() {
                     let m = &messages[i];
                     let status = statuses[j];
-                    match Verdict::of(status, self.config.add && m.op == Op::Mutation, m.is_removal()) {
+                    match Verdict::of(
+                        status,
+                        self.config.add && m.op == Op::Mutation,
+                        m.is_removal(),
+                    ) {
                         Verdict::Done => delivery.written += 1,
                         Verdict::Skip => delivery.skipped += 1,
                         Verdict::Retry => {

@@ -33,9 +33,12 @@ fn fake_node(
                     }
                     Opcode::Noop => Some(Status::Success),
                     _ => {
-                        log.lock()
-                            .unwrap()
-                            .push((p.opcode, p.vbucket(), key.clone(), p.extras.to_vec()));
+                        log.lock().unwrap().push((
+                            p.opcode,
+                            p.vbucket(),
+                            key.clone(),
+                            p.extras.to_vec(),
+                        ));
                         if not_mine.contains(&p.vbucket()) {
                             rest.set(new_map.clone());
                             Some(Status::NotMyVbucket)
@@ -67,15 +70,21 @@ fn msg(vb: u16, key: &str) -> Message {
 }
 
 #[tokio::test]
-async fn messages_go_to_the_node_owning_their_vbucket_and_not_my_vbucket_reroutes_with_a_fresh_map(
-) {
+async fn messages_go_to_the_node_owning_their_vbucket_and_not_my_vbucket_reroutes_with_a_fresh_map()
+{
     let (l0, a0) = listen().await;
     let (l1, a1) = listen().await;
     let old = bucket_json(&[&a0, &a1], &[vec![0], vec![1], vec![0], vec![1]]);
     let new = bucket_json(&[&a0, &a1], &[vec![0], vec![1], vec![1], vec![1]]);
     let rest = FakeRest::start(old).await;
     let (log0, log1): (Log, Log) = Default::default();
-    fake_node(l0, log0.clone(), HashSet::from([2]), rest.clone(), new.clone());
+    fake_node(
+        l0,
+        log0.clone(),
+        HashSet::from([2]),
+        rest.clone(),
+        new.clone(),
+    );
     fake_node(l1, log1.clone(), HashSet::new(), rest.clone(), new);
     let mut o = Options {
         dest_bucket: Some("dest".into()),
@@ -83,7 +92,10 @@ async fn messages_go_to_the_node_owning_their_vbucket_and_not_my_vbucket_reroute
     };
     o.extra.max_retry = 3;
     let sink = CouchbaseSinkKind
-        .open(&Spec::parse(&format!("couchbase://{}", rest.addr)).unwrap(), &o)
+        .open(
+            &Spec::parse(&format!("couchbase://{}", rest.addr)).unwrap(),
+            &o,
+        )
         .unwrap();
     let feed = Feed {
         batches: vec![
@@ -102,7 +114,11 @@ async fn messages_go_to_the_node_owning_their_vbucket_and_not_my_vbucket_reroute
     assert_eq!(summary.counts.items_written, 5);
     assert_eq!(summary.failures.len(), 1);
     assert_eq!(&summary.failures[0].key[..], b"big");
-    assert!(summary.failures[0].reason.contains("E2BIG"), "{:?}", summary.failures);
+    assert!(
+        summary.failures[0].reason.contains("E2BIG"),
+        "{:?}",
+        summary.failures
+    );
     assert!(summary.counts.retries >= 2);
 
     let log0 = log0.lock().unwrap().clone();
@@ -115,8 +131,15 @@ async fn messages_go_to_the_node_owning_their_vbucket_and_not_my_vbucket_reroute
         vec![(0, "a".into()), (2, "moved".into()), (0, "gone".into())]
     );
     let k1 = keys(&log1);
-    assert!(k1.contains(&(2, "moved".into())), "rerouted to node 1: {k1:?}");
-    assert_eq!(k1.iter().filter(|k| k.1 == "tmp").count(), 2, "tmp resent once");
+    assert!(
+        k1.contains(&(2, "moved".into())),
+        "rerouted to node 1: {k1:?}"
+    );
+    assert_eq!(
+        k1.iter().filter(|k| k.1 == "tmp").count(),
+        2,
+        "tmp resent once"
+    );
     assert_eq!(log0[0].0, Opcode::SetQ);
     assert_eq!(log0[0].3, [0, 0, 0xab, 0xcd, 0, 0, 0, 9]);
     assert_eq!(log0[2].0, Opcode::DeleteQ);

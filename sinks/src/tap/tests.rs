@@ -69,12 +69,21 @@ fn consumer(
 async fn the_batch_is_confirmed_only_once_every_ack_arrived_and_flags_go_in_network_order() {
     let (l, addr) = listen().await;
     let acked = Arc::new(AtomicUsize::new(0));
-    let fake = consumer(l, acked.clone(), Duration::from_millis(100), Status::Success);
+    let fake = consumer(
+        l,
+        acked.clone(),
+        Duration::from_millis(100),
+        Status::Success,
+    );
     let seen_acks = acked.clone();
     let source = Feed {
         batches: vec![messages()],
         on_confirmed: Some(Arc::new(move || {
-            assert_eq!(seen_acks.load(Ordering::SeqCst), 3, "confirmed before the acks")
+            assert_eq!(
+                seen_acks.load(Ordering::SeqCst),
+                3,
+                "confirmed before the acks"
+            )
         })),
     };
     let o = Options::default();

@@ -50,7 +50,10 @@ async fn every_vbucket_streams_from_its_active_node_nodes_in_parallel() {
     let mut vbs: Vec<u16> = sink.messages().iter().map(|m| m.vbucket).collect();
     vbs.sort();
     assert_eq!(vbs, vec![0, 1, 2, 3]);
-    assert_eq!(rest.hits()[0], "GET /pools/default/buckets/default HTTP/1.1");
+    assert_eq!(
+        rest.hits()[0],
+        "GET /pools/default/buckets/default HTTP/1.1"
+    );
 }
 
 #[tokio::test]
@@ -60,6 +63,9 @@ async fn a_vbucket_without_an_active_node_fails_before_streaming() {
     let src = CouchbaseSourceKind
         .open(&Spec::parse(&format!("http://{}", rest.addr)).unwrap(), &o)
         .unwrap();
-    let e = run(src, Collect::default(), o).await.unwrap_err().to_string();
+    let e = run(src, Collect::default(), o)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no active node") && e.contains("[1]"), "{e}");
 }

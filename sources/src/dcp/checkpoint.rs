@@ -56,7 +56,10 @@ impl CheckpointFile {
                 let mut m = BTreeMap::new();
                 for (k, v) in f.vbuckets {
                     let vb: u16 = k.parse().map_err(|_| {
-                        Error::usage(format!("{}: vbucket id {k:?} is not a number", path.display()))
+                        Error::usage(format!(
+                            "{}: vbucket id {k:?} is not a number",
+                            path.display()
+                        ))
                     })?;
                     m.insert(vb, v);
                 }
@@ -130,13 +133,45 @@ mod tests {
         let path = dir.path().join("ckpt.json");
         let mut c = CheckpointFile::load(&path).unwrap();
         assert_eq!(c.position(3), VbPosition::default());
-        c.set(3, VbPosition { uuid: 7, seqno: 12, snap_start: 10, snap_end: 12 });
-        c.set(4, VbPosition { uuid: 8, seqno: 11, snap_start: 10, snap_end: 15 });
+        c.set(
+            3,
+            VbPosition {
+                uuid: 7,
+                seqno: 12,
+                snap_start: 10,
+                snap_end: 12,
+            },
+        );
+        c.set(
+            4,
+            VbPosition {
+                uuid: 8,
+                seqno: 11,
+                snap_start: 10,
+                snap_end: 15,
+            },
+        );
         c.save().unwrap();
         assert!(!dir.path().join("ckpt.json.tmp").exists());
         let c = CheckpointFile::load(&path).unwrap();
-        assert_eq!(c.position(3), VbPosition { uuid: 7, seqno: 12, snap_start: 12, snap_end: 12 });
-        assert_eq!(c.position(4), VbPosition { uuid: 8, seqno: 11, snap_start: 10, snap_end: 15 });
+        assert_eq!(
+            c.position(3),
+            VbPosition {
+                uuid: 7,
+                seqno: 12,
+                snap_start: 12,
+                snap_end: 12
+            }
+        );
+        assert_eq!(
+            c.position(4),
+            VbPosition {
+                uuid: 8,
+                seqno: 11,
+                snap_start: 10,
+                snap_end: 15
+            }
+        );
     }
 
     #[test]

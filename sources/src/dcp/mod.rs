@@ -131,7 +131,15 @@ pub struct DcpSource {
 impl Source for DcpSource {
     async fn run(self: Box<Self>, out: BatchSender, _ctx: Context) -> Result<(), Error> {
         let ckpt = self.config.load_checkpoint()?;
-        stream_node(&self.spec, &self.addr, &self.config, self.vbuckets, &out, ckpt).await
+        stream_node(
+            &self.spec,
+            &self.addr,
+            &self.config,
+            self.vbuckets,
+            &out,
+            ckpt,
+        )
+        .await
     }
 }
 
@@ -159,9 +167,9 @@ pub async fn stream_node(
             ckpt.clone(),
         );
         let chunk = chunk.to_vec();
-        tasks.spawn(async move {
-            stream_connection(&spec, &addr, &config, i, chunk, &out, ckpt).await
-        });
+        tasks.spawn(
+            async move { stream_connection(&spec, &addr, &config, i, chunk, &out, ckpt).await },
+        );
     }
     let mut first_err = None;
     while let Some(r) = tasks.join_next().await {

@@ -102,10 +102,17 @@ pub async fn stream_connection(
     conn.request_ok(open.to_packet(), "DCP_OPEN as a producer")
         .await
         .map_err(err)?;
-    let flow_control = control(&mut conn, "connection_buffer_size", &config.buffer_size.to_string())
+    let flow_control = control(
+        &mut conn,
+        "connection_buffer_size",
+        &config.buffer_size.to_string(),
+    )
+    .await
+    .map_err(err)?;
+    if control(&mut conn, "enable_noop", "true")
         .await
-        .map_err(err)?;
-    if control(&mut conn, "enable_noop", "true").await.map_err(err)? {
+        .map_err(err)?
+    {
         control(
             &mut conn,
             "set_noop_interval",
@@ -391,7 +398,9 @@ async fn control(conn: &mut Connection, key: &str, value: &str) -> Result<bool, 
         value: Bytes::copy_from_slice(value.as_bytes()),
     }
     .to_packet();
-    let r = conn.request(p, &format!("DCP_CONTROL {key}={value}")).await?;
+    let r = conn
+        .request(p, &format!("DCP_CONTROL {key}={value}"))
+        .await?;
     Ok(r.status() == Status::Success)
 }
 
@@ -465,7 +474,8 @@ impl PendingBatch {
         out: &BatchSender,
     ) -> Result<(), Error> {
         let msgs = self.builder.take();
-        let positions: Vec<(u16, VbPosition)> = std::mem::take(&mut self.positions).into_iter().collect();
+        let positions: Vec<(u16, VbPosition)> =
+            std::mem::take(&mut self.positions).into_iter().collect();
         let ticket = checkpoint
             .lock()
             .map_err(|_| Error::source("dcp", "checkpoint lock poisoned"))?
@@ -483,4 +493,3 @@ impl PendingBatch {
         out.send(batch).await
     }
 }
-

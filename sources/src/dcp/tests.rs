@@ -128,8 +128,8 @@ fn open(addr: &str, o: &Options) -> Box<dyn pump::Source> {
 }
 
 #[tokio::test]
-async fn buffer_acks_cover_only_confirmed_bytes_noops_are_answered_at_once_and_removals_keep_meta(
-) {
+async fn buffer_acks_cover_only_confirmed_bytes_noops_are_answered_at_once_and_removals_keep_meta()
+{
     let (l, addr) = listen().await;
     let sink = Collect::delayed(Duration::from_millis(300));
     let watch = sink.clone();
@@ -176,7 +176,8 @@ async fn buffer_acks_cover_only_confirmed_bytes_noops_are_answered_at_once_and_r
                 item_ends.push(total);
             }
             if i == 2 {
-                peer.send(DcpMessage::Noop { opaque: 4242 }.to_packet()).await;
+                peer.send(DcpMessage::Noop { opaque: 4242 }.to_packet())
+                    .await;
             }
         }
         let mut acked = 0u64;
@@ -243,13 +244,20 @@ async fn a_rollback_restarts_the_vbucket_from_the_seqno_the_node_gives() {
         );
         peer.send(StreamReqReply::Rollback(5).to_packet(r.opaque))
             .await;
-        let DcpMessage::StreamReq(r2) = DcpMessage::from_packet(&peer.recv().await.unwrap())
-            .unwrap()
+        let DcpMessage::StreamReq(r2) =
+            DcpMessage::from_packet(&peer.recv().await.unwrap()).unwrap()
         else {
             panic!("expected a second STREAM_REQ")
         };
         assert_eq!(
-            (r2.vbucket, r2.start, r2.end, r2.vbucket_uuid, r2.snap_start, r2.snap_end),
+            (
+                r2.vbucket,
+                r2.start,
+                r2.end,
+                r2.vbucket_uuid,
+                r2.snap_start,
+                r2.snap_end
+            ),
             (0, 5, 8, 77, 5, 5)
         );
         accept_stream(&mut peer, &r2, 77).await;
@@ -264,7 +272,9 @@ async fn a_rollback_restarts_the_vbucket_from_the_seqno_the_node_gives() {
     // explains: the source must still ask (with end = start), and the node answers ROLLBACK.
     let o = options("0", Some(&path));
     let sink = Collect::default();
-    run(open(&addr, &o), sink.clone(), o).await.unwrap_or_else(|e| panic!("{e}"));
+    run(open(&addr, &o), sink.clone(), o)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     producer.await.unwrap();
     assert_eq!(
         sink.messages().iter().map(|m| m.seqno).collect::<Vec<_>>(),
@@ -325,7 +335,14 @@ async fn a_rerun_resumes_from_the_checkpoint_file_with_its_uuid_and_snapshot() {
         let h = handshake(&mut peer, &[(0, 5), (1, 2)], 1).await;
         let r = h.requests[0];
         assert_eq!(
-            (r.vbucket, r.start, r.end, r.vbucket_uuid, r.snap_start, r.snap_end),
+            (
+                r.vbucket,
+                r.start,
+                r.end,
+                r.vbucket_uuid,
+                r.snap_start,
+                r.snap_end
+            ),
             (0, 3, 5, 500, 3, 3)
         );
         accept_stream(&mut peer, &r, 500).await;

@@ -29,8 +29,8 @@ use async_trait::async_trait;
 use bytes::Buf;
 use pump::pipeline::Context;
 use pump::{
-    Batch, BatchBuilder, BatchLimits, BatchSender, Error, Message, Op, Options, Source,
-    SourceKind, Spec,
+    Batch, BatchBuilder, BatchLimits, BatchSender, Error, Message, Op, Options, Source, SourceKind,
+    Spec,
 };
 use pump_client::{Auth, Connection, Next};
 use pump_protocol::tap::{connect_flags, TapConnect, TapKind, TapMessage};
@@ -180,11 +180,7 @@ pub async fn stream(
             if p.status() != Status::Success {
                 return Err(Error::source(
                     spec,
-                    format!(
-                        "{addr}: the server refused {:?}: {}",
-                        p.opcode,
-                        p.status()
-                    ),
+                    format!("{addr}: the server refused {:?}: {}", p.opcode, p.status()),
                 ));
             }
             continue;
@@ -194,8 +190,8 @@ pub async fn stream(
             writer.lock().await.send(&reply).await.map_err(err)?;
             continue;
         }
-        let m = TapMessage::from_packet(&p)
-            .map_err(|e| Error::source(spec, format!("{addr}: {e}")))?;
+        let m =
+            TapMessage::from_packet(&p).map_err(|e| Error::source(spec, format!("{addr}: {e}")))?;
         let msg = match m.kind() {
             TapKind::Mutation | TapKind::Delete => Some(to_message(&m, &mut seqnos)),
             TapKind::Flush => {

@@ -64,7 +64,11 @@ async fn the_tap_ack_is_sent_only_after_the_sink_confirmed_the_batch() {
         }
         let ack = peer.recv().await.unwrap();
         // The sink sleeps 300 ms before it confirms: the ack must not come earlier.
-        assert_eq!(confirmed.confirmed(), 3, "ack arrived before the sink confirmed");
+        assert_eq!(
+            confirmed.confirmed(),
+            3,
+            "ack arrived before the sink confirmed"
+        );
         assert_eq!(ack.opcode, Opcode::TapMutation);
         assert_eq!(ack.opaque, 2);
         assert_eq!(ack.status(), Status::Success);
@@ -75,9 +79,13 @@ async fn the_tap_ack_is_sent_only_after_the_sink_confirmed_the_batch() {
         vbuckets: Some(VbucketSet::parse("3,5").unwrap()),
         ..Options::default()
     };
-    let summary = run(open(&format!("tap://{addr}"), &options), sink.clone(), options)
-        .await
-        .unwrap();
+    let summary = run(
+        open(&format!("tap://{addr}"), &options),
+        sink.clone(),
+        options,
+    )
+    .await
+    .unwrap();
     producer.await.unwrap();
     assert_eq!(summary.counts.items_written, 3);
     let msgs = sink.messages();
