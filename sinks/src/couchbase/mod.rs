@@ -4,7 +4,8 @@
 //! GET /pools/default/buckets/<-B>  -> vBucketServerMap
 //! for each batch, in order:
 //!   split by the node holding each message's vbucket active (rehash with -x rehash=1)
-//!   per node: SETQ/ADDQ/DELETEQ ... NOOP on that node's Pipeline (several batches in flight)
+//!   per node: SETQ/ADDQ/DELETEQ ... NOOP on one of that node's `-t` Pipelines (vbucket
+//!   modulo -t, so a key's writes keep their order; several batches in flight on each)
 //!   settle (in its own task): every status through pump::Verdict::of
 //!     Done/Skip  counted             Fail     reported in Delivery.failed
 //!     Retry      resent alone after RetryPolicy::backoff
@@ -71,6 +72,7 @@ impl SinkKind for CouchbaseSinkKind {
                 timeout: net::timeout(options)?,
                 retry: options.retry_policy(),
                 depth: depth as usize,
+                connections: options.threads.max(1),
             },
             dry_run: options.dry_run,
         }))

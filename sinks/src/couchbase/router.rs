@@ -27,11 +27,14 @@ pub struct RouterConfig {
     pub retry: RetryPolicy,
     /// Batches in flight per node connection.
     pub depth: usize,
+    /// Connections per node (`-t`); a vbucket always uses the same one, so writes to a key
+    /// keep their order.
+    pub connections: usize,
 }
 
 struct State {
     map: Arc<VbucketMap>,
-    pipelines: HashMap<String, Arc<Pipeline>>,
+    pipelines: HashMap<(String, usize), Arc<Pipeline>>,
 }
 
 /// The cluster's map and one pipelined connection per node.
@@ -43,6 +46,7 @@ pub struct Router {
 /// One node's share of a round of sends.
 pub struct Part {
     addr: String,
+    slot: usize,
     indices: Vec<usize>,
     pending: Result<PendingReplies, ClientError>,
 }
@@ -74,20 +78,25 @@ impl Router {
         Ok(())
     }
 
-    async fn pipeline(&self, addr: &str) -> Result<Arc<Pipeline>, ClientError> {
+    async fn pipeline(&self, addr: &str, slot: usize) -> Result<Arc<Pipeline>, ClientError> {
         let mut st = self.state.lock().await;
-        if let Some(p) = st.pipelines.get(addr) {
+        let id = (addr.to_string(), slot);
+        if let Some(p) = st.pipelines.get(&id) {
             return Ok(p.clone());
         }
         let c = &self.config;
         let conn = Connection::open(addr, c.auth.as_ref(), Some(&c.bucket), c.timeout).await?;
         let p = Arc::new(Pipeline::start(conn, c.depth));
-        st.pipelines.insert(addr.to_string(), p.clone());
+        st.pipelines.insert(id, p.clone());
         Ok(p)
     }
 
-    async fn forget(&self, addr: &str) {
-        self.state.lock().await.pipelines.remove(addr);
+    async fn forget(&self, addr: &str, slot: usize) {
+        self.state
+            .lock()
+            .await
+            .pipelines
+            .remove(&(addr.to_string(), slot));
     }
 
     /// Sends `messages` (only the indexes in `which` when given), each to the node holding its
@@ -99,7 +108,8 @@ impl Router {
     ) -> Result<Round, Error> {
         let map = self.state.lock().await.map.clone();
         let n = map.num_vbuckets();
-        let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        let slots = self.config.connections.max(1);
+        let mut groups: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
         let mut unroutable = Vec::new();
         let all: Vec<usize>;
         let which = match which {
@@ -126,12 +136,15 @@ impl Router {
                 ));
             }
             match map.active(vb) {
-                Some(server) => groups.entry(server).or_default().push(i),
+                Some(server) => groups
+                    .entry((server, usize::from(vb) % slots))
+                    .or_default()
+                    .push(i),
                 None => unroutable.push(i),
             }
         }
         let mut parts = Vec::with_capacity(groups.len());
-        for (server, indices) in groups {
+        for ((server, slot), indices) in groups {
             let addr = map.servers[server].clone();
             let mut batch = WriteBatch::with_capacity(
                 indices
@@ -160,12 +173,13 @@ impl Router {
                     batch.push(op, vb, 0, m.datatype, &extras, &m.key, &m.value);
                 }
             }
-            let pending = match self.pipeline(&addr).await {
+            let pending = match self.pipeline(&addr, slot).await {
                 Ok(p) => p.send(batch).await,
                 Err(e) => Err(e),
             };
             parts.push(Part {
                 addr,
+                slot,
                 indices,
                 pending,
             });
@@ -200,7 +214,7 @@ impl Router {
                 let replies = match replies {
                     Ok(r) => r,
                     Err(e) => {
-                        self.forget(&part.addr).await;
+                        self.forget(&part.addr, part.slot).await;
                         again.extend(&part.indices);
                         broken = Some(e.to_string());
                         refresh = true;

@@ -1,12 +1,16 @@
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pump::{Message, Options, SinkKind, Spec};
 use pump_client::testing::{bucket_json, FakeRest};
-use pump_protocol::{Opcode, Packet, Status};
+use pump_protocol::{Opcode, Packet, PacketCodec, Status};
+use tokio_util::codec::Framed;
 
 use super::CouchbaseSinkKind;
 use crate::testutil::{listen, run, Feed, Peer};
+
+// One connection per node (`-t 1`) keeps each node's log in send order.
 
 /// (opcode, vbucket, key, extras) of every write a fake node received.
 type Log = Arc<Mutex<Vec<(Opcode, u16, String, Vec<u8>)>>>;
@@ -20,42 +24,50 @@ fn fake_node(
     rest: FakeRest,
     new_map: serde_json::Value,
 ) {
+    let tmp_failed = Arc::new(AtomicBool::new(false));
     tokio::spawn(async move {
-        let mut tmp_failed = false;
-        loop {
-            let mut peer = Peer::accept(&l).await;
-            while let Some(p) = peer.recv().await {
-                let key = String::from_utf8(p.key.to_vec()).unwrap();
-                let status = match p.opcode {
-                    Opcode::SelectBucket => {
-                        assert_eq!(key, "dest");
-                        Some(Status::Success)
-                    }
-                    Opcode::Noop => Some(Status::Success),
-                    _ => {
-                        log.lock().unwrap().push((
-                            p.opcode,
-                            p.vbucket(),
-                            key.clone(),
-                            p.extras.to_vec(),
-                        ));
-                        if not_mine.contains(&p.vbucket()) {
-                            rest.set(new_map.clone());
-                            Some(Status::NotMyVbucket)
-                        } else if key == "tmp" && !tmp_failed {
-                            tmp_failed = true;
-                            Some(Status::Etmpfail)
-                        } else if key == "big" {
-                            Some(Status::E2big)
-                        } else {
-                            None
+        while let Ok((s, _)) = l.accept().await {
+            let (log, not_mine, rest, new_map, tmp_failed) = (
+                log.clone(),
+                not_mine.clone(),
+                rest.clone(),
+                new_map.clone(),
+                tmp_failed.clone(),
+            );
+            tokio::spawn(async move {
+                let mut peer = Peer(Framed::new(s, PacketCodec::default()));
+                while let Some(p) = peer.recv().await {
+                    let key = String::from_utf8(p.key.to_vec()).unwrap();
+                    let status = match p.opcode {
+                        Opcode::SelectBucket => {
+                            assert_eq!(key, "dest");
+                            Some(Status::Success)
                         }
+                        Opcode::Noop => Some(Status::Success),
+                        _ => {
+                            log.lock().unwrap().push((
+                                p.opcode,
+                                p.vbucket(),
+                                key.clone(),
+                                p.extras.to_vec(),
+                            ));
+                            if not_mine.contains(&p.vbucket()) {
+                                rest.set(new_map.clone());
+                                Some(Status::NotMyVbucket)
+                            } else if key == "tmp" && !tmp_failed.swap(true, Ordering::SeqCst) {
+                                Some(Status::Etmpfail)
+                            } else if key == "big" {
+                                Some(Status::E2big)
+                            } else {
+                                None
+                            }
+                        }
+                    };
+                    if let Some(s) = status {
+                        peer.send(Packet::response_to(&p, s)).await;
                     }
-                };
-                if let Some(s) = status {
-                    peer.send(Packet::response_to(&p, s)).await;
                 }
-            }
+            });
         }
     });
 }
@@ -88,6 +100,7 @@ async fn messages_go_to_the_node_owning_their_vbucket_and_not_my_vbucket_reroute
     fake_node(l1, log1.clone(), HashSet::new(), rest.clone(), new);
     let mut o = Options {
         dest_bucket: Some("dest".into()),
+        threads: 1,
         ..Options::default()
     };
     o.extra.max_retry = 3;
