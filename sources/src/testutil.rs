@@ -22,6 +22,8 @@ pub struct Collect {
     pub messages: Arc<Mutex<Vec<Message>>>,
     pub confirmed: Arc<AtomicUsize>,
     pub delay: Duration,
+    /// When set, the sink takes no batch before this is notified.
+    pub hold: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Collect {
@@ -42,6 +44,9 @@ impl Collect {
 #[async_trait]
 impl Sink for Collect {
     async fn run(self: Box<Self>, input: BatchReceiver, _ctx: Context) -> Result<(), Error> {
+        if let Some(hold) = &self.hold {
+            hold.notified().await;
+        }
         while let Some(batch) = input.recv().await {
             tokio::time::sleep(self.delay).await;
             let (msgs, ack) = batch.into_parts();

@@ -1,12 +1,12 @@
 //! One DCP connection: open, stream its vbuckets, answer NOOPs, ack what the sink confirmed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use pump::checkpoint::Ticket;
 use pump::{Batch, BatchBuilder, BatchSender, Checkpoint, Error, Message, Op};
-use pump_client::{ClientError, Connection, Next};
+use pump_client::{ClientError, Connection, Next, ReadHalf, WriteHalf};
 use pump_protocol::dcp::{
     noop_reply, open_flags, DcpItem, DcpMessage, StreamEndReason, StreamReqReply, StreamRequest,
 };
@@ -206,6 +206,8 @@ pub async fn stream_connection(
     let mut acker: Acker<Confirmed> = Acker::start(spec.to_string(), writer.clone(), on_confirmed);
     let mut pending = PendingBatch::new(config, flow_control);
     let mut open_streams = streams.len();
+    // Frames read while a batch waited for room in the channel.
+    let mut backlog: VecDeque<Result<Next, ClientError>> = VecDeque::new();
     let what = "reading the DCP streams";
     let cancel = out.cancellation().clone();
 
@@ -216,10 +218,13 @@ pub async fn stream_connection(
             } else {
                 IDLE_FLUSH
             };
-            let next = tokio::select! {
+            let next = match backlog.pop_front() {
+                Some(n) => n.map_err(err)?,
+                None => tokio::select! {
                 r = read.recv_within(wait, what) => r.map_err(err)?,
                 e = acker.failed() => return Err(e),
                 _ = cancel.cancelled() => return Err(Error::Cancelled),
+                },
             };
             let p = match next {
                 Next::Packet(p) => p,
@@ -239,7 +244,8 @@ pub async fn stream_connection(
                     }));
                 }
                 Next::Idle if !pending.is_empty() => {
-                    pending.flush(&acker, &checkpoint, out).await?;
+                    let batch = pending.flush(&acker, &checkpoint)?;
+                    send_serving(out, batch, &mut read, &writer, &mut backlog, config).await?;
                     continue;
                 }
                 Next::Idle if acker.outstanding() > 0 => continue,
@@ -360,7 +366,8 @@ pub async fn stream_connection(
             }
             pending.bytes += wire as u64;
             if pending.should_flush() {
-                pending.flush(&acker, &checkpoint, out).await?;
+                let batch = pending.flush(&acker, &checkpoint)?;
+                send_serving(out, batch, &mut read, &writer, &mut backlog, config).await?;
             }
         }
         Ok(())
@@ -372,7 +379,10 @@ pub async fn stream_connection(
     let flushed = if pending.is_empty() {
         Ok(())
     } else {
-        pending.flush(&acker, &checkpoint, out).await
+        match pending.flush(&acker, &checkpoint) {
+            Ok(batch) => out.send(batch).await,
+            Err(e) => Err(e),
+        }
     };
     let finished = match &result {
         Ok(()) => acker.finish().await,
@@ -388,6 +398,46 @@ pub async fn stream_connection(
     result?;
     flushed?;
     finished
+}
+
+/// Frames kept aside while a batch waits, at most (beyond that the reader stops reading and
+/// TCP pushes back; with flow control the producer stops long before).
+const MAX_BACKLOG: usize = 100_000;
+
+/// Sends `batch`, waiting for room in the channel while still reading the connection: NOOPs
+/// are answered at once (a producer drops a consumer that leaves them unanswered), other
+/// frames are kept in `backlog` for the stream loop.
+async fn send_serving(
+    out: &BatchSender,
+    batch: Batch,
+    read: &mut ReadHalf,
+    writer: &Arc<AsyncMutex<WriteHalf>>,
+    backlog: &mut VecDeque<Result<Next, ClientError>>,
+    config: &DcpConfig,
+) -> Result<(), Error> {
+    let send = out.send(batch);
+    tokio::pin!(send);
+    let mut eof = backlog.iter().any(|n| !matches!(n, Ok(Next::Packet(_))));
+    loop {
+        tokio::select! {
+            r = &mut send => return r,
+            r = read.recv_within(config.timeout, "reading the DCP streams"), if !eof && backlog.len() < MAX_BACKLOG => {
+                match r {
+                    Ok(Next::Packet(p)) if p.magic == Magic::Request && p.opcode == Opcode::DcpNoop => {
+                        let _ = writer.lock().await.send(&noop_reply(p.opaque)).await;
+                    }
+                    Ok(Next::Idle) => {}
+                    Ok(Next::Packet(p)) => backlog.push_back(Ok(Next::Packet(p))),
+                    // The end or an error: the stream loop reports it once the batch is
+                    // handed over.
+                    end => {
+                        eof = true;
+                        backlog.push_back(end);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// CONTROL key=value; false when the producer refuses it.
@@ -465,14 +515,13 @@ impl PendingBatch {
         self.builder.push(m);
     }
 
-    /// Sends the batch; the acker sends its BUFFER_ACK and moves the checkpoint once the
-    /// sink confirmed it.
-    async fn flush(
+    /// Takes the batch to send; the acker sends its BUFFER_ACK and moves the checkpoint once
+    /// the sink confirmed it.
+    fn flush(
         &mut self,
         acker: &Acker<Confirmed>,
         checkpoint: &Arc<Mutex<Checkpoint>>,
-        out: &BatchSender,
-    ) -> Result<(), Error> {
+    ) -> Result<Batch, Error> {
         let msgs = self.builder.take();
         let positions: Vec<(u16, VbPosition)> =
             std::mem::take(&mut self.positions).into_iter().collect();
@@ -490,6 +539,6 @@ impl PendingBatch {
         });
         let (batch, acked) = Batch::with_ack(msgs);
         acker.push(acked, reply, Confirmed { ticket, positions });
-        out.send(batch).await
+        Ok(batch)
     }
 }

@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -394,4 +395,66 @@ async fn a_node_that_dies_mid_stream_fails_naming_it_and_keeps_what_was_confirme
     assert_eq!(sink.messages().len(), 2);
     let p = CheckpointFile::load(&path).unwrap().position(3);
     assert_eq!((p.uuid, p.seqno, p.snap_start, p.snap_end), (31, 2, 1, 10));
+}
+
+#[tokio::test]
+async fn noops_are_answered_even_while_the_sink_holds_the_channel_full() {
+    let (l, addr) = listen().await;
+    let hold = Arc::new(tokio::sync::Notify::new());
+    let sink = Collect {
+        hold: Some(hold.clone()),
+        ..Collect::default()
+    };
+    let watch = sink.clone();
+    let producer = tokio::spawn(async move {
+        let mut peer = Peer::accept(&l).await;
+        let h = handshake(&mut peer, &[(0, 12)], 1).await;
+        let r = h.requests[0];
+        accept_stream(&mut peer, &r, 1).await;
+        peer.send(marker(&r, 1, 12).to_packet()).await;
+        for s in 1..=12 {
+            peer.send(mutation(&r, s).to_packet()).await;
+        }
+        // One item per batch and a sink that takes nothing yet: the channel (8 batches with
+        // -t 1) is full and the source waits to hand over the 9th.
+        peer.send(DcpMessage::Noop { opaque: 77 }.to_packet()).await;
+        loop {
+            let p = peer.recv().await.expect("the NOOP reply");
+            if p.opcode == Opcode::DcpNoop {
+                assert_eq!(p.opaque, 77);
+                break;
+            }
+        }
+        assert_eq!(watch.confirmed(), 0);
+        hold.notify_one();
+        peer.send(end(&r).to_packet()).await;
+        while peer.recv().await.is_some() {}
+    });
+    let mut o = options("0", None);
+    o.extra.batch_max_size = 1;
+    run(open(&addr, &o), sink.clone(), o).await.unwrap();
+    producer.await.unwrap();
+    assert_eq!(sink.messages().len(), 12);
+}
+
+#[tokio::test]
+async fn a_silent_node_times_out_with_an_error_naming_it() {
+    let (l, addr) = listen().await;
+    let producer = tokio::spawn(async move {
+        let mut peer = Peer::accept(&l).await;
+        let h = handshake(&mut peer, &[(0, 5)], 1).await;
+        accept_stream(&mut peer, &h.requests[0], 1).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    });
+    let mut o = options("0", None);
+    o.extra.set("timeout", "1");
+    let e = run(open(&addr, &o), Collect::default(), o)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&addr) && e.contains("no answer within 1.0s"),
+        "{e}"
+    );
+    producer.abort();
 }
