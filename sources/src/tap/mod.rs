@@ -180,7 +180,11 @@ pub async fn stream(
             if p.status() != Status::Success {
                 return Err(Error::source(
                     spec,
-                    format!("{addr}: the server refused {:?}: {}", p.opcode, p.status()),
+                    format!(
+                        "{addr}: the server refused {:?}: {} (a server without TAP, such as Couchbase 5 or later, streams with dcp://)",
+                        p.opcode,
+                        p.status()
+                    ),
                 ));
             }
             continue;
