@@ -158,3 +158,46 @@ async fn messages_go_to_the_node_owning_their_vbucket_and_not_my_vbucket_reroute
     assert_eq!(log0[2].0, Opcode::DeleteQ);
     assert!(rest.hits().len() >= 2, "the map was fetched again");
 }
+
+#[tokio::test]
+async fn with_rehash_vbuckets_are_recomputed_for_the_destination_vbucket_count() {
+    let (l0, a0) = listen().await;
+    let rest = FakeRest::start(bucket_json(&[&a0], &vec![vec![0]; 64])).await;
+    let log: Log = Default::default();
+    fake_node(
+        l0,
+        log.clone(),
+        HashSet::new(),
+        rest.clone(),
+        serde_json::Value::Null,
+    );
+    let mut o = Options {
+        dest_bucket: Some("dest".into()),
+        threads: 2,
+        ..Options::default()
+    };
+    o.extra.rehash = true;
+    let sink = CouchbaseSinkKind
+        .open(
+            &Spec::parse(&format!("couchbase://{}", rest.addr)).unwrap(),
+            &o,
+        )
+        .unwrap();
+    // Source vbucket ids from a 1024-vbucket cluster; the destination has 64.
+    let keys = ["hello", "foo", "a", "b", "c"];
+    let feed = Feed {
+        batches: vec![keys
+            .iter()
+            .map(|k| msg(pump_protocol::vbucket_of(k.as_bytes(), 1024), k))
+            .collect()],
+        on_confirmed: None,
+    };
+    let summary = run(feed, sink, o).await.unwrap();
+    assert_eq!(summary.counts.items_written, 5);
+    let log = log.lock().unwrap().clone();
+    for k in keys {
+        let (_, vb, _, _) = log.iter().find(|e| e.2 == k).unwrap();
+        assert_eq!(*vb, pump_protocol::vbucket_of(k.as_bytes(), 64), "{k}");
+    }
+    assert_eq!(log.iter().find(|e| e.2 == "hello").unwrap().1, 16);
+}
