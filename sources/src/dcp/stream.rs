@@ -333,6 +333,24 @@ pub async fn stream_connection(
                 continue;
             }
             let wire = p.wire_len();
+            if !matches!(
+                p.opcode,
+                Opcode::DcpSnapshotMarker
+                    | Opcode::DcpMutation
+                    | Opcode::DcpDeletion
+                    | Opcode::DcpExpiration
+                    | Opcode::DcpStreamEnd
+                    | Opcode::DcpNoop
+                    | Opcode::DcpSetVbucketState
+            ) {
+                // A message this source does not use (a newer server's system events, ...):
+                // processed as far as flow control goes.
+                if config.verbose > 1 {
+                    tracing::info!("{addr}: ignored {:?}", p.opcode);
+                }
+                pending.bytes += wire as u64;
+                continue;
+            }
             let m = DcpMessage::from_packet(&p)
                 .map_err(|e| Error::source(spec, format!("{addr}: {e}")))?;
             match m {
