@@ -2,20 +2,28 @@
 //! its spec, the sink, and its tests.
 //!
 //! ```text
-//! backup/       BACKUP_DIR  the Couchbase backup directory (cbbackup / cbrestore)
-//! blackhole.rs  blackhole:  discards, counts
-//! csv.rs        csv:FILE    cbtransfer's CSV columns
-//! stdout.rs     stdout:     one line per message
-//! memcached/    memcached://[USER:PASSWORD@]HOST:PORT   pipelined binary-protocol writes
+//! backup/       BACKUP_DIR                  the Couchbase backup directory (cbbackup / cbrestore)
+//! blackhole.rs  blackhole:                  discards, counts
+//! couchbase/    couchbase://HOST:RESTPORT   each message to the node holding its vbucket
+//! csv.rs        csv:FILE                    cbtransfer's CSV columns
+//! memcached/    memcached://HOST:PORT       pipelined binary-protocol writes to a memcached
+//! stdout.rs     stdout:                     one line per message
+//! tap/          tap://HOST:PORT             a TAP consumer into a node's replica vbuckets
+//! net.rs        what the network sinks share: destination credentials, timeouts
 //! ```
 //!
 //! [`register`] adds them all to a [`pump::Registry`].
 
 pub mod backup;
 pub mod blackhole;
+pub mod couchbase;
 pub mod csv;
 pub mod memcached;
+pub mod net;
 pub mod stdout;
+pub mod tap;
+#[cfg(test)]
+mod testutil;
 
 /// Adds every sink kind of this crate to `registry`.
 pub fn register(registry: &mut pump::Registry) {
@@ -24,5 +32,7 @@ pub fn register(registry: &mut pump::Registry) {
         .add_sink(stdout::StdoutKind)
         .add_sink(csv::CsvKind)
         .add_sink(memcached::MemcachedKind)
+        .add_sink(tap::TapSinkKind)
+        .add_sink(couchbase::CouchbaseSinkKind)
         .add_sink(backup::BackupKind);
 }

@@ -2,18 +2,28 @@
 //! its spec (what the user writes, validated without I/O), the source, and its tests.
 //!
 //! ```text
-//! backup/       BACKUP_DIR              a Couchbase backup directory (cbbackup / cbrestore)
-//! csv.rs        csv:FILE                rows of cbtransfer's CSV
-//! gen.rs        gen:[max-items=N,...]   generated items with real vbucket ids
-//! memcached/    memcached://HOST:PORT   every item of a running memcached (metadump + GETKQ)
+//! backup/       BACKUP_DIR                   a Couchbase backup directory (cbbackup / cbrestore)
+//! couchbase/    couchbase://HOST:RESTPORT    every vbucket from its active node (REST map)
+//! csv.rs        csv:FILE                     rows of cbtransfer's CSV
+//! dcp/          dcp://HOST:PORT              DCP streams of one node, resumable (checkpoint)
+//! gen.rs        gen:[max-items=N,...]        generated items with real vbucket ids
+//! memcached/    memcached://HOST:PORT        every item of a running memcached (metadump + GETKQ)
+//! tap/          tap://HOST:PORT              a TAP dump of one node
+//! net.rs        what the network sources share: credentials, timeouts, the ordered acker
 //! ```
 //!
 //! [`register`] adds them all to a [`pump::Registry`].
 
 pub mod backup;
+pub mod couchbase;
 pub mod csv;
+pub mod dcp;
 pub mod gen;
 pub mod memcached;
+pub mod net;
+pub mod tap;
+#[cfg(test)]
+mod testutil;
 
 /// Adds every source kind of this crate to `registry`.
 pub fn register(registry: &mut pump::Registry) {
@@ -21,5 +31,8 @@ pub fn register(registry: &mut pump::Registry) {
         .add_source(gen::GenKind)
         .add_source(csv::CsvKind)
         .add_source(memcached::MemcachedKind)
+        .add_source(tap::TapSourceKind)
+        .add_source(dcp::DcpSourceKind)
+        .add_source(couchbase::CouchbaseSourceKind)
         .add_source(backup::BackupKind);
 }

@@ -1,0 +1,65 @@
+//! The client crate's error type: every message names the peer it is about.
+
+use pump_protocol::{ProtocolError, Status};
+use thiserror::Error;
+
+/// What went wrong talking to a peer.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// Could not connect, or the socket failed.
+    #[error("{peer}: {what}: {source}")]
+    Io {
+        peer: String,
+        what: String,
+        source: std::io::Error,
+    },
+    /// No answer in time.
+    #[error("{peer}: no answer within {secs:.1}s while {what}")]
+    Timeout {
+        peer: String,
+        what: String,
+        secs: f64,
+    },
+    /// The peer closed the connection.
+    #[error("{peer}: connection closed by the peer while {what}")]
+    Closed { peer: String, what: String },
+    /// The peer sent bytes the protocol does not allow.
+    #[error("{peer}: {source}")]
+    Protocol { peer: String, source: ProtocolError },
+    /// The peer answered a request with an error status.
+    #[error("{peer}: {what} failed: {status}")]
+    Status {
+        peer: String,
+        what: String,
+        status: Status,
+    },
+    /// The peer answered something other than what the protocol says.
+    #[error("{peer}: {message}")]
+    Unexpected { peer: String, message: String },
+    /// A REST call failed.
+    #[error("{url}: {message}")]
+    Rest { url: String, message: String },
+}
+
+impl ClientError {
+    /// The peer (or URL) the error is about.
+    pub fn peer(&self) -> &str {
+        match self {
+            ClientError::Io { peer, .. }
+            | ClientError::Timeout { peer, .. }
+            | ClientError::Closed { peer, .. }
+            | ClientError::Protocol { peer, .. }
+            | ClientError::Status { peer, .. }
+            | ClientError::Unexpected { peer, .. } => peer,
+            ClientError::Rest { url, .. } => url,
+        }
+    }
+
+    /// The status of a [`ClientError::Status`].
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            ClientError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}

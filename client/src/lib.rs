@@ -1,0 +1,25 @@
+//! The client side of the memcached binary protocol that both sources and sinks need.
+//!
+//! ```text
+//! error.rs       ClientError: every variant names the peer (host:port or URL)
+//! connection.rs  Connection: one TCP connection framed with PacketCodec; connect, SASL PLAIN,
+//!                SELECT_BUCKET, request/response and STAT, every read under a timeout;
+//!                split into a reading and a writing half for streaming
+//! vbmap.rs       VbucketMap: `GET /pools/default/buckets/<b>` and its vBucketServerMap
+//! testing.rs     FakeRest: a tiny HTTP responder for tests of REST clients
+//! pipeline.rs    WriteBatch + Pipeline: pipelined quiet writes with a NOOP barrier per batch,
+//!                several batches in flight per connection, per-message statuses out
+//! ```
+//!
+//! This crate knows nothing of the pump engine: it speaks in packets, statuses and bytes.
+
+pub mod connection;
+pub mod error;
+pub mod pipeline;
+pub mod testing;
+pub mod vbmap;
+
+pub use connection::{Auth, Connection, Next, ReadHalf, WriteHalf, DEFAULT_TIMEOUT};
+pub use error::ClientError;
+pub use pipeline::{Pipeline, WriteBatch, WriteReplies};
+pub use vbmap::VbucketMap;

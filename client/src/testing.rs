@@ -1,0 +1,77 @@
+//! A tiny HTTP responder for tests of REST clients (the vbucket map): binds 127.0.0.1:0 and
+//! answers every GET with the JSON the test currently sets. Not for production use.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A fake REST endpoint; the answer can change while it runs.
+#[derive(Clone)]
+pub struct FakeRest {
+    pub addr: String,
+    body: Arc<Mutex<String>>,
+    hits: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeRest {
+    /// Starts answering `body` (JSON) to every request.
+    pub async fn start(body: serde_json::Value) -> FakeRest {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        let rest = FakeRest {
+            addr,
+            body: Arc::new(Mutex::new(body.to_string())),
+            hits: Arc::default(),
+        };
+        let r = rest.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).into_owned();
+                r.hits
+                    .lock()
+                    .expect("lock")
+                    .push(head.lines().next().unwrap_or("").to_string());
+                let body = r.body.lock().expect("lock").clone();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        rest
+    }
+
+    /// Changes the answer.
+    pub fn set(&self, body: serde_json::Value) {
+        *self.body.lock().expect("lock") = body.to_string();
+    }
+
+    /// Request lines received so far.
+    pub fn hits(&self) -> Vec<String> {
+        self.hits.lock().expect("lock").clone()
+    }
+}
+
+/// A bucket JSON with `servers` and one row per vbucket (active first, -1 for none).
+pub fn bucket_json(servers: &[&str], map: &[Vec<i32>]) -> serde_json::Value {
+    serde_json::json!({
+        "name": "default",
+        "vBucketServerMap": {
+            "hashAlgorithm": "CRC",
+            "numReplicas": map.first().map_or(0, |r| r.len().saturating_sub(1)),
+            "serverList": servers,
+            "vBucketMap": map,
+        }
+    })
+}

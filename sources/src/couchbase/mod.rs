@@ -1,0 +1,153 @@
+//! `couchbase://[user:pass@]host:restport` (or `http://...`, as cbtransfer accepts): every
+//! vbucket of a bucket, each from its active node.
+//!
+//! ```text
+//! GET http://host:restport/pools/default/buckets/<-b>   (-u/-p as HTTP basic auth)
+//!   -> vBucketServerMap {serverList, vBucketMap}
+//! group the vbuckets (-l, or all of the map) by active server
+//! stream every group from its node, nodes in parallel:
+//!   DCP (default; -x checkpoint=PATH resumes)  or  TAP with LIST_VBUCKETS (-x stream=tap)
+//! ```
+//! A vbucket with no active copy (-1) fails the run before anything is read: a backup
+//! missing vbuckets would be silently incomplete.
+//!
+//! | -x key | default | meaning |
+//! |---|---|---|
+//! | stream | dcp | `dcp` or `tap` |
+//! | checkpoint | none | DCP resume file |
+//! | tap_backfill | 0 | TAP: BACKFILL since 0 instead of DUMP |
+//! | timeout | 30 | seconds any network wait may take |
+
+#[cfg(test)]
+mod tests;
+
+use async_trait::async_trait;
+use pump::pipeline::Context;
+use pump::{BatchSender, Error, Options, Source, SourceKind, Spec};
+use pump_client::{Auth, VbucketMap};
+
+use crate::dcp::{self, DcpConfig};
+use crate::net;
+use crate::tap::{self, TapConfig};
+
+/// `-x` keys of the couchbase source.
+pub const EXTRA_KEYS: &[&str] = &["stream", "checkpoint", "tap_backfill", "timeout"];
+
+/// The `couchbase://` source kind.
+pub struct CouchbaseSourceKind;
+
+impl SourceKind for CouchbaseSourceKind {
+    fn name(&self) -> &'static str {
+        "couchbase"
+    }
+    fn syntax(&self) -> &'static str {
+        "couchbase://[USER:PASSWORD@]HOST:RESTPORT (or http://HOST:RESTPORT)"
+    }
+    fn matches(&self, spec: &Spec) -> bool {
+        matches!(spec.scheme(), Some("couchbase" | "http"))
+    }
+    fn extra_keys(&self) -> &'static [&'static str] {
+        EXTRA_KEYS
+    }
+    fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Source>, Error> {
+        let a = spec.authority()?;
+        let stream = match options.extra.get("stream").unwrap_or("dcp") {
+            "dcp" => Stream::Dcp(DcpConfig::from_options(spec, options)?),
+            "tap" => Stream::Tap(TapConfig::from_options(spec, options)?),
+            other => {
+                return Err(Error::usage(format!(
+                    "-x stream={other}: expected dcp or tap"
+                )))
+            }
+        };
+        Ok(Box::new(CouchbaseSource {
+            spec: spec.to_string(),
+            rest: format!("http://{}", a.addr()),
+            auth: net::auth(spec, options)?,
+            bucket: options.source_bucket.clone(),
+            vbuckets: options.vbuckets.as_ref().map(|v| v.iter().collect()),
+            timeout: net::timeout(options)?,
+            stream,
+        }))
+    }
+}
+
+/// Which protocol streams each node.
+#[derive(Debug, Clone)]
+pub enum Stream {
+    Dcp(DcpConfig),
+    Tap(TapConfig),
+}
+
+/// A whole bucket of a cluster.
+pub struct CouchbaseSource {
+    spec: String,
+    rest: String,
+    auth: Option<Auth>,
+    bucket: String,
+    vbuckets: Option<Vec<u16>>,
+    timeout: std::time::Duration,
+    stream: Stream,
+}
+
+#[async_trait]
+impl Source for CouchbaseSource {
+    async fn run(self: Box<Self>, out: BatchSender, _ctx: Context) -> Result<(), Error> {
+        let map = VbucketMap::fetch(&self.rest, &self.bucket, self.auth.as_ref(), self.timeout)
+            .await
+            .map_err(|e| Error::source(&self.spec, e))?;
+        let wanted: Vec<u16> = match &self.vbuckets {
+            Some(v) => v.clone(),
+            None => (0..map.num_vbuckets() as u16).collect(),
+        };
+        let (groups, unowned) = map.by_active_server(wanted);
+        if !unowned.is_empty() {
+            return Err(Error::source(
+                &self.spec,
+                format!(
+                    "{} vbuckets have no active node in the map (first: {:?}); fail them over or pass -l without them",
+                    unowned.len(),
+                    &unowned[..unowned.len().min(8)]
+                ),
+            ));
+        }
+        let ckpt = match &self.stream {
+            Stream::Dcp(c) => c.load_checkpoint()?,
+            Stream::Tap(_) => None,
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for (server, vbs) in groups {
+            let addr = map.servers[server].clone();
+            let (spec, out, stream, ckpt) = (
+                self.spec.clone(),
+                out.clone(),
+                self.stream.clone(),
+                ckpt.clone(),
+            );
+            tasks.spawn(async move {
+                match stream {
+                    Stream::Dcp(c) => dcp::stream_node(&spec, &addr, &c, vbs, &out, ckpt).await,
+                    Stream::Tap(c) => tap::stream(&spec, &addr, &c, Some(vbs), &out).await,
+                }
+            });
+        }
+        let mut first_err = None;
+        while let Some(r) = tasks.join_next().await {
+            let r = r.unwrap_or_else(|e| {
+                Err(Error::source(&self.spec, format!("worker panicked: {e}")))
+            });
+            if let Err(e) = r {
+                if first_err.is_none() {
+                    first_err = Some(e);
+                    tasks.abort_all();
+                }
+            }
+        }
+        if let Some(c) = &ckpt {
+            if let Ok(mut f) = c.lock() {
+                f.save()?;
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}

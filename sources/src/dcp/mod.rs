@@ -1,0 +1,194 @@
+//! `dcp://[user:pass@]host:port`: DCP streams of one node's vbuckets, resumable.
+//!
+//! ```text
+//! pump                                        node
+//!  | SASL_AUTH, SELECT_BUCKET -b               |
+//!  | STAT "vbucket-seqno" ----------------------> vb_N:high_seqno ... (the end of each stream)
+//!  | DCP_OPEN producer, CONTROL connection_buffer_size / enable_noop / set_noop_interval
+//!  | STREAM_REQ vb a, vb b, ... (all at once, start from the checkpoint file)
+//!  |<--- failover log | ROLLBACK seqno (ask again from there)
+//!  |<--- SNAPSHOT_MARKER, MUTATION, DELETION, EXPIRATION ... STREAM_END per vbucket
+//!  |<--- NOOP  --> answered at once
+//!  | BUFFER_ACK n --> only once the sink confirmed the batch holding those n bytes
+//! ```
+//!
+//! `-t` connections share the vbuckets. The stream of a vbucket ends at the high seqno the
+//! node reported at the start; a node that does not answer STAT vbucket-seqno is streamed to
+//! the end of its stream (end = u64::MAX, stop at STREAM_END). With `-x checkpoint=PATH`
+//! every confirmed position is saved (see [`checkpoint`]) and a rerun resumes from it.
+//!
+//! | -x key | default | meaning |
+//! |---|---|---|
+//! | checkpoint | none | resume file (JSON, per vbucket uuid, seqno, snapshot) |
+//! | timeout | 30 | seconds any network wait may take |
+
+pub mod checkpoint;
+mod stream;
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pump::pipeline::Context;
+use pump::{BatchLimits, BatchSender, Error, Options, Source, SourceKind, Spec};
+use pump_client::Auth;
+
+use crate::net;
+pub use checkpoint::{CheckpointFile, VbPosition};
+pub use stream::stream_connection;
+
+/// `-x` keys of the DCP source.
+pub const EXTRA_KEYS: &[&str] = &["checkpoint", "timeout"];
+
+/// The `dcp://` source kind.
+pub struct DcpSourceKind;
+
+impl SourceKind for DcpSourceKind {
+    fn name(&self) -> &'static str {
+        "dcp"
+    }
+    fn syntax(&self) -> &'static str {
+        "dcp://[USER:PASSWORD@]HOST:PORT"
+    }
+    fn matches(&self, spec: &Spec) -> bool {
+        spec.scheme() == Some("dcp")
+    }
+    fn extra_keys(&self) -> &'static [&'static str] {
+        EXTRA_KEYS
+    }
+    fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Source>, Error> {
+        let a = spec.authority()?;
+        let vbuckets: Vec<u16> = match &options.vbuckets {
+            Some(v) => v.iter().collect(),
+            None => (0..options.extra.num_vbuckets).collect(),
+        };
+        Ok(Box::new(DcpSource {
+            spec: spec.to_string(),
+            addr: a.addr(),
+            config: DcpConfig::from_options(spec, options)?,
+            vbuckets,
+        }))
+    }
+}
+
+/// How to open DCP streams (shared with the `couchbase://` source).
+#[derive(Debug, Clone)]
+pub struct DcpConfig {
+    pub auth: Option<Auth>,
+    pub bucket: String,
+    pub timeout: Duration,
+    pub limits: BatchLimits,
+    pub verbose: u8,
+    /// Connections per node (`-t`).
+    pub connections: usize,
+    /// The flow-control window: CONTROL connection_buffer_size.
+    pub buffer_size: u32,
+    /// Seconds between the producer's NOOPs.
+    pub noop_interval: u32,
+    pub checkpoint: Option<PathBuf>,
+}
+
+impl DcpConfig {
+    /// Reads credentials, bucket, `-t`, `-x checkpoint` and `-x timeout`; the window is ten
+    /// batches' worth of bytes (between 1 MiB and 64 MiB).
+    pub fn from_options(spec: &Spec, options: &Options) -> Result<DcpConfig, Error> {
+        let timeout = net::timeout(options)?;
+        let limits = options.batch_limits();
+        Ok(DcpConfig {
+            auth: net::auth(spec, options)?,
+            bucket: options.source_bucket.clone(),
+            timeout,
+            limits,
+            verbose: options.verbose,
+            connections: options.threads.max(1),
+            buffer_size: (limits.max_bytes.saturating_mul(10)).clamp(1 << 20, 64 << 20) as u32,
+            noop_interval: (timeout.as_secs() / 2).clamp(1, 120) as u32,
+            checkpoint: options.extra.get("checkpoint").map(PathBuf::from),
+        })
+    }
+
+    /// Loads the checkpoint file, if one is configured.
+    pub fn load_checkpoint(&self) -> Result<Option<Arc<Mutex<CheckpointFile>>>, Error> {
+        self.checkpoint
+            .as_deref()
+            .map(|p| CheckpointFile::load(p).map(|c| Arc::new(Mutex::new(c))))
+            .transpose()
+    }
+}
+
+/// DCP streams of one node.
+pub struct DcpSource {
+    spec: String,
+    addr: String,
+    config: DcpConfig,
+    vbuckets: Vec<u16>,
+}
+
+#[async_trait]
+impl Source for DcpSource {
+    async fn run(self: Box<Self>, out: BatchSender, _ctx: Context) -> Result<(), Error> {
+        let ckpt = self.config.load_checkpoint()?;
+        stream_node(
+            &self.spec,
+            &self.addr,
+            &self.config,
+            self.vbuckets,
+            &out,
+            ckpt,
+        )
+        .await
+    }
+}
+
+/// Streams `vbuckets` of the node at `addr` over `config.connections` connections.
+pub async fn stream_node(
+    spec: &str,
+    addr: &str,
+    config: &DcpConfig,
+    vbuckets: Vec<u16>,
+    out: &BatchSender,
+    ckpt: Option<Arc<Mutex<CheckpointFile>>>,
+) -> Result<(), Error> {
+    if vbuckets.is_empty() {
+        return Ok(());
+    }
+    let n = config.connections.min(vbuckets.len()).max(1);
+    let per = vbuckets.len().div_ceil(n);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, chunk) in vbuckets.chunks(per).enumerate() {
+        let (spec, addr, config, out, ckpt) = (
+            spec.to_string(),
+            addr.to_string(),
+            config.clone(),
+            out.clone(),
+            ckpt.clone(),
+        );
+        let chunk = chunk.to_vec();
+        tasks.spawn(
+            async move { stream_connection(&spec, &addr, &config, i, chunk, &out, ckpt).await },
+        );
+    }
+    let mut first_err = None;
+    while let Some(r) = tasks.join_next().await {
+        let r = r.unwrap_or_else(|e| Err(Error::source(spec, format!("worker panicked: {e}"))));
+        if let Err(e) = r {
+            if first_err.is_none() {
+                first_err = Some(e);
+                // One connection failed: the others stop too (what they confirmed is saved).
+                tasks.abort_all();
+            }
+        }
+    }
+    if let Some(c) = &ckpt {
+        c.lock()
+            .map_err(|_| Error::source(spec, "checkpoint lock poisoned"))?
+            .save()?;
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

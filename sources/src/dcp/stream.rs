@@ -1,0 +1,562 @@
+//! One DCP connection: open, stream its vbuckets, answer NOOPs, ack what the sink confirmed.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use pump::checkpoint::Ticket;
+use pump::{Batch, BatchBuilder, BatchSender, Checkpoint, Error, Message, Op};
+use pump_client::{ClientError, Connection, Next, ReadHalf, WriteHalf};
+use pump_protocol::dcp::{
+    noop_reply, open_flags, DcpItem, DcpMessage, StreamEndReason, StreamReqReply, StreamRequest,
+};
+use pump_protocol::{Magic, Opcode, Status};
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::checkpoint::{CheckpointFile, VbPosition};
+use super::DcpConfig;
+use crate::net::{Acker, IDLE_FLUSH};
+
+/// Rollbacks of one vbucket tolerated in a run before giving up.
+const MAX_ROLLBACKS: u32 = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Requested,
+    Open,
+    Done,
+}
+
+#[derive(Debug)]
+struct VbStream {
+    req: StreamRequest,
+    /// The node's high seqno at the start (u64::MAX when unknown): where the stream ends.
+    high: u64,
+    state: State,
+    uuid: u64,
+    snap: (u64, u64),
+    rollbacks: u32,
+}
+
+/// What a confirmed batch moves: per vbucket, its position after the batch.
+struct Confirmed {
+    ticket: Ticket,
+    positions: Vec<(u16, VbPosition)>,
+}
+
+/// High seqnos from `STAT vbucket-seqno`, or `None` when the node does not answer it.
+async fn high_seqnos(conn: &mut Connection) -> Result<Option<HashMap<u16, u64>>, ClientError> {
+    let stats = match conn.stats("vbucket-seqno").await {
+        Ok(s) => s,
+        Err(ClientError::Status { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut out = HashMap::new();
+    for (k, v) in stats {
+        let Some(rest) = k.strip_prefix("vb_") else {
+            continue;
+        };
+        let Some((vb, field)) = rest.split_once(':') else {
+            continue;
+        };
+        if field != "high_seqno" {
+            continue;
+        }
+        if let (Ok(vb), Ok(seq)) = (vb.parse::<u16>(), v.parse::<u64>()) {
+            out.insert(vb, seq);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Streams `vbuckets` over one connection to `addr` (connection number `index`).
+pub async fn stream_connection(
+    spec: &str,
+    addr: &str,
+    config: &DcpConfig,
+    index: usize,
+    vbuckets: Vec<u16>,
+    out: &BatchSender,
+    ckpt: Option<Arc<Mutex<CheckpointFile>>>,
+) -> Result<(), Error> {
+    let err = |e: ClientError| Error::source(spec, e);
+    let mut conn = Connection::open(
+        addr,
+        config.auth.as_ref(),
+        Some(&config.bucket),
+        config.timeout,
+    )
+    .await
+    .map_err(err)?;
+    let highs = high_seqnos(&mut conn).await.map_err(err)?;
+    if highs.is_none() && config.verbose > 0 {
+        tracing::warn!("{addr}: no STAT vbucket-seqno; streaming each vbucket to its STREAM_END");
+    }
+    let name = format!("pump-{}-{index}", std::process::id());
+    let open = DcpMessage::Open {
+        opaque: 0,
+        name: Bytes::from(name),
+        seqno: 0,
+        flags: open_flags::PRODUCER,
+    };
+    conn.request_ok(open.to_packet(), "DCP_OPEN as a producer")
+        .await
+        .map_err(err)?;
+    let flow_control = control(
+        &mut conn,
+        "connection_buffer_size",
+        &config.buffer_size.to_string(),
+    )
+    .await
+    .map_err(err)?;
+    if control(&mut conn, "enable_noop", "true")
+        .await
+        .map_err(err)?
+    {
+        control(
+            &mut conn,
+            "set_noop_interval",
+            &config.noop_interval.to_string(),
+        )
+        .await
+        .map_err(err)?;
+    }
+    if !flow_control && config.verbose > 0 {
+        tracing::warn!("{addr}: no flow control (connection_buffer_size refused)");
+    }
+
+    // Where each vbucket starts.
+    let mut streams: BTreeMap<u16, VbStream> = BTreeMap::new();
+    let mut by_opaque: HashMap<u32, u16> = HashMap::new();
+    for vb in vbuckets {
+        let pos = ckpt
+            .as_ref()
+            .and_then(|c| c.lock().ok().map(|c| c.position(vb)))
+            .unwrap_or_default();
+        let end = match &highs {
+            Some(h) => h.get(&vb).copied().unwrap_or(0),
+            None => u64::MAX,
+        };
+        if pos.seqno == end {
+            continue;
+        }
+        let opaque = 0x0001_0000 | u32::from(vb);
+        by_opaque.insert(opaque, vb);
+        streams.insert(
+            vb,
+            VbStream {
+                req: StreamRequest {
+                    vbucket: vb,
+                    opaque,
+                    flags: 0,
+                    start: pos.seqno,
+                    // Saved past the node's high seqno: the node lost history; asking with
+                    // end = start lets it answer ROLLBACK (or end the stream at once).
+                    end: end.max(pos.seqno),
+                    vbucket_uuid: pos.uuid,
+                    snap_start: pos.snap_start.min(pos.seqno),
+                    snap_end: pos.snap_end.max(pos.seqno),
+                },
+                high: end,
+                state: State::Requested,
+                uuid: pos.uuid,
+                snap: (pos.snap_start, pos.snap_end),
+                rollbacks: 0,
+            },
+        );
+    }
+    if streams.is_empty() {
+        return Ok(());
+    }
+    let (mut read, write) = conn.into_split();
+    let writer = Arc::new(AsyncMutex::new(write));
+    {
+        let mut w = writer.lock().await;
+        for s in streams.values() {
+            w.send(&DcpMessage::StreamReq(s.req).to_packet())
+                .await
+                .map_err(err)?;
+        }
+    }
+
+    let checkpoint = Arc::new(Mutex::new(Checkpoint::default()));
+    let on_confirmed = {
+        let checkpoint = checkpoint.clone();
+        let ckpt = ckpt.clone();
+        let spec = spec.to_string();
+        move |c: Confirmed| -> Result<(), Error> {
+            let advanced = checkpoint
+                .lock()
+                .map_err(|_| Error::source(&spec, "checkpoint lock poisoned"))?
+                .confirm(c.ticket);
+            if let Some(file) = &ckpt {
+                let mut f = file
+                    .lock()
+                    .map_err(|_| Error::source(&spec, "checkpoint lock poisoned"))?;
+                for (vb, seqno) in advanced {
+                    if let Some((_, p)) = c.positions.iter().find(|(v, _)| *v == vb) {
+                        f.set(vb, VbPosition { seqno, ..*p });
+                    }
+                }
+                f.save_soon()?;
+            }
+            Ok(())
+        }
+    };
+    let mut acker: Acker<Confirmed> = Acker::start(spec.to_string(), writer.clone(), on_confirmed);
+    let mut pending = PendingBatch::new(config, flow_control);
+    let mut open_streams = streams.len();
+    // Frames read while a batch waited for room in the channel.
+    let mut backlog: VecDeque<Result<Next, ClientError>> = VecDeque::new();
+    let what = "reading the DCP streams";
+    let cancel = out.cancellation().clone();
+
+    let result: Result<(), Error> = async {
+        while open_streams > 0 {
+            let wait = if pending.is_empty() {
+                config.timeout
+            } else {
+                IDLE_FLUSH
+            };
+            let next = match backlog.pop_front() {
+                Some(n) => n.map_err(err)?,
+                None => tokio::select! {
+                r = read.recv_within(wait, what) => r.map_err(err)?,
+                e = acker.failed() => return Err(e),
+                _ = cancel.cancelled() => return Err(Error::Cancelled),
+                },
+            };
+            let p = match next {
+                Next::Packet(p) => p,
+                Next::Eof => {
+                    let open: Vec<u16> = streams
+                        .iter()
+                        .filter(|(_, s)| s.state != State::Done)
+                        .map(|(vb, _)| *vb)
+                        .collect();
+                    return Err(err(ClientError::Closed {
+                        peer: addr.to_string(),
+                        what: format!(
+                            "streaming ({} of its vbuckets not finished, the first {:?})",
+                            open.len(),
+                            &open[..open.len().min(8)]
+                        ),
+                    }));
+                }
+                Next::Idle if !pending.is_empty() => {
+                    let batch = pending.flush(&acker, &checkpoint)?;
+                    send_serving(out, batch, &mut read, &writer, &mut backlog, config).await?;
+                    continue;
+                }
+                Next::Idle if acker.outstanding() > 0 => continue,
+                Next::Idle => return Err(err(read.timeout_error(what))),
+            };
+            if p.magic == Magic::Response {
+                if p.opcode == Opcode::DcpStreamReq {
+                    let vb = *by_opaque.get(&p.opaque).ok_or_else(|| {
+                        Error::source(spec, format!("{addr}: a STREAM_REQ reply with unknown opaque {:#x}", p.opaque))
+                    })?;
+                    let s = streams.get_mut(&vb).ok_or_else(|| Error::source(spec, "stream state lost"))?;
+                    match StreamReqReply::from_packet(&p)
+                        .map_err(|e| Error::source(spec, format!("{addr}: {e}")))?
+                    {
+                        StreamReqReply::Ok(log) => {
+                            s.state = State::Open;
+                            if let Some(newest) = log.first() {
+                                s.uuid = newest.uuid;
+                            }
+                            if let Some(file) = &ckpt {
+                                if let Ok(mut f) = file.lock() {
+                                    let mut pos = f.position(vb);
+                                    if pos.uuid != s.uuid || pos.seqno != s.req.start {
+                                        pos = VbPosition {
+                                            uuid: s.uuid,
+                                            seqno: s.req.start,
+                                            snap_start: s.req.snap_start,
+                                            snap_end: s.req.snap_end,
+                                        };
+                                        f.set(vb, pos);
+                                    }
+                                }
+                            }
+                        }
+                        StreamReqReply::Rollback(to) => {
+                            s.rollbacks += 1;
+                            if s.rollbacks > MAX_ROLLBACKS {
+                                return Err(Error::source(spec, format!(
+                                    "{addr}: vbucket {vb} asked to roll back {} times; giving up", s.rollbacks
+                                )));
+                            }
+                            if config.verbose > 0 {
+                                tracing::warn!(
+                                    "{addr}: vbucket {vb}: the node asked to roll back from seqno {} to {to}; restarting it from there",
+                                    s.req.start
+                                );
+                            }
+                            s.req.start = to;
+                            s.req.snap_start = to;
+                            s.req.snap_end = to;
+                            s.req.end = s.high.max(to);
+                            if to == 0 {
+                                s.req.vbucket_uuid = 0;
+                            }
+                            s.uuid = s.req.vbucket_uuid;
+                            s.snap = (to, to);
+                            if let Some(file) = &ckpt {
+                                if let Ok(mut f) = file.lock() {
+                                    f.set(vb, VbPosition { uuid: s.uuid, seqno: to, snap_start: to, snap_end: to });
+                                }
+                            }
+                            writer
+                                .lock()
+                                .await
+                                .send(&DcpMessage::StreamReq(s.req).to_packet())
+                                .await
+                                .map_err(err)?;
+                        }
+                        StreamReqReply::Err(status) => {
+                            let hint = if status == Status::NotMyVbucket {
+                                " (the vbucket is not active on this node: use couchbase://HOST:RESTPORT for a cluster)"
+                            } else {
+                                ""
+                            };
+                            return Err(Error::source(spec, format!(
+                                "{addr}: STREAM_REQ for vbucket {vb} refused: {status}{hint}"
+                            )));
+                        }
+                    }
+                } else if p.status() != Status::Success {
+                    return Err(Error::source(spec, format!(
+                        "{addr}: {:?} failed: {}", p.opcode, p.status()
+                    )));
+                }
+                continue;
+            }
+            let wire = p.wire_len();
+            if !matches!(
+                p.opcode,
+                Opcode::DcpSnapshotMarker
+                    | Opcode::DcpMutation
+                    | Opcode::DcpDeletion
+                    | Opcode::DcpExpiration
+                    | Opcode::DcpStreamEnd
+                    | Opcode::DcpNoop
+                    | Opcode::DcpSetVbucketState
+            ) {
+                // A message this source does not use (a newer server's system events, ...):
+                // processed as far as flow control goes.
+                if config.verbose > 1 {
+                    tracing::info!("{addr}: ignored {:?}", p.opcode);
+                }
+                pending.bytes += wire as u64;
+                continue;
+            }
+            let m = DcpMessage::from_packet(&p)
+                .map_err(|e| Error::source(spec, format!("{addr}: {e}")))?;
+            match m {
+                DcpMessage::Noop { opaque } => {
+                    writer.lock().await.send(&noop_reply(opaque)).await.map_err(err)?;
+                    continue;
+                }
+                DcpMessage::SnapshotMarker { vbucket, start, end, .. } => {
+                    if let Some(s) = streams.get_mut(&vbucket) {
+                        s.snap = (start, end);
+                    }
+                }
+                DcpMessage::Mutation(i) => pending.push(item(Op::Mutation, i), &streams),
+                DcpMessage::Deletion(i) => pending.push(item(Op::Deletion, i), &streams),
+                DcpMessage::Expiration(i) => pending.push(item(Op::Expiration, i), &streams),
+                DcpMessage::StreamEnd { vbucket, reason, .. } => {
+                    if let Some(s) = streams.get_mut(&vbucket) {
+                        if s.state != State::Done {
+                            s.state = State::Done;
+                            open_streams -= 1;
+                        }
+                    }
+                    if reason != StreamEndReason::Ok {
+                        pending.bytes += wire as u64;
+                        return Err(Error::source(spec, format!(
+                            "{addr}: the stream of vbucket {vbucket} ended early ({reason:?}); rerun to resume"
+                        )));
+                    }
+                }
+                _ => {}
+            }
+            pending.bytes += wire as u64;
+            if pending.should_flush() {
+                let batch = pending.flush(&acker, &checkpoint)?;
+                send_serving(out, batch, &mut read, &writer, &mut backlog, config).await?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+
+    // Hand over what was read, and wait (bounded) for the sink to confirm it so the
+    // checkpoint holds everything delivered, even when the stream failed.
+    let flushed = if pending.is_empty() {
+        Ok(())
+    } else {
+        match pending.flush(&acker, &checkpoint) {
+            Ok(batch) => out.send(batch).await,
+            Err(e) => Err(e),
+        }
+    };
+    let finished = match &result {
+        Ok(()) => acker.finish().await,
+        Err(_) => tokio::time::timeout(config.timeout, acker.finish())
+            .await
+            .unwrap_or(Ok(())),
+    };
+    if let Some(file) = &ckpt {
+        if let Ok(mut f) = file.lock() {
+            f.save()?;
+        }
+    }
+    result?;
+    flushed?;
+    finished
+}
+
+/// Frames kept aside while a batch waits, at most (beyond that the reader stops reading and
+/// TCP pushes back; with flow control the producer stops long before).
+const MAX_BACKLOG: usize = 100_000;
+
+/// Sends `batch`, waiting for room in the channel while still reading the connection: NOOPs
+/// are answered at once (a producer drops a consumer that leaves them unanswered), other
+/// frames are kept in `backlog` for the stream loop.
+async fn send_serving(
+    out: &BatchSender,
+    batch: Batch,
+    read: &mut ReadHalf,
+    writer: &Arc<AsyncMutex<WriteHalf>>,
+    backlog: &mut VecDeque<Result<Next, ClientError>>,
+    config: &DcpConfig,
+) -> Result<(), Error> {
+    let send = out.send(batch);
+    tokio::pin!(send);
+    let mut eof = backlog.iter().any(|n| !matches!(n, Ok(Next::Packet(_))));
+    loop {
+        tokio::select! {
+            r = &mut send => return r,
+            r = read.recv_within(config.timeout, "reading the DCP streams"), if !eof && backlog.len() < MAX_BACKLOG => {
+                match r {
+                    Ok(Next::Packet(p)) if p.magic == Magic::Request && p.opcode == Opcode::DcpNoop => {
+                        let _ = writer.lock().await.send(&noop_reply(p.opaque)).await;
+                    }
+                    Ok(Next::Idle) => {}
+                    Ok(Next::Packet(p)) => backlog.push_back(Ok(Next::Packet(p))),
+                    // The end or an error: the stream loop reports it once the batch is
+                    // handed over.
+                    end => {
+                        eof = true;
+                        backlog.push_back(end);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// CONTROL key=value; false when the producer refuses it.
+async fn control(conn: &mut Connection, key: &str, value: &str) -> Result<bool, ClientError> {
+    let p = DcpMessage::Control {
+        opaque: 0,
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+    }
+    .to_packet();
+    let r = conn
+        .request(p, &format!("DCP_CONTROL {key}={value}"))
+        .await?;
+    Ok(r.status() == Status::Success)
+}
+
+/// A DCP item as a pump message: key, value and meta are slices of the frame.
+fn item(op: Op, i: DcpItem) -> Message {
+    Message {
+        op,
+        vbucket: i.vbucket,
+        key: i.key,
+        value: i.value,
+        flags: i.flags,
+        expiry: i.expiration,
+        cas: i.cas,
+        seqno: i.by_seqno,
+        rev_seqno: i.rev_seqno,
+        datatype: i.datatype,
+        meta: i.meta,
+        conflict_res: 0,
+    }
+}
+
+/// The batch being filled, the DCP bytes read for it and the positions it moves.
+struct PendingBatch {
+    builder: BatchBuilder,
+    bytes: u64,
+    positions: BTreeMap<u16, VbPosition>,
+    flush_bytes: u64,
+    flow_control: bool,
+}
+
+impl PendingBatch {
+    fn new(config: &DcpConfig, flow_control: bool) -> PendingBatch {
+        PendingBatch {
+            builder: BatchBuilder::new(config.limits),
+            bytes: 0,
+            positions: BTreeMap::new(),
+            flush_bytes: u64::from(config.buffer_size / 4).max(1),
+            flow_control,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.builder.is_empty() && self.bytes == 0
+    }
+
+    fn should_flush(&self) -> bool {
+        self.builder.is_full() || self.bytes >= self.flush_bytes
+    }
+
+    fn push(&mut self, m: Message, streams: &BTreeMap<u16, VbStream>) {
+        if let Some(s) = streams.get(&m.vbucket) {
+            self.positions.insert(
+                m.vbucket,
+                VbPosition {
+                    uuid: s.uuid,
+                    seqno: m.seqno,
+                    snap_start: s.snap.0,
+                    snap_end: s.snap.1.max(m.seqno),
+                },
+            );
+        }
+        self.builder.push(m);
+    }
+
+    /// Takes the batch to send; the acker sends its BUFFER_ACK and moves the checkpoint once
+    /// the sink confirmed it.
+    fn flush(
+        &mut self,
+        acker: &Acker<Confirmed>,
+        checkpoint: &Arc<Mutex<Checkpoint>>,
+    ) -> Result<Batch, Error> {
+        let msgs = self.builder.take();
+        let positions: Vec<(u16, VbPosition)> =
+            std::mem::take(&mut self.positions).into_iter().collect();
+        let ticket = checkpoint
+            .lock()
+            .map_err(|_| Error::source("dcp", "checkpoint lock poisoned"))?
+            .track_seqnos(positions.iter().map(|(vb, p)| (*vb, p.seqno)));
+        let bytes = std::mem::take(&mut self.bytes);
+        let reply = (self.flow_control && bytes > 0).then(|| {
+            DcpMessage::BufferAck {
+                opaque: 0,
+                bytes: bytes.min(u64::from(u32::MAX)) as u32,
+            }
+            .to_packet()
+        });
+        let (batch, acked) = Batch::with_ack(msgs);
+        acker.push(acked, reply, Confirmed { ticket, positions });
+        Ok(batch)
+    }
+}

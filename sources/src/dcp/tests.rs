@@ -1,0 +1,460 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pump::{Op, Options, SourceKind, Spec, VbucketSet};
+use pump_protocol::dcp::{
+    DcpItem, DcpMessage, FailoverEntry, StreamEndReason, StreamReqReply, StreamRequest,
+};
+use pump_protocol::{Magic, Opcode, Packet, Status};
+
+use super::checkpoint::{CheckpointFile, VbPosition};
+use super::DcpSourceKind;
+use crate::testutil::{listen, run, Collect, Peer};
+
+/// What the fake producer learnt during the handshake.
+pub(crate) struct Handshake {
+    pub controls: Vec<(String, String)>,
+    pub requests: Vec<StreamRequest>,
+}
+
+/// Plays a producer's handshake: no SELECT_BUCKET, STAT vbucket-seqno from `highs`, OPEN and
+/// CONTROL accepted; returns once `streams` STREAM_REQs arrived.
+pub(crate) async fn handshake(peer: &mut Peer, highs: &[(u16, u64)], streams: usize) -> Handshake {
+    let mut h = Handshake {
+        controls: Vec::new(),
+        requests: Vec::new(),
+    };
+    while h.requests.len() < streams {
+        let p = peer.recv().await.expect("a request");
+        match p.opcode {
+            Opcode::SelectBucket => {
+                peer.send(Packet::response_to(&p, Status::UnknownCommand))
+                    .await
+            }
+            Opcode::Stat => {
+                assert_eq!(&p.key[..], b"vbucket-seqno");
+                for (vb, high) in highs {
+                    for (k, v) in [("high_seqno", high.to_string()), ("uuid", "1".into())] {
+                        peer.send(
+                            Packet::response_to(&p, Status::Success)
+                                .with_key(format!("vb_{vb}:{k}"))
+                                .with_value(v),
+                        )
+                        .await;
+                    }
+                }
+                peer.send(Packet::response_to(&p, Status::Success)).await;
+            }
+            Opcode::DcpOpen => {
+                let DcpMessage::Open { flags, .. } = DcpMessage::from_packet(&p).unwrap() else {
+                    unreachable!()
+                };
+                assert_eq!(flags, pump_protocol::dcp::open_flags::PRODUCER);
+                peer.send(Packet::response_to(&p, Status::Success)).await
+            }
+            Opcode::DcpControl => {
+                h.controls.push((
+                    String::from_utf8(p.key.to_vec()).unwrap(),
+                    String::from_utf8(p.value.to_vec()).unwrap(),
+                ));
+                peer.send(Packet::response_to(&p, Status::Success)).await
+            }
+            Opcode::DcpStreamReq => {
+                let DcpMessage::StreamReq(r) = DcpMessage::from_packet(&p).unwrap() else {
+                    unreachable!()
+                };
+                h.requests.push(r);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    h
+}
+
+pub(crate) async fn accept_stream(peer: &mut Peer, r: &StreamRequest, uuid: u64) {
+    peer.send(StreamReqReply::Ok(vec![FailoverEntry { uuid, seqno: 0 }]).to_packet(r.opaque))
+        .await;
+}
+
+pub(crate) fn mutation(r: &StreamRequest, seqno: u64) -> DcpMessage {
+    DcpMessage::Mutation(DcpItem {
+        vbucket: r.vbucket,
+        opaque: r.opaque,
+        cas: 1000 + seqno,
+        by_seqno: seqno,
+        rev_seqno: 1,
+        flags: 0xdead_beef,
+        expiration: 5,
+        key: Bytes::from(format!("k{}_{seqno}", r.vbucket)),
+        value: Bytes::from_static(b"value"),
+        ..DcpItem::default()
+    })
+}
+
+pub(crate) fn marker(r: &StreamRequest, start: u64, end: u64) -> DcpMessage {
+    DcpMessage::SnapshotMarker {
+        opaque: r.opaque,
+        vbucket: r.vbucket,
+        start,
+        end,
+        kind: 1,
+    }
+}
+
+pub(crate) fn end(r: &StreamRequest) -> DcpMessage {
+    DcpMessage::StreamEnd {
+        opaque: r.opaque,
+        vbucket: r.vbucket,
+        reason: StreamEndReason::Ok,
+    }
+}
+
+fn options(vbs: &str, ckpt: Option<&std::path::Path>) -> Options {
+    let mut o = Options {
+        vbuckets: Some(VbucketSet::parse(vbs).unwrap()),
+        threads: 1,
+        ..Options::default()
+    };
+    if let Some(p) = ckpt {
+        o.extra.set("checkpoint", p.to_str().unwrap());
+    }
+    o
+}
+
+fn open(addr: &str, o: &Options) -> Box<dyn pump::Source> {
+    DcpSourceKind
+        .open(&Spec::parse(&format!("dcp://{addr}")).unwrap(), o)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn buffer_acks_cover_only_confirmed_bytes_noops_are_answered_at_once_and_removals_keep_meta()
+{
+    let (l, addr) = listen().await;
+    let sink = Collect::delayed(Duration::from_millis(300));
+    let watch = sink.clone();
+    let producer = tokio::spawn(async move {
+        let mut peer = Peer::accept(&l).await;
+        let h = handshake(&mut peer, &[(0, 5)], 1).await;
+        assert!(h
+            .controls
+            .contains(&("connection_buffer_size".into(), "4000000".into())));
+        assert!(h.controls.contains(&("enable_noop".into(), "true".into())));
+        assert!(h.controls.iter().any(|(k, _)| k == "set_noop_interval"));
+        let r = h.requests[0];
+        assert_eq!((r.start, r.end, r.vbucket_uuid), (0, 5, 0));
+        accept_stream(&mut peer, &r, 99).await;
+        let mut frames = vec![marker(&r, 1, 5), mutation(&r, 1), mutation(&r, 2)];
+        let mut with_meta = mutation(&r, 3);
+        if let DcpMessage::Mutation(i) = &mut with_meta {
+            i.meta = Bytes::from_static(b"mm");
+        }
+        frames.push(with_meta);
+        let removal = |seqno: u64| DcpItem {
+            vbucket: 0,
+            opaque: r.opaque,
+            cas: 7,
+            by_seqno: seqno,
+            rev_seqno: 9,
+            key: Bytes::from(format!("gone{seqno}")),
+            meta: Bytes::from_static(b"xy"),
+            ..DcpItem::default()
+        };
+        frames.push(DcpMessage::Deletion(removal(4)));
+        frames.push(DcpMessage::Expiration(removal(5)));
+        frames.push(end(&r));
+        // Where each item's bytes end, to know how many items a BUFFER_ACK covers.
+        let mut total = 0u64;
+        let mut item_ends = Vec::new();
+        for (i, f) in frames.iter().enumerate() {
+            peer.send(f.to_packet()).await;
+            total += f.wire_len() as u64;
+            if matches!(
+                f,
+                DcpMessage::Mutation(_) | DcpMessage::Deletion(_) | DcpMessage::Expiration(_)
+            ) {
+                item_ends.push(total);
+            }
+            if i == 2 {
+                peer.send(DcpMessage::Noop { opaque: 4242 }.to_packet())
+                    .await;
+            }
+        }
+        let mut acked = 0u64;
+        let mut noop_answered = false;
+        while let Some(p) = peer.recv().await {
+            if p.magic == Magic::Response && p.opcode == Opcode::DcpNoop {
+                assert_eq!(p.opaque, 4242);
+                assert_eq!(acked, 0, "the NOOP waited for the sink");
+                noop_answered = true;
+                continue;
+            }
+            let DcpMessage::BufferAck { bytes, .. } = DcpMessage::from_packet(&p).unwrap() else {
+                panic!("unexpected {p:?}")
+            };
+            acked += u64::from(bytes);
+            let covered = item_ends.iter().filter(|e| **e <= acked).count();
+            assert!(
+                watch.confirmed() >= covered,
+                "BUFFER_ACK for {acked} bytes ({covered} items) but the sink confirmed {}",
+                watch.confirmed()
+            );
+        }
+        assert!(noop_answered);
+        assert_eq!(acked, total, "BUFFER_ACKs add up to every non-NOOP byte");
+    });
+    let o = options("0", None);
+    let summary = run(open(&addr, &o), sink.clone(), o).await.unwrap();
+    producer.await.unwrap();
+    assert_eq!(summary.counts.items_written, 5);
+    let m = sink.messages();
+    assert_eq!(m[0].flags, 0xdead_beef);
+    assert_eq!((m[0].seqno, m[0].cas, m[0].expiry), (1, 1001, 5));
+    assert_eq!(&m[2].meta[..], b"mm");
+    assert_eq!(&m[2].value[..], b"value");
+    assert_eq!(m[3].op, Op::Deletion);
+    assert_eq!(m[4].op, Op::Expiration);
+    assert_eq!((m[4].seqno, m[4].rev_seqno, m[4].cas), (5, 9, 7));
+    assert_eq!(&m[4].meta[..], b"xy");
+}
+
+#[tokio::test]
+async fn a_rollback_restarts_the_vbucket_from_the_seqno_the_node_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.json");
+    let mut c = CheckpointFile::load(&path).unwrap();
+    c.set(
+        0,
+        VbPosition {
+            uuid: 77,
+            seqno: 10,
+            snap_start: 10,
+            snap_end: 10,
+        },
+    );
+    c.save().unwrap();
+    let (l, addr) = listen().await;
+    let producer = tokio::spawn(async move {
+        let mut peer = Peer::accept(&l).await;
+        let h = handshake(&mut peer, &[(0, 8)], 1).await;
+        let r = h.requests[0];
+        assert_eq!(
+            (r.start, r.end, r.vbucket_uuid, r.snap_start, r.snap_end),
+            (10, 10, 77, 10, 10)
+        );
+        peer.send(StreamReqReply::Rollback(5).to_packet(r.opaque))
+            .await;
+        let DcpMessage::StreamReq(r2) =
+            DcpMessage::from_packet(&peer.recv().await.unwrap()).unwrap()
+        else {
+            panic!("expected a second STREAM_REQ")
+        };
+        assert_eq!(
+            (
+                r2.vbucket,
+                r2.start,
+                r2.end,
+                r2.vbucket_uuid,
+                r2.snap_start,
+                r2.snap_end
+            ),
+            (0, 5, 8, 77, 5, 5)
+        );
+        accept_stream(&mut peer, &r2, 77).await;
+        peer.send(marker(&r2, 6, 8).to_packet()).await;
+        for s in 6..=8 {
+            peer.send(mutation(&r2, s).to_packet()).await;
+        }
+        peer.send(end(&r2).to_packet()).await;
+        while peer.recv().await.is_some() {}
+    });
+    // The saved seqno 10 is above the node's high seqno 8 here, which only a rollback
+    // explains: the source must still ask (with end = start), and the node answers ROLLBACK.
+    let o = options("0", Some(&path));
+    let sink = Collect::default();
+    run(open(&addr, &o), sink.clone(), o)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    producer.await.unwrap();
+    assert_eq!(
+        sink.messages().iter().map(|m| m.seqno).collect::<Vec<_>>(),
+        vec![6, 7, 8]
+    );
+    let c = CheckpointFile::load(&path).unwrap();
+    assert_eq!(
+        c.position(0),
+        VbPosition {
+            uuid: 77,
+            seqno: 8,
+            snap_start: 8,
+            snap_end: 8
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_rerun_resumes_from_the_checkpoint_file_with_its_uuid_and_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.json");
+    // First run: vbuckets 0 (3 items) and 1 (2 items).
+    let (l, addr) = listen().await;
+    let producer = tokio::spawn(async move {
+        let mut peer = Peer::accept(&l).await;
+        let h = handshake(&mut peer, &[(0, 3), (1, 2)], 2).await;
+        for r in &h.requests {
+            assert_eq!((r.start, r.vbucket_uuid), (0, 0));
+            accept_stream(&mut peer, r, 500 + u64::from(r.vbucket)).await;
+            let n = if r.vbucket == 0 { 3 } else { 2 };
+            peer.send(marker(r, 1, n).to_packet()).await;
+            for s in 1..=n {
+                peer.send(mutation(r, s).to_packet()).await;
+            }
+            peer.send(end(r).to_packet()).await;
+        }
+        while peer.recv().await.is_some() {}
+    });
+    let o = options("0-1", Some(&path));
+    run(open(&addr, &o), Collect::default(), o).await.unwrap();
+    producer.await.unwrap();
+    let c = CheckpointFile::load(&path).unwrap();
+    assert_eq!(
+        c.position(0),
+        VbPosition {
+            uuid: 500,
+            seqno: 3,
+            snap_start: 3,
+            snap_end: 3
+        }
+    );
+    assert_eq!(c.position(1).seqno, 2);
+
+    // Second run: vbucket 0 grew to 5; vbucket 1 is done and is not asked again.
+    let (l, addr) = listen().await;
+    let producer = tokio::spawn(async move {
+        let mut peer = Peer::accept(&l).await;
+        let h = handshake(&mut peer, &[(0, 5), (1, 2)], 1).await;
+        let r = h.requests[0];
+        assert_eq!(
+            (
+                r.vbucket,
+                r.start,
+                r.end,
+                r.vbucket_uuid,
+                r.snap_start,
+                r.snap_end
+            ),
+            (0, 3, 5, 500, 3, 3)
+        );
+        accept_stream(&mut peer, &r, 500).await;
+        peer.send(marker(&r, 4, 5).to_packet()).await;
+        for s in 4..=5 {
+            peer.send(mutation(&r, s).to_packet()).await;
+        }
+        peer.send(end(&r).to_packet()).await;
+        while let Some(p) = peer.recv().await {
+            assert_ne!(p.opcode, Opcode::DcpStreamReq, "vbucket 1 was asked again");
+        }
+    });
+    let o = options("0-1", Some(&path));
+    let sink = Collect::default();
+    run(open(&addr, &o), sink.clone(), o).await.unwrap();
+    producer.await.unwrap();
+    assert_eq!(
+        sink.messages().iter().map(|m| m.seqno).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+    assert_eq!(CheckpointFile::load(&path).unwrap().position(0).seqno, 5);
+}
+
+#[tokio::test]
+async fn a_node_that_dies_mid_stream_fails_naming_it_and_keeps_what_was_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.json");
+    let (l, addr) = listen().await;
+    let producer = tokio::spawn(async move {
+        let mut peer = Peer::accept(&l).await;
+        let h = handshake(&mut peer, &[(3, 10)], 1).await;
+        let r = h.requests[0];
+        accept_stream(&mut peer, &r, 31).await;
+        peer.send(marker(&r, 1, 10).to_packet()).await;
+        for s in 1..=2 {
+            peer.send(mutation(&r, s).to_packet()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The node dies: the connection drops with the stream open.
+    });
+    let o = options("3", Some(&path));
+    let sink = Collect::default();
+    let e = run(open(&addr, &o), sink.clone(), o)
+        .await
+        .unwrap_err()
+        .to_string();
+    producer.await.unwrap();
+    assert!(e.contains(&addr) && e.contains("closed"), "{e}");
+    assert_eq!(sink.messages().len(), 2);
+    let p = CheckpointFile::load(&path).unwrap().position(3);
+    assert_eq!((p.uuid, p.seqno, p.snap_start, p.snap_end), (31, 2, 1, 10));
+}
+
+#[tokio::test]
+async fn noops_are_answered_even_while_the_sink_holds_the_channel_full() {
+    let (l, addr) = listen().await;
+    let hold = Arc::new(tokio::sync::Notify::new());
+    let sink = Collect {
+        hold: Some(hold.clone()),
+        ..Collect::default()
+    };
+    let watch = sink.clone();
+    let producer = tokio::spawn(async move {
+        let mut peer = Peer::accept(&l).await;
+        let h = handshake(&mut peer, &[(0, 12)], 1).await;
+        let r = h.requests[0];
+        accept_stream(&mut peer, &r, 1).await;
+        peer.send(marker(&r, 1, 12).to_packet()).await;
+        for s in 1..=12 {
+            peer.send(mutation(&r, s).to_packet()).await;
+        }
+        // One item per batch and a sink that takes nothing yet: the channel (8 batches with
+        // -t 1) is full and the source waits to hand over the 9th.
+        peer.send(DcpMessage::Noop { opaque: 77 }.to_packet()).await;
+        loop {
+            let p = peer.recv().await.expect("the NOOP reply");
+            if p.opcode == Opcode::DcpNoop {
+                assert_eq!(p.opaque, 77);
+                break;
+            }
+        }
+        assert_eq!(watch.confirmed(), 0);
+        hold.notify_one();
+        peer.send(end(&r).to_packet()).await;
+        while peer.recv().await.is_some() {}
+    });
+    let mut o = options("0", None);
+    o.extra.batch_max_size = 1;
+    run(open(&addr, &o), sink.clone(), o).await.unwrap();
+    producer.await.unwrap();
+    assert_eq!(sink.messages().len(), 12);
+}
+
+#[tokio::test]
+async fn a_silent_node_times_out_with_an_error_naming_it() {
+    let (l, addr) = listen().await;
+    let producer = tokio::spawn(async move {
+        let mut peer = Peer::accept(&l).await;
+        let h = handshake(&mut peer, &[(0, 5)], 1).await;
+        accept_stream(&mut peer, &h.requests[0], 1).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    });
+    let mut o = options("0", None);
+    o.extra.set("timeout", "1");
+    let e = run(open(&addr, &o), Collect::default(), o)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&addr) && e.contains("no answer within 1.0s"),
+        "{e}"
+    );
+    producer.abort();
+}

@@ -1,0 +1,108 @@
+//! Test helpers for the network sources: a collecting sink that can delay its confirmations,
+//! a scripted fake peer's plumbing, and a run helper.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{SinkExt, StreamExt};
+use pump::pipeline::Context;
+use pump::{BatchReceiver, Delivery, Error, Message, Options, Sink, Source, Summary};
+use pump_protocol::{Packet, PacketCodec};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+
+/// Every network wait of a test.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Collects messages; confirms each batch after `delay`, counting confirmed messages.
+#[derive(Clone, Default)]
+pub struct Collect {
+    pub messages: Arc<Mutex<Vec<Message>>>,
+    pub confirmed: Arc<AtomicUsize>,
+    pub delay: Duration,
+    /// When set, the sink takes no batch before this is notified.
+    pub hold: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl Collect {
+    pub fn delayed(delay: Duration) -> Collect {
+        Collect {
+            delay,
+            ..Collect::default()
+        }
+    }
+    pub fn confirmed(&self) -> usize {
+        self.confirmed.load(Ordering::SeqCst)
+    }
+    pub fn messages(&self) -> Vec<Message> {
+        self.messages.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Sink for Collect {
+    async fn run(self: Box<Self>, input: BatchReceiver, _ctx: Context) -> Result<(), Error> {
+        if let Some(hold) = &self.hold {
+            hold.notified().await;
+        }
+        while let Some(batch) = input.recv().await {
+            tokio::time::sleep(self.delay).await;
+            let (msgs, ack) = batch.into_parts();
+            let n = msgs.len();
+            self.messages.lock().unwrap().extend(msgs);
+            self.confirmed.fetch_add(n, Ordering::SeqCst);
+            ack.confirm(Delivery::all(n));
+        }
+        Ok(())
+    }
+}
+
+/// Runs `source` into `sink` with `options`, under a timeout.
+pub async fn run(
+    source: Box<dyn Source>,
+    sink: Collect,
+    options: Options,
+) -> Result<Summary, Error> {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        pump::run(source, Box::new(sink), Context::new(options)),
+    )
+    .await
+    .expect("the run finished in time")
+}
+
+/// A listener on 127.0.0.1 with a port the OS picks.
+pub async fn listen() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    (l, addr)
+}
+
+/// The fake peer's side of one connection.
+pub struct Peer(pub Framed<TcpStream, PacketCodec>);
+
+impl Peer {
+    pub async fn accept(l: &TcpListener) -> Peer {
+        let (s, _) = tokio::time::timeout(WAIT, l.accept())
+            .await
+            .expect("a connection in time")
+            .unwrap();
+        Peer(Framed::new(s, PacketCodec::default()))
+    }
+    /// The next frame, within [`WAIT`]; `None` when the pump closed the connection.
+    pub async fn recv(&mut self) -> Option<Packet> {
+        tokio::time::timeout(WAIT, self.0.next())
+            .await
+            .expect("a frame in time")
+            .map(|r| r.unwrap())
+    }
+    pub async fn send(&mut self, p: Packet) {
+        self.0.send(p).await.unwrap();
+    }
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.0.get_mut().write_all(bytes).await.unwrap();
+    }
+}
