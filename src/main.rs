@@ -3,12 +3,14 @@
 //! ```text
 //! cli/mod.rs       argument parsing (clap), exit codes, Ctrl-C
 //! cli/transfer.rs  pump transfer SOURCE SINK
+//! cli/meta2.rs     pump meta2 check|sync|move|rebuild|generate
 //! repair/          the phases before and after a transfer (recover, meta2)
 //! ```
 //!
 //! Exit codes: 0 success, 1 the transfer or repair failed, 2 a usage error.
 
 mod cli;
+mod repair;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -175,3 +175,8 @@ pub fn admin_delete(conn: &Connection, key: &str) -> rusqlite::Result<()> {
     conn.execute("DELETE FROM admin WHERE k = ?1", [key])?;
     Ok(())
 }
+
+/// The table called `name` on `conn`, if any.
+pub fn table(conn: &Connection, name: &str) -> rusqlite::Result<Option<Table>> {
+    Ok(tables(conn)?.into_iter().find(|t| t.name == name))
+}

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod meta2;
 mod transfer;
 
 /// pump: move vbucket data and meta2 bases from a source to a sink, at wire speed.
@@ -20,6 +21,8 @@ enum Command {
     Transfer(transfer::TransferArgs),
     /// List the source and sink kinds and their spec syntax.
     Kinds,
+    /// meta2 bases: check, sync, move, rebuild, generate.
+    Meta2(meta2::Meta2Args),
 }
 
 /// Every source and sink kind this binary knows.
@@ -75,6 +78,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Transfer(args) => transfer::run(args).await,
+            Command::Meta2(args) => meta2::run(args).await,
             Command::Kinds => {
                 print_kinds();
                 Ok(())
