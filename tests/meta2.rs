@@ -224,6 +224,33 @@ fn move_killed_midway_is_reported_by_check_and_a_rerun_completes() {
 }
 
 #[test]
+fn move_failing_at_any_step_leaves_every_copy_as_it_was() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, vols) = copies(root.path(), "c6", &[A, B, C], 20);
+    let target = root.path().join("new");
+    std::fs::create_dir(&target).unwrap();
+    let before: Vec<_> = vols.iter().map(|(_, v)| digest(&base.path_in(v), &[]).unwrap()).collect();
+    let to = format!("{D}={}", target.display());
+    let mut args = vec!["meta2".to_string(), "move".into(), base.to_string(), "--from".into(), B.into(), "--to".into(), to];
+    args.extend(peer_args(&vols));
+    // 13 steps: 3 freezes, copy, 3 sys.peers, 3 unfreezes, verify, unfreeze of the source, set aside.
+    for step in [2, 4, 6, 9, 11] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pump"))
+            .args(&args)
+            .env("PUMP_TEST_ERROR_AT_STEP", step.to_string())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "step {step}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("back as it was"), "step {step}");
+        let after: Vec<_> = vols.iter().map(|(_, v)| digest(&base.path_in(v), &[]).unwrap()).collect();
+        assert_eq!(after, before, "step {step}: every copy as it was, unfrozen");
+        assert!(BaseName::list(&target).unwrap().is_empty(), "step {step}: no copy left on the target");
+        let (code, _) = check_json(&base, &vols);
+        assert_eq!(code, 0);
+    }
+}
+
+#[test]
 fn move_dry_run_prints_the_plan_and_writes_nothing() {
     let root = tempfile::tempdir().unwrap();
     let (base, vols) = copies(root.path(), "c4", &[A, B], 5);

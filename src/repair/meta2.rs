@@ -14,8 +14,10 @@
 //! A move also writes a journal file next to its target (`<target>.move-journal`, JSON: the
 //! plan, the steps done, the saved statuses) after every step, so that a move killed midway
 //! leaves frozen copies that `check` reports, and a rerun of the same command resumes the
-//! plan after the last step done. Test hook: `PUMP_TEST_FAIL_AFTER_STEP=N` makes the process
-//! exit abruptly (code 86, no undo) right after step N (1-based) is done and journaled.
+//! plan after the last step done. Test hooks (environment, for tests only):
+//! `PUMP_TEST_FAIL_AFTER_STEP=N` makes the process exit abruptly (code 86, no undo) right
+//! after step N (1-based) is done and journaled; `PUMP_TEST_ERROR_AT_STEP=N` makes step N
+//! fail as a step does (the undo journal then runs).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -574,7 +576,16 @@ pub async fn move_base(req: &MoveRequest) -> Result<Vec<String>, Failure> {
                 let _ = std::fs::remove_file(pump_sinks::meta2::tmp_path(&t));
             }
         }
-        if let Err(e) = exec.execute(&step).await {
+        let injected = std::env::var("PUMP_TEST_ERROR_AT_STEP")
+            .ok()
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            == Some(i + 1);
+        let result = if injected {
+            Err("PUMP_TEST_ERROR_AT_STEP (test hook)".to_string())
+        } else {
+            exec.execute(&step).await
+        };
+        if let Err(e) = result {
             let undo = exec.undo().await;
             let mut msg = format!("step {} ({step}) failed: {e}", i + 1);
             if resumed {
