@@ -145,6 +145,34 @@ pub fn decode_cells(mut b: &[u8]) -> Result<Vec<Cell>, Error> {
     Ok(out)
 }
 
+/// Decodes `cells` without copying: TEXT and BLOB borrow from `b`.
+pub fn decode_refs(mut b: &[u8]) -> Result<Vec<ValueRef<'_>>, Error> {
+    let h = take(&mut b, 2)?;
+    let n = u16::from_be_bytes([h[0], h[1]]) as usize;
+    let mut out = Vec::with_capacity(n + 1);
+    for _ in 0..n {
+        let tag = take(&mut b, 1)?[0];
+        out.push(match tag {
+            0 => ValueRef::Null,
+            1 => ValueRef::Integer(u64_of(take(&mut b, 8)?) as i64),
+            2 => ValueRef::Real(f64::from_bits(u64_of(take(&mut b, 8)?))),
+            3 => {
+                let len = u32_of(take(&mut b, 4)?) as usize;
+                ValueRef::Text(take(&mut b, len)?)
+            }
+            4 => {
+                let len = u32_of(take(&mut b, 4)?) as usize;
+                ValueRef::Blob(take(&mut b, len)?)
+            }
+            t => return Err(Error::Encoding(format!("unknown cell tag {t}"))),
+        });
+    }
+    if !b.is_empty() {
+        return Err(Error::Encoding(format!("{} bytes after the last cell", b.len())));
+    }
+    Ok(out)
+}
+
 /// Encodes a schema message's value: the table's SQL statements.
 pub fn encode_schema(statements: &[String]) -> Vec<u8> {
     let mut out = Vec::new();

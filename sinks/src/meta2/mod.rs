@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use pump::{BatchWriter, Delivery, Error, Message, Options, Sink, SinkKind, SourceEnd, Spec, WriterSink};
-use pump_meta2::codec::{decode_cells, decode_schema, Cell, SCHEMA_FLAG};
+use pump_meta2::codec::{decode_refs, decode_schema, SCHEMA_FLAG};
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use pump_meta2::schema::{self, quote};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -125,6 +126,29 @@ struct Builder {
     order: Vec<u16>,
 }
 
+fn insert(stmt: &mut rusqlite::CachedStatement<'_>, t: &mut TableState, m: &Message) -> Result<(), String> {
+    let mut cells = decode_refs(&m.value).map_err(|e| format!("table {}: {e}", t.name))?;
+    if cells.len() != t.ncols {
+        return Err(format!(
+            "table {}: a row of {} columns, the table has {}",
+            t.name,
+            cells.len(),
+            t.ncols
+        ));
+    }
+    if t.rowid {
+        let key = decode_refs(&m.key).map_err(|e| format!("table {}: key: {e}", t.name))?;
+        match key.as_slice() {
+            [k @ ValueRef::Integer(_)] => cells.insert(0, *k),
+            _ => return Err(format!("table {}: the key is not a rowid", t.name)),
+        }
+    }
+    stmt.execute(rusqlite::params_from_iter(cells.into_iter().map(ToSqlOutput::Borrowed)))
+        .map_err(|e| format!("table {}: {e}", t.name))?;
+    t.rows += 1;
+    Ok(())
+}
+
 fn builder_thread(path: PathBuf, rx: std::sync::mpsc::Receiver<Cmd>) {
     let tmp = tmp_path(&path);
     let mut b = Builder {
@@ -190,38 +214,31 @@ impl Builder {
 
     fn write(&mut self, msgs: Vec<Message>) -> Result<(), String> {
         self.conn()?;
-        for m in msgs {
-            if m.flags == SCHEMA_FLAG {
-                self.create(&m)?;
+        let mut i = 0;
+        while i < msgs.len() {
+            if msgs[i].flags == SCHEMA_FLAG {
+                self.create(&msgs[i])?;
+                i += 1;
                 continue;
             }
-            let t = self
-                .tables
-                .get_mut(&m.vbucket)
-                .ok_or_else(|| format!("a row of table id {} came before its schema", m.vbucket))?;
-            let mut cells = decode_cells(&m.value).map_err(|e| format!("table {}: {e}", t.name))?;
-            if cells.len() != t.ncols {
-                return Err(format!(
-                    "table {}: a row of {} columns, the table has {}",
-                    t.name,
-                    cells.len(),
-                    t.ncols
-                ));
-            }
-            if t.rowid {
-                let key = decode_cells(&m.key).map_err(|e| format!("table {}: key: {e}", t.name))?;
-                match key.as_slice() {
-                    [k @ Cell::Integer(_)] => cells.insert(0, k.clone()),
-                    _ => return Err(format!("table {}: the key is not a rowid", t.name)),
-                }
-            }
-            let conn = self.conn.as_ref().ok_or("no connection")?;
+            // A run of rows of one table: one prepared statement.
+            let id = msgs[i].vbucket;
+            let end = msgs[i..]
+                .iter()
+                .position(|m| m.vbucket != id || m.flags == SCHEMA_FLAG)
+                .map_or(msgs.len(), |n| i + n);
+            let Builder { conn, tables, .. } = self;
+            let t = tables
+                .get_mut(&id)
+                .ok_or_else(|| format!("a row of table id {id} came before its schema"))?;
+            let conn = conn.as_ref().ok_or("no connection")?;
             let mut stmt = conn
                 .prepare_cached(&t.insert)
                 .map_err(|e| format!("table {}: {e}", t.name))?;
-            stmt.execute(rusqlite::params_from_iter(cells.iter()))
-                .map_err(|e| format!("table {}: {e}", t.name))?;
-            t.rows += 1;
+            for m in &msgs[i..end] {
+                insert(&mut stmt, t, m)?;
+            }
+            i = end;
         }
         Ok(())
     }
