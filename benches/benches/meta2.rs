@@ -17,7 +17,10 @@ use pump::{Context, Options};
 use pump_meta2::generate::{write_base, BaseSpec};
 
 fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn big_base(dir: &Path, rows: usize) -> PathBuf {
@@ -37,7 +40,11 @@ fn sync_bench(root: &Path) {
     let t = Instant::now();
     let src = big_base(&root.join("big"), rows);
     let size = std::fs::metadata(&src).map(|m| m.len()).unwrap_or(0);
-    println!("meta2 sync: generated {rows} rows ({:.1} MB) in {:.1}s", size as f64 / 1e6, t.elapsed().as_secs_f64());
+    println!(
+        "meta2 sync: generated {rows} rows ({:.1} MB) in {:.1}s",
+        size as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
 
     let backup_to = root.join("backup.meta2");
     let t = Instant::now();
@@ -45,7 +52,8 @@ fn sync_bench(root: &Path) {
         let from = rusqlite::Connection::open(&src).expect("open");
         let mut to = rusqlite::Connection::open(&backup_to).expect("open");
         let b = rusqlite::backup::Backup::new(&from, &mut to).expect("backup");
-        b.run_to_completion(1 << 20, std::time::Duration::ZERO, None).expect("backup");
+        b.run_to_completion(1 << 20, std::time::Duration::ZERO, None)
+            .expect("backup");
     }
     let backup = t.elapsed().as_secs_f64();
 
@@ -61,7 +69,12 @@ fn sync_bench(root: &Path) {
             let batch = options.extra.batch_max_size;
             let source = Box::new(pump_sources::meta2::Meta2Source::new(src.clone(), batch));
             let sink = Box::new(pump_sinks::meta2::meta2_sink(dst.clone()));
-            pump::run(source, sink, Context::new(options).with_progress(ProgressMode::Off)).await
+            pump::run(
+                source,
+                sink,
+                Context::new(options).with_progress(ProgressMode::Off),
+            )
+            .await
         })
         .expect("pump");
     let pumped = t.elapsed().as_secs_f64();
@@ -82,7 +95,9 @@ fn pump_bin() -> PathBuf {
     if let Ok(p) = std::env::var("PUMP_BIN") {
         return PathBuf::from(p);
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target");
     let release = root.join("release").join("pump");
     if release.exists() {
         release
@@ -115,7 +130,10 @@ fn rebuild_bench(root: &Path) {
             });
         }
     });
-    println!("meta2 rebuild: generated {bases} bases of 100 aliases in {:.1}s", t.elapsed().as_secs_f64());
+    println!(
+        "meta2 rebuild: generated {bases} bases of 100 aliases in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
     let bin = pump_bin();
     let t = Instant::now();
     let out = std::process::Command::new(&bin)
@@ -127,8 +145,16 @@ fn rebuild_bench(root: &Path) {
         .output()
         .expect("run pump");
     let secs = t.elapsed().as_secs_f64();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    print!("meta2 rebuild ({}): {}", bin.display(), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    print!(
+        "meta2 rebuild ({}): {}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
     println!(
         "meta2 rebuild: {bases} bases in {secs:.1}s = {:.0} bases/s (budget >= 500)",
         bases as f64 / secs
@@ -136,7 +162,9 @@ fn rebuild_bench(root: &Path) {
 }
 
 fn main() {
-    let dir = std::env::var("META2_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|_| std::env::temp_dir());
+    let dir = std::env::var("META2_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
     let root = tempfile::tempdir_in(dir).expect("tempdir");
     if std::env::args().any(|a| a == "--list") {
         return;

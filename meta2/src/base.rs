@@ -28,7 +28,11 @@ pub struct BaseName {
 impl BaseName {
     /// Parses `<CID>.<seq>` (CID: 64 hex digits, any case; kept uppercase).
     pub fn parse(s: &str) -> Result<BaseName, Error> {
-        let bad = || Error::Usage(format!("{s:?} is not a base name <CID>.<seq> (64 hex digits, a dot, a number)"));
+        let bad = || {
+            Error::Usage(format!(
+                "{s:?} is not a base name <CID>.<seq> (64 hex digits, a dot, a number)"
+            ))
+        };
         let (cid, seq) = s.rsplit_once('.').ok_or_else(bad)?;
         if cid.len() != 64 || !cid.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
@@ -91,7 +95,11 @@ impl fmt::Display for BaseName {
 /// Checks a service address: `IP:PORT` or `host:port` (host: letters, digits, `-`, `.`;
 /// port 1-65535). Returns it unchanged.
 pub fn parse_address(s: &str) -> Result<String, Error> {
-    let bad = |why: &str| Error::Usage(format!("address {s:?}: {why} (expected IP:PORT or host:port, port 1-65535)"));
+    let bad = |why: &str| {
+        Error::Usage(format!(
+            "address {s:?}: {why} (expected IP:PORT or host:port, port 1-65535)"
+        ))
+    };
     let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("no port"))?;
     if host.is_empty() {
         return Err(bad("no host"));
@@ -103,7 +111,10 @@ pub fn parse_address(s: &str) -> Result<String, Error> {
     if host.parse::<std::net::Ipv4Addr>().is_ok() {
         return Ok(s.to_string());
     }
-    if host.split('.').all(|p| p.bytes().all(|b| b.is_ascii_digit())) {
+    if host
+        .split('.')
+        .all(|p| p.bytes().all(|b| b.is_ascii_digit()))
+    {
         return Err(bad("not a valid IPv4 address"));
     }
     let label_ok = |l: &str| {
@@ -165,14 +176,25 @@ mod tests {
     fn base_path_is_volume_prefix_cid_seq() {
         let b = BaseName::parse(&format!("{}.1", "ab".repeat(32))).unwrap();
         let p = b.path_in(Path::new("/v"));
-        assert_eq!(p, Path::new("/v/ABA").join(format!("{}.1.meta2", "AB".repeat(32))));
+        assert_eq!(
+            p,
+            Path::new("/v/ABA").join(format!("{}.1.meta2", "AB".repeat(32)))
+        );
     }
 
     #[test]
     fn addresses_are_validated() {
         assert!(parse_address("127.0.0.1:6120").is_ok());
         assert!(parse_address("meta2-1.example:6120").is_ok());
-        for bad in ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.300:1", ":80", "a b:1", "127.0.0.1:x"] {
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "127.0.0.1:65536",
+            "127.0.0.300:1",
+            ":80",
+            "a b:1",
+            "127.0.0.1:x",
+        ] {
             assert!(parse_address(bad).is_err(), "{bad}");
         }
     }

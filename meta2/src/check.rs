@@ -124,7 +124,11 @@ pub fn inspect(path: &Path, full: bool) -> CopyState {
         Ok(c) => c,
         Err(e) => return CopyState::bad(path, Health::Unreadable, e.to_string()),
     };
-    let pragma = if full { "integrity_check" } else { "quick_check" };
+    let pragma = if full {
+        "integrity_check"
+    } else {
+        "quick_check"
+    };
     let check: rusqlite::Result<Vec<String>> = conn
         .prepare(&format!("PRAGMA {pragma}"))
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect());
@@ -137,9 +141,8 @@ pub fn inspect(path: &Path, full: bool) -> CopyState {
         }
         Ok(_) => {}
     }
-    let admin: rusqlite::Result<BTreeMap<String, Vec<u8>>> = conn
-        .prepare("SELECT k, v FROM admin")
-        .and_then(|mut s| {
+    let admin: rusqlite::Result<BTreeMap<String, Vec<u8>>> =
+        conn.prepare("SELECT k, v FROM admin").and_then(|mut s| {
             s.query_map([], |r| {
                 let v = match r.get_ref(1)? {
                     ValueRef::Null => Vec::new(),
@@ -158,7 +161,12 @@ pub fn inspect(path: &Path, full: bool) -> CopyState {
     };
     let versions = admin
         .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix("version:main.")?.to_string(), schema::parse_version(v)?)))
+        .filter_map(|(k, v)| {
+            Some((
+                k.strip_prefix("version:main.")?.to_string(),
+                schema::parse_version(v)?,
+            ))
+        })
         .collect();
     let peers = admin
         .get("sys.peers")
@@ -191,7 +199,11 @@ pub struct CopyReport {
 
 /// Judges every copy against the others. `copies` = (address, state) per peer.
 pub fn judge(copies: &[(String, CopyState)]) -> Vec<CopyReport> {
-    let readable: Vec<&CopyState> = copies.iter().map(|(_, c)| c).filter(|c| c.health.readable()).collect();
+    let readable: Vec<&CopyState> = copies
+        .iter()
+        .map(|(_, c)| c)
+        .filter(|c| c.health.readable())
+        .collect();
     let mut highest: BTreeMap<&str, u64> = BTreeMap::new();
     for c in &readable {
         for (t, n) in &c.versions {
@@ -234,7 +246,10 @@ fn judge_one(
         .filter(|k| !c.admin.contains_key(*k))
         .collect();
     if !missing.is_empty() {
-        return (Health::Incomplete, format!("admin keys missing: {}", missing.join(", ")));
+        return (
+            Health::Incomplete,
+            format!("admin keys missing: {}", missing.join(", ")),
+        );
     }
     let behind: Vec<String> = highest
         .iter()
@@ -255,7 +270,10 @@ fn judge_one(
     if peer_sets > 1 && majority != Some(c.peers.as_slice()) {
         return (
             Health::PeersDisagree,
-            format!("sys.peers {} differs from the other copies", c.peers.join(",")),
+            format!(
+                "sys.peers {} differs from the other copies",
+                c.peers.join(",")
+            ),
         );
     }
     if c.status() == STATUS_FROZEN {
@@ -276,7 +294,9 @@ pub fn digest(path: &Path, skip: &[&str]) -> Result<BTreeMap<String, String>, Er
         for s in &t.statements {
             h.update(s.as_bytes());
         }
-        let mut stmt = conn.prepare(&t.select_sql()).map_err(|e| Error::sqlite(path, e))?;
+        let mut stmt = conn
+            .prepare(&t.select_sql())
+            .map_err(|e| Error::sqlite(path, e))?;
         let n = stmt.column_count();
         let mut rows = stmt.query([]).map_err(|e| Error::sqlite(path, e))?;
         while let Some(r) = rows.next().map_err(|e| Error::sqlite(path, e))? {

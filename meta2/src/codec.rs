@@ -99,7 +99,11 @@ pub fn encode_cells<'a>(values: impl ExactSizeIterator<Item = ValueRef<'a>>) -> 
 
 fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], Error> {
     if b.len() < n {
-        return Err(Error::Encoding(format!("{} bytes wanted, {} left", n, b.len())));
+        return Err(Error::Encoding(format!(
+            "{} bytes wanted, {} left",
+            n,
+            b.len()
+        )));
     }
     let (h, t) = b.split_at(n);
     *b = t;
@@ -140,7 +144,10 @@ pub fn decode_cells(mut b: &[u8]) -> Result<Vec<Cell>, Error> {
         });
     }
     if !b.is_empty() {
-        return Err(Error::Encoding(format!("{} bytes after the last cell", b.len())));
+        return Err(Error::Encoding(format!(
+            "{} bytes after the last cell",
+            b.len()
+        )));
     }
     Ok(out)
 }
@@ -168,7 +175,10 @@ pub fn decode_refs(mut b: &[u8]) -> Result<Vec<ValueRef<'_>>, Error> {
         });
     }
     if !b.is_empty() {
-        return Err(Error::Encoding(format!("{} bytes after the last cell", b.len())));
+        return Err(Error::Encoding(format!(
+            "{} bytes after the last cell",
+            b.len()
+        )));
     }
     Ok(out)
 }
@@ -241,7 +251,10 @@ mod tests {
 
     #[test]
     fn schema_roundtrips() {
-        let s = vec!["CREATE TABLE t(a)".to_string(), "CREATE INDEX i ON t(a)".into()];
+        let s = vec![
+            "CREATE TABLE t(a)".to_string(),
+            "CREATE INDEX i ON t(a)".into(),
+        ];
         assert_eq!(decode_schema(&encode_schema(&s)).unwrap(), s);
     }
 }

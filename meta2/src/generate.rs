@@ -140,7 +140,10 @@ mod tests {
         let st = inspect(&a, true);
         assert_eq!(st.health, Health::Ok, "{}", st.message);
         assert_eq!(st.peers, ["127.0.0.1:6120", "127.0.0.2:6120"]);
-        let r = judge(&[("127.0.0.1:6120".into(), st), ("127.0.0.2:6120".into(), inspect(&b, false))]);
+        let r = judge(&[
+            ("127.0.0.1:6120".into(), st),
+            ("127.0.0.2:6120".into(), inspect(&b, false)),
+        ]);
         assert!(r.iter().all(|c| c.health == Health::Ok), "{r:?}");
     }
 }

@@ -29,7 +29,12 @@ pub const STATUS_DISABLED: u64 = 4_294_967_294;
 
 /// Admin keys a complete copy holds (an incomplete one has only `schema_version`,
 /// `sys.name`, `sys.type` and the versions).
-pub const REQUIRED_KEYS: &[&str] = &["sys.m2.init", "sys.m2.ctime", "sys.account", "sys.user.name"];
+pub const REQUIRED_KEYS: &[&str] = &[
+    "sys.m2.init",
+    "sys.m2.ctime",
+    "sys.account",
+    "sys.user.name",
+];
 
 /// The admin key holding a table's version, `"<n>:<when>"`.
 pub fn version_key(table: &str) -> String {
@@ -66,10 +71,19 @@ impl Table {
     pub fn select_sql(&self) -> String {
         let cols: Vec<String> = self.columns.iter().map(|c| quote(c)).collect();
         if self.pk.is_empty() {
-            format!("SELECT rowid, {} FROM {} ORDER BY rowid", cols.join(", "), quote(&self.name))
+            format!(
+                "SELECT rowid, {} FROM {} ORDER BY rowid",
+                cols.join(", "),
+                quote(&self.name)
+            )
         } else {
             let pk: Vec<String> = self.pk.iter().map(|c| quote(c)).collect();
-            format!("SELECT {} FROM {} ORDER BY {}", cols.join(", "), quote(&self.name), pk.join(", "))
+            format!(
+                "SELECT {} FROM {} ORDER BY {}",
+                cols.join(", "),
+                quote(&self.name),
+                pk.join(", ")
+            )
         }
     }
 
@@ -88,7 +102,11 @@ impl Table {
             cols.insert(0, "rowid".into());
         }
         let marks = vec!["?"; cols.len()].join(", ");
-        format!("INSERT INTO {} ({}) VALUES ({marks})", quote(&self.name), cols.join(", "))
+        format!(
+            "INSERT INTO {} ({}) VALUES ({marks})",
+            quote(&self.name),
+            cols.join(", ")
+        )
     }
 }
 

@@ -53,7 +53,9 @@ impl BaseArgs {
             (Some(b), None, None) => Ok(Some(BaseName::parse(b).map_err(usage)?)),
             (None, Some(a), Some(c)) => Ok(Some(BaseName::of(a, c))),
             (None, None, None) => Ok(None),
-            _ => Err(Failure::Usage("give BASE, or --account and --container".into())),
+            _ => Err(Failure::Usage(
+                "give BASE, or --account and --container".into(),
+            )),
         }
     }
 }
@@ -185,12 +187,23 @@ fn check(a: CheckArgs) -> Result<(), Failure> {
         bases.extend(BaseName::list(v).map_err(usage)?);
     }
     if bases.is_empty() {
-        return Err(Failure::Usage("give BASE, --account/--container or --volume".into()));
+        return Err(Failure::Usage(
+            "give BASE, --account/--container or --volume".into(),
+        ));
     }
     let peers = if a.peers.is_empty() {
         match &a.volume {
-            Some(v) => return Err(Failure::Usage(format!("--volume {}: give the --peer ADDRESS=VOLUME list too", v.display()))),
-            None => return Err(Failure::Usage("give at least one --peer ADDRESS=VOLUME".into())),
+            Some(v) => {
+                return Err(Failure::Usage(format!(
+                    "--volume {}: give the --peer ADDRESS=VOLUME list too",
+                    v.display()
+                )))
+            }
+            None => {
+                return Err(Failure::Usage(
+                    "give at least one --peer ADDRESS=VOLUME".into(),
+                ))
+            }
         }
     } else {
         a.peers
@@ -217,11 +230,19 @@ fn check(a: CheckArgs) -> Result<(), Failure> {
     } else {
         println!("{:<66} {:<22} {:<15} MESSAGE", "BASE", "PEER", "STATUS");
         for (b, r) in &rows {
-            println!("{b:<66} {:<22} {:<15} {}", r.address, r.health.as_str(), r.message);
+            println!(
+                "{b:<66} {:<22} {:<15} {}",
+                r.address,
+                r.health.as_str(),
+                r.message
+            );
         }
     }
     if bad > 0 {
-        return Err(Failure::Failed(format!("{bad} of {} copies are not ok", rows.len())));
+        return Err(Failure::Failed(format!(
+            "{bad} of {} copies are not ok",
+            rows.len()
+        )));
     }
     Ok(())
 }
@@ -235,16 +256,24 @@ async fn sync(a: SyncArgs) -> Result<(), Failure> {
     let base = need_base(&a.base)?;
     let answers = repair::sync(&base, &a.peers, a.from.as_deref()).await?;
     if a.json {
-        println!("{}", serde_json::to_string(&answers).map_err(|e| Failure::Failed(e.to_string()))?);
+        println!(
+            "{}",
+            serde_json::to_string(&answers).map_err(|e| Failure::Failed(e.to_string()))?
+        );
     } else {
         println!("{:<22} {:<6} MESSAGE", "PEER", "STATUS");
         for s in &answers {
             println!("{:<22} {:<6} {}", s.peer, s.status, s.message);
         }
     }
-    let failed = answers.iter().filter(|s| s.status != 200 && s.status != 301).count();
+    let failed = answers
+        .iter()
+        .filter(|s| s.status != 200 && s.status != 301)
+        .count();
     if failed > 0 {
-        return Err(Failure::Failed(format!("{base}: {failed} copies could not be synced")));
+        return Err(Failure::Failed(format!(
+            "{base}: {failed} copies could not be synced"
+        )));
     }
     Ok(())
 }
@@ -261,7 +290,10 @@ async fn move_(a: MoveArgs) -> Result<(), Failure> {
     };
     let lines = repair::move_base(&req).await?;
     if a.dry_run {
-        println!("plan for moving {base} from {} to {} (dry run, nothing written):", req.from, req.to.address);
+        println!(
+            "plan for moving {base} from {} to {} (dry run, nothing written):",
+            req.from, req.to.address
+        );
     }
     for l in lines {
         println!("{l}");
@@ -290,7 +322,10 @@ async fn rebuild(a: RebuildArgs) -> Result<(), Failure> {
         println!("  failed: {f}");
     }
     if !s.failed.is_empty() {
-        return Err(Failure::Failed(format!("{} bases were not rebuilt", s.failed.len())));
+        return Err(Failure::Failed(format!(
+            "{} bases were not rebuilt",
+            s.failed.len()
+        )));
     }
     Ok(())
 }

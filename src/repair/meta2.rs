@@ -65,13 +65,29 @@ impl std::fmt::Display for Step {
             Step::Unfreeze { peer } => write!(f, "unfreeze {peer}"),
             Step::SetAside { peer, suffix } => write!(f, "set aside {peer}'s copy as *.{suffix}"),
             Step::Copy { from, to } => write!(f, "copy {from} -> {to}"),
-            Step::SetPeers { peer, peers, admin_version } => {
-                write!(f, "set sys.peers={} version:main.admin={admin_version} on {peer}", peers.join(","))
+            Step::SetPeers {
+                peer,
+                peers,
+                admin_version,
+            } => {
+                write!(
+                    f,
+                    "set sys.peers={} version:main.admin={admin_version} on {peer}",
+                    peers.join(",")
+                )
             }
-            Step::Verify { peer, against, data_only } => write!(
+            Step::Verify {
+                peer,
+                against,
+                data_only,
+            } => write!(
                 f,
                 "verify {peer} against {against} ({})",
-                if *data_only { "every table but admin" } else { "every table" }
+                if *data_only {
+                    "every table but admin"
+                } else {
+                    "every table"
+                }
             ),
             Step::Remove { peer } => write!(f, "remove {peer}'s copy"),
         }
@@ -92,10 +108,22 @@ pub trait Executor: Send {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Undo {
-    Status { path: PathBuf, old: Option<Vec<u8>> },
-    Admin { path: PathBuf, peers: Option<Vec<u8>>, version: Option<Vec<u8>> },
-    RemoveFile { path: PathBuf },
-    Rename { from: PathBuf, to: PathBuf },
+    Status {
+        path: PathBuf,
+        old: Option<Vec<u8>>,
+    },
+    Admin {
+        path: PathBuf,
+        peers: Option<Vec<u8>>,
+        version: Option<Vec<u8>>,
+    },
+    RemoveFile {
+        path: PathBuf,
+    },
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+    },
 }
 
 /// Executes steps on local volumes.
@@ -112,7 +140,10 @@ impl FileExecutor {
     pub fn new(base: BaseName, peers: &[Peer]) -> FileExecutor {
         FileExecutor {
             base,
-            volumes: peers.iter().map(|p| (p.address.clone(), p.volume.clone())).collect(),
+            volumes: peers
+                .iter()
+                .map(|p| (p.address.clone(), p.volume.clone()))
+                .collect(),
             statuses: BTreeMap::new(),
             undo: Vec::new(),
         }
@@ -131,7 +162,8 @@ impl FileExecutor {
         if !path.is_file() {
             return Err(format!("{peer}: {}: no such file", path.display()));
         }
-        let c = rusqlite::Connection::open(&path).map_err(|e| format!("{peer}: {}: {e}", path.display()))?;
+        let c = rusqlite::Connection::open(&path)
+            .map_err(|e| format!("{peer}: {}: {e}", path.display()))?;
         Ok((path, c))
     }
 }
@@ -140,7 +172,12 @@ fn admin_get(c: &rusqlite::Connection, path: &Path, key: &str) -> Result<Option<
     schema::admin_get(c, key).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn admin_put(c: &rusqlite::Connection, path: &Path, key: &str, v: Option<&[u8]>) -> Result<(), String> {
+fn admin_put(
+    c: &rusqlite::Connection,
+    path: &Path,
+    key: &str,
+    v: Option<&[u8]>,
+) -> Result<(), String> {
     match v {
         Some(v) => schema::admin_set(c, key, v),
         None => schema::admin_delete(c, key),
@@ -156,7 +193,10 @@ pub async fn copy_base(from: &Path, to: &Path) -> Result<u64, String> {
         ..Options::default()
     };
     let batch = options.extra.batch_max_size;
-    let source = Box::new(pump_sources::meta2::Meta2Source::new(from.to_path_buf(), batch));
+    let source = Box::new(pump_sources::meta2::Meta2Source::new(
+        from.to_path_buf(),
+        batch,
+    ));
     let sink = Box::new(pump_sinks::meta2::meta2_sink(to.to_path_buf()));
     let ctx = Context::new(options).with_progress(ProgressMode::Off);
     let summary = pump::run(source, sink, ctx)
@@ -173,7 +213,9 @@ impl Executor for FileExecutor {
                 let (path, c) = self.open(peer)?;
                 let old = admin_get(&c, &path, "sys.status")?;
                 let frozen = STATUS_FROZEN.to_string().into_bytes();
-                self.statuses.entry(peer.clone()).or_insert_with(|| old.clone());
+                self.statuses
+                    .entry(peer.clone())
+                    .or_insert_with(|| old.clone());
                 admin_put(&c, &path, "sys.status", Some(&frozen))?;
                 self.undo.push(Undo::Status { path, old });
             }
@@ -190,30 +232,53 @@ impl Executor for FileExecutor {
                 if !path.exists() && aside.exists() {
                     return Ok(());
                 }
-                std::fs::rename(&path, &aside).map_err(|e| format!("{peer}: {}: {e}", path.display()))?;
-                self.undo.push(Undo::Rename { from: aside, to: path });
+                std::fs::rename(&path, &aside)
+                    .map_err(|e| format!("{peer}: {}: {e}", path.display()))?;
+                self.undo.push(Undo::Rename {
+                    from: aside,
+                    to: path,
+                });
             }
             Step::Copy { from, to } => {
                 let src = self.path(from)?;
                 let dst = self.path(to)?;
                 if dst.exists() {
-                    return Err(format!("{to}: {} exists; set it aside first", dst.display()));
+                    return Err(format!(
+                        "{to}: {} exists; set it aside first",
+                        dst.display()
+                    ));
                 }
-                copy_base(&src, &dst).await.map_err(|e| format!("{to}: {e}"))?;
+                copy_base(&src, &dst)
+                    .await
+                    .map_err(|e| format!("{to}: {e}"))?;
                 self.undo.push(Undo::RemoveFile { path: dst });
             }
-            Step::SetPeers { peer, peers, admin_version } => {
+            Step::SetPeers {
+                peer,
+                peers,
+                admin_version,
+            } => {
                 let (path, c) = self.open(peer)?;
                 let key = schema::version_key("admin");
                 let old_peers = admin_get(&c, &path, "sys.peers")?;
                 let old_version = admin_get(&c, &path, &key)?;
-                let tx = c.unchecked_transaction().map_err(|e| format!("{peer}: {e}"))?;
+                let tx = c
+                    .unchecked_transaction()
+                    .map_err(|e| format!("{peer}: {e}"))?;
                 admin_put(&tx, &path, "sys.peers", Some(peers.join(",").as_bytes()))?;
                 admin_put(&tx, &path, &key, Some(admin_version.as_bytes()))?;
                 tx.commit().map_err(|e| format!("{peer}: {e}"))?;
-                self.undo.push(Undo::Admin { path, peers: old_peers, version: old_version });
+                self.undo.push(Undo::Admin {
+                    path,
+                    peers: old_peers,
+                    version: old_version,
+                });
             }
-            Step::Verify { peer, against, data_only } => {
+            Step::Verify {
+                peer,
+                against,
+                data_only,
+            } => {
                 let a = self.path(peer)?;
                 let b = self.path(against)?;
                 let skip: &[&str] = if *data_only { &["admin"] } else { &[] };
@@ -231,8 +296,11 @@ impl Executor for FileExecutor {
                     .map_err(|e| format!("{peer}: {e}"))?
                     .map_err(|e| format!("{peer}: {e}"))?;
                 if da != db {
-                    let diff: Vec<&String> = db.keys().filter(|t| da.get(*t) != db.get(*t)).collect();
-                    return Err(format!("{peer}: content differs from {against} in {diff:?}"));
+                    let diff: Vec<&String> =
+                        db.keys().filter(|t| da.get(*t) != db.get(*t)).collect();
+                    return Err(format!(
+                        "{peer}: content differs from {against} in {diff:?}"
+                    ));
                 }
                 let st = inspect(&a, false);
                 if st.health != Health::Ok {
@@ -258,7 +326,11 @@ impl Executor for FileExecutor {
                 Undo::Status { path, old } => rusqlite::Connection::open(path)
                     .map_err(|e| e.to_string())
                     .and_then(|c| admin_put(&c, path, "sys.status", old.as_deref())),
-                Undo::Admin { path, peers, version } => rusqlite::Connection::open(path)
+                Undo::Admin {
+                    path,
+                    peers,
+                    version,
+                } => rusqlite::Connection::open(path)
                     .map_err(|e| e.to_string())
                     .and_then(|c| {
                         admin_put(&c, path, "sys.peers", peers.as_deref())?;
@@ -329,7 +401,11 @@ pub struct SyncAnswer {
 }
 
 /// Refills every bad copy of `base` from the best one (or `from`).
-pub async fn sync(base: &BaseName, peers: &[Peer], from: Option<&str>) -> Result<Vec<SyncAnswer>, Failure> {
+pub async fn sync(
+    base: &BaseName,
+    peers: &[Peer],
+    from: Option<&str>,
+) -> Result<Vec<SyncAnswer>, Failure> {
     let states: Vec<(String, pump_meta2::CopyState)> = peers
         .iter()
         .map(|p| (p.address.clone(), inspect(&p.path(base), false)))
@@ -337,12 +413,14 @@ pub async fn sync(base: &BaseName, peers: &[Peer], from: Option<&str>) -> Result
     let reports = judge(&states);
     let source = match from {
         Some(f) => {
-            let r = reports
-                .iter()
-                .find(|r| r.address == f)
-                .ok_or_else(|| Failure::Usage(format!("--from {f}: not one of the --peer addresses")))?;
+            let r = reports.iter().find(|r| r.address == f).ok_or_else(|| {
+                Failure::Usage(format!("--from {f}: not one of the --peer addresses"))
+            })?;
             if !r.health.readable() || r.health == Health::Incomplete {
-                return Err(Failure::Failed(format!("--from {f}: its copy is {}: {}", r.health, r.message)));
+                return Err(Failure::Failed(format!(
+                    "--from {f}: its copy is {}: {}",
+                    r.health, r.message
+                )));
             }
             f.to_string()
         }
@@ -353,26 +431,48 @@ pub async fn sync(base: &BaseName, peers: &[Peer], from: Option<&str>) -> Result
                 .filter(|(_, r)| r.health.readable() && r.health != Health::Incomplete)
                 .max_by_key(|((_, s), r)| (r.health == Health::Ok, s.version_total()))
                 .map(|((a, _), _)| a.clone());
-            best.ok_or_else(|| Failure::Failed(format!("{base}: no copy is complete and sound: nothing to sync from")))?
+            best.ok_or_else(|| {
+                Failure::Failed(format!(
+                    "{base}: no copy is complete and sound: nothing to sync from"
+                ))
+            })?
         }
     };
     let mut exec = FileExecutor::new(base.clone(), peers);
     let mut answers = Vec::new();
     for r in &reports {
         if r.address == source {
-            answers.push(SyncAnswer { peer: r.address.clone(), status: 301, message: "not SLAVE (the copy used as source)".into() });
+            answers.push(SyncAnswer {
+                peer: r.address.clone(),
+                status: 301,
+                message: "not SLAVE (the copy used as source)".into(),
+            });
             continue;
         }
         if matches!(r.health, Health::Ok | Health::Frozen) {
-            answers.push(SyncAnswer { peer: r.address.clone(), status: 200, message: "OK (already good)".into() });
+            answers.push(SyncAnswer {
+                peer: r.address.clone(),
+                status: 200,
+                message: "OK (already good)".into(),
+            });
             continue;
         }
         let mut plan = Vec::new();
         if r.health != Health::Missing {
-            plan.push(Step::SetAside { peer: r.address.clone(), suffix: corrupted_suffix(&r.path) });
+            plan.push(Step::SetAside {
+                peer: r.address.clone(),
+                suffix: corrupted_suffix(&r.path),
+            });
         }
-        plan.push(Step::Copy { from: source.clone(), to: r.address.clone() });
-        plan.push(Step::Verify { peer: r.address.clone(), against: source.clone(), data_only: false });
+        plan.push(Step::Copy {
+            from: source.clone(),
+            to: r.address.clone(),
+        });
+        plan.push(Step::Verify {
+            peer: r.address.clone(),
+            against: source.clone(),
+            data_only: false,
+        });
         let mut failed = None;
         for step in &plan {
             if let Err(e) = exec.execute(step).await {
@@ -386,7 +486,10 @@ pub async fn sync(base: &BaseName, peers: &[Peer], from: Option<&str>) -> Result
                 answers.push(SyncAnswer {
                     peer: r.address.clone(),
                     status: 200,
-                    message: format!("OK (was {}: {}; refilled from {source})", r.health, r.message),
+                    message: format!(
+                        "OK (was {}: {}; refilled from {source})",
+                        r.health, r.message
+                    ),
                 });
             }
             Some(e) => {
@@ -395,7 +498,11 @@ pub async fn sync(base: &BaseName, peers: &[Peer], from: Option<&str>) -> Result
                 if !undo.is_empty() {
                     message.push_str(&format!("; undo failed: {}", undo.join("; ")));
                 }
-                answers.push(SyncAnswer { peer: r.address.clone(), status: 500, message });
+                answers.push(SyncAnswer {
+                    peer: r.address.clone(),
+                    status: 500,
+                    message,
+                });
             }
         }
     }
@@ -445,12 +552,19 @@ fn volume_writable(dir: &Path) -> Result<(), String> {
 /// Plans a move after checking everything; writes nothing.
 fn plan_move(req: &MoveRequest) -> Result<(Vec<Step>, Vec<Peer>), Failure> {
     if !req.peers.iter().any(|p| p.address == req.from) {
-        return Err(Failure::Usage(format!("--from {}: not one of the --peer addresses", req.from)));
+        return Err(Failure::Usage(format!(
+            "--from {}: not one of the --peer addresses",
+            req.from
+        )));
     }
     if req.peers.iter().any(|p| p.address == req.to.address) {
-        return Err(Failure::Usage(format!("--to {}: already a peer of {}", req.to.address, req.base)));
+        return Err(Failure::Usage(format!(
+            "--to {}: already a peer of {}",
+            req.to.address, req.base
+        )));
     }
-    volume_writable(&req.to.volume).map_err(|e| Failure::Usage(format!("--to {}: {e}", req.to.address)))?;
+    volume_writable(&req.to.volume)
+        .map_err(|e| Failure::Usage(format!("--to {}: {e}", req.to.address)))?;
     let reports = check_base(&req.base, &req.peers, false);
     let bad: Vec<String> = reports
         .iter()
@@ -477,12 +591,21 @@ fn plan_move(req: &MoveRequest) -> Result<(Vec<Step>, Vec<Peer>), Failure> {
     }
     let target = req.to.path(&req.base);
     if target.exists() {
-        return Err(Failure::Usage(format!("--to {}: {} exists", req.to.address, target.display())));
+        return Err(Failure::Usage(format!(
+            "--to {}: {} exists",
+            req.to.address,
+            target.display()
+        )));
     }
     let admin_n = req
         .peers
         .iter()
-        .filter_map(|p| inspect(&p.path(&req.base), false).versions.get("admin").copied())
+        .filter_map(|p| {
+            inspect(&p.path(&req.base), false)
+                .versions
+                .get("admin")
+                .copied()
+        })
         .max()
         .unwrap_or(0);
     let when = std::time::SystemTime::now()
@@ -497,22 +620,42 @@ fn plan_move(req: &MoveRequest) -> Result<(Vec<Step>, Vec<Peer>), Failure> {
     for p in &given {
         plan.push(Step::Freeze { peer: p.clone() });
     }
-    plan.push(Step::Copy { from: req.from.clone(), to: req.to.address.clone() });
+    plan.push(Step::Copy {
+        from: req.from.clone(),
+        to: req.to.address.clone(),
+    });
     for p in &new_peers {
-        plan.push(Step::SetPeers { peer: p.clone(), peers: new_peers.clone(), admin_version: admin_version.clone() });
+        plan.push(Step::SetPeers {
+            peer: p.clone(),
+            peers: new_peers.clone(),
+            admin_version: admin_version.clone(),
+        });
     }
     for p in &given {
         if *p != req.from {
             plan.push(Step::Unfreeze { peer: p.clone() });
         }
     }
-    plan.push(Step::Unfreeze { peer: req.to.address.clone() });
-    plan.push(Step::Verify { peer: req.to.address.clone(), against: req.from.clone(), data_only: true });
-    plan.push(Step::Unfreeze { peer: req.from.clone() });
+    plan.push(Step::Unfreeze {
+        peer: req.to.address.clone(),
+    });
+    plan.push(Step::Verify {
+        peer: req.to.address.clone(),
+        against: req.from.clone(),
+        data_only: true,
+    });
+    plan.push(Step::Unfreeze {
+        peer: req.from.clone(),
+    });
     if req.delete_source {
-        plan.push(Step::Remove { peer: req.from.clone() });
+        plan.push(Step::Remove {
+            peer: req.from.clone(),
+        });
     } else {
-        plan.push(Step::SetAside { peer: req.from.clone(), suffix: format!("moved-{}", now_secs()) });
+        plan.push(Step::SetAside {
+            peer: req.from.clone(),
+            suffix: format!("moved-{}", now_secs()),
+        });
     }
     let mut all = req.peers.clone();
     all.push(req.to.clone());
@@ -527,16 +670,33 @@ pub async fn move_base(req: &MoveRequest) -> Result<Vec<String>, Failure> {
     let mut all = req.peers.clone();
     all.push(req.to.clone());
     let (mut journal, resumed) = if journal_file.exists() {
-        let text = std::fs::read(&journal_file).map_err(|e| Failure::Failed(format!("{}: {e}", journal_file.display())))?;
-        let j: MoveJournal = serde_json::from_slice(&text)
-            .map_err(|e| Failure::Failed(format!("{}: not a move journal: {e}", journal_file.display())))?;
+        let text = std::fs::read(&journal_file)
+            .map_err(|e| Failure::Failed(format!("{}: {e}", journal_file.display())))?;
+        let j: MoveJournal = serde_json::from_slice(&text).map_err(|e| {
+            Failure::Failed(format!(
+                "{}: not a move journal: {e}",
+                journal_file.display()
+            ))
+        })?;
         if j.base != req.base.to_string() {
-            return Err(Failure::Usage(format!("{}: the journal is for {}", journal_file.display(), j.base)));
+            return Err(Failure::Usage(format!(
+                "{}: the journal is for {}",
+                journal_file.display(),
+                j.base
+            )));
         }
         (j, true)
     } else {
         let (plan, _) = plan_move(req)?;
-        (MoveJournal { base: req.base.to_string(), plan, done: 0, statuses: BTreeMap::new() }, false)
+        (
+            MoveJournal {
+                base: req.base.to_string(),
+                plan,
+                done: 0,
+                statuses: BTreeMap::new(),
+            },
+            false,
+        )
     };
     let mut lines = Vec::new();
     if req.dry_run {
@@ -547,16 +707,25 @@ pub async fn move_base(req: &MoveRequest) -> Result<Vec<String>, Failure> {
         return Ok(lines);
     }
     if let Some(dir) = target.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Failure::Failed(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::Failed(format!("{}: {e}", dir.display())))?;
     }
     if resumed {
-        lines.push(format!("resuming the move journaled in {} after step {}", journal_file.display(), journal.done));
+        lines.push(format!(
+            "resuming the move journaled in {} after step {}",
+            journal_file.display(),
+            journal.done
+        ));
     } else {
         // Save every copy's status before anything is written: Unfreeze puts it back.
         for p in &req.peers {
-            let c = rusqlite::Connection::open_with_flags(&p.path(&req.base), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            let c = rusqlite::Connection::open_with_flags(
+                p.path(&req.base),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .map_err(|e| Failure::Failed(format!("{}: {e}", p.address)))?;
+            let v = schema::admin_get(&c, "sys.status")
                 .map_err(|e| Failure::Failed(format!("{}: {e}", p.address)))?;
-            let v = schema::admin_get(&c, "sys.status").map_err(|e| Failure::Failed(format!("{}: {e}", p.address)))?;
             journal.statuses.insert(p.address.clone(), v);
         }
         let from_status = journal.statuses.get(&req.from).cloned().flatten();
@@ -589,7 +758,10 @@ pub async fn move_base(req: &MoveRequest) -> Result<Vec<String>, Failure> {
             let undo = exec.undo().await;
             let mut msg = format!("step {} ({step}) failed: {e}", i + 1);
             if resumed {
-                msg.push_str(&format!("; the journal {} is kept: fix the cause and rerun", journal_file.display()));
+                msg.push_str(&format!(
+                    "; the journal {} is kept: fix the cause and rerun",
+                    journal_file.display()
+                ));
             } else if undo.is_empty() {
                 let _ = std::fs::remove_file(&journal_file);
                 msg.push_str("; every copy is back as it was");
@@ -604,7 +776,8 @@ pub async fn move_base(req: &MoveRequest) -> Result<Vec<String>, Failure> {
         check_test_hook(i + 1);
     }
     exec.forget();
-    std::fs::remove_file(&journal_file).map_err(|e| Failure::Failed(format!("{}: {e}", journal_file.display())))?;
+    std::fs::remove_file(&journal_file)
+        .map_err(|e| Failure::Failed(format!("{}: {e}", journal_file.display())))?;
     Ok(lines)
 }
 
@@ -620,8 +793,14 @@ pub struct RebuildSummary {
 }
 
 /// Rebuilds on `lost` every base that lists it in `sys.peers` on the other volumes.
-pub async fn rebuild(lost: &Peer, others: &[Peer], threads: usize, quiet: bool) -> Result<RebuildSummary, Failure> {
-    volume_writable(&lost.volume).map_err(|e| Failure::Usage(format!("--peer {}: {e}", lost.address)))?;
+pub async fn rebuild(
+    lost: &Peer,
+    others: &[Peer],
+    threads: usize,
+    quiet: bool,
+) -> Result<RebuildSummary, Failure> {
+    volume_writable(&lost.volume)
+        .map_err(|e| Failure::Usage(format!("--peer {}: {e}", lost.address)))?;
     let mut holders: BTreeMap<BaseName, Vec<PathBuf>> = BTreeMap::new();
     for p in others {
         let bases = BaseName::list(&p.volume).map_err(|e| Failure::Failed(e.to_string()))?;
@@ -639,11 +818,15 @@ pub async fn rebuild(lost: &Peer, others: &[Peer], threads: usize, quiet: bool) 
     let started = std::time::Instant::now();
     loop {
         while set.len() < threads {
-            let Some((base, copies)) = iter.next() else { break };
+            let Some((base, copies)) = iter.next() else {
+                break;
+            };
             let lost = lost.clone();
             set.spawn(async move { (base.clone(), rebuild_one(&base, &copies, &lost).await) });
         }
-        let Some(r) = set.join_next().await else { break };
+        let Some(r) = set.join_next().await else {
+            break;
+        };
         let (base, r) = r.map_err(|e| Failure::Failed(format!("a rebuild task failed: {e}")))?;
         done += 1;
         match r {
@@ -655,8 +838,11 @@ pub async fn rebuild(lost: &Peer, others: &[Peer], threads: usize, quiet: bool) 
             Ok(Rebuilt::Elsewhere) => summary.elsewhere += 1,
             Err(e) => summary.failed.push(format!("{base}: {e}")),
         }
-        if !quiet && (done % 1000 == 0 || done == total) {
-            eprintln!("rebuild: {done}/{total} bases looked at ({:.0}/s)", done as f64 / started.elapsed().as_secs_f64().max(1e-9));
+        if !quiet && (done.is_multiple_of(1000) || done == total) {
+            eprintln!(
+                "rebuild: {done}/{total} bases looked at ({:.0}/s)",
+                done as f64 / started.elapsed().as_secs_f64().max(1e-9)
+            );
         }
     }
     Ok(summary)
@@ -670,7 +856,9 @@ enum Rebuilt {
 
 async fn rebuild_one(base: &BaseName, copies: &[PathBuf], lost: &Peer) -> Result<Rebuilt, String> {
     let states: Vec<pump_meta2::CopyState> = copies.iter().map(|c| inspect(c, false)).collect();
-    let wanted = states.iter().any(|s| s.peers.iter().any(|p| *p == lost.address));
+    let wanted = states
+        .iter()
+        .any(|s| s.peers.contains(&lost.address));
     if !wanted {
         return Ok(Rebuilt::Elsewhere);
     }
@@ -678,7 +866,12 @@ async fn rebuild_one(base: &BaseName, copies: &[PathBuf], lost: &Peer) -> Result
     let existing = inspect(&target, false);
     let best = states
         .iter()
-        .filter(|s| s.health == Health::Ok && schema::REQUIRED_KEYS.iter().all(|k| s.admin.contains_key(*k)))
+        .filter(|s| {
+            s.health == Health::Ok
+                && schema::REQUIRED_KEYS
+                    .iter()
+                    .all(|k| s.admin.contains_key(*k))
+        })
         .max_by_key(|s| s.version_total())
         .ok_or_else(|| "no sound, complete copy on the other volumes".to_string())?;
     if existing.health == Health::Ok && existing.version_total() >= best.version_total() {

@@ -13,10 +13,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use pump::{BatchWriter, Delivery, Error, Message, Options, Sink, SinkKind, SourceEnd, Spec, WriterSink};
+use pump::{
+    BatchWriter, Delivery, Error, Message, Options, Sink, SinkKind, SourceEnd, Spec, WriterSink,
+};
 use pump_meta2::codec::{decode_refs, decode_schema, SCHEMA_FLAG};
-use rusqlite::types::{ToSqlOutput, ValueRef};
 use pump_meta2::schema::{self, quote};
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
@@ -126,7 +128,11 @@ struct Builder {
     order: Vec<u16>,
 }
 
-fn insert(stmt: &mut rusqlite::CachedStatement<'_>, t: &mut TableState, m: &Message) -> Result<(), String> {
+fn insert(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    t: &mut TableState,
+    m: &Message,
+) -> Result<(), String> {
     let mut cells = decode_refs(&m.value).map_err(|e| format!("table {}: {e}", t.name))?;
     if cells.len() != t.ncols {
         return Err(format!(
@@ -143,8 +149,10 @@ fn insert(stmt: &mut rusqlite::CachedStatement<'_>, t: &mut TableState, m: &Mess
             _ => return Err(format!("table {}: the key is not a rowid", t.name)),
         }
     }
-    stmt.execute(rusqlite::params_from_iter(cells.into_iter().map(ToSqlOutput::Borrowed)))
-        .map_err(|e| format!("table {}: {e}", t.name))?;
+    stmt.execute(rusqlite::params_from_iter(
+        cells.into_iter().map(ToSqlOutput::Borrowed),
+    ))
+    .map_err(|e| format!("table {}: {e}", t.name))?;
     t.rows += 1;
     Ok(())
 }
@@ -202,14 +210,17 @@ impl Builder {
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             }
             let _ = std::fs::remove_file(&self.tmp);
-            let c = Connection::open(&self.tmp).map_err(|e| format!("{}: {e}", self.tmp.display()))?;
+            let c =
+                Connection::open(&self.tmp).map_err(|e| format!("{}: {e}", self.tmp.display()))?;
             c.execute_batch(
                 "PRAGMA page_size=4096; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; BEGIN",
             )
             .map_err(|e| format!("{}: {e}", self.tmp.display()))?;
             self.conn = Some(c);
         }
-        self.conn.as_ref().ok_or_else(|| "no connection".to_string())
+        self.conn
+            .as_ref()
+            .ok_or_else(|| "no connection".to_string())
     }
 
     fn write(&mut self, msgs: Vec<Message>) -> Result<(), String> {
@@ -281,7 +292,8 @@ impl Builder {
                 }
             }
         }
-        conn.execute_batch("COMMIT").map_err(|e| format!("{tmp}: {e}"))?;
+        conn.execute_batch("COMMIT")
+            .map_err(|e| format!("{tmp}: {e}"))?;
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .map_err(|e| format!("{tmp}: {e}"))?;
@@ -290,10 +302,17 @@ impl Builder {
         }
         for t in self.tables.values() {
             let n: i64 = conn
-                .query_row(&format!("SELECT count(*) FROM {}", quote(&t.name)), [], |r| r.get(0))
+                .query_row(
+                    &format!("SELECT count(*) FROM {}", quote(&t.name)),
+                    [],
+                    |r| r.get(0),
+                )
                 .map_err(|e| format!("{tmp}: {e}"))?;
             if n as u64 != t.rows {
-                return Err(format!("{tmp}: table {} holds {n} rows, {} were sent", t.name, t.rows));
+                return Err(format!(
+                    "{tmp}: table {} holds {n} rows, {} were sent",
+                    t.name, t.rows
+                ));
             }
         }
         if let Some(c) = self.conn.take() {

@@ -111,7 +111,11 @@ fn read_base(
     let mut expected = tables.len() as u64;
     for t in &tables {
         let n: i64 = conn
-            .query_row(&format!("SELECT count(*) FROM {}", schema::quote(&t.name)), [], |r| r.get(0))
+            .query_row(
+                &format!("SELECT count(*) FROM {}", schema::quote(&t.name)),
+                [],
+                |r| r.get(0),
+            )
             .map_err(|e| format!("table {}: {e}", t.name))?;
         expected += n as u64;
     }
@@ -122,7 +126,8 @@ fn read_base(
             return Ok(());
         }
         let m = std::mem::replace(msgs, Vec::with_capacity(batch));
-        tx.blocking_send(Ok(m)).map_err(|_| "the pump stopped reading".to_string())
+        tx.blocking_send(Ok(m))
+            .map_err(|_| "the pump stopped reading".to_string())
     };
     for t in &tables {
         let mut schema_msg = Message::mutation(
@@ -138,7 +143,9 @@ fn read_base(
         let rowid = t.pk.is_empty();
         let pk = t.pk_positions();
         let ncols = t.columns.len();
-        let mut rows = stmt.query([]).map_err(|e| format!("table {}: {e}", t.name))?;
+        let mut rows = stmt
+            .query([])
+            .map_err(|e| format!("table {}: {e}", t.name))?;
         while let Some(r) = rows.next().map_err(|e| format!("table {}: {e}", t.name))? {
             let off = usize::from(rowid);
             let get = |i: usize| r.get_ref(i).map_err(|e| format!("table {}: {e}", t.name));
@@ -151,7 +158,10 @@ fn read_base(
             } else {
                 encode_cells(pk.iter().map(|&i| cols[i]))
             };
-            let mut m = Message::mutation(Bytes::from(key), Bytes::from(encode_cells(cols.into_iter())));
+            let mut m = Message::mutation(
+                Bytes::from(key),
+                Bytes::from(encode_cells(cols.into_iter())),
+            );
             m.vbucket = t.id;
             msgs.push(m);
             if msgs.len() >= batch {
