@@ -171,12 +171,12 @@ fn builder_thread(path: PathBuf, rx: std::sync::mpsc::Receiver<Cmd>) {
             Cmd::Write(msgs, reply) => {
                 let n = msgs.len();
                 let r = b.write(msgs).map(|_| n);
-                let failed = r.is_err();
-                let _ = reply.send(r);
-                if failed {
+                if r.is_err() {
                     b.abandon();
+                    let _ = reply.send(r);
                     return;
                 }
+                let _ = reply.send(r);
             }
             Cmd::Finish(end, reply) => {
                 let r = if end == SourceEnd::Complete {
@@ -334,5 +334,54 @@ impl Builder {
     fn abandon(&mut self) {
         self.conn = None;
         let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use pump_meta2::codec::{encode_cells, encode_schema};
+
+    fn messages() -> Vec<Message> {
+        let mut schema = Message::mutation(
+            Bytes::from_static(b"t"),
+            Bytes::from(encode_schema(&["CREATE TABLE t (k TEXT PRIMARY KEY, v)".to_string()])),
+        );
+        schema.flags = SCHEMA_FLAG;
+        let row = Message::mutation(
+            Bytes::from(encode_cells([ValueRef::Text(b"a")].into_iter())),
+            Bytes::from(encode_cells([ValueRef::Text(b"a"), ValueRef::Real(2.5)].into_iter())),
+        );
+        vec![schema, row]
+    }
+
+    #[tokio::test]
+    async fn a_base_is_renamed_into_place_only_when_the_source_completes() {
+        let d = tempfile::tempdir().unwrap();
+        for (end, kept) in [
+            (SourceEnd::Failed, false),
+            (SourceEnd::Cancelled, false),
+            (SourceEnd::Complete, true),
+        ] {
+            let path = d.path().join(format!("{end:?}.meta2"));
+            let mut w = meta2_sink(path.clone()).0;
+            w.write(messages()).await.unwrap();
+            w.finish(end).await.unwrap();
+            assert_eq!(path.exists(), kept, "{end:?}");
+            assert!(!tmp_path(&path).exists(), "{end:?}: no temporary file left");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_row_before_its_schema_fails_and_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("x.meta2");
+        let mut w = meta2_sink(path.clone()).0;
+        let mut msgs = messages();
+        msgs.remove(0);
+        let e = w.write(msgs).await.unwrap_err();
+        assert!(e.to_string().contains("before its schema"), "{e}");
+        assert!(!path.exists() && !tmp_path(&path).exists());
     }
 }
