@@ -856,9 +856,7 @@ enum Rebuilt {
 
 async fn rebuild_one(base: &BaseName, copies: &[PathBuf], lost: &Peer) -> Result<Rebuilt, String> {
     let states: Vec<pump_meta2::CopyState> = copies.iter().map(|c| inspect(c, false)).collect();
-    let wanted = states
-        .iter()
-        .any(|s| s.peers.contains(&lost.address));
+    let wanted = states.iter().any(|s| s.peers.contains(&lost.address));
     if !wanted {
         return Ok(Rebuilt::Elsewhere);
     }

@@ -213,7 +213,7 @@ impl Builder {
             let c =
                 Connection::open(&self.tmp).map_err(|e| format!("{}: {e}", self.tmp.display()))?;
             c.execute_batch(
-                "PRAGMA page_size=4096; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; BEGIN",
+                "PRAGMA page_size=4096; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY; BEGIN",
             )
             .map_err(|e| format!("{}: {e}", self.tmp.display()))?;
             self.conn = Some(c);
@@ -346,12 +346,16 @@ mod tests {
     fn messages() -> Vec<Message> {
         let mut schema = Message::mutation(
             Bytes::from_static(b"t"),
-            Bytes::from(encode_schema(&["CREATE TABLE t (k TEXT PRIMARY KEY, v)".to_string()])),
+            Bytes::from(encode_schema(&[
+                "CREATE TABLE t (k TEXT PRIMARY KEY, v)".to_string()
+            ])),
         );
         schema.flags = SCHEMA_FLAG;
         let row = Message::mutation(
             Bytes::from(encode_cells([ValueRef::Text(b"a")].into_iter())),
-            Bytes::from(encode_cells([ValueRef::Text(b"a"), ValueRef::Real(2.5)].into_iter())),
+            Bytes::from(encode_cells(
+                [ValueRef::Text(b"a"), ValueRef::Real(2.5)].into_iter(),
+            )),
         );
         vec![schema, row]
     }

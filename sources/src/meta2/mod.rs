@@ -106,7 +106,8 @@ fn read_base(
     stats: &pump::Stats,
 ) -> Result<(), String> {
     let conn = schema::open_read(path).map_err(|e| e.to_string())?;
-    conn.execute_batch("BEGIN").map_err(|e| e.to_string())?;
+    conn.execute_batch("PRAGMA cache_size=-65536; BEGIN")
+        .map_err(|e| e.to_string())?;
     let tables = schema::tables(&conn).map_err(|e| e.to_string())?;
     let mut expected = tables.len() as u64;
     for t in &tables {
