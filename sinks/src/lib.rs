@@ -6,6 +6,7 @@
 //! blackhole.rs  blackhole:                  discards, counts
 //! couchbase/    couchbase://HOST:RESTPORT   each message to the node holding its vbucket
 //! csv.rs        csv:FILE                    cbtransfer's CSV columns
+//! meta2/        meta2:PATH                  a new meta2 base (temp file, checked, renamed)
 //! memcached/    memcached://HOST:PORT       pipelined binary-protocol writes to a memcached
 //! stdout.rs     stdout:                     one line per message
 //! tap/          tap://HOST:PORT             a TAP consumer into a node's replica vbuckets
@@ -19,6 +20,7 @@ pub mod blackhole;
 pub mod couchbase;
 pub mod csv;
 pub mod memcached;
+pub mod meta2;
 pub mod net;
 pub mod stdout;
 pub mod tap;
@@ -34,5 +36,6 @@ pub fn register(registry: &mut pump::Registry) {
         .add_sink(memcached::MemcachedKind)
         .add_sink(tap::TapSinkKind)
         .add_sink(couchbase::CouchbaseSinkKind)
+        .add_sink(meta2::Meta2Kind)
         .add_sink(backup::BackupKind);
 }

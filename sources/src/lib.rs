@@ -8,6 +8,7 @@
 //! dcp/          dcp://HOST:PORT              DCP streams of one node, resumable (checkpoint)
 //! gen.rs        gen:[max-items=N,...]        generated items with real vbucket ids
 //! memcached/    memcached://HOST:PORT        every item of a running memcached (metadump + GETKQ)
+//! meta2/        meta2:PATH                   every table of a meta2 base (OpenIO SDS)
 //! tap/          tap://HOST:PORT              a TAP dump of one node
 //! net.rs        what the network sources share: credentials, timeouts, the ordered acker
 //! ```
@@ -20,6 +21,7 @@ pub mod csv;
 pub mod dcp;
 pub mod gen;
 pub mod memcached;
+pub mod meta2;
 pub mod net;
 pub mod tap;
 #[cfg(test)]
@@ -34,5 +36,6 @@ pub fn register(registry: &mut pump::Registry) {
         .add_source(tap::TapSourceKind)
         .add_source(dcp::DcpSourceKind)
         .add_source(couchbase::CouchbaseSourceKind)
+        .add_source(meta2::Meta2Kind)
         .add_source(backup::BackupKind);
 }

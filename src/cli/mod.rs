@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cluster;
+mod meta2;
 mod node;
 mod recover;
 mod transfer;
@@ -29,6 +30,8 @@ enum Command {
     Node(Box<node::NodeArgs>),
     /// A local cluster of reference nodes: up, failover.
     Cluster(Box<cluster::ClusterArgs>),
+    /// meta2 bases: check, sync, move, rebuild, generate.
+    Meta2(meta2::Meta2Args),
 }
 
 /// Every source and sink kind this binary knows.
@@ -87,6 +90,7 @@ pub fn main() -> ExitCode {
             Command::Recover(args) => recover::run(*args).await,
             Command::Node(args) => node::run(*args).await,
             Command::Cluster(args) => cluster::run(*args).await,
+            Command::Meta2(args) => meta2::run(args).await,
             Command::Kinds => {
                 print_kinds();
                 Ok(())

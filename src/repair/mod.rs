@@ -1,7 +1,10 @@
-//! Repairs: thin phases before and after a transfer.
+//! Repairs: thin phases before and after a transfer, as plans of typed steps and the executors
+//! that carry them out.
 //!
 //! ```text
 //! recover.rs  pump recover: bring back a failed-over node's missing vbuckets from another cluster
+//! meta2.rs    pump meta2 check | sync | move | rebuild: plans of Steps run by a FileExecutor
 //! ```
 
+pub mod meta2;
 pub mod recover;

@@ -1,0 +1,174 @@
+//! meta2 benches, figures printed beside a ceiling measured in the same run.
+//!
+//! 1. sync: one base of ROWS rows (default 1 M) streamed by the pump (meta2 source -> meta2
+//!    sink, what `pump meta2 sync` does per bad copy), against SQLite's own backup API copying
+//!    the same file. Budget: within 3x.
+//! 2. rebuild: a lost volume of BASES bases (default 10,000) of 100 aliases each, rebuilt by
+//!    `pump meta2 rebuild` (the binary: $PUMP_BIN, else target/release/pump, else
+//!    target/debug/pump). Budget: >= 500 bases/s.
+//!
+//! `META2_BENCH_ROWS` and `META2_BENCH_BASES` scale them down.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use pump::progress::ProgressMode;
+use pump::{Context, Options};
+use pump_meta2::generate::{write_base, BaseSpec};
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn big_base(dir: &Path, rows: usize) -> PathBuf {
+    // 1 alias = 6 rows (content, 3 chunks, alias, property).
+    let spec = BaseSpec {
+        ns: "OPENIO".into(),
+        account: "bench".into(),
+        container: "big".into(),
+        peers: vec!["127.0.0.1:6120".into()],
+        aliases: rows / 6,
+    };
+    write_base(dir, &spec).expect("generate the big base")
+}
+
+fn sync_bench(root: &Path) {
+    let rows = env_num("META2_BENCH_ROWS", 1_000_000);
+    let t = Instant::now();
+    let src = big_base(&root.join("big"), rows);
+    let size = std::fs::metadata(&src).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "meta2 sync: generated {rows} rows ({:.1} MB) in {:.1}s",
+        size as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+
+    let backup_to = root.join("backup.meta2");
+    let t = Instant::now();
+    {
+        let from = rusqlite::Connection::open(&src).expect("open");
+        let mut to = rusqlite::Connection::open(&backup_to).expect("open");
+        let b = rusqlite::backup::Backup::new(&from, &mut to).expect("backup");
+        b.run_to_completion(1 << 20, std::time::Duration::ZERO, None)
+            .expect("backup");
+    }
+    let backup = t.elapsed().as_secs_f64();
+
+    let dst = root.join("pumped.meta2");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let t = Instant::now();
+    let summary = rt
+        .block_on(async {
+            let options = Options {
+                threads: 1,
+                ..Options::default()
+            };
+            let batch = options.extra.batch_max_size;
+            let source = Box::new(pump_sources::meta2::Meta2Source::new(src.clone(), batch));
+            let sink = Box::new(pump_sinks::meta2::meta2_sink(dst.clone()));
+            pump::run(
+                source,
+                sink,
+                Context::new(options).with_progress(ProgressMode::Off),
+            )
+            .await
+        })
+        .expect("pump");
+    let pumped = t.elapsed().as_secs_f64();
+    assert_eq!(
+        pump_meta2::digest(&src, &[]).expect("digest"),
+        pump_meta2::digest(&dst, &[]).expect("digest")
+    );
+    println!(
+        "meta2 sync: pump {:.2}s ({:.0} rows/s, {} messages), SQLite backup API {backup:.2}s; ratio {:.2}x (budget 3x)",
+        pumped,
+        summary.counts.items_written as f64 / pumped,
+        summary.counts.items_written,
+        pumped / backup
+    );
+}
+
+fn pump_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PUMP_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target");
+    let release = root.join("release").join("pump");
+    if release.exists() {
+        release
+    } else {
+        root.join("debug").join("pump")
+    }
+}
+
+fn rebuild_bench(root: &Path) {
+    let bases = env_num("META2_BENCH_BASES", 10_000);
+    let lost = root.join("lost");
+    let other = root.join("other");
+    std::fs::create_dir_all(&lost).expect("mkdir");
+    let t = Instant::now();
+    let threads = 2;
+    std::thread::scope(|s| {
+        for w in 0..threads {
+            let other = other.clone();
+            s.spawn(move || {
+                for i in (w..bases).step_by(threads) {
+                    let spec = BaseSpec {
+                        ns: "OPENIO".into(),
+                        account: "bench".into(),
+                        container: format!("c{i:06}"),
+                        peers: vec!["127.0.0.1:6120".into(), "127.0.0.2:6120".into()],
+                        aliases: 100,
+                    };
+                    write_base(&other, &spec).expect("generate");
+                }
+            });
+        }
+    });
+    println!(
+        "meta2 rebuild: generated {bases} bases of 100 aliases in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    let bin = pump_bin();
+    let t = Instant::now();
+    let out = std::process::Command::new(&bin)
+        .args(["meta2", "rebuild", "-q", "-t", "4"])
+        .arg("--peer")
+        .arg(format!("127.0.0.1:6120={}", lost.display()))
+        .arg("--from-peer")
+        .arg(format!("127.0.0.2:6120={}", other.display()))
+        .output()
+        .expect("run pump");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    print!(
+        "meta2 rebuild ({}): {}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    println!(
+        "meta2 rebuild: {bases} bases in {secs:.1}s = {:.0} bases/s (budget >= 500)",
+        bases as f64 / secs
+    );
+}
+
+fn main() {
+    let dir = std::env::var("META2_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    let root = tempfile::tempdir_in(dir).expect("tempdir");
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    sync_bench(root.path());
+    rebuild_bench(root.path());
+}

@@ -1,0 +1,260 @@
+//! How a meta2 base travels through the pump as [`pump::Message`]s (this crate does not
+//! depend on `pump`: it encodes the byte strings; the source and sink build the messages).
+//!
+//! ```text
+//! per table, in the order of sqlite_master (table id = vbucket, 0, 1, 2, ...):
+//!   1 schema message   flags = SCHEMA_FLAG, key = table name,
+//!                      value = u16 count, then count x (u32 len, SQL text): the CREATE TABLE
+//!                      first, then the table's CREATE INDEX / CREATE TRIGGER statements
+//!   n row messages     flags = 0, key = the primary key cells (or the rowid as one INTEGER
+//!                      cell when the table has no primary key), value = every column's cell
+//!
+//! cells  = u16 BE count, then count x cell
+//! cell   = tag u8 then
+//!          0 NULL     nothing
+//!          1 INTEGER  i64, 8 bytes big-endian
+//!          2 REAL     f64 bits, 8 bytes big-endian (NaN, -0.0, ... kept bit for bit)
+//!          3 TEXT     u32 BE length, the bytes as SQLite stores them
+//!          4 BLOB     u32 BE length, the bytes
+//! ```
+//! Every SQLite storage class keeps its own tag, so `1` (INTEGER), `1.0` (REAL), `'1'` (TEXT)
+//! and `x'31'` (BLOB) come back as they were.
+
+use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
+
+use crate::Error;
+
+/// The `flags` of a schema message (`"M2"` then 1).
+pub const SCHEMA_FLAG: u32 = 0x4d32_0001;
+
+/// One SQLite value, owned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(Vec<u8>),
+    Blob(Vec<u8>),
+}
+
+impl Cell {
+    /// Copies a value read from SQLite.
+    pub fn from_ref(v: ValueRef<'_>) -> Cell {
+        match v {
+            ValueRef::Null => Cell::Null,
+            ValueRef::Integer(i) => Cell::Integer(i),
+            ValueRef::Real(f) => Cell::Real(f),
+            ValueRef::Text(t) => Cell::Text(t.to_vec()),
+            ValueRef::Blob(b) => Cell::Blob(b.to_vec()),
+        }
+    }
+}
+
+impl ToSql for Cell {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            Cell::Null => ValueRef::Null,
+            Cell::Integer(i) => ValueRef::Integer(*i),
+            Cell::Real(f) => ValueRef::Real(*f),
+            Cell::Text(t) => ValueRef::Text(t),
+            Cell::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+/// Appends one value to `out`.
+pub fn put_cell(out: &mut Vec<u8>, v: ValueRef<'_>) {
+    match v {
+        ValueRef::Null => out.push(0),
+        ValueRef::Integer(i) => {
+            out.push(1);
+            out.extend_from_slice(&i.to_be_bytes());
+        }
+        ValueRef::Real(f) => {
+            out.push(2);
+            out.extend_from_slice(&f.to_bits().to_be_bytes());
+        }
+        ValueRef::Text(t) => {
+            out.push(3);
+            out.extend_from_slice(&(t.len() as u32).to_be_bytes());
+            out.extend_from_slice(t);
+        }
+        ValueRef::Blob(b) => {
+            out.push(4);
+            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+/// Encodes values as `cells`.
+pub fn encode_cells<'a>(values: impl ExactSizeIterator<Item = ValueRef<'a>>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + values.len() * 9);
+    out.extend_from_slice(&(values.len() as u16).to_be_bytes());
+    for v in values {
+        put_cell(&mut out, v);
+    }
+    out
+}
+
+fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], Error> {
+    if b.len() < n {
+        return Err(Error::Encoding(format!(
+            "{} bytes wanted, {} left",
+            n,
+            b.len()
+        )));
+    }
+    let (h, t) = b.split_at(n);
+    *b = t;
+    Ok(h)
+}
+
+fn u32_of(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn u64_of(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    u64::from_be_bytes(a)
+}
+
+/// Decodes `cells`.
+pub fn decode_cells(mut b: &[u8]) -> Result<Vec<Cell>, Error> {
+    let h = take(&mut b, 2)?;
+    let n = u16::from_be_bytes([h[0], h[1]]) as usize;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let tag = take(&mut b, 1)?[0];
+        out.push(match tag {
+            0 => Cell::Null,
+            1 => Cell::Integer(u64_of(take(&mut b, 8)?) as i64),
+            2 => Cell::Real(f64::from_bits(u64_of(take(&mut b, 8)?))),
+            3 | 4 => {
+                let len = u32_of(take(&mut b, 4)?) as usize;
+                let bytes = take(&mut b, len)?.to_vec();
+                if tag == 3 {
+                    Cell::Text(bytes)
+                } else {
+                    Cell::Blob(bytes)
+                }
+            }
+            t => return Err(Error::Encoding(format!("unknown cell tag {t}"))),
+        });
+    }
+    if !b.is_empty() {
+        return Err(Error::Encoding(format!(
+            "{} bytes after the last cell",
+            b.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// Decodes `cells` without copying: TEXT and BLOB borrow from `b`.
+pub fn decode_refs(mut b: &[u8]) -> Result<Vec<ValueRef<'_>>, Error> {
+    let h = take(&mut b, 2)?;
+    let n = u16::from_be_bytes([h[0], h[1]]) as usize;
+    let mut out = Vec::with_capacity(n + 1);
+    for _ in 0..n {
+        let tag = take(&mut b, 1)?[0];
+        out.push(match tag {
+            0 => ValueRef::Null,
+            1 => ValueRef::Integer(u64_of(take(&mut b, 8)?) as i64),
+            2 => ValueRef::Real(f64::from_bits(u64_of(take(&mut b, 8)?))),
+            3 => {
+                let len = u32_of(take(&mut b, 4)?) as usize;
+                ValueRef::Text(take(&mut b, len)?)
+            }
+            4 => {
+                let len = u32_of(take(&mut b, 4)?) as usize;
+                ValueRef::Blob(take(&mut b, len)?)
+            }
+            t => return Err(Error::Encoding(format!("unknown cell tag {t}"))),
+        });
+    }
+    if !b.is_empty() {
+        return Err(Error::Encoding(format!(
+            "{} bytes after the last cell",
+            b.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// Encodes a schema message's value: the table's SQL statements.
+pub fn encode_schema(statements: &[String]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(statements.len() as u16).to_be_bytes());
+    for s in statements {
+        out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    out
+}
+
+/// Decodes a schema message's value.
+pub fn decode_schema(mut b: &[u8]) -> Result<Vec<String>, Error> {
+    let h = take(&mut b, 2)?;
+    let n = u16::from_be_bytes([h[0], h[1]]) as usize;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = u32_of(take(&mut b, 4)?) as usize;
+        let s = take(&mut b, len)?;
+        out.push(
+            String::from_utf8(s.to_vec())
+                .map_err(|_| Error::Encoding("schema SQL is not UTF-8".into()))?,
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_keep_every_storage_class_apart() {
+        let vals = [
+            ValueRef::Null,
+            ValueRef::Integer(1),
+            ValueRef::Real(1.0),
+            ValueRef::Text(b"1"),
+            ValueRef::Blob(b"1"),
+            ValueRef::Real(-0.0),
+            ValueRef::Integer(i64::MIN),
+        ];
+        let enc = encode_cells(vals.iter().copied());
+        let dec = decode_cells(&enc).unwrap();
+        assert_eq!(
+            dec[..5],
+            [
+                Cell::Null,
+                Cell::Integer(1),
+                Cell::Real(1.0),
+                Cell::Text(b"1".to_vec()),
+                Cell::Blob(b"1".to_vec())
+            ]
+        );
+        assert!(matches!(dec[5], Cell::Real(f) if f.to_bits() == (-0.0f64).to_bits()));
+        assert_eq!(dec[6], Cell::Integer(i64::MIN));
+    }
+
+    #[test]
+    fn truncated_cells_are_an_error_not_a_panic() {
+        let enc = encode_cells([ValueRef::Text(b"hello")].into_iter());
+        for n in 0..enc.len() {
+            assert!(decode_cells(&enc[..n]).is_err());
+        }
+    }
+
+    #[test]
+    fn schema_roundtrips() {
+        let s = vec![
+            "CREATE TABLE t(a)".to_string(),
+            "CREATE INDEX i ON t(a)".into(),
+        ];
+        assert_eq!(decode_schema(&encode_schema(&s)).unwrap(), s);
+    }
+}

@@ -1,0 +1,174 @@
+//! `meta2:PATH`: every table of a meta2 base (the known ones and any other), as messages.
+//!
+//! The encoding (schema message first per table, then one message per row, table id =
+//! vbucket, key = primary key cells, value = every column's cells) is documented in
+//! [`pump_meta2::codec`]. The base is read on its own thread, in one read transaction (a
+//! consistent snapshot), with one prepared statement per table; the file is never written.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pump::pipeline::Context;
+use pump::{BatchSender, Error, Message, Options, Source, SourceKind, Spec};
+use pump_meta2::codec::{encode_cells, encode_schema, SCHEMA_FLAG};
+use pump_meta2::schema;
+
+/// The `meta2:` source kind.
+pub struct Meta2Kind;
+
+impl SourceKind for Meta2Kind {
+    fn name(&self) -> &'static str {
+        "meta2"
+    }
+    fn syntax(&self) -> &'static str {
+        "meta2:PATH (a meta2 base file)"
+    }
+    fn matches(&self, spec: &Spec) -> bool {
+        spec.scheme() == Some("meta2")
+    }
+    fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Source>, Error> {
+        let path = config(spec)?;
+        Ok(Box::new(Meta2Source {
+            path,
+            spec: spec.to_string(),
+            batch: options.extra.batch_max_size.max(1),
+        }))
+    }
+}
+
+/// The path of a `meta2:PATH` spec.
+pub fn config(spec: &Spec) -> Result<PathBuf, Error> {
+    if spec.body().is_empty() {
+        return Err(Error::usage(format!("{spec}: expected meta2:PATH")));
+    }
+    Ok(PathBuf::from(spec.body()))
+}
+
+/// Reads one base.
+pub struct Meta2Source {
+    path: PathBuf,
+    spec: String,
+    batch: usize,
+}
+
+impl Meta2Source {
+    /// A source reading `path`, `batch` rows per batch.
+    pub fn new(path: PathBuf, batch: usize) -> Meta2Source {
+        Meta2Source {
+            spec: format!("meta2:{}", path.display()),
+            path,
+            batch: batch.max(1),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for Meta2Source {
+    async fn run(self: Box<Self>, out: BatchSender, _ctx: Context) -> Result<(), Error> {
+        if !self.path.is_file() {
+            return Err(Error::source(&self.spec, "no such base file"));
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Message>, String>>(4);
+        let stats = out.stats().clone();
+        let path = self.path.clone();
+        let batch = self.batch;
+        let reader = std::thread::spawn(move || {
+            if let Err(e) = read_base(&path, batch, &tx, &stats) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        let mut result = Ok(());
+        while let Some(msgs) = rx.recv().await {
+            match msgs {
+                Ok(m) => {
+                    if let Err(e) = out.send_messages(m).await {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    result = Err(Error::source(&self.spec, e));
+                    break;
+                }
+            }
+        }
+        drop(rx);
+        let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+        result
+    }
+}
+
+fn read_base(
+    path: &std::path::Path,
+    batch: usize,
+    tx: &tokio::sync::mpsc::Sender<Result<Vec<Message>, String>>,
+    stats: &pump::Stats,
+) -> Result<(), String> {
+    let conn = schema::open_read(path).map_err(|e| e.to_string())?;
+    conn.execute_batch("PRAGMA cache_size=-65536; BEGIN")
+        .map_err(|e| e.to_string())?;
+    let tables = schema::tables(&conn).map_err(|e| e.to_string())?;
+    let mut expected = tables.len() as u64;
+    for t in &tables {
+        let n: i64 = conn
+            .query_row(
+                &format!("SELECT count(*) FROM {}", schema::quote(&t.name)),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| format!("table {}: {e}", t.name))?;
+        expected += n as u64;
+    }
+    stats.set_expected(expected);
+    let mut msgs = Vec::with_capacity(batch);
+    let flush = |msgs: &mut Vec<Message>| -> Result<(), String> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let m = std::mem::replace(msgs, Vec::with_capacity(batch));
+        tx.blocking_send(Ok(m))
+            .map_err(|_| "the pump stopped reading".to_string())
+    };
+    for t in &tables {
+        let mut schema_msg = Message::mutation(
+            Bytes::from(t.name.clone().into_bytes()),
+            Bytes::from(encode_schema(&t.statements)),
+        );
+        schema_msg.vbucket = t.id;
+        schema_msg.flags = SCHEMA_FLAG;
+        msgs.push(schema_msg);
+        let mut stmt = conn
+            .prepare(&t.select_sql())
+            .map_err(|e| format!("table {}: {e}", t.name))?;
+        let rowid = t.pk.is_empty();
+        let pk = t.pk_positions();
+        let ncols = t.columns.len();
+        let mut rows = stmt
+            .query([])
+            .map_err(|e| format!("table {}: {e}", t.name))?;
+        while let Some(r) = rows.next().map_err(|e| format!("table {}: {e}", t.name))? {
+            let off = usize::from(rowid);
+            let get = |i: usize| r.get_ref(i).map_err(|e| format!("table {}: {e}", t.name));
+            let mut cols = Vec::with_capacity(ncols);
+            for i in 0..ncols {
+                cols.push(get(i + off)?);
+            }
+            let key = if rowid {
+                encode_cells(std::iter::once(get(0)?))
+            } else {
+                encode_cells(pk.iter().map(|&i| cols[i]))
+            };
+            let mut m = Message::mutation(
+                Bytes::from(key),
+                Bytes::from(encode_cells(cols.into_iter())),
+            );
+            m.vbucket = t.id;
+            msgs.push(m);
+            if msgs.len() >= batch {
+                flush(&mut msgs)?;
+            }
+        }
+    }
+    flush(&mut msgs)
+}

@@ -1,0 +1,346 @@
+//! `pump meta2 check | sync | move | rebuild | generate`: arguments and output. The work is
+//! in `crate::repair::meta2`.
+//!
+//! Peers are given as `ADDRESS=VOLUME` (ADDRESS as `sys.peers` holds it, VOLUME the directory
+//! of that service's bases); every address is validated before anything is read or written.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use pump_meta2::generate::{write_base, BaseSpec};
+use pump_meta2::{parse_address, BaseName, Health, Peer};
+
+use super::Failure;
+use crate::repair::meta2 as repair;
+
+/// `pump meta2 ...`.
+#[derive(Debug, Args)]
+pub struct Meta2Args {
+    #[command(subcommand)]
+    command: Meta2Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Meta2Command {
+    /// Report each copy of a base: ok, missing, unreadable, corrupt, incomplete, behind, ...
+    Check(CheckArgs),
+    /// Refill every bad copy from the best one (answers like `openio election sync`).
+    Sync(SyncArgs),
+    /// Move one copy to a new service: freeze, copy, rewrite sys.peers, unfreeze, verify.
+    Move(MoveArgs),
+    /// Rebuild every base a lost service should hold, from the other services' volumes.
+    Rebuild(RebuildArgs),
+    /// Write realistic bases (reference schema and admin keys) on a volume.
+    Generate(GenerateArgs),
+}
+
+/// Which base: `BASE` (`<CID>.<seq>`) or `--account A --container C`.
+#[derive(Debug, Args)]
+struct BaseArgs {
+    /// The base name, <CID>.<seq>.
+    base: Option<String>,
+    /// The account (with --container, instead of BASE).
+    #[arg(long)]
+    account: Option<String>,
+    /// The container (with --account, instead of BASE).
+    #[arg(long)]
+    container: Option<String>,
+}
+
+impl BaseArgs {
+    fn resolve(&self) -> Result<Option<BaseName>, Failure> {
+        match (&self.base, &self.account, &self.container) {
+            (Some(b), None, None) => Ok(Some(BaseName::parse(b).map_err(usage)?)),
+            (None, Some(a), Some(c)) => Ok(Some(BaseName::of(a, c))),
+            (None, None, None) => Ok(None),
+            _ => Err(Failure::Usage(
+                "give BASE, or --account and --container".into(),
+            )),
+        }
+    }
+}
+
+fn usage(e: pump_meta2::Error) -> Failure {
+    match e {
+        pump_meta2::Error::Usage(m) => Failure::Usage(m),
+        e => Failure::Failed(e.to_string()),
+    }
+}
+
+fn peer(s: &str) -> Result<Peer, String> {
+    Peer::parse(s).map_err(|e| e.to_string())
+}
+
+fn address(s: &str) -> Result<String, String> {
+    parse_address(s).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    base: BaseArgs,
+    /// A service holding a copy: ADDRESS=VOLUME (repeat).
+    #[arg(long = "peer", value_parser = peer)]
+    peers: Vec<Peer>,
+    /// Check every base found on this volume (across the --peer volumes).
+    #[arg(long)]
+    volume: Option<PathBuf>,
+    /// integrity_check instead of quick_check.
+    #[arg(long)]
+    full: bool,
+    /// JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct SyncArgs {
+    #[command(flatten)]
+    base: BaseArgs,
+    /// A service holding a copy: ADDRESS=VOLUME (repeat).
+    #[arg(long = "peer", value_parser = peer, required = true)]
+    peers: Vec<Peer>,
+    /// Use this peer's copy as the source.
+    #[arg(long, value_parser = address)]
+    from: Option<String>,
+    /// JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct MoveArgs {
+    #[command(flatten)]
+    base: BaseArgs,
+    /// The service whose copy moves (one of --peer).
+    #[arg(long, value_parser = address)]
+    from: String,
+    /// The new service: ADDRESS=VOLUME.
+    #[arg(long, value_parser = peer)]
+    to: Peer,
+    /// Every current service holding a copy: ADDRESS=VOLUME (repeat).
+    #[arg(long = "peer", value_parser = peer, required = true)]
+    peers: Vec<Peer>,
+    /// Delete the old copy once the new one is verified (kept aside otherwise).
+    #[arg(long)]
+    delete_source: bool,
+    /// Print the plan, write nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+struct RebuildArgs {
+    /// The service that lost its volume: ADDRESS=VOLUME (the new, empty volume).
+    #[arg(long = "peer", value_parser = peer)]
+    peer: Peer,
+    /// Another service's volume to find the bases on: ADDRESS=VOLUME (repeat).
+    #[arg(long = "from-peer", value_parser = peer, required = true)]
+    from_peers: Vec<Peer>,
+    /// Bases rebuilt at the same time.
+    #[arg(short = 't', long, default_value_t = 4)]
+    threads: usize,
+    /// No progress lines.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    /// The volume to write on.
+    #[arg(long)]
+    volume: PathBuf,
+    /// The services holding the bases (sys.peers): a,b,c.
+    #[arg(long, value_delimiter = ',', value_parser = address, required = true)]
+    peers: Vec<String>,
+    /// How many bases (containers c000000, c000001, ...).
+    #[arg(long, default_value_t = 1)]
+    bases: usize,
+    /// Aliases per base (each with a content, 3 chunks and a property).
+    #[arg(long, default_value_t = 10)]
+    aliases: usize,
+    /// The account.
+    #[arg(long, default_value = "acct")]
+    account: String,
+    /// The namespace.
+    #[arg(long, default_value = "OPENIO")]
+    ns: String,
+}
+
+/// Runs a `pump meta2` command.
+pub async fn run(args: Meta2Args) -> Result<(), Failure> {
+    match args.command {
+        Meta2Command::Check(a) => check(a),
+        Meta2Command::Sync(a) => sync(a).await,
+        Meta2Command::Move(a) => move_(a).await,
+        Meta2Command::Rebuild(a) => rebuild(a).await,
+        Meta2Command::Generate(a) => generate(a),
+    }
+}
+
+fn check(a: CheckArgs) -> Result<(), Failure> {
+    let mut bases = Vec::new();
+    if let Some(b) = a.base.resolve()? {
+        bases.push(b);
+    }
+    if let Some(v) = &a.volume {
+        bases.extend(BaseName::list(v).map_err(usage)?);
+    }
+    if bases.is_empty() {
+        return Err(Failure::Usage(
+            "give BASE, --account/--container or --volume".into(),
+        ));
+    }
+    let peers = if a.peers.is_empty() {
+        match &a.volume {
+            Some(v) => {
+                return Err(Failure::Usage(format!(
+                    "--volume {}: give the --peer ADDRESS=VOLUME list too",
+                    v.display()
+                )))
+            }
+            None => {
+                return Err(Failure::Usage(
+                    "give at least one --peer ADDRESS=VOLUME".into(),
+                ))
+            }
+        }
+    } else {
+        a.peers
+    };
+    let mut rows = Vec::new();
+    let mut bad = 0;
+    for b in &bases {
+        for r in repair::check_base(b, &peers, a.full) {
+            if r.health != Health::Ok {
+                bad += 1;
+            }
+            rows.push((b.to_string(), r));
+        }
+    }
+    if a.json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(b, r)| {
+                serde_json::json!({"base": b, "peer": r.address, "status": r.health.as_str(),
+                    "message": r.message, "path": r.path.display().to_string()})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        println!("{:<66} {:<22} {:<15} MESSAGE", "BASE", "PEER", "STATUS");
+        for (b, r) in &rows {
+            println!(
+                "{b:<66} {:<22} {:<15} {}",
+                r.address,
+                r.health.as_str(),
+                r.message
+            );
+        }
+    }
+    if bad > 0 {
+        return Err(Failure::Failed(format!(
+            "{bad} of {} copies are not ok",
+            rows.len()
+        )));
+    }
+    Ok(())
+}
+
+fn need_base(b: &BaseArgs) -> Result<BaseName, Failure> {
+    b.resolve()?
+        .ok_or_else(|| Failure::Usage("give BASE, or --account and --container".into()))
+}
+
+async fn sync(a: SyncArgs) -> Result<(), Failure> {
+    let base = need_base(&a.base)?;
+    let answers = repair::sync(&base, &a.peers, a.from.as_deref()).await?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(&answers).map_err(|e| Failure::Failed(e.to_string()))?
+        );
+    } else {
+        println!("{:<22} {:<6} MESSAGE", "PEER", "STATUS");
+        for s in &answers {
+            println!("{:<22} {:<6} {}", s.peer, s.status, s.message);
+        }
+    }
+    let failed = answers
+        .iter()
+        .filter(|s| s.status != 200 && s.status != 301)
+        .count();
+    if failed > 0 {
+        return Err(Failure::Failed(format!(
+            "{base}: {failed} copies could not be synced"
+        )));
+    }
+    Ok(())
+}
+
+async fn move_(a: MoveArgs) -> Result<(), Failure> {
+    let base = need_base(&a.base)?;
+    let req = repair::MoveRequest {
+        base: base.clone(),
+        peers: a.peers,
+        from: a.from,
+        to: a.to,
+        delete_source: a.delete_source,
+        dry_run: a.dry_run,
+    };
+    let lines = repair::move_base(&req).await?;
+    if a.dry_run {
+        println!(
+            "plan for moving {base} from {} to {} (dry run, nothing written):",
+            req.from, req.to.address
+        );
+    }
+    for l in lines {
+        println!("{l}");
+    }
+    if !a.dry_run {
+        println!("{base}: moved from {} to {}", req.from, req.to.address);
+    }
+    Ok(())
+}
+
+async fn rebuild(a: RebuildArgs) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
+    let s = repair::rebuild(&a.peer, &a.from_peers, a.threads, a.quiet).await?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "rebuilt {} bases ({} rows) on {} in {secs:.1}s ({:.0} bases/s); {} already there, {} not for this service, {} failed",
+        s.rebuilt,
+        s.rows,
+        a.peer.address,
+        s.rebuilt as f64 / secs.max(1e-9),
+        s.present,
+        s.elsewhere,
+        s.failed.len()
+    );
+    for f in &s.failed {
+        println!("  failed: {f}");
+    }
+    if !s.failed.is_empty() {
+        return Err(Failure::Failed(format!(
+            "{} bases were not rebuilt",
+            s.failed.len()
+        )));
+    }
+    Ok(())
+}
+
+fn generate(a: GenerateArgs) -> Result<(), Failure> {
+    for i in 0..a.bases {
+        let spec = BaseSpec {
+            ns: a.ns.clone(),
+            account: a.account.clone(),
+            container: format!("c{i:06}"),
+            peers: a.peers.clone(),
+            aliases: a.aliases,
+        };
+        let path = write_base(&a.volume, &spec).map_err(usage)?;
+        println!("{} {}", spec.name(), path.display());
+    }
+    Ok(())
+}

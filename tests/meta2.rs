@@ -1,0 +1,502 @@
+//! `pump meta2 ...` and `pump transfer meta2:A meta2:B` end to end, on bases in temporary
+//! volumes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use pump_meta2::generate::{write_base, BaseSpec};
+use pump_meta2::{digest, BaseName};
+
+const A: &str = "127.0.0.1:6120";
+const B: &str = "127.0.0.2:6120";
+const C: &str = "127.0.0.3:6120";
+const D: &str = "127.0.0.4:6120";
+const E: &str = "127.0.0.5:6120";
+
+fn pump(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pump"))
+        .args(args)
+        .output()
+        .expect("run pump")
+}
+
+fn spec(container: &str, peers: &[&str], aliases: usize) -> BaseSpec {
+    BaseSpec {
+        ns: "OPENIO".into(),
+        account: "acct".into(),
+        container: container.into(),
+        peers: peers.iter().map(|s| s.to_string()).collect(),
+        aliases,
+    }
+}
+
+/// The same base written on one volume per peer; returns (base, [(address, volume)]).
+fn copies(
+    root: &Path,
+    container: &str,
+    peers: &[&str],
+    aliases: usize,
+) -> (BaseName, Vec<(String, PathBuf)>) {
+    let s = spec(container, peers, aliases);
+    let vols = peers
+        .iter()
+        .map(|p| {
+            let v = root.join(p.replace([':', '.'], "_"));
+            write_base(&v, &s).unwrap();
+            (p.to_string(), v)
+        })
+        .collect();
+    (s.name(), vols)
+}
+
+fn peer_args(vols: &[(String, PathBuf)]) -> Vec<String> {
+    vols.iter()
+        .flat_map(|(a, v)| ["--peer".to_string(), format!("{a}={}", v.display())])
+        .collect()
+}
+
+fn run(cmd: &[&str], base: &BaseName, vols: &[(String, PathBuf)], extra: &[&str]) -> Output {
+    let b = base.to_string();
+    let mut args: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+    args.push(b);
+    args.extend(peer_args(vols));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    pump(&refs)
+}
+
+fn check_json(base: &BaseName, vols: &[(String, PathBuf)]) -> (i32, BTreeMap<String, String>) {
+    let out = run(&["meta2", "check"], base, vols, &["--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let map = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["peer"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    (out.status.code().unwrap_or(-1), map)
+}
+
+fn sql(path: &Path, statements: &str) {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.execute_batch(statements).unwrap();
+}
+
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn check_names_each_bad_copy_and_sync_refills_them_all_identical() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, vols) = copies(root.path(), "c1", &[A, B, C, D, E], 200);
+    let path = |i: usize| base.path_in(&vols[i].1);
+    // B deleted.
+    std::fs::remove_file(path(1)).unwrap();
+    // C truncated in the middle.
+    let len = std::fs::metadata(path(2)).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path(2))
+        .unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    // D: only the minimal admin keys of a copy created but never filled.
+    sql(
+        &path(3),
+        "DELETE FROM admin WHERE k NOT IN ('schema_version','sys.name','sys.type') AND k NOT LIKE 'version:%';
+         UPDATE admin SET v = CAST('1:0' AS BLOB) WHERE k LIKE 'version:%';",
+    );
+    // E: one alias behind.
+    sql(
+        &path(4),
+        "DELETE FROM aliases WHERE alias = 'obj/000199';
+         UPDATE admin SET v = CAST('200:1700000000000000' AS BLOB) WHERE k = 'version:main.aliases';",
+    );
+    let (code, statuses) = check_json(&base, &vols);
+    assert_eq!(code, 1);
+    assert_eq!(statuses[A], "ok");
+    assert_eq!(statuses[B], "missing");
+    assert_eq!(statuses[C], "corrupt");
+    assert_eq!(statuses[D], "incomplete");
+    assert_eq!(statuses[E], "behind");
+
+    let out = run(&["meta2", "sync"], &base, &vols, &["--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let codes: BTreeMap<&str, u64> = answers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["peer"].as_str().unwrap(), a["status"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        codes,
+        BTreeMap::from([(A, 301), (B, 200), (C, 200), (D, 200), (E, 200)])
+    );
+
+    let (code, statuses) = check_json(&base, &vols);
+    assert_eq!(code, 0, "{statuses:?}");
+    let reference = digest(&path(0), &[]).unwrap();
+    for i in 1..5 {
+        assert_eq!(digest(&path(i), &[]).unwrap(), reference, "copy {i}");
+    }
+    for i in 2..5 {
+        assert!(
+            pump_meta2::check::inspect(
+                &PathBuf::from(format!("{}.corrupted", path(i).display())),
+                false
+            )
+            .path
+            .exists(),
+            "the replaced copy {i} is kept aside"
+        );
+    }
+}
+
+#[test]
+fn move_with_a_typo_in_an_address_changes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, vols) = copies(root.path(), "c2", &[A, B, C], 20);
+    let target = root.path().join("new");
+    std::fs::create_dir(&target).unwrap();
+    let before = snapshot(root.path());
+    let to = |a: &str| format!("{a}={}", target.display());
+    for (from, to_arg) in [
+        (A, to("127.0.0.300:6120")),
+        (A, to("127.0.0.9:612000")),
+        (A, to("127.0.0.9")),
+        ("127.0.0.1:612O", to(D)),
+        (D, to(E)),
+        (A, to(B)),
+    ] {
+        let out = run(
+            &["meta2", "move"],
+            &base,
+            &vols,
+            &["--from", from, "--to", &to_arg],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{from} {to_arg}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut typo = peer_args(&vols);
+    typo[1] = format!("127.0.0.1:6l20={}", vols[0].1.display());
+    let mut args = vec![
+        "meta2".to_string(),
+        "move".into(),
+        base.to_string(),
+        "--from".into(),
+        B.into(),
+        "--to".into(),
+        to(D),
+    ];
+    args.extend(typo);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(pump(&refs).status.code(), Some(2));
+    assert_eq!(snapshot(root.path()), before, "no file changed");
+}
+
+#[test]
+fn move_killed_midway_is_reported_by_check_and_a_rerun_completes() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, vols) = copies(root.path(), "c3", &[A, B, C], 50);
+    let target = root.path().join("new");
+    std::fs::create_dir(&target).unwrap();
+    let to = format!("{D}={}", target.display());
+    let data_before = digest(&base.path_in(&vols[1].1), &["admin"]).unwrap();
+    let mut args = vec![
+        "meta2".to_string(),
+        "move".into(),
+        base.to_string(),
+        "--from".into(),
+        B.into(),
+        "--to".into(),
+        to.clone(),
+    ];
+    args.extend(peer_args(&vols));
+    let killed = Command::new(env!("CARGO_BIN_EXE_pump"))
+        .args(&args)
+        .env("PUMP_TEST_FAIL_AFTER_STEP", "5")
+        .output()
+        .unwrap();
+    assert_eq!(
+        killed.status.code(),
+        Some(86),
+        "{}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
+    let (code, statuses) = check_json(&base, &vols);
+    assert_eq!(code, 1, "check reports the interrupted move: {statuses:?}");
+    // Killed in the middle of the sys.peers rewrite: one copy has the new list and a bumped
+    // admin version, the others are frozen with the old one.
+    assert_eq!(statuses[A], "peers-disagree", "{statuses:?}");
+    assert_eq!(statuses[B], "behind", "{statuses:?}");
+    assert_eq!(statuses[C], "behind", "{statuses:?}");
+
+    let rerun = Command::new(env!("CARGO_BIN_EXE_pump"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert!(String::from_utf8_lossy(&rerun.stdout).contains("resuming"));
+    let new_set = vec![
+        vols[0].clone(),
+        vols[2].clone(),
+        (D.to_string(), target.clone()),
+    ];
+    let (code, statuses) = check_json(&base, &new_set);
+    assert_eq!(code, 0, "{statuses:?}");
+    let moved = base.path_in(&target);
+    assert_eq!(digest(&moved, &["admin"]).unwrap(), data_before);
+    assert!(
+        !base.path_in(&vols[1].1).exists(),
+        "the old copy is set aside"
+    );
+    let mut peers = vec![A, C, D];
+    peers.sort();
+    let st = pump_meta2::check::inspect(&moved, false);
+    assert_eq!(st.peers, peers);
+    assert_eq!(st.status(), 0);
+}
+
+#[test]
+fn move_failing_at_any_step_leaves_every_copy_as_it_was() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, vols) = copies(root.path(), "c6", &[A, B, C], 20);
+    let target = root.path().join("new");
+    std::fs::create_dir(&target).unwrap();
+    let before: Vec<_> = vols
+        .iter()
+        .map(|(_, v)| digest(&base.path_in(v), &[]).unwrap())
+        .collect();
+    let to = format!("{D}={}", target.display());
+    let mut args = vec![
+        "meta2".to_string(),
+        "move".into(),
+        base.to_string(),
+        "--from".into(),
+        B.into(),
+        "--to".into(),
+        to,
+    ];
+    args.extend(peer_args(&vols));
+    // 13 steps: 3 freezes, copy, 3 sys.peers, 3 unfreezes, verify, unfreeze of the source, set aside.
+    for step in [2, 4, 6, 9, 11] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pump"))
+            .args(&args)
+            .env("PUMP_TEST_ERROR_AT_STEP", step.to_string())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "step {step}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("back as it was"),
+            "step {step}"
+        );
+        let after: Vec<_> = vols
+            .iter()
+            .map(|(_, v)| digest(&base.path_in(v), &[]).unwrap())
+            .collect();
+        assert_eq!(after, before, "step {step}: every copy as it was, unfrozen");
+        assert!(
+            BaseName::list(&target).unwrap().is_empty(),
+            "step {step}: no copy left on the target"
+        );
+        let (code, _) = check_json(&base, &vols);
+        assert_eq!(code, 0);
+    }
+}
+
+#[test]
+fn move_dry_run_prints_the_plan_and_writes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, vols) = copies(root.path(), "c4", &[A, B], 5);
+    let target = root.path().join("new");
+    std::fs::create_dir(&target).unwrap();
+    let before = snapshot(root.path());
+    let to = format!("{C}={}", target.display());
+    let out = run(
+        &["meta2", "move"],
+        &base,
+        &vols,
+        &["--from", A, "--to", &to, "--dry-run"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("freeze") && text.contains("copy 127.0.0.1:6120 -> 127.0.0.3:6120"),
+        "{text}"
+    );
+    assert_eq!(snapshot(root.path()), before);
+}
+
+#[test]
+fn transfer_meta2_keeps_every_storage_class_and_unknown_tables() {
+    let root = tempfile::tempdir().unwrap();
+    let src = write_base(&root.path().join("v"), &spec("c5", &[A], 10)).unwrap();
+    sql(
+        &src,
+        "CREATE TABLE odd (a, b, c, d, e);
+         CREATE INDEX odd_by_b ON odd(b);
+         INSERT INTO odd(rowid, a, b, c, d, e) VALUES (7, NULL, 1, 1.0, '1', x'31');
+         INSERT INTO odd(rowid, a, b, c, d, e) VALUES (1000, x'00ff', -9223372036854775808, -0.0, 'é\n', '');
+         CREATE TABLE shard_ranges (lower TEXT, upper TEXT, cid BLOB, metadata TEXT, PRIMARY KEY(lower));
+         INSERT INTO shard_ranges VALUES ('', 'm', x'0102', NULL);",
+    );
+    let dst = root.path().join("out.meta2");
+    let out = pump(&[
+        "transfer",
+        &format!("meta2:{}", src.display()),
+        &format!("meta2:{}", dst.display()),
+        "-q",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(digest(&src, &[]).unwrap(), digest(&dst, &[]).unwrap());
+    let rows = |p: &Path| -> Vec<String> {
+        let c = rusqlite::Connection::open(p).unwrap();
+        let mut s = c
+            .prepare("SELECT rowid, typeof(a)||typeof(b)||typeof(c)||typeof(d)||typeof(e), quote(a)||quote(b)||quote(c)||quote(d)||quote(e) FROM odd ORDER BY rowid")
+            .unwrap();
+        s.query_map([], |r| {
+            Ok(format!(
+                "{}:{}:{}",
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    };
+    let got = rows(&dst);
+    assert_eq!(got, rows(&src));
+    assert_eq!(got[0], "7:nullintegerrealtextblob:NULL11.0'1'X'31'");
+    let schema = |p: &Path| -> Vec<String> {
+        let c = rusqlite::Connection::open(p).unwrap();
+        let mut s = c
+            .prepare("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name")
+            .unwrap();
+        s.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(schema(&dst), schema(&src));
+    let c = rusqlite::Connection::open(&dst).unwrap();
+    let page: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+    assert_eq!(page, 4096);
+    // The sink never writes over an existing base.
+    let again = pump(&[
+        "transfer",
+        &format!("meta2:{}", src.display()),
+        &format!("meta2:{}", dst.display()),
+        "-q",
+    ]);
+    assert_eq!(again.status.code(), Some(2));
+}
+
+#[test]
+fn rebuild_restores_every_base_of_a_lost_volume() {
+    let root = tempfile::tempdir().unwrap();
+    let vol = |a: &str| root.path().join(a.replace([':', '.'], "_"));
+    let mut mine = Vec::new();
+    for i in 0..12 {
+        let (b, _) = copies(root.path(), &format!("c{i}"), &[A, B, C], 10);
+        mine.push(b);
+    }
+    // Bases A never held.
+    for i in 0..3 {
+        copies(root.path(), &format!("other{i}"), &[B, C], 10);
+    }
+    std::fs::remove_dir_all(vol(A)).unwrap();
+    std::fs::create_dir(vol(A)).unwrap();
+    let arg = |a: &str| format!("{a}={}", vol(a).display());
+    let out = pump(&[
+        "meta2",
+        "rebuild",
+        "--peer",
+        &arg(A),
+        "--from-peer",
+        &arg(B),
+        "--from-peer",
+        &arg(C),
+        "-q",
+        "-t",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("rebuilt 12 bases"), "{text}");
+    assert!(text.contains("3 not for this service"), "{text}");
+    for b in &mine {
+        let peers: Vec<(String, PathBuf)> =
+            [A, B, C].iter().map(|a| (a.to_string(), vol(a))).collect();
+        let (code, st) = check_json(b, &peers);
+        assert_eq!(code, 0, "{b}: {st:?}");
+        assert_eq!(
+            digest(&b.path_in(&vol(A)), &[]).unwrap(),
+            digest(&b.path_in(&vol(B)), &[]).unwrap()
+        );
+    }
+    assert_eq!(BaseName::list(&vol(A)).unwrap().len(), 12);
+}
+
+#[test]
+fn check_rejects_a_bad_address_with_usage_exit() {
+    let out = pump(&[
+        "meta2",
+        "check",
+        &format!("{}.1", "A".repeat(64)),
+        "--peer",
+        "127.0.0.1:99999=/tmp",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
