@@ -3,8 +3,11 @@
 //! ```text
 //! vbucket i: active on node i % N, replica on (i + 1) % N with one replica
 //! node i:    REST port R + i, KV port K + i (0 = free ports)
+//! spares:    nodes K+N.. that run but hold nothing until `replaceNode` adds them
 //! failover:  the node halts; its active vbuckets are promoted where a replica lives, else -1
 //! ```
+//!
+//! The recovery of the vbuckets a failover left without a copy is in [`crate::recovery`].
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -12,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use pump_protocol::VbucketState;
 
 use crate::node::{Node, NodeConfig};
+use crate::recovery::{RecoveryApi, ShippedRecovery};
 
 /// How a cluster is set up.
 #[derive(Debug, Clone)]
@@ -23,6 +27,35 @@ pub struct ClusterConfig {
     pub kv_port: u16,
     /// First REST port (0 = free ports).
     pub rest_port: u16,
+    /// Nodes started after the members, holding nothing, for `replaceNode` to add.
+    pub spares: usize,
+    /// The recovery REST dialect(s) the nodes answer.
+    pub recovery_api: RecoveryApi,
+}
+
+/// A node's place in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// Serves its vbuckets.
+    Active,
+    /// Runs, holds nothing, can be added by `replaceNode`.
+    Spare,
+    /// Failed over: halted, its vbuckets promoted or missing.
+    Failed,
+    /// Failed over, then removed by `replaceNode`.
+    Removed,
+}
+
+impl Membership {
+    /// As `clusterMembership` of `/pools/default` shows it.
+    pub fn as_rest(self) -> &'static str {
+        match self {
+            Membership::Active => "active",
+            Membership::Spare => "inactiveAdded",
+            Membership::Failed => "inactiveFailed",
+            Membership::Removed => "inactiveRemoved",
+        }
+    }
 }
 
 /// What REST reports of a node.
@@ -31,7 +64,7 @@ pub struct NodeInfo {
     pub kv: SocketAddr,
     pub rest: SocketAddr,
     pub otp: String,
-    pub failed: bool,
+    pub membership: Membership,
 }
 
 /// The map and the nodes, as the REST API shows them.
@@ -42,6 +75,15 @@ pub struct ClusterState {
     pub nodes: Vec<NodeInfo>,
     /// Per vbucket: [active, replica...], -1 = none.
     pub map: Vec<Vec<i32>>,
+    /// Bumped each time the map is published again.
+    pub revision: u64,
+    /// The node the last `replaceNode` added: where missing vbuckets go.
+    pub added: Option<usize>,
+    /// A recovery started with `startRecovery`.
+    pub recovery: Option<ShippedRecovery>,
+    pub recovery_api: RecoveryApi,
+    /// Test hook: route name -> statuses to answer instead of serving it, in order.
+    pub faults: std::collections::HashMap<String, Vec<u16>>,
 }
 
 /// A running cluster.
@@ -75,8 +117,8 @@ impl Cluster {
         let n = cfg.nodes.max(1);
         let replicas = cfg.replicas.min(n - 1);
         let nvb = cfg.node.vbuckets;
-        let mut nodes = Vec::with_capacity(n);
-        for i in 0..n {
+        let mut nodes = Vec::with_capacity(n + cfg.spares);
+        for i in 0..n + cfg.spares {
             let mut nc = cfg.node.clone();
             nc.initial_state = VbucketState::Dead;
             if let (Some(d), true) = (&cfg.node.data, subdirs) {
@@ -114,7 +156,11 @@ impl Cluster {
                 kv: node.kv_addr,
                 rest: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
                 otp: format!("n_{i}@127.0.0.1"),
-                failed: false,
+                membership: if i < n {
+                    Membership::Active
+                } else {
+                    Membership::Spare
+                },
             });
         }
         let cluster = Arc::new(Cluster {
@@ -123,10 +169,15 @@ impl Cluster {
                 replicas,
                 nodes: infos,
                 map,
+                revision: 1,
+                added: None,
+                recovery: None,
+                recovery_api: cfg.recovery_api,
+                faults: Default::default(),
             }),
             nodes,
         });
-        for i in 0..n {
+        for i in 0..n + cfg.spares {
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port(cfg.rest_port, i)));
             let bound = crate::rest::serve(cluster.clone(), addr).await?;
             cluster.lock().nodes[i].rest = bound;
@@ -152,10 +203,12 @@ impl Cluster {
     pub fn failover(&self, i: usize) -> Result<(), String> {
         let mut s = self.lock();
         let info = s.nodes.get_mut(i).ok_or_else(|| format!("no node {i}"))?;
-        if info.failed {
-            return Err(format!("{} is already failed over", info.otp));
+        match info.membership {
+            Membership::Active => {}
+            Membership::Spare => return Err(format!("{} is a spare: it holds nothing", info.otp)),
+            _ => return Err(format!("{} is already failed over", info.otp)),
         }
-        info.failed = true;
+        info.membership = Membership::Failed;
         self.nodes[i].halt();
         let failed = i as i32;
         for vb in 0..s.map.len() {
@@ -191,7 +244,24 @@ impl Cluster {
                 }
             }
         }
+        s.revision += 1;
         Ok(())
+    }
+
+    /// Test hook: the next call of `route` answers `status` (queued after earlier ones).
+    pub fn inject_fault(&self, route: &str, status: u16) {
+        self.lock()
+            .faults
+            .entry(route.to_string())
+            .or_default()
+            .push(status);
+    }
+
+    /// The injected status for `route`, consumed, if any.
+    pub fn take_fault(&self, route: &str) -> Option<u16> {
+        let mut s = self.lock();
+        let q = s.faults.get_mut(route)?;
+        (!q.is_empty()).then(|| q.remove(0))
     }
 
     /// Stops every node, writing their snapshots.

@@ -544,6 +544,9 @@ impl Connection {
     }
 
     fn stats(&mut self, p: &Packet) {
+        if let Some(group) = p.key.strip_prefix(b"vbucket-seqno") {
+            return self.vbucket_seqno_stats(p, group);
+        }
         let b = &self.ctx.bucket;
         let stats: Vec<(String, String)> = vec![
             ("pid".into(), std::process::id().to_string()),
@@ -564,6 +567,46 @@ impl Connection {
             self.reply(p, Status::Success, 0, &[], k.as_bytes(), v.as_bytes());
         } else {
             return self.fail(p, Status::KeyEnoent);
+        }
+        self.reply(p, Status::Success, 0, &[], &[], &[]);
+    }
+
+    /// `STAT vbucket-seqno [N]`: `vb_N:high_seqno` and `vb_N:uuid` of every vbucket that is not
+    /// dead (or of vbucket N), what a DCP client reads to know where each stream ends.
+    fn vbucket_seqno_stats(&mut self, p: &Packet, group: &[u8]) {
+        let b = self.ctx.bucket.clone();
+        let only = std::str::from_utf8(group)
+            .ok()
+            .map(str::trim)
+            .filter(|g| !g.is_empty());
+        let vbs: Vec<u16> = match only.map(str::parse::<u16>) {
+            None => (0..b.num_vbuckets()).collect(),
+            Some(Ok(vb)) if vb < b.num_vbuckets() => vec![vb],
+            Some(_) => return self.fail(p, Status::Einval),
+        };
+        for vb in vbs {
+            let Some((high, uuid)) = b
+                .vb(vb)
+                .filter(|v| only.is_some() || v.state != VbucketState::Dead)
+                .map(|v| (v.high_seqno, v.uuid()))
+            else {
+                continue;
+            };
+            for (field, value) in [
+                ("high_seqno", high),
+                ("abs_high_seqno", high),
+                ("uuid", uuid),
+            ] {
+                let k = format!("vb_{vb}:{field}");
+                self.reply(
+                    p,
+                    Status::Success,
+                    0,
+                    &[],
+                    k.as_bytes(),
+                    value.to_string().as_bytes(),
+                );
+            }
         }
         self.reply(p, Status::Success, 0, &[], &[], &[]);
     }

@@ -8,7 +8,8 @@
 //! dcp.rs      the DCP producer (DCP_OPEN), flow control, noops
 //! node.rs     one node: bucket + KV listener + persistence
 //! cluster.rs  N nodes sharing one vbucket map, in-process replication, failover
-//! rest.rs     the REST port (the map as Couchbase's REST shows it)
+//! recovery.rs the vbuckets a failover lost: both recovery REST dialects, on the cluster state
+//! rest.rs     the REST port (the map as Couchbase's REST shows it, the recovery API)
 //! ```
 
 pub mod cluster;
@@ -16,10 +17,12 @@ pub mod dcp;
 pub mod kv;
 pub mod node;
 pub mod persist;
+pub mod recovery;
 pub mod rest;
 pub mod store;
 pub mod tap;
 
-pub use cluster::{Cluster, ClusterConfig, ClusterState, NodeInfo};
+pub use cluster::{Cluster, ClusterConfig, ClusterState, Membership, NodeInfo};
 pub use node::{Node, NodeConfig};
+pub use recovery::{RecoveryApi, Refusal};
 pub use store::Bucket;

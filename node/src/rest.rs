@@ -5,31 +5,68 @@
 //! GET  /pools/default                      {"name": "default", "nodes": [...]}
 //! GET  /pools/default/buckets/{bucket}     {"name", "nodeLocator": "vbucket", "vBucketServerMap", "nodes"}
 //! POST /controller/failOver                form otpNode=n_1@127.0.0.1
+//!
+//! the recovery design, under /pools/default/buckets/{bucket}/ (see crate::recovery)
+//! GET  vbucketsMissing                     [5, 8, ...]
+//! POST replaceNode                         add=NODE&remove=NODE          202 | 401 402 403
+//! POST changeVbucketStates                 vbucket=5&vbucket=8&state=S   202 | 410 411
+//! POST updateVbucketMap                                                  202 | 410
+//! Couchbase Server's shipped form, under /pools/default/buckets/{bucket}/controller/
+//! POST startRecovery                       {"code":"ok","recoveryMap":[..],"uuid"} | 400 404
+//! POST commitVBucket?recovery_uuid=U       vbucket=N          200 | 400 402 404 406
+//! POST stopRecovery?recovery_uuid=U                           200 | 400 406
+//!
+//! test hook
+//! POST /pump/faults                        route=replaceNode&status=403: the next call answers it
 //! ```
 //!
-//! Every node's REST port serves the same router over the one shared [`Cluster`]; later routes
-//! (the recovery API) are added to [`router`].
+//! Every node's REST port serves the same router over the one shared [`Cluster`]. A node started
+//! with one recovery dialect answers 404 to the other's routes, as such a server would.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::cluster::{Cluster, ClusterState};
+use crate::recovery::{RecoveryApi, Refusal};
 
 /// The routes, over the shared cluster state.
 pub fn router(cluster: Arc<Cluster>) -> Router {
-    Router::new()
+    let api = cluster.lock().recovery_api;
+    let mut r = Router::new()
         .route("/pools", get(pools))
         .route("/pools/default", get(pool_default))
         .route("/pools/default/buckets/{bucket}", get(bucket))
         .route("/controller/failOver", post(failover))
-        .with_state(cluster)
+        .route("/pump/faults", post(inject_fault));
+    if api != RecoveryApi::Shipped {
+        let b = "/pools/default/buckets/{bucket}";
+        r = r
+            .route(&format!("{b}/vbucketsMissing"), get(vbuckets_missing))
+            .route(&format!("{b}/replaceNode"), post(replace_node))
+            .route(
+                &format!("{b}/changeVbucketStates"),
+                post(change_vbucket_states),
+            )
+            .route(&format!("{b}/updateVbucketMap"), post(update_vbucket_map));
+    }
+    if api != RecoveryApi::Design {
+        let c = "/pools/default/buckets/{bucket}/controller";
+        r = r
+            .route(&format!("{c}/startRecovery"), post(start_recovery))
+            .route(&format!("{c}/commitVBucket"), post(commit_vbucket))
+            .route(&format!("{c}/stopRecovery"), post(stop_recovery));
+    }
+    r.with_state(cluster)
 }
 
 /// Binds `addr` and serves the router in the background; returns the bound address.
@@ -45,16 +82,17 @@ pub async fn serve(cluster: Arc<Cluster>, addr: SocketAddr) -> std::io::Result<S
     Ok(bound)
 }
 
-fn nodes_json(s: &ClusterState) -> Vec<Value> {
+fn nodes_json(c: &Cluster, s: &ClusterState) -> Vec<Value> {
     s.nodes
         .iter()
-        .map(|n| {
+        .enumerate()
+        .map(|(i, n)| {
             json!({
                 "hostname": n.rest.to_string(),
                 "otpNode": n.otp,
                 "ports": {"direct": n.kv.port()},
-                "status": if n.failed { "unhealthy" } else { "healthy" },
-                "clusterMembership": if n.failed { "inactiveFailed" } else { "active" },
+                "status": if c.nodes[i].is_halted() { "unhealthy" } else { "healthy" },
+                "clusterMembership": n.membership.as_rest(),
             })
         })
         .collect()
@@ -68,7 +106,7 @@ async fn pool_default(State(c): State<Arc<Cluster>>) -> Json<Value> {
     let s = c.lock();
     Json(json!({
         "name": "default",
-        "nodes": nodes_json(&s),
+        "nodes": nodes_json(&c, &s),
         "buckets": {"uri": "/pools/default/buckets"},
     }))
 }
@@ -94,7 +132,8 @@ async fn bucket(
             "serverList": s.nodes.iter().map(|n| n.kv.to_string()).collect::<Vec<_>>(),
             "vBucketMap": s.map,
         },
-        "nodes": nodes_json(&s),
+        "rev": s.revision,
+        "nodes": nodes_json(&c, &s),
     })))
 }
 
@@ -118,4 +157,126 @@ async fn failover(
         Ok(()) => (StatusCode::OK, String::new()),
         Err(e) => (StatusCode::BAD_REQUEST, e),
     }
+}
+
+/// An answer of the recovery API: the status, and the sentence or the JSON.
+type Answer = Result<Response, Response>;
+
+fn refused(r: Refusal) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, r.message).into_response()
+}
+
+/// 404 for another bucket; the injected status, if the test hook queued one for `route`.
+fn precheck(c: &Cluster, bucket: &str, route: &str) -> Result<(), Response> {
+    if bucket != c.lock().bucket {
+        return Err(refused(Refusal {
+            status: 404,
+            message: format!("Requested resource not found: bucket {bucket}"),
+        }));
+    }
+    match c.take_fault(route) {
+        Some(status) => Err(refused(Refusal {
+            status,
+            message: format!("{route}: status {status} injected by the test hook"),
+        })),
+        None => Ok(()),
+    }
+}
+
+/// The pairs of an `application/x-www-form-urlencoded` body, repeated keys kept in order.
+fn form_pairs(body: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(body.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn first<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+async fn vbuckets_missing(State(c): State<Arc<Cluster>>, Path(b): Path<String>) -> Answer {
+    precheck(&c, &b, "vbucketsMissing")?;
+    Ok(Json(c.missing_vbuckets()).into_response())
+}
+
+async fn replace_node(
+    State(c): State<Arc<Cluster>>,
+    Path(b): Path<String>,
+    body: String,
+) -> Answer {
+    precheck(&c, &b, "replaceNode")?;
+    let f = form_pairs(&body);
+    c.replace_node(first(&f, "add"), first(&f, "remove"))
+        .map_err(refused)?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+async fn change_vbucket_states(
+    State(c): State<Arc<Cluster>>,
+    Path(b): Path<String>,
+    body: String,
+) -> Answer {
+    precheck(&c, &b, "changeVbucketStates")?;
+    let f = form_pairs(&body);
+    let vbs: Vec<String> = f
+        .iter()
+        .filter(|(k, _)| k == "vbucket")
+        .map(|(_, v)| v.clone())
+        .collect();
+    c.change_vbucket_states(&vbs, first(&f, "state").unwrap_or(""))
+        .map_err(refused)?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+async fn update_vbucket_map(State(c): State<Arc<Cluster>>, Path(b): Path<String>) -> Answer {
+    precheck(&c, &b, "updateVbucketMap")?;
+    c.update_vbucket_map().map_err(refused)?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+async fn start_recovery(State(c): State<Arc<Cluster>>, Path(b): Path<String>) -> Answer {
+    precheck(&c, &b, "startRecovery")?;
+    Ok(Json(c.start_recovery().map_err(refused)?).into_response())
+}
+
+async fn commit_vbucket(
+    State(c): State<Arc<Cluster>>,
+    Path(b): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: String,
+) -> Answer {
+    precheck(&c, &b, "commitVBucket")?;
+    let f = form_pairs(&body);
+    let uuid = q.get("recovery_uuid").map(String::as_str);
+    Ok(Json(
+        c.commit_vbucket(uuid, first(&f, "vbucket"))
+            .map_err(refused)?,
+    )
+    .into_response())
+}
+
+async fn stop_recovery(
+    State(c): State<Arc<Cluster>>,
+    Path(b): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Answer {
+    precheck(&c, &b, "stopRecovery")?;
+    let uuid = q.get("recovery_uuid").map(String::as_str);
+    Ok(Json(c.stop_recovery(uuid).map_err(refused)?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct FaultForm {
+    route: String,
+    status: u16,
+}
+
+/// Test hook: queue `status` as the next answer of `route`.
+async fn inject_fault(State(c): State<Arc<Cluster>>, Form(f): Form<FaultForm>) -> StatusCode {
+    c.inject_fault(&f.route, f.status);
+    StatusCode::OK
 }

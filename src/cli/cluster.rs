@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use pump_node::{Cluster, ClusterConfig, NodeConfig};
+use pump_node::{Cluster, ClusterConfig, Membership, NodeConfig, RecoveryApi};
 
 use super::Failure;
 
@@ -51,6 +51,12 @@ pub struct Up {
     /// Directory where each node persists its bucket (DIR/node-i).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Spare nodes started after the members, holding nothing, for a recovery's replaceNode.
+    #[arg(long, default_value_t = 0)]
+    pub spares: usize,
+    /// The recovery REST dialect(s) the nodes answer: both, design or shipped.
+    #[arg(long, default_value = "both")]
+    pub recovery_api: RecoveryApi,
     /// SASL user required of clients.
     #[arg(long, requires = "password")]
     pub user: Option<String>,
@@ -89,6 +95,8 @@ pub async fn up(a: Up, single: bool) -> Result<(), Failure> {
         node,
         kv_port: a.kv_port,
         rest_port: a.rest_port,
+        spares: a.spares,
+        recovery_api: a.recovery_api,
     };
     let cluster = if single {
         Cluster::start_single(cfg).await
@@ -99,7 +107,12 @@ pub async fn up(a: Up, single: bool) -> Result<(), Failure> {
     {
         let s = cluster.lock();
         for (i, n) in s.nodes.iter().enumerate() {
-            println!("node {i} kv={} rest={} otp={}", n.kv, n.rest, n.otp);
+            let spare = if n.membership == Membership::Spare {
+                " spare"
+            } else {
+                ""
+            };
+            println!("node {i} kv={} rest={} otp={}{spare}", n.kv, n.rest, n.otp);
         }
     }
     use std::io::Write as _;

@@ -39,6 +39,8 @@ pub async fn run(a: NodeArgs) -> Result<(), Failure> {
         replicas: 0,
         kv_port: a.kv_port,
         rest_port: a.rest_port,
+        spares: 0,
+        recovery_api: pump_node::RecoveryApi::Both,
         bucket: a.bucket,
         vbuckets: a.vbuckets,
         data: a.data,

@@ -4,11 +4,16 @@
 //! ```text
 //! pump                                            node
 //!  | SASL_AUTH, SELECT_BUCKET -B                   |
-//!  | TAP_CONNECT SUPPORT_ACK|FIX_FLAG_BYTEORDER --->|
 //!  | TAP_MUTATION (flags in network order, NETWORK_BYTE_ORDER) / TAP_DELETE, with ACK ...
-//!  |<--- ack (same opcode and opaque, a status) for every ACK-flagged message
+//!  |<--- ack (same opcode and opaque, a status) for every ACK-flagged message,
+//!  |<--- and a reply for every refused one
 //!  | the batch is confirmed once the last message's ack arrived
 //! ```
+//! No TAP_CONNECT: that request asks the server to *produce* a stream (its flags, BACKFILL,
+//! DUMP, ..., SUPPORT_ACK, describe what the requester wants to receive), so a destination
+//! that got one would start sending. A TAP consumer is a connection that sends TAP messages;
+//! what SUPPORT_ACK and FIX_FLAG_BYTEORDER negotiate for a stream, the sink says per message
+//! with the ACK and NETWORK_BYTE_ORDER flags.
 //! The ACK flag goes on every message (`-x tap_ack_every=1`, the default) or on every N-th
 //! and the last of each batch. A refused message goes through pump::Verdict::of: temporary
 //! statuses are resent after a backoff, others are reported per key.
@@ -32,7 +37,7 @@ use pump::{
 };
 use pump_client::{Auth, Connection, ReadHalf, WriteHalf};
 use pump_protocol::packet::encode_request;
-use pump_protocol::tap::{connect_flags, message_flags, TapConnect};
+use pump_protocol::tap::message_flags;
 use pump_protocol::{Magic, Opcode, Packet, Status};
 
 use crate::net;
@@ -96,7 +101,7 @@ impl TapWriter {
     async fn connection(&mut self) -> Result<&mut (ReadHalf, WriteHalf), Error> {
         if self.conn.is_none() {
             let err = |e| Error::sink(&self.spec, e);
-            let mut c = Connection::open(
+            let c = Connection::open(
                 &self.addr,
                 self.auth.as_ref(),
                 Some(&self.bucket),
@@ -104,12 +109,6 @@ impl TapWriter {
             )
             .await
             .map_err(err)?;
-            let connect = TapConnect {
-                name: bytes::Bytes::from(format!("pump-sink-{}", std::process::id())),
-                flags: connect_flags::SUPPORT_ACK | connect_flags::FIX_FLAG_BYTEORDER,
-                ..TapConnect::default()
-            };
-            c.send(&connect.to_packet()).await.map_err(err)?;
             self.conn = Some(c.into_split());
         }
         self.conn
@@ -125,6 +124,9 @@ impl TapWriter {
     ) -> Result<HashMap<usize, Status>, Error> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
+        // Every message by opaque (a refused one is answered even without ACK), and the
+        // ACK-flagged ones still to be answered.
+        let mut by_opaque: HashMap<u32, usize> = HashMap::with_capacity(which.len());
         let mut waiting: HashMap<u32, usize> = HashMap::new();
         for (n, &i) in which.iter().enumerate() {
             let m = &messages[i];
@@ -132,6 +134,7 @@ impl TapWriter {
             self.next_opaque = self.next_opaque.wrapping_add(1).max(1);
             let ack = (n + 1) % self.ack_every == 0 || n + 1 == which.len();
             let mut tap_flags = message_flags::NETWORK_BYTE_ORDER;
+            by_opaque.insert(opaque, i);
             if ack {
                 tap_flags |= message_flags::ACK;
                 waiting.insert(opaque, i);
@@ -186,7 +189,8 @@ impl TapWriter {
                     }
                     continue;
                 }
-                if let Some(i) = waiting.remove(&p.opaque) {
+                waiting.remove(&p.opaque);
+                if let Some(&i) = by_opaque.get(&p.opaque) {
                     statuses.insert(i, p.status());
                 } else if p.status() != Status::Success {
                     return Err(Error::sink(
