@@ -320,12 +320,158 @@ impl Cluster {
 
 /// 32 hex digits, different for every recovery of a process.
 fn new_uuid(pending: &BTreeMap<u16, usize>) -> String {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    pending.len().hash(&mut h);
-    std::time::SystemTime::now().hash(&mut h);
-    let a = h.finish();
-    let mut h2 = std::collections::hash_map::RandomState::new().build_hasher();
-    a.hash(&mut h2);
-    format!("{a:016x}{:016x}", h2.finish())
+    use std::hash::BuildHasher;
+    let seed = (pending.len(), std::time::SystemTime::now());
+    let a = std::collections::hash_map::RandomState::new().hash_one(seed);
+    let b = std::collections::hash_map::RandomState::new().hash_one(a);
+    format!("{a:016x}{b:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ClusterConfig, NodeConfig};
+    use std::sync::Arc;
+
+    /// 3 members and 1 spare, 12 vbuckets, no replica; node 1 failed over.
+    async fn failed_cluster(api: RecoveryApi) -> Arc<Cluster> {
+        let c = Cluster::start(ClusterConfig {
+            nodes: 3,
+            replicas: 0,
+            node: NodeConfig {
+                vbuckets: 12,
+                ..NodeConfig::default()
+            },
+            kv_port: 0,
+            rest_port: 0,
+            spares: 1,
+            recovery_api: api,
+        })
+        .await
+        .unwrap();
+        c.failover(1).unwrap();
+        c
+    }
+
+    fn strings(vbs: &[u16]) -> Vec<String> {
+        vbs.iter().map(u16::to_string).collect()
+    }
+
+    #[tokio::test]
+    async fn a_failover_without_replicas_leaves_that_nodes_vbuckets_missing() {
+        let c = failed_cluster(RecoveryApi::Both).await;
+        assert_eq!(c.missing_vbuckets(), vec![1, 4, 7, 10]);
+    }
+
+    #[tokio::test]
+    async fn replace_node_refuses_unknown_existing_and_active_nodes_before_changing_anything() {
+        let c = failed_cluster(RecoveryApi::Both).await;
+        let status = |r: Result<(), Refusal>| r.unwrap_err().status;
+        assert_eq!(status(c.replace_node(Some("n_9@127.0.0.1"), None)), 401);
+        assert_eq!(
+            status(c.replace_node(Some("n_3@127.0.0.1"), Some("n_8@h"))),
+            401
+        );
+        assert_eq!(status(c.replace_node(Some("n_0@127.0.0.1"), None)), 402);
+        assert_eq!(status(c.replace_node(None, Some("n_2@127.0.0.1"))), 403);
+        // A refused call added nothing.
+        assert_eq!(c.lock().nodes[3].membership, Membership::Spare);
+        c.replace_node(Some("n_3@127.0.0.1"), Some("n_1@127.0.0.1"))
+            .unwrap();
+        assert_eq!(c.lock().nodes[3].membership, Membership::Active);
+        assert_eq!(c.lock().nodes[1].membership, Membership::Removed);
+        // Again (a rerun): the added node exists already.
+        assert_eq!(
+            status(c.replace_node(Some("n_3@127.0.0.1"), Some("n_1@127.0.0.1"))),
+            402
+        );
+    }
+
+    #[tokio::test]
+    async fn the_design_flow_brings_every_missing_vbucket_back_on_the_added_node() {
+        let c = failed_cluster(RecoveryApi::Both).await;
+        c.replace_node(Some("n_3@127.0.0.1"), Some("n_1@127.0.0.1"))
+            .unwrap();
+        let missing = c.missing_vbuckets();
+        c.change_vbucket_states(&strings(&missing), "replica")
+            .unwrap();
+        for vb in &missing {
+            assert_eq!(c.lock().map[*vb as usize][0], 3);
+            assert_eq!(c.nodes[3].bucket.state(*vb), Some(VbucketState::Replica));
+        }
+        // Still missing until active: a rerun would pick them up.
+        assert_eq!(c.missing_vbuckets(), missing);
+        // The map names a node where vbucket 1 is not active yet.
+        assert_eq!(c.update_vbucket_map().unwrap_err().status, 410);
+        c.change_vbucket_states(&strings(&missing), "active")
+            .unwrap();
+        assert!(c.missing_vbuckets().is_empty());
+        let rev = c.lock().revision;
+        c.update_vbucket_map().unwrap();
+        assert_eq!(c.lock().revision, rev + 1);
+    }
+
+    #[tokio::test]
+    async fn change_vbucket_states_checks_every_vbucket_and_the_state_first() {
+        let c = failed_cluster(RecoveryApi::Both).await;
+        let r = c.change_vbucket_states(&strings(&[1, 4]), "bogus");
+        assert_eq!(r.unwrap_err().status, 411);
+        let r = c.change_vbucket_states(&["1".into(), "12".into()], "replica");
+        let e = r.unwrap_err();
+        assert_eq!((e.status, e.message.contains("vbucket 12")), (410, true));
+        // Vbucket 1 was not touched by the refused call.
+        assert_eq!(c.lock().map[1][0], -1);
+        // Without an added node, missing vbuckets go to the serving members.
+        c.change_vbucket_states(&strings(&[1, 4]), "active")
+            .unwrap();
+        let map = c.lock().map.clone();
+        assert!(map[1][0] == 0 || map[1][0] == 2);
+        assert_eq!(c.missing_vbuckets(), vec![7, 10]);
+    }
+
+    #[tokio::test]
+    async fn the_shipped_flow_commits_each_vbucket_under_its_uuid() {
+        let c = failed_cluster(RecoveryApi::Shipped).await;
+        let v = c.start_recovery().unwrap();
+        let uuid = v["uuid"].as_str().unwrap().to_string();
+        let mut listed: Vec<u64> = v["recoveryMap"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|e| e["vbuckets"].as_array().unwrap().clone())
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        listed.sort();
+        assert_eq!(listed, vec![1, 4, 7, 10]);
+        let status = |r: Result<Value, Refusal>| r.unwrap_err().status;
+        assert_eq!(status(c.commit_vbucket(None, Some("1"))), 400);
+        assert_eq!(status(c.commit_vbucket(Some("nope"), Some("1"))), 406);
+        assert_eq!(status(c.commit_vbucket(Some(&uuid), Some("x"))), 402);
+        assert_eq!(status(c.commit_vbucket(Some(&uuid), Some("2"))), 404);
+        for vb in ["1", "4", "7"] {
+            assert_eq!(
+                c.commit_vbucket(Some(&uuid), Some(vb)).unwrap()["code"],
+                "ok"
+            );
+        }
+        let last = c.commit_vbucket(Some(&uuid), Some("10")).unwrap();
+        assert_eq!(last["code"], "recovery_completed");
+        assert!(c.missing_vbuckets().is_empty());
+        assert_eq!(c.start_recovery().unwrap_err().status, 400);
+    }
+
+    #[tokio::test]
+    async fn stop_recovery_puts_the_uncommitted_vbuckets_back_to_missing() {
+        let c = failed_cluster(RecoveryApi::Shipped).await;
+        let uuid = c.start_recovery().unwrap()["uuid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        c.commit_vbucket(Some(&uuid), Some("4")).unwrap();
+        assert_eq!(c.stop_recovery(Some("other")).unwrap_err().status, 406);
+        c.stop_recovery(Some(&uuid)).unwrap();
+        assert_eq!(c.missing_vbuckets(), vec![1, 7, 10]);
+        assert_eq!(c.lock().map[1][0], -1);
+        assert_eq!(c.stop_recovery(Some(&uuid)).unwrap_err().status, 406);
+    }
 }

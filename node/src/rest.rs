@@ -159,27 +159,29 @@ async fn failover(
     }
 }
 
-/// An answer of the recovery API: the status, and the sentence or the JSON.
-type Answer = Result<Response, Response>;
+/// An answer of the recovery API: the JSON or status, or the refusal's status and sentence.
+type Answer = Result<Response, Refusal>;
 
-fn refused(r: Refusal) -> Response {
-    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, r.message).into_response()
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, self.message).into_response()
+    }
 }
 
 /// 404 for another bucket; the injected status, if the test hook queued one for `route`.
-fn precheck(c: &Cluster, bucket: &str, route: &str) -> Result<(), Response> {
+fn precheck(c: &Cluster, bucket: &str, route: &str) -> Result<(), Refusal> {
     if bucket != c.lock().bucket {
-        return Err(refused(Refusal {
+        return Err(Refusal {
             status: 404,
             message: format!("Requested resource not found: bucket {bucket}"),
-        }));
+        });
     }
     match c.take_fault(route) {
-        Some(status) => Err(refused(Refusal {
+        Some(status) => Err(Refusal {
             status,
             message: format!("{route}: status {status} injected by the test hook"),
-        })),
+        }),
         None => Ok(()),
     }
 }
@@ -210,8 +212,7 @@ async fn replace_node(
 ) -> Answer {
     precheck(&c, &b, "replaceNode")?;
     let f = form_pairs(&body);
-    c.replace_node(first(&f, "add"), first(&f, "remove"))
-        .map_err(refused)?;
+    c.replace_node(first(&f, "add"), first(&f, "remove"))?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -227,20 +228,19 @@ async fn change_vbucket_states(
         .filter(|(k, _)| k == "vbucket")
         .map(|(_, v)| v.clone())
         .collect();
-    c.change_vbucket_states(&vbs, first(&f, "state").unwrap_or(""))
-        .map_err(refused)?;
+    c.change_vbucket_states(&vbs, first(&f, "state").unwrap_or(""))?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
 async fn update_vbucket_map(State(c): State<Arc<Cluster>>, Path(b): Path<String>) -> Answer {
     precheck(&c, &b, "updateVbucketMap")?;
-    c.update_vbucket_map().map_err(refused)?;
+    c.update_vbucket_map()?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
 async fn start_recovery(State(c): State<Arc<Cluster>>, Path(b): Path<String>) -> Answer {
     precheck(&c, &b, "startRecovery")?;
-    Ok(Json(c.start_recovery().map_err(refused)?).into_response())
+    Ok(Json(c.start_recovery()?).into_response())
 }
 
 async fn commit_vbucket(
@@ -252,11 +252,7 @@ async fn commit_vbucket(
     precheck(&c, &b, "commitVBucket")?;
     let f = form_pairs(&body);
     let uuid = q.get("recovery_uuid").map(String::as_str);
-    Ok(Json(
-        c.commit_vbucket(uuid, first(&f, "vbucket"))
-            .map_err(refused)?,
-    )
-    .into_response())
+    Ok(Json(c.commit_vbucket(uuid, first(&f, "vbucket"))?).into_response())
 }
 
 async fn stop_recovery(
@@ -266,7 +262,7 @@ async fn stop_recovery(
 ) -> Answer {
     precheck(&c, &b, "stopRecovery")?;
     let uuid = q.get("recovery_uuid").map(String::as_str);
-    Ok(Json(c.stop_recovery(uuid).map_err(refused)?).into_response())
+    Ok(Json(c.stop_recovery(uuid)?).into_response())
 }
 
 #[derive(Debug, Deserialize)]
