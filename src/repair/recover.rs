@@ -316,19 +316,13 @@ async fn recover_design(
         if let Some(r) = &req.remove_node {
             form.push(("remove", r.clone()));
         }
-        let a = dest.post(&format!("{b}/replaceNode"), &form).await?;
-        let subject = match a.status {
-            401 | 403 => req
-                .remove_node
-                .clone()
-                .or(req.add_node.clone())
-                .unwrap_or_default(),
-            _ => req.add_node.clone().unwrap_or_default(),
-        };
-        match a.status {
-            200..=202 => eprintln!("replaced node: {form:?}"),
-            402 => eprintln!("node {subject} is already in the cluster (a rerun?): going on"),
-            s => return Err(RecoverError::Rest(design_error("replaceNode", s, &subject))),
+        if already_replaced(dest, req).await? {
+            eprintln!(
+                "{} already in place (a rerun): replaceNode skipped",
+                describe_replacement(req)
+            );
+        } else {
+            replace_node(dest, &b, req, &form).await?;
         }
     }
     change_states(dest, &b, &missing, "replica").await?;
@@ -353,6 +347,86 @@ async fn recover_design(
         )));
     }
     Ok(report)
+}
+
+fn describe_replacement(req: &RecoverRequest) -> String {
+    match (&req.add_node, &req.remove_node) {
+        (Some(a), Some(r)) => format!("node {a} in place of {r}"),
+        (Some(a), None) => format!("node {a}"),
+        (None, Some(r)) => format!("the removal of node {r}"),
+        (None, None) => String::new(),
+    }
+}
+
+/// True when a previous run already did the replacement: the added node is an active member
+/// and the removed one is gone or marked removed.
+async fn already_replaced(dest: &Rest, req: &RecoverRequest) -> Result<bool, RecoverError> {
+    let members = node_memberships(dest).await?;
+    let added = req
+        .add_node
+        .as_ref()
+        .is_none_or(|a| members.get(a).is_some_and(|m| m == "active"));
+    let removed = req
+        .remove_node
+        .as_ref()
+        .is_none_or(|r| members.get(r).is_none_or(|m| m == "inactiveRemoved"));
+    Ok(added && removed)
+}
+
+async fn replace_node(
+    dest: &Rest,
+    b: &str,
+    req: &RecoverRequest,
+    form: &[(&str, String)],
+) -> Result<(), RecoverError> {
+    let a = dest.post(&format!("{b}/replaceNode"), form).await?;
+    match a.status {
+        200..=202 => {
+            eprintln!("replaceNode: {}", describe_replacement(req));
+            Ok(())
+        }
+        s => {
+            // 401: whichever named node the cluster does not know; 403: the one to remove.
+            let subject = match s {
+                401 => req
+                    .add_node
+                    .iter()
+                    .chain(&req.remove_node)
+                    .find(|n| a.body.contains(n.as_str()))
+                    .or(req.add_node.as_ref())
+                    .or(req.remove_node.as_ref()),
+                403 => req.remove_node.as_ref(),
+                _ => req.add_node.as_ref(),
+            };
+            let subject = subject.cloned().unwrap_or_default();
+            Err(RecoverError::Rest(design_error("replaceNode", s, &subject)))
+        }
+    }
+}
+
+/// otpNode and hostname -> clusterMembership, from `GET /pools/default`.
+async fn node_memberships(dest: &Rest) -> Result<BTreeMap<String, String>, RecoverError> {
+    let v = pool_default(dest).await?;
+    let mut out = BTreeMap::new();
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        let m = n["clusterMembership"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        for name in ["otpNode", "hostname"] {
+            if let Some(x) = n[name].as_str() {
+                out.insert(x.to_string(), m.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn pool_default(dest: &Rest) -> Result<Value, RecoverError> {
+    let a = dest.get("/pools/default").await?;
+    serde_json::from_str(&a.body).map_err(|e| {
+        RecoverError::Rest(format!("{}: /pools/default does not parse: {e}", dest.base))
+    })
 }
 
 async fn change_states(dest: &Rest, b: &str, vbs: &[u16], state: &str) -> Result<(), RecoverError> {
@@ -420,6 +494,7 @@ async fn recover_shipped(req: &RecoverRequest, dest: &Rest) -> Result<RecoverRep
             plan.insert(vb as u16, kv.clone());
         }
     }
+    let listed = plan.len();
     let keep = keep_listed(req, plan.keys().copied().collect());
     plan.retain(|vb, _| keep.contains(vb));
     report.missing = plan.keys().copied().collect();
@@ -441,6 +516,7 @@ async fn recover_shipped(req: &RecoverRequest, dest: &Rest) -> Result<RecoverRep
         dest.base,
         vb_list(&report.missing)
     );
+    let partial = plan.len() < listed;
     for (vb, node) in plan {
         let r = transfer_vbucket(req, vb, &node).await?;
         let a = dest
@@ -461,15 +537,19 @@ async fn recover_shipped(req: &RecoverRequest, dest: &Rest) -> Result<RecoverRep
         }
         report.recovered.push(r);
     }
+    if partial {
+        // -l left vbuckets of the recovery uncommitted: stop it, so they show missing again
+        // rather than held by a recovery nobody will finish.
+        let _ = dest
+            .post(&format!("{c}/stopRecovery?recovery_uuid={uuid}"), &[])
+            .await?;
+    }
     Ok(report)
 }
 
 /// otpNode -> KV address, from `GET /pools/default`.
 async fn node_kv_addresses(dest: &Rest) -> Result<BTreeMap<String, String>, RecoverError> {
-    let a = dest.get("/pools/default").await?;
-    let v: Value = serde_json::from_str(&a.body).map_err(|e| {
-        RecoverError::Rest(format!("{}: /pools/default does not parse: {e}", dest.base))
-    })?;
+    let v = pool_default(dest).await?;
     let mut out = BTreeMap::new();
     for n in v["nodes"].as_array().into_iter().flatten() {
         let otp = n["otpNode"].as_str().unwrap_or_default().to_string();

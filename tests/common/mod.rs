@@ -296,3 +296,194 @@ pub fn files_named(dir: &Path, pred: &dyn Fn(&str) -> bool) -> Vec<PathBuf> {
 pub fn data_files(dir: &Path) -> Vec<PathBuf> {
     files_named(dir, &|n| n.starts_with("data-") && n.ends_with(".cbb"))
 }
+
+/// A local cluster of reference nodes (`pump cluster up ... --kv-port 0 --rest-port 0`), killed
+/// by its pid when dropped.
+pub struct LocalCluster {
+    child: Child,
+    /// Per node: KV address, REST address, otpNode name, spare or not.
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// One node as `pump cluster up` prints it.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    pub kv: String,
+    pub rest: String,
+    pub otp: String,
+    pub spare: bool,
+}
+
+impl LocalCluster {
+    /// Starts `pump cluster up --nodes N ARGS` on free ports; waits for every node's line.
+    pub fn up(nodes: usize, spares: usize, args: &[&str]) -> LocalCluster {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pump"))
+            .args(["cluster", "up", "--kv-port", "0", "--rest-port", "0"])
+            .args([
+                "--nodes",
+                &nodes.to_string(),
+                "--spares",
+                &spares.to_string(),
+            ])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start pump cluster up");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut found = Vec::new();
+        while found.len() < nodes + spares {
+            let mut line = String::new();
+            assert!(
+                out.read_line(&mut line).unwrap() > 0,
+                "pump cluster up exited"
+            );
+            // node 0 kv=127.0.0.1:12000 rest=127.0.0.1:9000 otp=n_0@127.0.0.1 [spare]
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                    .to_string()
+            };
+            found.push(ClusterNode {
+                kv: field("kv="),
+                rest: field("rest="),
+                otp: field("otp="),
+                spare: line.trim_end().ends_with(" spare"),
+            });
+        }
+        LocalCluster {
+            child,
+            nodes: found,
+        }
+    }
+
+    /// `http://REST` of node 0.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.nodes[0].rest)
+    }
+
+    /// `couchbase://REST` of node 0.
+    pub fn spec(&self) -> String {
+        format!("couchbase://{}", self.nodes[0].rest)
+    }
+
+    /// GET `path` on node 0's REST port, as JSON.
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        let (status, body) = http(&self.nodes[0].rest, "GET", path, "");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// POST a form to `path` on node 0's REST port: (status, body).
+    pub fn post(&self, path: &str, form: &str) -> (u16, String) {
+        http(&self.nodes[0].rest, "POST", path, form)
+    }
+
+    /// The bucket's missing vbuckets (GET vbucketsMissing).
+    pub fn missing(&self) -> Vec<u64> {
+        self.get("/pools/default/buckets/default/vbucketsMissing")
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect()
+    }
+
+    /// The vBucketMap rows.
+    pub fn map(&self) -> Vec<Vec<i64>> {
+        let b = self.get("/pools/default/buckets/default");
+        b["vBucketServerMap"]["vBucketMap"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_i64().unwrap())
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Fails node `i` over through `pump cluster failover`.
+    pub fn failover(&self, i: usize) {
+        let out = pump(&["cluster", "failover", &self.url(), &self.nodes[i].otp]);
+        assert!(out.status.success(), "failover: {}", stderr(&out));
+    }
+
+    /// Queues `status` as the next answer of `route` (the node's test hook).
+    pub fn inject(&self, route: &str, status: u16) {
+        let (s, body) = self.post("/pump/faults", &format!("route={route}&status={status}"));
+        assert_eq!(s, 200, "inject {route}: {body}");
+    }
+
+    /// key -> (flags, expiry, value) of every item, read through the pump's CSV sink.
+    pub fn contents(&self) -> std::collections::BTreeMap<String, (String, String, String)> {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("all.csv");
+        transfer_ok(&self.spec(), &format!("csv:{}", csv.display()), &[]);
+        let rows = csv_rows(&csv);
+        let head = &rows[0];
+        let col = |name: &str| head.iter().position(|h| h == name).unwrap();
+        let (id, flags, exp, value) = (col("id"), col("flags"), col("expiration"), col("value"));
+        rows[1..]
+            .iter()
+            .map(|r| {
+                (
+                    r[id].clone(),
+                    (r[flags].clone(), r[exp].clone(), r[value].clone()),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 exchange (the tests' own client, independent of the pump's).
+pub fn http(addr: &str, method: &str, path: &str, form: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {raw:?}"));
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    // Chunked bodies: keep only the chunk data.
+    let body = if raw
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((len, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
