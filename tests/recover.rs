@@ -272,9 +272,34 @@ fn each_refusal_of_the_shipped_dialect_is_a_sentence() {
         (500, "could not commit vbucket 1 because some nodes failed"),
     ] {
         to.inject("commitVBucket", status);
-        refused(&from, &to, &[], sentence);
+        // -t 1: one vbucket at a time, so vbucket 1 is the first committed.
+        refused(&from, &to, &["-t", "1"], sentence);
     }
     let out = pump(&["recover", &from.url(), &to.url()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(to.map().iter().filter(|r| r[0] < 0).count(), 0);
+}
+
+#[test]
+fn the_demo_repairs_a_failed_over_cluster_and_its_check_passes() {
+    let out = pump(&["demo", "--items", "20000"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let lost = err
+        .lines()
+        .find_map(|l| {
+            l.split(" vbuckets have no copy left")
+                .next()
+                .filter(|_| l.contains("no copy left"))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .expect("the failover line counts the lost vbuckets");
+    assert!(lost > 300, "{err}");
+    assert!(err.contains(&format!("{lost} vbuckets recovered")), "{err}");
+    assert!(
+        err.contains("items in A, 20000 in B; 0 differ or lack, 0 extra"),
+        "{err}"
+    );
+    assert!(err.contains("check passed"), "{err}");
 }

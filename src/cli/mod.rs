@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cluster;
+mod demo;
 mod meta2;
 mod node;
 mod recover;
@@ -30,6 +31,8 @@ enum Command {
     Node(Box<node::NodeArgs>),
     /// A local cluster of reference nodes: up, failover.
     Cluster(Box<cluster::ClusterArgs>),
+    /// The whole repair on local clusters: load, failover, recover, check.
+    Demo(demo::DemoArgs),
     /// meta2 bases: check, sync, move, rebuild, generate.
     Meta2(meta2::Meta2Args),
 }
@@ -91,6 +94,7 @@ pub fn main() -> ExitCode {
             Command::Node(args) => node::run(*args).await,
             Command::Cluster(args) => cluster::run(*args).await,
             Command::Meta2(args) => meta2::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
             Command::Kinds => {
                 print_kinds();
                 Ok(())

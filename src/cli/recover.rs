@@ -4,7 +4,7 @@ use clap::Args;
 use pump::{Credentials, VbucketSet};
 
 use super::Failure;
-use crate::repair::recover::{recover, RecoverError, RecoverRequest};
+use crate::repair::recover::{recover, RecoverError, RecoverReport, RecoverRequest};
 
 /// cbrecovery's options.
 #[derive(Debug, Args)]
@@ -56,7 +56,7 @@ pub struct RecoverArgs {
     /// More output.
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Streams per transfer.
+    /// Vbuckets transferred at once (each one stream).
     #[arg(short = 't', long = "threads", default_value_t = 4)]
     pub threads: usize,
 }
@@ -108,11 +108,17 @@ pub async fn run(args: RecoverArgs) -> Result<(), Failure> {
         );
         return Ok(());
     }
+    print_report(&report, started.elapsed().as_secs_f64(), usize::MAX);
+    Ok(())
+}
+
+/// The per-vbucket table (its first `rows` lines) and the totals, on stderr.
+pub fn print_report(report: &RecoverReport, secs: f64, rows: usize) {
     eprintln!(
         "{:>8}  {:<22} {:>10} {:>12} {:>12}",
         "vbucket", "into", "items", "bytes", "items/s"
     );
-    for r in &report.recovered {
+    for r in report.recovered.iter().take(rows) {
         eprintln!(
             "{:>8}  {:<22} {:>10} {:>12} {:>12.0}",
             r.vbucket,
@@ -122,9 +128,11 @@ pub async fn run(args: RecoverArgs) -> Result<(), Failure> {
             r.items as f64 / r.seconds.max(1e-9)
         );
     }
+    if report.recovered.len() > rows {
+        eprintln!("     ... {} more vbuckets", report.recovered.len() - rows);
+    }
     let items: u64 = report.recovered.iter().map(|r| r.items).sum();
     let bytes: u64 = report.recovered.iter().map(|r| r.bytes).sum();
-    let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "{} vbuckets recovered ({}), {items} items, {bytes} bytes in {secs:.2} s: {:.0} items/s, {:.1} MB/s",
         report.recovered.len(),
@@ -132,5 +140,4 @@ pub async fn run(args: RecoverArgs) -> Result<(), Failure> {
         items as f64 / secs.max(1e-9),
         bytes as f64 / 1e6 / secs.max(1e-9)
     );
-    Ok(())
 }

@@ -203,6 +203,22 @@ fn vb_list(vbs: &[u16]) -> String {
     VbucketSet::from_ids(vbs.iter().copied()).to_list_string()
 }
 
+/// `N vbuckets: LIST`, the list cut after 120 characters unless `verbose`.
+fn vb_summary(vbs: &[u16], verbose: u8) -> String {
+    let list = vb_list(vbs);
+    match list.char_indices().nth(120) {
+        Some((cut, _)) if verbose == 0 => {
+            let cut = list[..cut].rfind(',').unwrap_or(cut);
+            format!(
+                "{} vbuckets: {},... (-v lists them all)",
+                vbs.len(),
+                &list[..cut]
+            )
+        }
+        _ => format!("{} vbuckets: {list}", vbs.len()),
+    }
+}
+
 /// The cluster's KV address of each node index, and each vbucket's chain, from the bucket's map.
 struct BucketMap {
     servers: Vec<String>,
@@ -296,7 +312,11 @@ async fn recover_design(
     if missing.is_empty() {
         return Ok(report);
     }
-    eprintln!("missing vbuckets on {}: {}", dest.base, vb_list(&missing));
+    eprintln!(
+        "missing on {}: {}",
+        dest.base,
+        vb_summary(&missing, req.verbose)
+    );
     if req.dry_run {
         eprintln!("dry run: would {}set them to replica, stream them from {}, set them active, update the map",
             match (&req.add_node, &req.remove_node) {
@@ -327,17 +347,18 @@ async fn recover_design(
     }
     change_states(dest, &b, &missing, "replica").await?;
     let map = BucketMap::parse(&dest.get(&b).await?.body, &dest.base)?;
+    let mut plan = Vec::with_capacity(missing.len());
     for vb in &missing {
         let node = map.holder(*vb).ok_or_else(|| {
             RecoverError::Rest(format!("vbucket {vb}: the destination's map names no node for it after changeVbucketStates"))
         })?;
-        let r = transfer_vbucket(req, *vb, &node).await?;
-        change_states(dest, &b, &[*vb], "active").await?;
-        if req.verbose > 0 {
-            eprintln!("vbucket {vb}: {} items recovered into {node}", r.items);
-        }
-        report.recovered.push(r);
+        plan.push((*vb, node));
     }
+    report.recovered = for_each_vbucket(req, plan, |vb| {
+        let b = b.clone();
+        async move { change_states(dest, &b, &[vb], "active").await }
+    })
+    .await?;
     let a = dest.post(&format!("{b}/updateVbucketMap"), &[]).await?;
     if !(200..=202).contains(&a.status) {
         return Err(RecoverError::Rest(design_error(
@@ -512,31 +533,28 @@ async fn recover_shipped(req: &RecoverRequest, dest: &Rest) -> Result<RecoverRep
         return Ok(report);
     }
     eprintln!(
-        "missing vbuckets on {}: {}",
+        "missing on {}: {}",
         dest.base,
-        vb_list(&report.missing)
+        vb_summary(&report.missing, req.verbose)
     );
     let partial = plan.len() < listed;
-    for (vb, node) in plan {
-        let r = transfer_vbucket(req, vb, &node).await?;
-        let a = dest
-            .post(
-                &format!("{c}/commitVBucket?recovery_uuid={uuid}"),
-                &[("vbucket", vb.to_string())],
-            )
-            .await?;
-        if !(200..=202).contains(&a.status) {
-            return Err(RecoverError::Rest(shipped_error(
-                "commitVBucket",
-                a.status,
-                &vb.to_string(),
-            )));
+    let commit = format!("{c}/commitVBucket?recovery_uuid={uuid}");
+    report.recovered = for_each_vbucket(req, plan.into_iter().collect(), |vb| {
+        let commit = commit.clone();
+        async move {
+            let a = dest.post(&commit, &[("vbucket", vb.to_string())]).await?;
+            if (200..=202).contains(&a.status) {
+                Ok(())
+            } else {
+                Err(RecoverError::Rest(shipped_error(
+                    "commitVBucket",
+                    a.status,
+                    &vb.to_string(),
+                )))
+            }
         }
-        if req.verbose > 0 {
-            eprintln!("vbucket {vb}: {} items recovered into {node}", r.items);
-        }
-        report.recovered.push(r);
-    }
+    })
+    .await?;
     if partial {
         // -l left vbuckets of the recovery uncommitted: stop it, so they show missing again
         // rather than held by a recovery nobody will finish.
@@ -545,6 +563,37 @@ async fn recover_shipped(req: &RecoverRequest, dest: &Rest) -> Result<RecoverRep
             .await?;
     }
     Ok(report)
+}
+
+/// Transfers each vbucket of `plan` into its node, then `activate`s it: up to `-t` vbuckets
+/// at a time, each activated as soon as its own transfer is confirmed, so an interruption
+/// leaves only whole vbuckets active. Stops at the first error (the others in flight finish
+/// or are dropped unactivated). The report is in vbucket order.
+async fn for_each_vbucket<F, Fut>(
+    req: &RecoverRequest,
+    plan: Vec<(u16, String)>,
+    activate: F,
+) -> Result<Vec<Recovered>, RecoverError>
+where
+    F: Fn(u16) -> Fut,
+    Fut: std::future::Future<Output = Result<(), RecoverError>>,
+{
+    use futures::stream::{StreamExt, TryStreamExt};
+    let activate = &activate;
+    let mut done: Vec<Recovered> = futures::stream::iter(plan)
+        .map(|(vb, node)| async move {
+            let r = transfer_vbucket(req, vb, &node).await?;
+            activate(vb).await?;
+            if req.verbose > 0 {
+                eprintln!("vbucket {vb}: {} items recovered into {node}", r.items);
+            }
+            Ok::<_, RecoverError>(r)
+        })
+        .buffer_unordered(req.threads.max(1))
+        .try_collect()
+        .await?;
+    done.sort_by_key(|r| r.vbucket);
+    Ok(done)
 }
 
 /// otpNode -> KV address, from `GET /pools/default`.
@@ -579,7 +628,8 @@ async fn transfer_vbucket(
         source_auth: req.source_auth.clone(),
         dest_auth: req.dest_auth.clone(),
         vbuckets: Some(VbucketSet::from_ids([vb])),
-        threads: req.threads,
+        // One vbucket is one stream; -t runs that many vbuckets at once instead.
+        threads: 1,
         verbose: req.verbose,
         ..Options::default()
     };
