@@ -234,6 +234,24 @@ fn start_node(data: &Path, kv: u16, rest: u16) -> Guard {
     Guard(child)
 }
 
+/// SIGTERM, then wait for the process to exit.
+fn stop_cleanly(mut node: Guard) {
+    let pid = node.0.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM {pid}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.0.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "pump node did not stop on SIGTERM in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_node_killed_mid_dcp_stream_fails_clearly_and_the_rerun_resumes_from_the_checkpoint() {
     require_cluster_cli();
@@ -246,6 +264,10 @@ fn a_node_killed_mid_dcp_stream_fails_clearly_and_the_rerun_resumes_from_the_che
     load(&format!("couchbase://127.0.0.1:{rest_a}"));
     let original = contents(&format!("couchbase://127.0.0.1:{rest_a}"), &[]);
     assert_eq!(original.len(), ITEMS);
+    // The node persists once a second: stop it cleanly (SIGTERM writes its last snapshot) and
+    // start it again, so that the SIGKILL below loses a connection, never data.
+    stop_cleanly(node_a);
+    let mut node_a = start_node(&data, kv_a, rest_a);
 
     // Small batches, one connection: slow enough to kill the node in the middle.
     let src = format!("dcp://127.0.0.1:{kv_a}");
@@ -291,7 +313,19 @@ fn a_node_killed_mid_dcp_stream_fails_clearly_and_the_rerun_resumes_from_the_che
     );
 
     let _node_a = start_node(&data, kv_a, rest_a);
-    pump_ok(&["transfer", &src, &b.spec(), "-x", &x]);
+    let rerun = pump_ok(&["transfer", &src, &b.spec(), "-x", &x]);
+    let rerun_err = String::from_utf8_lossy(&rerun.stderr);
+    let written: u64 = rerun_err
+        .split_whitespace()
+        .zip(rerun_err.split_whitespace().skip(1))
+        .find(|(_, w)| *w == "written,")
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no written count in: {rerun_err}"));
+    // The rerun streams what the checkpoint did not hold, not everything again.
+    assert!(
+        written < ITEMS as u64 && written >= ITEMS as u64 - progressed,
+        "rerun wrote {written} items with {progressed} already confirmed: {rerun_err}"
+    );
     let copied = contents(&b.spec(), &[]);
     assert_eq!(copied.len(), ITEMS);
     for (k, v) in &original {
