@@ -259,7 +259,7 @@ fn a_node_killed_mid_dcp_stream_fails_clearly_and_the_rerun_resumes_from_the_che
     let data = dir.path().join("node-a");
     let checkpoint = dir.path().join("ckpt.json");
     let (kv_a, rest_a) = (free_ports(1), free_ports(1));
-    let mut node_a = start_node(&data, kv_a, rest_a);
+    let node_a = start_node(&data, kv_a, rest_a);
     let b = Cluster::up(1, 0);
     load(&format!("couchbase://127.0.0.1:{rest_a}"));
     let original = contents(&format!("couchbase://127.0.0.1:{rest_a}"), &[]);
