@@ -251,7 +251,14 @@ enum Step {
 impl Worker {
     async fn run(mut self, input: BatchReceiver) -> Result<(), Error> {
         // Connect and authenticate before taking any batch: a bad password writes nothing.
-        let mut client = self.connect().await.map_err(|e| self.fatal(e))?;
+        // A server that is down fails the run at once, naming it.
+        let mut client = self.connect().await.map_err(|e| match e {
+            ClientError::Lost { peer, reason } => Error::sink(
+                &self.config.spec,
+                format!("could not connect to memcached at {peer}: {reason}"),
+            ),
+            e => self.fatal(e),
+        })?;
         let mut open = true;
         loop {
             let busy = self.in_flight.len() + self.waiting.len();
