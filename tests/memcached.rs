@@ -23,11 +23,11 @@ fn keys(prefix: &str, n: usize) -> Vec<String> {
 /// binary, a third never expire.
 fn varied_item(i: usize, base_expiry: u64) -> (String, Vec<u8>, u32, u64) {
     let mut value = format!("v{i}:").repeat(1 + i % 40).into_bytes();
-    if i % 7 == 0 {
+    if i.is_multiple_of(7) {
         value.extend([0u8, 0xff, b'\'', b'"', b',', b'\n']);
     }
     let flags = (i as u32).wrapping_mul(2_654_435_761);
-    let expiry = if i % 3 == 0 {
+    let expiry = if i.is_multiple_of(3) {
         0
     } else {
         base_expiry + i as u64

@@ -249,7 +249,16 @@ impl Connection {
     pub async fn authenticate(&mut self, auth: &Auth) -> Result<(), ClientError> {
         let p = pump_protocol::sasl::plain_auth(&auth.user, &auth.password);
         let what = format!("SASL PLAIN authentication as {:?}", auth.user);
-        self.request_ok(p, &what).await.map(|_| ())
+        let r = self.request(p, &what).await?;
+        if r.status() == Status::Success {
+            return Ok(());
+        }
+        let detail = String::from_utf8_lossy(&r.value);
+        Err(ClientError::Auth {
+            peer: self.peer().to_string(),
+            user: auth.user.clone(),
+            reason: format!("{} {detail}", r.status()).trim().to_string(),
+        })
     }
 
     /// SELECT_BUCKET; `Ok(false)` when the server has no buckets to select (UNKNOWN_COMMAND or

@@ -39,6 +39,16 @@ pub enum ClientError {
     /// A REST call failed.
     #[error("{url}: {message}")]
     Rest { url: String, message: String },
+    /// The server refused the credentials: retrying will not help.
+    #[error("{peer}: authentication as {user:?} refused: {reason}")]
+    Auth {
+        peer: String,
+        user: String,
+        reason: String,
+    },
+    /// The server refused a command because the connection is not authenticated.
+    #[error("{peer}: the server requires authentication ({reason}): give USER:PASSWORD")]
+    AuthRequired { peer: String, reason: String },
 }
 
 impl ClientError {
@@ -50,9 +60,19 @@ impl ClientError {
             | ClientError::Closed { peer, .. }
             | ClientError::Protocol { peer, .. }
             | ClientError::Status { peer, .. }
-            | ClientError::Unexpected { peer, .. } => peer,
+            | ClientError::Unexpected { peer, .. }
+            | ClientError::Auth { peer, .. }
+            | ClientError::AuthRequired { peer, .. } => peer,
             ClientError::Rest { url, .. } => url,
         }
+    }
+
+    /// True when the credentials are missing or wrong: reconnecting cannot help.
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Auth { .. } | ClientError::AuthRequired { .. }
+        )
     }
 
     /// The status of a [`ClientError::Status`].

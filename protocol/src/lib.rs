@@ -9,13 +9,11 @@
 //! tap.rs      typed TAP messages (TAP_CONNECT and its flags, MUTATION, ACK, byte-order fixup)
 //! dcp.rs      typed DCP messages (OPEN, STREAM_REQ, SNAPSHOT_MARKER, MUTATION, BUFFER_ACK, ...)
 //! sasl.rs     SASL PLAIN
-//! client.rs   Client: a pipelining connection (writer task, framed reader, timeouts, SASL)
 //! ```
 //!
 //! Every multi-byte field is big-endian. Decoding never copies a key or value: they are
 //! `Bytes` slices of the frame they arrived in.
 
-pub mod client;
 pub mod codec;
 pub mod dcp;
 pub mod error;
@@ -26,7 +24,6 @@ pub mod sasl;
 pub mod tap;
 pub mod vbucket;
 
-pub use client::{Client, ClientError};
 pub use codec::{PacketCodec, DEFAULT_MAX_BODY};
 pub use error::ProtocolError;
 pub use header::{Header, Magic, HEADER_LEN};

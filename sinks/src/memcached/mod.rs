@@ -4,7 +4,7 @@
 //! ```text
 //! mod.rs         MemcachedKind and MemcachedConfig: the spec, validated without I/O
 //! sink.rs        MemcachedSink: -t workers sharing the channel, batches in flight, retries
-//!                (the connection itself is pump_protocol::Client: writer task, reader, SASL)
+//!                (the connection itself is pump_client::Duplex: writer task, reader, SASL)
 //! ```
 //!
 //! On the wire, one batch is one buffer:

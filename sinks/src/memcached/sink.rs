@@ -13,8 +13,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pump::{Ack, BatchReceiver, Context, Delivery, Error, KeyFailure, Message, Sink, Verdict};
+use pump_client::{Auth, ClientError, Duplex};
 use pump_protocol::packet::encode_request;
-use pump_protocol::{Client, ClientError, Opcode, Packet, Status, HEADER_LEN};
+use pump_protocol::{Opcode, Packet, Status, HEADER_LEN};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -252,12 +253,15 @@ impl Worker {
     async fn run(mut self, input: BatchReceiver) -> Result<(), Error> {
         // Connect and authenticate before taking any batch: a bad password writes nothing.
         // A server that is down fails the run at once, naming it.
-        let mut client = self.connect().await.map_err(|e| match e {
-            ClientError::Lost { peer, reason } => Error::sink(
-                &self.config.spec,
-                format!("could not connect to memcached at {peer}: {reason}"),
-            ),
-            e => self.fatal(e),
+        let mut client = self.connect().await.map_err(|e| {
+            if e.is_auth() {
+                self.fatal(e)
+            } else {
+                Error::sink(
+                    &self.config.spec,
+                    format!("could not connect to memcached at {e}"),
+                )
+            }
         })?;
         let mut open = true;
         loop {
@@ -284,12 +288,12 @@ impl Worker {
                         p.ack.confirm(p.delivery);
                         Ok(())
                     } else {
-                        self.send(p, &client).await
+                        self.send(p, &mut client).await
                     }
                 }
                 Step::Answer(Ok(packet)) => self.answer(packet),
                 Step::Answer(Err(e)) => Err(e),
-                Step::Due => self.resend_due(&client).await,
+                Step::Due => self.resend_due(&mut client).await,
             };
             if let Err(e) = result {
                 client = self.recover(e).await?;
@@ -297,15 +301,14 @@ impl Worker {
         }
     }
 
-    async fn connect(&self) -> Result<Client, ClientError> {
-        let auth = self
-            .config
-            .credentials
-            .as_ref()
-            .map(|c| (c.user.as_str(), c.password.as_str()));
-        Client::connect(
+    async fn connect(&self) -> Result<Duplex, ClientError> {
+        let auth = self.config.credentials.as_ref().map(|c| Auth {
+            user: c.user.clone(),
+            password: c.password.clone(),
+        });
+        Duplex::open(
             &self.config.addr,
-            auth,
+            auth.as_ref(),
             self.config.timeout,
             self.config.in_flight + 1,
         )
@@ -317,7 +320,7 @@ impl Worker {
     }
 
     /// Puts a round on the wire.
-    async fn send(&mut self, p: Pending, client: &Client) -> Result<(), ClientError> {
+    async fn send(&mut self, p: Pending, client: &mut Duplex) -> Result<(), ClientError> {
         let buf = p.encode(self.config.add);
         // Queued first, so that a failed send is resent by recover().
         self.in_flight.push_back(p);
@@ -325,9 +328,9 @@ impl Worker {
     }
 
     fn answer(&mut self, packet: Packet) -> Result<(), ClientError> {
-        let lost = |reason: String| ClientError::Lost {
+        let lost = |message: String| ClientError::Unexpected {
             peer: self.config.addr.clone(),
-            reason,
+            message,
         };
         let Some(front) = self.in_flight.front_mut() else {
             return Err(lost(format!(
@@ -392,7 +395,7 @@ impl Worker {
     }
 
     /// Resends the rounds whose backoff is over.
-    async fn resend_due(&mut self, client: &Client) -> Result<(), ClientError> {
+    async fn resend_due(&mut self, client: &mut Duplex) -> Result<(), ClientError> {
         let now = Instant::now();
         let mut i = 0;
         while i < self.waiting.len() {
@@ -408,8 +411,8 @@ impl Worker {
 
     /// Reconnects after a lost connection and resends every round not settled, with backoff
     /// up to max_retry attempts; then fails naming the server.
-    async fn recover(&mut self, first: ClientError) -> Result<Client, Error> {
-        if first.is_fatal() {
+    async fn recover(&mut self, first: ClientError) -> Result<Duplex, Error> {
+        if first.is_auth() {
             return Err(self.fatal(first));
         }
         let mut last = first;
@@ -432,9 +435,9 @@ impl Worker {
             );
             tokio::time::sleep(pause).await;
             self.ctx.stats.record_retries(1);
-            let client = match self.connect().await {
+            let mut client = match self.connect().await {
                 Ok(c) => c,
-                Err(e) if e.is_fatal() => return Err(self.fatal(e)),
+                Err(e) if e.is_auth() => return Err(self.fatal(e)),
                 Err(e) => {
                     last = e;
                     continue;

@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use pump::pipeline::Context;
 use pump::{BatchSender, Error, Message, Source};
+use pump_client::{Auth, Duplex};
 use pump_protocol::packet::encode_request;
-use pump_protocol::{vbucket_of, Client, Opcode, Status, HEADER_LEN};
+use pump_protocol::{vbucket_of, Opcode, Status, HEADER_LEN};
 
 use super::metadump::{Listed, Metadump};
 use super::MemcachedConfig;
@@ -51,11 +52,11 @@ impl Source for MemcachedSource {
     async fn run(self: Box<Self>, out: BatchSender, _ctx: Context) -> Result<(), Error> {
         let c = &self.config;
         let fail = |m: String| Error::source(&c.spec, m);
-        let auth = c
-            .credentials
-            .as_ref()
-            .map(|a| (a.user.as_str(), a.password.as_str()));
-        let mut client = Client::connect(&c.addr, auth, c.timeout, DEPTH + 1)
+        let auth = c.credentials.as_ref().map(|a| Auth {
+            user: a.user.clone(),
+            password: a.password.clone(),
+        });
+        let mut client = Duplex::open(&c.addr, auth.as_ref(), c.timeout, DEPTH + 1)
             .await
             .map_err(|e| fail(format!("memcached at {e}")))?;
         let mut dump = Metadump::start(&c.addr, c.timeout).await.map_err(fail)?;

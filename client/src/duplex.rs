@@ -1,0 +1,120 @@
+//! A connection for callers that pipeline: writes are queued to a writer task, so a large
+//! buffer being written never blocks reading the answers that free room for it.
+//!
+//! ```text
+//! Duplex::open ── Connection::open (TCP, SASL PLAIN) ── VERSION probe ── split
+//!        │
+//!        ├── send(Bytes): queued to the writer task that owns the WriteHalf
+//!        └── recv(): the next frame from the ReadHalf, under the timeout (cancel-safe)
+//! ```
+//!
+//! Only SASL_AUTH and VERSION are sent here: a plain memcached desynchronises on opcodes it
+//! does not know (TAP, DCP, HELLO), so it is never probed with them.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pump_protocol::{Opcode, Packet, Status};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::connection::{Auth, Connection, ReadHalf};
+use crate::error::ClientError;
+
+/// One connection: the reading half for the caller, the writing half on its own task.
+pub struct Duplex {
+    read: ReadHalf,
+    writer: mpsc::Sender<Bytes>,
+    /// Taken once to learn why the writer stopped.
+    writer_task: Option<JoinHandle<Result<(), ClientError>>>,
+}
+
+impl Drop for Duplex {
+    fn drop(&mut self) {
+        if let Some(t) = &self.writer_task {
+            t.abort();
+        }
+    }
+}
+
+impl Duplex {
+    /// Connects to `addr` (`host:port`), authenticates when `auth` is given, and probes the
+    /// server with VERSION. `queue` is how many buffers may wait for the writer; `timeout`
+    /// bounds the connect, every write and every read.
+    pub async fn open(
+        addr: &str,
+        auth: Option<&Auth>,
+        timeout: Duration,
+        queue: usize,
+    ) -> Result<Duplex, ClientError> {
+        let mut conn = Connection::open(addr, auth, None, timeout).await?;
+        let version = conn
+            .request(Packet::request(Opcode::Version), "VERSION")
+            .await;
+        let version = match version {
+            Ok(p) if p.status() == Status::Success => Ok(()),
+            Ok(p)
+                if auth.is_none() && matches!(p.status(), Status::AuthError | Status::Eaccess) =>
+            {
+                Err(ClientError::AuthRequired {
+                    peer: addr.to_string(),
+                    reason: format!("VERSION answered {}", p.status()),
+                })
+            }
+            Ok(p) => Err(ClientError::Status {
+                peer: addr.to_string(),
+                what: "VERSION".into(),
+                status: p.status(),
+            }),
+            // memcached -S hangs up on an unauthenticated VERSION.
+            Err(ClientError::Closed { peer, what }) if auth.is_none() => {
+                Err(ClientError::AuthRequired {
+                    peer,
+                    reason: format!("the connection closed after {what}"),
+                })
+            }
+            Err(e) => Err(e),
+        };
+        version?;
+        let (read, mut write) = conn.into_split();
+        let (writer, mut rx) = mpsc::channel::<Bytes>(queue.max(1));
+        let writer_task = tokio::spawn(async move {
+            while let Some(buf) = rx.recv().await {
+                write.send_bytes(&buf, "writing").await?;
+            }
+            Ok(())
+        });
+        Ok(Duplex {
+            read,
+            writer,
+            writer_task: Some(writer_task),
+        })
+    }
+
+    /// `host:port`.
+    pub fn peer(&self) -> &str {
+        self.read.peer()
+    }
+
+    /// Queues an encoded buffer (one or many frames) for the writer. Fails when the writer has
+    /// stopped: the connection broke.
+    pub async fn send(&mut self, buf: Bytes) -> Result<(), ClientError> {
+        if self.writer.send(buf).await.is_ok() {
+            return Ok(());
+        }
+        let why = match self.writer_task.take() {
+            Some(task) => task.await.ok().and_then(Result::err),
+            None => None,
+        };
+        Err(why.unwrap_or_else(|| ClientError::Closed {
+            peer: self.peer().to_string(),
+            what: "writing".into(),
+        }))
+    }
+
+    /// The next frame from the server; a close, a corrupt stream or no frame within the
+    /// timeout is an error. Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Packet, ClientError> {
+        self.read.recv("waiting for answers").await
+    }
+}
