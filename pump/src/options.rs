@@ -234,6 +234,14 @@ impl Extra {
         }
     }
 
+    /// `-x timeout=SECONDS` (30 by default, at least 1): the longest any network wait may take.
+    pub fn timeout(&self) -> Result<Duration, Error> {
+        match self.number("timeout", 30)? {
+            0 => Err(Error::usage("-x timeout=0: expected at least 1 second")),
+            secs => Ok(Duration::from_secs(secs)),
+        }
+    }
+
     /// Sets a kind's key (embedders and tests).
     pub fn set(&mut self, key: &str, value: &str) {
         self.kind.insert(key.to_string(), value.to_string());
@@ -255,6 +263,16 @@ fn parse_bool(v: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeout_is_thirty_seconds_unless_set_and_never_zero() {
+        let mut x = Extra::default();
+        assert_eq!(x.timeout().unwrap(), Duration::from_secs(30));
+        x.set("timeout", "5");
+        assert_eq!(x.timeout().unwrap(), Duration::from_secs(5));
+        x.set("timeout", "0");
+        assert!(x.timeout().unwrap_err().is_usage());
+    }
 
     #[test]
     fn extra_parses_engine_and_kind_keys_and_rejects_unknown_ones() {

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::Error;
+use crate::options::Credentials;
 
 /// A parsed spec. Validation of what follows the scheme is each kind's job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +158,17 @@ pub struct Authority {
 }
 
 impl Authority {
+    /// The URL's `user:password@`, else `fallback` (`-u/-p` for a source, `-U/-P` for a sink).
+    pub fn credentials(&self, fallback: Option<&Credentials>) -> Option<Credentials> {
+        match &self.user {
+            Some(user) => Some(Credentials {
+                user: user.clone(),
+                password: self.password.clone().unwrap_or_default(),
+            }),
+            None => fallback.cloned(),
+        }
+    }
+
     /// `host:port`.
     pub fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)
@@ -270,6 +282,28 @@ mod tests {
         let s = Spec::parse("relative/dir:with-colon").unwrap();
         assert_eq!(s.scheme(), None);
         assert!(Spec::parse("").is_err());
+    }
+
+    #[test]
+    fn credentials_come_from_the_url_else_from_the_options() {
+        let fallback = Credentials {
+            user: "opt".into(),
+            password: "p".into(),
+        };
+        let a = Spec::parse("memcached://u:pw@h:1")
+            .unwrap()
+            .authority()
+            .unwrap();
+        let c = a.credentials(Some(&fallback)).unwrap();
+        assert_eq!((c.user.as_str(), c.password.as_str()), ("u", "pw"));
+        let a = Spec::parse("memcached://u@h:1")
+            .unwrap()
+            .authority()
+            .unwrap();
+        assert_eq!(a.credentials(None).unwrap().password, "");
+        let a = Spec::parse("memcached://h:1").unwrap().authority().unwrap();
+        assert_eq!(a.credentials(Some(&fallback)), Some(fallback));
+        assert_eq!(a.credentials(None), None);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! What the network sources share: credentials and timeouts from the options, and the
+//! What the network sources share: credentials from the spec or the options, and the
 //! ordered acker that answers the server only once the sink has confirmed.
 //!
 //! ```text
@@ -19,28 +19,13 @@ use tokio::sync::{mpsc, Mutex};
 /// sink, so that a window or an ack is never held hostage by batch size.
 pub const IDLE_FLUSH: Duration = Duration::from_millis(10);
 
-/// `-x timeout=SECONDS` (default 30): every network wait.
-pub fn timeout(options: &Options) -> Result<Duration, Error> {
-    let secs = options.extra.number("timeout", 30)?;
-    if secs == 0 {
-        return Err(Error::usage("-x timeout=0: expected at least 1 second"));
-    }
-    Ok(Duration::from_secs(secs))
-}
-
 /// Credentials: the URL's userinfo, else `-u/-p`.
 pub fn auth(spec: &Spec, options: &Options) -> Result<Option<Auth>, Error> {
-    let a = spec.authority()?;
-    Ok(match (a.user, a.password) {
-        (Some(user), password) => Some(Auth {
-            user,
-            password: password.unwrap_or_default(),
-        }),
-        _ => options.source_auth.as_ref().map(|c| Auth {
-            user: c.user.clone(),
-            password: c.password.clone(),
-        }),
-    })
+    let c = spec.authority()?.credentials(options.source_auth.as_ref());
+    Ok(c.map(|c| Auth {
+        user: c.user,
+        password: c.password,
+    }))
 }
 
 /// The source's error for a client error.

@@ -69,7 +69,7 @@ impl SinkKind for CouchbaseSinkKind {
                 bucket: options.dest_bucket().to_string(),
                 add: options.extra.flag("add")?,
                 rehash: options.extra.rehash,
-                timeout: net::timeout(options)?,
+                timeout: options.extra.timeout()?,
                 retry: options.retry_policy(),
                 depth: depth as usize,
                 connections: options.threads.max(1),

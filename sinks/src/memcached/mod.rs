@@ -85,21 +85,11 @@ impl MemcachedConfig {
                 "{spec}: a memcached has no buckets or paths; expected memcached://[USER:PASSWORD@]HOST:PORT"
             )));
         }
-        let credentials = match (a.user, a.password) {
-            (Some(user), password) => Some(Credentials {
-                user,
-                password: password.unwrap_or_default(),
-            }),
-            (None, _) => options.dest_auth.clone(),
-        };
+        let credentials = a.credentials(options.dest_auth.as_ref());
         let x = &options.extra;
         let in_flight = x.number("in_flight", 4)?;
         if !(1..=64).contains(&in_flight) {
             return Err(Error::usage("-x in_flight: expected 1 to 64"));
-        }
-        let timeout = x.number("timeout", 30)?;
-        if timeout == 0 {
-            return Err(Error::usage("-x timeout: expected at least 1 second"));
         }
         Ok(MemcachedConfig {
             spec: spec.to_string(),
@@ -108,7 +98,7 @@ impl MemcachedConfig {
             add: x.flag("add")?,
             connections: options.threads.max(1),
             in_flight: in_flight as usize,
-            timeout: Duration::from_secs(timeout),
+            timeout: x.timeout()?,
             retry: options.retry_policy(),
         })
     }

@@ -71,7 +71,7 @@ impl SinkKind for TapSinkKind {
             addr: spec.authority()?.addr(),
             auth: net::auth(spec, options)?,
             bucket: options.dest_bucket().to_string(),
-            timeout: net::timeout(options)?,
+            timeout: options.extra.timeout()?,
             retry: options.retry_policy(),
             ack_every: every as usize,
             dry_run: options.dry_run,

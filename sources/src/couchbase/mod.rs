@@ -66,7 +66,7 @@ impl SourceKind for CouchbaseSourceKind {
             auth: net::auth(spec, options)?,
             bucket: options.source_bucket.clone(),
             vbuckets: options.vbuckets.as_ref().map(|v| v.iter().collect()),
-            timeout: net::timeout(options)?,
+            timeout: options.extra.timeout()?,
             stream,
         }))
     }

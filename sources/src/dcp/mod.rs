@@ -95,7 +95,7 @@ impl DcpConfig {
     /// Reads credentials, bucket, `-t`, `-x checkpoint` and `-x timeout`; the window is ten
     /// batches' worth of bytes (between 1 MiB and 64 MiB).
     pub fn from_options(spec: &Spec, options: &Options) -> Result<DcpConfig, Error> {
-        let timeout = net::timeout(options)?;
+        let timeout = options.extra.timeout()?;
         let limits = options.batch_limits();
         Ok(DcpConfig {
             auth: net::auth(spec, options)?,

@@ -75,24 +75,14 @@ impl MemcachedConfig {
                 "{spec}: a memcached has no buckets or paths; expected memcached://HOST:PORT"
             )));
         }
-        let credentials = match (a.user, a.password) {
-            (Some(user), password) => Some(Credentials {
-                user,
-                password: password.unwrap_or_default(),
-            }),
-            (None, _) => options.source_auth.clone(),
-        };
-        let timeout = options.extra.number("timeout", 30)?;
-        if timeout == 0 {
-            return Err(Error::usage("-x timeout: expected at least 1 second"));
-        }
+        let credentials = a.credentials(options.source_auth.as_ref());
         Ok(MemcachedConfig {
             spec: spec.to_string(),
             addr: format!("{}:{}", a.host, a.port),
             credentials,
             batch_items: options.extra.batch_max_size.max(1),
             num_vbuckets: options.extra.num_vbuckets,
-            timeout: Duration::from_secs(timeout),
+            timeout: options.extra.timeout()?,
         })
     }
 }

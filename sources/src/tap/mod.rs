@@ -90,7 +90,7 @@ impl TapConfig {
             auth: net::auth(spec, options)?,
             bucket: options.source_bucket.clone(),
             backfill: options.extra.flag("tap_backfill")?,
-            timeout: net::timeout(options)?,
+            timeout: options.extra.timeout()?,
             limits: options.batch_limits(),
             verbose: options.verbose,
         })
