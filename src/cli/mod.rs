@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cluster;
+mod credentials;
 mod demo;
 mod meta2;
 mod node;

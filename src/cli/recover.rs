@@ -1,8 +1,9 @@
 //! `pump recover [options] restore_from restore_to` (cbrecovery's options).
 
 use clap::Args;
-use pump::{Credentials, VbucketSet};
+use pump::VbucketSet;
 
+use super::credentials::CredentialArgs;
 use super::Failure;
 use crate::repair::recover::{recover, RecoverError, RecoverReport, RecoverRequest};
 
@@ -19,28 +20,8 @@ pub struct RecoverArgs {
     /// Destination bucket.
     #[arg(short = 'B', long = "bucket-destination", default_value = "default")]
     pub bucket_destination: String,
-    /// REST user of the source cluster.
-    #[arg(short = 'u', long = "username")]
-    pub username: Option<String>,
-    /// REST password of the source cluster.
-    #[arg(
-        short = 'p',
-        long = "password",
-        env = "PUMP_PASSWORD",
-        hide_env_values = true
-    )]
-    pub password: Option<String>,
-    /// REST user of the destination cluster.
-    #[arg(short = 'U', long = "username-destination")]
-    pub username_destination: Option<String>,
-    /// REST password of the destination cluster.
-    #[arg(
-        short = 'P',
-        long = "password-destination",
-        env = "PUMP_PASSWORD_DEST",
-        hide_env_values = true
-    )]
-    pub password_destination: Option<String>,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
     /// Only these vbuckets, e.g. 500,612,700-712.
     #[arg(short = 'l', long = "vbucket-list")]
     pub vbucket_list: Option<String>,
@@ -61,13 +42,6 @@ pub struct RecoverArgs {
     pub threads: usize,
 }
 
-fn creds(u: &Option<String>, p: &Option<String>) -> Option<Credentials> {
-    u.as_ref().map(|user| Credentials {
-        user: user.clone(),
-        password: p.clone().unwrap_or_default(),
-    })
-}
-
 /// Runs the recovery and prints its report.
 pub async fn run(args: RecoverArgs) -> Result<(), Failure> {
     let req = RecoverRequest {
@@ -75,8 +49,8 @@ pub async fn run(args: RecoverArgs) -> Result<(), Failure> {
         to: args.restore_to.clone(),
         bucket_source: args.bucket_source,
         bucket_destination: args.bucket_destination,
-        source_auth: creds(&args.username, &args.password),
-        dest_auth: creds(&args.username_destination, &args.password_destination),
+        source_auth: args.credentials.source(),
+        dest_auth: args.credentials.dest(),
         vbuckets: args
             .vbucket_list
             .as_deref()

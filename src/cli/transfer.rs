@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 use pump::progress::ProgressMode;
-use pump::{Context, Credentials, Extra, Options, Spec, VbucketSet};
+use pump::{Context, Extra, Options, Spec, VbucketSet};
 
+use super::credentials::CredentialArgs;
 use super::{registry, Failure};
 
 /// cbtransfer's options.
@@ -21,28 +22,8 @@ pub struct TransferArgs {
     /// Destination bucket (defaults to the source bucket).
     #[arg(short = 'B', long = "bucket-destination")]
     pub bucket_destination: Option<String>,
-    /// Source user name.
-    #[arg(short = 'u', long = "username")]
-    pub username: Option<String>,
-    /// Source password.
-    #[arg(
-        short = 'p',
-        long = "password",
-        env = "PUMP_PASSWORD",
-        hide_env_values = true
-    )]
-    pub password: Option<String>,
-    /// Destination user name.
-    #[arg(short = 'U', long = "username-dest")]
-    pub username_dest: Option<String>,
-    /// Destination password.
-    #[arg(
-        short = 'P',
-        long = "password-dest",
-        env = "PUMP_PASSWORD_DEST",
-        hide_env_values = true
-    )]
-    pub password_dest: Option<String>,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
     /// Only these vbuckets: 500,612,700-712.
     #[arg(short = 'l', long = "vbucket-list")]
     pub vbucket_list: Option<String>,
@@ -72,13 +53,6 @@ pub struct TransferArgs {
     pub quiet: bool,
 }
 
-fn credentials(user: &Option<String>, password: &Option<String>) -> Option<Credentials> {
-    user.as_ref().map(|u| Credentials {
-        user: u.clone(),
-        password: password.clone().unwrap_or_default(),
-    })
-}
-
 /// Runs the transfer and prints the summary.
 pub async fn run(args: TransferArgs) -> Result<(), Failure> {
     let registry = registry();
@@ -104,8 +78,8 @@ pub async fn run(args: TransferArgs) -> Result<(), Failure> {
     let options = Options {
         source_bucket: args.bucket_source.clone(),
         dest_bucket: args.bucket_destination.clone(),
-        source_auth: credentials(&args.username, &args.password),
-        dest_auth: credentials(&args.username_dest, &args.password_dest),
+        source_auth: args.credentials.source(),
+        dest_auth: args.credentials.dest(),
         vbuckets: args
             .vbucket_list
             .as_deref()
