@@ -1,7 +1,18 @@
-//! A tiny HTTP responder for tests of REST clients (the vbucket map): binds 127.0.0.1:0 and
-//! answers every GET with the JSON the test currently sets. Not for production use.
+//! Fakes for tests of network sources and sinks, on 127.0.0.1 ports the OS picks. Not for
+//! production use.
+//!
+//! ```text
+//! FakeRest  answers every GET with the JSON the test currently sets (the vbucket map)
+//! Peer      the fake server's side of one binary-protocol connection, scripted by the test
+//! ```
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use pump_protocol::{Packet, PacketCodec};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -74,4 +85,47 @@ pub fn bucket_json(servers: &[&str], map: &[Vec<i32>]) -> serde_json::Value {
             "vBucketMap": map,
         }
     })
+}
+
+/// Every wait of a fake peer: longer means a test that hangs, not a slow machine.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A listener on 127.0.0.1 with a port the OS picks, and its address.
+pub async fn listen() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    (l, addr)
+}
+
+/// The fake server's side of one connection.
+pub struct Peer(pub Framed<TcpStream, PacketCodec>);
+
+impl Peer {
+    /// The next connection to `l`, within [`WAIT`].
+    pub async fn accept(l: &TcpListener) -> Peer {
+        let (s, _) = tokio::time::timeout(WAIT, l.accept())
+            .await
+            .expect("a connection in time")
+            .expect("accept");
+        Peer(Framed::new(s, PacketCodec::default()))
+    }
+
+    /// The next frame, within [`WAIT`]; `None` when the other side closed the connection.
+    pub async fn recv(&mut self) -> Option<Packet> {
+        tokio::time::timeout(WAIT, self.0.next())
+            .await
+            .expect("a frame in time")
+            .map(|r| r.expect("a well-formed frame"))
+    }
+
+    /// Sends one frame.
+    pub async fn send(&mut self, p: Packet) {
+        self.0.send(p).await.expect("send a frame");
+    }
+
+    /// Sends bytes as they are (a truncated or corrupt frame).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.0.get_mut().write_all(bytes).await.expect("send bytes");
+    }
 }

@@ -6,15 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::{SinkExt, StreamExt};
 use pump::pipeline::Context;
 use pump::{BatchReceiver, Delivery, Error, Message, Options, Sink, Source, Summary};
-use pump_protocol::{Packet, PacketCodec};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::Framed;
-
-/// Every network wait of a test.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub use pump_client::testing::{listen, Peer};
 
 /// Collects messages; confirms each batch after `delay`, counting confirmed messages.
 #[derive(Clone, Default)]
@@ -71,38 +65,4 @@ pub async fn run(
     )
     .await
     .expect("the run finished in time")
-}
-
-/// A listener on 127.0.0.1 with a port the OS picks.
-pub async fn listen() -> (TcpListener, String) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    (l, addr)
-}
-
-/// The fake peer's side of one connection.
-pub struct Peer(pub Framed<TcpStream, PacketCodec>);
-
-impl Peer {
-    pub async fn accept(l: &TcpListener) -> Peer {
-        let (s, _) = tokio::time::timeout(WAIT, l.accept())
-            .await
-            .expect("a connection in time")
-            .unwrap();
-        Peer(Framed::new(s, PacketCodec::default()))
-    }
-    /// The next frame, within [`WAIT`]; `None` when the pump closed the connection.
-    pub async fn recv(&mut self) -> Option<Packet> {
-        tokio::time::timeout(WAIT, self.0.next())
-            .await
-            .expect("a frame in time")
-            .map(|r| r.unwrap())
-    }
-    pub async fn send(&mut self, p: Packet) {
-        self.0.send(p).await.unwrap();
-    }
-    pub async fn send_raw(&mut self, bytes: &[u8]) {
-        use tokio::io::AsyncWriteExt;
-        self.0.get_mut().write_all(bytes).await.unwrap();
-    }
 }
