@@ -16,6 +16,8 @@ use pump::{BatchLimits, BatchSender, Error, Message, Options, Source, SourceKind
 use pump_formats::{bfd, csv as format};
 use tokio::sync::mpsc;
 
+use crate::file::forward_from_thread;
+
 /// The `csv:` kind.
 pub struct CsvKind;
 
@@ -58,23 +60,11 @@ impl CsvSource {
 impl Source for CsvSource {
     async fn run(self: Box<Self>, out: BatchSender, ctx: Context) -> Result<(), Error> {
         let spec = format!("csv:{}", self.path.display());
-        let (tx, mut rx) = mpsc::channel(4);
         let limits = ctx.options.batch_limits();
-        let thread =
-            tokio::task::spawn_blocking(move || read(&self.path, self.num_vbuckets, limits, &tx));
-        let mut sent = Ok(());
-        while let Some(messages) = rx.recv().await {
-            if let Err(e) = out.send_messages(messages).await {
-                sent = Err(e);
-                break;
-            }
-        }
-        drop(rx);
-        let read = thread
-            .await
-            .unwrap_or_else(|e| Err(format!("the reader panicked: {e}")));
-        sent?;
-        read.map_err(|e| Error::source(&spec, e))
+        forward_from_thread(&spec, &out, move |tx| {
+            read(&self.path, self.num_vbuckets, limits, &tx)
+        })
+        .await
     }
 }
 

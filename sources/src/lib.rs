@@ -10,7 +10,8 @@
 //! memcached/    memcached://HOST:PORT        every item of a running memcached (metadump + GETKQ)
 //! meta2/        meta2:PATH                   every table of a meta2 base (OpenIO SDS)
 //! tap/          tap://HOST:PORT              a TAP dump of one node
-//! net.rs        what the network sources share: credentials, timeouts, the ordered acker
+//! file.rs       what the file sources share: a blocking reader thread forwarding its batches
+//! net.rs        what the network sources share: credentials, the ordered acker
 //! ```
 //!
 //! [`register`] adds them all to a [`pump::Registry`].
@@ -19,6 +20,7 @@ pub mod backup;
 pub mod couchbase;
 pub mod csv;
 pub mod dcp;
+pub mod file;
 pub mod gen;
 pub mod memcached;
 pub mod meta2;

@@ -14,10 +14,10 @@ mod reader;
 
 use std::path::PathBuf;
 
+use crate::file::forward_from_thread;
 use async_trait::async_trait;
 use pump::pipeline::Context;
 use pump::{BatchSender, Error, Options, Source, SourceKind, Spec};
-use tokio::sync::mpsc;
 
 pub use layout::data_files;
 
@@ -75,26 +75,13 @@ impl Source for BackupSource {
         let spec = self.spec.clone();
         let files =
             layout::data_files(&self.dir, &self.bucket).map_err(|e| Error::source(&spec, e))?;
-        let (tx, mut rx) = mpsc::channel(4);
         let limits = ctx.options.batch_limits();
         let stats = out.stats().clone();
         let cancel = out.cancellation().clone();
-        let thread = tokio::task::spawn_blocking(move || {
+        forward_from_thread(&spec, &out, move |tx| {
             reader::read_all(&files, limits, &tx, &stats, &cancel)
-        });
-        let mut sent = Ok(());
-        while let Some(messages) = rx.recv().await {
-            if let Err(e) = out.send_messages(messages).await {
-                sent = Err(e);
-                break;
-            }
-        }
-        drop(rx);
-        let read = thread
-            .await
-            .unwrap_or_else(|e| Err(format!("the SQLite reader panicked: {e}")));
-        sent?;
-        read.map_err(|e| Error::source(&spec, e))
+        })
+        .await
     }
 }
 
