@@ -434,6 +434,48 @@ fn a_503_in_the_middle_of_a_move_leaves_the_base_enabled_on_its_old_peers() {
 }
 
 #[test]
+fn a_base_frozen_by_someone_else_is_left_frozen_and_a_leftover_target_refused() {
+    let ns = Namespace::new();
+    let proxy = Proxy::start(&ns, None);
+    let q = "OPENIO/admin/freeze?acct=acct&ref=c1&type=meta2";
+    assert_eq!(proxy.post(q, "").0, 200);
+    let out = meta2("move", &[&proxy], &move_args(&ns, A, D, &[A, B, C]));
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("436"), "{stderr}");
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    for a in [A, B, C] {
+        assert!(
+            ns.frozen(a),
+            "{a}: the move enabled a base it had not frozen"
+        );
+    }
+    assert!(!changes(&proxy.routes())
+        .iter()
+        .any(|r| *r == "admin/enable"));
+    // A leftover copy on the target: refused before any change.
+    assert_eq!(
+        proxy
+            .post("OPENIO/admin/enable?acct=acct&ref=c1&type=meta2", "")
+            .0,
+        200
+    );
+    std::fs::create_dir_all(ns.path(D).parent().unwrap()).unwrap();
+    std::fs::copy(ns.path(A), ns.path(D)).unwrap();
+    let n = proxy.routes().len();
+    let out = meta2("move", &[&proxy], &move_args(&ns, A, D, &[A, B, C]));
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("exists (a leftover copy?)"), "{stderr}");
+    let routes = proxy.routes();
+    let after: Vec<&String> = changes(&routes[n..])
+        .into_iter()
+        .filter(|r| !r.starts_with("cache/"))
+        .collect();
+    assert!(after.is_empty(), "{routes:?}");
+}
+
+#[test]
 fn a_stale_proxy_cache_is_flushed_before_the_reference_is_read() {
     let ns = Namespace::new();
     let meta1 = ns.dir.path().join("meta1.json");

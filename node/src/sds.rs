@@ -729,6 +729,9 @@ impl SdsProxy {
                 let peers: Vec<String> = match self.manages(t, base) {
                     Ok(a) => peers_of(&a),
                     Err(_) => {
+                        if self.meta1(st).is_err() {
+                            return (500, "meta1 store unreadable".into(), Value::Null);
+                        }
                         let reference = st.meta1.get(&base.cid).and_then(|r| r.meta2.clone());
                         reference.map(|r| split_list(&r)).unwrap_or_default()
                     }

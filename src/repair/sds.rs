@@ -533,6 +533,16 @@ pub async fn move_base(p: &Proxies, m: &ProxyMove) -> Result<(), Failure> {
             p.hint("sync")
         )));
     }
+    if let Some(v) = m.volumes.get(&m.to) {
+        let target = m.base.path_in(v);
+        if target.exists() {
+            return Err(Failure::Usage(format!(
+                "--to {}: {} exists (a leftover copy?): set it aside first; nothing was changed",
+                m.to,
+                target.display()
+            )));
+        }
+    }
     let mut new: Vec<String> = old.iter().filter(|a| **a != m.from).cloned().collect();
     new.push(m.to.clone());
     new.sort();
@@ -620,7 +630,14 @@ pub async fn move_base(p: &Proxies, m: &ProxyMove) -> Result<(), Failure> {
         "{}: the move from {} to {} failed: {e}; ",
         m.base, m.from, m.to
     );
-    if undo_failed.is_empty() {
+    if !done.frozen {
+        msg.push_str(&format!(
+            "nothing was changed (the peers {} only left the election, which restarts on the \
+             next request); check with `{}`, then run the same move again",
+            old.join(","),
+            p.hint("check")
+        ));
+    } else if undo_failed.is_empty() {
         msg.push_str(&format!(
             "every step was undone: the base is enabled on its old peers {} and the reference \
              names them",
