@@ -917,15 +917,7 @@ pub fn router(proxy: Arc<SdsProxy>) -> Router {
 
 /// Binds `addr` and serves the proxy in the background; returns the bound address.
 pub async fn serve(proxy: Arc<SdsProxy>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let app = router(proxy);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!("SDS proxy {bound}: {e}");
-        }
-    });
-    Ok(bound)
+    crate::rest::serve_app(router(proxy), addr, "SDS proxy").await
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use pump_meta2::{BaseName, Health, Peer};
+use pump_meta2::{BaseName, CopyReport, Health, Peer};
 use serde_json::{json, Value};
 
 use super::meta2::{check_base, Executor, FileExecutor, Step};
@@ -305,7 +305,15 @@ struct Steps<'a> {
     skipped: bool,
 }
 
-impl Steps<'_> {
+impl<'a> Steps<'a> {
+    fn new(p: &'a Proxies) -> Steps<'a> {
+        Steps {
+            p,
+            n: 0,
+            skipped: false,
+        }
+    }
+
     fn title(&mut self, title: &str) {
         self.n += 1;
         println!("[{}] {title}", self.n);
@@ -459,11 +467,7 @@ struct Done {
 
 /// Moves the copy of `m.base` on `m.from` to `m.to` through the proxies.
 pub async fn move_base(p: &Proxies, m: &ProxyMove) -> Result<(), Failure> {
-    let mut s = Steps {
-        p,
-        n: 0,
-        skipped: false,
-    };
+    let mut s = Steps::new(p);
     // Nothing that changes state is sent before every address is known to the conscience.
     s.title("check every address against the conscience");
     let c = p.call("GET", "conscience/list", "type=meta2", None);
@@ -774,15 +778,33 @@ async fn change(
     Ok(())
 }
 
-/// `pump meta2 check` on the copies reachable from here.
-fn verify_files(s: &mut Steps<'_>, base: &BaseName, peers: &[Peer]) -> Result<(), String> {
-    s.title("check the copies reachable from here (files)");
-    let reports = check_base(base, peers, false);
+/// Inspects the copies reachable from here and prints them as a table.
+fn inspect_files(
+    s: &mut Steps<'_>,
+    title: &str,
+    base: &BaseName,
+    peers: &[Peer],
+    full: bool,
+) -> Vec<CopyReport> {
+    s.title(title);
+    let reports = check_base(base, peers, full);
     let rows: Vec<(String, String, String)> = reports
         .iter()
         .map(|r| (r.address.clone(), r.health.to_string(), r.message.clone()))
         .collect();
     print!("{}", table(&rows));
+    reports
+}
+
+/// `pump meta2 check` on the copies reachable from here.
+fn verify_files(s: &mut Steps<'_>, base: &BaseName, peers: &[Peer]) -> Result<(), String> {
+    let reports = inspect_files(
+        s,
+        "check the copies reachable from here (files)",
+        base,
+        peers,
+        false,
+    );
     let bad: Vec<String> = reports
         .iter()
         .filter(|r| r.health != Health::Ok)
@@ -795,6 +817,34 @@ fn verify_files(s: &mut Steps<'_>, base: &BaseName, peers: &[Peer]) -> Result<()
     }
 }
 
+/// admin/has and admin/status on `peers`: what is wrong (a copy not there, an election
+/// without one master and its slaves).
+async fn has_and_election(s: &mut Steps<'_>, peers: &[String]) -> Result<Vec<String>, String> {
+    let mut errors = Vec::new();
+    let has = s
+        .fan_out("every copy is there (admin/has)", "has", peers)
+        .await?
+        .unwrap_or_default();
+    for a in has.iter().filter(|a| a.status != 200) {
+        errors.push(format!(
+            "{}: not there ({} {})",
+            a.peer, a.status, a.message
+        ));
+    }
+    let st = s
+        .fan_out(
+            "one master, the rest slaves (admin/status)",
+            "status",
+            peers,
+        )
+        .await?
+        .unwrap_or_default();
+    if let Err(e) = election_ok(&st, peers) {
+        errors.push(e);
+    }
+    Ok(errors)
+}
+
 /// Refills every bad copy through the proxy (admin/sync, admin/copy when sync cannot), then
 /// verifies. `from`: the copy to refill from (admin/copy from it instead of admin/sync).
 pub async fn sync(
@@ -803,11 +853,7 @@ pub async fn sync(
     volumes: &[Peer],
     from: Option<&str>,
 ) -> Result<(), Failure> {
-    let mut s = Steps {
-        p,
-        n: 0,
-        skipped: false,
-    };
+    let mut s = Steps::new(p);
     let failed = |e: String| Failure::Failed(e);
     s.flush("so that meta1 is read, not a stale cache")
         .await
@@ -837,13 +883,13 @@ pub async fn sync(
         .map(|a| a.peer.clone())
         .collect();
     if !reachable.is_empty() {
-        s.title("inspect the copies reachable from here (files)");
-        let reports = check_base(base, &reachable, false);
-        let rows: Vec<(String, String, String)> = reports
-            .iter()
-            .map(|r| (r.address.clone(), r.health.to_string(), r.message.clone()))
-            .collect();
-        print!("{}", table(&rows));
+        let reports = inspect_files(
+            &mut s,
+            "inspect the copies reachable from here (files)",
+            base,
+            &reachable,
+            false,
+        );
         for r in reports {
             if r.health != Health::Ok && r.health != Health::Frozen && !bad.contains(&r.address) {
                 bad.push(r.address);
@@ -906,29 +952,7 @@ pub async fn sync(
         println!("dry run: nothing was changed");
         return Ok(());
     }
-    let has = s
-        .fan_out("verify: every copy is there (admin/has)", "has", &peers)
-        .await
-        .map_err(failed)?
-        .unwrap_or_default();
-    for a in has.iter().filter(|a| a.status != 200) {
-        errors.push(format!(
-            "{}: still not there ({} {})",
-            a.peer, a.status, a.message
-        ));
-    }
-    let st = s
-        .fan_out(
-            "verify: one master, the rest slaves (admin/status)",
-            "status",
-            &peers,
-        )
-        .await
-        .map_err(failed)?
-        .unwrap_or_default();
-    if let Err(e) = election_ok(&st, &peers) {
-        errors.push(e);
-    }
+    errors.extend(has_and_election(&mut s, &peers).await.map_err(failed)?);
     if !reachable.is_empty() {
         if let Err(e) = verify_files(&mut s, base, &reachable) {
             errors.push(e);
@@ -953,33 +977,10 @@ pub async fn check(
     volumes: &[Peer],
     full: bool,
 ) -> Result<(), Failure> {
-    let mut s = Steps {
-        p,
-        n: 0,
-        skipped: false,
-    };
+    let mut s = Steps::new(p);
     let failed = |e: String| Failure::Failed(e);
     let peers = s.reference().await.map_err(failed)?;
-    let mut errors = Vec::new();
-    let has = s
-        .fan_out("which copies are there (admin/has)", "has", &peers)
-        .await
-        .map_err(failed)?
-        .unwrap_or_default();
-    for a in has.iter().filter(|a| a.status != 200) {
-        errors.push(format!(
-            "{}: not there ({} {})",
-            a.peer, a.status, a.message
-        ));
-    }
-    let st = s
-        .fan_out("the election (admin/status)", "status", &peers)
-        .await
-        .map_err(failed)?
-        .unwrap_or_default();
-    if let Err(e) = election_ok(&st, &peers) {
-        errors.push(e);
-    }
+    let mut errors = has_and_election(&mut s, &peers).await.map_err(failed)?;
     let debug = s
         .fan_out(
             "the election as each peer sees it (admin/debug)",
@@ -998,13 +999,13 @@ pub async fn check(
         .cloned()
         .collect();
     if !reachable.is_empty() {
-        s.title("inspect the copies reachable from here (files)");
-        let reports = check_base(base, &reachable, full);
-        let rows: Vec<(String, String, String)> = reports
-            .iter()
-            .map(|r| (r.address.clone(), r.health.to_string(), r.message.clone()))
-            .collect();
-        print!("{}", table(&rows));
+        let reports = inspect_files(
+            &mut s,
+            "inspect the copies reachable from here (files)",
+            base,
+            &reachable,
+            full,
+        );
         for r in reports.iter().filter(|r| r.health != Health::Ok) {
             errors.push(format!("{}: {}: {}", r.address, r.health, r.message));
         }
