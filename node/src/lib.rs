@@ -10,6 +10,7 @@
 //! cluster.rs  N nodes sharing one vbucket map, in-process replication, failover
 //! recovery.rs the vbuckets a failover lost: both recovery REST dialects, on the cluster state
 //! rest.rs     the REST port (the map as Couchbase's REST shows it, the recovery API)
+//! sds.rs      a reference OpenIO SDS proxy over local meta2 volumes (meta1, elections, cache)
 //! ```
 
 pub mod cluster;
@@ -19,6 +20,7 @@ pub mod node;
 pub mod persist;
 pub mod recovery;
 pub mod rest;
+pub mod sds;
 pub mod store;
 pub mod tap;
 

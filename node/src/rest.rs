@@ -71,12 +71,18 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
 
 /// Binds `addr` and serves the router in the background; returns the bound address.
 pub async fn serve(cluster: Arc<Cluster>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    serve_app(router(cluster), addr, "REST").await
+}
+
+/// Binds `addr` and serves `app` in the background (errors logged under `name`); returns the
+/// bound address. Shared by the REST port and the SDS proxy.
+pub async fn serve_app(app: Router, addr: SocketAddr, name: &str) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = router(cluster);
+    let name = name.to_string();
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!("REST {bound}: {e}");
+            tracing::warn!("{name} {bound}: {e}");
         }
     });
     Ok(bound)

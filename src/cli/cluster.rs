@@ -124,7 +124,7 @@ pub async fn up(a: Up, single: bool) -> Result<(), Failure> {
         .map_err(|e| Failure::Failed(format!("stopping: {e}")))
 }
 
-async fn wait_for_stop() {
+pub(super) async fn wait_for_stop() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -3,6 +3,8 @@
 //!
 //! Peers are given as `ADDRESS=VOLUME` (ADDRESS as `sys.peers` holds it, VOLUME the directory
 //! of that service's bases); every address is validated before anything is read or written.
+//! With `--proxy URL --ns NS` (check, sync, move) the peers come from the namespace's proxy
+//! (`crate::repair::sds`) and `--peer` only says where volumes are reachable from here.
 
 use std::path::PathBuf;
 
@@ -12,6 +14,7 @@ use pump_meta2::{parse_address, BaseName, Health, Peer};
 
 use super::Failure;
 use crate::repair::meta2 as repair;
+use crate::repair::sds;
 
 /// `pump meta2 ...`.
 #[derive(Debug, Args)]
@@ -60,6 +63,49 @@ impl BaseArgs {
     }
 }
 
+/// `--proxy URL --ns NS`: work through an OpenIO SDS proxy.
+#[derive(Debug, Args)]
+struct ProxyArgs {
+    /// An SDS proxy, http://HOST:PORT (repeat: the first is driven, every one is flushed).
+    #[arg(long = "proxy", value_name = "URL", requires = "ns")]
+    proxies: Vec<String>,
+    /// The namespace (with --proxy).
+    #[arg(long, requires = "proxies")]
+    ns: Option<String>,
+}
+
+impl ProxyArgs {
+    /// The proxies, when --proxy is given.
+    fn open(&self, base: &BaseArgs, dry_run: bool) -> Result<Option<sds::Proxies>, Failure> {
+        let Some(ns) = &self.ns else {
+            return Ok(None);
+        };
+        let container =
+            match (&base.base, &base.account, &base.container) {
+                (None, Some(a), Some(c)) => sds::Container::Named {
+                    account: a.clone(),
+                    name: c.clone(),
+                },
+                (Some(b), None, None) => sds::Container::Cid(BaseName::parse(b).map_err(usage)?),
+                _ => return Err(Failure::Usage(
+                    "with --proxy, give the container: --account and --container, or its CID.seq"
+                        .into(),
+                )),
+            };
+        sds::Proxies::new(self.proxies.clone(), ns.clone(), container, dry_run).map(Some)
+    }
+}
+
+/// `ADDRESS` or `ADDRESS=VOLUME`.
+fn target(s: &str) -> Result<(String, Option<PathBuf>), String> {
+    if s.contains('=') {
+        let p = peer(s)?;
+        Ok((p.address, Some(p.volume)))
+    } else {
+        Ok((address(s)?, None))
+    }
+}
+
 fn usage(e: pump_meta2::Error) -> Failure {
     match e {
         pump_meta2::Error::Usage(m) => Failure::Usage(m),
@@ -91,14 +137,17 @@ struct CheckArgs {
     /// JSON for scripts.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    proxy: ProxyArgs,
 }
 
 #[derive(Debug, Args)]
 struct SyncArgs {
     #[command(flatten)]
     base: BaseArgs,
-    /// A service holding a copy: ADDRESS=VOLUME (repeat).
-    #[arg(long = "peer", value_parser = peer, required = true)]
+    /// A service holding a copy: ADDRESS=VOLUME (repeat; with --proxy, the volumes reachable
+    /// from here).
+    #[arg(long = "peer", value_parser = peer, required_unless_present = "proxies")]
     peers: Vec<Peer>,
     /// Use this peer's copy as the source.
     #[arg(long, value_parser = address)]
@@ -106,6 +155,11 @@ struct SyncArgs {
     /// JSON for scripts.
     #[arg(long)]
     json: bool,
+    /// With --proxy: print the plan with the exact requests, change nothing.
+    #[arg(long, requires = "proxies")]
+    dry_run: bool,
+    #[command(flatten)]
+    proxy: ProxyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -115,11 +169,13 @@ struct MoveArgs {
     /// The service whose copy moves (one of --peer).
     #[arg(long, value_parser = address)]
     from: String,
-    /// The new service: ADDRESS=VOLUME.
-    #[arg(long, value_parser = peer)]
-    to: Peer,
-    /// Every current service holding a copy: ADDRESS=VOLUME (repeat).
-    #[arg(long = "peer", value_parser = peer, required = true)]
+    /// The new service: ADDRESS=VOLUME (with --proxy, ADDRESS alone when its volume is not
+    /// reachable from here: the proxy's admin/copy then makes the copy).
+    #[arg(long, value_parser = target, value_name = "ADDRESS[=VOLUME]")]
+    to: (String, Option<PathBuf>),
+    /// Every current service holding a copy: ADDRESS=VOLUME (repeat; with --proxy, the
+    /// volumes reachable from here).
+    #[arg(long = "peer", value_parser = peer, required_unless_present = "proxies")]
     peers: Vec<Peer>,
     /// Delete the old copy once the new one is verified (kept aside otherwise).
     #[arg(long)]
@@ -127,6 +183,8 @@ struct MoveArgs {
     /// Print the plan, write nothing.
     #[arg(long)]
     dry_run: bool,
+    #[command(flatten)]
+    proxy: ProxyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -170,7 +228,7 @@ struct GenerateArgs {
 /// Runs a `pump meta2` command.
 pub async fn run(args: Meta2Args) -> Result<(), Failure> {
     match args.command {
-        Meta2Command::Check(a) => check(a),
+        Meta2Command::Check(a) => check(a).await,
         Meta2Command::Sync(a) => sync(a).await,
         Meta2Command::Move(a) => move_(a).await,
         Meta2Command::Rebuild(a) => rebuild(a).await,
@@ -178,7 +236,16 @@ pub async fn run(args: Meta2Args) -> Result<(), Failure> {
     }
 }
 
-fn check(a: CheckArgs) -> Result<(), Failure> {
+async fn check(a: CheckArgs) -> Result<(), Failure> {
+    if let Some(p) = a.proxy.open(&a.base, false)? {
+        if a.volume.is_some() || a.json {
+            return Err(Failure::Usage(
+                "--volume and --json are for checks on files, not with --proxy".into(),
+            ));
+        }
+        let base = need_base(&a.base)?;
+        return sds::check(&p, &base, &a.peers, a.full).await;
+    }
     let mut bases = Vec::new();
     if let Some(b) = a.base.resolve()? {
         bases.push(b);
@@ -254,6 +321,14 @@ fn need_base(b: &BaseArgs) -> Result<BaseName, Failure> {
 
 async fn sync(a: SyncArgs) -> Result<(), Failure> {
     let base = need_base(&a.base)?;
+    if let Some(p) = a.proxy.open(&a.base, a.dry_run)? {
+        if a.json {
+            return Err(Failure::Usage(
+                "--json is not available with --proxy".into(),
+            ));
+        }
+        return sds::sync(&p, &base, &a.peers, a.from.as_deref()).await;
+    }
     let answers = repair::sync(&base, &a.peers, a.from.as_deref()).await?;
     if a.json {
         println!(
@@ -280,11 +355,44 @@ async fn sync(a: SyncArgs) -> Result<(), Failure> {
 
 async fn move_(a: MoveArgs) -> Result<(), Failure> {
     let base = need_base(&a.base)?;
+    if let Some(p) = a.proxy.open(&a.base, a.dry_run)? {
+        if a.delete_source {
+            return Err(Failure::Usage(
+                "--delete-source is for moves on files: through a proxy the old copy is left \
+                 frozen, outside the reference"
+                    .into(),
+            ));
+        }
+        let mut volumes: std::collections::BTreeMap<String, PathBuf> = a
+            .peers
+            .iter()
+            .map(|p| (p.address.clone(), p.volume.clone()))
+            .collect();
+        if let Some(v) = &a.to.1 {
+            volumes.insert(a.to.0.clone(), v.clone());
+        }
+        let m = sds::ProxyMove {
+            base,
+            from: a.from,
+            to: a.to.0,
+            volumes,
+        };
+        return sds::move_base(&p, &m).await;
+    }
+    let (to_address, Some(to_volume)) = a.to else {
+        return Err(Failure::Usage(
+            "--to: give ADDRESS=VOLUME (ADDRESS alone only with --proxy)".into(),
+        ));
+    };
+    let to = Peer {
+        address: to_address,
+        volume: to_volume,
+    };
     let req = repair::MoveRequest {
         base: base.clone(),
         peers: a.peers,
         from: a.from,
-        to: a.to,
+        to,
         delete_source: a.delete_source,
         dry_run: a.dry_run,
     };

@@ -1,8 +1,11 @@
-//! `pump node`: one reference node (all vbuckets active) in the foreground.
+//! `pump node`: one reference node (all vbuckets active) in the foreground; with `--sds NS`,
+//! the reference OpenIO SDS proxy over local meta2 volumes instead.
 
 use std::path::PathBuf;
 
 use clap::Args;
+
+use pump_node::sds::{Meta2Service, SdsConfig, SdsProxy};
 
 use super::Failure;
 
@@ -30,10 +33,64 @@ pub struct NodeArgs {
     /// SASL password.
     #[arg(long, requires = "user")]
     pub password: Option<String>,
+    /// Serve the reference SDS proxy for namespace NS (with --meta2) instead of a data node.
+    #[arg(long, value_name = "NS", requires = "meta2")]
+    pub sds: Option<String>,
+    /// A meta2 service the proxy emulates: ADDRESS=VOLUME (repeat).
+    #[arg(long = "meta2", value_name = "ADDRESS=VOLUME", value_parser = meta2_service, requires = "sds")]
+    pub meta2: Vec<Meta2Service>,
+    /// The proxy's meta1 store, a JSON file shared by the proxies of one namespace (built
+    /// from the volumes' sys.peers when absent); in memory without it.
+    #[arg(long, requires = "sds")]
+    pub meta1: Option<PathBuf>,
+    /// The proxy's port (the SDS sandbox uses 6000); 0 picks a free one.
+    #[arg(long, default_value_t = 6000)]
+    pub proxy_port: u16,
+}
+
+fn meta2_service(s: &str) -> Result<Meta2Service, String> {
+    let p = pump_meta2::Peer::parse(s).map_err(|e| e.to_string())?;
+    if !p.volume.is_dir() {
+        return Err(format!("{}: no such directory", p.volume.display()));
+    }
+    Ok(Meta2Service {
+        address: p.address,
+        volume: p.volume,
+    })
+}
+
+/// Serves the reference SDS proxy until SIGINT/SIGTERM; prints its address first.
+async fn run_sds(ns: String, a: NodeArgs) -> Result<(), Failure> {
+    let mut seen = std::collections::BTreeSet::new();
+    for s in &a.meta2 {
+        if !seen.insert(&s.address) {
+            return Err(Failure::Usage(format!(
+                "--meta2 {}: given twice",
+                s.address
+            )));
+        }
+    }
+    let config = SdsConfig {
+        ns: ns.clone(),
+        services: a.meta2,
+        meta1: a.meta1,
+    };
+    let proxy = SdsProxy::new(config).map_err(Failure::Failed)?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], a.proxy_port));
+    let bound = pump_node::sds::serve(std::sync::Arc::new(proxy), addr)
+        .await
+        .map_err(|e| Failure::Failed(format!("proxy port {addr}: {e}")))?;
+    println!("sds proxy ns={ns} url=http://{bound}");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    super::cluster::wait_for_stop().await;
+    Ok(())
 }
 
 /// Runs one node until SIGINT/SIGTERM.
 pub async fn run(a: NodeArgs) -> Result<(), Failure> {
+    if let Some(ns) = a.sds.clone() {
+        return run_sds(ns, a).await;
+    }
     let cfg = super::cluster::Up {
         nodes: 1,
         replicas: 0,

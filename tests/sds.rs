@@ -1,0 +1,575 @@
+//! `pump meta2 check | sync | move --proxy` end to end against the reference SDS proxy
+//! (`pump node --sds`), started by each test on a port it picks and stopped by its pid. The
+//! proxy records every request, so the tests assert which routes were sent, in which order.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use pump_meta2::generate::{write_base, BaseSpec};
+use pump_meta2::{digest, inspect, BaseName};
+
+const A: &str = "127.0.0.1:6121";
+const B: &str = "127.0.0.1:6122";
+const C: &str = "127.0.0.1:6123";
+const D: &str = "127.0.0.1:6124";
+const E: &str = "127.0.0.1:6125";
+const ALL: [&str; 5] = [A, B, C, D, E];
+
+/// Routes that change nothing.
+const READS: [&str; 7] = [
+    "conscience/list",
+    "reference/show",
+    "admin/has",
+    "admin/ping",
+    "admin/status",
+    "admin/debug",
+    "admin/get_properties",
+];
+
+/// Five meta2 services on temporary volumes; acct/c1 on A, B and C.
+struct Namespace {
+    dir: tempfile::TempDir,
+    base: BaseName,
+}
+
+impl Namespace {
+    fn new() -> Namespace {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = BaseSpec {
+            ns: "OPENIO".into(),
+            account: "acct".into(),
+            container: "c1".into(),
+            peers: vec![A.into(), B.into(), C.into()],
+            aliases: 20,
+        };
+        for a in ALL {
+            let v = volume(dir.path(), a);
+            std::fs::create_dir_all(&v).unwrap();
+            if [A, B, C].contains(&a) {
+                write_base(&v, &spec).unwrap();
+            }
+        }
+        Namespace {
+            dir,
+            base: spec.name(),
+        }
+    }
+
+    fn volume(&self, a: &str) -> PathBuf {
+        volume(self.dir.path(), a)
+    }
+
+    fn path(&self, a: &str) -> PathBuf {
+        self.base.path_in(&self.volume(a))
+    }
+
+    /// `--peer ADDRESS=VOLUME` for each of `peers`.
+    fn peer_args(&self, peers: &[&str]) -> Vec<String> {
+        peers
+            .iter()
+            .flat_map(|a| {
+                [
+                    "--peer".to_string(),
+                    format!("{a}={}", self.volume(a).display()),
+                ]
+            })
+            .collect()
+    }
+
+    /// Every table's digest, per copy present.
+    fn contents(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        ALL.iter()
+            .filter(|a| self.path(a).exists())
+            .map(|a| (a.to_string(), digest(&self.path(a), &[]).unwrap()))
+            .collect()
+    }
+
+    fn sys(&self, a: &str, key: &str) -> Option<String> {
+        inspect(&self.path(a), false)
+            .admin
+            .get(key)
+            .map(|v| String::from_utf8_lossy(v).to_string())
+    }
+
+    fn frozen(&self, a: &str) -> bool {
+        inspect(&self.path(a), false).status() == 4_294_967_295
+    }
+
+    fn data(&self, a: &str) -> BTreeMap<String, String> {
+        digest(&self.path(a), &["admin"]).unwrap()
+    }
+}
+
+fn volume(root: &Path, a: &str) -> PathBuf {
+    root.join(a.replace([':', '.'], "_"))
+}
+
+/// `pump node --sds OPENIO --meta2 ...` on a free port, killed by its pid when dropped.
+struct Proxy {
+    child: Child,
+    url: String,
+}
+
+impl Proxy {
+    fn start(ns: &Namespace, meta1: Option<&Path>) -> Proxy {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pump"));
+        cmd.args(["node", "--sds", "OPENIO", "--proxy-port", "0"]);
+        for a in ALL {
+            cmd.args(["--meta2", &format!("{a}={}", ns.volume(a).display())]);
+        }
+        if let Some(m) = meta1 {
+            cmd.arg("--meta1").arg(m);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start pump node --sds");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        // sds proxy ns=OPENIO url=http://127.0.0.1:PORT
+        let url = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("url="))
+            .unwrap_or_else(|| panic!("no url in {line:?}"))
+            .to_string();
+        Proxy { child, url }
+    }
+
+    fn addr(&self) -> &str {
+        self.url.strip_prefix("http://").unwrap()
+    }
+
+    /// The routes of every request so far.
+    fn routes(&self) -> Vec<String> {
+        let (status, body) = common::http(self.addr(), "GET", "/pump/requests", "");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["route"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn inject(&self, route: &str, status: u16) {
+        let (s, b) = common::http(
+            self.addr(),
+            "POST",
+            "/pump/faults",
+            &format!("route={route}&status={status}"),
+        );
+        assert_eq!(s, 204, "{b}");
+    }
+
+    fn post(&self, path: &str, body: &str) -> (u16, String) {
+        common::http(self.addr(), "POST", &format!("/v3.0/{path}"), body)
+    }
+
+    /// The reference's meta2 services, read after a flush of this proxy's cache.
+    fn reference(&self) -> String {
+        self.post("cache/flush/low", "");
+        let (s, b) = common::http(
+            self.addr(),
+            "GET",
+            "/v3.0/OPENIO/reference/show?acct=acct&ref=c1",
+            "",
+        );
+        assert_eq!(s, 200, "{b}");
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        v["srv"][0]["host"].as_str().unwrap_or("").to_string()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pump(args: &[String]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pump"))
+        .args(args)
+        .output()
+        .expect("run pump")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+/// `pump meta2 CMD --proxy URL... --ns OPENIO --account acct --container c1 EXTRA`.
+fn meta2(cmd: &str, proxies: &[&Proxy], extra: &[String]) -> Output {
+    let mut args: Vec<String> = vec!["meta2".into(), cmd.into()];
+    for p in proxies {
+        args.extend(["--proxy".to_string(), p.url.clone()]);
+    }
+    args.extend(
+        ["--ns", "OPENIO", "--account", "acct", "--container", "c1"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    args.extend(extra.iter().cloned());
+    pump(&args)
+}
+
+/// `move --from FROM --to TO=VOLUME` with the volumes of `peers` reachable.
+fn move_args(ns: &Namespace, from: &str, to: &str, peers: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        "--from".to_string(),
+        from.to_string(),
+        "--to".to_string(),
+        format!("{to}={}", ns.volume(to).display()),
+    ];
+    v.extend(ns.peer_args(peers));
+    v
+}
+
+fn changes(routes: &[String]) -> Vec<&String> {
+    routes
+        .iter()
+        .filter(|r| !READS.contains(&r.as_str()))
+        .collect()
+}
+
+#[test]
+fn move_through_the_proxy_moves_the_copy_the_peers_and_the_reference_in_order() {
+    let ns = Namespace::new();
+    let proxy = Proxy::start(&ns, None);
+    let before = ns.data(A);
+    let out = meta2("move", &[&proxy], &move_args(&ns, A, D, &[A, B, C]));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        proxy.routes(),
+        [
+            "conscience/list",
+            "cache/flush/low",
+            "cache/flush/high",
+            "reference/show",
+            "admin/has",
+            "admin/leave",
+            "admin/freeze",
+            "admin/set_properties",
+            "admin/enable",
+            "reference/force",
+            "cache/flush/low",
+            "cache/flush/high",
+            "admin/ping",
+            "admin/status",
+            "admin/debug",
+            "container/set_properties",
+        ]
+    );
+    // The answers as `openio election` tables, the master and slaves after the move.
+    assert!(
+        stdout.contains("| Id             | Status | Message        |"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("| {C} |    303 | {B} |")),
+        "{stdout}"
+    );
+    assert_eq!(proxy.reference(), format!("{B},{C},{D}"));
+    for a in [B, C, D] {
+        assert_eq!(
+            ns.sys(a, "sys.peers").unwrap(),
+            format!("{B},{C},{D}"),
+            "{a}"
+        );
+        assert!(!ns.frozen(a), "{a} still frozen");
+        assert_eq!(ns.data(a), before, "{a}");
+        assert_eq!(ns.sys(a, "user.pump.moved").unwrap(), format!("{A}->{D}"));
+    }
+    let admin_versions: Vec<Option<String>> = [B, C, D]
+        .iter()
+        .map(|a| ns.sys(a, "version:main.admin"))
+        .collect();
+    assert!(admin_versions.iter().all(|v| *v == admin_versions[0]));
+    assert!(
+        ns.frozen(A),
+        "the old copy stays frozen, outside the reference"
+    );
+    assert!(meta2("check", &[&proxy], &ns.peer_args(&[B, C, D]))
+        .status
+        .success());
+}
+
+#[test]
+fn move_to_a_volume_not_reachable_from_here_uses_admin_copy() {
+    let ns = Namespace::new();
+    let proxy = Proxy::start(&ns, None);
+    let out = meta2(
+        "move",
+        &[&proxy],
+        &["--from", A, "--to", D].map(String::from),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let routes = proxy.routes();
+    let copy = routes.iter().position(|r| r == "admin/copy").unwrap();
+    assert_eq!(routes[copy - 1], "admin/freeze");
+    assert_eq!(routes[copy + 1], "admin/set_properties");
+    assert_eq!(ns.data(D), ns.data(B));
+    assert_eq!(proxy.reference(), format!("{B},{C},{D}"));
+}
+
+#[test]
+fn sync_through_the_proxy_refills_a_missing_and_a_corrupt_copy() {
+    let ns = Namespace::new();
+    let proxy = Proxy::start(&ns, None);
+    let good = ns.data(A);
+    std::fs::remove_file(ns.path(C)).unwrap();
+    std::fs::write(ns.path(B), b"not a database at all, the disk ate it").unwrap();
+    let out = meta2("check", &[&proxy], &ns.peer_args(&[A, B, C]));
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+    let out = meta2("sync", &[&proxy], &ns.peer_args(&[A, B, C]));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("| {C} |    200 | OK      |")),
+        "{stdout}"
+    );
+    let routes = proxy.routes();
+    let syncs = routes.iter().filter(|r| *r == "admin/sync").count();
+    assert_eq!(syncs, 2, "one admin/sync per bad copy: {routes:?}");
+    for a in [B, C] {
+        assert_eq!(ns.data(a), good, "{a}");
+    }
+    assert!(meta2("check", &[&proxy], &ns.peer_args(&[A, B, C]))
+        .status
+        .success());
+}
+
+#[test]
+fn a_mistyped_address_is_refused_before_any_request_that_changes_state() {
+    let ns = Namespace::new();
+    let proxy = Proxy::start(&ns, None);
+    let before = ns.contents();
+    // 6152 for 6125: a service the conscience does not know.
+    let mut args = move_args(&ns, A, E, &[A, B, C]);
+    args[3] = format!("127.0.0.1:6152={}", ns.volume(E).display());
+    let out = meta2("move", &[&proxy], &args);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--to 127.0.0.1:6152: not a meta2 service of OPENIO"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    assert_eq!(proxy.routes(), ["conscience/list"]);
+    // A --from that is not one of the reference's services: refused after the reads only.
+    let out = meta2("move", &[&proxy], &move_args(&ns, D, E, &[A, B, C]));
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("--from {D}: not a meta2 service of the reference")));
+    let routes = proxy.routes();
+    let state: Vec<&String> = changes(&routes)
+        .into_iter()
+        .filter(|r| !r.starts_with("cache/"))
+        .collect();
+    assert!(state.is_empty(), "{routes:?}");
+    // A malformed address never reaches the proxy.
+    let mut args = move_args(&ns, A, E, &[A, B, C]);
+    args[3] = "127.0.0.1:612500".into();
+    assert_eq!(meta2("move", &[&proxy], &args).status.code(), Some(2));
+    assert_eq!(proxy.routes(), routes);
+    assert_eq!(ns.contents(), before);
+}
+
+#[test]
+fn a_503_in_the_middle_of_a_move_leaves_the_base_enabled_on_its_old_peers() {
+    for route in [
+        "admin/set_properties",
+        "admin/enable",
+        "reference/force",
+        "admin/status",
+        "container/set_properties",
+    ] {
+        let ns = Namespace::new();
+        let proxy = Proxy::start(&ns, None);
+        let before: BTreeMap<&str, Option<String>> = [A, B, C]
+            .iter()
+            .map(|a| (*a, ns.sys(a, "sys.peers")))
+            .collect();
+        proxy.inject(route, 503);
+        let out = meta2("move", &[&proxy], &move_args(&ns, A, D, &[A, B, C]));
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{route}: {stdout}\n{stderr}");
+        assert!(stderr.contains(&format!("{route}?")), "{route}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "every step was undone: the base is enabled on its old peers {A},{B},{C}"
+            )),
+            "{route}: {stderr}"
+        );
+        assert!(stderr.contains("then run the same move again"), "{stderr}");
+        assert!(stderr.contains("pump meta2 check --proxy"), "{stderr}");
+        assert_eq!(proxy.reference(), format!("{A},{B},{C}"), "{route}");
+        for a in [A, B, C] {
+            assert!(!ns.frozen(a), "{route}: {a} left frozen");
+            assert_eq!(ns.sys(a, "sys.peers"), before[a], "{route}: {a}");
+        }
+        assert!(
+            !ns.path(D).exists(),
+            "{route}: the new copy was not removed"
+        );
+        let check = meta2("check", &[&proxy], &ns.peer_args(&[A, B, C]));
+        assert!(check.status.success(), "{route}: {:?}", text(&check));
+        // Rerun without the fault: the move goes through.
+        let out = meta2("move", &[&proxy], &move_args(&ns, A, D, &[A, B, C]));
+        assert!(out.status.success(), "{route}: rerun: {:?}", text(&out));
+        assert_eq!(proxy.reference(), format!("{B},{C},{D}"));
+    }
+}
+
+#[test]
+fn a_base_frozen_by_someone_else_is_left_frozen_and_a_leftover_target_refused() {
+    let ns = Namespace::new();
+    let proxy = Proxy::start(&ns, None);
+    let q = "OPENIO/admin/freeze?acct=acct&ref=c1&type=meta2";
+    assert_eq!(proxy.post(q, "").0, 200);
+    let out = meta2("move", &[&proxy], &move_args(&ns, A, D, &[A, B, C]));
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("436"), "{stderr}");
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    for a in [A, B, C] {
+        assert!(
+            ns.frozen(a),
+            "{a}: the move enabled a base it had not frozen"
+        );
+    }
+    assert!(!changes(&proxy.routes())
+        .iter()
+        .any(|r| *r == "admin/enable"));
+    // A leftover copy on the target: refused before any change.
+    assert_eq!(
+        proxy
+            .post("OPENIO/admin/enable?acct=acct&ref=c1&type=meta2", "")
+            .0,
+        200
+    );
+    std::fs::create_dir_all(ns.path(D).parent().unwrap()).unwrap();
+    std::fs::copy(ns.path(A), ns.path(D)).unwrap();
+    let n = proxy.routes().len();
+    let out = meta2("move", &[&proxy], &move_args(&ns, A, D, &[A, B, C]));
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("exists (a leftover copy?)"), "{stderr}");
+    let routes = proxy.routes();
+    let after: Vec<&String> = changes(&routes[n..])
+        .into_iter()
+        .filter(|r| !r.starts_with("cache/"))
+        .collect();
+    assert!(after.is_empty(), "{routes:?}");
+}
+
+#[test]
+fn a_stale_proxy_cache_is_flushed_before_the_reference_is_read() {
+    let ns = Namespace::new();
+    let meta1 = ns.dir.path().join("meta1.json");
+    let p1 = Proxy::start(&ns, Some(&meta1));
+    let p2 = Proxy::start(&ns, Some(&meta1));
+    // p1 caches the reference: A, B, C.
+    let (s, _) = common::http(
+        p1.addr(),
+        "GET",
+        "/v3.0/OPENIO/reference/show?acct=acct&ref=c1",
+        "",
+    );
+    assert_eq!(s, 200);
+    // Another operator moves A to D through p2 only; p1's cache still says A, B, C.
+    let out = meta2("move", &[&p2], &move_args(&ns, A, D, &[A, B, C, D]));
+    assert!(out.status.success(), "{:?}", text(&out));
+    // A write lands on the new peers B, C, D.
+    let (s, b) = p2.post(
+        "OPENIO/container/set_properties?acct=acct&ref=c1",
+        r#"{"properties": {"written.after": "the first move"}}"#,
+    );
+    assert_eq!(s, 204, "{b}");
+    // Move B to E, driving p1: read through its stale cache, the base would go back to A's
+    // old copy (A, C, E) and lose the write.
+    let out = meta2("move", &[&p1, &p2], &move_args(&ns, B, E, &[A, B, C, D, E]));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("meta2 services: {B},{C},{D}")),
+        "{stdout}"
+    );
+    assert_eq!(p1.reference(), format!("{C},{D},{E}"));
+    for a in [C, D, E] {
+        assert_eq!(
+            ns.sys(a, "user.written.after").as_deref(),
+            Some("the first move")
+        );
+        assert_eq!(ns.sys(a, "sys.peers").unwrap(), format!("{C},{D},{E}"));
+    }
+    // Both proxies were flushed after the force: p2 resolves the new peers without a flush.
+    let (_, b) = common::http(
+        p2.addr(),
+        "GET",
+        "/v3.0/OPENIO/reference/show?acct=acct&ref=c1",
+        "",
+    );
+    assert!(b.contains(&format!("{C},{D},{E}")), "{b}");
+}
+
+#[test]
+fn the_dry_run_sends_no_request_that_changes_state() {
+    let ns = Namespace::new();
+    let proxy = Proxy::start(&ns, None);
+    let before = ns.contents();
+    let mut args = move_args(&ns, A, D, &[A, B, C]);
+    args.push("--dry-run".into());
+    let out = meta2("move", &[&proxy], &args);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let routes = proxy.routes();
+    assert_eq!(changes(&routes), Vec::<&String>::new());
+    assert_eq!(routes, ["conscience/list", "reference/show", "admin/has"]);
+    // The plan, with the exact requests.
+    let q = "acct=acct&ref=c1&type=meta2";
+    for line in [
+        format!(
+            "would send: POST {}/v3.0/OPENIO/admin/freeze?{q}&service_id={A},{B},{C}",
+            proxy.url
+        ),
+        format!(
+            "would send: POST {}/v3.0/OPENIO/admin/set_properties?{q}&service_id={B},{C},{D} \
+             {{\"properties\":{{}},\"system\":{{\"sys.peers\":\"{B},{C},{D}\"}}}}",
+            proxy.url
+        ),
+        format!(
+            "would send: POST {}/v3.0/OPENIO/reference/force?acct=acct&ref=c1&replace=yes \
+             {{\"args\":\"\",\"host\":\"{B},{C},{D}\",\"seq\":1,\"type\":\"meta2\"}}",
+            proxy.url
+        ),
+        format!("would run: copy {A} -> {D}"),
+        format!(
+            "would send: POST {}/v3.0/OPENIO/admin/status?{q}",
+            proxy.url
+        ),
+    ] {
+        assert!(stdout.contains(&line), "{line}\n{stdout}");
+    }
+    assert_eq!(ns.contents(), before);
+    // The same for a sync.
+    std::fs::remove_file(ns.path(C)).unwrap();
+    let out = meta2("sync", &[&proxy], &["--dry-run".to_string()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("would send: POST"), "{stdout}");
+    assert_eq!(changes(&proxy.routes()), Vec::<&String>::new());
+    assert!(!ns.path(C).exists());
+}
