@@ -7,7 +7,8 @@
 //!    `pump meta2 rebuild` (the binary: $PUMP_BIN, else target/release/pump, else
 //!    target/debug/pump). Budget: >= 500 bases/s.
 //!
-//! `META2_BENCH_ROWS` and `META2_BENCH_BASES` scale them down.
+//! `META2_BENCH_ROWS` and `META2_BENCH_BASES` scale them down; `META2_BENCH_ONLY=sync|rebuild`
+//! runs one of them; `META2_BENCH_CACHE=DIR` keeps the generated big base for the next run.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -38,7 +39,20 @@ fn big_base(dir: &Path, rows: usize) -> PathBuf {
 fn sync_bench(root: &Path) {
     let rows = env_num("META2_BENCH_ROWS", 1_000_000);
     let t = Instant::now();
-    let src = big_base(&root.join("big"), rows);
+    // META2_BENCH_CACHE=DIR keeps the generated big base there for the next run.
+    let src = match std::env::var("META2_BENCH_CACHE") {
+        Ok(dir) => {
+            let dir = PathBuf::from(dir).join(format!("big-{rows}"));
+            let name = pump_meta2::BaseName::of("bench", "big");
+            let path = name.path_in(&dir);
+            if path.exists() {
+                path
+            } else {
+                big_base(&dir, rows)
+            }
+        }
+        Err(_) => big_base(&root.join("big"), rows),
+    };
     let size = std::fs::metadata(&src).map(|m| m.len()).unwrap_or(0);
     println!(
         "meta2 sync: generated {rows} rows ({:.1} MB) in {:.1}s",
@@ -78,6 +92,7 @@ fn sync_bench(root: &Path) {
         })
         .expect("pump");
     let pumped = t.elapsed().as_secs_f64();
+    pump_meta2::timing::dump();
     assert_eq!(
         pump_meta2::digest(&src, &[]).expect("digest"),
         pump_meta2::digest(&dst, &[]).expect("digest")
@@ -169,6 +184,11 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    sync_bench(root.path());
-    rebuild_bench(root.path());
+    let only = std::env::var("META2_BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "sync" {
+        sync_bench(root.path());
+    }
+    if only.is_empty() || only == "rebuild" {
+        rebuild_bench(root.path());
+    }
 }

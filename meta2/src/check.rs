@@ -282,18 +282,58 @@ fn judge_one(
     (Health::Ok, "ok".into())
 }
 
+/// The digest of one table as [`digest`] computes it, fed row by row: the table's SQL
+/// statements first, then every row's cells in key order (the rowid first when the table has
+/// no primary key), each encoded as in [`crate::codec`] without the leading count.
+pub struct TableDigest(Sha256);
+
+impl TableDigest {
+    /// Starts with the table's statements (CREATE TABLE, then its indexes and triggers).
+    pub fn new(statements: &[String]) -> TableDigest {
+        let mut h = Sha256::new();
+        for s in statements {
+            h.update(s.as_bytes());
+        }
+        TableDigest(h)
+    }
+
+    /// Adds encoded cells (no count).
+    pub fn update(&mut self, cells: &[u8]) {
+        self.0.update(cells);
+    }
+
+    /// The hex digest.
+    pub fn finish(self) -> String {
+        hex::encode(self.0.finalize())
+    }
+}
+
 /// Per table, the SHA-256 (hex) of its rows in key order, every cell encoded as in
 /// [`crate::codec`]. Tables whose name is in `skip` are left out.
 pub fn digest(path: &Path, skip: &[&str]) -> Result<BTreeMap<String, String>, Error> {
     let conn = schema::open_read(path)?;
-    let tables = schema::tables(&conn).map_err(|e| Error::sqlite(path, e))?;
+    digest_conn(&conn, path, skip)
+}
+
+/// [`digest`] of a file nobody else writes (a base just built, not yet renamed into place):
+/// read through a memory map, with a large page cache.
+pub fn digest_private(path: &Path) -> Result<BTreeMap<String, String>, Error> {
+    let conn = schema::open_read(path)?;
+    conn.execute_batch("PRAGMA mmap_size=4294967296; PRAGMA cache_size=-262144")
+        .map_err(|e| Error::sqlite(path, e))?;
+    digest_conn(&conn, path, &[])
+}
+
+fn digest_conn(
+    conn: &rusqlite::Connection,
+    path: &Path,
+    skip: &[&str],
+) -> Result<BTreeMap<String, String>, Error> {
+    let tables = schema::tables(conn).map_err(|e| Error::sqlite(path, e))?;
     let mut out = BTreeMap::new();
     let mut buf = Vec::new();
     for t in tables.iter().filter(|t| !skip.contains(&t.name.as_str())) {
-        let mut h = Sha256::new();
-        for s in &t.statements {
-            h.update(s.as_bytes());
-        }
+        let mut h = TableDigest::new(&t.statements);
         let mut stmt = conn
             .prepare(&t.select_sql())
             .map_err(|e| Error::sqlite(path, e))?;
@@ -306,7 +346,7 @@ pub fn digest(path: &Path, skip: &[&str]) -> Result<BTreeMap<String, String>, Er
             }
             h.update(&buf);
         }
-        out.insert(t.name.clone(), hex::encode(h.finalize()));
+        out.insert(t.name.clone(), h.finish());
     }
     Ok(out)
 }

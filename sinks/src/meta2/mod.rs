@@ -9,15 +9,17 @@
 //! (never over an existing file: PATH must not exist) and the temporary name removed.
 //! Any other end removes the temporary file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pump::{
     BatchWriter, Delivery, Error, Message, Options, Sink, SinkKind, SourceEnd, Spec, WriterSink,
 };
-use pump_meta2::codec::{decode_refs, decode_schema, SCHEMA_FLAG};
-use pump_meta2::schema::{self, quote};
+use pump_meta2::check::{digest_private, TableDigest};
+use pump_meta2::codec::{decode_refs_into, decode_schema, SCHEMA_FLAG};
+use pump_meta2::schema;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -56,14 +58,22 @@ pub fn meta2_sink(path: PathBuf) -> WriterSink<Meta2Writer> {
 }
 
 enum Cmd {
-    Write(Vec<Message>, oneshot::Sender<Result<usize, String>>),
+    Write(Vec<Message>),
     Finish(SourceEnd, oneshot::Sender<Result<(), String>>),
 }
 
-/// Feeds the SQLite thread.
+/// The SQLite thread: its queue and the first error it met (it stops at that error).
+struct Worker {
+    tx: tokio::sync::mpsc::Sender<Cmd>,
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+/// Feeds the SQLite thread. A batch is confirmed once queued to it: nothing is durable
+/// before `finish` anyway (one transaction, renamed into place at the end), and an error
+/// of the thread is returned by the next `write` or by `finish`, which then fail the run.
 pub struct Meta2Writer {
     path: PathBuf,
-    thread: Option<std::sync::mpsc::SyncSender<Cmd>>,
+    thread: Option<Worker>,
 }
 
 impl Meta2Writer {
@@ -71,43 +81,50 @@ impl Meta2Writer {
         format!("meta2:{}", self.path.display())
     }
 
-    fn sender(&mut self) -> Result<&std::sync::mpsc::SyncSender<Cmd>, Error> {
-        if self.thread.is_none() {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Cmd>(2);
+    fn worker(&mut self) -> &Worker {
+        self.thread.get_or_insert_with(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Cmd>(4);
+            let failed = Arc::new(Mutex::new(None));
             let path = self.path.clone();
-            std::thread::spawn(move || builder_thread(path, rx));
-            self.thread = Some(tx);
-        }
-        self.thread
+            let f = failed.clone();
+            std::thread::spawn(move || builder_thread(path, rx, f));
+            Worker { tx, failed }
+        })
+    }
+
+    /// The error the SQLite thread stopped on.
+    fn gone(&self) -> Error {
+        let why = self
+            .thread
             .as_ref()
-            .ok_or_else(|| Error::sink(self.spec(), "the SQLite thread is gone"))
+            .and_then(|w| w.failed.lock().ok()?.clone())
+            .unwrap_or_else(|| "the SQLite thread is gone".into());
+        Error::sink(self.spec(), why)
     }
 }
 
 #[async_trait]
 impl BatchWriter for Meta2Writer {
     async fn write(&mut self, messages: Vec<Message>) -> Result<Delivery, Error> {
-        let spec = self.spec();
-        let (tx, rx) = oneshot::channel();
-        self.sender()?
-            .send(Cmd::Write(messages, tx))
-            .map_err(|_| Error::sink(&spec, "the SQLite thread is gone"))?;
-        let n = rx
-            .await
-            .map_err(|_| Error::sink(&spec, "the SQLite thread stopped"))?
-            .map_err(|e| Error::sink(&spec, e))?;
+        let n = messages.len();
+        let tx = self.worker().tx.clone();
+        if tx.send(Cmd::Write(messages)).await.is_err() {
+            return Err(self.gone());
+        }
         Ok(Delivery::all(n))
     }
 
     async fn finish(&mut self, end: SourceEnd) -> Result<(), Error> {
         let spec = self.spec();
-        let (tx, rx) = oneshot::channel();
-        self.sender()?
-            .send(Cmd::Finish(end, tx))
-            .map_err(|_| Error::sink(&spec, "the SQLite thread is gone"))?;
-        rx.await
-            .map_err(|_| Error::sink(&spec, "the SQLite thread stopped"))?
-            .map_err(|e| Error::sink(&spec, e))
+        let (reply, rx) = oneshot::channel();
+        let tx = self.worker().tx.clone();
+        if tx.send(Cmd::Finish(end, reply)).await.is_err() {
+            return Err(self.gone());
+        }
+        match rx.await {
+            Ok(r) => r.map_err(|e| Error::sink(&spec, e)),
+            Err(_) => Err(self.gone()),
+        }
     }
 }
 
@@ -117,7 +134,8 @@ struct TableState {
     ncols: usize,
     rowid: bool,
     later: Vec<String>,
-    rows: u64,
+    /// The digest of the rows received, to compare with the built table's.
+    digest: TableDigest,
 }
 
 struct Builder {
@@ -128,36 +146,46 @@ struct Builder {
     order: Vec<u16>,
 }
 
-fn insert(
+fn insert<'a>(
     stmt: &mut rusqlite::CachedStatement<'_>,
     t: &mut TableState,
-    m: &Message,
+    m: &'a Message,
+    cells: &mut Vec<ValueRef<'a>>,
 ) -> Result<(), String> {
-    let mut cells = decode_refs(&m.value).map_err(|e| format!("table {}: {e}", t.name))?;
-    if cells.len() != t.ncols {
+    cells.clear();
+    if t.rowid {
+        decode_refs_into(&m.key, cells).map_err(|e| format!("table {}: key: {e}", t.name))?;
+        if !matches!(cells.as_slice(), [ValueRef::Integer(_)]) {
+            return Err(format!("table {}: the key is not a rowid", t.name));
+        }
+        // Decoded above: at least the 2-byte count.
+        t.digest.update(&m.key[2..]);
+    }
+    let key_cells = cells.len();
+    decode_refs_into(&m.value, cells).map_err(|e| format!("table {}: {e}", t.name))?;
+    if cells.len() - key_cells != t.ncols {
         return Err(format!(
             "table {}: a row of {} columns, the table has {}",
             t.name,
-            cells.len(),
+            cells.len() - key_cells,
             t.ncols
         ));
     }
-    if t.rowid {
-        let key = decode_refs(&m.key).map_err(|e| format!("table {}: key: {e}", t.name))?;
-        match key.as_slice() {
-            [k @ ValueRef::Integer(_)] => cells.insert(0, *k),
-            _ => return Err(format!("table {}: the key is not a rowid", t.name)),
-        }
+    t.digest.update(&m.value[2..]);
+    for (i, c) in cells.iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(*c))
+            .map_err(|e| format!("table {}: {e}", t.name))?;
     }
-    stmt.execute(rusqlite::params_from_iter(
-        cells.into_iter().map(ToSqlOutput::Borrowed),
-    ))
-    .map_err(|e| format!("table {}: {e}", t.name))?;
-    t.rows += 1;
+    stmt.raw_execute()
+        .map_err(|e| format!("table {}: {e}", t.name))?;
     Ok(())
 }
 
-fn builder_thread(path: PathBuf, rx: std::sync::mpsc::Receiver<Cmd>) {
+fn builder_thread(
+    path: PathBuf,
+    mut rx: tokio::sync::mpsc::Receiver<Cmd>,
+    failed: Arc<Mutex<Option<String>>>,
+) {
     let tmp = tmp_path(&path);
     let mut b = Builder {
         path,
@@ -166,17 +194,16 @@ fn builder_thread(path: PathBuf, rx: std::sync::mpsc::Receiver<Cmd>) {
         tables: HashMap::new(),
         order: Vec::new(),
     };
-    while let Ok(cmd) = rx.recv() {
+    while let Some(cmd) = rx.blocking_recv() {
         match cmd {
-            Cmd::Write(msgs, reply) => {
-                let n = msgs.len();
-                let r = b.write(msgs).map(|_| n);
-                if r.is_err() {
+            Cmd::Write(msgs) => {
+                if let Err(e) = b.write(msgs) {
                     b.abandon();
-                    let _ = reply.send(r);
+                    if let Ok(mut f) = failed.lock() {
+                        *f = Some(e);
+                    }
                     return;
                 }
-                let _ = reply.send(r);
             }
             Cmd::Finish(end, reply) => {
                 let r = if end == SourceEnd::Complete {
@@ -213,7 +240,7 @@ impl Builder {
             let c =
                 Connection::open(&self.tmp).map_err(|e| format!("{}: {e}", self.tmp.display()))?;
             c.execute_batch(
-                "PRAGMA page_size=4096; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY; BEGIN",
+                "PRAGMA page_size=4096; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-1048576; PRAGMA temp_store=MEMORY; PRAGMA threads=2; PRAGMA locking_mode=EXCLUSIVE; BEGIN",
             )
             .map_err(|e| format!("{}: {e}", self.tmp.display()))?;
             self.conn = Some(c);
@@ -224,6 +251,7 @@ impl Builder {
     }
 
     fn write(&mut self, msgs: Vec<Message>) -> Result<(), String> {
+        let _t = Timer("sink write");
         self.conn()?;
         let mut i = 0;
         while i < msgs.len() {
@@ -246,8 +274,9 @@ impl Builder {
             let mut stmt = conn
                 .prepare_cached(&t.insert)
                 .map_err(|e| format!("table {}: {e}", t.name))?;
+            let mut cells = Vec::with_capacity(t.ncols + 1);
             for m in &msgs[i..end] {
-                insert(&mut stmt, t, m)?;
+                insert(&mut stmt, t, m, &mut cells)?;
             }
             i = end;
         }
@@ -274,8 +303,8 @@ impl Builder {
                 ncols: t.columns.len(),
                 rowid: t.pk.is_empty(),
                 later: statements[1..].to_vec(),
+                digest: TableDigest::new(&statements),
                 name,
-                rows: 0,
             },
         );
         Ok(())
@@ -285,41 +314,68 @@ impl Builder {
         self.conn()?;
         let tmp = self.tmp.display().to_string();
         let conn = self.conn.as_ref().ok_or("no connection")?;
-        for id in &self.order {
-            if let Some(t) = self.tables.get(id) {
-                for s in &t.later {
-                    conn.execute_batch(s).map_err(|e| format!("{tmp}: {e}"))?;
+        {
+            let _t = Timer("sink index");
+            for id in &self.order {
+                if let Some(t) = self.tables.get(id) {
+                    for s in &t.later {
+                        conn.execute_batch(s).map_err(|e| format!("{tmp}: {e}"))?;
+                    }
                 }
             }
         }
-        conn.execute_batch("COMMIT")
-            .map_err(|e| format!("{tmp}: {e}"))?;
-        let check: String = conn
+        {
+            let _t = Timer("sink commit");
+            conn.execute_batch("COMMIT; PRAGMA locking_mode=NORMAL")
+                .map_err(|e| format!("{tmp}: {e}"))?;
+        }
+        let sent: BTreeMap<String, String> = std::mem::take(&mut self.tables)
+            .into_values()
+            .map(|t| (t.name, t.digest.finish()))
+            .collect();
+        // Three checks at once, each on its own thread: the file reaches the disk, its
+        // structure passes quick_check, and every table holds exactly the rows received.
+        let _t = Timer("sink verify+sync");
+        let synced = std::thread::spawn({
+            let tmp = self.tmp.clone();
+            move || std::fs::File::open(&tmp).and_then(|f| f.sync_all())
+        });
+        let built = std::thread::spawn({
+            let tmp = self.tmp.clone();
+            move || digest_private(&tmp)
+        });
+        let check: Result<String, String> = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(|e| format!("{tmp}: {e}"))?;
+            .map_err(|e| format!("{tmp}: {e}"));
+        let built = built
+            .join()
+            .map_err(|_| format!("{tmp}: the digest thread panicked"))?
+            .map_err(|e| e.to_string());
+        let synced = synced
+            .join()
+            .map_err(|_| format!("{tmp}: the sync thread panicked"))?
+            .map_err(|e| format!("{tmp}: {e}"));
+        let check = check?;
         if check != "ok" {
             return Err(format!("{tmp}: quick_check: {check}"));
         }
-        for t in self.tables.values() {
-            let n: i64 = conn
-                .query_row(
-                    &format!("SELECT count(*) FROM {}", quote(&t.name)),
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(|e| format!("{tmp}: {e}"))?;
-            if n as u64 != t.rows {
-                return Err(format!(
-                    "{tmp}: table {} holds {n} rows, {} were sent",
-                    t.name, t.rows
-                ));
-            }
+        let built = built?;
+        if built != sent {
+            let diff: Vec<&String> = sent
+                .keys()
+                .chain(built.keys())
+                .filter(|t| sent.get(*t) != built.get(*t))
+                .collect();
+            return Err(format!(
+                "{tmp}: the built base differs from the rows received in {diff:?}"
+            ));
         }
+        synced?;
+        drop(_t);
+        let _t = Timer("sink link");
         if let Some(c) = self.conn.take() {
             c.close().map_err(|(_, e)| format!("{tmp}: {e}"))?;
         }
-        let f = std::fs::File::open(&self.tmp).map_err(|e| format!("{tmp}: {e}"))?;
-        f.sync_all().map_err(|e| format!("{tmp}: {e}"))?;
         std::fs::hard_link(&self.tmp, &self.path)
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
         let _ = std::fs::remove_file(&self.tmp);
@@ -389,3 +445,5 @@ mod tests {
         assert!(!path.exists() && !tmp_path(&path).exists());
     }
 }
+
+use pump_meta2::timing::Timer;
