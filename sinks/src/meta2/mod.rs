@@ -17,9 +17,9 @@ use async_trait::async_trait;
 use pump::{
     BatchWriter, Delivery, Error, Message, Options, Sink, SinkKind, SourceEnd, Spec, WriterSink,
 };
-use pump_meta2::check::{digest_private, TableDigest};
+use pump_meta2::check::{digest_private, digest_tables, TableDigest};
 use pump_meta2::codec::{decode_refs_into, decode_schema, SCHEMA_FLAG};
-use pump_meta2::schema;
+use pump_meta2::schema::{self, Table};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -54,7 +54,28 @@ impl SinkKind for Meta2Kind {
 
 /// A sink building the base at `path`.
 pub fn meta2_sink(path: PathBuf) -> WriterSink<Meta2Writer> {
-    WriterSink(Meta2Writer { path, thread: None })
+    meta2_sink_with(path, true)
+}
+
+/// [`meta2_sink`]; with `sync_dir` false the directory is not synced after the link, for a
+/// caller building many bases that syncs each directory once at the end
+/// ([`sync_dirs`]).
+pub fn meta2_sink_with(path: PathBuf, sync_dir: bool) -> WriterSink<Meta2Writer> {
+    WriterSink(Meta2Writer {
+        path,
+        sync_dir,
+        thread: None,
+    })
+}
+
+/// Syncs each directory once (after bases were linked into them without `sync_dir`).
+pub fn sync_dirs<'a>(dirs: impl IntoIterator<Item = &'a Path>) -> Result<(), String> {
+    for d in dirs {
+        std::fs::File::open(d)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    Ok(())
 }
 
 enum Cmd {
@@ -73,6 +94,7 @@ struct Worker {
 /// of the thread is returned by the next `write` or by `finish`, which then fail the run.
 pub struct Meta2Writer {
     path: PathBuf,
+    sync_dir: bool,
     thread: Option<Worker>,
 }
 
@@ -87,7 +109,8 @@ impl Meta2Writer {
             let failed = Arc::new(Mutex::new(None));
             let path = self.path.clone();
             let f = failed.clone();
-            std::thread::spawn(move || builder_thread(path, rx, f));
+            let sync_dir = self.sync_dir;
+            tokio::task::spawn_blocking(move || builder_thread(path, sync_dir, rx, f));
             Worker { tx, failed }
         })
     }
@@ -136,10 +159,14 @@ struct TableState {
     later: Vec<String>,
     /// The digest of the rows received, to compare with the built table's.
     digest: TableDigest,
+    columns: Vec<String>,
+    pk: Vec<String>,
+    rows: u64,
 }
 
 struct Builder {
     path: PathBuf,
+    sync_dir: bool,
     tmp: PathBuf,
     conn: Option<Connection>,
     tables: HashMap<u16, TableState>,
@@ -172,6 +199,7 @@ fn insert<'a>(
         ));
     }
     t.digest.update(&m.value[2..]);
+    t.rows += 1;
     for (i, c) in cells.iter().enumerate() {
         stmt.raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(*c))
             .map_err(|e| format!("table {}: {e}", t.name))?;
@@ -183,12 +211,14 @@ fn insert<'a>(
 
 fn builder_thread(
     path: PathBuf,
+    sync_dir: bool,
     mut rx: tokio::sync::mpsc::Receiver<Cmd>,
     failed: Arc<Mutex<Option<String>>>,
 ) {
     let tmp = tmp_path(&path);
     let mut b = Builder {
         path,
+        sync_dir,
         tmp,
         conn: None,
         tables: HashMap::new(),
@@ -223,12 +253,11 @@ fn builder_thread(
     b.abandon();
 }
 
+/// From this many rows on, the built base is verified on parallel threads.
+const PARALLEL_VERIFY_ROWS: u64 = 100_000;
+
 /// The temporary name a base is built under.
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".pump-tmp");
-    PathBuf::from(s)
-}
+pub use pump_meta2::copy::tmp_path;
 
 impl Builder {
     fn conn(&mut self) -> Result<&Connection, String> {
@@ -292,9 +321,21 @@ impl Builder {
         let conn = self.conn.as_ref().ok_or("no connection")?;
         conn.execute_batch(create)
             .map_err(|e| format!("table {name}: {e}"))?;
-        let t = schema::table(conn, &name)
-            .map_err(|e| format!("table {name}: {e}"))?
-            .ok_or_else(|| format!("table {name}: its CREATE statement made no such table"))?;
+        let t = Table {
+            id: m.vbucket,
+            name: name.clone(),
+            statements: Vec::new(),
+            columns: Vec::new(),
+            pk: Vec::new(),
+        };
+        let (columns, pk) =
+            schema::columns(conn, &name).map_err(|e| format!("table {name}: {e}"))?;
+        if columns.is_empty() {
+            return Err(format!(
+                "table {name}: its CREATE statement made no such table"
+            ));
+        }
+        let t = Table { columns, pk, ..t };
         self.order.push(m.vbucket);
         self.tables.insert(
             m.vbucket,
@@ -304,6 +345,9 @@ impl Builder {
                 rowid: t.pk.is_empty(),
                 later: statements[1..].to_vec(),
                 digest: TableDigest::new(&statements),
+                columns: t.columns,
+                pk: t.pk,
+                rows: 0,
                 name,
             },
         );
@@ -329,32 +373,52 @@ impl Builder {
             conn.execute_batch("COMMIT; PRAGMA locking_mode=NORMAL")
                 .map_err(|e| format!("{tmp}: {e}"))?;
         }
-        let sent: BTreeMap<String, String> = std::mem::take(&mut self.tables)
+        let states = std::mem::take(&mut self.tables);
+        let rows: u64 = states.values().map(|t| t.rows).sum();
+        // The built tables as the file's sqlite_master gives them (so a statement that did
+        // not take is seen), with the columns read when each was created.
+        let mut built_tables = schema::master(conn).map_err(|e| format!("{tmp}: {e}"))?;
+        for t in &mut built_tables {
+            if let Some(s) = states.values().find(|s| s.name == t.name) {
+                t.columns = s.columns.clone();
+                t.pk = s.pk.clone();
+            }
+        }
+        let sent: BTreeMap<String, String> = states
             .into_values()
             .map(|t| (t.name, t.digest.finish()))
             .collect();
-        // Three checks at once, each on its own thread: the file reaches the disk, its
-        // structure passes quick_check, and every table holds exactly the rows received.
         let _t = Timer("sink verify+sync");
-        let synced = std::thread::spawn({
-            let tmp = self.tmp.clone();
-            move || std::fs::File::open(&tmp).and_then(|f| f.sync_all())
-        });
-        let built = std::thread::spawn({
-            let tmp = self.tmp.clone();
-            move || digest_private(&tmp)
-        });
-        let check: Result<String, String> = conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(|e| format!("{tmp}: {e}"));
-        let built = built
-            .join()
-            .map_err(|_| format!("{tmp}: the digest thread panicked"))?
-            .map_err(|e| e.to_string());
-        let synced = synced
-            .join()
-            .map_err(|_| format!("{tmp}: the sync thread panicked"))?
-            .map_err(|e| format!("{tmp}: {e}"));
+        let sync = || std::fs::File::open(&self.tmp).and_then(|f| f.sync_all());
+        let quick_check = || -> Result<String, String> {
+            conn.query_row("PRAGMA quick_check", [], |r| r.get(0))
+                .map_err(|e| format!("{tmp}: {e}"))
+        };
+        let (check, built, synced) = if rows >= PARALLEL_VERIFY_ROWS {
+            // A big base: the three checks at once, each on its own thread: the file
+            // reaches the disk, its structure passes quick_check, and every table holds
+            // exactly the rows received.
+            std::thread::scope(|s| {
+                let synced = s.spawn(sync);
+                let built = s.spawn(|| digest_private(&self.tmp, &built_tables));
+                let check = quick_check();
+                (
+                    check,
+                    built
+                        .join()
+                        .unwrap_or_else(|_| Err(pump_meta2::Error::Usage("panicked".into())))
+                        .map_err(|e| e.to_string()),
+                    synced
+                        .join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("the sync thread panicked"))),
+                )
+            })
+        } else {
+            let check = quick_check();
+            let built =
+                digest_tables(conn, &built_tables, &[], None).map_err(|e| format!("{tmp}: {e}"));
+            (check, built, sync())
+        };
         let check = check?;
         if check != "ok" {
             return Err(format!("{tmp}: quick_check: {check}"));
@@ -370,7 +434,7 @@ impl Builder {
                 "{tmp}: the built base differs from the rows received in {diff:?}"
             ));
         }
-        synced?;
+        synced.map_err(|e| format!("{tmp}: {e}"))?;
         drop(_t);
         let _t = Timer("sink link");
         if let Some(c) = self.conn.take() {
@@ -379,9 +443,11 @@ impl Builder {
         std::fs::hard_link(&self.tmp, &self.path)
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
         let _ = std::fs::remove_file(&self.tmp);
-        if let Some(dir) = self.path.parent() {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
+        if self.sync_dir {
+            if let Some(dir) = self.path.parent() {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| format!("{}: {e}", dir.display()))?;
             }
         }
         Ok(())

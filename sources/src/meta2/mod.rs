@@ -73,7 +73,7 @@ impl Source for Meta2Source {
         let stats = out.stats().clone();
         let path = self.path.clone();
         let batch = self.batch;
-        let reader = std::thread::spawn(move || {
+        let reader = tokio::task::spawn_blocking(move || {
             if let Err(e) = read_base(&path, batch, &tx, &stats) {
                 let _ = tx.blocking_send(Err(e));
             }
@@ -94,7 +94,7 @@ impl Source for Meta2Source {
             }
         }
         drop(rx);
-        let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+        let _ = reader.await;
         result
     }
 }
@@ -112,17 +112,18 @@ fn read_base(
     conn.execute_batch("PRAGMA cache_size=-262144; PRAGMA mmap_size=4294967296; BEGIN")
         .map_err(|e| e.to_string())?;
     let tables = schema::tables(&conn).map_err(|e| e.to_string())?;
-    let mut expected = tables.len() as u64;
-    for t in &tables {
-        let n: i64 = conn
-            .query_row(
-                &format!("SELECT count(*) FROM {}", schema::quote(&t.name)),
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| format!("table {}: {e}", t.name))?;
-        expected += n as u64;
-    }
+    // Every table's count in one statement, for the progress bar.
+    let counts: Vec<String> = tables
+        .iter()
+        .map(|t| format!("(SELECT count(*) FROM {})", schema::quote(&t.name)))
+        .collect();
+    let rows: i64 = if counts.is_empty() {
+        0
+    } else {
+        conn.query_row(&format!("SELECT {}", counts.join(" + ")), [], |r| r.get(0))
+            .map_err(|e| e.to_string())?
+    };
+    let expected = tables.len() as u64 + rows as u64;
     stats.set_expected(expected);
     drop(_t);
     let _t = pump_meta2::timing::Timer("source read");
