@@ -92,7 +92,6 @@ fn sync_bench(root: &Path) {
         })
         .expect("pump");
     let pumped = t.elapsed().as_secs_f64();
-    pump_meta2::timing::dump();
     assert_eq!(
         pump_meta2::digest(&src, &[]).expect("digest"),
         pump_meta2::digest(&dst, &[]).expect("digest")

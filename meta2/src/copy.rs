@@ -58,7 +58,6 @@ pub fn link_built(to: &Path) -> Result<(), Error> {
 }
 
 fn copy_to_tmp(from: &Path, tmp: &Path, sync: bool) -> Result<u64, Error> {
-    let _t = crate::timing::Timer("copy open+backup");
     let src = schema::open_read(from)?;
     src.execute_batch("BEGIN")
         .map_err(|e| Error::sqlite(from, e))?;
@@ -71,8 +70,6 @@ fn copy_to_tmp(from: &Path, tmp: &Path, sync: bool) -> Result<u64, Error> {
         b.run_to_completion(1 << 30, std::time::Duration::ZERO, None)
             .map_err(|e| Error::sqlite(tmp, e))?;
     }
-    drop(_t);
-    let _t = crate::timing::Timer("copy verify");
     let mut rows = 0u64;
     let want =
         digest_tables(&src, &tables, &[], Some(&mut rows)).map_err(|e| Error::sqlite(from, e))?;
@@ -101,8 +98,6 @@ fn copy_to_tmp(from: &Path, tmp: &Path, sync: bool) -> Result<u64, Error> {
         )));
     }
     dst.close().map_err(|(_, e)| Error::sqlite(tmp, e))?;
-    drop(_t);
-    let _t = crate::timing::Timer("copy fsync");
     if sync {
         std::fs::File::open(tmp)
             .and_then(|f| f.sync_all())

@@ -60,34 +60,3 @@ impl Error {
         }
     }
 }
-
-/// TEMP timing
-pub mod timing {
-    use std::sync::Mutex;
-    static T: Mutex<Vec<(&'static str, f64)>> = Mutex::new(Vec::new());
-    pub fn add(n: &'static str, s: f64) {
-        let mut t = T.lock().unwrap();
-        if let Some(e) = t.iter_mut().find(|e| e.0 == n) {
-            e.1 += s
-        } else {
-            t.push((n, s))
-        }
-    }
-    pub fn dump() {
-        if std::env::var("PUMP_META2_TIMING").is_ok() {
-            for (n, s) in T.lock().unwrap().drain(..) {
-                eprintln!("timing {n}: {s:.3}s");
-            }
-        }
-    }
-    pub struct Tm(pub &'static str, pub std::time::Instant);
-    impl Drop for Tm {
-        fn drop(&mut self) {
-            add(self.0, self.1.elapsed().as_secs_f64())
-        }
-    }
-    #[allow(non_snake_case)]
-    pub fn Timer(n: &'static str) -> Tm {
-        Tm(n, std::time::Instant::now())
-    }
-}

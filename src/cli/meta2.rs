@@ -317,7 +317,6 @@ async fn rebuild(a: RebuildArgs) -> Result<(), Failure> {
     };
     let s = repair::rebuild(&a.peer, &a.from_peers, a.threads, a.quiet, mode).await?;
     let secs = started.elapsed().as_secs_f64();
-    pump_meta2::timing::dump();
     println!(
         "rebuilt {} bases ({} rows) on {} in {secs:.1}s ({:.0} bases/s); {} already there, {} not for this service, {} failed",
         s.rebuilt,

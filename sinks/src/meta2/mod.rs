@@ -1,13 +1,19 @@
 //! `meta2:PATH`: builds a new meta2 base from the messages of a `meta2:` source (encoding in
 //! [`pump_meta2::codec`]).
 //!
-//! The base is built under `PATH.pump-tmp` (page_size 4096, no journal: the file is ours
-//! until renamed), on its own thread fed by a channel, in one big transaction with one
-//! prepared INSERT per table; indexes and triggers are created after the rows. When the
-//! source ends Complete the transaction commits, `quick_check` must answer ok and every
-//! table must hold as many rows as were received; the file is synced, then linked to PATH
-//! (never over an existing file: PATH must not exist) and the temporary name removed.
-//! Any other end removes the temporary file.
+//! The base is built under `PATH.pump-tmp` (page_size 4096, no journal, synchronous off: the
+//! file is ours until renamed), on its own thread fed by a queue (a batch is confirmed once
+//! queued; an error of the thread fails the next write or the finish), in one transaction
+//! with one prepared INSERT per table and no per-row allocation; indexes and triggers are
+//! created after the rows (sorted with SQLite's worker threads). The digest of the rows
+//! received is kept per table as they pass ([`pump_meta2::check::TableDigest`]). When the
+//! source ends Complete the transaction commits, then before anything is renamed: the file
+//! must pass `quick_check`, every table's digest read back from the file (with the
+//! statements its sqlite_master holds) must equal the digest of the rows received, and the
+//! file is synced to disk; for a big base the three run at once on their own threads. Only
+//! then is it linked to PATH (never over an existing file: PATH must not exist), the
+//! temporary name removed and the directory synced. Any other end removes the temporary
+//! file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -280,7 +286,6 @@ impl Builder {
     }
 
     fn write(&mut self, msgs: Vec<Message>) -> Result<(), String> {
-        let _t = Timer("sink write");
         self.conn()?;
         let mut i = 0;
         while i < msgs.len() {
@@ -358,21 +363,15 @@ impl Builder {
         self.conn()?;
         let tmp = self.tmp.display().to_string();
         let conn = self.conn.as_ref().ok_or("no connection")?;
-        {
-            let _t = Timer("sink index");
-            for id in &self.order {
-                if let Some(t) = self.tables.get(id) {
-                    for s in &t.later {
-                        conn.execute_batch(s).map_err(|e| format!("{tmp}: {e}"))?;
-                    }
+        for id in &self.order {
+            if let Some(t) = self.tables.get(id) {
+                for s in &t.later {
+                    conn.execute_batch(s).map_err(|e| format!("{tmp}: {e}"))?;
                 }
             }
         }
-        {
-            let _t = Timer("sink commit");
-            conn.execute_batch("COMMIT; PRAGMA locking_mode=NORMAL")
-                .map_err(|e| format!("{tmp}: {e}"))?;
-        }
+        conn.execute_batch("COMMIT; PRAGMA locking_mode=NORMAL")
+            .map_err(|e| format!("{tmp}: {e}"))?;
         let states = std::mem::take(&mut self.tables);
         let rows: u64 = states.values().map(|t| t.rows).sum();
         // The built tables as the file's sqlite_master gives them (so a statement that did
@@ -388,7 +387,6 @@ impl Builder {
             .into_values()
             .map(|t| (t.name, t.digest.finish()))
             .collect();
-        let _t = Timer("sink verify+sync");
         let sync = || std::fs::File::open(&self.tmp).and_then(|f| f.sync_all());
         let quick_check = || -> Result<String, String> {
             conn.query_row("PRAGMA quick_check", [], |r| r.get(0))
@@ -435,8 +433,6 @@ impl Builder {
             ));
         }
         synced.map_err(|e| format!("{tmp}: {e}"))?;
-        drop(_t);
-        let _t = Timer("sink link");
         if let Some(c) = self.conn.take() {
             c.close().map_err(|(_, e)| format!("{tmp}: {e}"))?;
         }
@@ -511,5 +507,3 @@ mod tests {
         assert!(!path.exists() && !tmp_path(&path).exists());
     }
 }
-
-use pump_meta2::timing::Timer;

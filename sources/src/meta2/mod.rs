@@ -105,7 +105,6 @@ fn read_base(
     tx: &tokio::sync::mpsc::Sender<Result<Vec<Message>, String>>,
     stats: &pump::Stats,
 ) -> Result<(), String> {
-    let _t = pump_meta2::timing::Timer("source count");
     let conn = schema::open_read(path).map_err(|e| e.to_string())?;
     // The whole read is one transaction: its shared lock keeps every SQLite writer off the
     // file, so reading it through a memory map is safe (and spares a copy per page).
@@ -125,15 +124,12 @@ fn read_base(
     };
     let expected = tables.len() as u64 + rows as u64;
     stats.set_expected(expected);
-    drop(_t);
-    let _t = pump_meta2::timing::Timer("source read");
     let mut msgs = Vec::with_capacity(batch);
     let flush = |msgs: &mut Vec<Message>| -> Result<(), String> {
         if msgs.is_empty() {
             return Ok(());
         }
         let m = std::mem::replace(msgs, Vec::with_capacity(batch));
-        let _t = pump_meta2::timing::Timer("source blocked");
         tx.blocking_send(Ok(m))
             .map_err(|_| "the pump stopped reading".to_string())
     };
