@@ -105,3 +105,52 @@ fn copy_to_tmp(from: &Path, tmp: &Path, sync: bool) -> Result<u64, Error> {
     }
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::{write_base, BaseSpec};
+
+    fn base(dir: &Path) -> PathBuf {
+        let spec = BaseSpec {
+            ns: "OPENIO".into(),
+            account: "acct".into(),
+            container: "copy".into(),
+            peers: vec!["127.0.0.1:6120".into()],
+            aliases: 30,
+        };
+        write_base(dir, &spec).unwrap()
+    }
+
+    #[test]
+    fn a_page_copy_has_the_same_digests_and_counts_the_rows() {
+        let d = tempfile::tempdir().unwrap();
+        let src = base(&d.path().join("a"));
+        let dst = d.path().join("b").join("x.meta2");
+        let rows = copy_verified(&src, &dst).unwrap();
+        // 30 aliases: 30 contents, 90 chunks, 30 aliases, 30 properties, and the admin keys.
+        assert!(rows > 180, "{rows}");
+        assert_eq!(
+            crate::digest(&src, &[]).unwrap(),
+            crate::digest(&dst, &[]).unwrap()
+        );
+        assert!(!tmp_path(&dst).exists());
+        assert!(copy_verified(&src, &dst).is_err(), "never over a file");
+    }
+
+    #[test]
+    fn a_corrupt_source_leaves_neither_target_nor_temporary_file() {
+        let d = tempfile::tempdir().unwrap();
+        let src = base(&d.path().join("a"));
+        let len = std::fs::metadata(&src).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&src)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        let dst = d.path().join("b").join("x.meta2");
+        assert!(copy_verified(&src, &dst).is_err());
+        assert!(!dst.exists() && !tmp_path(&dst).exists());
+    }
+}
