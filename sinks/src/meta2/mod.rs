@@ -496,13 +496,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_batch_fails_every_later_write_and_the_finish() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("y.meta2");
+        let mut w = meta2_sink(path.clone()).0;
+        let mut bad = messages();
+        bad.remove(0);
+        let _ = w.write(bad).await;
+        // Whatever is queued after, nothing is committed and the first error is reported.
+        let mut later = Ok(Delivery::all(0));
+        for _ in 0..3 {
+            later = w.write(messages()).await;
+            if later.is_err() {
+                break;
+            }
+        }
+        let e = match later {
+            Err(e) => e,
+            Ok(_) => w.finish(SourceEnd::Complete).await.unwrap_err(),
+        };
+        assert!(e.to_string().contains("before its schema"), "{e}");
+        assert!(!path.exists() && !tmp_path(&path).exists());
+    }
+
+    #[tokio::test]
     async fn a_row_before_its_schema_fails_and_leaves_nothing() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("x.meta2");
         let mut w = meta2_sink(path.clone()).0;
         let mut msgs = messages();
         msgs.remove(0);
-        let e = w.write(msgs).await.unwrap_err();
+        // A batch is only queued by write: the SQLite thread's error comes with the next
+        // write or with finish, which must not commit.
+        let e = match w.write(msgs).await {
+            Err(e) => e,
+            Ok(_) => w.finish(SourceEnd::Complete).await.unwrap_err(),
+        };
         assert!(e.to_string().contains("before its schema"), "{e}");
         assert!(!path.exists() && !tmp_path(&path).exists());
     }
