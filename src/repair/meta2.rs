@@ -825,7 +825,8 @@ pub async fn rebuild(
     let mut iter = work.into_iter();
     let mut done = 0usize;
     let mut linked: Vec<BaseName> = Vec::new();
-    let mut pending: Vec<(BaseName, u64, Option<PathBuf>)> = Vec::new();
+    let mut pending: Pending = Vec::new();
+    let mut linking: Option<Linking> = None;
     let started = std::time::Instant::now();
     loop {
         while set.len() < threads {
@@ -851,9 +852,10 @@ pub async fn rebuild(
             }
             Ok(Rebuilt::Built { rows, aside }) => {
                 pending.push((base, rows, aside));
-                if pending.len() >= LINK_BATCH || (set.is_empty() && iter.len() == 0) {
-                    let batch = std::mem::take(&mut pending);
-                    link_batch(lost, batch, &mut summary, &mut linked).await?;
+                if pending.len() >= LINK_BATCH {
+                    // One batch links while the next is copied.
+                    finish_linking(linking.take(), &mut summary, &mut linked).await?;
+                    linking = Some(start_linking(lost, std::mem::take(&mut pending)));
                 }
             }
             Ok(Rebuilt::Present) => summary.present += 1,
@@ -867,7 +869,11 @@ pub async fn rebuild(
             );
         }
     }
-    link_batch(lost, pending, &mut summary, &mut linked).await?;
+    finish_linking(linking.take(), &mut summary, &mut linked).await?;
+    if !pending.is_empty() {
+        let last = start_linking(lost, pending);
+        finish_linking(Some(last), &mut summary, &mut linked).await?;
+    }
     // Each base was synced before its link; the links reach the disk here, one sync per
     // directory, before the summary says they are done.
     let mut dirs: Vec<PathBuf> = linked
@@ -885,17 +891,15 @@ const LINK_BATCH: usize = 256;
 
 /// Syncs the verified copies of `batch` (their temporary files) to disk at once, then links
 /// each into place; a base whose link fails gets back the bad copy set aside for it.
-async fn link_batch(
-    lost: &Peer,
-    batch: Vec<(BaseName, u64, Option<PathBuf>)>,
-    summary: &mut RebuildSummary,
-    linked: &mut Vec<BaseName>,
-) -> Result<(), Failure> {
-    if batch.is_empty() {
-        return Ok(());
-    }
+type Pending = Vec<(BaseName, u64, Option<PathBuf>)>;
+type Linking = tokio::task::JoinHandle<(Vec<Result<(), String>>, Pending)>;
+
+/// Starts syncing the verified copies of `batch` (their temporary files) to disk at once,
+/// then linking each into place, on a blocking task; a base whose link fails gets back the
+/// bad copy set aside for it. The copies of the next bases go on meanwhile.
+fn start_linking(lost: &Peer, batch: Pending) -> Linking {
     let lost = lost.clone();
-    let (results, batch) = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let tmps: Vec<PathBuf> = batch
             .iter()
             .map(|(b, _, _)| pump_meta2::copy::tmp_path(&lost.path(b)))
@@ -919,8 +923,20 @@ async fn link_batch(
             .collect();
         (results, batch)
     })
-    .await
-    .map_err(|e| Failure::Failed(format!("a rebuild task failed: {e}")))?;
+}
+
+/// Waits for a batch started by [`start_linking`] and counts it.
+async fn finish_linking(
+    linking: Option<Linking>,
+    summary: &mut RebuildSummary,
+    linked: &mut Vec<BaseName>,
+) -> Result<(), Failure> {
+    let Some(linking) = linking else {
+        return Ok(());
+    };
+    let (results, batch) = linking
+        .await
+        .map_err(|e| Failure::Failed(format!("a rebuild task failed: {e}")))?;
     for ((base, rows, _), r) in batch.into_iter().zip(results) {
         match r {
             Ok(()) => {
@@ -974,7 +990,7 @@ pub enum RebuildMode {
 enum Rebuilt {
     /// Copied and linked (a streamed copy).
     Copied(u64),
-    /// A verified copy under the temporary name, to sync and link ([`link_batch`]);
+    /// A verified copy under the temporary name, to sync and link ([`start_linking`]);
     /// `aside`: where a bad copy that was in place went.
     Built {
         rows: u64,
