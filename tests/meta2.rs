@@ -439,8 +439,7 @@ fn transfer_meta2_keeps_every_storage_class_and_unknown_tables() {
     assert_eq!(again.status.code(), Some(2));
 }
 
-#[test]
-fn rebuild_restores_every_base_of_a_lost_volume() {
+fn rebuild_lost_volume(stream: bool) {
     let root = tempfile::tempdir().unwrap();
     let vol = |a: &str| root.path().join(a.replace([':', '.'], "_"));
     let mut mine = Vec::new();
@@ -452,22 +451,36 @@ fn rebuild_restores_every_base_of_a_lost_volume() {
     for i in 0..3 {
         copies(root.path(), &format!("other{i}"), &[B, C], 10);
     }
+    // B's copy of one base is truncated: it is rebuilt from C's.
+    let bad = mine[5].path_in(&vol(B));
+    let len = std::fs::metadata(&bad).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&bad)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     std::fs::remove_dir_all(vol(A)).unwrap();
     std::fs::create_dir(vol(A)).unwrap();
     let arg = |a: &str| format!("{a}={}", vol(a).display());
-    let out = pump(&[
+    let (pa, pb, pc) = (arg(A), arg(B), arg(C));
+    let mut args = vec![
         "meta2",
         "rebuild",
         "--peer",
-        &arg(A),
+        &pa,
         "--from-peer",
-        &arg(B),
+        &pb,
         "--from-peer",
-        &arg(C),
+        &pc,
         "-q",
         "-t",
         "3",
-    ]);
+    ];
+    if stream {
+        args.push("--stream");
+    }
+    let out = pump(&args);
     assert!(
         out.status.success(),
         "{}",
@@ -478,15 +491,232 @@ fn rebuild_restores_every_base_of_a_lost_volume() {
     assert!(text.contains("3 not for this service"), "{text}");
     for b in &mine {
         let peers: Vec<(String, PathBuf)> =
-            [A, B, C].iter().map(|a| (a.to_string(), vol(a))).collect();
+            [A, C].iter().map(|a| (a.to_string(), vol(a))).collect();
         let (code, st) = check_json(b, &peers);
         assert_eq!(code, 0, "{b}: {st:?}");
         assert_eq!(
             digest(&b.path_in(&vol(A)), &[]).unwrap(),
-            digest(&b.path_in(&vol(B)), &[]).unwrap()
+            digest(&b.path_in(&vol(C)), &[]).unwrap()
         );
     }
     assert_eq!(BaseName::list(&vol(A)).unwrap().len(), 12);
+    let left: Vec<PathBuf> = snapshot(&vol(A))
+        .into_keys()
+        .filter(|p| !p.to_string_lossy().ends_with(".meta2"))
+        .collect();
+    assert!(left.is_empty(), "nothing but bases on the volume: {left:?}");
+
+    // A rerun finds every base there and copies nothing.
+    let out = pump(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("rebuilt 0 bases"), "{text}");
+    assert!(text.contains("12 already there"), "{text}");
+}
+
+#[test]
+fn rebuild_restores_every_base_of_a_lost_volume() {
+    rebuild_lost_volume(false);
+}
+
+#[test]
+fn rebuild_streaming_through_the_pump_restores_every_base_too() {
+    rebuild_lost_volume(true);
+}
+
+#[test]
+fn check_volume_mode_and_full_integrity_check() {
+    let root = tempfile::tempdir().unwrap();
+    let mut bases = Vec::new();
+    let mut vols = Vec::new();
+    for i in 0..3 {
+        let (b, v) = copies(root.path(), &format!("v{i}"), &[A, B], 20);
+        bases.push(b);
+        vols = v;
+    }
+    // An index that no longer matches its table: quick_check does not look, integrity_check
+    // does.
+    sql(
+        &bases[1].path_in(&vols[1].1),
+        "PRAGMA writable_schema=ON;
+         UPDATE sqlite_master SET sql = 'CREATE INDEX alias_index_by_name ON aliases(mtime)'
+         WHERE name = 'alias_index_by_name';",
+    );
+    let volume = |extra: &[&str]| {
+        let mut args = vec![
+            "meta2".to_string(),
+            "check".into(),
+            "--volume".into(),
+            vols[0].1.display().to_string(),
+        ];
+        args.extend(peer_args(&vols));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        pump(&refs)
+    };
+    let rows = |out: &Output| -> Vec<(String, String, String)> {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["base"].as_str().unwrap().to_string(),
+                    r["peer"].as_str().unwrap().to_string(),
+                    r["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let quick = volume(&["--json"]);
+    assert_eq!(quick.status.code(), Some(0));
+    let r = rows(&quick);
+    assert_eq!(r.len(), 6, "every base of the volume, every peer: {r:?}");
+    assert!(r.iter().all(|(_, _, s)| s == "ok"), "{r:?}");
+    let mut seen: Vec<&String> = r.iter().map(|(b, _, _)| b).collect();
+    seen.dedup();
+    let mut want: Vec<String> = bases.iter().map(|b| b.to_string()).collect();
+    want.sort();
+    assert_eq!(seen, want.iter().collect::<Vec<_>>());
+
+    let full = volume(&["--json", "--full"]);
+    assert_eq!(full.status.code(), Some(1));
+    let bad: Vec<(String, String, String)> = rows(&full)
+        .into_iter()
+        .filter(|(_, _, s)| s != "ok")
+        .collect();
+    assert_eq!(
+        bad,
+        [(bases[1].to_string(), B.to_string(), "corrupt".to_string())]
+    );
+    let text = volume(&["--full"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("integrity_check"),
+        "the table says why: {text}"
+    );
+}
+
+#[test]
+fn check_names_unlisted_and_disagreeing_copies() {
+    let root = tempfile::tempdir().unwrap();
+    // E holds a copy but sys.peers lists A, B, C, D only.
+    let s = spec("p1", &[A, B, C, D], 10);
+    let vols: Vec<(String, PathBuf)> = [A, B, C, D, E]
+        .iter()
+        .map(|p| {
+            let v = root.path().join(p.replace([':', '.'], "_"));
+            write_base(&v, &s).unwrap();
+            (p.to_string(), v)
+        })
+        .collect();
+    let base = s.name();
+    // D's sys.peers says otherwise.
+    sql(
+        &base.path_in(&vols[3].1),
+        &format!("UPDATE admin SET v = CAST('{A},{B},{D}' AS BLOB) WHERE k = 'sys.peers'"),
+    );
+    let (code, statuses) = check_json(&base, &vols);
+    assert_eq!(code, 1);
+    assert_eq!(statuses[A], "ok");
+    assert_eq!(statuses[D], "peers-disagree", "{statuses:?}");
+    assert_eq!(statuses[E], "not-listed", "{statuses:?}");
+}
+
+#[test]
+fn sync_answers_per_peer_and_keeps_every_replaced_copy() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, mut vols) = copies(root.path(), "s1", &[A, B, C, D], 30);
+    let path = |vols: &[(String, PathBuf)], i: usize| base.path_in(&vols[i].1);
+    // C is behind, and a copy set aside by an earlier sync is already there.
+    sql(
+        &path(&vols, 2),
+        "DELETE FROM aliases WHERE alias = 'obj/000029';
+         UPDATE admin SET v = CAST('30:1700000000000000' AS BLOB) WHERE k = 'version:main.aliases';",
+    );
+    let earlier = PathBuf::from(format!("{}.corrupted", path(&vols, 2).display()));
+    std::fs::write(&earlier, b"an earlier copy").unwrap();
+    let behind = std::fs::read(path(&vols, 2)).unwrap();
+    // D's volume cannot be written: its place is a regular file.
+    let blocked = root.path().join("blocked");
+    std::fs::write(&blocked, b"not a directory").unwrap();
+    vols[3].1 = blocked;
+
+    let out = run(&["meta2", "sync"], &base, &vols, &["--json"]);
+    assert_eq!(out.status.code(), Some(1), "a copy could not be synced");
+    let answers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by_peer: BTreeMap<&str, (u64, &str)> = answers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["peer"].as_str().unwrap(),
+                (
+                    a["status"].as_u64().unwrap(),
+                    a["message"].as_str().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    // A and B are equally good: one is the source (301), the other already good (200).
+    let mut good = [by_peer[A], by_peer[B]];
+    good.sort();
+    assert_eq!(good[0], (200, "OK (already good)"), "{by_peer:?}");
+    assert_eq!(good[1].0, 301, "{by_peer:?}");
+    assert_eq!(by_peer[C].0, 200, "{by_peer:?}");
+    assert!(by_peer[C].1.contains("behind"), "{by_peer:?}");
+    assert!(by_peer[D].0 >= 400, "{by_peer:?}");
+    assert!(!by_peer[D].1.is_empty(), "the reason is given: {by_peer:?}");
+
+    assert_eq!(
+        digest(&path(&vols, 2), &[]).unwrap(),
+        digest(&path(&vols, 0), &[]).unwrap()
+    );
+    assert_eq!(std::fs::read(&earlier).unwrap(), b"an earlier copy");
+    let dated: Vec<PathBuf> = std::fs::read_dir(path(&vols, 2).parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains(".meta2.corrupted-"))
+        .collect();
+    assert_eq!(dated.len(), 1, "{dated:?}");
+    assert_eq!(
+        std::fs::read(&dated[0]).unwrap(),
+        behind,
+        "the behind copy is kept"
+    );
+}
+
+#[test]
+fn move_with_delete_source_removes_the_old_copy_only_after_the_move() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, vols) = copies(root.path(), "d1", &[A, B, C], 20);
+    let target = root.path().join("new");
+    std::fs::create_dir(&target).unwrap();
+    let data = digest(&base.path_in(&vols[1].1), &["admin"]).unwrap();
+    let to = format!("{D}={}", target.display());
+    let out = run(
+        &["meta2", "move"],
+        &base,
+        &vols,
+        &["--from", B, "--to", &to, "--delete-source"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let old_dir = base.path_in(&vols[1].1).parent().unwrap().to_path_buf();
+    let left: Vec<_> = std::fs::read_dir(&old_dir).unwrap().flatten().collect();
+    assert!(left.is_empty(), "nothing of the old copy is left: {left:?}");
+    let new_set = vec![
+        vols[0].clone(),
+        vols[2].clone(),
+        (D.to_string(), target.clone()),
+    ];
+    let (code, statuses) = check_json(&base, &new_set);
+    assert_eq!(code, 0, "{statuses:?}");
+    assert_eq!(digest(&base.path_in(&target), &["admin"]).unwrap(), data);
 }
 
 #[test]

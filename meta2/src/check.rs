@@ -107,6 +107,23 @@ fn is_corruption(e: &rusqlite::Error) -> bool {
 
 /// Looks at one copy: `quick_check` (or `integrity_check` with `full`), then its admin table.
 pub fn inspect(path: &Path, full: bool) -> CopyState {
+    inspect_with(
+        path,
+        Some(if full {
+            "integrity_check"
+        } else {
+            "quick_check"
+        }),
+    )
+}
+
+/// [`inspect`] without the structure check: the admin table only (for a copy whose pages
+/// are checked later anyway, e.g. by `quick_check` of a page copy of it).
+pub fn inspect_admin(path: &Path) -> CopyState {
+    inspect_with(path, None)
+}
+
+fn inspect_with(path: &Path, pragma: Option<&str>) -> CopyState {
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return CopyState::bad(path, Health::Missing, "no file".into())
@@ -124,14 +141,13 @@ pub fn inspect(path: &Path, full: bool) -> CopyState {
         Ok(c) => c,
         Err(e) => return CopyState::bad(path, Health::Unreadable, e.to_string()),
     };
-    let pragma = if full {
-        "integrity_check"
-    } else {
-        "quick_check"
+    let check: rusqlite::Result<Vec<String>> = match pragma {
+        Some(pragma) => conn
+            .prepare(&format!("PRAGMA {pragma}"))
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect()),
+        None => Ok(vec!["ok".to_string()]),
     };
-    let check: rusqlite::Result<Vec<String>> = conn
-        .prepare(&format!("PRAGMA {pragma}"))
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect());
+    let pragma = pragma.unwrap_or_default();
     match check {
         Err(e) if is_corruption(&e) => return CopyState::bad(path, Health::Corrupt, e.to_string()),
         Err(e) => return CopyState::bad(path, Health::Unreadable, e.to_string()),
@@ -282,31 +298,86 @@ fn judge_one(
     (Health::Ok, "ok".into())
 }
 
+/// The digest of one table as [`digest`] computes it, fed row by row: the table's SQL
+/// statements first, then every row's cells in key order (the rowid first when the table has
+/// no primary key), each encoded as in [`crate::codec`] without the leading count.
+pub struct TableDigest(Sha256);
+
+impl TableDigest {
+    /// Starts with the table's statements (CREATE TABLE, then its indexes and triggers).
+    pub fn new(statements: &[String]) -> TableDigest {
+        let mut h = Sha256::new();
+        for s in statements {
+            h.update(s.as_bytes());
+        }
+        TableDigest(h)
+    }
+
+    /// Adds encoded cells (no count).
+    pub fn update(&mut self, cells: &[u8]) {
+        self.0.update(cells);
+    }
+
+    /// The hex digest.
+    pub fn finish(self) -> String {
+        hex::encode(self.0.finalize())
+    }
+}
+
 /// Per table, the SHA-256 (hex) of its rows in key order, every cell encoded as in
 /// [`crate::codec`]. Tables whose name is in `skip` are left out.
 pub fn digest(path: &Path, skip: &[&str]) -> Result<BTreeMap<String, String>, Error> {
     let conn = schema::open_read(path)?;
-    let tables = schema::tables(&conn).map_err(|e| Error::sqlite(path, e))?;
+    digest_conn(&conn, path, skip)
+}
+
+/// [`digest_tables`] of a file nobody else writes (a base just built, not yet renamed into
+/// place), on a connection of its own: read through a memory map, with a large page cache.
+pub fn digest_private(
+    path: &Path,
+    tables: &[schema::Table],
+) -> Result<BTreeMap<String, String>, Error> {
+    let conn = schema::open_read(path)?;
+    conn.execute_batch("PRAGMA mmap_size=4294967296; PRAGMA cache_size=-262144")
+        .map_err(|e| Error::sqlite(path, e))?;
+    digest_tables(&conn, tables, &[], None).map_err(|e| Error::sqlite(path, e))
+}
+
+fn digest_conn(
+    conn: &rusqlite::Connection,
+    path: &Path,
+    skip: &[&str],
+) -> Result<BTreeMap<String, String>, Error> {
+    let tables = schema::tables(conn).map_err(|e| Error::sqlite(path, e))?;
+    digest_tables(conn, &tables, skip, None).map_err(|e| Error::sqlite(path, e))
+}
+
+/// [`digest`] of `tables` (already known) on an open connection.
+/// Adds the rows read to `rows` when given.
+pub fn digest_tables(
+    conn: &rusqlite::Connection,
+    tables: &[schema::Table],
+    skip: &[&str],
+    mut rows_read: Option<&mut u64>,
+) -> rusqlite::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     let mut buf = Vec::new();
     for t in tables.iter().filter(|t| !skip.contains(&t.name.as_str())) {
-        let mut h = Sha256::new();
-        for s in &t.statements {
-            h.update(s.as_bytes());
-        }
-        let mut stmt = conn
-            .prepare(&t.select_sql())
-            .map_err(|e| Error::sqlite(path, e))?;
+        let mut h = TableDigest::new(&t.statements);
+        let mut stmt = conn.prepare(&t.select_sql())?;
         let n = stmt.column_count();
-        let mut rows = stmt.query([]).map_err(|e| Error::sqlite(path, e))?;
-        while let Some(r) = rows.next().map_err(|e| Error::sqlite(path, e))? {
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            if let Some(n) = rows_read.as_deref_mut() {
+                *n += 1;
+            }
             buf.clear();
             for i in 0..n {
-                put_cell(&mut buf, r.get_ref(i).map_err(|e| Error::sqlite(path, e))?);
+                put_cell(&mut buf, r.get_ref(i)?);
             }
             h.update(&buf);
         }
-        out.insert(t.name.clone(), hex::encode(h.finalize()));
+        out.insert(t.name.clone(), h.finish());
     }
     Ok(out)
 }

@@ -153,10 +153,17 @@ pub fn decode_cells(mut b: &[u8]) -> Result<Vec<Cell>, Error> {
 }
 
 /// Decodes `cells` without copying: TEXT and BLOB borrow from `b`.
-pub fn decode_refs(mut b: &[u8]) -> Result<Vec<ValueRef<'_>>, Error> {
+pub fn decode_refs(b: &[u8]) -> Result<Vec<ValueRef<'_>>, Error> {
+    let mut out = Vec::new();
+    decode_refs_into(b, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes `cells` without copying, appending to `out` (a buffer reused from row to row).
+pub fn decode_refs_into<'a>(mut b: &'a [u8], out: &mut Vec<ValueRef<'a>>) -> Result<(), Error> {
     let h = take(&mut b, 2)?;
     let n = u16::from_be_bytes([h[0], h[1]]) as usize;
-    let mut out = Vec::with_capacity(n + 1);
+    out.reserve(n);
     for _ in 0..n {
         let tag = take(&mut b, 1)?[0];
         out.push(match tag {
@@ -180,7 +187,7 @@ pub fn decode_refs(mut b: &[u8]) -> Result<Vec<ValueRef<'_>>, Error> {
             b.len()
         )));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Encodes a schema message's value: the table's SQL statements.

@@ -7,12 +7,14 @@
 //! schema.rs    the tables of a base (from sqlite_master), the reference schema, admin keys
 //! check.rs     inspecting a copy (missing, unreadable, corrupt, incomplete, behind, ...)
 //!              and per-table content digests
+//! copy.rs      a verified page copy of a sound base (rebuild)
 //! generate.rs  realistic bases for tests and benches
 //! ```
 
 pub mod base;
 pub mod check;
 pub mod codec;
+pub mod copy;
 pub mod generate;
 pub mod schema;
 

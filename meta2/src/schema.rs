@@ -113,6 +113,16 @@ impl Table {
 /// Every table of the base open on `conn`, in the order of sqlite_master, with its indexes
 /// and triggers (views are not copied).
 pub fn tables(conn: &Connection) -> rusqlite::Result<Vec<Table>> {
+    let mut out = master(conn)?;
+    for t in &mut out {
+        (t.columns, t.pk) = columns(conn, &t.name)?;
+    }
+    Ok(out)
+}
+
+/// [`tables`] as `sqlite_master` gives them: ids, names and statements, without their
+/// columns (one query).
+pub fn master(conn: &Connection) -> rusqlite::Result<Vec<Table>> {
     let mut stmt = conn.prepare(
         "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid",
     )?;
@@ -138,22 +148,26 @@ pub fn tables(conn: &Connection) -> rusqlite::Result<Vec<Table>> {
             }
         }
     }
-    for t in &mut out {
-        let mut info = conn.prepare(&format!("PRAGMA table_info({})", quote(&t.name)))?;
-        let mut pk: Vec<(i64, String)> = Vec::new();
-        let cols: Vec<(String, i64)> = info
-            .query_map([], |r| Ok((r.get(1)?, r.get(5)?)))?
-            .collect::<Result<_, _>>()?;
-        for (c, k) in cols {
-            if k > 0 {
-                pk.push((k, c.clone()));
-            }
-            t.columns.push(c);
-        }
-        pk.sort();
-        t.pk = pk.into_iter().map(|(_, c)| c).collect();
-    }
     Ok(out)
+}
+
+/// A table's columns and its primary key's columns in key order (empty when the rowid is
+/// the key), from `PRAGMA table_info`.
+pub fn columns(conn: &Connection, table: &str) -> rusqlite::Result<(Vec<String>, Vec<String>)> {
+    let mut info = conn.prepare(&format!("PRAGMA table_info({})", quote(table)))?;
+    let mut pk: Vec<(i64, String)> = Vec::new();
+    let mut columns = Vec::new();
+    let cols: Vec<(String, i64)> = info
+        .query_map([], |r| Ok((r.get(1)?, r.get(5)?)))?
+        .collect::<Result<_, _>>()?;
+    for (c, k) in cols {
+        if k > 0 {
+            pk.push((k, c.clone()));
+        }
+        columns.push(c);
+    }
+    pk.sort();
+    Ok((columns, pk.into_iter().map(|(_, c)| c).collect()))
 }
 
 /// Creates `path`'s connection for reading only.

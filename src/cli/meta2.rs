@@ -201,6 +201,10 @@ struct RebuildArgs {
     /// No progress lines.
     #[arg(short = 'q', long)]
     quiet: bool,
+    /// Stream each base through the pump (meta2 source -> meta2 sink, as sync does)
+    /// instead of a verified page copy of a sound peer copy.
+    #[arg(long)]
+    stream: bool,
 }
 
 #[derive(Debug, Args)]
@@ -414,7 +418,12 @@ async fn move_(a: MoveArgs) -> Result<(), Failure> {
 
 async fn rebuild(a: RebuildArgs) -> Result<(), Failure> {
     let started = std::time::Instant::now();
-    let s = repair::rebuild(&a.peer, &a.from_peers, a.threads, a.quiet).await?;
+    let mode = if a.stream {
+        repair::RebuildMode::Stream
+    } else {
+        repair::RebuildMode::Pages
+    };
+    let s = repair::rebuild(&a.peer, &a.from_peers, a.threads, a.quiet, mode).await?;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "rebuilt {} bases ({} rows) on {} in {secs:.1}s ({:.0} bases/s); {} already there, {} not for this service, {} failed",

@@ -188,6 +188,11 @@ fn admin_put(
 /// Streams the base at `from` into a new base at `to` with the pump (meta2 source ->
 /// meta2 sink); returns the rows copied.
 pub async fn copy_base(from: &Path, to: &Path) -> Result<u64, String> {
+    copy_base_with(from, to, true).await
+}
+
+/// [`copy_base`]; `sync_dir` false leaves the directory's sync to the caller.
+async fn copy_base_with(from: &Path, to: &Path, sync_dir: bool) -> Result<u64, String> {
     let options = Options {
         threads: 1,
         ..Options::default()
@@ -197,7 +202,10 @@ pub async fn copy_base(from: &Path, to: &Path) -> Result<u64, String> {
         from.to_path_buf(),
         batch,
     ));
-    let sink = Box::new(pump_sinks::meta2::meta2_sink(to.to_path_buf()));
+    let sink = Box::new(pump_sinks::meta2::meta2_sink_with(
+        to.to_path_buf(),
+        sync_dir,
+    ));
     let ctx = Context::new(options).with_progress(ProgressMode::Off);
     let summary = pump::run(source, sink, ctx)
         .await
@@ -798,6 +806,7 @@ pub async fn rebuild(
     others: &[Peer],
     threads: usize,
     quiet: bool,
+    mode: RebuildMode,
 ) -> Result<RebuildSummary, Failure> {
     volume_writable(&lost.volume)
         .map_err(|e| Failure::Usage(format!("--peer {}: {e}", lost.address)))?;
@@ -815,6 +824,9 @@ pub async fn rebuild(
     let mut set = tokio::task::JoinSet::new();
     let mut iter = work.into_iter();
     let mut done = 0usize;
+    let mut linked: Vec<BaseName> = Vec::new();
+    let mut pending: Pending = Vec::new();
+    let mut linking: Option<Linking> = None;
     let started = std::time::Instant::now();
     loop {
         while set.len() < threads {
@@ -822,7 +834,10 @@ pub async fn rebuild(
                 break;
             };
             let lost = lost.clone();
-            set.spawn(async move { (base.clone(), rebuild_one(&base, &copies, &lost).await) });
+            set.spawn(async move {
+                let r = rebuild_one(&base, &copies, &lost, mode).await;
+                (base, r)
+            });
         }
         let Some(r) = set.join_next().await else {
             break;
@@ -831,8 +846,17 @@ pub async fn rebuild(
         done += 1;
         match r {
             Ok(Rebuilt::Copied(rows)) => {
+                linked.push(base);
                 summary.rebuilt += 1;
                 summary.rows += rows;
+            }
+            Ok(Rebuilt::Built { rows, aside }) => {
+                pending.push((base, rows, aside));
+                if pending.len() >= LINK_BATCH {
+                    // One batch links while the next is copied.
+                    finish_linking(linking.take(), &mut summary, &mut linked).await?;
+                    linking = Some(start_linking(lost, std::mem::take(&mut pending)));
+                }
             }
             Ok(Rebuilt::Present) => summary.present += 1,
             Ok(Rebuilt::Elsewhere) => summary.elsewhere += 1,
@@ -845,43 +869,160 @@ pub async fn rebuild(
             );
         }
     }
+    finish_linking(linking.take(), &mut summary, &mut linked).await?;
+    if !pending.is_empty() {
+        let last = start_linking(lost, pending);
+        finish_linking(Some(last), &mut summary, &mut linked).await?;
+    }
+    // Each base was synced before its link; the links reach the disk here, one sync per
+    // directory, before the summary says they are done.
+    let mut dirs: Vec<PathBuf> = linked
+        .iter()
+        .filter_map(|b| lost.path(b).parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    pump_sinks::meta2::sync_dirs(dirs.iter().map(PathBuf::as_path)).map_err(Failure::Failed)?;
     Ok(summary)
 }
 
+/// Verified copies are synced (fsyncs in parallel) and linked this many at a time.
+const LINK_BATCH: usize = 256;
+
+/// Syncs the verified copies of `batch` (their temporary files) to disk at once, then links
+/// each into place; a base whose link fails gets back the bad copy set aside for it.
+type Pending = Vec<(BaseName, u64, Option<PathBuf>)>;
+type Linking = tokio::task::JoinHandle<(Vec<Result<(), String>>, Pending)>;
+
+/// Starts syncing the verified copies of `batch` (their temporary files) to disk at once,
+/// then linking each into place, on a blocking task; a base whose link fails gets back the
+/// bad copy set aside for it. The copies of the next bases go on meanwhile.
+fn start_linking(lost: &Peer, batch: Pending) -> Linking {
+    let lost = lost.clone();
+    tokio::task::spawn_blocking(move || {
+        let tmps: Vec<PathBuf> = batch
+            .iter()
+            .map(|(b, _, _)| pump_meta2::copy::tmp_path(&lost.path(b)))
+            .collect();
+        let synced = sync_files(&tmps);
+        let results: Vec<Result<(), String>> = batch
+            .iter()
+            .map(|(b, _, aside)| {
+                let target = lost.path(b);
+                let r = synced.clone().and_then(|()| {
+                    pump_meta2::copy::link_built(&target).map_err(|e| e.to_string())
+                });
+                if r.is_err() {
+                    let _ = std::fs::remove_file(pump_meta2::copy::tmp_path(&target));
+                    if let Some(a) = aside {
+                        let _ = std::fs::rename(a, &target);
+                    }
+                }
+                r
+            })
+            .collect();
+        (results, batch)
+    })
+}
+
+/// Waits for a batch started by [`start_linking`] and counts it.
+async fn finish_linking(
+    linking: Option<Linking>,
+    summary: &mut RebuildSummary,
+    linked: &mut Vec<BaseName>,
+) -> Result<(), Failure> {
+    let Some(linking) = linking else {
+        return Ok(());
+    };
+    let (results, batch) = linking
+        .await
+        .map_err(|e| Failure::Failed(format!("a rebuild task failed: {e}")))?;
+    for ((base, rows, _), r) in batch.into_iter().zip(results) {
+        match r {
+            Ok(()) => {
+                summary.rebuilt += 1;
+                summary.rows += rows;
+                linked.push(base);
+            }
+            Err(e) => summary.failed.push(format!("{base}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// Brings `files` to disk: an fsync each, 8 at a time (the file system commits its journal
+/// once for the fsyncs that wait together). `syncfs` would do it in one call but also flushes
+/// whatever else is dirty on the file system, which on a busy machine costs far more.
+fn sync_files(files: &[PathBuf]) -> Result<(), String> {
+    let per = files.len().div_ceil(8).max(1);
+    std::thread::scope(|s| {
+        let jobs: Vec<_> = files
+            .chunks(per)
+            .map(|chunk| {
+                s.spawn(move || {
+                    for f in chunk {
+                        std::fs::File::open(f)
+                            .and_then(|f| f.sync_all())
+                            .map_err(|e| format!("{}: {e}", f.display()))?;
+                    }
+                    Ok::<(), String>(())
+                })
+            })
+            .collect();
+        jobs.into_iter().try_for_each(|j| {
+            j.join()
+                .unwrap_or_else(|_| Err("an fsync thread panicked".into()))
+        })
+    })
+}
+
+/// How a rebuild copies each base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebuildMode {
+    /// SQLite's backup API copies the pages of a sound, complete peer copy; the copy is
+    /// verified (quick_check, same per-table digests) and synced before its link
+    /// ([`pump_meta2::copy::copy_verified`]).
+    Pages,
+    /// Each base streams through the pump (meta2 source -> meta2 sink), as `sync` does.
+    Stream,
+}
+
 enum Rebuilt {
+    /// Copied and linked (a streamed copy).
     Copied(u64),
+    /// A verified copy under the temporary name, to sync and link ([`start_linking`]);
+    /// `aside`: where a bad copy that was in place went.
+    Built {
+        rows: u64,
+        aside: Option<PathBuf>,
+    },
     Present,
     Elsewhere,
 }
 
-async fn rebuild_one(base: &BaseName, copies: &[PathBuf], lost: &Peer) -> Result<Rebuilt, String> {
-    let states: Vec<pump_meta2::CopyState> = copies.iter().map(|c| inspect(c, false)).collect();
-    let wanted = states.iter().any(|s| s.peers.contains(&lost.address));
-    if !wanted {
-        return Ok(Rebuilt::Elsewhere);
-    }
+async fn rebuild_one(
+    base: &BaseName,
+    copies: &[PathBuf],
+    lost: &Peer,
+    mode: RebuildMode,
+) -> Result<Rebuilt, String> {
     let target = lost.path(base);
-    let existing = inspect(&target, false);
-    let best = states
-        .iter()
-        .filter(|s| {
-            s.health == Health::Ok
-                && schema::REQUIRED_KEYS
-                    .iter()
-                    .all(|k| s.admin.contains_key(*k))
-        })
-        .max_by_key(|s| s.version_total())
-        .ok_or_else(|| "no sound, complete copy on the other volumes".to_string())?;
-    if existing.health == Health::Ok && existing.version_total() >= best.version_total() {
-        return Ok(Rebuilt::Present);
-    }
-    let mut aside = None;
-    if existing.health != Health::Missing {
-        let a = aside_path(&target, &corrupted_suffix(&target));
-        std::fs::rename(&target, &a).map_err(|e| format!("{}: {e}", target.display()))?;
-        aside = Some(a);
-    }
-    match copy_base(&best.path, &target).await {
+    let copies = copies.to_vec();
+    let address = lost.address.clone();
+    // Everything but a streamed copy reads and writes files: off the async workers.
+    let plan = tokio::task::spawn_blocking(move || {
+        let r = plan_one(&copies, &address, &target, mode);
+        (r, target)
+    })
+    .await
+    .map_err(|e| format!("{base}: {e}"))?;
+    let (plan, target) = plan;
+    let (src, aside) = match plan? {
+        Planned::Done(r) => return Ok(r),
+        Planned::Stream { src, aside } => (src, aside),
+    };
+    // The directories are synced once each at the end of the rebuild.
+    match copy_base_with(&src, &target, false).await {
         Ok(rows) => Ok(Rebuilt::Copied(rows)),
         Err(e) => {
             if let Some(a) = aside {
@@ -890,4 +1031,72 @@ async fn rebuild_one(base: &BaseName, copies: &[PathBuf], lost: &Peer) -> Result
             Err(e)
         }
     }
+}
+
+enum Planned {
+    Done(Rebuilt),
+    /// Stream `src` to the target (`aside`: where a bad copy that was there went).
+    Stream {
+        src: PathBuf,
+        aside: Option<PathBuf>,
+    },
+}
+
+fn plan_one(
+    copies: &[PathBuf],
+    address: &str,
+    target: &Path,
+    mode: RebuildMode,
+) -> Result<Planned, String> {
+    // A page copy checks the pages it copies (quick_check of the copy): the candidates need
+    // only their admin keys read here.
+    let look = |c: &PathBuf| match mode {
+        RebuildMode::Pages => pump_meta2::check::inspect_admin(c),
+        RebuildMode::Stream => inspect(c, false),
+    };
+    let states: Vec<pump_meta2::CopyState> = copies.iter().map(look).collect();
+    if !states.iter().any(|s| s.peers.iter().any(|p| p == address)) {
+        return Ok(Planned::Done(Rebuilt::Elsewhere));
+    }
+    let existing = inspect(target, false);
+    let mut candidates: Vec<&pump_meta2::CopyState> = states
+        .iter()
+        .filter(|s| {
+            s.health == Health::Ok
+                && schema::REQUIRED_KEYS
+                    .iter()
+                    .all(|k| s.admin.contains_key(*k))
+        })
+        .collect();
+    candidates.sort_by_key(|s| std::cmp::Reverse(s.version_total()));
+    let best = candidates
+        .first()
+        .ok_or_else(|| "no sound, complete copy on the other volumes".to_string())?;
+    if existing.health == Health::Ok && existing.version_total() >= best.version_total() {
+        return Ok(Planned::Done(Rebuilt::Present));
+    }
+    let mut aside = None;
+    if existing.health != Health::Missing {
+        let a = aside_path(target, &corrupted_suffix(target));
+        std::fs::rename(target, &a).map_err(|e| format!("{}: {e}", target.display()))?;
+        aside = Some(a);
+    }
+    if mode == RebuildMode::Stream {
+        return Ok(Planned::Stream {
+            src: best.path.clone(),
+            aside,
+        });
+    }
+    // The best copy first; a copy whose pages fail the checks gives way to the next.
+    let mut errors = Vec::new();
+    for c in candidates {
+        match pump_meta2::copy::build_verified(&c.path, target, false) {
+            Ok(rows) => return Ok(Planned::Done(Rebuilt::Built { rows, aside })),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if let Some(a) = aside {
+        let _ = std::fs::rename(&a, target);
+    }
+    Err(errors.join("; "))
 }

@@ -1,23 +1,31 @@
 //! `meta2:PATH`: builds a new meta2 base from the messages of a `meta2:` source (encoding in
 //! [`pump_meta2::codec`]).
 //!
-//! The base is built under `PATH.pump-tmp` (page_size 4096, no journal: the file is ours
-//! until renamed), on its own thread fed by a channel, in one big transaction with one
-//! prepared INSERT per table; indexes and triggers are created after the rows. When the
-//! source ends Complete the transaction commits, `quick_check` must answer ok and every
-//! table must hold as many rows as were received; the file is synced, then linked to PATH
-//! (never over an existing file: PATH must not exist) and the temporary name removed.
-//! Any other end removes the temporary file.
+//! The base is built under `PATH.pump-tmp` (page_size 4096, no journal, synchronous off: the
+//! file is ours until renamed), on its own thread fed by a queue (a batch is confirmed once
+//! queued; an error of the thread fails the next write or the finish), in one transaction
+//! with one prepared INSERT per table and no per-row allocation; indexes and triggers are
+//! created after the rows (sorted with SQLite's worker threads). The digest of the rows
+//! received is kept per table as they pass ([`pump_meta2::check::TableDigest`]). When the
+//! source ends Complete the transaction commits, then before anything is renamed: the file
+//! must pass `quick_check`, every table's digest read back from the file (with the
+//! statements its sqlite_master holds) must equal the digest of the rows received, and the
+//! file is synced to disk; for a big base the three run at once on their own threads. Only
+//! then is it linked to PATH (never over an existing file: PATH must not exist), the
+//! temporary name removed and the directory synced. Any other end removes the temporary
+//! file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pump::{
     BatchWriter, Delivery, Error, Message, Options, Sink, SinkKind, SourceEnd, Spec, WriterSink,
 };
-use pump_meta2::codec::{decode_refs, decode_schema, SCHEMA_FLAG};
-use pump_meta2::schema::{self, quote};
+use pump_meta2::check::{digest_private, digest_tables, TableDigest};
+use pump_meta2::codec::{decode_refs_into, decode_schema, SCHEMA_FLAG};
+use pump_meta2::schema::{self, Table};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -52,18 +60,48 @@ impl SinkKind for Meta2Kind {
 
 /// A sink building the base at `path`.
 pub fn meta2_sink(path: PathBuf) -> WriterSink<Meta2Writer> {
-    WriterSink(Meta2Writer { path, thread: None })
+    meta2_sink_with(path, true)
+}
+
+/// [`meta2_sink`]; with `sync_dir` false the directory is not synced after the link, for a
+/// caller building many bases that syncs each directory once at the end
+/// ([`sync_dirs`]).
+pub fn meta2_sink_with(path: PathBuf, sync_dir: bool) -> WriterSink<Meta2Writer> {
+    WriterSink(Meta2Writer {
+        path,
+        sync_dir,
+        thread: None,
+    })
+}
+
+/// Syncs each directory once (after bases were linked into them without `sync_dir`).
+pub fn sync_dirs<'a>(dirs: impl IntoIterator<Item = &'a Path>) -> Result<(), String> {
+    for d in dirs {
+        std::fs::File::open(d)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    Ok(())
 }
 
 enum Cmd {
-    Write(Vec<Message>, oneshot::Sender<Result<usize, String>>),
+    Write(Vec<Message>),
     Finish(SourceEnd, oneshot::Sender<Result<(), String>>),
 }
 
-/// Feeds the SQLite thread.
+/// The SQLite thread: its queue and the first error it met (it stops at that error).
+struct Worker {
+    tx: tokio::sync::mpsc::Sender<Cmd>,
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+/// Feeds the SQLite thread. A batch is confirmed once queued to it: nothing is durable
+/// before `finish` anyway (one transaction, renamed into place at the end), and an error
+/// of the thread is returned by the next `write` or by `finish`, which then fail the run.
 pub struct Meta2Writer {
     path: PathBuf,
-    thread: Option<std::sync::mpsc::SyncSender<Cmd>>,
+    sync_dir: bool,
+    thread: Option<Worker>,
 }
 
 impl Meta2Writer {
@@ -71,43 +109,51 @@ impl Meta2Writer {
         format!("meta2:{}", self.path.display())
     }
 
-    fn sender(&mut self) -> Result<&std::sync::mpsc::SyncSender<Cmd>, Error> {
-        if self.thread.is_none() {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Cmd>(2);
+    fn worker(&mut self) -> &Worker {
+        self.thread.get_or_insert_with(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Cmd>(4);
+            let failed = Arc::new(Mutex::new(None));
             let path = self.path.clone();
-            std::thread::spawn(move || builder_thread(path, rx));
-            self.thread = Some(tx);
-        }
-        self.thread
+            let f = failed.clone();
+            let sync_dir = self.sync_dir;
+            tokio::task::spawn_blocking(move || builder_thread(path, sync_dir, rx, f));
+            Worker { tx, failed }
+        })
+    }
+
+    /// The error the SQLite thread stopped on.
+    fn gone(&self) -> Error {
+        let why = self
+            .thread
             .as_ref()
-            .ok_or_else(|| Error::sink(self.spec(), "the SQLite thread is gone"))
+            .and_then(|w| w.failed.lock().ok()?.clone())
+            .unwrap_or_else(|| "the SQLite thread is gone".into());
+        Error::sink(self.spec(), why)
     }
 }
 
 #[async_trait]
 impl BatchWriter for Meta2Writer {
     async fn write(&mut self, messages: Vec<Message>) -> Result<Delivery, Error> {
-        let spec = self.spec();
-        let (tx, rx) = oneshot::channel();
-        self.sender()?
-            .send(Cmd::Write(messages, tx))
-            .map_err(|_| Error::sink(&spec, "the SQLite thread is gone"))?;
-        let n = rx
-            .await
-            .map_err(|_| Error::sink(&spec, "the SQLite thread stopped"))?
-            .map_err(|e| Error::sink(&spec, e))?;
+        let n = messages.len();
+        let tx = self.worker().tx.clone();
+        if tx.send(Cmd::Write(messages)).await.is_err() {
+            return Err(self.gone());
+        }
         Ok(Delivery::all(n))
     }
 
     async fn finish(&mut self, end: SourceEnd) -> Result<(), Error> {
         let spec = self.spec();
-        let (tx, rx) = oneshot::channel();
-        self.sender()?
-            .send(Cmd::Finish(end, tx))
-            .map_err(|_| Error::sink(&spec, "the SQLite thread is gone"))?;
-        rx.await
-            .map_err(|_| Error::sink(&spec, "the SQLite thread stopped"))?
-            .map_err(|e| Error::sink(&spec, e))
+        let (reply, rx) = oneshot::channel();
+        let tx = self.worker().tx.clone();
+        if tx.send(Cmd::Finish(end, reply)).await.is_err() {
+            return Err(self.gone());
+        }
+        match rx.await {
+            Ok(r) => r.map_err(|e| Error::sink(&spec, e)),
+            Err(_) => Err(self.gone()),
+        }
     }
 }
 
@@ -117,66 +163,83 @@ struct TableState {
     ncols: usize,
     rowid: bool,
     later: Vec<String>,
+    /// The digest of the rows received, to compare with the built table's.
+    digest: TableDigest,
+    columns: Vec<String>,
+    pk: Vec<String>,
     rows: u64,
 }
 
 struct Builder {
     path: PathBuf,
+    sync_dir: bool,
     tmp: PathBuf,
     conn: Option<Connection>,
     tables: HashMap<u16, TableState>,
     order: Vec<u16>,
 }
 
-fn insert(
+fn insert<'a>(
     stmt: &mut rusqlite::CachedStatement<'_>,
     t: &mut TableState,
-    m: &Message,
+    m: &'a Message,
+    cells: &mut Vec<ValueRef<'a>>,
 ) -> Result<(), String> {
-    let mut cells = decode_refs(&m.value).map_err(|e| format!("table {}: {e}", t.name))?;
-    if cells.len() != t.ncols {
+    cells.clear();
+    if t.rowid {
+        decode_refs_into(&m.key, cells).map_err(|e| format!("table {}: key: {e}", t.name))?;
+        if !matches!(cells.as_slice(), [ValueRef::Integer(_)]) {
+            return Err(format!("table {}: the key is not a rowid", t.name));
+        }
+        // Decoded above: at least the 2-byte count.
+        t.digest.update(&m.key[2..]);
+    }
+    let key_cells = cells.len();
+    decode_refs_into(&m.value, cells).map_err(|e| format!("table {}: {e}", t.name))?;
+    if cells.len() - key_cells != t.ncols {
         return Err(format!(
             "table {}: a row of {} columns, the table has {}",
             t.name,
-            cells.len(),
+            cells.len() - key_cells,
             t.ncols
         ));
     }
-    if t.rowid {
-        let key = decode_refs(&m.key).map_err(|e| format!("table {}: key: {e}", t.name))?;
-        match key.as_slice() {
-            [k @ ValueRef::Integer(_)] => cells.insert(0, *k),
-            _ => return Err(format!("table {}: the key is not a rowid", t.name)),
-        }
-    }
-    stmt.execute(rusqlite::params_from_iter(
-        cells.into_iter().map(ToSqlOutput::Borrowed),
-    ))
-    .map_err(|e| format!("table {}: {e}", t.name))?;
+    t.digest.update(&m.value[2..]);
     t.rows += 1;
+    for (i, c) in cells.iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(*c))
+            .map_err(|e| format!("table {}: {e}", t.name))?;
+    }
+    stmt.raw_execute()
+        .map_err(|e| format!("table {}: {e}", t.name))?;
     Ok(())
 }
 
-fn builder_thread(path: PathBuf, rx: std::sync::mpsc::Receiver<Cmd>) {
+fn builder_thread(
+    path: PathBuf,
+    sync_dir: bool,
+    mut rx: tokio::sync::mpsc::Receiver<Cmd>,
+    failed: Arc<Mutex<Option<String>>>,
+) {
     let tmp = tmp_path(&path);
     let mut b = Builder {
         path,
+        sync_dir,
         tmp,
         conn: None,
         tables: HashMap::new(),
         order: Vec::new(),
     };
-    while let Ok(cmd) = rx.recv() {
+    while let Some(cmd) = rx.blocking_recv() {
         match cmd {
-            Cmd::Write(msgs, reply) => {
-                let n = msgs.len();
-                let r = b.write(msgs).map(|_| n);
-                if r.is_err() {
+            Cmd::Write(msgs) => {
+                if let Err(e) = b.write(msgs) {
                     b.abandon();
-                    let _ = reply.send(r);
+                    if let Ok(mut f) = failed.lock() {
+                        *f = Some(e);
+                    }
                     return;
                 }
-                let _ = reply.send(r);
             }
             Cmd::Finish(end, reply) => {
                 let r = if end == SourceEnd::Complete {
@@ -196,12 +259,11 @@ fn builder_thread(path: PathBuf, rx: std::sync::mpsc::Receiver<Cmd>) {
     b.abandon();
 }
 
+/// From this many rows on, the built base is verified on parallel threads.
+const PARALLEL_VERIFY_ROWS: u64 = 100_000;
+
 /// The temporary name a base is built under.
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".pump-tmp");
-    PathBuf::from(s)
-}
+pub use pump_meta2::copy::tmp_path;
 
 impl Builder {
     fn conn(&mut self) -> Result<&Connection, String> {
@@ -213,7 +275,7 @@ impl Builder {
             let c =
                 Connection::open(&self.tmp).map_err(|e| format!("{}: {e}", self.tmp.display()))?;
             c.execute_batch(
-                "PRAGMA page_size=4096; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY; BEGIN",
+                "PRAGMA page_size=4096; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-1048576; PRAGMA temp_store=MEMORY; PRAGMA threads=2; PRAGMA locking_mode=EXCLUSIVE; BEGIN",
             )
             .map_err(|e| format!("{}: {e}", self.tmp.display()))?;
             self.conn = Some(c);
@@ -246,8 +308,9 @@ impl Builder {
             let mut stmt = conn
                 .prepare_cached(&t.insert)
                 .map_err(|e| format!("table {}: {e}", t.name))?;
+            let mut cells = Vec::with_capacity(t.ncols + 1);
             for m in &msgs[i..end] {
-                insert(&mut stmt, t, m)?;
+                insert(&mut stmt, t, m, &mut cells)?;
             }
             i = end;
         }
@@ -263,9 +326,21 @@ impl Builder {
         let conn = self.conn.as_ref().ok_or("no connection")?;
         conn.execute_batch(create)
             .map_err(|e| format!("table {name}: {e}"))?;
-        let t = schema::table(conn, &name)
-            .map_err(|e| format!("table {name}: {e}"))?
-            .ok_or_else(|| format!("table {name}: its CREATE statement made no such table"))?;
+        let t = Table {
+            id: m.vbucket,
+            name: name.clone(),
+            statements: Vec::new(),
+            columns: Vec::new(),
+            pk: Vec::new(),
+        };
+        let (columns, pk) =
+            schema::columns(conn, &name).map_err(|e| format!("table {name}: {e}"))?;
+        if columns.is_empty() {
+            return Err(format!(
+                "table {name}: its CREATE statement made no such table"
+            ));
+        }
+        let t = Table { columns, pk, ..t };
         self.order.push(m.vbucket);
         self.tables.insert(
             m.vbucket,
@@ -274,8 +349,11 @@ impl Builder {
                 ncols: t.columns.len(),
                 rowid: t.pk.is_empty(),
                 later: statements[1..].to_vec(),
-                name,
+                digest: TableDigest::new(&statements),
+                columns: t.columns,
+                pk: t.pk,
                 rows: 0,
+                name,
             },
         );
         Ok(())
@@ -292,40 +370,80 @@ impl Builder {
                 }
             }
         }
-        conn.execute_batch("COMMIT")
+        conn.execute_batch("COMMIT; PRAGMA locking_mode=NORMAL")
             .map_err(|e| format!("{tmp}: {e}"))?;
-        let check: String = conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(|e| format!("{tmp}: {e}"))?;
+        let states = std::mem::take(&mut self.tables);
+        let rows: u64 = states.values().map(|t| t.rows).sum();
+        // The built tables as the file's sqlite_master gives them (so a statement that did
+        // not take is seen), with the columns read when each was created.
+        let mut built_tables = schema::master(conn).map_err(|e| format!("{tmp}: {e}"))?;
+        for t in &mut built_tables {
+            if let Some(s) = states.values().find(|s| s.name == t.name) {
+                t.columns = s.columns.clone();
+                t.pk = s.pk.clone();
+            }
+        }
+        let sent: BTreeMap<String, String> = states
+            .into_values()
+            .map(|t| (t.name, t.digest.finish()))
+            .collect();
+        let sync = || std::fs::File::open(&self.tmp).and_then(|f| f.sync_all());
+        let quick_check = || -> Result<String, String> {
+            conn.query_row("PRAGMA quick_check", [], |r| r.get(0))
+                .map_err(|e| format!("{tmp}: {e}"))
+        };
+        let (check, built, synced) = if rows >= PARALLEL_VERIFY_ROWS {
+            // A big base: the three checks at once, each on its own thread: the file
+            // reaches the disk, its structure passes quick_check, and every table holds
+            // exactly the rows received.
+            std::thread::scope(|s| {
+                let synced = s.spawn(sync);
+                let built = s.spawn(|| digest_private(&self.tmp, &built_tables));
+                let check = quick_check();
+                (
+                    check,
+                    built
+                        .join()
+                        .unwrap_or_else(|_| Err(pump_meta2::Error::Usage("panicked".into())))
+                        .map_err(|e| e.to_string()),
+                    synced
+                        .join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("the sync thread panicked"))),
+                )
+            })
+        } else {
+            let check = quick_check();
+            let built =
+                digest_tables(conn, &built_tables, &[], None).map_err(|e| format!("{tmp}: {e}"));
+            (check, built, sync())
+        };
+        let check = check?;
         if check != "ok" {
             return Err(format!("{tmp}: quick_check: {check}"));
         }
-        for t in self.tables.values() {
-            let n: i64 = conn
-                .query_row(
-                    &format!("SELECT count(*) FROM {}", quote(&t.name)),
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(|e| format!("{tmp}: {e}"))?;
-            if n as u64 != t.rows {
-                return Err(format!(
-                    "{tmp}: table {} holds {n} rows, {} were sent",
-                    t.name, t.rows
-                ));
-            }
+        let built = built?;
+        if built != sent {
+            let diff: Vec<&String> = sent
+                .keys()
+                .chain(built.keys())
+                .filter(|t| sent.get(*t) != built.get(*t))
+                .collect();
+            return Err(format!(
+                "{tmp}: the built base differs from the rows received in {diff:?}"
+            ));
         }
+        synced.map_err(|e| format!("{tmp}: {e}"))?;
         if let Some(c) = self.conn.take() {
             c.close().map_err(|(_, e)| format!("{tmp}: {e}"))?;
         }
-        let f = std::fs::File::open(&self.tmp).map_err(|e| format!("{tmp}: {e}"))?;
-        f.sync_all().map_err(|e| format!("{tmp}: {e}"))?;
         std::fs::hard_link(&self.tmp, &self.path)
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
         let _ = std::fs::remove_file(&self.tmp);
-        if let Some(dir) = self.path.parent() {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
+        if self.sync_dir {
+            if let Some(dir) = self.path.parent() {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| format!("{}: {e}", dir.display()))?;
             }
         }
         Ok(())
@@ -378,13 +496,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_batch_fails_every_later_write_and_the_finish() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("y.meta2");
+        let mut w = meta2_sink(path.clone()).0;
+        let mut bad = messages();
+        bad.remove(0);
+        let _ = w.write(bad).await;
+        // Whatever is queued after, nothing is committed and the first error is reported.
+        let mut later = Ok(Delivery::all(0));
+        for _ in 0..3 {
+            later = w.write(messages()).await;
+            if later.is_err() {
+                break;
+            }
+        }
+        let e = match later {
+            Err(e) => e,
+            Ok(_) => w.finish(SourceEnd::Complete).await.unwrap_err(),
+        };
+        assert!(e.to_string().contains("before its schema"), "{e}");
+        assert!(!path.exists() && !tmp_path(&path).exists());
+    }
+
+    #[tokio::test]
     async fn a_row_before_its_schema_fails_and_leaves_nothing() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("x.meta2");
         let mut w = meta2_sink(path.clone()).0;
         let mut msgs = messages();
         msgs.remove(0);
-        let e = w.write(msgs).await.unwrap_err();
+        // A batch is only queued by write: the SQLite thread's error comes with the next
+        // write or with finish, which must not commit.
+        let e = match w.write(msgs).await {
+            Err(e) => e,
+            Ok(_) => w.finish(SourceEnd::Complete).await.unwrap_err(),
+        };
         assert!(e.to_string().contains("before its schema"), "{e}");
         assert!(!path.exists() && !tmp_path(&path).exists());
     }
