@@ -13,7 +13,7 @@
 //! (issue 4): 1 M items/s from node to blackhole, 70% of that from node to node. The node
 //! and the pump run in this one process on the same two cores, as they would on one machine.
 //!
-//! `cargo bench -p pump-benches --bench node`
+//! `cargo bench -p pump-benches --bench node` (THREADS=N for -t, ONLY=2,3 for some rows only)
 
 use std::time::Instant;
 
@@ -200,6 +200,10 @@ fn main() {
     let items = env("ITEMS", 1_000_000);
     let rounds = env("ROUNDS", 3);
     let threads = env("THREADS", 2) as usize;
+    // ONLY=2,3: run only those rows (for profiling one path).
+    let only: Option<Vec<usize>> = std::env::var("ONLY")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -256,6 +260,9 @@ fn main() {
         );
         for _ in 0..rounds {
             for (i, b) in best.iter_mut().enumerate() {
+                if only.as_ref().is_some_and(|o| !o.contains(&i)) {
+                    continue;
+                }
                 let r = match i {
                     0 => {
                         let (r, wire) = raw_dcp(&node, items).await;

@@ -5,7 +5,8 @@
 //!              | MUTATION / DELETE ... | CHECKPOINT_END (u64 id)
 //! TAKEOVER:    VBUCKET_SET active per vbucket (the local copy goes dead)
 //! SUPPORT_ACK: the ACK flag on every 500th message and on the last; nothing more is sent
-//!              until that ack arrives
+//!              until that ack arrives (the next messages are encoded meanwhile, and written
+//!              once it is there)
 //! DUMP:        the connection closes after the last ack; otherwise new changes keep flowing
 //! ```
 
@@ -51,6 +52,8 @@ struct Emitter {
     fix: bool,
     keys_only: bool,
     sent: u64,
+    /// The opaque of the ACK-flagged message sent last, until its ack arrives.
+    awaiting: Option<u32>,
 }
 
 impl Emitter {
@@ -64,19 +67,29 @@ impl Emitter {
         m.encode(&mut self.buf);
         if ack {
             self.flush().await?;
-            self.wait_ack(m.opaque).await?;
+            self.awaiting = Some(m.opaque);
         } else if self.buf.len() >= FLUSH_AT {
             self.flush().await?;
         }
         Ok(())
     }
 
+    /// Writes what is encoded, once the last ACK-flagged message sent has been acked.
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
+            self.settle().await?;
             self.w.write_all(&self.buf).await?;
             self.buf.clear();
         }
         Ok(())
+    }
+
+    /// Waits for the ack of the last ACK-flagged message sent, if any is awaited.
+    async fn settle(&mut self) -> std::io::Result<()> {
+        match self.awaiting.take() {
+            Some(opaque) => self.wait_ack(opaque).await,
+            None => Ok(()),
+        }
     }
 
     async fn wait_ack(&mut self, opaque: u32) -> std::io::Result<()> {
@@ -163,6 +176,7 @@ pub async fn produce(
         fix: c.has(connect_flags::FIX_FLAG_BYTEORDER),
         keys_only: c.has(connect_flags::REQUEST_KEYS_ONLY),
         sent: 0,
+        awaiting: None,
     };
     let mut last_sent: Vec<u64> = vec![0; vbs.len()];
     let result = async {
@@ -212,13 +226,16 @@ pub async fn produce(
                     n + 1 == vbs.len() && dump,
                 )
                 .await?;
+                // An ACK-flagged VBUCKET_SET is acked before the local copy goes dead.
+                e.settle().await?;
                 bucket.set_state(vb, VbucketState::Dead);
             }
         }
         e.flush().await?;
         if dump {
-            // Without SUPPORT_ACK nothing confirms the end: the close does.
-            return Ok(());
+            // The connection closes after the last ack; without SUPPORT_ACK nothing confirms
+            // the end: the close does.
+            return e.settle().await;
         }
         // A backfill (not a dump) keeps streaming new changes until the consumer leaves.
         loop {
