@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pump_protocol::header::Magic;
-use pump_protocol::tap::{connect_flags, message_flags, TapConnect, TapKind, TapMessage};
+use pump_protocol::tap::{connect_flags, message_flags, TapConnect, TapFrame, TapKind, TapMessage};
 use pump_protocol::{PacketCodec, VbucketState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -65,13 +65,60 @@ impl Emitter {
             m.tap_flags |= message_flags::ACK;
         }
         m.encode(&mut self.buf);
-        if ack {
+        self.written(ack.then_some(m.opaque)).await
+    }
+
+    /// After a message was encoded: an ACK-flagged one (`ack`, its opaque) is written at once
+    /// and awaited before anything more goes out; otherwise the buffer is written when full.
+    async fn written(&mut self, ack: Option<u32>) -> std::io::Result<()> {
+        if let Some(opaque) = ack {
             self.flush().await?;
-            self.awaiting = Some(m.opaque);
+            self.awaiting = Some(opaque);
         } else if self.buf.len() >= FLUSH_AT {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    /// Encodes a stored item as the next message, straight from the store; returns its
+    /// opaque when it carries the ACK flag (the caller then calls [`Emitter::written`]).
+    fn encode_item(&mut self, vb: u16, key: &[u8], i: &store::Item) -> Option<u32> {
+        self.sent += 1;
+        let opaque = self.sent as u32;
+        let ack = self.support_ack && self.sent.is_multiple_of(ACK_EVERY);
+        let mut tap_flags = if ack { message_flags::ACK } else { 0 };
+        let (kind, item_flags, value): (_, _, &[u8]) = if i.deleted {
+            (TapKind::Delete, 0, &[])
+        } else {
+            let flags = if self.fix {
+                tap_flags |= message_flags::NETWORK_BYTE_ORDER;
+                i.flags
+            } else {
+                i.flags.swap_bytes()
+            };
+            if self.keys_only {
+                tap_flags |= message_flags::NO_VALUE;
+                (TapKind::Mutation, flags, &[])
+            } else {
+                (TapKind::Mutation, flags, &i.value)
+            }
+        };
+        TapFrame {
+            kind,
+            vbucket: vb,
+            opaque,
+            cas: i.cas,
+            datatype: i.datatype,
+            tap_flags,
+            ttl: 255,
+            item_flags,
+            item_expiry: i.expiry,
+            engine_specific: &[],
+            key,
+            value,
+        }
+        .encode(&mut self.buf);
+        ack.then_some(opaque)
     }
 
     /// Writes what is encoded, once the last ACK-flagged message sent has been acked.
@@ -198,18 +245,23 @@ pub async fn produce(
             if backfill {
                 let t = store::now();
                 loop {
-                    let chunk = match bucket.vb(vb) {
-                        Some(v) => v.range(after, high, CHUNK),
-                        None => Vec::new(),
+                    // Encode under the vbucket's lock until an ACK-flagged message or a full
+                    // buffer, then write (the lock is not held across the write).
+                    let mut ack = None;
+                    let complete = match bucket.vb(vb) {
+                        Some(v) => v.visit(after, high, |k, i| {
+                            after = i.by_seqno;
+                            if i.expired(t) || (dump && i.deleted) {
+                                return true;
+                            }
+                            ack = e.encode_item(vb, k, i);
+                            ack.is_none() && e.buf.len() < FLUSH_AT
+                        }),
+                        None => true,
                     };
-                    let Some(last) = chunk.last() else { break };
-                    after = last.1.by_seqno;
-                    for (k, i) in chunk {
-                        if i.expired(t) || (dump && i.deleted) {
-                            continue;
-                        }
-                        let m = e.item(vb, k, &i);
-                        e.emit(m, false).await?;
+                    e.written(ack).await?;
+                    if complete {
+                        break;
                     }
                 }
             }
