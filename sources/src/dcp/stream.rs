@@ -218,12 +218,17 @@ pub async fn stream_connection(
             } else {
                 IDLE_FLUSH
             };
+            // Frames already read are taken without a wait; the select (timeout, a failed
+            // ack, Ctrl-C) runs each time the read buffer runs dry.
             let next = match backlog.pop_front() {
                 Some(n) => n.map_err(err)?,
-                None => tokio::select! {
-                r = read.recv_within(wait, what) => r.map_err(err)?,
-                e = acker.failed() => return Err(e),
-                _ = cancel.cancelled() => return Err(Error::Cancelled),
+                None => match read.try_buffered(what).map_err(err)? {
+                    Some(p) => Next::Packet(p),
+                    None => tokio::select! {
+                    r = read.recv_within(wait, what) => r.map_err(err)?,
+                    e = acker.failed() => return Err(e),
+                    _ = cancel.cancelled() => return Err(Error::Cancelled),
+                    },
                 },
             };
             let p = match next {
