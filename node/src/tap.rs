@@ -4,7 +4,7 @@
 //! per vbucket: OPAQUE (u32 1, initial vbucket stream) | CHECKPOINT_START (u64 id)
 //!              | MUTATION / DELETE ... | CHECKPOINT_END (u64 id)
 //! TAKEOVER:    VBUCKET_SET active per vbucket (the local copy goes dead)
-//! SUPPORT_ACK: the ACK flag on every 500th message and on the last; nothing more is sent
+//! SUPPORT_ACK: the ACK flag on every 1000th message and on the last; nothing more is sent
 //!              until that ack arrives (the next messages are encoded meanwhile, and written
 //!              once it is there)
 //! DUMP:        the connection closes after the last ack; otherwise new changes keep flowing
@@ -26,8 +26,9 @@ use tokio_util::codec::Decoder;
 use crate::kv::{KvContext, IDLE_TIMEOUT, MAX_BODY};
 use crate::store;
 
-/// Messages between two ACK flags.
-pub const ACK_EVERY: u64 = 500;
+/// Messages between two ACK flags (ep-engine's default tap_ack_interval; the pump's default
+/// batch_max_size, so that one batch holds what one ack covers).
+pub const ACK_EVERY: u64 = 1000;
 const CHUNK: usize = 1024;
 const FLUSH_AT: usize = 256 * 1024;
 
