@@ -3,9 +3,10 @@
 //! ```text
 //! reader task: CONTROL, STREAM_REQ (failover log or ROLLBACK), CLOSE_STREAM, GET_FAILOVER_LOG,
 //!              BUFFER_ACK, NOOP replies  --events-->  writer
-//! writer:      per stream SNAPSHOT_MARKER, MUTATION / DELETION / EXPIRATION (read from the
-//!              vbucket in chunks, no lock held while writing), STREAM_END (reason 0) at the end
-//!              seqno; streams interleaved; NOOP every noop interval when enabled
+//! writer:      per stream SNAPSHOT_MARKER, MUTATION / DELETION / EXPIRATION (encoded straight
+//!              from the vbucket under its lock, up to 256 items a turn, into one buffer written
+//!              at 256 KiB; no lock held while writing), STREAM_END (reason 0) at the end seqno;
+//!              streams interleaved; NOOP every noop interval when enabled
 //! flow control: with connection_buffer_size set, header+body of every message but NOOPs
 //!              counts as unacked until BUFFER_ACK; the writer stops while the window is full
 //! ```
