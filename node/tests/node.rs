@@ -676,3 +676,87 @@ async fn dcp_streams_a_deleted_item_as_deletion_and_an_expired_one_as_expiration
         ]
     );
 }
+
+#[tokio::test]
+async fn tap_consumer_takes_a_delete_into_a_pending_vbucket_and_acks() {
+    let n = node(NodeConfig::default()).await;
+    let vb = vbucket_of(b"gone", 1024);
+    let mut c = Client::connect(n.kv_addr).await;
+    let mut b = BytesMut::new();
+    TapMessage {
+        tap_flags: message_flags::ACK,
+        opaque: 1,
+        ..TapMessage::vbucket_set(vb, VbucketState::Pending)
+    }
+    .encode(&mut b);
+    let mut m = TapMessage {
+        vbucket: vb,
+        opaque: 2,
+        key: Bytes::from_static(b"gone"),
+        value: Bytes::from_static(b"v"),
+        ..TapMessage::new(TapKind::Mutation)
+    };
+    m.set_item_flags(1, true);
+    m.encode(&mut b);
+    TapMessage {
+        vbucket: vb,
+        opaque: 3,
+        tap_flags: message_flags::ACK,
+        key: Bytes::from_static(b"gone"),
+        ..TapMessage::new(TapKind::Delete)
+    }
+    .encode(&mut b);
+    c.sock.write_all(&b).await.unwrap();
+    let a1 = c.recv().await;
+    assert_eq!((a1.opcode, a1.opaque), (Opcode::TapVbucketSet, 1));
+    let a3 = c.recv().await;
+    assert_eq!(
+        (a3.magic, a3.opcode, a3.opaque, a3.status()),
+        (Magic::Response, Opcode::TapDelete, 3, Status::Success)
+    );
+    assert_eq!(n.bucket.state(vb), Some(VbucketState::Pending));
+    let v = n.bucket.vb(vb).unwrap();
+    assert!(v.items[&b"gone"[..]].deleted, "the key was not deleted");
+    assert!(v.live(b"gone", 0).is_none());
+}
+
+#[tokio::test]
+async fn tap_takeover_sends_vbucket_set_active_per_vbucket_and_the_local_copy_goes_dead() {
+    let n = node(NodeConfig::default()).await;
+    load(n.kv_addr, 20, 0).await;
+    let vbs = vec![3u16, 700];
+    let mut c = tap_connect(
+        n.kv_addr,
+        connect_flags::DUMP
+            | connect_flags::SUPPORT_ACK
+            | connect_flags::LIST_VBUCKETS
+            | connect_flags::TAKEOVER_VBUCKETS,
+        Some(vbs.clone()),
+    )
+    .await;
+    let ms = tap_messages(&mut c).await;
+    let sets: Vec<(u16, VbucketState)> = ms
+        .iter()
+        .filter(|m| m.kind() == TapKind::VbucketSet)
+        .map(|m| (m.vbucket, m.vbucket_state().unwrap()))
+        .collect();
+    assert_eq!(
+        sets,
+        vec![(3, VbucketState::Active), (700, VbucketState::Active)]
+    );
+    // The VBUCKET_SETs follow every vbucket's stream.
+    let first_set = ms
+        .iter()
+        .position(|m| m.kind() == TapKind::VbucketSet)
+        .unwrap();
+    assert!(ms[first_set..]
+        .iter()
+        .all(|m| m.kind() == TapKind::VbucketSet));
+    assert!(
+        ms.last().unwrap().wants_ack(),
+        "the last message asks for an ack"
+    );
+    for vb in vbs {
+        assert_eq!(n.bucket.state(vb), Some(VbucketState::Dead), "vbucket {vb}");
+    }
+}
