@@ -307,14 +307,18 @@ fn main() {
                 cpu[i] * 1e6
             );
         }
-        println!(
-            "  node -> node / pump dcp -> blackhole: {:.1}%",
-            100.0 * best[4] / best[2]
-        );
-        println!(
-            "  loopback TCP ceiling: {:.1} MB/s (the raw DCP stream is {:.1} MB/s on the wire)",
-            ceiling(dcp_wire).await,
-            dcp_wire as f64 / 1e6 * best[0] / items as f64
-        );
+        if best[2] > 0.0 && best[4] > 0.0 {
+            println!(
+                "  node -> node / pump dcp -> blackhole: {:.1}%",
+                100.0 * best[4] / best[2]
+            );
+        }
+        if dcp_wire > 0 {
+            println!(
+                "  loopback TCP ceiling: {:.1} MB/s (the raw DCP stream is {:.1} MB/s on the wire)",
+                ceiling(dcp_wire).await,
+                dcp_wire as f64 / 1e6 * best[0] / items as f64
+            );
+        }
     });
 }
