@@ -22,7 +22,7 @@ use pump_protocol::{Opcode, Packet, PacketCodec, Status};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 
 use crate::error::ClientError;
 
@@ -95,6 +95,18 @@ impl ReadHalf {
             Ok(None) => Ok(Next::Eof),
             Ok(Some(Ok(p))) => Ok(Next::Packet(p)),
             Ok(Some(Err(e))) => Err(self.protocol_error(e, what)),
+        }
+    }
+
+    /// The next frame if a whole one is already read (no wait, no system call): a stream
+    /// loop takes frames this way and awaits [`ReadHalf::recv_within`] only when the buffer
+    /// runs dry. A corrupt frame is an error, as it would be from `recv_within`.
+    pub fn try_buffered(&mut self, what: &str) -> Result<Option<Packet>, ClientError> {
+        // The codec holds only its frame limit: a copy decodes the same frames.
+        let mut codec = *self.frames.decoder();
+        match codec.decode(self.frames.read_buffer_mut()) {
+            Ok(p) => Ok(p),
+            Err(e) => Err(self.protocol_error(e, what)),
         }
     }
 

@@ -3,9 +3,10 @@
 //! ```text
 //! reader task: CONTROL, STREAM_REQ (failover log or ROLLBACK), CLOSE_STREAM, GET_FAILOVER_LOG,
 //!              BUFFER_ACK, NOOP replies  --events-->  writer
-//! writer:      per stream SNAPSHOT_MARKER, MUTATION / DELETION / EXPIRATION (read from the
-//!              vbucket in chunks, no lock held while writing), STREAM_END (reason 0) at the end
-//!              seqno; streams interleaved; NOOP every noop interval when enabled
+//! writer:      per stream SNAPSHOT_MARKER, MUTATION / DELETION / EXPIRATION (encoded straight
+//!              from the vbucket under its lock, up to 256 items a turn, into one buffer written
+//!              at 256 KiB; no lock held while writing), STREAM_END (reason 0) at the end seqno;
+//!              streams interleaved; NOOP every noop interval when enabled
 //! flow control: with connection_buffer_size set, header+body of every message but NOOPs
 //!              counts as unacked until BUFFER_ACK; the writer stops while the window is full
 //! ```
@@ -25,9 +26,11 @@ use tokio_util::codec::Decoder;
 use crate::kv::{put_response, KvContext, IDLE_TIMEOUT, MAX_BODY};
 use crate::store::{self, Bucket};
 
-const CHUNK: usize = 512;
 const FLUSH_AT: usize = 256 * 1024;
-const ITEMS_PER_TURN: usize = 64;
+/// Items one stream encodes in a turn (under its vbucket's lock, straight into the buffer).
+const ITEMS_PER_TURN: usize = 256;
+/// Steps (marker, items, end) one stream takes in a turn of the round robin.
+const STEPS_PER_TURN: usize = 4;
 
 enum Event {
     /// Bytes to send as they are (replies), not flow-controlled.
@@ -50,7 +53,6 @@ struct Stream {
     snap_end: u64,
     /// First snapshot: its marker starts at the requested start.
     first: bool,
-    pending: std::collections::VecDeque<(Bytes, store::Item)>,
 }
 
 /// The answer to a stream request, from the vbucket's failover log.
@@ -114,7 +116,6 @@ fn stream_req(bucket: &Bucket, p: &Packet, tx: &mpsc::UnboundedSender<Event>) ->
         end,
         snap_end: 0,
         first: true,
-        pending: Default::default(),
     }));
     reply(StreamReqReply::Ok(log))
 }
@@ -263,8 +264,9 @@ pub async fn produce(
                 let s = &mut streams[next];
                 let mut done = false;
                 let mut sent = false;
-                for _ in 0..ITEMS_PER_TURN {
-                    match step(&bucket, s, &mut buf, window, &mut unacked) {
+                let now = store::now();
+                for _ in 0..STEPS_PER_TURN {
+                    match step(&bucket, s, &mut buf, window, &mut unacked, now) {
                         Step::Sent => sent = true,
                         Step::Full => {
                             full = true;
@@ -400,124 +402,127 @@ fn put_header(
     .write(buf);
 }
 
-/// Sends the next message of `s`.
+/// Sends the next message of `s`: a snapshot marker, up to ITEMS_PER_TURN items of the open
+/// snapshot, or the stream end.
 fn step(
     bucket: &Bucket,
     s: &mut Stream,
     buf: &mut BytesMut,
     window: u64,
     unacked: &mut u64,
+    now: u32,
 ) -> Step {
-    if s.pending.is_empty() {
-        if s.last >= s.end {
-            let len = HEADER_LEN + 4;
-            if !fits(window, *unacked, len) {
-                return Step::Full;
-            }
-            put_header(buf, Opcode::DcpStreamEnd, s.vb, s.opaque, 0, 0, 4, 0, 0);
-            buf.put_u32(0);
-            *unacked += len as u64;
+    if s.last >= s.end {
+        let len = HEADER_LEN + 4;
+        if !fits(window, *unacked, len) {
+            return Step::Full;
+        }
+        put_header(buf, Opcode::DcpStreamEnd, s.vb, s.opaque, 0, 0, 4, 0, 0);
+        buf.put_u32(0);
+        *unacked += len as u64;
+        return Step::Ended;
+    }
+    if s.snap_end <= s.last {
+        // Open the next snapshot: everything up to the high seqno now (or the end).
+        let (high, state) = match bucket.vb(s.vb) {
+            Some(v) => (v.high_seqno, v.state),
+            None => return Step::Ended,
+        };
+        if state != VbucketState::Active {
             return Step::Ended;
         }
-        if s.snap_end <= s.last {
-            // Open the next snapshot: everything up to the high seqno now (or the end).
-            let (high, state) = match bucket.vb(s.vb) {
-                Some(v) => (v.high_seqno, v.state),
-                None => return Step::Ended,
-            };
-            if state != VbucketState::Active {
-                return Step::Ended;
-            }
-            let upto = high.min(s.end);
-            if upto <= s.last {
-                return Step::Idle;
-            }
-            let len = HEADER_LEN + 20;
-            if !fits(window, *unacked, len) {
-                return Step::Full;
-            }
-            let start = if s.first { s.last } else { s.last + 1 };
-            put_header(
-                buf,
-                Opcode::DcpSnapshotMarker,
-                s.vb,
-                s.opaque,
-                0,
-                0,
-                20,
-                0,
-                0,
-            );
-            buf.put_u64(start);
-            buf.put_u64(upto);
-            buf.put_u32(if s.first {
-                snapshot_type::DISK
-            } else {
-                snapshot_type::MEMORY
-            });
-            *unacked += len as u64;
-            s.first = false;
-            s.snap_end = upto;
-            return Step::Sent;
+        let upto = high.min(s.end);
+        if upto <= s.last {
+            return Step::Idle;
         }
-        let chunk = match bucket.vb(s.vb) {
-            Some(v) => v.range(s.last, s.snap_end, CHUNK),
-            None => Vec::new(),
-        };
-        if chunk.is_empty() {
-            // Items moved past the snapshot (updated since): it is complete.
-            s.last = s.snap_end;
-            return Step::Sent;
+        let len = HEADER_LEN + 20;
+        if !fits(window, *unacked, len) {
+            return Step::Full;
         }
-        s.pending.extend(chunk);
+        let start = if s.first { s.last } else { s.last + 1 };
+        put_header(
+            buf,
+            Opcode::DcpSnapshotMarker,
+            s.vb,
+            s.opaque,
+            0,
+            0,
+            20,
+            0,
+            0,
+        );
+        buf.put_u64(start);
+        buf.put_u64(upto);
+        buf.put_u32(if s.first {
+            snapshot_type::DISK
+        } else {
+            snapshot_type::MEMORY
+        });
+        *unacked += len as u64;
+        s.first = false;
+        s.snap_end = upto;
+        return Step::Sent;
     }
-    let Some((key, item)) = s.pending.front() else {
-        return Step::Idle;
-    };
-    let t = store::now();
-    let (op, elen, vlen) = if item.deleted {
-        (Opcode::DcpDeletion, 18, 0)
-    } else if item.expired(t) {
-        (Opcode::DcpExpiration, 18, 0)
-    } else {
-        (Opcode::DcpMutation, 31, item.value.len())
-    };
-    let len = HEADER_LEN + elen + key.len() + vlen;
-    if !fits(window, *unacked, len) {
-        return Step::Full;
-    }
-    put_header(
-        buf,
-        op,
-        s.vb,
-        s.opaque,
-        item.cas,
-        item.datatype,
-        elen,
-        key.len(),
-        vlen,
-    );
-    buf.put_u64(item.by_seqno);
-    buf.put_u64(item.rev_seqno);
-    if op == Opcode::DcpMutation {
-        buf.put_u32(item.flags);
-        buf.put_u32(item.expiry);
-        buf.put_u32(0);
-        buf.put_u16(0);
-        buf.put_u8(0);
-        buf.put_slice(key);
-        buf.put_slice(&item.value);
-    } else {
-        buf.put_u16(0);
-        buf.put_slice(key);
-    }
-    *unacked += len as u64;
-    s.last = item.by_seqno;
-    s.pending.pop_front();
-    if s.pending.is_empty() && s.last >= s.snap_end {
+    let Some(v) = bucket.vb(s.vb) else {
         s.last = s.snap_end;
+        return Step::Sent;
+    };
+    let (mut sent, mut full, mut last) = (0usize, false, s.last);
+    let (vb, opaque) = (s.vb, s.opaque);
+    let complete = v.visit(s.last, s.snap_end, |key, item| {
+        if sent == ITEMS_PER_TURN || buf.len() >= FLUSH_AT {
+            return false;
+        }
+        let (op, elen, vlen) = if item.deleted {
+            (Opcode::DcpDeletion, 18, 0)
+        } else if item.expired(now) {
+            (Opcode::DcpExpiration, 18, 0)
+        } else {
+            (Opcode::DcpMutation, 31, item.value.len())
+        };
+        let len = HEADER_LEN + elen + key.len() + vlen;
+        if !fits(window, *unacked, len) {
+            full = true;
+            return false;
+        }
+        put_header(
+            buf,
+            op,
+            vb,
+            opaque,
+            item.cas,
+            item.datatype,
+            elen,
+            key.len(),
+            vlen,
+        );
+        buf.put_u64(item.by_seqno);
+        buf.put_u64(item.rev_seqno);
+        if op == Opcode::DcpMutation {
+            buf.put_u32(item.flags);
+            buf.put_u32(item.expiry);
+            buf.put_u32(0);
+            buf.put_u16(0);
+            buf.put_u8(0);
+            buf.put_slice(key);
+            buf.put_slice(&item.value);
+        } else {
+            buf.put_u16(0);
+            buf.put_slice(key);
+        }
+        *unacked += len as u64;
+        last = item.by_seqno;
+        sent += 1;
+        true
+    });
+    drop(v);
+    // Items updated since moved past the snapshot: once the range is walked, it is complete.
+    s.last = if complete { s.snap_end } else { last };
+    if sent == 0 && full {
+        Step::Full
+    } else {
+        Step::Sent
     }
-    Step::Sent
 }
 
 #[cfg(test)]

@@ -4,8 +4,9 @@
 //! per vbucket: OPAQUE (u32 1, initial vbucket stream) | CHECKPOINT_START (u64 id)
 //!              | MUTATION / DELETE ... | CHECKPOINT_END (u64 id)
 //! TAKEOVER:    VBUCKET_SET active per vbucket (the local copy goes dead)
-//! SUPPORT_ACK: the ACK flag on every 500th message and on the last; nothing more is sent
-//!              until that ack arrives
+//! SUPPORT_ACK: the ACK flag on every 1000th message and on the last; nothing more is sent
+//!              until that ack arrives (the next messages are encoded meanwhile, and written
+//!              once it is there)
 //! DUMP:        the connection closes after the last ack; otherwise new changes keep flowing
 //! ```
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pump_protocol::header::Magic;
-use pump_protocol::tap::{connect_flags, message_flags, TapConnect, TapKind, TapMessage};
+use pump_protocol::tap::{connect_flags, message_flags, TapConnect, TapFrame, TapKind, TapMessage};
 use pump_protocol::{PacketCodec, VbucketState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -25,8 +26,9 @@ use tokio_util::codec::Decoder;
 use crate::kv::{KvContext, IDLE_TIMEOUT, MAX_BODY};
 use crate::store;
 
-/// Messages between two ACK flags.
-pub const ACK_EVERY: u64 = 500;
+/// Messages between two ACK flags (ep-engine's default tap_ack_interval; the pump's default
+/// batch_max_size, so that one batch holds what one ack covers).
+pub const ACK_EVERY: u64 = 1000;
 const CHUNK: usize = 1024;
 const FLUSH_AT: usize = 256 * 1024;
 
@@ -51,6 +53,8 @@ struct Emitter {
     fix: bool,
     keys_only: bool,
     sent: u64,
+    /// The opaque of the ACK-flagged message sent last, until its ack arrives.
+    awaiting: Option<u32>,
 }
 
 impl Emitter {
@@ -62,21 +66,78 @@ impl Emitter {
             m.tap_flags |= message_flags::ACK;
         }
         m.encode(&mut self.buf);
-        if ack {
+        self.written(ack.then_some(m.opaque)).await
+    }
+
+    /// After a message was encoded: an ACK-flagged one (`ack`, its opaque) is written at once
+    /// and awaited before anything more goes out; otherwise the buffer is written when full.
+    async fn written(&mut self, ack: Option<u32>) -> std::io::Result<()> {
+        if let Some(opaque) = ack {
             self.flush().await?;
-            self.wait_ack(m.opaque).await?;
+            self.awaiting = Some(opaque);
         } else if self.buf.len() >= FLUSH_AT {
             self.flush().await?;
         }
         Ok(())
     }
 
+    /// Encodes a stored item as the next message, straight from the store; returns its
+    /// opaque when it carries the ACK flag (the caller then calls [`Emitter::written`]).
+    fn encode_item(&mut self, vb: u16, key: &[u8], i: &store::Item) -> Option<u32> {
+        self.sent += 1;
+        let opaque = self.sent as u32;
+        let ack = self.support_ack && self.sent.is_multiple_of(ACK_EVERY);
+        let mut tap_flags = if ack { message_flags::ACK } else { 0 };
+        let (kind, item_flags, value): (_, _, &[u8]) = if i.deleted {
+            (TapKind::Delete, 0, &[])
+        } else {
+            let flags = if self.fix {
+                tap_flags |= message_flags::NETWORK_BYTE_ORDER;
+                i.flags
+            } else {
+                i.flags.swap_bytes()
+            };
+            if self.keys_only {
+                tap_flags |= message_flags::NO_VALUE;
+                (TapKind::Mutation, flags, &[])
+            } else {
+                (TapKind::Mutation, flags, &i.value)
+            }
+        };
+        TapFrame {
+            kind,
+            vbucket: vb,
+            opaque,
+            cas: i.cas,
+            datatype: i.datatype,
+            tap_flags,
+            ttl: 255,
+            item_flags,
+            item_expiry: i.expiry,
+            engine_specific: &[],
+            key,
+            value,
+        }
+        .encode(&mut self.buf);
+        ack.then_some(opaque)
+    }
+
+    /// Writes what is encoded, once the last ACK-flagged message sent has been acked.
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
+            self.settle().await?;
             self.w.write_all(&self.buf).await?;
             self.buf.clear();
         }
         Ok(())
+    }
+
+    /// Waits for the ack of the last ACK-flagged message sent, if any is awaited.
+    async fn settle(&mut self) -> std::io::Result<()> {
+        match self.awaiting.take() {
+            Some(opaque) => self.wait_ack(opaque).await,
+            None => Ok(()),
+        }
     }
 
     async fn wait_ack(&mut self, opaque: u32) -> std::io::Result<()> {
@@ -163,6 +224,7 @@ pub async fn produce(
         fix: c.has(connect_flags::FIX_FLAG_BYTEORDER),
         keys_only: c.has(connect_flags::REQUEST_KEYS_ONLY),
         sent: 0,
+        awaiting: None,
     };
     let mut last_sent: Vec<u64> = vec![0; vbs.len()];
     let result = async {
@@ -184,18 +246,23 @@ pub async fn produce(
             if backfill {
                 let t = store::now();
                 loop {
-                    let chunk = match bucket.vb(vb) {
-                        Some(v) => v.range(after, high, CHUNK),
-                        None => Vec::new(),
+                    // Encode under the vbucket's lock until an ACK-flagged message or a full
+                    // buffer, then write (the lock is not held across the write).
+                    let mut ack = None;
+                    let complete = match bucket.vb(vb) {
+                        Some(v) => v.visit(after, high, |k, i| {
+                            after = i.by_seqno;
+                            if i.expired(t) || (dump && i.deleted) {
+                                return true;
+                            }
+                            ack = e.encode_item(vb, k, i);
+                            ack.is_none() && e.buf.len() < FLUSH_AT
+                        }),
+                        None => true,
                     };
-                    let Some(last) = chunk.last() else { break };
-                    after = last.1.by_seqno;
-                    for (k, i) in chunk {
-                        if i.expired(t) || (dump && i.deleted) {
-                            continue;
-                        }
-                        let m = e.item(vb, k, &i);
-                        e.emit(m, false).await?;
+                    e.written(ack).await?;
+                    if complete {
+                        break;
                     }
                 }
             }
@@ -212,13 +279,16 @@ pub async fn produce(
                     n + 1 == vbs.len() && dump,
                 )
                 .await?;
+                // An ACK-flagged VBUCKET_SET is acked before the local copy goes dead.
+                e.settle().await?;
                 bucket.set_state(vb, VbucketState::Dead);
             }
         }
         e.flush().await?;
         if dump {
-            // Without SUPPORT_ACK nothing confirms the end: the close does.
-            return Ok(());
+            // The connection closes after the last ack; without SUPPORT_ACK nothing confirms
+            // the end: the close does.
+            return e.settle().await;
         }
         // A backfill (not a dump) keeps streaming new changes until the consumer leaves.
         loop {

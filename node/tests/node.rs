@@ -532,3 +532,231 @@ async fn a_node_restarted_on_its_data_dir_keeps_items_seqnos_and_uuids() {
         (Status::Success, 7)
     );
 }
+
+/// Every message of a TAP connection until the producer closes it, each ACK answered.
+async fn tap_messages(c: &mut Client) -> Vec<TapMessage> {
+    let mut out = Vec::new();
+    while let Some(p) = c.recv_within(WAIT).await {
+        let m = TapMessage::from_packet(&p).unwrap();
+        if m.wants_ack() {
+            c.send(&m.ack_reply()).await;
+        }
+        out.push(m);
+    }
+    out
+}
+
+#[tokio::test]
+async fn tap_list_vbuckets_streams_only_those_each_framed_by_opaque_and_checkpoint_markers() {
+    let n = node(NodeConfig::default()).await;
+    load(n.kv_addr, 300, 7).await;
+    let vb_of = |i: usize| vbucket_of(format!("key{i:06}").as_bytes(), 1024);
+    let a = vb_of(0);
+    let b = (1..300).map(vb_of).find(|v| *v != a).unwrap();
+    let expected = |vb: u16| (0..300).filter(|i| vb_of(*i) == vb).count();
+    let mut c = tap_connect(
+        n.kv_addr,
+        connect_flags::DUMP | connect_flags::FIX_FLAG_BYTEORDER | connect_flags::LIST_VBUCKETS,
+        Some(vec![b, a]),
+    )
+    .await;
+    let ms = tap_messages(&mut c).await;
+    // In the order asked: b's stream, then a's; each OPAQUE, CHECKPOINT_START, items,
+    // CHECKPOINT_END.
+    let mut at = 0;
+    for vb in [b, a] {
+        let run: Vec<&TapMessage> = ms[at..].iter().take_while(|m| m.vbucket == vb).collect();
+        at += run.len();
+        let kinds: Vec<TapKind> = run.iter().map(|m| m.kind()).collect();
+        assert_eq!(kinds.len(), expected(vb) + 3, "vbucket {vb}: {kinds:?}");
+        assert_eq!(kinds[0], TapKind::Opaque, "vbucket {vb}");
+        assert_eq!(&run[0].value[..], &[0, 0, 0, 1]);
+        assert_eq!(kinds[1], TapKind::CheckpointStart, "vbucket {vb}");
+        assert!(kinds[2..kinds.len() - 1]
+            .iter()
+            .all(|k| *k == TapKind::Mutation));
+        assert_eq!(
+            kinds[kinds.len() - 1],
+            TapKind::CheckpointEnd,
+            "vbucket {vb}"
+        );
+        assert_eq!(run[1].value, run[kinds.len() - 1].value, "checkpoint ids");
+        for m in &run[2..kinds.len() - 1] {
+            let i: usize = std::str::from_utf8(&m.key[3..]).unwrap().parse().unwrap();
+            assert_eq!(m.value, format!("value-{i}").as_bytes());
+            assert_eq!(m.fixed_item_flags(), 7);
+        }
+    }
+    assert_eq!(at, ms.len(), "messages of vbuckets not asked for");
+    // The opaque of each message is its number on the connection.
+    assert!(ms.windows(2).all(|w| w[1].opaque == w[0].opaque + 1));
+}
+
+#[tokio::test]
+async fn tap_request_keys_only_sends_every_key_without_its_value() {
+    let n = node(NodeConfig::default()).await;
+    load(n.kv_addr, 50, 9).await;
+    let mut c = tap_connect(
+        n.kv_addr,
+        connect_flags::DUMP | connect_flags::FIX_FLAG_BYTEORDER | connect_flags::REQUEST_KEYS_ONLY,
+        None,
+    )
+    .await;
+    let ms = tap_messages(&mut c).await;
+    let mutations: Vec<&TapMessage> = ms
+        .iter()
+        .filter(|m| m.kind() == TapKind::Mutation)
+        .collect();
+    assert_eq!(mutations.len(), 50);
+    let mut keys: Vec<&[u8]> = mutations.iter().map(|m| &m.key[..]).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 50);
+    for m in mutations {
+        assert!(m.value.is_empty(), "a value was sent");
+        assert_ne!(m.tap_flags & message_flags::NO_VALUE, 0);
+        assert_eq!(m.fixed_item_flags(), 9);
+    }
+}
+
+#[tokio::test]
+async fn dcp_streams_a_deleted_item_as_deletion_and_an_expired_one_as_expiration() {
+    let n = node(NodeConfig {
+        vbuckets: 1,
+        ..NodeConfig::default()
+    })
+    .await;
+    let write = |key: &'static str, expiry: u32| pump_node::store::Write {
+        key: Bytes::from_static(key.as_bytes()),
+        value: Bytes::from_static(b"v"),
+        flags: 5,
+        expiry,
+        datatype: 0,
+        cas: 0,
+        mode: pump_node::store::WriteMode::Set,
+    };
+    let states = pump_node::store::CLIENT_STATES;
+    n.bucket.write(0, write("live", 0), states).unwrap();
+    n.bucket.write(0, write("gone", 0), states).unwrap();
+    // An absolute expiry in 2001: expired already.
+    n.bucket
+        .write(0, write("old", 1_000_000_000), states)
+        .unwrap();
+    n.bucket
+        .delete(0, Bytes::from_static(b"gone"), 0, states)
+        .unwrap();
+    let high = n.bucket.vb(0).unwrap().high_seqno;
+    let mut c = dcp_open(n.kv_addr, &[]).await;
+    c.send(&stream_req(0, 0, high, 0)).await;
+    let mut got = Vec::new();
+    loop {
+        let p = c.recv().await;
+        if p.magic == Magic::Response {
+            assert_eq!(p.status(), Status::Success);
+            continue;
+        }
+        match DcpMessage::from_packet(&p).unwrap() {
+            DcpMessage::Mutation(i) => got.push(("mutation", i.key, i.value, i.by_seqno)),
+            DcpMessage::Deletion(i) => got.push(("deletion", i.key, i.value, i.by_seqno)),
+            DcpMessage::Expiration(i) => got.push(("expiration", i.key, i.value, i.by_seqno)),
+            DcpMessage::StreamEnd { .. } => break,
+            _ => {}
+        }
+    }
+    let got: Vec<(&str, &[u8], &[u8])> = got
+        .iter()
+        .map(|(op, k, v, _)| (*op, &k[..], &v[..]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("mutation", &b"live"[..], &b"v"[..]),
+            ("expiration", &b"old"[..], &b""[..]),
+            ("deletion", &b"gone"[..], &b""[..]),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn tap_consumer_takes_a_delete_into_a_pending_vbucket_and_acks() {
+    let n = node(NodeConfig::default()).await;
+    let vb = vbucket_of(b"gone", 1024);
+    let mut c = Client::connect(n.kv_addr).await;
+    let mut b = BytesMut::new();
+    TapMessage {
+        tap_flags: message_flags::ACK,
+        opaque: 1,
+        ..TapMessage::vbucket_set(vb, VbucketState::Pending)
+    }
+    .encode(&mut b);
+    let mut m = TapMessage {
+        vbucket: vb,
+        opaque: 2,
+        key: Bytes::from_static(b"gone"),
+        value: Bytes::from_static(b"v"),
+        ..TapMessage::new(TapKind::Mutation)
+    };
+    m.set_item_flags(1, true);
+    m.encode(&mut b);
+    TapMessage {
+        vbucket: vb,
+        opaque: 3,
+        tap_flags: message_flags::ACK,
+        key: Bytes::from_static(b"gone"),
+        ..TapMessage::new(TapKind::Delete)
+    }
+    .encode(&mut b);
+    c.sock.write_all(&b).await.unwrap();
+    let a1 = c.recv().await;
+    assert_eq!((a1.opcode, a1.opaque), (Opcode::TapVbucketSet, 1));
+    let a3 = c.recv().await;
+    assert_eq!(
+        (a3.magic, a3.opcode, a3.opaque, a3.status()),
+        (Magic::Response, Opcode::TapDelete, 3, Status::Success)
+    );
+    assert_eq!(n.bucket.state(vb), Some(VbucketState::Pending));
+    let v = n.bucket.vb(vb).unwrap();
+    assert!(v.items[&b"gone"[..]].deleted, "the key was not deleted");
+    assert!(v.live(b"gone", 0).is_none());
+}
+
+#[tokio::test]
+async fn tap_takeover_sends_vbucket_set_active_per_vbucket_and_the_local_copy_goes_dead() {
+    let n = node(NodeConfig::default()).await;
+    load(n.kv_addr, 20, 0).await;
+    let vbs = vec![3u16, 700];
+    let mut c = tap_connect(
+        n.kv_addr,
+        connect_flags::DUMP
+            | connect_flags::SUPPORT_ACK
+            | connect_flags::LIST_VBUCKETS
+            | connect_flags::TAKEOVER_VBUCKETS,
+        Some(vbs.clone()),
+    )
+    .await;
+    let ms = tap_messages(&mut c).await;
+    let sets: Vec<(u16, VbucketState)> = ms
+        .iter()
+        .filter(|m| m.kind() == TapKind::VbucketSet)
+        .map(|m| (m.vbucket, m.vbucket_state().unwrap()))
+        .collect();
+    assert_eq!(
+        sets,
+        vec![(3, VbucketState::Active), (700, VbucketState::Active)]
+    );
+    // The VBUCKET_SETs follow every vbucket's stream.
+    let first_set = ms
+        .iter()
+        .position(|m| m.kind() == TapKind::VbucketSet)
+        .unwrap();
+    assert!(ms[first_set..]
+        .iter()
+        .all(|m| m.kind() == TapKind::VbucketSet));
+    assert!(
+        ms.last().unwrap().wants_ack(),
+        "the last message asks for an ack"
+    );
+    for vb in vbs {
+        assert_eq!(n.bucket.state(vb), Some(VbucketState::Dead), "vbucket {vb}");
+    }
+}

@@ -16,7 +16,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::ProtocolError;
-use crate::header::Magic;
+use crate::header::{Header, Magic, HEADER_LEN};
 use crate::opcode::{Opcode, Status};
 use crate::packet::Packet;
 use crate::vbucket::VbucketState;
@@ -314,47 +314,23 @@ impl TapMessage {
         }
     }
 
-    /// The packet with engine-specific bytes at the front of its key region; only [`encode`]
-    /// may write it, since it fixes keylen to count the key alone.
-    ///
-    /// [`encode`]: TapMessage::encode
-    fn raw_packet(&self) -> Packet {
-        let kind = self.kind();
-        let mut ex = BytesMut::with_capacity(16);
-        ex.put_u16(self.engine_specific.len() as u16);
-        ex.put_u16(self.tap_flags);
-        ex.put_u8(self.ttl);
-        ex.put_slice(&[0, 0, 0]);
-        if kind == TapKind::Mutation {
-            ex.put_u32(self.item_flags);
-            ex.put_u32(self.item_expiry);
-        }
-        let p = Packet::request(kind.opcode())
-            .with_vbucket(self.vbucket)
-            .with_opaque(self.opaque)
-            .with_cas(self.cas)
-            .with_datatype(self.datatype)
-            .with_extras(ex.freeze())
-            .with_value(self.value.clone());
-        if self.engine_specific.is_empty() {
-            p.with_key(self.key.clone())
-        } else {
-            let mut k = BytesMut::with_capacity(self.engine_specific.len() + self.key.len());
-            k.put_slice(&self.engine_specific);
-            k.put_slice(&self.key);
-            p.with_key(k.freeze())
-        }
-    }
-
-    /// Encodes straight into `out` (correct keylen even with engine-specific bytes).
+    /// Encodes straight into `out` (keylen counts the key alone, engine-specific bytes apart).
     pub fn encode(&self, out: &mut BytesMut) {
-        let p = self.raw_packet();
-        let start = out.len();
-        p.encode(out);
-        if !self.engine_specific.is_empty() {
-            let keylen = self.key.len() as u16;
-            out[start + 2..start + 4].copy_from_slice(&keylen.to_be_bytes());
+        TapFrame {
+            kind: self.kind(),
+            vbucket: self.vbucket,
+            opaque: self.opaque,
+            cas: self.cas,
+            datatype: self.datatype,
+            tap_flags: self.tap_flags,
+            ttl: self.ttl,
+            item_flags: self.item_flags,
+            item_expiry: self.item_expiry,
+            engine_specific: &self.engine_specific,
+            key: &self.key,
+            value: &self.value,
         }
+        .encode(out);
     }
 
     /// Decodes a TAP message from a request packet.
@@ -421,6 +397,63 @@ impl TapMessage {
     }
 }
 
+/// A TAP message with borrowed key and value: what a producer encodes from its store
+/// without building a [`TapMessage`] (no allocation, no reference count touched).
+#[derive(Debug, Clone, Copy)]
+pub struct TapFrame<'a> {
+    pub kind: TapKind,
+    pub vbucket: u16,
+    pub opaque: u32,
+    pub cas: u64,
+    pub datatype: u8,
+    pub tap_flags: u16,
+    pub ttl: u8,
+    /// MUTATION only, as on the wire.
+    pub item_flags: u32,
+    /// MUTATION only.
+    pub item_expiry: u32,
+    pub engine_specific: &'a [u8],
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+}
+
+impl TapFrame<'_> {
+    /// Encodes straight into `out`: header, extras (16 for a MUTATION, 8 otherwise),
+    /// engine-specific bytes, key, value.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let extras = if self.kind == TapKind::Mutation {
+            16
+        } else {
+            8
+        };
+        let body = extras + self.engine_specific.len() + self.key.len() + self.value.len();
+        out.reserve(HEADER_LEN + body);
+        Header {
+            magic: Magic::Request,
+            opcode: self.kind.opcode().value(),
+            key_len: self.key.len() as u16,
+            extras_len: extras as u8,
+            datatype: self.datatype,
+            vbucket_or_status: self.vbucket,
+            body_len: body as u32,
+            opaque: self.opaque,
+            cas: self.cas,
+        }
+        .write(out);
+        out.put_u16(self.engine_specific.len() as u16);
+        out.put_u16(self.tap_flags);
+        out.put_u8(self.ttl);
+        out.put_slice(&[0, 0, 0]);
+        if self.kind == TapKind::Mutation {
+            out.put_u32(self.item_flags);
+            out.put_u32(self.item_expiry);
+        }
+        out.put_slice(self.engine_specific);
+        out.put_slice(self.key);
+        out.put_slice(self.value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,6 +495,32 @@ mod tests {
             ..c.clone()
         };
         assert_eq!(TapConnect::from_packet(&p).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_mutation_with_engine_specific_bytes_has_the_exact_layout_and_round_trips() {
+        let m = TapMessage {
+            vbucket: 7,
+            opaque: 9,
+            cas: 11,
+            tap_flags: message_flags::ACK,
+            engine_specific: Bytes::from_static(&[0xee, 0xee]),
+            key: Bytes::from_static(b"k1"),
+            value: Bytes::from_static(b"val"),
+            item_flags: 0x0102_0304,
+            item_expiry: 5,
+            ..TapMessage::new(TapKind::Mutation)
+        };
+        let mut buf = BytesMut::new();
+        m.encode(&mut buf);
+        #[rustfmt::skip]
+        let want: &[u8] = &[
+            0x80, 0x41, 0, 2, 16, 0, 0, 7, 0, 0, 0, 23, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 11,
+            0, 2, 0, 1, 255, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 5,
+            0xee, 0xee, b'k', b'1', b'v', b'a', b'l',
+        ];
+        assert_eq!(&buf[..], want);
+        assert_eq!(through_the_wire(&m), m);
     }
 
     #[test]

@@ -194,8 +194,15 @@ pub async fn stream_connection(
                     .lock()
                     .map_err(|_| Error::source(&spec, "checkpoint lock poisoned"))?;
                 for (vb, seqno) in advanced {
-                    if let Some((_, p)) = c.positions.iter().find(|(v, _)| *v == vb) {
-                        f.set(vb, VbPosition { seqno, ..*p });
+                    // positions is sorted by vbucket.
+                    if let Ok(i) = c.positions.binary_search_by_key(&vb, |(v, _)| *v) {
+                        f.set(
+                            vb,
+                            VbPosition {
+                                seqno,
+                                ..c.positions[i].1
+                            },
+                        );
                     }
                 }
                 f.save_soon()?;
@@ -218,12 +225,17 @@ pub async fn stream_connection(
             } else {
                 IDLE_FLUSH
             };
+            // Frames already read are taken without a wait; the select (timeout, a failed
+            // ack, Ctrl-C) runs each time the read buffer runs dry.
             let next = match backlog.pop_front() {
                 Some(n) => n.map_err(err)?,
-                None => tokio::select! {
-                r = read.recv_within(wait, what) => r.map_err(err)?,
-                e = acker.failed() => return Err(e),
-                _ = cancel.cancelled() => return Err(Error::Cancelled),
+                None => match read.try_buffered(what).map_err(err)? {
+                    Some(p) => Next::Packet(p),
+                    None => tokio::select! {
+                    r = read.recv_within(wait, what) => r.map_err(err)?,
+                    e = acker.failed() => return Err(e),
+                    _ = cancel.cancelled() => return Err(Error::Cancelled),
+                    },
                 },
             };
             let p = match next {
@@ -494,7 +506,9 @@ fn item(op: Op, i: DcpItem) -> Message {
 struct PendingBatch {
     builder: BatchBuilder,
     bytes: u64,
-    positions: BTreeMap<u16, VbPosition>,
+    /// Per run of messages of one vbucket, its position after the run (a vbucket may have
+    /// several runs: the last wins when the batch is flushed).
+    positions: Vec<(u16, VbPosition)>,
     flush_bytes: u64,
     flow_control: bool,
 }
@@ -504,7 +518,7 @@ impl PendingBatch {
         PendingBatch {
             builder: BatchBuilder::new(config.limits),
             bytes: 0,
-            positions: BTreeMap::new(),
+            positions: Vec::new(),
             flush_bytes: u64::from(config.buffer_size / 4).max(1),
             flow_control,
         }
@@ -520,15 +534,16 @@ impl PendingBatch {
 
     fn push(&mut self, m: Message, streams: &BTreeMap<u16, VbStream>) {
         if let Some(s) = streams.get(&m.vbucket) {
-            self.positions.insert(
-                m.vbucket,
-                VbPosition {
-                    uuid: s.uuid,
-                    seqno: m.seqno,
-                    snap_start: s.snap.0,
-                    snap_end: s.snap.1.max(m.seqno),
-                },
-            );
+            let pos = VbPosition {
+                uuid: s.uuid,
+                seqno: m.seqno,
+                snap_start: s.snap.0,
+                snap_end: s.snap.1.max(m.seqno),
+            };
+            match self.positions.last_mut() {
+                Some((vb, p)) if *vb == m.vbucket => *p = pos,
+                _ => self.positions.push((m.vbucket, pos)),
+            }
         }
         self.builder.push(m);
     }
@@ -541,8 +556,12 @@ impl PendingBatch {
         checkpoint: &Arc<Mutex<Checkpoint>>,
     ) -> Result<Batch, Error> {
         let msgs = self.builder.take();
-        let positions: Vec<(u16, VbPosition)> =
-            std::mem::take(&mut self.positions).into_iter().collect();
+        // The last position of each vbucket, sorted by vbucket.
+        let mut last: BTreeMap<u16, VbPosition> = BTreeMap::new();
+        for (vb, p) in self.positions.drain(..) {
+            last.insert(vb, p);
+        }
+        let positions: Vec<(u16, VbPosition)> = last.into_iter().collect();
         let ticket = checkpoint
             .lock()
             .map_err(|_| Error::source("dcp", "checkpoint lock poisoned"))?

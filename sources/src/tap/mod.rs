@@ -161,10 +161,15 @@ pub async fn stream(
         } else {
             IDLE_FLUSH
         };
-        let next = tokio::select! {
-            r = read.recv_within(wait, what) => r.map_err(err)?,
-            e = acker.failed() => return Err(e),
-            _ = cancel.cancelled() => return Err(Error::Cancelled),
+        // Frames already read are taken without a wait; the select (timeout, a failed ack,
+        // Ctrl-C) runs each time the read buffer runs dry.
+        let next = match read.try_buffered(what).map_err(err)? {
+            Some(p) => Next::Packet(p),
+            None => tokio::select! {
+                r = read.recv_within(wait, what) => r.map_err(err)?,
+                e = acker.failed() => return Err(e),
+                _ = cancel.cancelled() => return Err(Error::Cancelled),
+            },
         };
         let p = match next {
             Next::Packet(p) => p,
