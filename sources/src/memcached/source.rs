@@ -5,9 +5,10 @@
 //! ```
 //!
 //! Several rounds are on the wire at once; GETKQ answers only on a hit, so the answers before
-//! a round's NOOP are the keys still there.
+//! a round's NOOP are the keys still there. A listing short of `curr_items` is followed by
+//! another that fetches only the keys not read yet (see [`MAX_PASSES`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -47,32 +48,52 @@ fn encode_gets(keys: &[Listed]) -> bytes::Bytes {
     buf.freeze()
 }
 
-#[async_trait]
-impl Source for MemcachedSource {
-    async fn run(self: Box<Self>, out: BatchSender, _ctx: Context) -> Result<(), Error> {
+/// The LRU crawler walks live queues: an item that moves between them while it walks (the
+/// LRU maintainer ages and bumps items all the time) can be left out of one listing. When a
+/// listing comes up short of `curr_items`, the next pass lists again and fetches only the keys
+/// not seen yet, up to this many passes.
+const MAX_PASSES: usize = 3;
+
+/// A key's fingerprint in the set of keys already read: 8 bytes a key instead of the key.
+/// (Two keys sharing one would need about 2^32 keys to be likely.)
+fn fingerprint(key: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(key)
+}
+
+/// What one listing pass did.
+#[derive(Default)]
+struct Pass {
+    listed: u64,
+    vanished: usize,
+}
+
+impl MemcachedSource {
+    /// One metadump and the GETKQ rounds of the keys it lists that are not in `seen`.
+    async fn pass(
+        &self,
+        client: &mut Duplex,
+        dump: &mut Metadump,
+        seen: &mut HashSet<u64>,
+        out: &BatchSender,
+    ) -> Result<Pass, Error> {
         let c = &self.config;
         let fail = |m: String| Error::source(&c.spec, m);
-        let auth = c.credentials.as_ref().map(|a| Auth {
-            user: a.user.clone(),
-            password: a.password.clone(),
-        });
-        let mut client = Duplex::open(&c.addr, auth.as_ref(), c.timeout, DEPTH + 1)
-            .await
-            .map_err(|e| fail(format!("memcached at {e}")))?;
-        let mut dump = Metadump::start(&c.addr, c.timeout).await.map_err(fail)?;
-        out.stats().set_expected(dump.items_before);
-        let mut listed = 0u64;
+        let mut pass = Pass::default();
         let mut in_flight: VecDeque<Vec<Listed>> = VecDeque::with_capacity(DEPTH);
         let mut listing_done = false;
-        let mut vanished = 0usize;
         loop {
             while !listing_done && in_flight.len() < DEPTH {
-                let keys = dump.next_keys(c.batch_items).await.map_err(fail)?;
+                let mut keys = dump.next_keys(c.batch_items).await.map_err(fail)?;
                 if keys.is_empty() {
                     listing_done = true;
                     break;
                 }
-                listed += keys.len() as u64;
+                pass.listed += keys.len() as u64;
+                keys.retain(|k| seen.insert(fingerprint(&k.key)));
+                if keys.is_empty() {
+                    continue;
+                }
                 client
                     .send(encode_gets(&keys))
                     .await
@@ -80,7 +101,7 @@ impl Source for MemcachedSource {
                 in_flight.push_back(keys);
             }
             let Some(keys) = in_flight.pop_front() else {
-                break;
+                return Ok(pass);
             };
             let mut messages = Vec::with_capacity(keys.len());
             loop {
@@ -123,19 +144,51 @@ impl Source for MemcachedSource {
                     ..Message::default()
                 });
             }
-            vanished += keys.len() - messages.len();
+            pass.vanished += keys.len() - messages.len();
             if !messages.is_empty() {
                 out.send_messages(messages).await?;
             }
         }
-        if listed < dump.items_before {
-            // The LRU crawler can miss items that move between LRU queues while it walks
-            // (right after heavy writes, for example).
-            tracing::warn!(
-                "{}: the metadump listed {listed} keys but the server held {} items when it began; run the transfer again once the server is quiet to catch the rest",
-                c.spec,
-                dump.items_before
-            );
+    }
+}
+
+#[async_trait]
+impl Source for MemcachedSource {
+    async fn run(self: Box<Self>, out: BatchSender, _ctx: Context) -> Result<(), Error> {
+        let c = &self.config;
+        let fail = |m: String| Error::source(&c.spec, m);
+        let auth = c.credentials.as_ref().map(|a| Auth {
+            user: a.user.clone(),
+            password: a.password.clone(),
+        });
+        let mut client = Duplex::open(&c.addr, auth.as_ref(), c.timeout, DEPTH + 1)
+            .await
+            .map_err(|e| fail(format!("memcached at {e}")))?;
+        let mut seen = HashSet::new();
+        let mut vanished = 0;
+        let mut expected = None;
+        for n in 1..=MAX_PASSES {
+            let mut dump = Metadump::start(&c.addr, c.timeout).await.map_err(fail)?;
+            // Items deleted or expired since the first listing lower the bar.
+            let before = (*expected.get_or_insert(dump.items_before)).min(dump.items_before);
+            out.stats().set_expected(before);
+            let pass = self.pass(&mut client, &mut dump, &mut seen, &out).await?;
+            vanished += pass.vanished;
+            let found = seen.len() as u64;
+            if found >= before || pass.listed == 0 {
+                break;
+            }
+            if n == MAX_PASSES {
+                tracing::warn!(
+                    "{}: {MAX_PASSES} metadumps listed {found} keys but the server held {before} items when the first began; run the transfer again once the server is quiet to catch the rest",
+                    c.spec,
+                );
+            } else {
+                tracing::info!(
+                    "{}: the metadump listed {found} of {before} items (the LRU crawler misses items that move while it walks): listing again for the rest",
+                    c.spec,
+                );
+            }
         }
         if vanished > 0 {
             tracing::warn!(
