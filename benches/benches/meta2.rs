@@ -6,8 +6,8 @@
 //!    The pump's time includes the sink's verification before the rename (quick_check, the
 //!    per-table digest of the built base against the rows received) and the fsync.
 //! 2. rebuild: a lost volume of BASES bases (default 10,000) of 100 aliases each, rebuilt by
-//!    `pump meta2 rebuild` (the binary: $PUMP_BIN, else target/release/pump, else
-//!    target/debug/pump; verified page copies, 4 at a time). Budget: >= 500 bases/s. The
+//!    `pump meta2 rebuild` (the binary: $PUMP_BIN, else target/release/pump brought up to
+//!    date first; verified page copies, 4 at a time). Budget: >= 500 bases/s. The
 //!    CPU time the process used is printed too, with the load average: on this shared
 //!    machine the wall time depends on what else runs.
 //!
@@ -109,21 +109,6 @@ fn sync_bench(root: &Path) {
     );
 }
 
-fn pump_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("PUMP_BIN") {
-        return PathBuf::from(p);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("target");
-    let release = root.join("release").join("pump");
-    if release.exists() {
-        release
-    } else {
-        root.join("debug").join("pump")
-    }
-}
-
 fn rebuild_bench(root: &Path) {
     let bases = env_num("META2_BENCH_BASES", 10_000);
     let lost = root.join("lost");
@@ -152,7 +137,7 @@ fn rebuild_bench(root: &Path) {
         "meta2 rebuild: generated {bases} bases of 100 aliases in {:.1}s",
         t.elapsed().as_secs_f64()
     );
-    let bin = pump_bin();
+    let bin = pump_benches::pump_binary();
     let t = Instant::now();
     let out = std::process::Command::new(&bin)
         .args(["meta2", "rebuild", "-q", "-t", "4"])

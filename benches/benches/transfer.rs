@@ -10,9 +10,8 @@
 //!
 //! `cargo bench -p pump-benches --bench transfer`. Sizes: `PUMP_BENCH_ITEMS` (gen -> blackhole),
 //! `PUMP_BENCH_BACKUP_ITEMS`, `PUMP_BENCH_RSS_ITEMS`; the binary: `PUMP_BIN` (default
-//! `target/release/pump`, built first when missing).
+//! `target/release/pump`, brought up to date first).
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -116,46 +115,12 @@ fn sqlite_ceiling(dir: &std::path::Path, items: u64) -> (u64, u64, Duration) {
     (items, bytes, elapsed)
 }
 
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn pump_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("PUMP_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace_root().join("target"));
-    let bin = target.join("release").join("pump");
-    if !bin.exists() {
-        eprintln!(
-            "{} is missing: building it first (cargo build --release --bin pump)",
-            bin.display()
-        );
-        let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--bin", "pump"])
-            .current_dir(workspace_root())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(
-            ok,
-            "cannot build the pump binary; set PUMP_BIN to a built one"
-        );
-    }
-    bin
-}
-
 /// Peak RSS of the pump binary moving `items` items gen -> blackhole, in MB. The child is
 /// reaped with wait4, which reports that child's own rusage (RUSAGE_CHILDREN would include
 /// a cargo build run just before).
 #[allow(clippy::zombie_processes)] // reaped with wait4, not Child::wait
 fn peak_rss_mb(items: u64) -> (f64, Duration) {
-    let bin = pump_binary();
+    let bin = pump_benches::pump_binary();
     let t = Instant::now();
     let child = Command::new(&bin)
         .args([
