@@ -13,7 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use pump::{Context, Options, Spec};
 use pump_protocol::packet::encode_request;
 use pump_protocol::Opcode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -150,32 +149,7 @@ async fn through_pump(source: &str, port: u16, items: usize, threads: usize) -> 
 
 /// Runs one transfer of `items` through the pump library; returns its seconds.
 async fn transfer(source: &str, sink: &str, items: usize, threads: usize) -> f64 {
-    let mut registry = pump::Registry::new();
-    pump_sources::register(&mut registry);
-    pump_sinks::register(&mut registry);
-    let options = Options {
-        threads,
-        ..Options::default()
-    };
-    let src = Spec::parse(source).unwrap();
-    let dst = Spec::parse(sink).unwrap();
-    let source = registry
-        .source_kind(&src)
-        .unwrap()
-        .open(&src, &options)
-        .unwrap();
-    let sink = registry
-        .sink_kind(&dst)
-        .unwrap()
-        .open(&dst, &options)
-        .unwrap();
-    let t = Instant::now();
-    let summary = pump::run(source, sink, Context::new(options))
-        .await
-        .unwrap();
-    let secs = t.elapsed().as_secs_f64();
-    assert_eq!(summary.counts.items_written, items as u64);
-    secs
+    pump_benches::transfer(source, sink, threads, items as u64).await
 }
 
 fn mb(items_per_s: f64) -> f64 {

@@ -18,7 +18,6 @@
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use pump::{Context, Options, Spec};
 use pump_node::store::{Write, WriteMode, CLIENT_STATES};
 use pump_node::{Cluster, ClusterConfig, Node, NodeConfig};
 use pump_protocol::dcp::{open_flags, DcpMessage, StreamRequest};
@@ -168,32 +167,7 @@ async fn raw_tap(node: &Node, items: u64) -> f64 {
 
 /// `pump transfer SOURCE SINK` through the library, as the binary runs it. Returns items/s.
 async fn pump(source: &str, sink: &str, threads: usize, items: u64) -> f64 {
-    let mut registry = pump::Registry::new();
-    pump_sources::register(&mut registry);
-    pump_sinks::register(&mut registry);
-    let options = Options {
-        threads,
-        ..Options::default()
-    };
-    let src = Spec::parse(source).unwrap();
-    let dst = Spec::parse(sink).unwrap();
-    let source = registry
-        .source_kind(&src)
-        .unwrap()
-        .open(&src, &options)
-        .unwrap();
-    let sink = registry
-        .sink_kind(&dst)
-        .unwrap()
-        .open(&dst, &options)
-        .unwrap();
-    let t = Instant::now();
-    let summary = pump::run(source, sink, Context::new(options))
-        .await
-        .unwrap();
-    let secs = t.elapsed().as_secs_f64();
-    assert_eq!(summary.counts.items_written, items);
-    items as f64 / secs
+    items as f64 / pump_benches::transfer(source, sink, threads, items).await
 }
 
 fn main() {

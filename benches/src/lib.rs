@@ -32,3 +32,34 @@ pub fn pump_binary() -> PathBuf {
     );
     target.join("release").join("pump")
 }
+
+/// `pump transfer SOURCE SINK` through the library, as the binary runs it, with `-t threads`;
+/// checks that exactly `items` were written and returns the seconds it took.
+pub async fn transfer(source: &str, sink: &str, threads: usize, items: u64) -> f64 {
+    let mut registry = pump::Registry::new();
+    pump_sources::register(&mut registry);
+    pump_sinks::register(&mut registry);
+    let options = pump::Options {
+        threads,
+        ..pump::Options::default()
+    };
+    let open = |spec: &str| pump::Spec::parse(spec).expect("a valid spec");
+    let (src, dst) = (open(source), open(sink));
+    let source = registry
+        .source_kind(&src)
+        .expect("a known source kind")
+        .open(&src, &options)
+        .expect("the source opens");
+    let sink = registry
+        .sink_kind(&dst)
+        .expect("a known sink kind")
+        .open(&dst, &options)
+        .expect("the sink opens");
+    let t = std::time::Instant::now();
+    let summary = pump::run(source, sink, pump::Context::new(options))
+        .await
+        .expect("the transfer succeeds");
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(summary.counts.items_written, items, "{src} -> {dst}");
+    secs
+}
