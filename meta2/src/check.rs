@@ -324,6 +324,20 @@ impl TableDigest {
     }
 }
 
+/// The tables whose digests differ between `a` and `b` (present in one only, or with other
+/// rows), in name order.
+pub fn tables_differing<'a>(
+    a: &'a BTreeMap<String, String>,
+    b: &'a BTreeMap<String, String>,
+) -> Vec<&'a str> {
+    let names: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    names
+        .into_iter()
+        .filter(|t| a.get(*t) != b.get(*t))
+        .map(String::as_str)
+        .collect()
+}
+
 /// Per table, the SHA-256 (hex) of its rows in key order, every cell encoded as in
 /// [`crate::codec`]. Tables whose name is in `skip` are left out.
 pub fn digest(path: &Path, skip: &[&str]) -> Result<BTreeMap<String, String>, Error> {
@@ -380,4 +394,23 @@ pub fn digest_tables(
         out.insert(t.name.clone(), h.finish());
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_differing_names_changed_and_one_sided_tables_once_in_order() {
+        let d = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let a = d(&[("alias", "1"), ("chunks", "2"), ("only_a", "3")]);
+        let b = d(&[("alias", "1"), ("chunks", "X"), ("only_b", "4")]);
+        assert_eq!(tables_differing(&a, &b), ["chunks", "only_a", "only_b"]);
+        assert!(tables_differing(&a, &a).is_empty());
+    }
 }

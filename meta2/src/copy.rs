@@ -93,15 +93,11 @@ fn copy_to_tmp(from: &Path, tmp: &Path, sync: bool) -> Result<u64, Error> {
     }
     let got = digest_tables(&dst, &built, &[], None).map_err(|e| Error::sqlite(tmp, e))?;
     if got != want {
-        let diff: Vec<&String> = want
-            .keys()
-            .chain(got.keys())
-            .filter(|t| want.get(*t) != got.get(*t))
-            .collect();
         return Err(Error::Encoding(format!(
-            "{}: the copy differs from {} in {diff:?}",
+            "{}: the copy differs from {} in {:?}",
             tmp.display(),
-            from.display()
+            from.display(),
+            crate::tables_differing(&want, &got)
         )));
     }
     dst.close().map_err(|(_, e)| Error::sqlite(tmp, e))?;

@@ -19,7 +19,7 @@ pub mod generate;
 pub mod schema;
 
 pub use base::{cid, parse_address, BaseName, Peer};
-pub use check::{digest, inspect, judge, CopyReport, CopyState, Health};
+pub use check::{digest, inspect, judge, tables_differing, CopyReport, CopyState, Health};
 
 /// Errors of this crate; each names the file or value it is about.
 #[derive(Debug, thiserror::Error)]

@@ -304,10 +304,9 @@ impl Executor for FileExecutor {
                     .map_err(|e| format!("{peer}: {e}"))?
                     .map_err(|e| format!("{peer}: {e}"))?;
                 if da != db {
-                    let diff: Vec<&String> =
-                        db.keys().filter(|t| da.get(*t) != db.get(*t)).collect();
                     return Err(format!(
-                        "{peer}: content differs from {against} in {diff:?}"
+                        "{peer}: content differs from {against} in {:?}",
+                        pump_meta2::tables_differing(&da, &db)
                     ));
                 }
                 let st = inspect(&a, false);

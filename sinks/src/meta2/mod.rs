@@ -423,13 +423,9 @@ impl Builder {
         }
         let built = built?;
         if built != sent {
-            let diff: Vec<&String> = sent
-                .keys()
-                .chain(built.keys())
-                .filter(|t| sent.get(*t) != built.get(*t))
-                .collect();
             return Err(format!(
-                "{tmp}: the built base differs from the rows received in {diff:?}"
+                "{tmp}: the built base differs from the rows received in {:?}",
+                pump_meta2::tables_differing(&sent, &built)
             ));
         }
         synced.map_err(|e| format!("{tmp}: {e}"))?;
