@@ -138,6 +138,8 @@ fn rebuild_bench(root: &Path) {
         t.elapsed().as_secs_f64()
     );
     let bin = pump_benches::pump_binary();
+    // Children's CPU so far (the cargo build that brought the binary up to date).
+    let cpu_before = pump_benches::cpu_seconds(pump_benches::Who::Children);
     let t = Instant::now();
     let out = std::process::Command::new(&bin)
         .args(["meta2", "rebuild", "-q", "-t", "4"])
@@ -163,23 +165,12 @@ fn rebuild_bench(root: &Path) {
         "meta2 rebuild: {bases} bases in {secs:.1}s = {rate:.0} bases/s (budget >= 500); ratio {:.2}x the budget",
         rate / 500.0
     );
-    let cpu = children_cpu_secs();
+    let cpu = pump_benches::cpu_seconds(pump_benches::Who::Children) - cpu_before;
     println!(
         "meta2 rebuild: the process used {cpu:.1}s of CPU ({:.2} ms a base); load average at the end: {}",
         cpu * 1000.0 / bases as f64,
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
-}
-
-/// User + system CPU time of the finished child processes.
-fn children_cpu_secs() -> f64 {
-    // SAFETY: getrusage fills the struct it is given.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
-        return f64::NAN;
-    }
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(ru.ru_utime) + t(ru.ru_stime)
 }
 
 fn main() {

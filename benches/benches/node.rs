@@ -70,15 +70,6 @@ async fn count(sock: &mut TcpStream, count_op: u8, stop_op: u8, stops: usize) ->
     }
 }
 
-/// CPU seconds (user + system) this process has used so far, every thread.
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(u.ru_utime) + tv(u.ru_stime)
-}
-
 /// MB/s of `bytes` through one loopback socket, 256 KiB writes.
 async fn ceiling(bytes: u64) -> f64 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -248,7 +239,7 @@ fn main() {
                 if only.as_ref().is_some_and(|o| !o.contains(&i)) {
                     continue;
                 }
-                let c0 = cpu_seconds();
+                let c0 = pump_benches::cpu_seconds(pump_benches::Who::SelfProcess);
                 let r = match i {
                     0 => {
                         let (r, wire) = raw_dcp(&node, items).await;
@@ -264,7 +255,7 @@ fn main() {
                     }
                 };
                 *b = b.max(r);
-                cpu[i] = cpu[i].min((cpu_seconds() - c0) / items as f64);
+                cpu[i] = cpu[i].min((pump_benches::cpu_seconds(pump_benches::Who::SelfProcess) - c0) / items as f64);
             }
         }
         let mb = |r: f64| r * payload as f64 / items as f64 / 1e6;

@@ -63,3 +63,27 @@ pub async fn transfer(source: &str, sink: &str, threads: usize, items: u64) -> f
     assert_eq!(summary.counts.items_written, items, "{src} -> {dst}");
     secs
 }
+
+/// Whose CPU time [`cpu_seconds`] reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Who {
+    /// This process, every thread.
+    SelfProcess,
+    /// The child processes waited for so far.
+    Children,
+}
+
+/// CPU seconds (user + system) used so far by `who`; NaN when the system will not say.
+pub fn cpu_seconds(who: Who) -> f64 {
+    let who = match who {
+        Who::SelfProcess => libc::RUSAGE_SELF,
+        Who::Children => libc::RUSAGE_CHILDREN,
+    };
+    // SAFETY: getrusage only writes the struct it is given, which is plain data.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
+        return f64::NAN;
+    }
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
