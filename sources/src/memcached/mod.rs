@@ -102,4 +102,105 @@ mod tests {
             MemcachedConfig::from_spec(&Spec::parse("memcached://h:1/b").unwrap(), &o).unwrap_err();
         assert!(e.is_usage());
     }
+
+    /// A memcached whose LRU crawler misses `missed` in its first metadump, as a real one
+    /// does when the item moves between LRU queues during the walk. Text connections get
+    /// `stats` and the metadump; binary ones (first byte 0x80) VERSION, GETKQ and NOOP.
+    async fn flaky_crawler(
+        items: Vec<(&'static str, &'static str)>,
+        missed: &'static str,
+    ) -> String {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let (l, addr) = crate::testutil::listen().await;
+        let dumps = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else { return };
+                let items = items.clone();
+                let dumps = dumps.clone();
+                tokio::spawn(async move {
+                    let mut first = [0u8; 1];
+                    if s.peek(&mut first).await.unwrap_or(0) == 1 && first[0] == 0x80 {
+                        let mut peer = crate::testutil::Peer(tokio_util::codec::Framed::new(
+                            s,
+                            pump_protocol::PacketCodec::default(),
+                        ));
+                        while let Some(req) = peer.recv().await {
+                            let hit = items.iter().find(|(k, _)| k.as_bytes() == &req.key[..]);
+                            let answer = match (req.opcode, hit) {
+                                (pump_protocol::Opcode::GetKQ, None) => continue,
+                                (pump_protocol::Opcode::GetKQ, Some((k, v))) => {
+                                    pump_protocol::Packet::response_to(
+                                        &req,
+                                        pump_protocol::Status::Success,
+                                    )
+                                    .with_extras(vec![0, 0, 0, 7])
+                                    .with_key(k.as_bytes().to_vec())
+                                    .with_value(v.as_bytes().to_vec())
+                                }
+                                _ => pump_protocol::Packet::response_to(
+                                    &req,
+                                    pump_protocol::Status::Success,
+                                ),
+                            };
+                            peer.send(answer).await;
+                        }
+                        return;
+                    }
+                    let mut s = BufReader::new(s);
+                    let mut line = String::new();
+                    while s.read_line(&mut line).await.unwrap_or(0) > 0 {
+                        let reply = match line.trim() {
+                            "stats" => {
+                                format!("STAT pid 1\r\nSTAT curr_items {}\r\nEND\r\n", items.len())
+                            }
+                            "lru_crawler metadump all" => {
+                                let n = dumps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                let mut out = String::new();
+                                for (k, _) in items.iter().filter(|(k, _)| n > 0 || *k != missed) {
+                                    out.push_str(&format!(
+                                        "key={k} exp=-1 la=1 cas=1 fetch=no cls=1 size=70\n"
+                                    ));
+                                }
+                                out + "END\r\n"
+                            }
+                            other => panic!("unexpected {other:?}"),
+                        };
+                        s.get_mut().write_all(reply.as_bytes()).await.unwrap();
+                        line.clear();
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_listing_short_of_curr_items_is_listed_again_for_the_keys_it_missed() {
+        let items = vec![("a", "1"), ("b", "2"), ("missed", "3"), ("c", "4")];
+        let addr = flaky_crawler(items.clone(), "missed").await;
+        let options = Options::default();
+        let spec = Spec::parse(&format!("memcached://{addr}")).unwrap();
+        let source = MemcachedKind.open(&spec, &options).unwrap();
+        let sink = crate::testutil::Collect::default();
+        crate::testutil::run(source, sink.clone(), options)
+            .await
+            .unwrap();
+        let mut got: Vec<(String, String, u32)> = sink
+            .messages()
+            .iter()
+            .map(|m| {
+                let s = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+                (s(&m.key), s(&m.value), m.flags)
+            })
+            .collect();
+        got.sort();
+        // Every item once: the second listing fetched only the key the first one missed.
+        let want: Vec<(String, String, u32)> =
+            [("a", "1"), ("b", "2"), ("c", "4"), ("missed", "3")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string(), 7))
+                .collect();
+        assert_eq!(got, want);
+    }
 }
