@@ -1,17 +1,19 @@
 //! A verified page copy of a base, for `pump meta2 rebuild` (a copy of a sound peer).
 //!
 //! The source is read in one read transaction (its shared lock keeps SQLite writers off it):
-//! SQLite's backup API copies its pages into `<target>.pump-tmp`, then the copy must pass
-//! `quick_check` and hold the same per-table digests as the source ([`crate::digest`]), and
-//! is synced to disk, before it is linked to `target` (never over an existing file) and the
-//! temporary name removed. The directory is left to the caller to sync. Any failure removes
-//! the temporary file and leaves `target` absent.
+//! it must pass `quick_check`, then SQLite serializes its pages (the image of the database
+//! file as that transaction sees it, whatever the journal mode) and the image is written to
+//! `<target>.pump-tmp` in one write, read back and compared byte for byte, and synced to disk,
+//! before it is linked to `target` (never over an existing file) and the temporary name
+//! removed. The copy is thus the same bytes as a source that passed the check: the same
+//! tables, rows and admin values, with no row decoded. The directory is left to the caller
+//! to sync. Any failure removes the temporary file and leaves `target` absent.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, MAIN_DB};
 
-use crate::check::digest_tables;
 use crate::schema;
 use crate::Error;
 
@@ -22,11 +24,11 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Copies `from` to the new file `to` as described above; returns the rows copied.
+/// Copies `from` to the new file `to` as described above; returns the bytes copied.
 pub fn copy_verified(from: &Path, to: &Path) -> Result<u64, Error> {
-    let rows = build_verified(from, to, true)?;
+    let bytes = build_verified(from, to, true)?;
     link_built(to)?;
-    Ok(rows)
+    Ok(bytes)
 }
 
 /// The first half of [`copy_verified`]: the verified copy under `tmp_path(to)`, synced when
@@ -59,54 +61,43 @@ pub fn link_built(to: &Path) -> Result<(), Error> {
 
 fn copy_to_tmp(from: &Path, tmp: &Path, sync: bool) -> Result<u64, Error> {
     let src = schema::open_read(from)?;
-    src.execute_batch("BEGIN")
-        .map_err(|e| Error::sqlite(from, e))?;
-    let tables = schema::tables(&src).map_err(|e| Error::sqlite(from, e))?;
-    let mut dst = Connection::open(tmp).map_err(|e| Error::sqlite(tmp, e))?;
-    dst.execute_batch("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF")
-        .map_err(|e| Error::sqlite(tmp, e))?;
-    {
-        let b = rusqlite::backup::Backup::new(&src, &mut dst).map_err(|e| Error::sqlite(tmp, e))?;
-        b.run_to_completion(1 << 30, std::time::Duration::ZERO, None)
-            .map_err(|e| Error::sqlite(tmp, e))?;
-    }
-    let mut rows = 0u64;
-    let want =
-        digest_tables(&src, &tables, &[], Some(&mut rows)).map_err(|e| Error::sqlite(from, e))?;
+    let image = read_checked(&src, from)?;
     drop(src);
-    let check: String = dst
+    let mut f = std::fs::File::create_new(tmp).map_err(|e| Error::io(tmp, e))?;
+    f.write_all(&image).map_err(|e| Error::io(tmp, e))?;
+    if sync {
+        f.sync_all().map_err(|e| Error::io(tmp, e))?;
+    }
+    drop(f);
+    let written = std::fs::read(tmp).map_err(|e| Error::io(tmp, e))?;
+    if written != image {
+        return Err(Error::Encoding(format!(
+            "{}: the copy read back is not the {} bytes of {}",
+            tmp.display(),
+            image.len(),
+            from.display()
+        )));
+    }
+    Ok(image.len() as u64)
+}
+
+/// The image of the database file of `conn`, taken in the same read transaction as a
+/// `quick_check` that it passed.
+fn read_checked(conn: &Connection, path: &Path) -> Result<Vec<u8>, Error> {
+    let sqlite = |e| Error::sqlite(path, e);
+    conn.execute_batch("BEGIN").map_err(sqlite)?;
+    let check: String = conn
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
-        .map_err(|e| Error::sqlite(tmp, e))?;
+        .map_err(sqlite)?;
     if check != "ok" {
         return Err(Error::Encoding(format!(
-            "{}: quick_check of the copy: {check}",
-            tmp.display()
+            "{}: quick_check: {check}",
+            path.display()
         )));
     }
-    // The copy's own sqlite_master, with the columns of the source's tables (the same pages).
-    let mut built = schema::master(&dst).map_err(|e| Error::sqlite(tmp, e))?;
-    for t in &mut built {
-        if let Some(s) = tables.iter().find(|s| s.name == t.name) {
-            t.columns = s.columns.clone();
-            t.pk = s.pk.clone();
-        }
-    }
-    let got = digest_tables(&dst, &built, &[], None).map_err(|e| Error::sqlite(tmp, e))?;
-    if got != want {
-        return Err(Error::Encoding(format!(
-            "{}: the copy differs from {} in {:?}",
-            tmp.display(),
-            from.display(),
-            crate::tables_differing(&want, &got)
-        )));
-    }
-    dst.close().map_err(|(_, e)| Error::sqlite(tmp, e))?;
-    if sync {
-        std::fs::File::open(tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(tmp, e))?;
-    }
-    Ok(rows)
+    let image = conn.serialize(MAIN_DB).map_err(sqlite)?.to_vec();
+    conn.execute_batch("COMMIT").map_err(sqlite)?;
+    Ok(image)
 }
 
 #[cfg(test)]
@@ -126,13 +117,13 @@ mod tests {
     }
 
     #[test]
-    fn a_page_copy_has_the_same_digests_and_counts_the_rows() {
+    fn a_page_copy_is_the_bytes_of_the_source() {
         let d = tempfile::tempdir().unwrap();
         let src = base(&d.path().join("a"));
         let dst = d.path().join("b").join("x.meta2");
-        let rows = copy_verified(&src, &dst).unwrap();
-        // 30 aliases: 30 contents, 90 chunks, 30 aliases, 30 properties, and the admin keys.
-        assert!(rows > 180, "{rows}");
+        let bytes = copy_verified(&src, &dst).unwrap();
+        assert_eq!(bytes, std::fs::metadata(&src).unwrap().len());
+        assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
         assert_eq!(
             crate::digest(&src, &[]).unwrap(),
             crate::digest(&dst, &[]).unwrap()
@@ -154,6 +145,47 @@ mod tests {
             .unwrap();
         let dst = d.path().join("b").join("x.meta2");
         assert!(copy_verified(&src, &dst).is_err());
+        assert!(!dst.exists() && !tmp_path(&dst).exists());
+    }
+
+    #[test]
+    fn a_copy_of_a_base_in_wal_mode_holds_what_its_wal_holds() {
+        let d = tempfile::tempdir().unwrap();
+        let src = base(&d.path().join("a"));
+        let w = Connection::open(&src).unwrap();
+        w.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+             INSERT INTO admin(k, v) VALUES ('only.in.the.wal', 'x');",
+        )
+        .unwrap();
+        // The writer stays open: the row is in the -wal file only, not in the base's file.
+        let dst = d.path().join("b").join("x.meta2");
+        copy_verified(&src, &dst).unwrap();
+        assert_eq!(
+            crate::digest(&src, &[]).unwrap(),
+            crate::digest(&dst, &[]).unwrap()
+        );
+        let c = schema::open_read(&dst).unwrap();
+        assert_eq!(
+            schema::admin_get(&c, "only.in.the.wal").unwrap(),
+            Some(b"x".to_vec())
+        );
+        drop(w);
+    }
+
+    #[test]
+    fn a_source_that_fails_quick_check_is_not_copied() {
+        let d = tempfile::tempdir().unwrap();
+        let src = base(&d.path().join("a"));
+        // Scribble over the middle of the last page: the file keeps its length and its
+        // header, only quick_check sees the damage.
+        let mut bytes = std::fs::read(&src).unwrap();
+        let n = bytes.len();
+        bytes[n - 2048..n - 1024].fill(0xA5);
+        std::fs::write(&src, &bytes).unwrap();
+        let dst = d.path().join("b").join("x.meta2");
+        let e = copy_verified(&src, &dst).unwrap_err().to_string();
+        assert!(e.contains("quick_check") || e.contains("malformed"), "{e}");
         assert!(!dst.exists() && !tmp_path(&dst).exists());
     }
 }

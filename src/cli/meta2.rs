@@ -426,9 +426,9 @@ async fn rebuild(a: RebuildArgs) -> Result<(), Failure> {
     let s = repair::rebuild(&a.peer, &a.from_peers, a.threads, a.quiet, mode).await?;
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "rebuilt {} bases ({} rows) on {} in {secs:.1}s ({:.0} bases/s); {} already there, {} not for this service, {} failed",
+        "rebuilt {} bases ({:.1} MB) on {} in {secs:.1}s ({:.0} bases/s); {} already there, {} not for this service, {} failed",
         s.rebuilt,
-        s.rows,
+        s.bytes as f64 / 1e6,
         a.peer.address,
         s.rebuilt as f64 / secs.max(1e-9),
         s.present,

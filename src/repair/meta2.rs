@@ -796,7 +796,8 @@ pub struct RebuildSummary {
     /// Bases on the other volumes that do not list the lost service.
     pub elsewhere: usize,
     pub failed: Vec<String>,
-    pub rows: u64,
+    /// The size of the copies made.
+    pub bytes: u64,
 }
 
 /// Rebuilds on `lost` every base that lists it in `sys.peers` on the other volumes.
@@ -823,7 +824,8 @@ pub async fn rebuild(
     let mut set = tokio::task::JoinSet::new();
     let mut iter = work.into_iter();
     let mut done = 0usize;
-    let mut linked: Vec<BaseName> = Vec::new();
+    // Streamed copies are linked as they finish; their directories are synced at the end.
+    let mut streamed: Vec<BaseName> = Vec::new();
     let mut pending: Pending = Vec::new();
     let mut linking: Option<Linking> = None;
     let started = std::time::Instant::now();
@@ -844,16 +846,16 @@ pub async fn rebuild(
         let (base, r) = r.map_err(|e| Failure::Failed(format!("a rebuild task failed: {e}")))?;
         done += 1;
         match r {
-            Ok(Rebuilt::Copied(rows)) => {
-                linked.push(base);
+            Ok(Rebuilt::Copied(bytes)) => {
+                streamed.push(base);
                 summary.rebuilt += 1;
-                summary.rows += rows;
+                summary.bytes += bytes;
             }
-            Ok(Rebuilt::Built { rows, aside }) => {
-                pending.push((base, rows, aside));
+            Ok(Rebuilt::Built { bytes, aside }) => {
+                pending.push((base, bytes, aside));
                 if pending.len() >= LINK_BATCH {
                     // One batch links while the next is copied.
-                    finish_linking(linking.take(), &mut summary, &mut linked).await?;
+                    finish_linking(linking.take(), &mut summary).await?;
                     linking = Some(start_linking(lost, std::mem::take(&mut pending)));
                 }
             }
@@ -868,34 +870,30 @@ pub async fn rebuild(
             );
         }
     }
-    finish_linking(linking.take(), &mut summary, &mut linked).await?;
+    finish_linking(linking.take(), &mut summary).await?;
     if !pending.is_empty() {
         let last = start_linking(lost, pending);
-        finish_linking(Some(last), &mut summary, &mut linked).await?;
+        finish_linking(Some(last), &mut summary).await?;
     }
-    // Each base was synced before its link; the links reach the disk here, one sync per
-    // directory, before the summary says they are done.
-    let mut dirs: Vec<PathBuf> = linked
-        .iter()
-        .filter_map(|b| lost.path(b).parent().map(Path::to_path_buf))
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    pump_sinks::meta2::sync_dirs(dirs.iter().map(PathBuf::as_path)).map_err(Failure::Failed)?;
+    // Each streamed base was synced before its link; the links reach the disk here, before
+    // the summary says they are done.
+    let dirs = parent_dirs(streamed.iter().map(|b| lost.path(b)));
+    pump_sinks::meta2::sync_paths(&dirs).map_err(Failure::Failed)?;
     Ok(summary)
 }
 
 /// Verified copies are synced (fsyncs in parallel) and linked this many at a time.
 const LINK_BATCH: usize = 256;
 
-/// Syncs the verified copies of `batch` (their temporary files) to disk at once, then links
-/// each into place; a base whose link fails gets back the bad copy set aside for it.
+/// The copies of a batch not linked yet: each base, its size, where a bad copy that was in
+/// place went.
 type Pending = Vec<(BaseName, u64, Option<PathBuf>)>;
 type Linking = tokio::task::JoinHandle<(Vec<Result<(), String>>, Pending)>;
 
 /// Starts syncing the verified copies of `batch` (their temporary files) to disk at once,
-/// then linking each into place, on a blocking task; a base whose link fails gets back the
-/// bad copy set aside for it. The copies of the next bases go on meanwhile.
+/// then linking each into place and syncing their directories, on a blocking task; a base
+/// whose link fails gets back the bad copy set aside for it. The copies of the next bases go
+/// on meanwhile.
 fn start_linking(lost: &Peer, batch: Pending) -> Linking {
     let lost = lost.clone();
     tokio::task::spawn_blocking(move || {
@@ -903,7 +901,7 @@ fn start_linking(lost: &Peer, batch: Pending) -> Linking {
             .iter()
             .map(|(b, _, _)| pump_meta2::copy::tmp_path(&lost.path(b)))
             .collect();
-        let synced = sync_files(&tmps);
+        let synced = pump_sinks::meta2::sync_paths(&tmps);
         let results: Vec<Result<(), String>> = batch
             .iter()
             .map(|(b, _, aside)| {
@@ -920,6 +918,15 @@ fn start_linking(lost: &Peer, batch: Pending) -> Linking {
                 r
             })
             .collect();
+        // The links reach the disk before the batch counts as rebuilt.
+        let dirs = parent_dirs(batch.iter().map(|(b, _, _)| lost.path(b)));
+        let results = match pump_sinks::meta2::sync_paths(&dirs) {
+            Ok(()) => results,
+            Err(e) => results
+                .into_iter()
+                .map(|r| r.and(Err(format!("linked but not synced: {e}"))))
+                .collect(),
+        };
         (results, batch)
     })
 }
@@ -928,7 +935,6 @@ fn start_linking(lost: &Peer, batch: Pending) -> Linking {
 async fn finish_linking(
     linking: Option<Linking>,
     summary: &mut RebuildSummary,
-    linked: &mut Vec<BaseName>,
 ) -> Result<(), Failure> {
     let Some(linking) = linking else {
         return Ok(());
@@ -936,12 +942,11 @@ async fn finish_linking(
     let (results, batch) = linking
         .await
         .map_err(|e| Failure::Failed(format!("a rebuild task failed: {e}")))?;
-    for ((base, rows, _), r) in batch.into_iter().zip(results) {
+    for ((base, bytes, _), r) in batch.into_iter().zip(results) {
         match r {
             Ok(()) => {
                 summary.rebuilt += 1;
-                summary.rows += rows;
-                linked.push(base);
+                summary.bytes += bytes;
             }
             Err(e) => summary.failed.push(format!("{base}: {e}")),
         }
@@ -949,38 +954,22 @@ async fn finish_linking(
     Ok(())
 }
 
-/// Brings `files` to disk: an fsync each, 8 at a time (the file system commits its journal
-/// once for the fsyncs that wait together). `syncfs` would do it in one call but also flushes
-/// whatever else is dirty on the file system, which on a busy machine costs far more.
-fn sync_files(files: &[PathBuf]) -> Result<(), String> {
-    let per = files.len().div_ceil(8).max(1);
-    std::thread::scope(|s| {
-        let jobs: Vec<_> = files
-            .chunks(per)
-            .map(|chunk| {
-                s.spawn(move || {
-                    for f in chunk {
-                        std::fs::File::open(f)
-                            .and_then(|f| f.sync_all())
-                            .map_err(|e| format!("{}: {e}", f.display()))?;
-                    }
-                    Ok::<(), String>(())
-                })
-            })
-            .collect();
-        jobs.into_iter().try_for_each(|j| {
-            j.join()
-                .unwrap_or_else(|_| Err("an fsync thread panicked".into()))
-        })
-    })
+/// The distinct directories of `paths`.
+fn parent_dirs(paths: impl Iterator<Item = PathBuf>) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = paths
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
 }
 
 /// How a rebuild copies each base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RebuildMode {
-    /// SQLite's backup API copies the pages of a sound, complete peer copy; the copy is
-    /// verified (quick_check, same per-table digests) and synced before its link
-    /// ([`pump_meta2::copy::copy_verified`]).
+    /// The image of a sound, complete peer copy (it passes quick_check in the read
+    /// transaction the image is taken in) is written, read back and compared, and synced
+    /// before its link ([`pump_meta2::copy::copy_verified`]).
     Pages,
     /// Each base streams through the pump (meta2 source -> meta2 sink), as `sync` does.
     Stream,
@@ -992,7 +981,7 @@ enum Rebuilt {
     /// A verified copy under the temporary name, to sync and link ([`start_linking`]);
     /// `aside`: where a bad copy that was in place went.
     Built {
-        rows: u64,
+        bytes: u64,
         aside: Option<PathBuf>,
     },
     Present,
@@ -1022,7 +1011,9 @@ async fn rebuild_one(
     };
     // The directories are synced once each at the end of the rebuild.
     match copy_base_with(&src, &target, false).await {
-        Ok(rows) => Ok(Rebuilt::Copied(rows)),
+        Ok(_rows) => Ok(Rebuilt::Copied(
+            std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0),
+        )),
         Err(e) => {
             if let Some(a) = aside {
                 let _ = std::fs::rename(&a, &target);
@@ -1090,7 +1081,7 @@ fn plan_one(
     let mut errors = Vec::new();
     for c in candidates {
         match pump_meta2::copy::build_verified(&c.path, target, false) {
-            Ok(rows) => return Ok(Planned::Done(Rebuilt::Built { rows, aside })),
+            Ok(bytes) => return Ok(Planned::Done(Rebuilt::Built { bytes, aside })),
             Err(e) => errors.push(e.to_string()),
         }
     }
