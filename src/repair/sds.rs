@@ -958,14 +958,23 @@ pub async fn sync(
             errors.push(e);
         }
     }
+    conclude(
+        &errors,
+        format!("{base}: {} refilled; every copy is there", bad.join(",")),
+        format!("{base}: the sync did not repair everything"),
+        format!("run `{}` to see the copies", p.hint("check")),
+    )
+}
+
+/// Prints `ok` when there are no `errors`; else fails with `what: the errors; advice`.
+fn conclude(errors: &[String], ok: String, what: String, advice: String) -> Result<(), Failure> {
     if errors.is_empty() {
-        println!("{base}: {} refilled; every copy is there", bad.join(","));
+        println!("{ok}");
         Ok(())
     } else {
         Err(Failure::Failed(format!(
-            "{base}: the sync did not repair everything: {}; run `{}` to see the copies",
-            errors.join("; "),
-            p.hint("check")
+            "{what}: {}; {advice}",
+            errors.join("; ")
         )))
     }
 }
@@ -1010,16 +1019,12 @@ pub async fn check(
             errors.push(format!("{}: {}: {}", r.address, r.health, r.message));
         }
     }
-    if errors.is_empty() {
-        println!("{base}: ok on {}", peers.join(","));
-        Ok(())
-    } else {
-        Err(Failure::Failed(format!(
-            "{base}: {}; `{}` refills the bad copies",
-            errors.join("; "),
-            p.hint("sync")
-        )))
-    }
+    conclude(
+        &errors,
+        format!("{base}: ok on {}", peers.join(",")),
+        base.to_string(),
+        format!("`{}` refills the bad copies", p.hint("sync")),
+    )
 }
 
 #[cfg(test)]
