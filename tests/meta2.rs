@@ -94,6 +94,28 @@ fn sql(path: &Path, statements: &str) {
     c.execute_batch(statements).unwrap();
 }
 
+/// Overwrites the page type of `table`'s root page: quick_check fails, other tables read.
+fn break_root_page(path: &Path, table: &str) {
+    let (root, page_size): (i64, i64) = {
+        let c = rusqlite::Connection::open(path).unwrap();
+        let root = c
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (
+            root,
+            c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap(),
+        )
+    };
+    assert!(root > 1, "{table} is not on the first page");
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[((root - 1) * page_size) as usize] = 0xA5;
+    std::fs::write(path, &bytes).unwrap();
+}
+
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -460,6 +482,17 @@ fn rebuild_lost_volume(stream: bool) {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
+    // B's copy of another base keeps its header and its admin table but fails quick_check
+    // (the root page of its chunks table is no b-tree page any more): that base too comes
+    // from C's copy, B's being tried first and refused.
+    let scribbled = mine[7].path_in(&vol(B));
+    break_root_page(&scribbled, "chunks");
+    let bytes = std::fs::read(&scribbled).unwrap();
+    assert_eq!(
+        pump_meta2::check::inspect_admin(&scribbled).health,
+        pump_meta2::Health::Ok,
+        "the admin keys of the scribbled copy still read"
+    );
     std::fs::remove_dir_all(vol(A)).unwrap();
     std::fs::create_dir(vol(A)).unwrap();
     let arg = |a: &str| format!("{a}={}", vol(a).display());
@@ -499,6 +532,11 @@ fn rebuild_lost_volume(stream: bool) {
             digest(&b.path_in(&vol(C)), &[]).unwrap()
         );
     }
+    assert_ne!(
+        std::fs::read(mine[7].path_in(&vol(A))).unwrap(),
+        bytes,
+        "the scribbled copy was not the one copied"
+    );
     assert_eq!(BaseName::list(&vol(A)).unwrap().len(), 12);
     let left: Vec<PathBuf> = snapshot(&vol(A))
         .into_keys()

@@ -177,12 +177,21 @@ mod tests {
     fn a_source_that_fails_quick_check_is_not_copied() {
         let d = tempfile::tempdir().unwrap();
         let src = base(&d.path().join("a"));
-        // Scribble over the middle of the last page: the file keeps its length and its
-        // header, only quick_check sees the damage.
+        // The root page of the chunks table is no b-tree page any more: the file keeps its
+        // length, its header and its admin table, only quick_check sees the damage.
+        let root: i64 = Connection::open(&src)
+            .unwrap()
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = 'chunks'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
         let mut bytes = std::fs::read(&src).unwrap();
-        let n = bytes.len();
-        bytes[n - 2048..n - 1024].fill(0xA5);
+        let page_size = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+        bytes[(root as usize - 1) * page_size] = 0xA5;
         std::fs::write(&src, &bytes).unwrap();
+        assert_eq!(crate::check::inspect_admin(&src).health, crate::Health::Ok);
         let dst = d.path().join("b").join("x.meta2");
         let e = copy_verified(&src, &dst).unwrap_err().to_string();
         assert!(e.contains("quick_check") || e.contains("malformed"), "{e}");
