@@ -30,6 +30,23 @@ pub const CREATE_TABLE: &str = "CREATE TABLE cbb_msg (cmd integer, vbucket_id in
 /// The insert a writer prepares once, columns in table order.
 pub const INSERT: &str = "INSERT INTO cbb_msg (cmd, vbucket_id, key, flg, exp, cas, meta, val, seqno, dtype, meta_size, conf_res) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 
+/// The table's columns in table order (a file of an older version has the first
+/// [`Version::columns`] of them).
+pub const COLUMNS: [&str; 12] = [
+    "cmd",
+    "vbucket_id",
+    "key",
+    "flg",
+    "exp",
+    "cas",
+    "meta",
+    "val",
+    "seqno",
+    "dtype",
+    "meta_size",
+    "conf_res",
+];
+
 /// Column indexes in [`select`]'s result.
 pub mod col {
     pub const CMD: usize = 0;
