@@ -427,7 +427,18 @@ fn int_be(v: &[u8]) -> i64 {
 
 /// The varint at `at` (1 to 9 bytes, big-endian, 7 bits a byte but 8 in the ninth) and the
 /// offset after it; `None` when it runs past `buf`.
+#[inline(always)]
 fn varint(buf: &[u8], at: usize) -> Option<(u64, usize)> {
+    // Serial types, header sizes and small payload sizes fit in one byte.
+    match buf.get(at) {
+        Some(&b) if b < 0x80 => Some((b as u64, at + 1)),
+        Some(_) => varint_long(buf, at),
+        None => None,
+    }
+}
+
+#[inline(never)]
+fn varint_long(buf: &[u8], at: usize) -> Option<(u64, usize)> {
     let mut n = 0u64;
     for i in 0..9 {
         let b = *buf.get(at + i)?;

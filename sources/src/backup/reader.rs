@@ -217,7 +217,7 @@ impl<'a> Batcher<'a> {
         cancel: &'a CancellationToken,
     ) -> Self {
         Batcher {
-            buf: BytesMut::with_capacity(limits.max_bytes.min(8 << 20) + 4096),
+            buf: BytesMut::with_capacity(limits.max_bytes.min(1 << 20) + 4096),
             batch: Vec::with_capacity(limits.max_items.min(4096)),
             limits,
             tx,
@@ -312,6 +312,11 @@ impl<'a> Batcher<'a> {
         Ok(!full || self.flush())
     }
 
+    /// The most a batch's buffer starts with (it grows if a batch needs more).
+    fn first_capacity(&self) -> usize {
+        self.limits.max_bytes.min(1 << 20) + 4096
+    }
+
     /// Sends what is left; false when the run should stop.
     fn finish(mut self) -> bool {
         self.batch.is_empty() || self.flush()
@@ -322,7 +327,12 @@ impl<'a> Batcher<'a> {
         if self.cancel.is_cancelled() {
             return false;
         }
-        let bytes = self.buf.split().freeze();
+        // A new buffer for every batch, sized on this one: a batch split off a shared buffer
+        // would share its reference count with the batches before it, which the sink drops
+        // on another core while this thread counts the next one up (a contended cache line
+        // for every key and value).
+        let next = (self.buf.len() + self.buf.len() / 4 + 4096).min(self.first_capacity());
+        let bytes = std::mem::replace(&mut self.buf, BytesMut::with_capacity(next)).freeze();
         let messages = self
             .batch
             .drain(..)
@@ -333,7 +343,6 @@ impl<'a> Batcher<'a> {
                 ..r.msg
             })
             .collect();
-        self.buf.reserve(self.limits.max_bytes.min(8 << 20) + 4096);
         self.tx.blocking_send(messages).is_ok()
     }
 }
