@@ -214,32 +214,54 @@ impl<'a> TableRows<'a> {
                 }
                 self.leaf = None;
             }
+            if !self.next_leaf()? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The number of rows: the cell counts of the leaves, whose cells are not read (nor
+    /// their overflow pages). Consumes the cursor.
+    pub fn count(mut self) -> Result<u64, String> {
+        let mut n = 0u64;
+        while self.next_leaf()? {
+            n += self.leaf.take().map_or(0, |l| l.cells as u64);
+        }
+        Ok(n)
+    }
+
+    /// Walks down to the next leaf; false after the last.
+    fn next_leaf(&mut self) -> Result<bool, String> {
+        loop {
             if !self.started {
                 self.started = true;
                 self.enter(self.root)?;
-                continue;
-            }
-            let file = self.file;
-            let child = loop {
-                let Some(top) = self.interior.last_mut() else {
-                    return Ok(None);
+            } else {
+                let file = self.file;
+                let child = loop {
+                    let Some(top) = self.interior.last_mut() else {
+                        return Ok(false);
+                    };
+                    if top.next < top.cells {
+                        let at = cell_offset(top.data, top.pointers, top.next);
+                        top.next += 1;
+                        let (no, data) = (top.no, top.data);
+                        break at
+                            .and_then(|at| data.get(at..at + 4))
+                            .map(be32)
+                            .ok_or_else(|| file.error(no, "interior cell out of the page"))?;
+                    }
+                    if top.next == top.cells {
+                        top.next += 1;
+                        break be32(&top.data[top.pointers - 4..top.pointers]);
+                    }
+                    self.interior.pop();
                 };
-                if top.next < top.cells {
-                    let at = cell_offset(top.data, top.pointers, top.next);
-                    top.next += 1;
-                    let (no, data) = (top.no, top.data);
-                    break at
-                        .and_then(|at| data.get(at..at + 4))
-                        .map(be32)
-                        .ok_or_else(|| file.error(no, "interior cell out of the page"))?;
-                }
-                if top.next == top.cells {
-                    top.next += 1;
-                    break be32(&top.data[top.pointers - 4..top.pointers]);
-                }
-                self.interior.pop();
-            };
-            self.enter(child)?;
+                self.enter(child)?;
+            }
+            if self.leaf.is_some() {
+                return Ok(true);
+            }
         }
     }
 

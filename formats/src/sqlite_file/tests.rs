@@ -132,6 +132,7 @@ fn rows_read_from_pages_equal_sqlite_rows_at_page_sizes_1024_4096_and_65536() {
         }
         // Enough rows for interior pages under the root, and overflow chains.
         let file = SqliteFile::open(&path).unwrap();
+        assert_eq!(file.table(root).count().unwrap(), want.len() as u64);
         assert_eq!(file.page_size(), page_size as usize);
         assert_eq!(file.page(root).unwrap()[0], INTERIOR_TABLE);
     }
@@ -254,6 +255,12 @@ fn a_cycle_in_the_tree_is_an_error_not_an_endless_walk() {
         err.contains(&format!("page {root}")) && err.contains("cycle"),
         "{err}"
     );
+    let err = SqliteFile::open(&path)
+        .unwrap()
+        .table(root)
+        .count()
+        .unwrap_err();
+    assert!(err.contains("cycle"), "{err}");
 }
 
 #[test]

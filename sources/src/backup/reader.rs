@@ -10,7 +10,7 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use pump::{BatchLimits, Message, Op, Stats};
 use pump_formats::bfd::{self, col, Version};
 use pump_formats::sqlite_file::SqliteFile;
@@ -32,13 +32,21 @@ pub fn read_all(
     let mut total = 0u64;
     for f in files {
         let (db, version) = open(f)?;
-        let n: i64 = db
-            .query_row("SELECT count(*) FROM cbb_msg", [], |r| r.get(0))
-            .map_err(|e| format!("{}: {e}", f.display()))?;
-        total += n.max(0) as u64;
         let rows = match raw_root(f, &db, version)? {
-            Some(root) => Rows::Raw(SqliteFile::open(f)?, root),
-            None => Rows::Sql(db),
+            Some(root) => {
+                // Counted on the pages the rows are then read from: the file is faulted in
+                // once, and a broken tree fails here, before anything moves.
+                let file = SqliteFile::open(f)?;
+                total += file.table(root).count()?;
+                Rows::Raw(file, root)
+            }
+            None => {
+                let n: i64 = db
+                    .query_row("SELECT count(*) FROM cbb_msg", [], |r| r.get(0))
+                    .map_err(|e| format!("{}: {e}", f.display()))?;
+                total += n.max(0) as u64;
+                Rows::Sql(db)
+            }
         };
         opened.push((f, rows, version));
     }
@@ -141,12 +149,12 @@ pub(super) fn raw_root(
         .flatten())
 }
 
-/// Where a row's byte fields sit in the batch buffer.
+/// A row's message, and where its byte fields are.
 struct Row {
     msg: Message,
-    key: Range<usize>,
-    value: Range<usize>,
-    meta: Range<usize>,
+    key: Field,
+    value: Field,
+    meta: Field,
 }
 
 /// Reads one file; false when the run should stop (receiver gone or cancelled).
@@ -159,10 +167,10 @@ pub(super) fn read_file(
     cancel: &CancellationToken,
 ) -> Result<bool, String> {
     let file = path.display();
-    let mut out = Batcher::new(limits, tx, cancel);
     let mut n = 0u64;
     match rows {
         Rows::Raw(db, root) => {
+            let mut out = Batcher::new(limits, tx, cancel, Some(db.bytes()));
             let mut rows = db.table(root);
             while let Some(row) = rows.next_row()? {
                 n += 1;
@@ -173,8 +181,10 @@ pub(super) fn read_file(
                     return Ok(false);
                 }
             }
+            Ok(out.finish())
         }
         Rows::Sql(db) => {
+            let mut out = Batcher::new(limits, tx, cancel, None);
             let mut stmt = db
                 .prepare(bfd::select(version))
                 .map_err(|e| format!("{file}: {e}"))?;
@@ -195,19 +205,32 @@ pub(super) fn read_file(
                     return Ok(false);
                 }
             }
+            Ok(out.finish())
         }
     }
-    Ok(out.finish())
 }
 
-/// Builds the messages of one file's rows into batches sliced out of one buffer per batch,
-/// and sends each batch when it is full.
+/// Builds the messages of one file's rows into batches and sends each batch when it is full.
+/// A value that lies in the mapped file is shared with it, not copied (`shared`): each batch
+/// takes its own owner of the map, so that its messages count references on a counter of
+/// their own. Other values (read through SQLite, or put together from overflow pages) are
+/// copied into one buffer per batch.
 struct Batcher<'a> {
     buf: BytesMut,
     batch: Vec<Row>,
+    /// The bytes of the batch so far (copied or shared).
+    bytes: usize,
+    shared: Option<&'a Bytes>,
+    view: Option<Bytes>,
     limits: BatchLimits,
     tx: &'a mpsc::Sender<Vec<Message>>,
     cancel: &'a CancellationToken,
+}
+
+/// Where one byte field of a row is: in the batch buffer, or shared with the file.
+enum Field {
+    Copied(Range<usize>),
+    Shared(Bytes),
 }
 
 impl<'a> Batcher<'a> {
@@ -215,10 +238,14 @@ impl<'a> Batcher<'a> {
         limits: BatchLimits,
         tx: &'a mpsc::Sender<Vec<Message>>,
         cancel: &'a CancellationToken,
+        shared: Option<&'a Bytes>,
     ) -> Self {
         Batcher {
-            buf: BytesMut::with_capacity(limits.max_bytes.min(1 << 20) + 4096),
+            buf: BytesMut::new(),
             batch: Vec::with_capacity(limits.max_items.min(4096)),
+            bytes: 0,
+            shared,
+            view: None,
             limits,
             tx,
             cancel,
@@ -233,7 +260,10 @@ impl<'a> Batcher<'a> {
         version: Version,
         bad: &dyn Fn(&str) -> String,
     ) -> Result<bool, String> {
-        let buf = &mut self.buf;
+        if self.view.is_none() {
+            self.view = self.shared.map(|file| Bytes::from_owner(file.clone()));
+        }
+        let (buf, view) = (&mut self.buf, self.view.as_ref());
         let int = |i: usize| -> Result<i64, String> {
             match row[i] {
                 ValueRef::Integer(v) => Ok(v),
@@ -245,14 +275,20 @@ impl<'a> Batcher<'a> {
                 _ => Err(bad(&format!("column {i} is not a number"))),
             }
         };
-        let put = |i: usize, buf: &mut BytesMut| -> Result<Range<usize>, String> {
-            let start = buf.len();
+        let bytes_of = |i: usize| -> Result<&[u8], String> {
             match row[i] {
-                ValueRef::Blob(b) | ValueRef::Text(b) => buf.extend_from_slice(b),
-                ValueRef::Null => {}
-                _ => return Err(bad(&format!("column {i} is not bytes"))),
+                ValueRef::Blob(b) | ValueRef::Text(b) => Ok(b),
+                ValueRef::Null => Ok(&[]),
+                _ => Err(bad(&format!("column {i} is not bytes"))),
             }
-            Ok(start..buf.len())
+        };
+        let mut put = |b: &[u8]| -> Field {
+            if let Some(view) = view.filter(|v| within(v, b)) {
+                return Field::Shared(view.slice_ref(b));
+            }
+            let start = buf.len();
+            buf.extend_from_slice(b);
+            Field::Copied(start..buf.len())
         };
         let op = match int(col::CMD)? {
             bfd::cmd::TAP_MUTATION | bfd::cmd::DCP_MUTATION => Op::Mutation,
@@ -269,16 +305,15 @@ impl<'a> Batcher<'a> {
             ValueRef::Null => 0,
             ValueRef::Real(_) => return Err(bad("cas is not a 64-bit number")),
         };
-        let key = put(col::KEY, buf)?;
-        let value = put(col::VAL, buf)?;
-        let meta_start = buf.len();
-        let meta_raw = put(col::META, buf)?;
-        let (rev_seqno, meta_bytes) = bfd::parse_meta_column(&buf[meta_raw.clone()]);
-        let meta = if meta_bytes.is_some() {
-            meta_raw
-        } else {
-            meta_start..meta_start
-        };
+        let (key, value, meta) = (
+            bytes_of(col::KEY)?,
+            bytes_of(col::VAL)?,
+            bytes_of(col::META)?,
+        );
+        let (rev_seqno, meta) = bfd::parse_meta_column(meta);
+        let meta = meta.unwrap_or_default();
+        self.bytes += key.len() + value.len() + meta.len();
+        let (key, value, meta) = (put(key), put(value), put(meta));
         let (seqno, datatype, conflict_res) = if version.columns() > col::SEQNO {
             let conf = if version.columns() > col::CONF_RES {
                 int(col::CONF_RES)?
@@ -307,8 +342,7 @@ impl<'a> Batcher<'a> {
             value,
             meta,
         });
-        let full =
-            self.batch.len() >= self.limits.max_items || self.buf.len() >= self.limits.max_bytes;
+        let full = self.batch.len() >= self.limits.max_items || self.bytes >= self.limits.max_bytes;
         Ok(!full || self.flush())
     }
 
@@ -327,22 +361,34 @@ impl<'a> Batcher<'a> {
         if self.cancel.is_cancelled() {
             return false;
         }
-        // A new buffer for every batch, sized on this one: a batch split off a shared buffer
-        // would share its reference count with the batches before it, which the sink drops
-        // on another core while this thread counts the next one up (a contended cache line
-        // for every key and value).
+        // A new buffer (and owner of the map) for every batch, the next buffer sized on this
+        // one: a batch split off a shared buffer would share its reference count with the
+        // batches before it, which the sink drops on another core while this thread counts
+        // the next one up (a contended cache line for every key and value).
         let next = (self.buf.len() + self.buf.len() / 4 + 4096).min(self.first_capacity());
         let bytes = std::mem::replace(&mut self.buf, BytesMut::with_capacity(next)).freeze();
+        self.view = None;
+        self.bytes = 0;
+        let field = |f: Field| match f {
+            Field::Copied(r) => bytes.slice(r),
+            Field::Shared(b) => b,
+        };
         let messages = self
             .batch
             .drain(..)
             .map(|r| Message {
-                key: bytes.slice(r.key),
-                value: bytes.slice(r.value),
-                meta: bytes.slice(r.meta),
+                key: field(r.key),
+                value: field(r.value),
+                meta: field(r.meta),
                 ..r.msg
             })
             .collect();
         self.tx.blocking_send(messages).is_ok()
     }
+}
+
+/// True when `part` lies in `whole`'s bytes.
+fn within(whole: &Bytes, part: &[u8]) -> bool {
+    let (w, p) = (whole.as_ptr() as usize, part.as_ptr() as usize);
+    p >= w && p + part.len() <= w + whole.len()
 }
