@@ -149,13 +149,6 @@ pub(super) fn raw_root(
         .flatten())
 }
 
-/// A row's message, and where its byte fields are.
-struct Row {
-    msg: Message,
-    key: Field,
-    value: Field,
-    meta: Field,
-}
 
 /// Reads one file; false when the run should stop (receiver gone or cancelled).
 pub(super) fn read_file(
@@ -217,7 +210,9 @@ pub(super) fn read_file(
 /// copied into one buffer per batch.
 struct Batcher<'a> {
     buf: BytesMut,
-    batch: Vec<Row>,
+    batch: Vec<Message>,
+    /// The fields copied into `buf`: message index, field, bytes; set when the batch is sent.
+    copied: Vec<(usize, Field, Range<usize>)>,
     /// The bytes of the batch so far (copied or shared).
     bytes: usize,
     shared: Option<&'a Bytes>,
@@ -227,10 +222,12 @@ struct Batcher<'a> {
     cancel: &'a CancellationToken,
 }
 
-/// Where one byte field of a row is: in the batch buffer, or shared with the file.
+/// A byte field of a message.
+#[derive(Clone, Copy)]
 enum Field {
-    Copied(Range<usize>),
-    Shared(Bytes),
+    Key,
+    Value,
+    Meta,
 }
 
 impl<'a> Batcher<'a> {
@@ -243,6 +240,7 @@ impl<'a> Batcher<'a> {
         Batcher {
             buf: BytesMut::new(),
             batch: Vec::with_capacity(limits.max_items.min(4096)),
+            copied: Vec::new(),
             bytes: 0,
             shared,
             view: None,
@@ -282,13 +280,17 @@ impl<'a> Batcher<'a> {
                 _ => Err(bad(&format!("column {i} is not bytes"))),
             }
         };
-        let mut put = |b: &[u8]| -> Field {
+        let (at, copied) = (self.batch.len(), &mut self.copied);
+        let mut put = |field: Field, b: &[u8]| -> Bytes {
             if let Some(view) = view.filter(|v| within(v, b)) {
-                return Field::Shared(view.slice_ref(b));
+                return view.slice_ref(b);
             }
-            let start = buf.len();
-            buf.extend_from_slice(b);
-            Field::Copied(start..buf.len())
+            if !b.is_empty() {
+                let start = buf.len();
+                buf.extend_from_slice(b);
+                copied.push((at, field, start..buf.len()));
+            }
+            Bytes::new()
         };
         let op = match int(col::CMD)? {
             bfd::cmd::TAP_MUTATION | bfd::cmd::DCP_MUTATION => Op::Mutation,
@@ -313,7 +315,11 @@ impl<'a> Batcher<'a> {
         let (rev_seqno, meta) = bfd::parse_meta_column(meta);
         let meta = meta.unwrap_or_default();
         self.bytes += key.len() + value.len() + meta.len();
-        let (key, value, meta) = (put(key), put(value), put(meta));
+        let (key, value, meta) = (
+            put(Field::Key, key),
+            put(Field::Value, value),
+            put(Field::Meta, meta),
+        );
         let (seqno, datatype, conflict_res) = if version.columns() > col::SEQNO {
             let conf = if version.columns() > col::CONF_RES {
                 int(col::CONF_RES)?
@@ -324,23 +330,21 @@ impl<'a> Batcher<'a> {
         } else {
             (0, 0, 0)
         };
-        self.batch.push(Row {
-            msg: Message {
-                op,
-                vbucket: u16::try_from(int(col::VBUCKET_ID)?)
-                    .map_err(|_| bad("vbucket_id is not 0-65535"))?,
-                flags: int(col::FLG)? as u32,
-                expiry: int(col::EXP)? as u32,
-                cas,
-                seqno: seqno.max(0) as u64,
-                rev_seqno,
-                datatype: datatype as u8,
-                conflict_res: conflict_res as u8,
-                ..Message::default()
-            },
+        let vbucket =
+            u16::try_from(int(col::VBUCKET_ID)?).map_err(|_| bad("vbucket_id is not 0-65535"))?;
+        self.batch.push(Message {
+            op,
+            vbucket,
             key,
             value,
+            flags: int(col::FLG)? as u32,
+            expiry: int(col::EXP)? as u32,
+            cas,
+            seqno: seqno.max(0) as u64,
+            rev_seqno,
+            datatype: datatype as u8,
             meta,
+            conflict_res: conflict_res as u8,
         });
         let full = self.batch.len() >= self.limits.max_items || self.bytes >= self.limits.max_bytes;
         Ok(!full || self.flush())
@@ -369,20 +373,17 @@ impl<'a> Batcher<'a> {
         let bytes = std::mem::replace(&mut self.buf, BytesMut::with_capacity(next)).freeze();
         self.view = None;
         self.bytes = 0;
-        let field = |f: Field| match f {
-            Field::Copied(r) => bytes.slice(r),
-            Field::Shared(b) => b,
-        };
-        let messages = self
-            .batch
-            .drain(..)
-            .map(|r| Message {
-                key: field(r.key),
-                value: field(r.value),
-                meta: field(r.meta),
-                ..r.msg
-            })
-            .collect();
+        for (at, field, range) in self.copied.drain(..) {
+            let m = &mut self.batch[at];
+            let b = bytes.slice(range);
+            match field {
+                Field::Key => m.key = b,
+                Field::Value => m.value = b,
+                Field::Meta => m.meta = b,
+            }
+        }
+        let cap = self.limits.max_items.min(4096);
+        let messages = std::mem::replace(&mut self.batch, Vec::with_capacity(cap));
         self.tx.blocking_send(messages).is_ok()
     }
 }
