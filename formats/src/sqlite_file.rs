@@ -399,11 +399,11 @@ impl<'r> Row<'r> {
             }
             let (kind, next) = varint(&p[..header], at).ok_or_else(|| bad("header cut"))?;
             at = next;
+            // Bytes of each serial type below 12 (10 and 11 are reserved); 12 and up hold
+            // (n - 12) / 2 bytes of blob (even) or text (odd).
+            const LEN: [usize; 12] = [0, 1, 2, 3, 4, 6, 8, 8, 0, 0, 0, 0];
             let len = match kind {
-                0 | 8 | 9 => 0,
-                1..=4 => kind as usize,
-                5 => 6,
-                6 | 7 => 8,
+                0..=9 => LEN[kind as usize],
                 10 | 11 => return Err(bad(&format!("serial type {kind} is reserved"))),
                 n => usize::try_from((n - 12) / 2).unwrap_or(usize::MAX),
             };
@@ -437,13 +437,21 @@ fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-/// A big-endian two's complement integer of 1 to 8 bytes.
+/// A big-endian two's complement integer of 1, 2, 3, 4, 6 or 8 bytes (0 for other lengths,
+/// which a record's serial types never give).
+#[inline(always)]
 fn int_be(v: &[u8]) -> i64 {
-    match v.split_first() {
-        Some((&first, rest)) => rest
-            .iter()
-            .fold(first as i8 as i64, |n, &b| (n << 8) | b as i64),
-        None => 0,
+    let hi = |b: u8| b as i8 as i64;
+    match *v {
+        [a] => hi(a),
+        [a, b] => (hi(a) << 8) | b as i64,
+        [a, b, c] => (hi(a) << 16) | ((b as i64) << 8) | c as i64,
+        [a, b, c, d] => i32::from_be_bytes([a, b, c, d]) as i64,
+        [a, b, c, d, e, f] => {
+            (hi(a) << 40) | (u32::from_be_bytes([b, c, d, e]) as i64) << 8 | f as i64
+        }
+        [a, b, c, d, e, f, g, h] => i64::from_be_bytes([a, b, c, d, e, f, g, h]),
+        _ => 0,
     }
 }
 

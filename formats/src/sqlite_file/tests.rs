@@ -328,4 +328,7 @@ fn varints_and_integers_decode_at_every_width() {
     assert_eq!(int_be(&[0xff]), -1);
     assert_eq!(int_be(&[0x80, 0, 0]), -(1 << 23));
     assert_eq!(int_be(&[0x7f, 0xff, 0xff, 0xff, 0xff, 0xff]), (1 << 47) - 1);
+    assert_eq!(int_be(&[0x80, 0, 0, 0, 0, 1]), -(1 << 47) + 1);
+    assert_eq!(int_be(&[0xff, 0xfe]), -2);
+    assert_eq!(int_be(&i64::MIN.to_be_bytes()), i64::MIN);
 }

@@ -149,7 +149,6 @@ pub(super) fn raw_root(
         .flatten())
 }
 
-
 /// Reads one file; false when the run should stop (receiver gone or cancelled).
 pub(super) fn read_file(
     path: &Path,
