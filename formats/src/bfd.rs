@@ -342,6 +342,21 @@ mod tests {
     }
 
     #[test]
+    fn columns_are_the_table_and_select_columns_in_order() {
+        assert_eq!(
+            select(Version::V2015),
+            format!("SELECT {} FROM cbb_msg", COLUMNS.join(", "))
+        );
+        let names: Vec<&str> = CREATE_TABLE
+            .split_once('(')
+            .map_or("", |(_, cols)| cols.trim_end_matches(')'))
+            .split(", ")
+            .filter_map(|c| c.split(' ').next())
+            .collect();
+        assert_eq!(names, COLUMNS);
+    }
+
+    #[test]
     fn seqno_json_keeps_only_vbuckets_with_data() {
         let mut s = vec![0u64; 4];
         s[2] = 7;
