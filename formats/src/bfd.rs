@@ -30,6 +30,23 @@ pub const CREATE_TABLE: &str = "CREATE TABLE cbb_msg (cmd integer, vbucket_id in
 /// The insert a writer prepares once, columns in table order.
 pub const INSERT: &str = "INSERT INTO cbb_msg (cmd, vbucket_id, key, flg, exp, cas, meta, val, seqno, dtype, meta_size, conf_res) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 
+/// The table's columns in table order (a file of an older version has the first
+/// [`Version::columns`] of them).
+pub const COLUMNS: [&str; 12] = [
+    "cmd",
+    "vbucket_id",
+    "key",
+    "flg",
+    "exp",
+    "cas",
+    "meta",
+    "val",
+    "seqno",
+    "dtype",
+    "meta_size",
+    "conf_res",
+];
+
 /// Column indexes in [`select`]'s result.
 pub mod col {
     pub const CMD: usize = 0;
@@ -322,6 +339,21 @@ mod tests {
         assert_eq!(&*meta_column(0, b"\x01\x02"), b"\x01\x02");
         assert_eq!(parse_meta_column(b"\x01\x02"), (0, Some(&b"\x01\x02"[..])));
         assert_eq!(parse_meta_column(b""), (0, None));
+    }
+
+    #[test]
+    fn columns_are_the_table_and_select_columns_in_order() {
+        assert_eq!(
+            select(Version::V2015),
+            format!("SELECT {} FROM cbb_msg", COLUMNS.join(", "))
+        );
+        let names: Vec<&str> = CREATE_TABLE
+            .split_once('(')
+            .map_or("", |(_, cols)| cols.trim_end_matches(')'))
+            .split(", ")
+            .filter_map(|c| c.split(' ').next())
+            .collect();
+        assert_eq!(names, COLUMNS);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! bfd.rs   the Couchbase backup directory (cbbackup / cbrestore): layout, names, the
 //!          cbb_msg SQLite schema and its three user_versions, the meta column
 //! csv.rs   cbtransfer's CSV: columns, and Python bytes literals (b'...') for value and rev
+//! sqlite_file.rs  the SQLite file format itself: a table's rows in rowid order, without SQLite
 //! ```
 
 pub mod bfd;
 pub mod csv;
+pub mod sqlite_file;

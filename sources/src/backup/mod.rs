@@ -10,7 +10,7 @@
 //! error that lists the buckets it does hold.
 
 mod layout;
-mod reader;
+pub(crate) mod reader;
 
 use std::path::PathBuf;
 
