@@ -1,19 +1,22 @@
 //! `meta2:PATH`: builds a new meta2 base from the messages of a `meta2:` source (encoding in
 //! [`pump_meta2::codec`]).
 //!
-//! The base is built under `PATH.pump-tmp` (page_size 4096, no journal, synchronous off: the
-//! file is ours until renamed), on its own thread fed by a queue (a batch is confirmed once
-//! queued; an error of the thread fails the next write or the finish), in one transaction
-//! with one prepared INSERT per table and no per-row allocation; indexes and triggers are
-//! created after the rows (sorted with SQLite's worker threads). The digest of the rows
-//! received is kept per table as they pass ([`pump_meta2::check::TableDigest`]). When the
+//! The base is built under `PATH.pump-tmp` (page_size 4096, no journal, synchronous off,
+//! foreign keys not enforced: the file is ours until renamed, and a copy copies the rows
+//! as they are), on its own thread fed by a queue (a batch is confirmed once queued; an
+//! error of the thread fails the next write or the finish), in one transaction with one
+//! prepared INSERT per table and no per-row allocation. The rows come in key order and a
+//! table with a primary key gets new rowids in that order, so its table and key index are
+//! both appended to. A table's indexes and triggers are created when its end message
+//! arrives (sorted with SQLite's worker threads, while the source reads the next table).
+//! The end message also carries the source's row count and digest of the table. When the
 //! source ends Complete the transaction commits, then before anything is renamed: the file
 //! must pass `quick_check`, every table's digest read back from the file (with the
-//! statements its sqlite_master holds) must equal the digest of the rows received, and the
-//! file is synced to disk; for a big base the three run at once on their own threads. Only
-//! then is it linked to PATH (never over an existing file: PATH must not exist), the
-//! temporary name removed and the directory synced. Any other end removes the temporary
-//! file.
+//! statements its sqlite_master holds, rows in the order stored, i.e. inserted:
+//! [`pump_meta2::check::digest_private`]) must equal the source's, and the file is synced
+//! to disk; for a big base the three run at once on their own threads. Only then is it
+//! linked to PATH (never over an existing file: PATH must not exist), the temporary name
+//! removed and the directory synced. Any other end removes the temporary file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -23,8 +26,10 @@ use async_trait::async_trait;
 use pump::{
     BatchWriter, Delivery, Error, Message, Options, Sink, SinkKind, SourceEnd, Spec, WriterSink,
 };
-use pump_meta2::check::{digest_private, digest_tables, TableDigest};
-use pump_meta2::codec::{decode_refs_into, decode_schema, SCHEMA_FLAG};
+use pump_meta2::check::{digest_private, digest_stored};
+use pump_meta2::codec::{
+    decode_refs_into, decode_schema, decode_table_end, SCHEMA_FLAG, TABLE_END_FLAG,
+};
 use pump_meta2::schema::{self, Table};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::Connection;
@@ -163,8 +168,9 @@ struct TableState {
     ncols: usize,
     rowid: bool,
     later: Vec<String>,
-    /// The digest of the rows received, to compare with the built table's.
-    digest: TableDigest,
+    /// The rows and digest the source sent in the table's end message, to compare with
+    /// the built table's.
+    expected: Option<(u64, String)>,
     columns: Vec<String>,
     pk: Vec<String>,
     rows: u64,
@@ -191,8 +197,6 @@ fn insert<'a>(
         if !matches!(cells.as_slice(), [ValueRef::Integer(_)]) {
             return Err(format!("table {}: the key is not a rowid", t.name));
         }
-        // Decoded above: at least the 2-byte count.
-        t.digest.update(&m.key[2..]);
     }
     let key_cells = cells.len();
     decode_refs_into(&m.value, cells).map_err(|e| format!("table {}: {e}", t.name))?;
@@ -204,7 +208,6 @@ fn insert<'a>(
             t.ncols
         ));
     }
-    t.digest.update(&m.value[2..]);
     t.rows += 1;
     for (i, c) in cells.iter().enumerate() {
         stmt.raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(*c))
@@ -275,7 +278,7 @@ impl Builder {
             let c =
                 Connection::open(&self.tmp).map_err(|e| format!("{}: {e}", self.tmp.display()))?;
             c.execute_batch(
-                "PRAGMA page_size=4096; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-1048576; PRAGMA temp_store=MEMORY; PRAGMA threads=2; PRAGMA locking_mode=EXCLUSIVE; BEGIN",
+                "PRAGMA foreign_keys=OFF; PRAGMA page_size=4096; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-1048576; PRAGMA temp_store=MEMORY; PRAGMA threads=2; PRAGMA locking_mode=EXCLUSIVE; BEGIN",
             )
             .map_err(|e| format!("{}: {e}", self.tmp.display()))?;
             self.conn = Some(c);
@@ -294,11 +297,29 @@ impl Builder {
                 i += 1;
                 continue;
             }
+            if msgs[i].flags == TABLE_END_FLAG {
+                let m = &msgs[i];
+                let t = self.tables.get_mut(&m.vbucket).ok_or_else(|| {
+                    format!("the end of table id {} came before its schema", m.vbucket)
+                })?;
+                let end =
+                    decode_table_end(&m.value).map_err(|e| format!("table {}: {e}", t.name))?;
+                t.expected = Some(end);
+                // The table is complete: its indexes and triggers now, while the source
+                // reads the next table.
+                let conn = self.conn.as_ref().ok_or("no connection")?;
+                for st in std::mem::take(&mut t.later) {
+                    conn.execute_batch(&st)
+                        .map_err(|e| format!("table {}: {e}", t.name))?;
+                }
+                i += 1;
+                continue;
+            }
             // A run of rows of one table: one prepared statement.
             let id = msgs[i].vbucket;
             let end = msgs[i..]
                 .iter()
-                .position(|m| m.vbucket != id || m.flags == SCHEMA_FLAG)
+                .position(|m| m.vbucket != id || m.flags != 0)
                 .map_or(msgs.len(), |n| i + n);
             let Builder { conn, tables, .. } = self;
             let t = tables
@@ -349,7 +370,7 @@ impl Builder {
                 ncols: t.columns.len(),
                 rowid: t.pk.is_empty(),
                 later: statements[1..].to_vec(),
-                digest: TableDigest::new(&statements),
+                expected: None,
                 columns: t.columns,
                 pk: t.pk,
                 rows: 0,
@@ -383,10 +404,22 @@ impl Builder {
                 t.pk = s.pk.clone();
             }
         }
-        let sent: BTreeMap<String, String> = states
-            .into_values()
-            .map(|t| (t.name, t.digest.finish()))
-            .collect();
+        let mut sent = BTreeMap::new();
+        for t in states.into_values() {
+            let Some((rows, digest)) = t.expected else {
+                return Err(format!(
+                    "{tmp}: table {}: the source sent no end (rows and digest)",
+                    t.name
+                ));
+            };
+            if rows != t.rows {
+                return Err(format!(
+                    "{tmp}: table {}: {} rows received, the source sent {rows}",
+                    t.name, t.rows
+                ));
+            }
+            sent.insert(t.name, digest);
+        }
         let sync = || std::fs::File::open(&self.tmp).and_then(|f| f.sync_all());
         let quick_check = || -> Result<String, String> {
             conn.query_row("PRAGMA quick_check", [], |r| r.get(0))
@@ -395,7 +428,7 @@ impl Builder {
         let (check, built, synced) = if rows >= PARALLEL_VERIFY_ROWS {
             // A big base: the three checks at once, each on its own thread: the file
             // reaches the disk, its structure passes quick_check, and every table holds
-            // exactly the rows received.
+            // exactly the rows the source sent.
             std::thread::scope(|s| {
                 let synced = s.spawn(sync);
                 let built = s.spawn(|| digest_private(&self.tmp, &built_tables));
@@ -413,8 +446,7 @@ impl Builder {
             })
         } else {
             let check = quick_check();
-            let built =
-                digest_tables(conn, &built_tables, &[], None).map_err(|e| format!("{tmp}: {e}"));
+            let built = digest_stored(conn, &built_tables).map_err(|e| format!("{tmp}: {e}"));
             (check, built, sync())
         };
         let check = check?;
@@ -424,7 +456,7 @@ impl Builder {
         let built = built?;
         if built != sent {
             return Err(format!(
-                "{tmp}: the built base differs from the rows received in {:?}",
+                "{tmp}: the built base differs from the source in {:?}",
                 pump_meta2::tables_differing(&sent, &built)
             ));
         }
@@ -455,14 +487,15 @@ impl Builder {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use pump_meta2::codec::{encode_cells, encode_schema};
+    use pump_meta2::check::TableDigest;
+    use pump_meta2::codec::{encode_cells, encode_schema, encode_table_end};
 
-    fn messages() -> Vec<Message> {
+    /// A table's schema, one row and its end (with `rows` and the digest of that row).
+    fn messages_ending_with(rows: u64) -> Vec<Message> {
+        let statements = ["CREATE TABLE t (k TEXT PRIMARY KEY, v)".to_string()];
         let mut schema = Message::mutation(
             Bytes::from_static(b"t"),
-            Bytes::from(encode_schema(&[
-                "CREATE TABLE t (k TEXT PRIMARY KEY, v)".to_string()
-            ])),
+            Bytes::from(encode_schema(&statements)),
         );
         schema.flags = SCHEMA_FLAG;
         let row = Message::mutation(
@@ -471,7 +504,56 @@ mod tests {
                 [ValueRef::Text(b"a"), ValueRef::Real(2.5)].into_iter(),
             )),
         );
-        vec![schema, row]
+        let mut digest = TableDigest::new(&statements);
+        digest.update(&row.value[2..]);
+        let mut end = Message::mutation(
+            Bytes::from_static(b"t"),
+            Bytes::from(encode_table_end(rows, &digest.finish())),
+        );
+        end.flags = TABLE_END_FLAG;
+        vec![schema, row, end]
+    }
+
+    fn messages() -> Vec<Message> {
+        messages_ending_with(1)
+    }
+
+    #[tokio::test]
+    async fn a_base_whose_rows_differ_from_the_source_end_is_not_renamed() {
+        let d = tempfile::tempdir().unwrap();
+        // The end says 2 rows, 1 came.
+        let path = d.path().join("count.meta2");
+        let mut w = meta2_sink(path.clone()).0;
+        w.write(messages_ending_with(2)).await.unwrap();
+        let e = w.finish(SourceEnd::Complete).await.unwrap_err();
+        assert!(
+            e.to_string().contains("1 rows received, the source sent 2"),
+            "{e}"
+        );
+        assert!(!path.exists() && !tmp_path(&path).exists());
+        // The row's value changed on the way: the digest read back differs from the end's.
+        let path = d.path().join("digest.meta2");
+        let mut w = meta2_sink(path.clone()).0;
+        let mut msgs = messages();
+        msgs[1].value = Bytes::from(encode_cells(
+            [ValueRef::Text(b"a"), ValueRef::Real(2.0)].into_iter(),
+        ));
+        w.write(msgs).await.unwrap();
+        let e = w.finish(SourceEnd::Complete).await.unwrap_err();
+        assert!(
+            e.to_string().contains("differs from the source in [\"t\"]"),
+            "{e}"
+        );
+        assert!(!path.exists() && !tmp_path(&path).exists());
+        // No end at all.
+        let path = d.path().join("noend.meta2");
+        let mut w = meta2_sink(path.clone()).0;
+        let mut msgs = messages();
+        msgs.pop();
+        w.write(msgs).await.unwrap();
+        let e = w.finish(SourceEnd::Complete).await.unwrap_err();
+        assert!(e.to_string().contains("sent no end"), "{e}");
+        assert!(!path.exists() && !tmp_path(&path).exists());
     }
 
     #[tokio::test]
