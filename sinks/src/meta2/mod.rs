@@ -7,10 +7,11 @@
 //! error of the thread fails the next write or the finish), in one transaction with one
 //! prepared INSERT per table and no per-row allocation. The rows come in key order and a
 //! table with a primary key gets new rowids in that order, so its table and key index are
-//! both appended to. A table's indexes and triggers are created when its end message
-//! arrives (sorted with SQLite's worker threads, while the source reads the next table).
-//! The end message also carries the source's row count and digest of the table. When the
-//! source ends Complete the transaction commits, then before anything is renamed: the file
+//! both appended to. Each table's end message carries the source's row count and digest
+//! of the table. When the source ends Complete, the indexes and triggers are created (after
+//! the rows: one sort each, with SQLite's worker threads; measured faster than creating a
+//! table's indexes as soon as it ends, which competes with the source for the CPU), the
+//! transaction commits, then before anything is renamed: the file
 //! must pass `quick_check`, every table's digest read back from the file (with the
 //! statements its sqlite_master holds, rows in the order stored, i.e. inserted:
 //! [`pump_meta2::check::digest_private`]) must equal the source's, and the file is synced
@@ -305,13 +306,6 @@ impl Builder {
                 let end =
                     decode_table_end(&m.value).map_err(|e| format!("table {}: {e}", t.name))?;
                 t.expected = Some(end);
-                // The table is complete: its indexes and triggers now, while the source
-                // reads the next table.
-                let conn = self.conn.as_ref().ok_or("no connection")?;
-                for st in std::mem::take(&mut t.later) {
-                    conn.execute_batch(&st)
-                        .map_err(|e| format!("table {}: {e}", t.name))?;
-                }
                 i += 1;
                 continue;
             }
