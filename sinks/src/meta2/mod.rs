@@ -263,6 +263,21 @@ fn builder_thread(
     b.abandon();
 }
 
+/// `tables` in two groups of about as many rows each (the biggest first, each to the
+/// lighter group).
+fn split_by_rows(tables: &[Table], rows: &BTreeMap<String, u64>) -> [Vec<Table>; 2] {
+    let mut sorted: Vec<&Table> = tables.iter().collect();
+    sorted.sort_by_key(|t| std::cmp::Reverse(rows.get(&t.name).copied().unwrap_or(0)));
+    let mut groups: [(u64, Vec<Table>); 2] = [(0, Vec::new()), (0, Vec::new())];
+    for t in sorted {
+        let g = if groups[0].0 <= groups[1].0 { 0 } else { 1 };
+        groups[g].0 += rows.get(&t.name).copied().unwrap_or(0);
+        groups[g].1.push(t.clone());
+    }
+    let [(_, a), (_, b)] = groups;
+    [a, b]
+}
+
 /// From this many rows on, the built base is verified on parallel threads.
 const PARALLEL_VERIFY_ROWS: u64 = 100_000;
 
@@ -276,8 +291,15 @@ impl Builder {
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             }
             let _ = std::fs::remove_file(&self.tmp);
-            let c =
-                Connection::open(&self.tmp).map_err(|e| format!("{}: {e}", self.tmp.display()))?;
+            // No SQLite mutex: the connection is this thread's only (rusqlite's Connection
+            // is not Sync), and it spares a lock per bind and step.
+            let c = Connection::open_with_flags(
+                &self.tmp,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| format!("{}: {e}", self.tmp.display()))?;
             c.execute_batch(
                 "PRAGMA foreign_keys=OFF; PRAGMA page_size=4096; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-1048576; PRAGMA temp_store=MEMORY; PRAGMA threads=2; PRAGMA locking_mode=EXCLUSIVE; BEGIN",
             )
@@ -389,6 +411,8 @@ impl Builder {
             .map_err(|e| format!("{tmp}: {e}"))?;
         let states = std::mem::take(&mut self.tables);
         let rows: u64 = states.values().map(|t| t.rows).sum();
+        let rows_of: BTreeMap<String, u64> =
+            states.values().map(|t| (t.name.clone(), t.rows)).collect();
         // The built tables as the file's sqlite_master gives them (so a statement that did
         // not take is seen), with the columns read when each was created.
         let mut built_tables = schema::master(conn).map_err(|e| format!("{tmp}: {e}"))?;
@@ -420,19 +444,35 @@ impl Builder {
                 .map_err(|e| format!("{tmp}: {e}"))
         };
         let (check, built, synced) = if rows >= PARALLEL_VERIFY_ROWS {
-            // A big base: the three checks at once, each on its own thread: the file
-            // reaches the disk, its structure passes quick_check, and every table holds
-            // exactly the rows the source sent.
+            // A big base: the checks at once, each on its own thread: the file reaches
+            // the disk, its structure passes quick_check, and every table holds exactly
+            // the rows the source sent (two threads).
+            // The digests on two threads, the biggest tables spread between them.
+            let halves = split_by_rows(&built_tables, &rows_of);
             std::thread::scope(|s| {
                 let synced = s.spawn(sync);
-                let built = s.spawn(|| digest_private(&self.tmp, &built_tables));
+                let built: Vec<_> = halves
+                    .iter()
+                    .map(|h| s.spawn(|| digest_private(&self.tmp, h)))
+                    .collect();
                 let check = quick_check();
-                (
-                    check,
-                    built
+                let mut digests = Ok(BTreeMap::new());
+                for b in built {
+                    let d = b
                         .join()
                         .unwrap_or_else(|_| Err(pump_meta2::Error::Usage("panicked".into())))
-                        .map_err(|e| e.to_string()),
+                        .map_err(|e| e.to_string());
+                    digests = match (digests, d) {
+                        (Ok(mut all), Ok(d)) => {
+                            all.extend(d);
+                            Ok(all)
+                        }
+                        (Err(e), _) | (_, Err(e)) => Err(e),
+                    };
+                }
+                (
+                    check,
+                    digests,
                     synced
                         .join()
                         .unwrap_or_else(|_| Err(std::io::Error::other("the sync thread panicked"))),
@@ -510,6 +550,35 @@ mod tests {
 
     fn messages() -> Vec<Message> {
         messages_ending_with(1)
+    }
+
+    #[test]
+    fn the_digest_threads_get_every_table_once_the_biggest_apart() {
+        let table = |name: &str| Table {
+            id: 0,
+            name: name.into(),
+            statements: Vec::new(),
+            columns: Vec::new(),
+            pk: Vec::new(),
+        };
+        let tables: Vec<Table> = ["admin", "contents", "chunks", "aliases", "properties"]
+            .into_iter()
+            .map(table)
+            .collect();
+        let rows: BTreeMap<String, u64> = [
+            ("admin", 10),
+            ("contents", 100),
+            ("chunks", 300),
+            ("aliases", 100),
+            ("properties", 100),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let [a, b] = split_by_rows(&tables, &rows);
+        let names = |g: &[Table]| -> Vec<String> { g.iter().map(|t| t.name.clone()).collect() };
+        assert_eq!(names(&a), ["chunks", "admin"]);
+        assert_eq!(names(&b), ["contents", "aliases", "properties"]);
     }
 
     #[tokio::test]
