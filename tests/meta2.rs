@@ -758,7 +758,7 @@ fn transfer_meta2_keeps_integer_keys_without_rowid_tables_gaps_collations_and_or
         &src,
         "PRAGMA foreign_keys=OFF;
          CREATE TABLE ipk (id INTEGER PRIMARY KEY, v);
-         INSERT INTO ipk VALUES (3, 1.5), (10, 'x'), (11, x'00'), (-4, NULL);
+         INSERT INTO ipk VALUES (3, 1.5), (10, 'x'), (11, x'00'), (-4, NULL), (12, x''), (13, '');
          CREATE TABLE wr (a TEXT, b INT, c, PRIMARY KEY(a, b)) WITHOUT ROWID;
          CREATE INDEX wr_by_c ON wr(c);
          INSERT INTO wr VALUES ('z', 2, 1), ('a', 9, 'q'), ('a', 1, -0.0);
@@ -789,6 +789,9 @@ fn transfer_meta2_keeps_integer_keys_without_rowid_tables_gaps_collations_and_or
     assert_eq!(ipk, rows_of(&src, "ipk", &["id", "v"], "id"));
     assert_eq!(ipk[0], "integer:-4,null:NULL");
     assert_eq!(ipk[1], "integer:3,real:1.5");
+    // Empty BLOB and TEXT stay what they were.
+    assert_eq!(ipk[4], "integer:12,blob:X''");
+    assert_eq!(ipk[5], "integer:13,text:''");
     let wr = rows_of(&dst, "wr", &["a", "b", "c"], "a, b");
     assert_eq!(wr, rows_of(&src, "wr", &["a", "b", "c"], "a, b"));
     assert_eq!(wr.len(), 3);

@@ -32,9 +32,12 @@ use pump_meta2::codec::{
     decode_refs_into, decode_schema, decode_table_end, SCHEMA_FLAG, TABLE_END_FLAG,
 };
 use pump_meta2::schema::{self, Table};
-use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
+
+mod raw;
+use raw::RawInsert;
 
 /// The `meta2:` sink kind.
 pub struct Meta2Kind;
@@ -181,13 +184,15 @@ struct Builder {
     path: PathBuf,
     sync_dir: bool,
     tmp: PathBuf,
+    /// One INSERT per table id; declared before `conn`: dropped (finalized) before it.
+    inserts: HashMap<u16, RawInsert>,
     conn: Option<Connection>,
     tables: HashMap<u16, TableState>,
     order: Vec<u16>,
 }
 
 fn insert<'a>(
-    stmt: &mut rusqlite::CachedStatement<'_>,
+    stmt: &mut RawInsert,
     t: &mut TableState,
     m: &'a Message,
     cells: &mut Vec<ValueRef<'a>>,
@@ -210,13 +215,8 @@ fn insert<'a>(
         ));
     }
     t.rows += 1;
-    for (i, c) in cells.iter().enumerate() {
-        stmt.raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(*c))
-            .map_err(|e| format!("table {}: {e}", t.name))?;
-    }
-    stmt.raw_execute()
-        .map_err(|e| format!("table {}: {e}", t.name))?;
-    Ok(())
+    stmt.insert(cells)
+        .map_err(|e| format!("table {}: {e}", t.name))
 }
 
 fn builder_thread(
@@ -230,6 +230,7 @@ fn builder_thread(
         path,
         sync_dir,
         tmp,
+        inserts: HashMap::new(),
         conn: None,
         tables: HashMap::new(),
         order: Vec::new(),
@@ -337,17 +338,28 @@ impl Builder {
                 .iter()
                 .position(|m| m.vbucket != id || m.flags != 0)
                 .map_or(msgs.len(), |n| i + n);
-            let Builder { conn, tables, .. } = self;
+            let Builder {
+                conn,
+                tables,
+                inserts,
+                ..
+            } = self;
             let t = tables
                 .get_mut(&id)
                 .ok_or_else(|| format!("a row of table id {id} came before its schema"))?;
-            let conn = conn.as_ref().ok_or("no connection")?;
-            let mut stmt = conn
-                .prepare_cached(&t.insert)
-                .map_err(|e| format!("table {}: {e}", t.name))?;
+            let stmt = match inserts.entry(id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let conn = conn.as_ref().ok_or("no connection")?;
+                    e.insert(
+                        RawInsert::new(conn, &t.insert)
+                            .map_err(|e| format!("table {}: {e}", t.name))?,
+                    )
+                }
+            };
             let mut cells = Vec::with_capacity(t.ncols + 1);
             for m in &msgs[i..end] {
-                insert(&mut stmt, t, m, &mut cells)?;
+                insert(stmt, t, m, &mut cells)?;
             }
             i = end;
         }
@@ -397,6 +409,7 @@ impl Builder {
     }
 
     fn commit(&mut self) -> Result<(), String> {
+        self.inserts.clear();
         self.conn()?;
         let tmp = self.tmp.display().to_string();
         let conn = self.conn.as_ref().ok_or("no connection")?;
@@ -512,6 +525,7 @@ impl Builder {
     }
 
     fn abandon(&mut self) {
+        self.inserts.clear();
         self.conn = None;
         let _ = std::fs::remove_file(&self.tmp);
     }
