@@ -47,6 +47,11 @@ pub fn config(spec: &Spec) -> Result<PathBuf, Error> {
     Ok(PathBuf::from(spec.body()))
 }
 
+/// Batches the reading thread may queue ahead of the pump: enough for a big table's rows
+/// (the messages of a table sent in key order share its one buffer), so that the thread
+/// reads the next table while the sink is still inserting this one.
+const READ_AHEAD_BATCHES: usize = 256;
+
 /// Reads one base.
 pub struct Meta2Source {
     path: PathBuf,
@@ -71,7 +76,8 @@ impl Source for Meta2Source {
         if !self.path.is_file() {
             return Err(Error::source(&self.spec, "no such base file"));
         }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Message>, String>>(4);
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<Result<Vec<Message>, String>>(READ_AHEAD_BATCHES);
         let stats = out.stats().clone();
         let path = self.path.clone();
         let batch = self.batch;
