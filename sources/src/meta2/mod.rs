@@ -1,9 +1,18 @@
 //! `meta2:PATH`: every table of a meta2 base (the known ones and any other), as messages.
 //!
-//! The encoding (schema message first per table, then one message per row, table id =
-//! vbucket, key = primary key cells, value = every column's cells) is documented in
-//! [`pump_meta2::codec`]. The base is read on its own thread, in one read transaction (a
-//! consistent snapshot), with one prepared statement per table; the file is never written.
+//! The encoding (schema message first per table, then one message per row in key order,
+//! table id = vbucket, key = primary key cells, value = every column's cells, then an end
+//! message with the table's row count and digest) is documented in [`pump_meta2::codec`].
+//! The base is read on its own thread, in one read transaction (a consistent snapshot),
+//! through a memory map; the file is never written. A rowid table whose primary key has an
+//! index of its own (contents, chunks, aliases, properties, admin) is read in rowid
+//! order, its pages in sequence, into one buffer, then sent in the order of the rowids read
+//! from the key index alone (`read_reordered`): no table lookup per row, which reading in
+//! key order through the index costs. A table bigger than `REORDER_MAX_BYTES` (512 MiB),
+//! a WITHOUT ROWID table and one keyed by its rowid are read in key order by one query.
+//! The digest of
+//! each table is computed over the rows as they are sent ([`TableDigest`]), so the sink
+//! checks the base it built against the source itself, with no second read of the source.
 
 use std::ops::Range;
 use std::path::PathBuf;
