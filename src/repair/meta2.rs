@@ -4,8 +4,9 @@
 //! copy (the Copy is verified by the meta2 sink against the source's per-table digests
 //! before it is renamed into place, so no second read of both copies follows); `move`
 //! plans Freeze (every copy), Copy (to the new service), SetPeers (every copy of the new
-//! set, identical value and identical `version:main.admin` bump), Unfreeze, Verify, then SetAside (or Remove with `--delete-source`) of the old copy. `rebuild` runs a
-//! Copy for every base a lost service should hold.
+//! set, identical value and identical `version:main.admin` bump), Unfreeze, Verify, then
+//! SetAside (or Remove with `--delete-source`) of the old copy. `rebuild` runs a Copy for
+//! every base a lost service should hold.
 //!
 //! [`FileExecutor`] does each step on local volumes and keeps an undo journal: on a failure
 //! every step done is undone in reverse (statuses restored, created files removed, copies
