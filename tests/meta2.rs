@@ -768,3 +768,106 @@ fn check_rejects_a_bad_address_with_usage_exit() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Every row of `table` as text (storage class and value of each column), in `order`.
+fn rows_of(path: &Path, table: &str, cols: &[&str], order: &str) -> Vec<String> {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let each: Vec<String> = cols
+        .iter()
+        .map(|c| format!("typeof({c})||':'||quote({c})"))
+        .collect();
+    let mut s = c
+        .prepare(&format!(
+            "SELECT {} FROM {table} ORDER BY {order}",
+            each.join("||','||")
+        ))
+        .unwrap();
+    s.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn transfer_meta2_keeps_integer_keys_without_rowid_tables_gaps_collations_and_orphans() {
+    let root = tempfile::tempdir().unwrap();
+    let src = write_base(&root.path().join("v"), &spec("c6", &[A], 20)).unwrap();
+    sql(
+        &src,
+        "PRAGMA foreign_keys=OFF;
+         CREATE TABLE ipk (id INTEGER PRIMARY KEY, v);
+         INSERT INTO ipk VALUES (3, 1.5), (10, 'x'), (11, x'00'), (-4, NULL), (12, x''), (13, '');
+         CREATE TABLE wr (a TEXT, b INT, c, PRIMARY KEY(a, b)) WITHOUT ROWID;
+         CREATE INDEX wr_by_c ON wr(c);
+         INSERT INTO wr VALUES ('z', 2, 1), ('a', 9, 'q'), ('a', 1, -0.0);
+         CREATE TABLE nc (name TEXT COLLATE NOCASE PRIMARY KEY, v);
+         INSERT INTO nc VALUES ('b', 1), ('A', 2), ('c', 3), ('D', 4), ('e', 5);
+         DELETE FROM nc WHERE name IN ('c', 'e');
+         CREATE TABLE sparse (k TEXT PRIMARY KEY, v);
+         INSERT INTO sparse(rowid, k, v) VALUES (5000000000000, 'a', 1), (1, 'c', 2), (77, 'b', 3);
+         CREATE TABLE hidden (rowid TEXT PRIMARY KEY, x);
+         INSERT INTO hidden VALUES ('q', 1), ('p', 2);
+         INSERT INTO chunks VALUES ('orphan', x'dead', '0', x'beef', 1, 1);",
+    );
+    let dst = root.path().join("out.meta2");
+    let out = pump(&[
+        "transfer",
+        &format!("meta2:{}", src.display()),
+        &format!("meta2:{}", dst.display()),
+        "-q",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(digest(&src, &[]).unwrap(), digest(&dst, &[]).unwrap());
+    // The INTEGER PRIMARY KEY is the rowid: kept, gaps and negative ones included.
+    let ipk = rows_of(&dst, "ipk", &["id", "v"], "id");
+    assert_eq!(ipk, rows_of(&src, "ipk", &["id", "v"], "id"));
+    assert_eq!(ipk[0], "integer:-4,null:NULL");
+    assert_eq!(ipk[1], "integer:3,real:1.5");
+    // Empty BLOB and TEXT stay what they were.
+    assert_eq!(ipk[4], "integer:12,blob:X''");
+    assert_eq!(ipk[5], "integer:13,text:''");
+    let wr = rows_of(&dst, "wr", &["a", "b", "c"], "a, b");
+    assert_eq!(wr, rows_of(&src, "wr", &["a", "b", "c"], "a, b"));
+    assert_eq!(wr.len(), 3);
+    // Sent in the key's own collation order, so the new rowids follow it.
+    assert_eq!(
+        rows_of(&dst, "nc", &["name", "v"], "rowid"),
+        [
+            "text:'A',integer:2",
+            "text:'b',integer:1",
+            "text:'D',integer:4"
+        ]
+    );
+    assert_eq!(
+        rows_of(&dst, "sparse", &["k", "v"], "k"),
+        rows_of(&src, "sparse", &["k", "v"], "k")
+    );
+    assert_eq!(
+        rows_of(&dst, "hidden", &["rowid", "x"], "1"),
+        rows_of(&src, "hidden", &["rowid", "x"], "1")
+    );
+    // A row whose foreign key has no parent is copied as it is.
+    let c = rusqlite::Connection::open(&dst).unwrap();
+    let orphans: i64 = c
+        .query_row("SELECT count(*) FROM chunks WHERE id = 'orphan'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(orphans, 1);
+    let wr_flag: i64 = c
+        .query_row(
+            "SELECT wr FROM pragma_table_list WHERE name = 'wr'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(wr_flag, 1, "still WITHOUT ROWID");
+    let check: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}

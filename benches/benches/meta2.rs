@@ -4,7 +4,9 @@
 //!    sink, what `pump meta2 sync` does per bad copy), against SQLite's own backup API copying
 //!    the same file. Budget: within 3x.
 //!    The pump's time includes the sink's verification before the rename (quick_check, the
-//!    per-table digest of the built base against the rows received) and the fsync.
+//!    per-table digest of the built base against the source's) and the fsync. The CPU time
+//!    the pump used is printed too, with the load average: on this shared machine the wall
+//!    time depends on what else runs.
 //! 2. rebuild: a lost volume of BASES bases (default 10,000) of 100 aliases each, rebuilt by
 //!    `pump meta2 rebuild` (the binary: $PUMP_BIN, else target/release/pump brought up to
 //!    date first; verified page copies, 4 at a time). Budget: >= 500 bases/s. The
@@ -77,6 +79,7 @@ fn sync_bench(root: &Path) {
 
     let dst = root.join("pumped.meta2");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let cpu_before = pump_benches::cpu_seconds(pump_benches::Who::SelfProcess);
     let t = Instant::now();
     let summary = rt
         .block_on(async {
@@ -96,6 +99,7 @@ fn sync_bench(root: &Path) {
         })
         .expect("pump");
     let pumped = t.elapsed().as_secs_f64();
+    let cpu = pump_benches::cpu_seconds(pump_benches::Who::SelfProcess) - cpu_before;
     assert_eq!(
         pump_meta2::digest(&src, &[]).expect("digest"),
         pump_meta2::digest(&dst, &[]).expect("digest")
@@ -106,6 +110,11 @@ fn sync_bench(root: &Path) {
         summary.counts.items_written as f64 / pumped,
         summary.counts.items_written,
         pumped / backup
+    );
+    println!(
+        "meta2 sync: the pump used {cpu:.2}s of CPU (2 cores: {:.2}s at best); load average at the end: {}",
+        cpu / 2.0,
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
 }
 

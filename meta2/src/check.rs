@@ -345,8 +345,12 @@ pub fn digest(path: &Path, skip: &[&str]) -> Result<BTreeMap<String, String>, Er
     digest_conn(&conn, path, skip)
 }
 
-/// [`digest_tables`] of a file nobody else writes (a base just built, not yet renamed into
-/// place), on a connection of its own: read through a memory map, with a large page cache.
+/// The per-table digests of a file nobody else writes (a base just built, not yet renamed
+/// into place), on a connection of its own (read through a memory map, with a large page
+/// cache), each table's rows taken in the order they are stored ([`schema::Table::stored_sql`]):
+/// a table scan, not a lookup per row. For a base built by inserting each table's rows in
+/// key order this equals [`digest_tables`]; otherwise it is the digest of the rows in the
+/// order they were inserted, which is what a builder compares with the rows it received.
 pub fn digest_private(
     path: &Path,
     tables: &[schema::Table],
@@ -354,7 +358,20 @@ pub fn digest_private(
     let conn = schema::open_read(path)?;
     conn.execute_batch("PRAGMA mmap_size=4294967296; PRAGMA cache_size=-262144")
         .map_err(|e| Error::sqlite(path, e))?;
-    digest_tables(&conn, tables, &[], None).map_err(|e| Error::sqlite(path, e))
+    digest_stored(&conn, tables).map_err(|e| Error::sqlite(path, e))
+}
+
+/// [`digest_private`] on an open connection.
+pub fn digest_stored(
+    conn: &rusqlite::Connection,
+    tables: &[schema::Table],
+) -> rusqlite::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for t in tables {
+        let sql = t.stored_sql(schema::without_rowid(conn, &t.name)?);
+        out.insert(t.name.clone(), digest_query(conn, t, &sql, None)?);
+    }
+    Ok(out)
 }
 
 fn digest_conn(
@@ -375,25 +392,36 @@ pub fn digest_tables(
     mut rows_read: Option<&mut u64>,
 ) -> rusqlite::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
-    let mut buf = Vec::new();
     for t in tables.iter().filter(|t| !skip.contains(&t.name.as_str())) {
-        let mut h = TableDigest::new(&t.statements);
-        let mut stmt = conn.prepare(&t.select_sql())?;
-        let n = stmt.column_count();
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            if let Some(n) = rows_read.as_deref_mut() {
-                *n += 1;
-            }
-            buf.clear();
-            for i in 0..n {
-                put_cell(&mut buf, r.get_ref(i)?);
-            }
-            h.update(&buf);
-        }
-        out.insert(t.name.clone(), h.finish());
+        let d = digest_query(conn, t, &t.select_sql(), rows_read.as_deref_mut())?;
+        out.insert(t.name.clone(), d);
     }
     Ok(out)
+}
+
+/// The digest of table `t`'s rows as `sql` returns them (its statements first).
+fn digest_query(
+    conn: &rusqlite::Connection,
+    t: &schema::Table,
+    sql: &str,
+    mut rows_read: Option<&mut u64>,
+) -> rusqlite::Result<String> {
+    let mut h = TableDigest::new(&t.statements);
+    let mut buf = Vec::new();
+    let mut stmt = conn.prepare(sql)?;
+    let n = stmt.column_count();
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        if let Some(n) = rows_read.as_deref_mut() {
+            *n += 1;
+        }
+        buf.clear();
+        for i in 0..n {
+            put_cell(&mut buf, r.get_ref(i)?);
+        }
+        h.update(&buf);
+    }
+    Ok(h.finish())
 }
 
 #[cfg(test)]

@@ -7,7 +7,12 @@
 //!                      value = u16 count, then count x (u32 len, SQL text): the CREATE TABLE
 //!                      first, then the table's CREATE INDEX / CREATE TRIGGER statements
 //!   n row messages     flags = 0, key = the primary key cells (or the rowid as one INTEGER
-//!                      cell when the table has no primary key), value = every column's cell
+//!                      cell when the table has no primary key), value = every column's cell,
+//!                      in key order (the rowid's when the table has no primary key)
+//!   1 end message      flags = TABLE_END_FLAG, key = table name, value = u64 BE row count,
+//!                      then the table's digest as the source computed it over the rows it
+//!                      sent ([`crate::check::TableDigest`], hex): the sink compares the
+//!                      table it built with it
 //!
 //! cells  = u16 BE count, then count x cell
 //! cell   = tag u8 then
@@ -26,6 +31,30 @@ use crate::Error;
 
 /// The `flags` of a schema message (`"M2"` then 1).
 pub const SCHEMA_FLAG: u32 = 0x4d32_0001;
+
+/// The `flags` of a table's end message (`"M2"` then 2).
+pub const TABLE_END_FLAG: u32 = 0x4d32_0002;
+
+/// Encodes a table end message's value: the rows sent and their digest.
+pub fn encode_table_end(rows: u64, digest: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + digest.len());
+    out.extend_from_slice(&rows.to_be_bytes());
+    out.extend_from_slice(digest.as_bytes());
+    out
+}
+
+/// Decodes a table end message's value: (rows, digest).
+pub fn decode_table_end(b: &[u8]) -> Result<(u64, String), Error> {
+    if b.len() < 8 {
+        return Err(Error::Encoding(format!(
+            "a table end of {} bytes, 8 at least wanted",
+            b.len()
+        )));
+    }
+    let digest = std::str::from_utf8(&b[8..])
+        .map_err(|_| Error::Encoding("a table digest that is not text".into()))?;
+    Ok((u64_of(&b[..8]), digest.to_string()))
+}
 
 /// One SQLite value, owned.
 #[derive(Debug, Clone, PartialEq)]
@@ -254,6 +283,13 @@ mod tests {
         for n in 0..enc.len() {
             assert!(decode_cells(&enc[..n]).is_err());
         }
+    }
+
+    #[test]
+    fn table_end_roundtrips_and_a_short_one_is_an_error() {
+        let enc = encode_table_end(42, "abcd");
+        assert_eq!(decode_table_end(&enc).unwrap(), (42, "abcd".to_string()));
+        assert!(decode_table_end(&enc[..7]).is_err());
     }
 
     #[test]

@@ -87,6 +87,27 @@ impl Table {
         }
     }
 
+    /// `SELECT [rowid,] cols FROM t` in the order the rows are stored: [`Table::select_sql`]
+    /// for a WITHOUT ROWID table (stored in key order), a table without a primary key (the
+    /// rowid is its key) or one with a column hiding the rowid; rowid order otherwise (for a
+    /// table built by inserting its rows in key order, that is key order too).
+    pub fn stored_sql(&self, without_rowid: bool) -> String {
+        let hidden = self.columns.iter().any(|c| {
+            ["rowid", "_rowid_", "oid"]
+                .iter()
+                .any(|r| c.eq_ignore_ascii_case(r))
+        });
+        if without_rowid || self.pk.is_empty() || hidden {
+            return self.select_sql();
+        }
+        let cols: Vec<String> = self.columns.iter().map(|c| quote(c)).collect();
+        format!(
+            "SELECT {} FROM {} ORDER BY rowid",
+            cols.join(", "),
+            quote(&self.name)
+        )
+    }
+
     /// The positions of the key columns among `columns`.
     pub fn pk_positions(&self) -> Vec<usize> {
         self.pk
@@ -168,6 +189,20 @@ pub fn columns(conn: &Connection, table: &str) -> rusqlite::Result<(Vec<String>,
     }
     pk.sort();
     Ok((columns, pk.into_iter().map(|(_, c)| c).collect()))
+}
+
+/// Whether `table` (of the main schema) is a WITHOUT ROWID table: stored in primary key
+/// order, with no rowid.
+pub fn without_rowid(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    use rusqlite::OptionalExtension;
+    let wr: Option<i64> = conn
+        .query_row(
+            "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(wr == Some(1))
 }
 
 /// Creates `path`'s connection for reading only.

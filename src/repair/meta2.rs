@@ -1,10 +1,12 @@
 //! meta2 repairs as plans of typed [`Step`]s run by an [`Executor`].
 //!
-//! `check` inspects every copy; `sync` plans, per bad copy, SetAside + Copy + Verify from the
-//! best copy; `move` plans Freeze (every copy), Copy (to the new service), SetPeers (every
-//! copy of the new set, identical value and identical `version:main.admin` bump), Unfreeze,
-//! Verify, then SetAside (or Remove with `--delete-source`) of the old copy. `rebuild` runs a
-//! Copy for every base a lost service should hold.
+//! `check` inspects every copy; `sync` plans, per bad copy, SetAside + Copy from the best
+//! copy (the Copy is verified by the meta2 sink against the source's per-table digests
+//! before it is renamed into place, so no second read of both copies follows); `move`
+//! plans Freeze (every copy), Copy (to the new service), SetPeers (every copy of the new
+//! set, identical value and identical `version:main.admin` bump), Unfreeze, Verify, then
+//! SetAside (or Remove with `--delete-source`) of the old copy. `rebuild` runs a Copy for
+//! every base a lost service should hold.
 //!
 //! [`FileExecutor`] does each step on local volumes and keeps an undo journal: on a failure
 //! every step done is undone in reverse (statuses restored, created files removed, copies
@@ -471,14 +473,12 @@ pub async fn sync(
                 suffix: corrupted_suffix(&r.path),
             });
         }
+        // No Verify step after the Copy: the meta2 sink already compared every table it
+        // built with the digests the source computed over the rows it read (one snapshot),
+        // and ran quick_check, before the copy got its name.
         plan.push(Step::Copy {
             from: source.clone(),
             to: r.address.clone(),
-        });
-        plan.push(Step::Verify {
-            peer: r.address.clone(),
-            against: source.clone(),
-            data_only: false,
         });
         let mut failed = None;
         for step in &plan {

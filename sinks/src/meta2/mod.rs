@@ -1,19 +1,23 @@
 //! `meta2:PATH`: builds a new meta2 base from the messages of a `meta2:` source (encoding in
 //! [`pump_meta2::codec`]).
 //!
-//! The base is built under `PATH.pump-tmp` (page_size 4096, no journal, synchronous off: the
-//! file is ours until renamed), on its own thread fed by a queue (a batch is confirmed once
-//! queued; an error of the thread fails the next write or the finish), in one transaction
-//! with one prepared INSERT per table and no per-row allocation; indexes and triggers are
-//! created after the rows (sorted with SQLite's worker threads). The digest of the rows
-//! received is kept per table as they pass ([`pump_meta2::check::TableDigest`]). When the
-//! source ends Complete the transaction commits, then before anything is renamed: the file
+//! The base is built under `PATH.pump-tmp` (page_size 4096, no journal, synchronous off,
+//! foreign keys not enforced: the file is ours until renamed, and a copy copies the rows
+//! as they are), on its own thread fed by a queue (a batch is confirmed once queued; an
+//! error of the thread fails the next write or the finish), in one transaction with one
+//! prepared INSERT per table and no per-row allocation. The rows come in key order and a
+//! table with a primary key gets new rowids in that order, so its table and key index are
+//! both appended to. Each table's end message carries the source's row count and digest
+//! of the table. When the source ends Complete, the indexes and triggers are created (after
+//! the rows: one sort each, with SQLite's worker threads; measured faster than creating a
+//! table's indexes as soon as it ends, which competes with the source for the CPU), the
+//! transaction commits, then before anything is renamed: the file
 //! must pass `quick_check`, every table's digest read back from the file (with the
-//! statements its sqlite_master holds) must equal the digest of the rows received, and the
-//! file is synced to disk; for a big base the three run at once on their own threads. Only
-//! then is it linked to PATH (never over an existing file: PATH must not exist), the
-//! temporary name removed and the directory synced. Any other end removes the temporary
-//! file.
+//! statements its sqlite_master holds, rows in the order stored, i.e. inserted:
+//! [`pump_meta2::check::digest_private`]) must equal the source's, and the file is synced
+//! to disk; for a big base the three run at once on their own threads. Only then is it
+//! linked to PATH (never over an existing file: PATH must not exist), the temporary name
+//! removed and the directory synced. Any other end removes the temporary file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -23,12 +27,17 @@ use async_trait::async_trait;
 use pump::{
     BatchWriter, Delivery, Error, Message, Options, Sink, SinkKind, SourceEnd, Spec, WriterSink,
 };
-use pump_meta2::check::{digest_private, digest_tables, TableDigest};
-use pump_meta2::codec::{decode_refs_into, decode_schema, SCHEMA_FLAG};
+use pump_meta2::check::{digest_private, digest_stored};
+use pump_meta2::codec::{
+    decode_refs_into, decode_schema, decode_table_end, SCHEMA_FLAG, TABLE_END_FLAG,
+};
 use pump_meta2::schema::{self, Table};
-use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
+
+mod raw;
+use raw::RawInsert;
 
 /// The `meta2:` sink kind.
 pub struct Meta2Kind;
@@ -187,8 +196,9 @@ struct TableState {
     ncols: usize,
     rowid: bool,
     later: Vec<String>,
-    /// The digest of the rows received, to compare with the built table's.
-    digest: TableDigest,
+    /// The rows and digest the source sent in the table's end message, to compare with
+    /// the built table's.
+    expected: Option<(u64, String)>,
     columns: Vec<String>,
     pk: Vec<String>,
     rows: u64,
@@ -198,13 +208,15 @@ struct Builder {
     path: PathBuf,
     sync_dir: bool,
     tmp: PathBuf,
+    /// One INSERT per table id; declared before `conn`: dropped (finalized) before it.
+    inserts: HashMap<u16, RawInsert>,
     conn: Option<Connection>,
     tables: HashMap<u16, TableState>,
     order: Vec<u16>,
 }
 
 fn insert<'a>(
-    stmt: &mut rusqlite::CachedStatement<'_>,
+    stmt: &mut RawInsert,
     t: &mut TableState,
     m: &'a Message,
     cells: &mut Vec<ValueRef<'a>>,
@@ -215,8 +227,6 @@ fn insert<'a>(
         if !matches!(cells.as_slice(), [ValueRef::Integer(_)]) {
             return Err(format!("table {}: the key is not a rowid", t.name));
         }
-        // Decoded above: at least the 2-byte count.
-        t.digest.update(&m.key[2..]);
     }
     let key_cells = cells.len();
     decode_refs_into(&m.value, cells).map_err(|e| format!("table {}: {e}", t.name))?;
@@ -228,15 +238,9 @@ fn insert<'a>(
             t.ncols
         ));
     }
-    t.digest.update(&m.value[2..]);
     t.rows += 1;
-    for (i, c) in cells.iter().enumerate() {
-        stmt.raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(*c))
-            .map_err(|e| format!("table {}: {e}", t.name))?;
-    }
-    stmt.raw_execute()
-        .map_err(|e| format!("table {}: {e}", t.name))?;
-    Ok(())
+    stmt.insert(cells)
+        .map_err(|e| format!("table {}: {e}", t.name))
 }
 
 fn builder_thread(
@@ -250,6 +254,7 @@ fn builder_thread(
         path,
         sync_dir,
         tmp,
+        inserts: HashMap::new(),
         conn: None,
         tables: HashMap::new(),
         order: Vec::new(),
@@ -283,6 +288,21 @@ fn builder_thread(
     b.abandon();
 }
 
+/// `tables` in two groups of about as many rows each (the biggest first, each to the
+/// lighter group).
+fn split_by_rows(tables: &[Table], rows: &BTreeMap<String, u64>) -> [Vec<Table>; 2] {
+    let mut sorted: Vec<&Table> = tables.iter().collect();
+    sorted.sort_by_key(|t| std::cmp::Reverse(rows.get(&t.name).copied().unwrap_or(0)));
+    let mut groups: [(u64, Vec<Table>); 2] = [(0, Vec::new()), (0, Vec::new())];
+    for t in sorted {
+        let g = if groups[0].0 <= groups[1].0 { 0 } else { 1 };
+        groups[g].0 += rows.get(&t.name).copied().unwrap_or(0);
+        groups[g].1.push(t.clone());
+    }
+    let [(_, a), (_, b)] = groups;
+    [a, b]
+}
+
 /// From this many rows on, the built base is verified on parallel threads.
 const PARALLEL_VERIFY_ROWS: u64 = 100_000;
 
@@ -296,10 +316,17 @@ impl Builder {
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             }
             let _ = std::fs::remove_file(&self.tmp);
-            let c =
-                Connection::open(&self.tmp).map_err(|e| format!("{}: {e}", self.tmp.display()))?;
+            // No SQLite mutex: the connection is this thread's only (rusqlite's Connection
+            // is not Sync), and it spares a lock per bind and step.
+            let c = Connection::open_with_flags(
+                &self.tmp,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| format!("{}: {e}", self.tmp.display()))?;
             c.execute_batch(
-                "PRAGMA page_size=4096; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-1048576; PRAGMA temp_store=MEMORY; PRAGMA threads=2; PRAGMA locking_mode=EXCLUSIVE; BEGIN",
+                "PRAGMA foreign_keys=OFF; PRAGMA page_size=4096; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-1048576; PRAGMA temp_store=MEMORY; PRAGMA threads=2; PRAGMA locking_mode=EXCLUSIVE; BEGIN",
             )
             .map_err(|e| format!("{}: {e}", self.tmp.display()))?;
             self.conn = Some(c);
@@ -318,23 +345,45 @@ impl Builder {
                 i += 1;
                 continue;
             }
+            if msgs[i].flags == TABLE_END_FLAG {
+                let m = &msgs[i];
+                let t = self.tables.get_mut(&m.vbucket).ok_or_else(|| {
+                    format!("the end of table id {} came before its schema", m.vbucket)
+                })?;
+                let end =
+                    decode_table_end(&m.value).map_err(|e| format!("table {}: {e}", t.name))?;
+                t.expected = Some(end);
+                i += 1;
+                continue;
+            }
             // A run of rows of one table: one prepared statement.
             let id = msgs[i].vbucket;
             let end = msgs[i..]
                 .iter()
-                .position(|m| m.vbucket != id || m.flags == SCHEMA_FLAG)
+                .position(|m| m.vbucket != id || m.flags != 0)
                 .map_or(msgs.len(), |n| i + n);
-            let Builder { conn, tables, .. } = self;
+            let Builder {
+                conn,
+                tables,
+                inserts,
+                ..
+            } = self;
             let t = tables
                 .get_mut(&id)
                 .ok_or_else(|| format!("a row of table id {id} came before its schema"))?;
-            let conn = conn.as_ref().ok_or("no connection")?;
-            let mut stmt = conn
-                .prepare_cached(&t.insert)
-                .map_err(|e| format!("table {}: {e}", t.name))?;
+            let stmt = match inserts.entry(id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let conn = conn.as_ref().ok_or("no connection")?;
+                    e.insert(
+                        RawInsert::new(conn, &t.insert)
+                            .map_err(|e| format!("table {}: {e}", t.name))?,
+                    )
+                }
+            };
             let mut cells = Vec::with_capacity(t.ncols + 1);
             for m in &msgs[i..end] {
-                insert(&mut stmt, t, m, &mut cells)?;
+                insert(stmt, t, m, &mut cells)?;
             }
             i = end;
         }
@@ -373,7 +422,7 @@ impl Builder {
                 ncols: t.columns.len(),
                 rowid: t.pk.is_empty(),
                 later: statements[1..].to_vec(),
-                digest: TableDigest::new(&statements),
+                expected: None,
                 columns: t.columns,
                 pk: t.pk,
                 rows: 0,
@@ -384,6 +433,7 @@ impl Builder {
     }
 
     fn commit(&mut self) -> Result<(), String> {
+        self.inserts.clear();
         self.conn()?;
         let tmp = self.tmp.display().to_string();
         let conn = self.conn.as_ref().ok_or("no connection")?;
@@ -398,6 +448,8 @@ impl Builder {
             .map_err(|e| format!("{tmp}: {e}"))?;
         let states = std::mem::take(&mut self.tables);
         let rows: u64 = states.values().map(|t| t.rows).sum();
+        let rows_of: BTreeMap<String, u64> =
+            states.values().map(|t| (t.name.clone(), t.rows)).collect();
         // The built tables as the file's sqlite_master gives them (so a statement that did
         // not take is seen), with the columns read when each was created.
         let mut built_tables = schema::master(conn).map_err(|e| format!("{tmp}: {e}"))?;
@@ -407,29 +459,57 @@ impl Builder {
                 t.pk = s.pk.clone();
             }
         }
-        let sent: BTreeMap<String, String> = states
-            .into_values()
-            .map(|t| (t.name, t.digest.finish()))
-            .collect();
+        let mut sent = BTreeMap::new();
+        for t in states.into_values() {
+            let Some((rows, digest)) = t.expected else {
+                return Err(format!(
+                    "{tmp}: table {}: the source sent no end (rows and digest)",
+                    t.name
+                ));
+            };
+            if rows != t.rows {
+                return Err(format!(
+                    "{tmp}: table {}: {} rows received, the source sent {rows}",
+                    t.name, t.rows
+                ));
+            }
+            sent.insert(t.name, digest);
+        }
         let sync = || std::fs::File::open(&self.tmp).and_then(|f| f.sync_all());
         let quick_check = || -> Result<String, String> {
             conn.query_row("PRAGMA quick_check", [], |r| r.get(0))
                 .map_err(|e| format!("{tmp}: {e}"))
         };
         let (check, built, synced) = if rows >= PARALLEL_VERIFY_ROWS {
-            // A big base: the three checks at once, each on its own thread: the file
-            // reaches the disk, its structure passes quick_check, and every table holds
-            // exactly the rows received.
+            // A big base: the checks at once, each on its own thread: the file reaches
+            // the disk, its structure passes quick_check, and every table holds exactly
+            // the rows the source sent (two threads).
+            // The digests on two threads, the biggest tables spread between them.
+            let halves = split_by_rows(&built_tables, &rows_of);
             std::thread::scope(|s| {
                 let synced = s.spawn(sync);
-                let built = s.spawn(|| digest_private(&self.tmp, &built_tables));
+                let built: Vec<_> = halves
+                    .iter()
+                    .map(|h| s.spawn(|| digest_private(&self.tmp, h)))
+                    .collect();
                 let check = quick_check();
-                (
-                    check,
-                    built
+                let mut digests = Ok(BTreeMap::new());
+                for b in built {
+                    let d = b
                         .join()
                         .unwrap_or_else(|_| Err(pump_meta2::Error::Usage("panicked".into())))
-                        .map_err(|e| e.to_string()),
+                        .map_err(|e| e.to_string());
+                    digests = match (digests, d) {
+                        (Ok(mut all), Ok(d)) => {
+                            all.extend(d);
+                            Ok(all)
+                        }
+                        (Err(e), _) | (_, Err(e)) => Err(e),
+                    };
+                }
+                (
+                    check,
+                    digests,
                     synced
                         .join()
                         .unwrap_or_else(|_| Err(std::io::Error::other("the sync thread panicked"))),
@@ -437,8 +517,7 @@ impl Builder {
             })
         } else {
             let check = quick_check();
-            let built =
-                digest_tables(conn, &built_tables, &[], None).map_err(|e| format!("{tmp}: {e}"));
+            let built = digest_stored(conn, &built_tables).map_err(|e| format!("{tmp}: {e}"));
             (check, built, sync())
         };
         let check = check?;
@@ -448,7 +527,7 @@ impl Builder {
         let built = built?;
         if built != sent {
             return Err(format!(
-                "{tmp}: the built base differs from the rows received in {:?}",
+                "{tmp}: the built base differs from the source in {:?}",
                 pump_meta2::tables_differing(&sent, &built)
             ));
         }
@@ -470,6 +549,7 @@ impl Builder {
     }
 
     fn abandon(&mut self) {
+        self.inserts.clear();
         self.conn = None;
         let _ = std::fs::remove_file(&self.tmp);
     }
@@ -479,14 +559,15 @@ impl Builder {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use pump_meta2::codec::{encode_cells, encode_schema};
+    use pump_meta2::check::TableDigest;
+    use pump_meta2::codec::{encode_cells, encode_schema, encode_table_end};
 
-    fn messages() -> Vec<Message> {
+    /// A table's schema, one row and its end (with `rows` and the digest of that row).
+    fn messages_ending_with(rows: u64) -> Vec<Message> {
+        let statements = ["CREATE TABLE t (k TEXT PRIMARY KEY, v)".to_string()];
         let mut schema = Message::mutation(
             Bytes::from_static(b"t"),
-            Bytes::from(encode_schema(&[
-                "CREATE TABLE t (k TEXT PRIMARY KEY, v)".to_string()
-            ])),
+            Bytes::from(encode_schema(&statements)),
         );
         schema.flags = SCHEMA_FLAG;
         let row = Message::mutation(
@@ -495,7 +576,85 @@ mod tests {
                 [ValueRef::Text(b"a"), ValueRef::Real(2.5)].into_iter(),
             )),
         );
-        vec![schema, row]
+        let mut digest = TableDigest::new(&statements);
+        digest.update(&row.value[2..]);
+        let mut end = Message::mutation(
+            Bytes::from_static(b"t"),
+            Bytes::from(encode_table_end(rows, &digest.finish())),
+        );
+        end.flags = TABLE_END_FLAG;
+        vec![schema, row, end]
+    }
+
+    fn messages() -> Vec<Message> {
+        messages_ending_with(1)
+    }
+
+    #[test]
+    fn the_digest_threads_get_every_table_once_the_biggest_apart() {
+        let table = |name: &str| Table {
+            id: 0,
+            name: name.into(),
+            statements: Vec::new(),
+            columns: Vec::new(),
+            pk: Vec::new(),
+        };
+        let tables: Vec<Table> = ["admin", "contents", "chunks", "aliases", "properties"]
+            .into_iter()
+            .map(table)
+            .collect();
+        let rows: BTreeMap<String, u64> = [
+            ("admin", 10),
+            ("contents", 100),
+            ("chunks", 300),
+            ("aliases", 100),
+            ("properties", 100),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let [a, b] = split_by_rows(&tables, &rows);
+        let names = |g: &[Table]| -> Vec<String> { g.iter().map(|t| t.name.clone()).collect() };
+        assert_eq!(names(&a), ["chunks", "admin"]);
+        assert_eq!(names(&b), ["contents", "aliases", "properties"]);
+    }
+
+    #[tokio::test]
+    async fn a_base_whose_rows_differ_from_the_source_end_is_not_renamed() {
+        let d = tempfile::tempdir().unwrap();
+        // The end says 2 rows, 1 came.
+        let path = d.path().join("count.meta2");
+        let mut w = meta2_sink(path.clone()).0;
+        w.write(messages_ending_with(2)).await.unwrap();
+        let e = w.finish(SourceEnd::Complete).await.unwrap_err();
+        assert!(
+            e.to_string().contains("1 rows received, the source sent 2"),
+            "{e}"
+        );
+        assert!(!path.exists() && !tmp_path(&path).exists());
+        // The row's value changed on the way: the digest read back differs from the end's.
+        let path = d.path().join("digest.meta2");
+        let mut w = meta2_sink(path.clone()).0;
+        let mut msgs = messages();
+        msgs[1].value = Bytes::from(encode_cells(
+            [ValueRef::Text(b"a"), ValueRef::Real(2.0)].into_iter(),
+        ));
+        w.write(msgs).await.unwrap();
+        let e = w.finish(SourceEnd::Complete).await.unwrap_err();
+        assert!(
+            e.to_string().contains("differs from the source in [\"t\"]"),
+            "{e}"
+        );
+        assert!(!path.exists() && !tmp_path(&path).exists());
+        // No end at all.
+        let path = d.path().join("noend.meta2");
+        let mut w = meta2_sink(path.clone()).0;
+        let mut msgs = messages();
+        msgs.pop();
+        w.write(msgs).await.unwrap();
+        let e = w.finish(SourceEnd::Complete).await.unwrap_err();
+        assert!(e.to_string().contains("sent no end"), "{e}");
+        assert!(!path.exists() && !tmp_path(&path).exists());
     }
 
     #[tokio::test]

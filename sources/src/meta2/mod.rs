@@ -1,18 +1,29 @@
 //! `meta2:PATH`: every table of a meta2 base (the known ones and any other), as messages.
 //!
-//! The encoding (schema message first per table, then one message per row, table id =
-//! vbucket, key = primary key cells, value = every column's cells) is documented in
-//! [`pump_meta2::codec`]. The base is read on its own thread, in one read transaction (a
-//! consistent snapshot), with one prepared statement per table; the file is never written.
+//! The encoding (schema message first per table, then one message per row in key order,
+//! table id = vbucket, key = primary key cells, value = every column's cells, then an end
+//! message with the table's row count and digest) is documented in [`pump_meta2::codec`].
+//! The base is read on its own thread, in one read transaction (a consistent snapshot),
+//! through a memory map; the file is never written. A rowid table whose primary key has an
+//! index of its own (contents, chunks, aliases, properties, admin) is read in rowid
+//! order, its pages in sequence, into one buffer, then sent in the order of the rowids read
+//! from the key index alone (`read_reordered`): no table lookup per row, which reading in
+//! key order through the index costs. A table bigger than `REORDER_MAX_BYTES` (512 MiB),
+//! a WITHOUT ROWID table and one keyed by its rowid are read in key order by one query.
+//! The digest of
+//! each table is computed over the rows as they are sent ([`TableDigest`]), so the sink
+//! checks the base it built against the source itself, with no second read of the source.
 
+use std::ops::Range;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use pump::pipeline::Context;
 use pump::{BatchSender, Error, Message, Options, Source, SourceKind, Spec};
-use pump_meta2::codec::{encode_cells, encode_schema, put_cell, SCHEMA_FLAG};
-use pump_meta2::schema;
+use pump_meta2::check::TableDigest;
+use pump_meta2::codec::{encode_schema, encode_table_end, put_cell, SCHEMA_FLAG, TABLE_END_FLAG};
+use pump_meta2::schema::{self, Table};
 
 /// The `meta2:` source kind.
 pub struct Meta2Kind;
@@ -45,6 +56,11 @@ pub fn config(spec: &Spec) -> Result<PathBuf, Error> {
     Ok(PathBuf::from(spec.body()))
 }
 
+/// Batches the reading thread may queue ahead of the pump: enough for a big table's rows
+/// (the messages of a table sent in key order share its one buffer), so that the thread
+/// reads the next table while the sink is still inserting this one.
+const READ_AHEAD_BATCHES: usize = 256;
+
 /// Reads one base.
 pub struct Meta2Source {
     path: PathBuf,
@@ -69,7 +85,8 @@ impl Source for Meta2Source {
         if !self.path.is_file() {
             return Err(Error::source(&self.spec, "no such base file"));
         }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Message>, String>>(4);
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<Result<Vec<Message>, String>>(READ_AHEAD_BATCHES);
         let stats = out.stats().clone();
         let path = self.path.clone();
         let batch = self.batch;
@@ -122,8 +139,6 @@ fn read_base(
         conn.query_row(&format!("SELECT {}", counts.join(" + ")), [], |r| r.get(0))
             .map_err(|e| e.to_string())?
     };
-    let expected = tables.len() as u64 + rows as u64;
-    stats.set_expected(expected);
     let mut msgs = Vec::with_capacity(batch);
     let flush = |msgs: &mut Vec<Message>| -> Result<(), String> {
         if msgs.is_empty() {
@@ -133,6 +148,8 @@ fn read_base(
         tx.blocking_send(Ok(m))
             .map_err(|_| "the pump stopped reading".to_string())
     };
+    let expected = tables.len() as u64 * 2 + rows as u64;
+    stats.set_expected(expected);
     for t in &tables {
         let mut schema_msg = Message::mutation(
             Bytes::from(t.name.clone().into_bytes()),
@@ -141,40 +158,227 @@ fn read_base(
         schema_msg.vbucket = t.id;
         schema_msg.flags = SCHEMA_FLAG;
         msgs.push(schema_msg);
-        let mut stmt = conn
-            .prepare(&t.select_sql())
-            .map_err(|e| format!("table {}: {e}", t.name))?;
-        let rowid = t.pk.is_empty();
-        let pk = t.pk_positions();
-        let ncols = t.columns.len();
-        let mut rows = stmt
-            .query([])
-            .map_err(|e| format!("table {}: {e}", t.name))?;
-        while let Some(r) = rows.next().map_err(|e| format!("table {}: {e}", t.name))? {
-            let off = usize::from(rowid);
-            let get = |i: usize| r.get_ref(i).map_err(|e| format!("table {}: {e}", t.name));
-            let key = if rowid {
-                encode_cells(std::iter::once(get(0)?))
-            } else {
-                let mut k = Vec::with_capacity(2 + pk.len() * 24);
-                k.extend_from_slice(&(pk.len() as u16).to_be_bytes());
-                for &i in &pk {
-                    put_cell(&mut k, get(i + off)?);
-                }
-                k
-            };
-            let mut value = Vec::with_capacity(2 + ncols * 24);
-            value.extend_from_slice(&(ncols as u16).to_be_bytes());
-            for i in 0..ncols {
-                put_cell(&mut value, get(i + off)?);
+        let mut digest = TableDigest::new(&t.statements);
+        let mut rows = 0u64;
+        let mut send = |m: Message| -> Result<(), String> {
+            if t.pk.is_empty() {
+                // The key is the rowid: part of the row's content.
+                digest.update(&m.key[2..]);
             }
-            let mut m = Message::mutation(Bytes::from(key), Bytes::from(value));
-            m.vbucket = t.id;
+            digest.update(&m.value[2..]);
+            rows += 1;
             msgs.push(m);
             if msgs.len() >= batch {
                 flush(&mut msgs)?;
             }
+            Ok(())
+        };
+        let err = |e: rusqlite::Error| format!("table {}: {e}", t.name);
+        let sent = uses_pk_index(&conn, t).map_err(err)? && read_reordered(&conn, t, &mut send)?;
+        if !sent {
+            read_in_key_order(&conn, t, &mut send)?;
         }
+        let mut end = Message::mutation(
+            Bytes::from(t.name.clone().into_bytes()),
+            Bytes::from(encode_table_end(rows, &digest.finish())),
+        );
+        end.vbucket = t.id;
+        end.flags = TABLE_END_FLAG;
+        msgs.push(end);
     }
     flush(&mut msgs)
+}
+
+/// Whether `t` is read in primary key order through an index of its own: a rowid table
+/// whose PRIMARY KEY is not its rowid (SQLite keeps an automatic index for that key).
+/// A WITHOUT ROWID table is stored in key order and an INTEGER PRIMARY KEY is the rowid:
+/// both are read in key order by a plain scan.
+fn uses_pk_index(conn: &rusqlite::Connection, t: &Table) -> rusqlite::Result<bool> {
+    if t.pk.is_empty() || t.columns.iter().any(|c| is_rowid_name(c)) {
+        return Ok(false);
+    }
+    if schema::without_rowid(conn, &t.name)? {
+        return Ok(false);
+    }
+    let pk_index: i64 = conn.query_row(
+        "SELECT count(*) FROM pragma_index_list(?1) WHERE origin = 'pk'",
+        [&t.name],
+        |r| r.get(0),
+    )?;
+    Ok(pk_index > 0)
+}
+
+/// A column named like the rowid hides it: such tables are read the plain way.
+fn is_rowid_name(c: &str) -> bool {
+    ["rowid", "_rowid_", "oid"]
+        .iter()
+        .any(|r| c.eq_ignore_ascii_case(r))
+}
+
+/// The most bytes of one table held in memory to send it in key order ([`read_reordered`]);
+/// a bigger table is read through its key index instead.
+const REORDER_MAX_BYTES: usize = 512 << 20;
+
+/// Appends one row's key cells (the rowid when the table has no primary key) then value
+/// cells (every column) to `out`; returns their ranges. `rowid_first`: column 0 of `r` is
+/// the rowid.
+fn row_message(
+    t: &Table,
+    r: &rusqlite::Row<'_>,
+    rowid_first: bool,
+    pk: &[usize],
+    out: &mut Vec<u8>,
+) -> Result<(Range<usize>, Range<usize>), String> {
+    let off = usize::from(rowid_first);
+    let get = |i: usize| r.get_ref(i).map_err(|e| format!("table {}: {e}", t.name));
+    let k0 = out.len();
+    if t.pk.is_empty() {
+        out.extend_from_slice(&1u16.to_be_bytes());
+        put_cell(out, get(0)?);
+    } else {
+        out.extend_from_slice(&(pk.len() as u16).to_be_bytes());
+        for &i in pk {
+            put_cell(out, get(i + off)?);
+        }
+    }
+    let v0 = out.len();
+    out.extend_from_slice(&(t.columns.len() as u16).to_be_bytes());
+    for i in 0..t.columns.len() {
+        put_cell(out, get(i + off)?);
+    }
+    Ok((k0..v0, v0..out.len()))
+}
+
+/// Sends the rows of `t` in key order the plain way: `SELECT ... ORDER BY key`, which for
+/// a rowid table with a separate key index costs one table lookup per row.
+fn read_in_key_order(
+    conn: &rusqlite::Connection,
+    t: &Table,
+    send: &mut dyn FnMut(Message) -> Result<(), String>,
+) -> Result<(), String> {
+    let err = |e: rusqlite::Error| format!("table {}: {e}", t.name);
+    let mut stmt = conn.prepare(&t.select_sql()).map_err(err)?;
+    let pk = t.pk_positions();
+    let mut rows = stmt.query([]).map_err(err)?;
+    let mut buf = Vec::new();
+    while let Some(r) = rows.next().map_err(err)? {
+        buf.clear();
+        let (k, v) = row_message(t, r, t.pk.is_empty(), &pk, &mut buf)?;
+        let mut m = Message::mutation(
+            Bytes::copy_from_slice(&buf[k]),
+            Bytes::copy_from_slice(&buf[v]),
+        );
+        m.vbucket = t.id;
+        send(m)?;
+    }
+    Ok(())
+}
+
+/// Sends the rows of a rowid table with a key index ([`uses_pk_index`]) in key order
+/// without a lookup per row: the table is read in rowid order (its pages in sequence) into
+/// one buffer, then its rows are sent in the order of the rowids read from the key index
+/// alone (a covering scan, in SQLite's own order of that key, collations included).
+/// Returns false, having sent nothing, when the table holds more than
+/// [`REORDER_MAX_BYTES`]; fails when the index and the table do not hold the same rowids.
+fn read_reordered(
+    conn: &rusqlite::Connection,
+    t: &Table,
+    send: &mut dyn FnMut(Message) -> Result<(), String>,
+) -> Result<bool, String> {
+    let err = |e: rusqlite::Error| format!("table {}: {e}", t.name);
+    let cols: Vec<String> = t.columns.iter().map(|c| schema::quote(c)).collect();
+    let name = schema::quote(&t.name);
+    let pk = t.pk_positions();
+    // The rows in rowid order: their rowids, and their key and value ranges in `buf`.
+    let mut rowids: Vec<i64> = Vec::new();
+    let mut ranges: Vec<(Range<usize>, Range<usize>)> = Vec::new();
+    let mut buf = Vec::new();
+    {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT rowid, {} FROM {name} ORDER BY rowid",
+                cols.join(", ")
+            ))
+            .map_err(err)?;
+        let mut q = stmt.query([]).map_err(err)?;
+        while let Some(r) = q.next().map_err(err)? {
+            rowids.push(r.get(0).map_err(err)?);
+            ranges.push(row_message(t, r, true, &pk, &mut buf)?);
+            if buf.len() > REORDER_MAX_BYTES {
+                return Ok(false);
+            }
+        }
+    }
+    let find = RowidIndex::new(&rowids);
+    let buf = Bytes::from(buf);
+    let keys: Vec<String> = t.pk.iter().map(|c| schema::quote(c)).collect();
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT rowid FROM {name} ORDER BY {}",
+            keys.join(", ")
+        ))
+        .map_err(err)?;
+    let mut q = stmt.query([]).map_err(err)?;
+    let mut sent = 0usize;
+    while let Some(r) = q.next().map_err(err)? {
+        let rowid: i64 = r.get(0).map_err(err)?;
+        let i = find.position(&rowids, rowid).ok_or_else(|| {
+            format!(
+                "table {}: rowid {rowid} is in the primary key index, not in the table",
+                t.name
+            )
+        })?;
+        let (k, v) = &ranges[i];
+        let mut m = Message::mutation(buf.slice(k.clone()), buf.slice(v.clone()));
+        m.vbucket = t.id;
+        send(m)?;
+        sent += 1;
+    }
+    if sent != rowids.len() {
+        return Err(format!(
+            "table {}: {} rows in the table, {sent} in its primary key index",
+            t.name,
+            rowids.len()
+        ));
+    }
+    Ok(true)
+}
+
+/// Finds a row by its rowid among rowids read in increasing order: a direct table when the
+/// rowids are dense (the usual case: few deletions), a binary search otherwise.
+struct RowidIndex {
+    first: i64,
+    /// Position + 1 of each rowid from `first` on (0: no such row); empty when sparse.
+    dense: Vec<u32>,
+}
+
+impl RowidIndex {
+    fn new(rowids: &[i64]) -> RowidIndex {
+        let (Some(&first), Some(&last)) = (rowids.first(), rowids.last()) else {
+            return RowidIndex {
+                first: 0,
+                dense: Vec::new(),
+            };
+        };
+        let span = last.abs_diff(first);
+        let mut dense = Vec::new();
+        if span < rowids.len() as u64 * 4 + 1024 && rowids.len() < u32::MAX as usize {
+            dense = vec![0u32; span as usize + 1];
+            for (i, id) in rowids.iter().enumerate() {
+                dense[id.abs_diff(first) as usize] = i as u32 + 1;
+            }
+        }
+        RowidIndex { first, dense }
+    }
+
+    fn position(&self, rowids: &[i64], rowid: i64) -> Option<usize> {
+        if self.dense.is_empty() {
+            return rowids.binary_search(&rowid).ok();
+        }
+        if rowid < self.first {
+            return None;
+        }
+        let slot = *self.dense.get(rowid.abs_diff(self.first) as usize)?;
+        (slot > 0).then(|| slot as usize - 1)
+    }
 }
