@@ -758,6 +758,22 @@ fn move_with_delete_source_removes_the_old_copy_only_after_the_move() {
 }
 
 #[test]
+fn transfer_of_a_base_refuses_key_and_vbucket_filters_and_writes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, vols) = copies(root.path(), "f1", &[A], 5);
+    let src = format!("meta2:{}", base.path_in(&vols[0].1).display());
+    for filter in [["-k", "^x"], ["-l", "3"]] {
+        let out_path = root.path().join(format!("out{}.meta2", filter[0]));
+        let dst = format!("meta2:{}", out_path.display());
+        let out = pump(&["transfer", filter[0], filter[1], &src, &dst]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{filter:?}: {err}");
+        assert!(err.contains("copied whole"), "{err}");
+        assert!(!out_path.exists(), "{filter:?}: nothing written");
+    }
+}
+
+#[test]
 fn check_rejects_a_bad_address_with_usage_exit() {
     let out = pump(&[
         "meta2",

@@ -433,6 +433,12 @@ impl Builder {
     }
 
     fn commit(&mut self) -> Result<(), String> {
+        if self.tables.is_empty() {
+            return Err(format!(
+                "{}: the source sent no table (no meta2 base): nothing was written",
+                self.path.display()
+            ));
+        }
         self.inserts.clear();
         self.conn()?;
         let tmp = self.tmp.display().to_string();
@@ -695,6 +701,16 @@ mod tests {
             Ok(_) => w.finish(SourceEnd::Complete).await.unwrap_err(),
         };
         assert!(e.to_string().contains("before its schema"), "{e}");
+        assert!(!path.exists() && !tmp_path(&path).exists());
+    }
+
+    #[tokio::test]
+    async fn a_source_that_sent_nothing_leaves_no_base() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("empty.meta2");
+        let mut w = meta2_sink(path.clone()).0;
+        let e = w.finish(SourceEnd::Complete).await.unwrap_err();
+        assert!(e.to_string().contains("the source sent no table"), "{e}");
         assert!(!path.exists() && !tmp_path(&path).exists());
     }
 

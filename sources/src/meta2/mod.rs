@@ -40,6 +40,13 @@ impl SourceKind for Meta2Kind {
     }
     fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Source>, Error> {
         let path = config(spec)?;
+        // A base moves whole: a filtered one would be a partial base, which the sink's
+        // digests refuse only after the work (or, with every row filtered, never see).
+        if options.key.is_some() || options.vbuckets.is_some() {
+            return Err(Error::usage(format!(
+                "{spec}: a meta2 base is copied whole; -k/--key and -l/--vbucket-list do not apply"
+            )));
+        }
         Ok(Box::new(Meta2Source {
             path,
             spec: spec.to_string(),
