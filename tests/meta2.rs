@@ -94,6 +94,22 @@ fn sql(path: &Path, statements: &str) {
     c.execute_batch(statements).unwrap();
 }
 
+/// `pump transfer meta2:SRC meta2:DST`, which must succeed with the same digests on both.
+fn transfer_whole(src: &Path, dst: &Path) {
+    let out = pump(&[
+        "transfer",
+        &format!("meta2:{}", src.display()),
+        &format!("meta2:{}", dst.display()),
+        "-q",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(digest(src, &[]).unwrap(), digest(dst, &[]).unwrap());
+}
+
 /// Overwrites the page type of `table`'s root page: quick_check fails, other tables read.
 fn break_root_page(path: &Path, table: &str) {
     let (root, page_size): (i64, i64) = {
@@ -405,18 +421,7 @@ fn transfer_meta2_keeps_every_storage_class_and_unknown_tables() {
          INSERT INTO shard_ranges VALUES ('', 'm', x'0102', NULL);",
     );
     let dst = root.path().join("out.meta2");
-    let out = pump(&[
-        "transfer",
-        &format!("meta2:{}", src.display()),
-        &format!("meta2:{}", dst.display()),
-        "-q",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(digest(&src, &[]).unwrap(), digest(&dst, &[]).unwrap());
+    transfer_whole(&src, &dst);
     let rows = |p: &Path| -> Vec<String> {
         let c = rusqlite::Connection::open(p).unwrap();
         let mut s = c
@@ -826,18 +831,7 @@ fn transfer_meta2_keeps_integer_keys_without_rowid_tables_gaps_collations_and_or
          INSERT INTO chunks VALUES ('orphan', x'dead', '0', x'beef', 1, 1);",
     );
     let dst = root.path().join("out.meta2");
-    let out = pump(&[
-        "transfer",
-        &format!("meta2:{}", src.display()),
-        &format!("meta2:{}", dst.display()),
-        "-q",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(digest(&src, &[]).unwrap(), digest(&dst, &[]).unwrap());
+    transfer_whole(&src, &dst);
     // The INTEGER PRIMARY KEY is the rowid: kept, gaps and negative ones included.
     let ipk = rows_of(&dst, "ipk", &["id", "v"], "id");
     assert_eq!(ipk, rows_of(&src, "ipk", &["id", "v"], "id"));
