@@ -778,7 +778,17 @@ async fn change(
     Ok(())
 }
 
-/// Inspects the copies reachable from here and prints them as a table.
+/// The volumes given with `--peer` that hold a copy of the base: those of its `peers`.
+fn reachable(volumes: &[Peer], peers: &[String]) -> Vec<Peer> {
+    volumes
+        .iter()
+        .filter(|v| peers.contains(&v.address))
+        .cloned()
+        .collect()
+}
+
+/// Inspects the copies reachable from here and prints them as a table (nothing, no step,
+/// when none is reachable).
 fn inspect_files(
     s: &mut Steps<'_>,
     title: &str,
@@ -786,6 +796,9 @@ fn inspect_files(
     peers: &[Peer],
     full: bool,
 ) -> Vec<CopyReport> {
+    if peers.is_empty() {
+        return Vec::new();
+    }
     s.title(title);
     let reports = check_base(base, peers, full);
     let rows: Vec<(String, String, String)> = reports
@@ -867,11 +880,7 @@ pub async fn sync(
             )));
         }
     }
-    let reachable: Vec<Peer> = volumes
-        .iter()
-        .filter(|v| peers.contains(&v.address))
-        .cloned()
-        .collect();
+    let reachable = reachable(volumes, &peers);
     let has = s
         .fan_out("which copies are there (admin/has)", "has", &peers)
         .await
@@ -882,18 +891,16 @@ pub async fn sync(
         .filter(|a| a.status != 200)
         .map(|a| a.peer.clone())
         .collect();
-    if !reachable.is_empty() {
-        let reports = inspect_files(
-            &mut s,
-            "inspect the copies reachable from here (files)",
-            base,
-            &reachable,
-            false,
-        );
-        for r in reports {
-            if r.health != Health::Ok && r.health != Health::Frozen && !bad.contains(&r.address) {
-                bad.push(r.address);
-            }
+    let reports = inspect_files(
+        &mut s,
+        "inspect the copies reachable from here (files)",
+        base,
+        &reachable,
+        false,
+    );
+    for r in reports {
+        if r.health != Health::Ok && r.health != Health::Frozen && !bad.contains(&r.address) {
+            bad.push(r.address);
         }
     }
     bad.sort();
@@ -953,10 +960,8 @@ pub async fn sync(
         return Ok(());
     }
     errors.extend(has_and_election(&mut s, &peers).await.map_err(failed)?);
-    if !reachable.is_empty() {
-        if let Err(e) = verify_files(&mut s, base, &reachable) {
-            errors.push(e);
-        }
+    if let Err(e) = verify_files(&mut s, base, &reachable) {
+        errors.push(e);
     }
     conclude(
         &errors,
@@ -1002,22 +1007,16 @@ pub async fn check(
     if let Err(e) = debug_ok(&debug, &peers) {
         errors.push(e);
     }
-    let reachable: Vec<Peer> = volumes
-        .iter()
-        .filter(|v| peers.contains(&v.address))
-        .cloned()
-        .collect();
-    if !reachable.is_empty() {
-        let reports = inspect_files(
-            &mut s,
-            "inspect the copies reachable from here (files)",
-            base,
-            &reachable,
-            full,
-        );
-        for r in reports.iter().filter(|r| r.health != Health::Ok) {
-            errors.push(format!("{}: {}: {}", r.address, r.health, r.message));
-        }
+    let reachable = reachable(volumes, &peers);
+    let reports = inspect_files(
+        &mut s,
+        "inspect the copies reachable from here (files)",
+        base,
+        &reachable,
+        full,
+    );
+    for r in reports.iter().filter(|r| r.health != Health::Ok) {
+        errors.push(format!("{}: {}: {}", r.address, r.health, r.message));
     }
     conclude(
         &errors,
