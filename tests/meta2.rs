@@ -110,28 +110,6 @@ fn transfer_whole(src: &Path, dst: &Path) {
     assert_eq!(digest(src, &[]).unwrap(), digest(dst, &[]).unwrap());
 }
 
-/// Overwrites the page type of `table`'s root page: quick_check fails, other tables read.
-fn break_root_page(path: &Path, table: &str) {
-    let (root, page_size): (i64, i64) = {
-        let c = rusqlite::Connection::open(path).unwrap();
-        let root = c
-            .query_row(
-                "SELECT rootpage FROM sqlite_master WHERE name = ?1",
-                [table],
-                |r| r.get(0),
-            )
-            .unwrap();
-        (
-            root,
-            c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap(),
-        )
-    };
-    assert!(root > 1, "{table} is not on the first page");
-    let mut bytes = std::fs::read(path).unwrap();
-    bytes[((root - 1) * page_size) as usize] = 0xA5;
-    std::fs::write(path, &bytes).unwrap();
-}
-
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -491,7 +469,7 @@ fn rebuild_lost_volume(stream: bool) {
     // (the root page of its chunks table is no b-tree page any more): that base too comes
     // from C's copy, B's being tried first and refused.
     let scribbled = mine[7].path_in(&vol(B));
-    break_root_page(&scribbled, "chunks");
+    pump_meta2::generate::break_root_page(&scribbled, "chunks").unwrap();
     let bytes = std::fs::read(&scribbled).unwrap();
     assert_eq!(
         pump_meta2::check::inspect_admin(&scribbled).health,

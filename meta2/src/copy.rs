@@ -179,18 +179,7 @@ mod tests {
         let src = base(&d.path().join("a"));
         // The root page of the chunks table is no b-tree page any more: the file keeps its
         // length, its header and its admin table, only quick_check sees the damage.
-        let root: i64 = Connection::open(&src)
-            .unwrap()
-            .query_row(
-                "SELECT rootpage FROM sqlite_master WHERE name = 'chunks'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        let mut bytes = std::fs::read(&src).unwrap();
-        let page_size = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
-        bytes[(root as usize - 1) * page_size] = 0xA5;
-        std::fs::write(&src, &bytes).unwrap();
+        crate::generate::break_root_page(&src, "chunks").unwrap();
         assert_eq!(crate::check::inspect_admin(&src).health, crate::Health::Ok);
         let dst = d.path().join("b").join("x.meta2");
         let e = copy_verified(&src, &dst).unwrap_err().to_string();

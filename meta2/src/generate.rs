@@ -115,6 +115,32 @@ fn fill(conn: &mut Connection, name: &BaseName, spec: &BaseSpec) -> rusqlite::Re
     tx.commit()
 }
 
+/// Damages `table` of the base at `path` the way a bad sector would, for tests: the type byte
+/// of its root page is overwritten. The file keeps its length, its header and its other
+/// tables (the admin keys still read); `quick_check` fails.
+pub fn break_root_page(path: &Path, table: &str) -> Result<(), Error> {
+    let (root, page_size): (i64, i64) = {
+        let c = Connection::open(path).map_err(|e| Error::sqlite(path, e))?;
+        let root = c
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .map_err(|e| Error::sqlite(path, e))?;
+        let page_size = c
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(|e| Error::sqlite(path, e))?;
+        (root, page_size)
+    };
+    if root <= 1 {
+        return Err(Error::Usage(format!("{table}: on the first page")));
+    }
+    let mut bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    bytes[((root - 1) * page_size) as usize] = 0xA5;
+    std::fs::write(path, &bytes).map_err(|e| Error::io(path, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
