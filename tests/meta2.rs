@@ -102,12 +102,24 @@ fn transfer_whole(src: &Path, dst: &Path) {
         &format!("meta2:{}", dst.display()),
         "-q",
     ]);
+    assert_ok(&out);
+    assert_eq!(digest(src, &[]).unwrap(), digest(dst, &[]).unwrap());
+}
+
+/// The command succeeded; else its stderr is the failure message.
+fn assert_ok(out: &Output) {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(digest(src, &[]).unwrap(), digest(dst, &[]).unwrap());
+}
+
+/// An empty volume `new` under `root`, the target of a move.
+fn new_volume(root: &Path) -> PathBuf {
+    let target = root.join("new");
+    std::fs::create_dir(&target).unwrap();
+    target
 }
 
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -162,11 +174,7 @@ fn check_names_each_bad_copy_and_sync_refills_them_all_identical() {
     assert_eq!(statuses[E], "behind");
 
     let out = run(&["meta2", "sync"], &base, &vols, &["--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let answers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let codes: BTreeMap<&str, u64> = answers
         .as_array()
@@ -202,8 +210,7 @@ fn check_names_each_bad_copy_and_sync_refills_them_all_identical() {
 fn move_with_a_typo_in_an_address_changes_nothing() {
     let root = tempfile::tempdir().unwrap();
     let (base, vols) = copies(root.path(), "c2", &[A, B, C], 20);
-    let target = root.path().join("new");
-    std::fs::create_dir(&target).unwrap();
+    let target = new_volume(root.path());
     let before = snapshot(root.path());
     let to = |a: &str| format!("{a}={}", target.display());
     for (from, to_arg) in [
@@ -248,8 +255,7 @@ fn move_with_a_typo_in_an_address_changes_nothing() {
 fn move_killed_midway_is_reported_by_check_and_a_rerun_completes() {
     let root = tempfile::tempdir().unwrap();
     let (base, vols) = copies(root.path(), "c3", &[A, B, C], 50);
-    let target = root.path().join("new");
-    std::fs::create_dir(&target).unwrap();
+    let target = new_volume(root.path());
     let to = format!("{D}={}", target.display());
     let data_before = digest(&base.path_in(&vols[1].1), &["admin"]).unwrap();
     let mut args = vec![
@@ -315,8 +321,7 @@ fn move_killed_midway_is_reported_by_check_and_a_rerun_completes() {
 fn move_failing_at_any_step_leaves_every_copy_as_it_was() {
     let root = tempfile::tempdir().unwrap();
     let (base, vols) = copies(root.path(), "c6", &[A, B, C], 20);
-    let target = root.path().join("new");
-    std::fs::create_dir(&target).unwrap();
+    let target = new_volume(root.path());
     let before: Vec<_> = vols
         .iter()
         .map(|(_, v)| digest(&base.path_in(v), &[]).unwrap())
@@ -362,8 +367,7 @@ fn move_failing_at_any_step_leaves_every_copy_as_it_was() {
 fn move_dry_run_prints_the_plan_and_writes_nothing() {
     let root = tempfile::tempdir().unwrap();
     let (base, vols) = copies(root.path(), "c4", &[A, B], 5);
-    let target = root.path().join("new");
-    std::fs::create_dir(&target).unwrap();
+    let target = new_volume(root.path());
     let before = snapshot(root.path());
     let to = format!("{C}={}", target.display());
     let out = run(
@@ -372,11 +376,7 @@ fn move_dry_run_prints_the_plan_and_writes_nothing() {
         &vols,
         &["--from", A, "--to", &to, "--dry-run"],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("freeze") && text.contains("copy 127.0.0.1:6120 -> 127.0.0.3:6120"),
@@ -497,11 +497,7 @@ fn rebuild_lost_volume(stream: bool) {
         args.push("--stream");
     }
     let out = pump(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("rebuilt 12 bases"), "{text}");
     assert!(text.contains("3 not for this service"), "{text}");
@@ -712,8 +708,7 @@ fn sync_answers_per_peer_and_keeps_every_replaced_copy() {
 fn move_with_delete_source_removes_the_old_copy_only_after_the_move() {
     let root = tempfile::tempdir().unwrap();
     let (base, vols) = copies(root.path(), "d1", &[A, B, C], 20);
-    let target = root.path().join("new");
-    std::fs::create_dir(&target).unwrap();
+    let target = new_volume(root.path());
     let data = digest(&base.path_in(&vols[1].1), &["admin"]).unwrap();
     let to = format!("{D}={}", target.display());
     let out = run(
@@ -722,11 +717,7 @@ fn move_with_delete_source_removes_the_old_copy_only_after_the_move() {
         &vols,
         &["--from", B, "--to", &to, "--delete-source"],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let old_dir = base.path_in(&vols[1].1).parent().unwrap().to_path_buf();
     let left: Vec<_> = std::fs::read_dir(&old_dir).unwrap().flatten().collect();
     assert!(left.is_empty(), "nothing of the old copy is left: {left:?}");
