@@ -18,9 +18,9 @@
 //! ```
 //!
 //! What this reader does not see: a `-wal` file's frames and a hot rollback journal. The
-//! caller reads such a file through SQLite instead ([`SqliteFile::wal_mode`]). Every offset is
-//! checked against its page: a corrupt file is an error naming the file and the page, never a
-//! panic, and a page met twice (a cycle) or a tree deeper than [`MAX_DEPTH`] ends the walk.
+//! caller reads such a file through SQLite instead. Every offset is checked against its page:
+//! a corrupt file is an error naming the file and the page, never a panic, and a page met
+//! twice (a cycle) or a tree deeper than [`MAX_DEPTH`] ends the walk.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -44,8 +44,6 @@ pub struct SqliteFile {
     page_size: usize,
     usable: usize,
     pages: u32,
-    read_version: u8,
-    text_encoding: u32,
 }
 
 impl SqliteFile {
@@ -100,15 +98,12 @@ impl SqliteFile {
         }
         let pages = u32::try_from(data.len() / page_size)
             .map_err(|_| bad(format!("{} bytes is too large", data.len())))?;
-        let text_encoding = u32::from_be_bytes([data[56], data[57], data[58], data[59]]);
         Ok(SqliteFile {
             path: path.to_path_buf(),
             data,
             page_size,
             usable,
             pages,
-            read_version,
-            text_encoding,
         })
     }
 
@@ -120,18 +115,6 @@ impl SqliteFile {
     /// Bytes per page.
     pub fn page_size(&self) -> usize {
         self.page_size
-    }
-
-    /// True when the file is in WAL mode: its `-wal` file, when not empty, holds pages this
-    /// reader does not see.
-    pub fn wal_mode(&self) -> bool {
-        self.read_version == 2
-    }
-
-    /// The text encoding of the header: 1 UTF-8, 2 UTF-16le, 3 UTF-16be (0 in a file that
-    /// holds no table yet).
-    pub fn text_encoding(&self) -> u32 {
-        self.text_encoding
     }
 
     /// The whole file.
@@ -385,7 +368,7 @@ impl<'a> TableRows<'a> {
 impl<'r> Row<'r> {
     /// Decodes the record's first `out.len()` columns into `out`; a column the record does
     /// not hold (a table that gained columns later) is NULL. Text is returned as stored
-    /// (UTF-8 in a file whose [`SqliteFile::text_encoding`] is 1).
+    /// (UTF-8 in a file whose text encoding, header bytes 56..60, is 1).
     pub fn columns(&self, out: &mut [ValueRef<'r>]) -> Result<(), String> {
         let p = self.payload;
         let bad = |what: &str| {
