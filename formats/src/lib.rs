@@ -7,8 +7,10 @@
 //!          cbb_msg SQLite schema and its three user_versions, the meta column
 //! csv.rs   cbtransfer's CSV: columns, and Python bytes literals (b'...') for value and rev
 //! sqlite_file.rs  the SQLite file format itself: a table's rows in rowid order, without SQLite
+//! sqlite_build.rs the same format written: b-tree pages laid out from rows in key order
 //! ```
 
 pub mod bfd;
 pub mod csv;
+pub mod sqlite_build;
 pub mod sqlite_file;
