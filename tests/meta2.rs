@@ -94,7 +94,8 @@ fn sql(path: &Path, statements: &str) {
     c.execute_batch(statements).unwrap();
 }
 
-/// `pump transfer meta2:SRC meta2:DST`, which must succeed with the same digests on both.
+/// `pump transfer meta2:SRC meta2:DST`, which must succeed with the same digests on both
+/// and a base that passes SQLite's full integrity_check (every index entry against its row).
 fn transfer_whole(src: &Path, dst: &Path) {
     let out = pump(&[
         "transfer",
@@ -104,6 +105,15 @@ fn transfer_whole(src: &Path, dst: &Path) {
     ]);
     assert_ok(&out);
     assert_eq!(digest(src, &[]).unwrap(), digest(dst, &[]).unwrap());
+    let c = rusqlite::Connection::open(dst).unwrap();
+    let check: Vec<String> = c
+        .prepare("PRAGMA integrity_check")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(check, ["ok"], "{}", dst.display());
 }
 
 /// The command succeeded; else its stderr is the failure message.
@@ -849,4 +859,122 @@ fn transfer_meta2_keeps_integer_keys_without_rowid_tables_gaps_collations_and_or
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(check, "ok");
+}
+
+/// The sink writes a table's pages itself when it knows its layout, and leaves to SQLite
+/// what it does not (WITHOUT ROWID, AUTOINCREMENT, generated columns, partial and
+/// expression indexes); either way the base is the source's, indexes included.
+#[test]
+fn transfer_meta2_builds_every_kind_of_index_and_leaves_the_rest_to_sqlite() {
+    let root = tempfile::tempdir().unwrap();
+    let src = write_base(&root.path().join("v"), &spec("c7", &[A], 30)).unwrap();
+    let mut statements = String::from(
+        "CREATE TABLE kinds (a TEXT, b, c TEXT COLLATE RTRIM, d INT, UNIQUE(d));
+         CREATE INDEX kinds_b_desc ON kinds(b DESC, a COLLATE NOCASE);
+         CREATE INDEX kinds_c ON kinds(c);
+         CREATE UNIQUE INDEX kinds_a_d ON kinds(a, d);
+         CREATE INDEX kinds_partial ON kinds(b) WHERE d > 10;
+         CREATE INDEX kinds_expr ON kinds(lower(a), d + 1);
+         CREATE TRIGGER kinds_touch AFTER UPDATE ON kinds BEGIN SELECT 1; END;
+         CREATE TABLE counter (id INTEGER PRIMARY KEY AUTOINCREMENT, v);
+         CREATE TABLE gen (a INT, b INT GENERATED ALWAYS AS (a * 2) VIRTUAL);
+         CREATE INDEX gen_b ON gen(b);
+         CREATE TABLE big (k TEXT PRIMARY KEY, v BLOB);
+         CREATE INDEX big_v ON big(v);",
+    );
+    let words = ["x", "X", "y ", "y", "", "Zed", "zed  "];
+    for i in 0..400i64 {
+        let a = words[i as usize % words.len()];
+        let b = match i % 5 {
+            0 => "NULL".to_string(),
+            1 => format!("{}", i % 17),
+            2 => format!("{}.5", i % 13),
+            3 => format!("'t{}'", i % 11),
+            _ => format!("x'{:02x}'", i % 7),
+        };
+        statements.push_str(&format!(
+            "INSERT INTO kinds VALUES ('{a}', {b}, '{a}{}', {i});
+             INSERT INTO counter(v) VALUES ({i});
+             INSERT INTO gen(a) VALUES ({});",
+            " ".repeat(i as usize % 3),
+            i % 9
+        ));
+    }
+    // Keys and values that spill into overflow pages, in a key index too.
+    for i in 0..60 {
+        statements.push_str(&format!(
+            "INSERT INTO big VALUES ('{i:03}' || hex(randomblob({})), randomblob({}));",
+            i * 40,
+            i * 300
+        ));
+    }
+    statements.push_str("DELETE FROM counter WHERE id % 7 = 0;");
+    sql(&src, &statements);
+    let dst = root.path().join("out.meta2");
+    transfer_whole(&src, &dst);
+    let schema = |p: &Path| -> Vec<(String, String, Option<String>)> {
+        let c = rusqlite::Connection::open(p).unwrap();
+        let mut s = c
+            .prepare("SELECT type, name, sql FROM sqlite_master ORDER BY name")
+            .unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(schema(&dst), schema(&src));
+    // Each index answers from the copy what it answers from the source.
+    for (table, index, cols) in [
+        ("kinds", "kinds_b_desc", "b, a"),
+        ("kinds", "kinds_c", "c"),
+        ("kinds", "kinds_a_d", "a, d"),
+        ("kinds", "kinds_partial", "b"),
+        ("kinds", "sqlite_autoindex_kinds_1", "d"),
+        ("big", "big_v", "v"),
+        ("big", "sqlite_autoindex_big_1", "k"),
+    ] {
+        let listed = |p: &Path| -> Vec<String> {
+            let where_ = if index == "kinds_partial" {
+                " WHERE d > 10"
+            } else {
+                ""
+            };
+            let c = rusqlite::Connection::open(p).unwrap();
+            let mut s = c
+                .prepare(&format!(
+                    "SELECT rowid, {} FROM {table} INDEXED BY {index}{where_}",
+                    cols.split(", ")
+                        .map(|c| format!("quote({c})"))
+                        .collect::<Vec<_>>()
+                        .join("||','||")
+                ))
+                .unwrap();
+            s.query_map([], |r| {
+                Ok(format!(
+                    "{}:{}",
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?
+                ))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+        };
+        let got = listed(&dst);
+        assert!(!got.is_empty(), "{index}");
+        assert_eq!(got, listed(&src), "{index}");
+    }
+    let c = rusqlite::Connection::open(&dst).unwrap();
+    let seq: i64 = c
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'counter'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(seq, 400, "AUTOINCREMENT's counter");
+    let b: i64 = c
+        .query_row("SELECT sum(b) FROM gen INDEXED BY gen_b", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(b, (0..400i64).map(|i| (i % 9) * 2).sum::<i64>());
 }

@@ -36,7 +36,10 @@ use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+mod pages;
 mod raw;
+use pages::PagedTable;
+use pump_formats::sqlite_build::FileBuilder;
 use raw::RawInsert;
 
 /// The `meta2:` sink kind.
@@ -190,12 +193,24 @@ impl BatchWriter for Meta2Writer {
     }
 }
 
+/// How a table's rows become the table: written as pages, or kept and inserted by SQLite
+/// once the file is written.
+enum Layout {
+    Paged(Box<PagedTable>),
+    BySqlite(Vec<Message>),
+}
+
 struct TableState {
     name: String,
     insert: String,
     ncols: usize,
+    /// The source sends the rowid (the table has no primary key).
     rowid: bool,
-    later: Vec<String>,
+    /// CREATE TABLE, then its indexes and triggers.
+    statements: Vec<String>,
+    /// Its rows of sqlite_schema (a paged table).
+    entries: Vec<pages::Entry>,
+    layout: Layout,
     /// The rows and digest the source sent in the table's end message, to compare with
     /// the built table's.
     expected: Option<(u64, String)>,
@@ -208,19 +223,20 @@ struct Builder {
     path: PathBuf,
     sync_dir: bool,
     tmp: PathBuf,
-    /// One INSERT per table id; declared before `conn`: dropped (finalized) before it.
-    inserts: HashMap<u16, RawInsert>,
-    conn: Option<Connection>,
+    /// An in-memory database the tables' statements run on, to read their layout.
+    plan: Option<Connection>,
+    file: Option<FileBuilder>,
     tables: HashMap<u16, TableState>,
     order: Vec<u16>,
 }
 
-fn insert<'a>(
-    stmt: &mut RawInsert,
+/// Decodes a row into `cells`: the rowid first when the source sends it, then every
+/// column. Returns how many cells the key took (0 or 1).
+fn decode_row<'a>(
     t: &mut TableState,
     m: &'a Message,
     cells: &mut Vec<ValueRef<'a>>,
-) -> Result<(), String> {
+) -> Result<usize, String> {
     cells.clear();
     if t.rowid {
         decode_refs_into(&m.key, cells).map_err(|e| format!("table {}: key: {e}", t.name))?;
@@ -239,8 +255,7 @@ fn insert<'a>(
         ));
     }
     t.rows += 1;
-    stmt.insert(cells)
-        .map_err(|e| format!("table {}: {e}", t.name))
+    Ok(key_cells)
 }
 
 fn builder_thread(
@@ -254,8 +269,8 @@ fn builder_thread(
         path,
         sync_dir,
         tmp,
-        inserts: HashMap::new(),
-        conn: None,
+        plan: None,
+        file: None,
         tables: HashMap::new(),
         order: Vec::new(),
     };
@@ -306,38 +321,30 @@ fn split_by_rows(tables: &[Table], rows: &BTreeMap<String, u64>) -> [Vec<Table>;
 /// From this many rows on, the built base is verified on parallel threads.
 const PARALLEL_VERIFY_ROWS: u64 = 100_000;
 
+/// The page size of a built base.
+const PAGE_SIZE: usize = 4096;
+
 /// The temporary name a base is built under.
 pub use pump_meta2::copy::tmp_path;
 
 impl Builder {
-    fn conn(&mut self) -> Result<&Connection, String> {
-        if self.conn.is_none() {
+    /// The file being written and the in-memory database, made at the first table.
+    fn start(&mut self) -> Result<(), String> {
+        if self.file.is_none() {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             }
             let _ = std::fs::remove_file(&self.tmp);
-            // No SQLite mutex: the connection is this thread's only (rusqlite's Connection
-            // is not Sync), and it spares a lock per bind and step.
-            let c = Connection::open_with_flags(
-                &self.tmp,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
-                    | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
-                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .map_err(|e| format!("{}: {e}", self.tmp.display()))?;
-            c.execute_batch(
-                "PRAGMA foreign_keys=OFF; PRAGMA page_size=4096; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-1048576; PRAGMA temp_store=MEMORY; PRAGMA threads=2; PRAGMA locking_mode=EXCLUSIVE; BEGIN",
-            )
-            .map_err(|e| format!("{}: {e}", self.tmp.display()))?;
-            self.conn = Some(c);
+            self.file = Some(FileBuilder::create(&self.tmp, PAGE_SIZE)?);
         }
-        self.conn
-            .as_ref()
-            .ok_or_else(|| "no connection".to_string())
+        if self.plan.is_none() {
+            self.plan = Some(Connection::open_in_memory().map_err(|e| e.to_string())?);
+        }
+        Ok(())
     }
 
     fn write(&mut self, msgs: Vec<Message>) -> Result<(), String> {
-        self.conn()?;
+        self.start()?;
         let mut i = 0;
         while i < msgs.len() {
             if msgs[i].flags == SCHEMA_FLAG {
@@ -356,34 +363,31 @@ impl Builder {
                 i += 1;
                 continue;
             }
-            // A run of rows of one table: one prepared statement.
+            // A run of rows of one table.
             let id = msgs[i].vbucket;
             let end = msgs[i..]
                 .iter()
                 .position(|m| m.vbucket != id || m.flags != 0)
                 .map_or(msgs.len(), |n| i + n);
-            let Builder {
-                conn,
-                tables,
-                inserts,
-                ..
-            } = self;
-            let t = tables
+            let t = self
+                .tables
                 .get_mut(&id)
                 .ok_or_else(|| format!("a row of table id {id} came before its schema"))?;
-            let stmt = match inserts.entry(id) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    let conn = conn.as_ref().ok_or("no connection")?;
-                    e.insert(
-                        RawInsert::new(conn, &t.insert)
-                            .map_err(|e| format!("table {}: {e}", t.name))?,
-                    )
-                }
-            };
+            let file = self.file.as_mut().ok_or("no file")?;
             let mut cells = Vec::with_capacity(t.ncols + 1);
             for m in &msgs[i..end] {
-                insert(stmt, t, m, &mut cells)?;
+                let key = decode_row(t, m, &mut cells)?;
+                match &mut t.layout {
+                    Layout::Paged(p) => {
+                        let rowid = match cells.first() {
+                            Some(ValueRef::Integer(r)) if key == 1 => Some(*r),
+                            _ => None,
+                        };
+                        p.push(file, rowid, &mut cells[key..])
+                            .map_err(|e| format!("table {}: {e}", t.name))?;
+                    }
+                    Layout::BySqlite(rows) => rows.push(m.clone()),
+                }
             }
             i = end;
         }
@@ -396,16 +400,9 @@ impl Builder {
         let create = statements
             .first()
             .ok_or_else(|| format!("table {name}: an empty schema"))?;
-        let conn = self.conn.as_ref().ok_or("no connection")?;
+        let conn = self.plan.as_ref().ok_or("no connection")?;
         conn.execute_batch(create)
             .map_err(|e| format!("table {name}: {e}"))?;
-        let t = Table {
-            id: m.vbucket,
-            name: name.clone(),
-            statements: Vec::new(),
-            columns: Vec::new(),
-            pk: Vec::new(),
-        };
         let (columns, pk) =
             schema::columns(conn, &name).map_err(|e| format!("table {name}: {e}"))?;
         if columns.is_empty() {
@@ -413,7 +410,23 @@ impl Builder {
                 "table {name}: its CREATE statement made no such table"
             ));
         }
-        let t = Table { columns, pk, ..t };
+        // Its indexes and triggers too, for their layout; one SQLite does not take here
+        // (a trigger on a table still to come) leaves the whole table to SQLite.
+        let later_ok = statements[1..]
+            .iter()
+            .all(|s| conn.execute_batch(s).is_ok());
+        let plan = pages::plan(conn, &name)?;
+        let layout = match plan.paged {
+            Some(p) if later_ok => Layout::Paged(Box::new(p)),
+            _ => Layout::BySqlite(Vec::new()),
+        };
+        let t = Table {
+            id: m.vbucket,
+            name: name.clone(),
+            statements: Vec::new(),
+            columns,
+            pk,
+        };
         self.order.push(m.vbucket);
         self.tables.insert(
             m.vbucket,
@@ -421,7 +434,9 @@ impl Builder {
                 insert: t.insert_sql(),
                 ncols: t.columns.len(),
                 rowid: t.pk.is_empty(),
-                later: statements[1..].to_vec(),
+                statements,
+                entries: plan.entries,
+                layout,
                 expected: None,
                 columns: t.columns,
                 pk: t.pk,
@@ -432,6 +447,80 @@ impl Builder {
         Ok(())
     }
 
+    /// Writes the paged tables' last pages and sqlite_schema, then has SQLite add what it
+    /// builds itself. Returns the connection to the finished file.
+    fn assemble(&mut self) -> Result<Connection, String> {
+        let tmp = self.tmp.display().to_string();
+        let mut file = self.file.take().ok_or("no file")?;
+        let mut rows = Vec::new();
+        let mut sqlite_later = false;
+        for id in &self.order {
+            let Some(t) = self.tables.get_mut(id) else {
+                continue;
+            };
+            match &mut t.layout {
+                Layout::Paged(p) => {
+                    let roots = p
+                        .finish(&mut file)
+                        .map_err(|e| format!("table {}: {e}", t.name))?;
+                    rows.extend(pages::schema_rows(&t.name, &t.entries, &roots)?);
+                    sqlite_later |= !p.later().is_empty();
+                }
+                Layout::BySqlite(_) => sqlite_later = true,
+            }
+        }
+        file.finish(&rows)?;
+        // No SQLite mutex: the connection is this thread's only.
+        let conn = Connection::open_with_flags(
+            &self.tmp,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| format!("{tmp}: {e}"))?;
+        if !sqlite_later {
+            return Ok(conn);
+        }
+        conn.execute_batch(
+            "PRAGMA foreign_keys=OFF; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-1048576; PRAGMA temp_store=MEMORY; PRAGMA threads=2; BEGIN",
+        )
+        .map_err(|e| format!("{tmp}: {e}"))?;
+        for id in &self.order {
+            let Some(t) = self.tables.get_mut(id) else {
+                continue;
+            };
+            match &mut t.layout {
+                Layout::Paged(p) => {
+                    for s in &p.later() {
+                        conn.execute_batch(s).map_err(|e| format!("{tmp}: {e}"))?;
+                    }
+                }
+                Layout::BySqlite(msgs) => {
+                    let msgs = std::mem::take(msgs);
+                    let (create, later) = t.statements.split_first().ok_or("no statement")?;
+                    conn.execute_batch(create)
+                        .map_err(|e| format!("{tmp}: {e}"))?;
+                    let later = later.to_vec();
+                    let mut stmt = RawInsert::new(&conn, &t.insert)
+                        .map_err(|e| format!("table {}: {e}", t.name))?;
+                    let mut cells = Vec::with_capacity(t.ncols + 1);
+                    let counted = t.rows;
+                    for m in &msgs {
+                        decode_row(t, m, &mut cells)?;
+                        stmt.insert(&cells)
+                            .map_err(|e| format!("table {}: {e}", t.name))?;
+                    }
+                    t.rows = counted;
+                    drop(stmt);
+                    for s in &later {
+                        conn.execute_batch(s).map_err(|e| format!("{tmp}: {e}"))?;
+                    }
+                }
+            }
+        }
+        conn.execute_batch("COMMIT")
+            .map_err(|e| format!("{tmp}: {e}"))?;
+        Ok(conn)
+    }
+
     fn commit(&mut self) -> Result<(), String> {
         if self.tables.is_empty() {
             return Err(format!(
@@ -439,47 +528,36 @@ impl Builder {
                 self.path.display()
             ));
         }
-        self.inserts.clear();
-        self.conn()?;
         let tmp = self.tmp.display().to_string();
-        let conn = self.conn.as_ref().ok_or("no connection")?;
-        for id in &self.order {
-            if let Some(t) = self.tables.get(id) {
-                for s in &t.later {
-                    conn.execute_batch(s).map_err(|e| format!("{tmp}: {e}"))?;
-                }
+        let mut sent = BTreeMap::new();
+        for t in self.tables.values() {
+            let Some((rows, digest)) = &t.expected else {
+                return Err(format!(
+                    "{tmp}: table {}: the source sent no end (rows and digest)",
+                    t.name
+                ));
+            };
+            if *rows != t.rows {
+                return Err(format!(
+                    "{tmp}: table {}: {} rows received, the source sent {rows}",
+                    t.name, t.rows
+                ));
             }
+            sent.insert(t.name.clone(), digest.clone());
         }
-        conn.execute_batch("COMMIT; PRAGMA locking_mode=NORMAL")
-            .map_err(|e| format!("{tmp}: {e}"))?;
+        let conn = self.assemble()?;
         let states = std::mem::take(&mut self.tables);
         let rows: u64 = states.values().map(|t| t.rows).sum();
         let rows_of: BTreeMap<String, u64> =
             states.values().map(|t| (t.name.clone(), t.rows)).collect();
         // The built tables as the file's sqlite_master gives them (so a statement that did
         // not take is seen), with the columns read when each was created.
-        let mut built_tables = schema::master(conn).map_err(|e| format!("{tmp}: {e}"))?;
+        let mut built_tables = schema::master(&conn).map_err(|e| format!("{tmp}: {e}"))?;
         for t in &mut built_tables {
             if let Some(s) = states.values().find(|s| s.name == t.name) {
                 t.columns = s.columns.clone();
                 t.pk = s.pk.clone();
             }
-        }
-        let mut sent = BTreeMap::new();
-        for t in states.into_values() {
-            let Some((rows, digest)) = t.expected else {
-                return Err(format!(
-                    "{tmp}: table {}: the source sent no end (rows and digest)",
-                    t.name
-                ));
-            };
-            if rows != t.rows {
-                return Err(format!(
-                    "{tmp}: table {}: {} rows received, the source sent {rows}",
-                    t.name, t.rows
-                ));
-            }
-            sent.insert(t.name, digest);
         }
         let sync = || std::fs::File::open(&self.tmp).and_then(|f| f.sync_all());
         let quick_check = || -> Result<String, String> {
@@ -523,7 +601,7 @@ impl Builder {
             })
         } else {
             let check = quick_check();
-            let built = digest_stored(conn, &built_tables).map_err(|e| format!("{tmp}: {e}"));
+            let built = digest_stored(&conn, &built_tables).map_err(|e| format!("{tmp}: {e}"));
             (check, built, sync())
         };
         let check = check?;
@@ -538,9 +616,7 @@ impl Builder {
             ));
         }
         synced.map_err(|e| format!("{tmp}: {e}"))?;
-        if let Some(c) = self.conn.take() {
-            c.close().map_err(|(_, e)| format!("{tmp}: {e}"))?;
-        }
+        conn.close().map_err(|(_, e)| format!("{tmp}: {e}"))?;
         std::fs::hard_link(&self.tmp, &self.path)
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
         let _ = std::fs::remove_file(&self.tmp);
@@ -555,8 +631,7 @@ impl Builder {
     }
 
     fn abandon(&mut self) {
-        self.inserts.clear();
-        self.conn = None;
+        self.file = None;
         let _ = std::fs::remove_file(&self.tmp);
     }
 }

@@ -1,0 +1,448 @@
+//! A table built as pages ([`pump_formats::sqlite_build`]) instead of through `INSERT`: its
+//! rows are written to the table's b-tree as they come, and each index's keys are kept,
+//! sorted in SQLite's order at the end and written as the index's b-tree.
+//!
+//! What a table needs for that is read from SQLite itself: its statements are run on an
+//! in-memory database ([`plan`]), whose sqlite_schema gives the rows to write (with the
+//! constraint indexes SQLite adds) and whose `pragma_index_xinfo` gives each index's columns,
+//! collations and directions. A table whose layout this builder does not know (WITHOUT
+//! ROWID, generated columns, AUTOINCREMENT, a virtual table) is inserted by SQLite instead,
+//! after the file is written; so is an index on an expression, a partial index, or one with a
+//! collation SQLite does not have built in: those are written empty, in their place in
+//! sqlite_schema, and filled by `REINDEX`.
+
+use std::cmp::Ordering;
+
+use pump_formats::sqlite_build::{
+    compare, encode_record, Collation, FileBuilder, KeyOrder, SchemaRow, TreeBuilder,
+};
+use rusqlite::types::ValueRef;
+use rusqlite::Connection;
+
+/// A row of sqlite_schema as the in-memory database gave it, its root page still to come.
+#[derive(Debug, Clone)]
+pub(super) struct Entry {
+    pub kind: String,
+    pub name: String,
+    pub sql: Option<String>,
+}
+
+/// How a table is built.
+pub(super) struct TablePlan {
+    /// Its rows of sqlite_schema, in SQLite's order: the table, its constraint indexes, then
+    /// its indexes and triggers.
+    pub entries: Vec<Entry>,
+    /// `None` when SQLite builds the whole table.
+    pub paged: Option<PagedTable>,
+}
+
+fn sql_err(table: &str) -> impl Fn(rusqlite::Error) -> String + '_ {
+    move |e| format!("table {table}: {e}")
+}
+
+/// Reads how `table` (just created on the in-memory `conn`) is laid out.
+pub(super) fn plan(conn: &Connection, table: &str) -> Result<TablePlan, String> {
+    let e = sql_err(table);
+    let entries: Vec<Entry> = conn
+        .prepare("SELECT type, name, sql FROM sqlite_schema WHERE tbl_name = ?1 ORDER BY rowid")
+        .map_err(&e)?
+        .query_map([table], |r| {
+            Ok(Entry {
+                kind: r.get(0)?,
+                name: r.get(1)?,
+                sql: r.get(2)?,
+            })
+        })
+        .map_err(&e)?
+        .collect::<Result<_, _>>()
+        .map_err(&e)?;
+    let create = entries
+        .iter()
+        .find(|x| x.kind == "table")
+        .and_then(|x| x.sql.clone())
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    let hidden: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM pragma_table_xinfo(?1) WHERE hidden != 0",
+            [table],
+            |r| r.get(0),
+        )
+        .map_err(&e)?;
+    let whole_by_sqlite = create.starts_with("CREATE VIRTUAL")
+        || create.contains("AUTOINCREMENT")
+        || hidden != 0
+        || pump_meta2::schema::without_rowid(conn, table).map_err(&e)?;
+    if whole_by_sqlite {
+        return Ok(TablePlan {
+            entries,
+            paged: None,
+        });
+    }
+    let pk: Vec<usize> = conn
+        .prepare("SELECT cid FROM pragma_table_info(?1) WHERE pk > 0")
+        .map_err(&e)?
+        .query_map([table], |r| r.get(0))
+        .map_err(&e)?
+        .collect::<Result<_, _>>()
+        .map_err(&e)?;
+    let list: Vec<(String, bool, String, bool)> = conn
+        .prepare("SELECT name, \"unique\", origin, partial FROM pragma_index_list(?1)")
+        .map_err(&e)?
+        .query_map([table], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .map_err(&e)?
+        .collect::<Result<_, _>>()
+        .map_err(&e)?;
+    // An INTEGER PRIMARY KEY is the rowid (no index of origin "pk" then): its column is
+    // stored NULL in the record.
+    let alias = match pk.as_slice() {
+        [c] if !list.iter().any(|(_, _, origin, _)| origin == "pk") => Some(*c),
+        _ => None,
+    };
+    let mut indexes = Vec::new();
+    let mut by_sqlite = Vec::new();
+    for (name, unique, origin, partial) in list {
+        let key = if partial {
+            None
+        } else {
+            index_key(conn, &name).map_err(&e)?
+        };
+        match key {
+            Some((columns, orders)) => indexes.push(IndexBuild {
+                name,
+                unique,
+                columns,
+                orders,
+                keys: Vec::new(),
+                rowids: Vec::new(),
+                arena: Vec::new(),
+            }),
+            // A constraint's index has no statement of its own to run later: the whole
+            // table goes to SQLite.
+            None if origin != "c" => {
+                return Ok(TablePlan {
+                    entries,
+                    paged: None,
+                })
+            }
+            None => by_sqlite.push(name),
+        }
+    }
+    Ok(TablePlan {
+        entries,
+        paged: Some(PagedTable {
+            tree: Some(TreeBuilder::table()),
+            alias,
+            next_rowid: 1,
+            indexes,
+            record: Vec::new(),
+            by_sqlite,
+        }),
+    })
+}
+
+/// An index's key columns (table column numbers) and their orders, when this builder can
+/// order them: plain columns, built-in collations, the rowid last.
+fn index_key(
+    conn: &Connection,
+    index: &str,
+) -> rusqlite::Result<Option<(Vec<usize>, Vec<KeyOrder>)>> {
+    let cols: Vec<(i64, bool, Option<String>, bool)> = conn
+        .prepare("SELECT cid, \"desc\", coll, key FROM pragma_index_xinfo(?1) ORDER BY seqno")?
+        .query_map([index], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut columns = Vec::new();
+    let mut orders = Vec::new();
+    let mut rowid_last = false;
+    for (cid, desc, coll, key) in cols {
+        if !key {
+            // Of a rowid table, only the rowid follows the key.
+            rowid_last = cid == -1 && !rowid_last;
+            continue;
+        }
+        let collation = coll
+            .as_deref()
+            .map_or(Some(Collation::Binary), Collation::named);
+        match (usize::try_from(cid), collation) {
+            (Ok(c), Some(collation)) => {
+                columns.push(c);
+                orders.push(KeyOrder {
+                    collation,
+                    descending: desc,
+                });
+            }
+            _ => return Ok(None),
+        }
+    }
+    Ok((rowid_last && !columns.is_empty()).then_some((columns, orders)))
+}
+
+/// A value of an index key, its text or blob kept in the index's arena.
+#[derive(Clone, Copy)]
+enum KeyVal {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(u32, u32),
+    Blob(u32, u32),
+}
+
+/// The keys of one index, gathered row by row.
+struct IndexBuild {
+    name: String,
+    unique: bool,
+    columns: Vec<usize>,
+    orders: Vec<KeyOrder>,
+    /// `columns.len()` values per row.
+    keys: Vec<KeyVal>,
+    rowids: Vec<i64>,
+    arena: Vec<u8>,
+}
+
+impl IndexBuild {
+    fn add(
+        &mut self,
+        rowid: i64,
+        cells: &[ValueRef<'_>],
+        alias: Option<usize>,
+    ) -> Result<(), String> {
+        for i in 0..self.columns.len() {
+            let c = self.columns[i];
+            let v = if Some(c) == alias {
+                KeyVal::Int(rowid)
+            } else {
+                match cells[c] {
+                    ValueRef::Null => KeyVal::Null,
+                    ValueRef::Integer(i) => KeyVal::Int(i),
+                    ValueRef::Real(f) => KeyVal::Real(f),
+                    ValueRef::Text(t) => {
+                        let (at, len) = self.keep(t)?;
+                        KeyVal::Text(at, len)
+                    }
+                    ValueRef::Blob(b) => {
+                        let (at, len) = self.keep(b)?;
+                        KeyVal::Blob(at, len)
+                    }
+                }
+            };
+            self.keys.push(v);
+        }
+        self.rowids.push(rowid);
+        Ok(())
+    }
+
+    fn keep(&mut self, b: &[u8]) -> Result<(u32, u32), String> {
+        let at = u32::try_from(self.arena.len()).ok();
+        let len = u32::try_from(b.len()).ok();
+        self.arena.extend_from_slice(b);
+        match (at, len, u32::try_from(self.arena.len())) {
+            (Some(at), Some(len), Ok(_)) => Ok((at, len)),
+            _ => Err(format!("index {}: over 4 GiB of keys", self.name)),
+        }
+    }
+
+    fn value(&self, k: KeyVal) -> ValueRef<'_> {
+        let slice = |at: u32, len: u32| &self.arena[at as usize..(at + len) as usize];
+        match k {
+            KeyVal::Null => ValueRef::Null,
+            KeyVal::Int(i) => ValueRef::Integer(i),
+            KeyVal::Real(f) => ValueRef::Real(f),
+            KeyVal::Text(at, len) => ValueRef::Text(slice(at, len)),
+            KeyVal::Blob(at, len) => ValueRef::Blob(slice(at, len)),
+        }
+    }
+
+    fn key(&self, i: u32) -> &[KeyVal] {
+        let n = self.columns.len();
+        &self.keys[i as usize * n..(i as usize + 1) * n]
+    }
+
+    /// The order of rows `a` and `b`'s keys, without the rowid.
+    fn compare_keys(&self, a: u32, b: u32) -> Ordering {
+        for ((x, y), o) in self.key(a).iter().zip(self.key(b)).zip(&self.orders) {
+            let c = compare(&self.value(*x), &self.value(*y), o.collation);
+            if c != Ordering::Equal {
+                return if o.descending { c.reverse() } else { c };
+            }
+        }
+        Ordering::Equal
+    }
+
+    fn compare(&self, a: u32, b: u32) -> Ordering {
+        self.compare_keys(a, b)
+            .then_with(|| self.rowids[a as usize].cmp(&self.rowids[b as usize]))
+    }
+
+    /// The rows in the index's order (usually already so for a primary key, whose rows come
+    /// in key order). A unique index with two equal keys (NULLs apart) is an error.
+    fn sorted(&self) -> Result<Vec<u32>, String> {
+        let n = u32::try_from(self.rowids.len())
+            .map_err(|_| format!("index {}: over 4 G rows", self.name))?;
+        let mut order: Vec<u32> = (0..n).collect();
+        if !order.is_sorted_by(|a, b| self.compare(*a, *b) == Ordering::Less) {
+            order.sort_unstable_by(|a, b| self.compare(*a, *b));
+        }
+        if self.unique {
+            for w in order.windows(2) {
+                let null = self.key(w[0]).iter().any(|k| matches!(k, KeyVal::Null));
+                if !null && self.compare_keys(w[0], w[1]) == Ordering::Equal {
+                    return Err(format!(
+                        "index {}: rows {} and {} have the same key in a UNIQUE index",
+                        self.name, self.rowids[w[0] as usize], self.rowids[w[1] as usize]
+                    ));
+                }
+            }
+        }
+        Ok(order)
+    }
+
+    /// Writes the index's b-tree; returns its root page.
+    fn write(&self, f: &mut FileBuilder, order: &[u32]) -> Result<u32, String> {
+        let mut tree = TreeBuilder::index();
+        let mut values: Vec<ValueRef<'_>> = Vec::with_capacity(self.columns.len() + 1);
+        let mut record = Vec::new();
+        for &i in order {
+            values.clear();
+            values.extend(self.key(i).iter().map(|k| self.value(*k)));
+            values.push(ValueRef::Integer(self.rowids[i as usize]));
+            record.clear();
+            encode_record(&values, &mut record);
+            tree.push_record(f, &record)?;
+        }
+        tree.finish(f)
+    }
+}
+
+/// A table whose pages this builder writes.
+pub(super) struct PagedTable {
+    tree: Option<TreeBuilder>,
+    /// The column that is the rowid (INTEGER PRIMARY KEY).
+    alias: Option<usize>,
+    /// The next rowid given to a row of a table with a primary key (rows come in key order).
+    next_rowid: i64,
+    indexes: Vec<IndexBuild>,
+    record: Vec<u8>,
+    /// Indexes SQLite fills (`REINDEX`) once the file is written: they are written empty,
+    /// in their place in sqlite_schema.
+    by_sqlite: Vec<String>,
+}
+
+impl PagedTable {
+    /// Appends a row: `rowid` when the source sent one (a table without primary key),
+    /// `cells` every column (changed: the rowid column's cell is set NULL, as stored).
+    pub fn push(
+        &mut self,
+        f: &mut FileBuilder,
+        rowid: Option<i64>,
+        cells: &mut [ValueRef<'_>],
+    ) -> Result<(), String> {
+        let rowid = match (self.alias, rowid) {
+            (Some(c), _) => match cells[c] {
+                ValueRef::Integer(r) => {
+                    cells[c] = ValueRef::Null;
+                    r
+                }
+                _ => return Err("an INTEGER PRIMARY KEY that is not an integer".into()),
+            },
+            (None, Some(r)) => r,
+            (None, None) => {
+                let r = self.next_rowid;
+                self.next_rowid += 1;
+                r
+            }
+        };
+        for ix in &mut self.indexes {
+            ix.add(rowid, cells, self.alias)?;
+        }
+        self.record.clear();
+        encode_record(cells, &mut self.record);
+        self.tree
+            .as_mut()
+            .ok_or("the table is already written")?
+            .push_row(f, rowid, &self.record)
+    }
+
+    /// Writes what is left: the table's last pages, then each index. Returns the root
+    /// page of the table and of each index, by name.
+    pub fn finish(&mut self, f: &mut FileBuilder) -> Result<Vec<(String, u32)>, String> {
+        let tree = self.tree.take().ok_or("the table is already written")?;
+        let mut roots = vec![(String::new(), tree.finish(f)?)];
+        let orders = sort_all(&self.indexes)?;
+        for (ix, order) in self.indexes.iter().zip(orders) {
+            roots.push((ix.name.clone(), ix.write(f, &order)?));
+        }
+        self.indexes.clear();
+        for name in &self.by_sqlite {
+            roots.push((name.clone(), TreeBuilder::index().finish(f)?));
+        }
+        Ok(roots)
+    }
+
+    /// The statements that fill the indexes SQLite builds, to run once the file is written.
+    pub fn later(&self) -> Vec<String> {
+        self.by_sqlite
+            .iter()
+            .map(|n| format!("REINDEX {}", pump_meta2::schema::quote(n)))
+            .collect()
+    }
+}
+
+/// Each index's order, the indexes sorted on two threads.
+fn sort_all(indexes: &[IndexBuild]) -> Result<Vec<Vec<u32>>, String> {
+    std::thread::scope(|s| {
+        let (a, b): (Vec<_>, Vec<_>) = indexes.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        let other = s.spawn(move || b.into_iter().map(|(_, ix)| ix.sorted()).collect::<Vec<_>>());
+        let mine: Vec<_> = a.into_iter().map(|(_, ix)| ix.sorted()).collect();
+        let theirs = other
+            .join()
+            .map_err(|_| "a sorting thread panicked".to_string())?;
+        let mut mine = mine.into_iter();
+        let mut theirs = theirs.into_iter();
+        (0..indexes.len())
+            .map(|i| {
+                let next = if i % 2 == 0 {
+                    mine.next()
+                } else {
+                    theirs.next()
+                };
+                next.ok_or_else(|| "an index without its order".to_string())?
+            })
+            .collect()
+    })
+}
+
+/// The rows of sqlite_schema for `entries`, with the roots the table's pages got (`roots`
+/// from [`PagedTable::finish`]: the table first, then the indexes by name).
+pub(super) fn schema_rows(
+    table: &str,
+    entries: &[Entry],
+    roots: &[(String, u32)],
+) -> Result<Vec<SchemaRow>, String> {
+    entries
+        .iter()
+        .map(|x| {
+            let root = match x.kind.as_str() {
+                "table" => roots.first().map(|r| r.1),
+                "index" => roots
+                    .iter()
+                    .skip(1)
+                    .find(|(n, _)| *n == x.name)
+                    .map(|r| r.1),
+                _ => Some(0),
+            };
+            let root =
+                root.ok_or_else(|| format!("table {table}: {} {} was not built", x.kind, x.name))?;
+            Ok(SchemaRow {
+                kind: x.kind.clone(),
+                name: x.name.clone(),
+                table: table.to_string(),
+                root,
+                sql: x.sql.clone(),
+            })
+        })
+        .collect()
+}
