@@ -72,10 +72,13 @@ pub fn put_varint(out: &mut Vec<u8>, v: u64) {
     }
 }
 
+/// The bytes [`put_varint`] writes for `v`.
 fn varint_len(v: u64) -> usize {
-    let mut tmp = Vec::with_capacity(9);
-    put_varint(&mut tmp, v);
-    tmp.len()
+    if v > 0x00ff_ffff_ffff_ffff {
+        9
+    } else {
+        (64 - v.leading_zeros() as usize).max(1).div_ceil(7)
+    }
 }
 
 /// The serial type of `v` and the bytes of its body.
@@ -111,10 +114,11 @@ pub fn encode_record(values: &[ValueRef<'_>], out: &mut Vec<u8>) {
         header += varint_len(t);
     }
     // The header size counts its own varint.
-    let mut size = header + 1;
-    if varint_len(size as u64) > 1 {
-        size = header + varint_len((header + 2) as u64);
+    let mut own = 1;
+    while varint_len((header + own) as u64) > own {
+        own += 1;
     }
+    let size = header + own;
     put_varint(out, size as u64);
     for (i, v) in values.iter().enumerate() {
         let t = if i < types.len() {
@@ -312,7 +316,13 @@ impl FileBuilder {
 
     /// The cell of a `payload` in a tree of `kind` (`prefix` before it: the payload size,
     /// and the rowid in a table leaf), its spill into overflow pages written now.
-    fn cell(&mut self, index: bool, rowid: Option<i64>, payload: &[u8]) -> Result<Vec<u8>, String> {
+    fn cell(
+        &mut self,
+        index: bool,
+        rowid: Option<i64>,
+        payload: &[u8],
+        cell: &mut Vec<u8>,
+    ) -> Result<(), String> {
         let u = self.page_size;
         let max_local = if index {
             (u - 12) * 64 / 255 - 23
@@ -331,10 +341,10 @@ impl FileBuilder {
                 min_local
             }
         };
-        let mut cell = Vec::with_capacity(local + 18);
-        put_varint(&mut cell, p as u64);
+        cell.clear();
+        put_varint(cell, p as u64);
         if let Some(r) = rowid {
-            put_varint(&mut cell, r as u64);
+            put_varint(cell, r as u64);
         }
         cell.extend_from_slice(&payload[..local]);
         if local < p {
@@ -356,7 +366,7 @@ impl FileBuilder {
             }
             self.scratch = page;
         }
-        Ok(cell)
+        Ok(())
     }
 
     /// Writes sqlite_schema (rooted at page 1) and the file header, and flushes the file. The
@@ -501,6 +511,8 @@ pub struct TreeBuilder {
     last_rowid: Option<i64>,
     held: Option<Vec<u8>>,
     page: Vec<u8>,
+    /// The cell being made, reused row after row.
+    cell: Vec<u8>,
 }
 
 impl TreeBuilder {
@@ -527,6 +539,7 @@ impl TreeBuilder {
             last_rowid: None,
             held: None,
             page: Vec::new(),
+            cell: Vec::new(),
         }
     }
 
@@ -561,7 +574,8 @@ impl TreeBuilder {
                 self.last_rowid.unwrap_or(0)
             )));
         }
-        let cell = f.cell(false, Some(rowid), record)?;
+        let mut cell = std::mem::take(&mut self.cell);
+        f.cell(false, Some(rowid), record, &mut cell)?;
         if !self.leaf.fits(cell.len(), self.room(f, false)) {
             let leaf = std::mem::replace(&mut self.leaf, PageCells::new());
             let no = self.write(f, &leaf, LEAF_TABLE, None)?;
@@ -572,6 +586,7 @@ impl TreeBuilder {
             self.leaf.clear();
         }
         self.leaf.push(&cell);
+        self.cell = cell;
         self.last_rowid = Some(rowid);
         Ok(())
     }
@@ -588,9 +603,11 @@ impl TreeBuilder {
             self.leaf = leaf;
             self.leaf.clear();
         }
-        let cell = f.cell(true, None, record)?;
+        let mut cell = std::mem::take(&mut self.cell);
+        f.cell(true, None, record, &mut cell)?;
         if self.leaf.fits(cell.len(), self.room(f, false)) {
             self.leaf.push(&cell);
+            self.cell = cell;
         } else {
             self.held = Some(cell);
         }

@@ -214,6 +214,14 @@ fn varints_are_sqlites() {
         let mut out = Vec::new();
         put_varint(&mut out, *v);
         assert_eq!(&out, want, "{v:#x}");
+        assert_eq!(varint_len(*v), want.len(), "{v:#x}");
+    }
+    for shift in 0..64 {
+        for v in [1u64 << shift, (1u64 << shift) - 1] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(varint_len(v), out.len(), "{v:#x}");
+        }
     }
 }
 
@@ -354,4 +362,47 @@ fn rowids_out_of_order_and_an_existing_file_are_refused() {
         .err()
         .unwrap();
     assert!(e.contains("page size 1000"), "{e}");
+}
+
+/// A record whose header takes more than one varint byte to size (over 127 bytes of serial
+/// types) and more than 16 columns.
+#[test]
+fn a_record_with_a_long_header_reads_back() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("wide.db");
+    let n = 200;
+    let values: Vec<Value> = (0..n)
+        .map(|i| match i % 3 {
+            0 => Value::Text("é".repeat(i)),
+            1 => Value::Integer(i as i64 * 1_000_003),
+            _ => Value::Blob(vec![i as u8; 70]),
+        })
+        .collect();
+    let mut f = FileBuilder::create(&path, 4096).unwrap();
+    let mut t = TreeBuilder::table();
+    let mut record = Vec::new();
+    let refs: Vec<ValueRef<'_>> = values.iter().map(as_ref).collect();
+    encode_record(&refs, &mut record);
+    t.push_row(&mut f, 1, &record).unwrap();
+    let cols: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    let root = t.finish(&mut f).unwrap();
+    f.finish(&[SchemaRow {
+        kind: "table".into(),
+        name: "w".into(),
+        table: "w".into(),
+        root,
+        sql: Some(format!("CREATE TABLE w ({})", cols.join(", "))),
+    }])
+    .unwrap();
+    let db = Connection::open(&path).unwrap();
+    let back: Vec<Value> = db
+        .query_row("SELECT * FROM w", [], |r| {
+            (0..n).map(|i| r.get(i)).collect::<Result<_, _>>()
+        })
+        .unwrap();
+    assert_eq!(back, values);
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
 }

@@ -360,6 +360,10 @@ impl Builder {
                 let end =
                     decode_table_end(&m.value).map_err(|e| format!("table {}: {e}", t.name))?;
                 t.expected = Some(end);
+                if let Layout::Paged(p) = &mut t.layout {
+                    let file = self.file.as_mut().ok_or("no file")?;
+                    p.end(file).map_err(|e| format!("table {}: {e}", t.name))?;
+                }
                 i += 1;
                 continue;
             }
@@ -390,6 +394,14 @@ impl Builder {
                 }
             }
             i = end;
+        }
+        // The indexes sorted meanwhile are written between batches.
+        let file = self.file.as_mut().ok_or("no file")?;
+        for t in self.tables.values_mut() {
+            if let Layout::Paged(p) = &mut t.layout {
+                p.write_indexes(file, false)
+                    .map_err(|e| format!("table {}: {e}", t.name))?;
+            }
         }
         Ok(())
     }

@@ -139,6 +139,8 @@ pub(super) fn plan(conn: &Connection, table: &str) -> Result<TablePlan, String> 
             indexes,
             record: Vec::new(),
             by_sqlite,
+            sorting: None,
+            roots: Vec::new(),
         }),
     })
 }
@@ -300,25 +302,37 @@ impl IndexBuild {
         Ok(order)
     }
 
-    /// Writes the index's b-tree; returns its root page.
-    fn write(&self, f: &mut FileBuilder, order: &[u32]) -> Result<u32, String> {
-        let mut tree = TreeBuilder::index();
+    /// The index's records (key, then rowid) in its order, one after the other.
+    fn sorted_records(&self) -> Result<SortedIndex, String> {
+        let order = self.sorted()?;
         let mut values: Vec<ValueRef<'_>> = Vec::with_capacity(self.columns.len() + 1);
-        let mut record = Vec::new();
-        for &i in order {
+        let mut records = Vec::with_capacity(self.arena.len() + order.len() * 16);
+        let mut ends = Vec::with_capacity(order.len());
+        for &i in &order {
             values.clear();
             values.extend(self.key(i).iter().map(|k| self.value(*k)));
             values.push(ValueRef::Integer(self.rowids[i as usize]));
-            record.clear();
-            encode_record(&values, &mut record);
-            tree.push_record(f, &record)?;
+            encode_record(&values, &mut records);
+            ends.push(records.len());
         }
-        tree.finish(f)
+        Ok(SortedIndex {
+            name: self.name.clone(),
+            records,
+            ends,
+        })
     }
+}
+
+/// An index's records in order, made on a sorting thread, to be written as its b-tree.
+struct SortedIndex {
+    name: String,
+    records: Vec<u8>,
+    ends: Vec<usize>,
 }
 
 /// A table whose pages this builder writes.
 pub(super) struct PagedTable {
+    /// The table's b-tree, until its last row.
     tree: Option<TreeBuilder>,
     /// The column that is the rowid (INTEGER PRIMARY KEY).
     alias: Option<usize>,
@@ -329,6 +343,10 @@ pub(super) struct PagedTable {
     /// Indexes SQLite fills (`REINDEX`) once the file is written: they are written empty,
     /// in their place in sqlite_schema.
     by_sqlite: Vec<String>,
+    /// The thread sorting the indexes once the table has all its rows.
+    sorting: Option<std::thread::JoinHandle<Result<Vec<SortedIndex>, String>>>,
+    /// The root page of the table (named "") and of each index written.
+    roots: Vec<(String, u32)>,
 }
 
 impl PagedTable {
@@ -340,6 +358,10 @@ impl PagedTable {
         rowid: Option<i64>,
         cells: &mut [ValueRef<'_>],
     ) -> Result<(), String> {
+        let tree = self
+            .tree
+            .as_mut()
+            .ok_or("a row after the end of its table")?;
         let rowid = match (self.alias, rowid) {
             (Some(c), _) => match cells[c] {
                 ValueRef::Integer(r) => {
@@ -360,26 +382,53 @@ impl PagedTable {
         }
         self.record.clear();
         encode_record(cells, &mut self.record);
-        self.tree
-            .as_mut()
-            .ok_or("the table is already written")?
-            .push_row(f, rowid, &self.record)
+        tree.push_row(f, rowid, &self.record)
     }
 
-    /// Writes what is left: the table's last pages, then each index. Returns the root
-    /// page of the table and of each index, by name.
-    pub fn finish(&mut self, f: &mut FileBuilder) -> Result<Vec<(String, u32)>, String> {
-        let tree = self.tree.take().ok_or("the table is already written")?;
-        let mut roots = vec![(String::new(), tree.finish(f)?)];
-        let orders = sort_all(&self.indexes)?;
-        for (ix, order) in self.indexes.iter().zip(orders) {
-            roots.push((ix.name.clone(), ix.write(f, &order)?));
+    /// The table has all its rows: writes its last pages, and sorts its indexes on a
+    /// thread of their own (the rows of the next table keep coming meanwhile).
+    pub fn end(&mut self, f: &mut FileBuilder) -> Result<(), String> {
+        if let Some(tree) = self.tree.take() {
+            self.roots.push((String::new(), tree.finish(f)?));
+            let indexes = std::mem::take(&mut self.indexes);
+            self.sorting = Some(std::thread::spawn(move || {
+                indexes.iter().map(IndexBuild::sorted_records).collect()
+            }));
         }
-        self.indexes.clear();
+        Ok(())
+    }
+
+    /// Writes the indexes once they are sorted: at once when `wait`, else only when
+    /// the sorting thread is done.
+    pub fn write_indexes(&mut self, f: &mut FileBuilder, wait: bool) -> Result<(), String> {
+        let Some(sorting) = self.sorting.take_if(|s| wait || s.is_finished()) else {
+            return Ok(());
+        };
+        let sorted = sorting
+            .join()
+            .map_err(|_| "the sorting thread panicked".to_string())??;
+        for ix in sorted {
+            let mut tree = TreeBuilder::index();
+            let mut start = 0;
+            for &end in &ix.ends {
+                tree.push_record(f, &ix.records[start..end])?;
+                start = end;
+            }
+            self.roots.push((ix.name, tree.finish(f)?));
+        }
         for name in &self.by_sqlite {
-            roots.push((name.clone(), TreeBuilder::index().finish(f)?));
+            self.roots
+                .push((name.clone(), TreeBuilder::index().finish(f)?));
         }
-        Ok(roots)
+        Ok(())
+    }
+
+    /// Writes what is left; returns the root page of the table (named "") and of each
+    /// index.
+    pub fn finish(&mut self, f: &mut FileBuilder) -> Result<Vec<(String, u32)>, String> {
+        self.end(f)?;
+        self.write_indexes(f, true)?;
+        Ok(std::mem::take(&mut self.roots))
     }
 
     /// The statements that fill the indexes SQLite builds, to run once the file is written.
@@ -389,30 +438,6 @@ impl PagedTable {
             .map(|n| format!("REINDEX {}", pump_meta2::schema::quote(n)))
             .collect()
     }
-}
-
-/// Each index's order, the indexes sorted on two threads.
-fn sort_all(indexes: &[IndexBuild]) -> Result<Vec<Vec<u32>>, String> {
-    std::thread::scope(|s| {
-        let (a, b): (Vec<_>, Vec<_>) = indexes.iter().enumerate().partition(|(i, _)| i % 2 == 0);
-        let other = s.spawn(move || b.into_iter().map(|(_, ix)| ix.sorted()).collect::<Vec<_>>());
-        let mine: Vec<_> = a.into_iter().map(|(_, ix)| ix.sorted()).collect();
-        let theirs = other
-            .join()
-            .map_err(|_| "a sorting thread panicked".to_string())?;
-        let mut mine = mine.into_iter();
-        let mut theirs = theirs.into_iter();
-        (0..indexes.len())
-            .map(|i| {
-                let next = if i % 2 == 0 {
-                    mine.next()
-                } else {
-                    theirs.next()
-                };
-                next.ok_or_else(|| "an index without its order".to_string())?
-            })
-            .collect()
-    })
 }
 
 /// The rows of sqlite_schema for `entries`, with the roots the table's pages got (`roots`
