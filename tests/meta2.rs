@@ -880,7 +880,13 @@ fn transfer_meta2_builds_every_kind_of_index_and_leaves_the_rest_to_sqlite() {
          CREATE TABLE gen (a INT, b INT GENERATED ALWAYS AS (a * 2) VIRTUAL);
          CREATE INDEX gen_b ON gen(b);
          CREATE TABLE big (k TEXT PRIMARY KEY, v BLOB);
-         CREATE INDEX big_v ON big(v);",
+         CREATE INDEX big_v ON big(v);
+         CREATE TABLE added (k TEXT PRIMARY KEY, a);
+         INSERT INTO added VALUES ('old', 1);
+         ALTER TABLE added ADD COLUMN d DEFAULT 7;
+         INSERT INTO added VALUES ('new', 2, 8);
+         CREATE TABLE reals (k TEXT PRIMARY KEY, r REAL);
+         INSERT INTO reals VALUES ('a', 1), ('b', 2.5);",
     );
     let words = ["x", "X", "y ", "y", "", "Zed", "zed  "];
     for i in 0..400i64 {
@@ -964,6 +970,19 @@ fn transfer_meta2_builds_every_kind_of_index_and_leaves_the_rest_to_sqlite() {
         assert!(!got.is_empty(), "{index}");
         assert_eq!(got, listed(&src), "{index}");
     }
+    // A row older than a column with a default, and a REAL stored as an integer, come back
+    // as SQLite reads them.
+    assert_eq!(
+        rows_of(&dst, "added", &["k", "a", "d"], "k"),
+        [
+            "text:'new',integer:2,integer:8",
+            "text:'old',integer:1,integer:7"
+        ]
+    );
+    assert_eq!(
+        rows_of(&dst, "reals", &["k", "r"], "k"),
+        ["text:'a',real:1.0", "text:'b',real:2.5"]
+    );
     let c = rusqlite::Connection::open(&dst).unwrap();
     let seq: i64 = c
         .query_row(
