@@ -1,23 +1,23 @@
 //! `meta2:PATH`: builds a new meta2 base from the messages of a `meta2:` source (encoding in
 //! [`pump_meta2::codec`]).
 //!
-//! The base is built under `PATH.pump-tmp` (page_size 4096, no journal, synchronous off,
-//! foreign keys not enforced: the file is ours until renamed, and a copy copies the rows
-//! as they are), on its own thread fed by a queue (a batch is confirmed once queued; an
-//! error of the thread fails the next write or the finish), in one transaction with one
-//! prepared INSERT per table and no per-row allocation. The rows come in key order and a
-//! table with a primary key gets new rowids in that order, so its table and key index are
-//! both appended to. Each table's end message carries the source's row count and digest
-//! of the table. When the source ends Complete, the indexes and triggers are created (after
-//! the rows: one sort each, with SQLite's worker threads; measured faster than creating a
-//! table's indexes as soon as it ends, which competes with the source for the CPU), the
-//! transaction commits, then before anything is renamed: the file
-//! must pass `quick_check`, every table's digest read back from the file (with the
-//! statements its sqlite_master holds, rows in the order stored, i.e. inserted:
-//! [`pump_meta2::check::digest_private`]) must equal the source's, and the file is synced
-//! to disk; for a big base the three run at once on their own threads. Only then is it
-//! linked to PATH (never over an existing file: PATH must not exist), the temporary name
-//! removed and the directory synced. Any other end removes the temporary file.
+//! The base is written under `PATH.pump-tmp` on its own thread fed by a queue (a batch is
+//! confirmed once queued; an error of the thread fails the next write or the finish). It is
+//! not built through `INSERT`: its pages are written directly ([`pages`], on
+//! [`pump_formats::sqlite_build`]). Each table's statements run first on an in-memory SQLite,
+//! which gives the layout to write (sqlite_schema's rows, each index's columns and orders).
+//! Rows go to the table's b-tree as they come (in key order: a table with a primary key gets
+//! new rowids in that order). At the table's end message its indexes are sorted on a thread of
+//! their own and written between the next batches. Each end message carries the source's row
+//! count and digest of the table. A table whose layout the writer does not know is kept and
+//! inserted by SQLite once the file is written, as are the indexes it cannot order (written
+//! empty, then `REINDEX`). When the source ends Complete and before anything is renamed: the
+//! file must pass `quick_check`, every table's digest read back from the file (with the
+//! statements its sqlite_master holds, rows in the order stored:
+//! [`pump_meta2::check::digest_private`]) must equal the source's, and the file is synced to
+//! disk; for a big base the three run at once on their own threads. Only then is it linked to
+//! PATH (never over an existing file: PATH must not exist), the temporary name removed and the
+//! directory synced. Any other end removes the temporary file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
