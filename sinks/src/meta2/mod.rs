@@ -3,7 +3,7 @@
 //!
 //! The base is written under `PATH.pump-tmp` on its own thread fed by a queue (a batch is
 //! confirmed once queued; an error of the thread fails the next write or the finish). It is
-//! not built through `INSERT`: its pages are written directly ([`pages`], on
+//! not built through `INSERT`: its pages are written directly (`pages.rs`, on
 //! [`pump_formats::sqlite_build`]). Each table's statements run first on an in-memory SQLite,
 //! which gives the layout to write (sqlite_schema's rows, each index's columns and orders).
 //! Rows go to the table's b-tree as they come (in key order: a table with a primary key gets
@@ -92,7 +92,7 @@ pub fn meta2_sink_with(path: PathBuf, sync_dir: bool) -> WriterSink<Meta2Writer>
 const FSYNCS_AT_ONCE: usize = 32;
 
 /// Brings files or directories to disk, e.g. the directories bases were linked into without
-/// `sync_dir`: an fsync each, [`FSYNCS_AT_ONCE`] at a time. `syncfs` would do it in one call
+/// `sync_dir`: an fsync each, `FSYNCS_AT_ONCE` at a time. `syncfs` would do it in one call
 /// but also flushes whatever else is dirty on the file system, which on a busy machine costs
 /// far more.
 pub fn sync_paths(paths: &[PathBuf]) -> Result<(), String> {
