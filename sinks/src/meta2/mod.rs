@@ -791,6 +791,94 @@ mod tests {
         assert!(!path.exists() && !tmp_path(&path).exists());
     }
 
+    /// A table's schema then its rows (key cells, value cells) and its end, with the
+    /// digest of those rows.
+    fn table_messages(
+        create: &str,
+        rows: &[(Vec<ValueRef<'_>>, Vec<ValueRef<'_>>)],
+        rowid_key: bool,
+    ) -> Vec<Message> {
+        let statements = [create.to_string()];
+        let mut schema = Message::mutation(
+            Bytes::from_static(b"t"),
+            Bytes::from(encode_schema(&statements)),
+        );
+        schema.flags = SCHEMA_FLAG;
+        let mut out = vec![schema];
+        let mut digest = TableDigest::new(&statements);
+        for (key, value) in rows {
+            let m = Message::mutation(
+                Bytes::from(encode_cells(key.iter().copied())),
+                Bytes::from(encode_cells(value.iter().copied())),
+            );
+            if rowid_key {
+                digest.update(&m.key[2..]);
+            }
+            digest.update(&m.value[2..]);
+            out.push(m);
+        }
+        let mut end = Message::mutation(
+            Bytes::from_static(b"t"),
+            Bytes::from(encode_table_end(rows.len() as u64, &digest.finish())),
+        );
+        end.flags = TABLE_END_FLAG;
+        out.push(end);
+        out
+    }
+
+    /// Rows the pages cannot hold: two equal keys in a UNIQUE index, rowids not increasing,
+    /// an INTEGER PRIMARY KEY that is not an integer. Each fails and leaves no file.
+    #[tokio::test]
+    async fn rows_a_base_cannot_hold_fail_and_leave_nothing() {
+        use ValueRef::{Integer, Text};
+        let d = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "CREATE TABLE t (k TEXT PRIMARY KEY, v)",
+                vec![
+                    (
+                        vec![Text(b"a".as_slice())],
+                        vec![Text(b"a".as_slice()), Integer(1)],
+                    ),
+                    (
+                        vec![Text(b"a".as_slice())],
+                        vec![Text(b"a".as_slice()), Integer(2)],
+                    ),
+                ],
+                false,
+                "same key in a UNIQUE index",
+            ),
+            (
+                "CREATE TABLE t (v)",
+                vec![
+                    (vec![Integer(5)], vec![Integer(1)]),
+                    (vec![Integer(3)], vec![Integer(2)]),
+                ],
+                true,
+                "rowid 3 after rowid 5",
+            ),
+            (
+                "CREATE TABLE t (id INTEGER PRIMARY KEY, v)",
+                vec![(
+                    vec![Text(b"x".as_slice())],
+                    vec![Text(b"x".as_slice()), Integer(1)],
+                )],
+                false,
+                "INTEGER PRIMARY KEY that is not an integer",
+            ),
+        ];
+        for (i, (create, rows, rowid_key, want)) in cases.into_iter().enumerate() {
+            let path = d.path().join(format!("{i}.meta2"));
+            let mut w = meta2_sink(path.clone()).0;
+            let e = match w.write(table_messages(create, &rows, rowid_key)).await {
+                Err(e) => e,
+                Ok(_) => w.finish(SourceEnd::Complete).await.unwrap_err(),
+            };
+            assert!(e.to_string().contains(want), "{create}: {e}");
+            assert!(!path.exists() && !tmp_path(&path).exists(), "{create}");
+        }
+    }
+
     #[tokio::test]
     async fn a_source_that_sent_nothing_leaves_no_base() {
         let d = tempfile::tempdir().unwrap();
