@@ -37,6 +37,16 @@ pub const MAX_DEPTH: usize = 40;
 const INTERIOR_TABLE: u8 = 0x05;
 const LEAF_TABLE: u8 = 0x0D;
 
+/// Whether a `-wal` file or a rollback journal beside `path` may hold pages the file does
+/// not have yet: then only SQLite reads its rows right.
+pub fn has_side_files(path: &Path) -> bool {
+    ["-wal", "-journal"].iter().any(|suffix| {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        std::fs::metadata(&side).is_ok_and(|m| m.len() > 0)
+    })
+}
+
 /// A database file, mapped read-only, with its header checked.
 pub struct SqliteFile {
     path: PathBuf,

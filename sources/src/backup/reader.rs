@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use bytes::{Bytes, BytesMut};
 use pump::{BatchLimits, Message, Op, Stats};
 use pump_formats::bfd::{self, col, Version};
-use pump_formats::sqlite_file::SqliteFile;
+use pump_formats::sqlite_file::{self, SqliteFile};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::mpsc;
@@ -101,12 +101,8 @@ pub(super) fn raw_root(
     version: Version,
 ) -> Result<Option<u32>, String> {
     let err = |e: rusqlite::Error| format!("{}: {e}", path.display());
-    for suffix in ["-wal", "-journal"] {
-        let mut side = path.as_os_str().to_owned();
-        side.push(suffix);
-        if std::fs::metadata(&side).is_ok_and(|m| m.len() > 0) {
-            return Ok(None);
-        }
+    if sqlite_file::has_side_files(path) {
+        return Ok(None);
     }
     let (root, sql): (i64, String) = db
         .query_row(

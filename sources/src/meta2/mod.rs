@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pump::pipeline::Context;
 use pump::{BatchSender, Error, Message, Options, Source, SourceKind, Spec};
-use pump_formats::sqlite_file::SqliteFile;
+use pump_formats::sqlite_file::{self, SqliteFile};
 use pump_meta2::check::TableDigest;
 use pump_meta2::codec::{encode_schema, encode_table_end, put_cell, SCHEMA_FLAG, TABLE_END_FLAG};
 use pump_meta2::schema::{self, Table};
@@ -284,12 +284,8 @@ fn put_row<'a>(
 /// NULL for a row older than its column, no REAL column, which SQLite may store as an
 /// integer and turns back into a real as it reads it). `None` reads it through SQLite.
 fn raw_root(path: &Path, conn: &rusqlite::Connection, t: &Table) -> rusqlite::Result<Option<u32>> {
-    for suffix in ["-wal", "-journal"] {
-        let mut side = path.as_os_str().to_owned();
-        side.push(suffix);
-        if std::fs::metadata(&side).is_ok_and(|m| m.len() > 0) {
-            return Ok(None);
-        }
+    if sqlite_file::has_side_files(path) {
+        return Ok(None);
     }
     let encoding: String = conn.query_row("PRAGMA encoding", [], |r| r.get(0))?;
     if encoding != "UTF-8" {
