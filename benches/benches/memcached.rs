@@ -4,6 +4,19 @@
 //! is written once, before the rounds. Each figure is the best of five rounds, the raw writer
 //! and the pump taking turns.
 //!
+//! Two layouts, each with its own memcached and its own table:
+//! - PINNED (the usual way to bench a client against a server): memcached under `taskset` on
+//!   one CPU (`-t 1`), this process (raw writer and pump: every runtime thread inherits the
+//!   affinity set before the runtime is built) on another. It measures whether the pump keeps
+//!   up with the server, not how two processes split the CPUs. Skipped, saying so, without
+//!   `taskset` or 2 CPUs.
+//! - SHARED: memcached (`-t 2`) and this process on all the CPUs, as before: there the pump's
+//!   own CPU is taken from memcached, which the raw writer (almost no CPU) does not do.
+//!
+//! Each table also prints the Cpus_allowed_list of every thread of both processes (proof the
+//! pinning took), the load average, and, over all the rounds, CPU microseconds per item of the
+//! bench and of memcached and memcached's CPU over the wall time.
+//!
 //! `cargo bench -p pump-benches --bench memcached` (Debian's memcached must be installed).
 //! `PUMP_BENCH_ITEMS` sets the item count (1,000,000).
 
@@ -19,6 +32,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const VALUE: usize = 100;
 const PER_NOOP: usize = 1000;
+/// memcached's `-t` in the pinned layout: one worker thread for its one core (two would take
+/// turns on it and contend for memcached's item locks; its other threads are mostly idle).
+const PINNED_THREADS: usize = 1;
 
 struct Server {
     child: Child,
@@ -32,17 +48,26 @@ impl Drop for Server {
     }
 }
 
-fn start_memcached() -> Server {
+/// Starts memcached with `-t threads`, under `taskset -c cpu` when `cpu` is given.
+fn start_memcached(threads: usize, cpu: Option<usize>) -> Server {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let mut cmd = Command::new("memcached");
+    let mut cmd = match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string(), "memcached"]);
+            c
+        }
+        None => Command::new("memcached"),
+    };
     cmd.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0"])
-        .args(["-m", "1024", "-t", "2", "-c", "1024"]);
+        .args(["-m", "1024", "-t", &threads.to_string(), "-c", "1024"]);
     if unsafe { libc::geteuid() } == 0 {
         cmd.args(["-u", "root"]);
     }
+    // taskset execs memcached: the child's pid is memcached's.
     let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -55,6 +80,95 @@ fn start_memcached() -> Server {
         std::thread::sleep(Duration::from_millis(20));
     }
     server
+}
+
+/// The distinct `Cpus_allowed_list` values of every thread of process `pid` ("self" too).
+fn cpus_allowed(pid: &str) -> String {
+    let mut lists: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.filter_map(|t| {
+                let status = std::fs::read_to_string(t.ok()?.path().join("status")).ok()?;
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                    .map(|v| v.trim().to_string())
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    lists.sort();
+    lists.dedup();
+    if lists.is_empty() {
+        "unknown".into()
+    } else {
+        lists.join(" / ")
+    }
+}
+
+/// The CPUs this thread may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// Restricts the calling thread (and every thread it starts from now on) to `cpus`.
+fn set_affinity(cpus: &[usize]) {
+    // SAFETY: as above; sched_setaffinity only reads the set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    let rc = unsafe { libc::sched_setaffinity(0, size, &set) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_setaffinity({cpus:?}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+fn taskset_works() -> bool {
+    Command::new("taskset")
+        .args(["-c", "0", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// CPU seconds (user + system) process `pid` has used so far, from /proc; NaN if unreadable.
+fn proc_cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // The fields after the command name, which is in parentheses: utime and stime are the
+    // 12th and 13th of them (14th and 15th of the line).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return f64::NAN;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn flush_all(port: u16) {
@@ -156,6 +270,107 @@ fn mb(items_per_s: f64) -> f64 {
     items_per_s * (VALUE + 10) as f64 / 1e6
 }
 
+/// One layout: where memcached and the bench run.
+struct Layout {
+    title: String,
+    /// memcached's `-t`.
+    threads: usize,
+    /// (memcached's CPU, the bench's CPU) when pinned.
+    pinned: Option<(usize, usize)>,
+}
+
+const NAMES: [&str; 7] = [
+    "ceiling, raw SETQ writer, 1 conn",
+    "ceiling, raw SETQ writer, 2 conns",
+    "pump gen -> memcached, -t 1",
+    "pump gen -> memcached, -t 2",
+    "pump gen -> memcached, -t 4",
+    "pump backup -> memcached, -t 2",
+    "pump backup -> memcached, -t 4",
+];
+
+/// Runs every row of `layout`, best of `rounds`, and prints the table.
+fn run_layout(layout: &Layout, items: usize, gen: &str, backup: &str, rounds: usize) {
+    let all = allowed_cpus();
+    if let Some((_, bench)) = layout.pinned {
+        set_affinity(&[bench]);
+    }
+    // Built after the affinity is set: every worker and blocking thread inherits it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = start_memcached(layout.threads, layout.pinned.map(|(mc, _)| mc));
+    let port = server.port;
+    let mc_pid = server.child.id();
+    let load_before = loadavg();
+    println!("{}", layout.title);
+    println!(
+        "  memcached 1.6 (-m 1024 -t {} -c 1024), {items} items of {VALUE}-byte values, best of {rounds}",
+        layout.threads
+    );
+    // The machine is shared: the raw writer and the pump take turns, round after round, so
+    // both see the same load, and each figure is the best of its rounds (the least disturbed).
+    let mut best = [0.0f64; 7];
+    // Summed over the rounds: (the bench process's CPU seconds, memcached's, wall seconds).
+    let mut cpu = [(0.0f64, 0.0f64, 0.0f64); 7];
+    for _ in 0..rounds {
+        for (i, b) in best.iter_mut().enumerate() {
+            flush_all(port);
+            let (me, mc) = (
+                pump_benches::cpu_seconds(pump_benches::Who::SelfProcess),
+                proc_cpu_seconds(mc_pid),
+            );
+            let t = Instant::now();
+            let r = match i {
+                0 => rt.block_on(ceiling(port, items, 1)),
+                1 => rt.block_on(ceiling(port, items, 2)),
+                2..=4 => rt.block_on(through_pump(gen, port, items, [1, 2, 4][i - 2])),
+                _ => rt.block_on(through_pump(backup, port, items, [2, 4][i - 5])),
+            };
+            cpu[i].2 += t.elapsed().as_secs_f64();
+            cpu[i].0 += pump_benches::cpu_seconds(pump_benches::Who::SelfProcess) - me;
+            cpu[i].1 += proc_cpu_seconds(mc_pid) - mc;
+            *b = b.max(r);
+        }
+    }
+    // Read while the runtime's threads and memcached are still there.
+    let bench_cpus = cpus_allowed("self");
+    let mc_cpus = cpus_allowed(&mc_pid.to_string());
+    let ceiling = best[0].max(best[1]);
+    // The last three columns cover all the rounds, not only the best: CPU microseconds per
+    // item of the bench process (for a ceiling row, building its packets included) and of
+    // memcached, and memcached's CPU time over the wall time (100%: one core kept busy).
+    println!(
+        "  {:<34} {:>10}         {:>7}       {:>19}  {:>7} {:>7} {:>6}",
+        "", "best", "", "best / ceiling", "bench", "memcd", "memcd"
+    );
+    println!(
+        "  {:<34} {:>10}         {:>7}       {:>19}  {:>7} {:>7} {:>6}",
+        "", "", "", "", "us/item", "us/item", "busy"
+    );
+    for (i, (name, r)) in NAMES.iter().zip(best).enumerate() {
+        print!("  {name:<34} {r:>10.0} items/s {:>7.1} MB/s", mb(r));
+        if name.starts_with("pump") {
+            print!("  {:>5.1}% of the ceiling", 100.0 * r / ceiling);
+        } else {
+            print!("  {:>21}", "");
+        }
+        let per = |s: f64| 1e6 * s / (rounds * items) as f64;
+        let (me, mc, wall) = cpu[i];
+        println!(
+            "  {:>7.2} {:>7.2} {:>5.0}%",
+            per(me),
+            per(mc),
+            100.0 * mc / wall
+        );
+    }
+    println!("  Cpus_allowed_list: bench threads {bench_cpus}; memcached threads {mc_cpus}");
+    println!("  load average: {load_before} before, {} after", loadavg());
+    drop(server);
+    drop(rt);
+    if layout.pinned.is_some() {
+        set_affinity(&all);
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -164,46 +379,39 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = start_memcached();
-    let port = server.port;
-    println!("memcached 1.6 (-m 1024 -t 2 -c 1024), {items} items of {VALUE}-byte values");
-    // The machine is shared: the raw writer and the pump take turns, round after round, so
-    // both see the same load, and each figure is the best of its rounds (the least disturbed).
+    let rounds = 5;
     let gen = format!("gen:max-items={items},min-value-size={VALUE}");
     let dir = tempfile::tempdir().unwrap();
     let backup = dir.path().join("backup");
     let backup = backup.to_str().unwrap();
-    rt.block_on(transfer(&gen, backup, items, 2));
-    let rounds = 5;
-    let mut best = [0.0f64; 7];
-    let names = [
-        "ceiling, raw SETQ writer, 1 conn",
-        "ceiling, raw SETQ writer, 2 conns",
-        "pump gen -> memcached, -t 1",
-        "pump gen -> memcached, -t 2",
-        "pump gen -> memcached, -t 4",
-        "pump backup -> memcached, -t 2",
-        "pump backup -> memcached, -t 4",
-    ];
-    for _ in 0..rounds {
-        for (i, b) in best.iter_mut().enumerate() {
-            flush_all(port);
-            let r = match i {
-                0 => rt.block_on(ceiling(port, items, 1)),
-                1 => rt.block_on(ceiling(port, items, 2)),
-                2..=4 => rt.block_on(through_pump(&gen, port, items, [1, 2, 4][i - 2])),
-                _ => rt.block_on(through_pump(backup, port, items, [2, 4][i - 5])),
-            };
-            *b = b.max(r);
-        }
+    {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(transfer(&gen, backup, items, 2));
     }
-    let ceiling = best[0].max(best[1]);
-    for (name, r) in names.iter().zip(best) {
-        print!("  {name:<34} {r:>10.0} items/s {:>7.1} MB/s", mb(r));
-        if name.starts_with("pump") {
-            print!("  {:>5.1}% of the ceiling", 100.0 * r / ceiling);
-        }
+    let cpus = allowed_cpus();
+    let mut layouts = Vec::new();
+    if cpus.len() >= 2 && taskset_works() {
+        layouts.push(Layout {
+            title: format!(
+                "PINNED: memcached on CPU {} (taskset), the bench (raw writer, pump) on CPU {}",
+                cpus[0], cpus[1]
+            ),
+            threads: PINNED_THREADS,
+            pinned: Some((cpus[0], cpus[1])),
+        });
+    } else {
+        println!(
+            "PINNED layout skipped: needs taskset and 2 CPUs (allowed: {cpus:?}, taskset {})",
+            if taskset_works() { "works" } else { "missing" }
+        );
+    }
+    layouts.push(Layout {
+        title: format!("SHARED: memcached and the bench on the same CPUs {cpus:?}"),
+        threads: 2,
+        pinned: None,
+    });
+    for layout in &layouts {
+        run_layout(layout, items, &gen, backup, rounds);
         println!();
     }
 }
