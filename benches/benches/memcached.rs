@@ -20,7 +20,6 @@
 //! `cargo bench -p pump-benches --bench memcached` (Debian's memcached must be installed).
 //! `PUMP_BENCH_ITEMS` sets the item count (1,000,000).
 
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -165,19 +164,30 @@ fn proc_cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
+/// Ticks of CPU `cpu` (all CPUs when `None`) from /proc/stat: (idle + iowait, steal, total).
+fn cpu_ticks(cpu: Option<usize>) -> (f64, f64, f64) {
+    let name = cpu.map_or("cpu".to_string(), |c| format!("cpu{c}"));
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+    else {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    };
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(f64::NAN))
+        .collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0.0);
+    // user nice system idle iowait irq softirq steal (guest time is within user).
+    (at(3) + at(4), at(7), (0..8).map(at).sum())
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
-}
-
-fn flush_all(port: u16) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"flush_all\r\n").unwrap();
-    let mut ok = [0u8; 4];
-    s.read_exact(&mut ok).unwrap();
-    assert_eq!(&ok, b"OK\r\n");
 }
 
 /// Prebuilt buffers of PER_NOOP SETQ packets each, then one NOOP: items `from..to`.
@@ -237,12 +247,16 @@ async fn raw_stream(port: u16, bufs: Vec<bytes::Bytes>) {
     drop(writer.await.unwrap());
 }
 
-/// items/s of the raw writer over `conns` connections.
-async fn ceiling(port: u16, items: usize, conns: usize) -> f64 {
+/// The raw writer's buffers for `items` over `conns` connections.
+fn ceiling_buffers(items: usize, conns: usize) -> Vec<Vec<bytes::Bytes>> {
     let per = items.div_ceil(conns);
-    let bufs: Vec<_> = (0..conns)
+    (0..conns)
         .map(|c| prebuilt(c * per, ((c + 1) * per).min(items)))
-        .collect();
+        .collect()
+}
+
+/// items/s of the raw writer, one connection per list of buffers.
+async fn ceiling(port: u16, items: usize, bufs: Vec<Vec<bytes::Bytes>>) -> f64 {
     let t = Instant::now();
     let tasks: Vec<_> = bufs
         .into_iter()
@@ -308,59 +322,84 @@ fn run_layout(layout: &Layout, items: usize, gen: &str, backup: &str, rounds: us
     );
     // The machine is shared: the raw writer and the pump take turns, round after round, so
     // both see the same load, and each figure is the best of its rounds (the least disturbed).
+    // Every row writes the same keys, over the ones already there, so that each meets the
+    // same server: all the keys present, memory allocated and faulted in, nothing flushed or
+    // evicted (after a flush_all, the rows that came later paid for reclaiming the flushed
+    // items and the first for faulting the memory in, which favoured some rows).
+    rt.block_on(ceiling(port, items, ceiling_buffers(items, 1)));
     let mut best = [0.0f64; 7];
+    let mut every: [Vec<f64>; 7] = Default::default();
     // Summed over the rounds: (the bench process's CPU seconds, memcached's, wall seconds).
     let mut cpu = [(0.0f64, 0.0f64, 0.0f64); 7];
+    // Summed over the rounds, ticks of memcached's CPU (all CPUs when shared): idle, steal,
+    // total.
+    let mut ticks = [(0.0f64, 0.0f64, 0.0f64); 7];
+    let mc_cpu = layout.pinned.map(|(mc, _)| mc);
     for _ in 0..rounds {
         for (i, b) in best.iter_mut().enumerate() {
-            flush_all(port);
+            // Built before the counters are read: the raw writer's figures are its sending.
+            let bufs = (i < 2).then(|| ceiling_buffers(items, i + 1));
             let (me, mc) = (
                 pump_benches::cpu_seconds(pump_benches::Who::SelfProcess),
                 proc_cpu_seconds(mc_pid),
             );
-            let t = Instant::now();
-            let r = match i {
-                0 => rt.block_on(ceiling(port, items, 1)),
-                1 => rt.block_on(ceiling(port, items, 2)),
-                2..=4 => rt.block_on(through_pump(gen, port, items, [1, 2, 4][i - 2])),
+            let t0 = cpu_ticks(mc_cpu);
+            let r = match (i, bufs) {
+                (0 | 1, Some(bufs)) => rt.block_on(ceiling(port, items, bufs)),
+                (2..=4, _) => rt.block_on(through_pump(gen, port, items, [1, 2, 4][i - 2])),
                 _ => rt.block_on(through_pump(backup, port, items, [2, 4][i - 5])),
             };
-            cpu[i].2 += t.elapsed().as_secs_f64();
+            // The timed seconds (the pump's open and close, or building packets, left out).
+            cpu[i].2 += items as f64 / r;
+            let t1 = cpu_ticks(mc_cpu);
+            ticks[i].0 += t1.0 - t0.0;
+            ticks[i].1 += t1.1 - t0.1;
+            ticks[i].2 += t1.2 - t0.2;
             cpu[i].0 += pump_benches::cpu_seconds(pump_benches::Who::SelfProcess) - me;
             cpu[i].1 += proc_cpu_seconds(mc_pid) - mc;
             *b = b.max(r);
+            every[i].push(r);
         }
     }
     // Read while the runtime's threads and memcached are still there.
     let bench_cpus = cpus_allowed("self");
     let mc_cpus = cpus_allowed(&mc_pid.to_string());
     let ceiling = best[0].max(best[1]);
-    // The last three columns cover all the rounds, not only the best: CPU microseconds per
-    // item of the bench process (for a ceiling row, building its packets included) and of
-    // memcached, and memcached's CPU time over the wall time (100%: one core kept busy).
+    // The last columns cover all the rounds, not only the best: CPU microseconds per item of
+    // the bench process and of memcached; memcached's CPU time over the timed seconds (100%:
+    // one core kept busy); idle and steal of memcached's CPU (of all CPUs when shared) from
+    // /proc/stat, over the untimed open and close too.
     println!(
-        "  {:<34} {:>10}         {:>7}       {:>19}  {:>7} {:>7} {:>6}",
-        "", "best", "", "best / ceiling", "bench", "memcd", "memcd"
+        "  {:<34} {:>18} {:>12} {:>22}  {:>7} {:>7} {:>5} {:>5} {:>5}",
+        "", "best", "", "best / ceiling", "bench", "memcd", "memcd", "cpu", "cpu"
     );
     println!(
-        "  {:<34} {:>10}         {:>7}       {:>19}  {:>7} {:>7} {:>6}",
-        "", "", "", "", "us/item", "us/item", "busy"
+        "  {:<34} {:>18} {:>12} {:>22}  {:>7} {:>7} {:>5} {:>5} {:>5}",
+        "", "", "", "", "us/item", "us/item", "busy", "idle", "steal"
     );
     for (i, (name, r)) in NAMES.iter().zip(best).enumerate() {
         print!("  {name:<34} {r:>10.0} items/s {:>7.1} MB/s", mb(r));
         if name.starts_with("pump") {
             print!("  {:>5.1}% of the ceiling", 100.0 * r / ceiling);
         } else {
-            print!("  {:>21}", "");
+            print!("  {:>22}", "");
         }
         let per = |s: f64| 1e6 * s / (rounds * items) as f64;
         let (me, mc, wall) = cpu[i];
+        let (idle, steal, total) = ticks[i];
         println!(
-            "  {:>7.2} {:>7.2} {:>5.0}%",
+            "  {:>7.2} {:>7.2} {:>4.0}% {:>4.0}% {:>4.0}%",
             per(me),
             per(mc),
-            100.0 * mc / wall
+            100.0 * mc / wall,
+            100.0 * idle / total,
+            100.0 * steal / total
         );
+    }
+    println!("  every round, k items/s:");
+    for (name, rs) in NAMES.iter().zip(&every) {
+        let rs: Vec<String> = rs.iter().map(|r| format!("{:.0}", r / 1e3)).collect();
+        println!("    {name:<34} {}", rs.join(" "));
     }
     println!("  Cpus_allowed_list: bench threads {bench_cpus}; memcached threads {mc_cpus}");
     println!("  load average: {load_before} before, {} after", loadavg());
