@@ -872,6 +872,7 @@ fn transfer_meta2_builds_every_kind_of_index_and_leaves_the_rest_to_sqlite() {
         "CREATE TABLE kinds (a TEXT, b, c TEXT COLLATE RTRIM, d INT, UNIQUE(d));
          CREATE INDEX kinds_b_desc ON kinds(b DESC, a COLLATE NOCASE);
          CREATE INDEX kinds_c ON kinds(c);
+         CREATE INDEX kinds_a_nocase ON kinds(a COLLATE NOCASE);
          CREATE UNIQUE INDEX kinds_a_d ON kinds(a, d);
          CREATE INDEX kinds_partial ON kinds(b) WHERE d > 10;
          CREATE INDEX kinds_expr ON kinds(lower(a), d + 1);
@@ -933,6 +934,7 @@ fn transfer_meta2_builds_every_kind_of_index_and_leaves_the_rest_to_sqlite() {
     for (table, index, cols) in [
         ("kinds", "kinds_b_desc", "b, a"),
         ("kinds", "kinds_c", "c"),
+        ("kinds", "kinds_a_nocase", "a"),
         ("kinds", "kinds_a_d", "a, d"),
         ("kinds", "kinds_partial", "b"),
         ("kinds", "sqlite_autoindex_kinds_1", "d"),

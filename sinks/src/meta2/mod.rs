@@ -7,8 +7,8 @@
 //! [`pump_formats::sqlite_build`]). Each table's statements run first on an in-memory SQLite,
 //! which gives the layout to write (sqlite_schema's rows, each index's columns and orders).
 //! Rows go to the table's b-tree as they come (in key order: a table with a primary key gets
-//! new rowids in that order). At the table's end message its indexes are sorted on a thread of
-//! their own and written between the next batches. Each end message carries the source's row
+//! new rowids in that order). At the table's end message its indexes are sorted, each on a thread
+//! of its own, and written between the next batches. Each end message carries the source's row
 //! count and digest of the table. A table whose layout the writer does not know is kept and
 //! inserted by SQLite once the file is written, as are the indexes it cannot order (written
 //! empty, then `REINDEX`). When the source ends Complete and before anything is renamed: the

@@ -279,6 +279,37 @@ impl IndexBuild {
             .then_with(|| self.rowids[a as usize].cmp(&self.rowids[b as usize]))
     }
 
+    /// A number whose order never contradicts the index's order of the first key column
+    /// (equal numbers say nothing): the storage class in the top byte, then for text and
+    /// blobs their first 7 bytes (folded for NOCASE; none for RTRIM, where "a" and "a "
+    /// are equal), inverted for a DESC column.
+    fn prefix(&self, i: u32) -> u64 {
+        let order = self.orders[0];
+        let head = |class: u64, b: &[u8], fold: bool| {
+            let mut p = [0u8; 8];
+            p[0] = class as u8;
+            for (d, s) in p[1..].iter_mut().zip(b) {
+                *d = if fold { s.to_ascii_lowercase() } else { *s };
+            }
+            u64::from_be_bytes(p)
+        };
+        let p = match self.value(self.key(i)[0]) {
+            ValueRef::Null => 0,
+            ValueRef::Integer(_) | ValueRef::Real(_) => 1 << 56,
+            ValueRef::Text(t) => match order.collation {
+                Collation::Binary => head(2, t, false),
+                Collation::NoCase => head(2, t, true),
+                Collation::RTrim => 2 << 56,
+            },
+            ValueRef::Blob(b) => head(3, b, false),
+        };
+        if order.descending {
+            !p
+        } else {
+            p
+        }
+    }
+
     /// The rows in the index's order (usually already so for a primary key, whose rows come
     /// in key order). A unique index with two equal keys (NULLs apart) is an error.
     fn sorted(&self) -> Result<Vec<u32>, String> {
@@ -286,7 +317,11 @@ impl IndexBuild {
             .map_err(|_| format!("index {}: over 4 G rows", self.name))?;
         let mut order: Vec<u32> = (0..n).collect();
         if !order.is_sorted_by(|a, b| self.compare(*a, *b) == Ordering::Less) {
-            order.sort_unstable_by(|a, b| self.compare(*a, *b));
+            // Sorted by a prefix of the first column first: most comparisons are of two
+            // integers beside each other, not of two keys looked up in the arena.
+            let mut keyed: Vec<(u64, u32)> = order.iter().map(|&i| (self.prefix(i), i)).collect();
+            keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| self.compare(a.1, b.1)));
+            order = keyed.into_iter().map(|(_, i)| i).collect();
         }
         if self.unique {
             for w in order.windows(2) {
@@ -343,8 +378,8 @@ pub(super) struct PagedTable {
     /// Indexes SQLite fills (`REINDEX`) once the file is written: they are written empty,
     /// in their place in sqlite_schema.
     by_sqlite: Vec<String>,
-    /// The thread sorting the indexes once the table has all its rows.
-    sorting: Option<std::thread::JoinHandle<Result<Vec<SortedIndex>, String>>>,
+    /// The threads sorting the indexes (one each) once the table has all its rows.
+    sorting: Option<Vec<std::thread::JoinHandle<Result<SortedIndex, String>>>>,
     /// The root page of the table (named "") and of each index written.
     roots: Vec<(String, u32)>,
 }
@@ -385,15 +420,17 @@ impl PagedTable {
         tree.push_row(f, rowid, &self.record)
     }
 
-    /// The table has all its rows: writes its last pages, and sorts its indexes on a
-    /// thread of their own (the rows of the next table keep coming meanwhile).
+    /// The table has all its rows: writes its last pages, and sorts its indexes, each on a
+    /// thread of its own (the rows of the next table keep coming meanwhile).
     pub fn end(&mut self, f: &mut FileBuilder) -> Result<(), String> {
         if let Some(tree) = self.tree.take() {
             self.roots.push((String::new(), tree.finish(f)?));
-            let indexes = std::mem::take(&mut self.indexes);
-            self.sorting = Some(std::thread::spawn(move || {
-                indexes.iter().map(IndexBuild::sorted_records).collect()
-            }));
+            // A thread per index; the first that fails gives the error.
+            let sorting: Vec<_> = std::mem::take(&mut self.indexes)
+                .into_iter()
+                .map(|ix| std::thread::spawn(move || ix.sorted_records()))
+                .collect();
+            self.sorting = Some(sorting);
         }
         Ok(())
     }
@@ -401,13 +438,15 @@ impl PagedTable {
     /// Writes the indexes once they are sorted: at once when `wait`, else only when
     /// the sorting thread is done.
     pub fn write_indexes(&mut self, f: &mut FileBuilder, wait: bool) -> Result<(), String> {
-        let Some(sorting) = self.sorting.take_if(|s| wait || s.is_finished()) else {
+        let done =
+            |s: &mut Vec<std::thread::JoinHandle<_>>| wait || s.iter().all(|h| h.is_finished());
+        let Some(sorting) = self.sorting.take_if(done) else {
             return Ok(());
         };
-        let sorted = sorting
-            .join()
-            .map_err(|_| "the sorting thread panicked".to_string())??;
-        for ix in sorted {
+        for h in sorting {
+            let ix = h
+                .join()
+                .map_err(|_| "a sorting thread panicked".to_string())??;
             let mut tree = TreeBuilder::index();
             let mut start = 0;
             for &end in &ix.ends {
