@@ -203,13 +203,8 @@ enum Layout {
 struct TableState {
     name: String,
     insert: String,
-    ncols: usize,
-    /// The source sends the rowid (the table has no primary key).
-    rowid: bool,
     /// CREATE TABLE, then its indexes and triggers.
     statements: Vec<String>,
-    /// Its rows of sqlite_schema (a paged table).
-    entries: Vec<pages::Entry>,
     layout: Layout,
     /// The rows and digest the source sent in the table's end message, to compare with
     /// the built table's.
@@ -230,15 +225,15 @@ struct Builder {
     order: Vec<u16>,
 }
 
-/// Decodes a row into `cells`: the rowid first when the source sends it, then every
-/// column. Returns how many cells the key took (0 or 1).
+/// Decodes a row into `cells`: the rowid first when the source sends it (a table without
+/// primary key), then every column. Returns how many cells the key took (0 or 1).
 fn decode_row<'a>(
-    t: &mut TableState,
+    t: &TableState,
     m: &'a Message,
     cells: &mut Vec<ValueRef<'a>>,
 ) -> Result<usize, String> {
     cells.clear();
-    if t.rowid {
+    if t.pk.is_empty() {
         decode_refs_into(&m.key, cells).map_err(|e| format!("table {}: key: {e}", t.name))?;
         if !matches!(cells.as_slice(), [ValueRef::Integer(_)]) {
             return Err(format!("table {}: the key is not a rowid", t.name));
@@ -246,15 +241,14 @@ fn decode_row<'a>(
     }
     let key_cells = cells.len();
     decode_refs_into(&m.value, cells).map_err(|e| format!("table {}: {e}", t.name))?;
-    if cells.len() - key_cells != t.ncols {
+    if cells.len() - key_cells != t.columns.len() {
         return Err(format!(
             "table {}: a row of {} columns, the table has {}",
             t.name,
             cells.len() - key_cells,
-            t.ncols
+            t.columns.len()
         ));
     }
-    t.rows += 1;
     Ok(key_cells)
 }
 
@@ -378,9 +372,10 @@ impl Builder {
                 .get_mut(&id)
                 .ok_or_else(|| format!("a row of table id {id} came before its schema"))?;
             let file = self.file.as_mut().ok_or("no file")?;
-            let mut cells = Vec::with_capacity(t.ncols + 1);
+            let mut cells = Vec::with_capacity(t.columns.len() + 1);
             for m in &msgs[i..end] {
                 let key = decode_row(t, m, &mut cells)?;
+                t.rows += 1;
                 match &mut t.layout {
                     Layout::Paged(p) => {
                         let rowid = match cells.first() {
@@ -427,8 +422,7 @@ impl Builder {
         let later_ok = statements[1..]
             .iter()
             .all(|s| conn.execute_batch(s).is_ok());
-        let plan = pages::plan(conn, &name)?;
-        let layout = match plan.paged {
+        let layout = match pages::plan(conn, &name)? {
             Some(p) if later_ok => Layout::Paged(Box::new(p)),
             _ => Layout::BySqlite(Vec::new()),
         };
@@ -444,10 +438,7 @@ impl Builder {
             m.vbucket,
             TableState {
                 insert: t.insert_sql(),
-                ncols: t.columns.len(),
-                rowid: t.pk.is_empty(),
                 statements,
-                entries: plan.entries,
                 layout,
                 expected: None,
                 columns: t.columns,
@@ -472,10 +463,10 @@ impl Builder {
             };
             match &mut t.layout {
                 Layout::Paged(p) => {
-                    let roots = p
-                        .finish(&mut file)
-                        .map_err(|e| format!("table {}: {e}", t.name))?;
-                    rows.extend(pages::schema_rows(&t.name, &t.entries, &roots)?);
+                    rows.extend(
+                        p.finish(&mut file)
+                            .map_err(|e| format!("table {}: {e}", t.name))?,
+                    );
                     sqlite_later |= !p.later().is_empty();
                 }
                 Layout::BySqlite(_) => sqlite_later = true,
@@ -513,14 +504,12 @@ impl Builder {
                     let later = later.to_vec();
                     let mut stmt = RawInsert::new(&conn, &t.insert)
                         .map_err(|e| format!("table {}: {e}", t.name))?;
-                    let mut cells = Vec::with_capacity(t.ncols + 1);
-                    let counted = t.rows;
+                    let mut cells = Vec::with_capacity(t.columns.len() + 1);
                     for m in &msgs {
                         decode_row(t, m, &mut cells)?;
                         stmt.insert(&cells)
                             .map_err(|e| format!("table {}: {e}", t.name))?;
                     }
-                    t.rows = counted;
                     drop(stmt);
                     for s in &later {
                         conn.execute_batch(s).map_err(|e| format!("{tmp}: {e}"))?;
@@ -657,26 +646,19 @@ mod tests {
 
     /// A table's schema, one row and its end (with `rows` and the digest of that row).
     fn messages_ending_with(rows: u64) -> Vec<Message> {
-        let statements = ["CREATE TABLE t (k TEXT PRIMARY KEY, v)".to_string()];
-        let mut schema = Message::mutation(
-            Bytes::from_static(b"t"),
-            Bytes::from(encode_schema(&statements)),
+        let mut msgs = table_messages(
+            "CREATE TABLE t (k TEXT PRIMARY KEY, v)",
+            &[(
+                vec![ValueRef::Text(b"a")],
+                vec![ValueRef::Text(b"a"), ValueRef::Real(2.5)],
+            )],
+            false,
         );
-        schema.flags = SCHEMA_FLAG;
-        let row = Message::mutation(
-            Bytes::from(encode_cells([ValueRef::Text(b"a")].into_iter())),
-            Bytes::from(encode_cells(
-                [ValueRef::Text(b"a"), ValueRef::Real(2.5)].into_iter(),
-            )),
-        );
-        let mut digest = TableDigest::new(&statements);
-        digest.update(&row.value[2..]);
-        let mut end = Message::mutation(
-            Bytes::from_static(b"t"),
-            Bytes::from(encode_table_end(rows, &digest.finish())),
-        );
-        end.flags = TABLE_END_FLAG;
-        vec![schema, row, end]
+        // The end says `rows`, whatever came.
+        let end = msgs.last_mut().unwrap();
+        let (_, digest) = decode_table_end(&end.value).unwrap();
+        end.value = Bytes::from(encode_table_end(rows, &digest));
+        msgs
     }
 
     fn messages() -> Vec<Message> {

@@ -21,27 +21,19 @@ use rusqlite::Connection;
 
 /// A row of sqlite_schema as the in-memory database gave it, its root page still to come.
 #[derive(Debug, Clone)]
-pub(super) struct Entry {
-    pub kind: String,
-    pub name: String,
-    pub sql: Option<String>,
-}
-
-/// How a table is built.
-pub(super) struct TablePlan {
-    /// Its rows of sqlite_schema, in SQLite's order: the table, its constraint indexes, then
-    /// its indexes and triggers.
-    pub entries: Vec<Entry>,
-    /// `None` when SQLite builds the whole table.
-    pub paged: Option<PagedTable>,
+struct Entry {
+    kind: String,
+    name: String,
+    sql: Option<String>,
 }
 
 fn sql_err(table: &str) -> impl Fn(rusqlite::Error) -> String + '_ {
     move |e| format!("table {table}: {e}")
 }
 
-/// Reads how `table` (just created on the in-memory `conn`) is laid out.
-pub(super) fn plan(conn: &Connection, table: &str) -> Result<TablePlan, String> {
+/// Reads how `table` (just created on the in-memory `conn`) is laid out; `None` when SQLite
+/// builds the whole table.
+pub(super) fn plan(conn: &Connection, table: &str) -> Result<Option<PagedTable>, String> {
     let e = sql_err(table);
     let entries: Vec<Entry> = conn
         .prepare("SELECT type, name, sql FROM sqlite_schema WHERE tbl_name = ?1 ORDER BY rowid")
@@ -74,10 +66,7 @@ pub(super) fn plan(conn: &Connection, table: &str) -> Result<TablePlan, String> 
         || hidden != 0
         || pump_meta2::schema::without_rowid(conn, table).map_err(&e)?;
     if whole_by_sqlite {
-        return Ok(TablePlan {
-            entries,
-            paged: None,
-        });
+        return Ok(None);
     }
     let pk: Vec<usize> = conn
         .prepare("SELECT cid FROM pragma_table_info(?1) WHERE pk > 0")
@@ -121,28 +110,22 @@ pub(super) fn plan(conn: &Connection, table: &str) -> Result<TablePlan, String> 
             }),
             // A constraint's index has no statement of its own to run later: the whole
             // table goes to SQLite.
-            None if origin != "c" => {
-                return Ok(TablePlan {
-                    entries,
-                    paged: None,
-                })
-            }
+            None if origin != "c" => return Ok(None),
             None => by_sqlite.push(name),
         }
     }
-    Ok(TablePlan {
+    Ok(Some(PagedTable {
+        name: table.to_string(),
         entries,
-        paged: Some(PagedTable {
-            tree: Some(TreeBuilder::table()),
-            alias,
-            next_rowid: 1,
-            indexes,
-            record: Vec::new(),
-            by_sqlite,
-            sorting: None,
-            roots: Vec::new(),
-        }),
-    })
+        tree: Some(TreeBuilder::table()),
+        alias,
+        next_rowid: 1,
+        indexes,
+        record: Vec::new(),
+        by_sqlite,
+        sorting: None,
+        roots: Vec::new(),
+    }))
 }
 
 /// An index's key columns (table column numbers) and their orders, when this builder can
@@ -367,6 +350,10 @@ struct SortedIndex {
 
 /// A table whose pages this builder writes.
 pub(super) struct PagedTable {
+    name: String,
+    /// Its rows of sqlite_schema, in SQLite's order: the table, its constraint indexes, then
+    /// its indexes and triggers; their root pages come as they are written.
+    entries: Vec<Entry>,
     /// The table's b-tree, until its last row.
     tree: Option<TreeBuilder>,
     /// The column that is the rowid (INTEGER PRIMARY KEY).
@@ -380,7 +367,7 @@ pub(super) struct PagedTable {
     by_sqlite: Vec<String>,
     /// The threads sorting the indexes (one each) once the table has all its rows.
     sorting: Option<Vec<std::thread::JoinHandle<Result<SortedIndex, String>>>>,
-    /// The root page of the table (named "") and of each index written.
+    /// The root page of the table and of each index written, by name.
     roots: Vec<(String, u32)>,
 }
 
@@ -424,7 +411,7 @@ impl PagedTable {
     /// thread of its own (the rows of the next table keep coming meanwhile).
     pub fn end(&mut self, f: &mut FileBuilder) -> Result<(), String> {
         if let Some(tree) = self.tree.take() {
-            self.roots.push((String::new(), tree.finish(f)?));
+            self.roots.push((self.name.clone(), tree.finish(f)?));
             // A thread per index; the first that fails gives the error.
             let sorting: Vec<_> = std::mem::take(&mut self.indexes)
                 .into_iter()
@@ -462,12 +449,28 @@ impl PagedTable {
         Ok(())
     }
 
-    /// Writes what is left; returns the root page of the table (named "") and of each
-    /// index.
-    pub fn finish(&mut self, f: &mut FileBuilder) -> Result<Vec<(String, u32)>, String> {
+    /// Writes what is left; returns the table's rows of sqlite_schema, with their root pages.
+    pub fn finish(&mut self, f: &mut FileBuilder) -> Result<Vec<SchemaRow>, String> {
         self.end(f)?;
         self.write_indexes(f, true)?;
-        Ok(std::mem::take(&mut self.roots))
+        let roots = std::mem::take(&mut self.roots);
+        self.entries
+            .iter()
+            .map(|x| {
+                let root = match x.kind.as_str() {
+                    "table" | "index" => roots.iter().find(|(n, _)| *n == x.name).map(|r| r.1),
+                    _ => Some(0),
+                };
+                let root = root.ok_or_else(|| format!("{} {} was not built", x.kind, x.name))?;
+                Ok(SchemaRow {
+                    kind: x.kind.clone(),
+                    name: x.name.clone(),
+                    table: self.name.clone(),
+                    root,
+                    sql: x.sql.clone(),
+                })
+            })
+            .collect()
     }
 
     /// The statements that fill the indexes SQLite builds, to run once the file is written.
@@ -477,36 +480,4 @@ impl PagedTable {
             .map(|n| format!("REINDEX {}", pump_meta2::schema::quote(n)))
             .collect()
     }
-}
-
-/// The rows of sqlite_schema for `entries`, with the roots the table's pages got (`roots`
-/// from [`PagedTable::finish`]: the table first, then the indexes by name).
-pub(super) fn schema_rows(
-    table: &str,
-    entries: &[Entry],
-    roots: &[(String, u32)],
-) -> Result<Vec<SchemaRow>, String> {
-    entries
-        .iter()
-        .map(|x| {
-            let root = match x.kind.as_str() {
-                "table" => roots.first().map(|r| r.1),
-                "index" => roots
-                    .iter()
-                    .skip(1)
-                    .find(|(n, _)| *n == x.name)
-                    .map(|r| r.1),
-                _ => Some(0),
-            };
-            let root =
-                root.ok_or_else(|| format!("table {table}: {} {} was not built", x.kind, x.name))?;
-            Ok(SchemaRow {
-                kind: x.kind.clone(),
-                name: x.name.clone(),
-                table: table.to_string(),
-                root,
-                sql: x.sql.clone(),
-            })
-        })
-        .collect()
 }
