@@ -10,7 +10,7 @@
 //! from the key index alone (`read_reordered`): no table lookup per row, which reading in
 //! key order through the index costs. That first pass reads the table's pages itself
 //! ([`SqliteFile`]) when nothing but the file holds its rows and its records are its rows as
-//! SQLite returns them ([`raw_root`]), else through SQLite. A table bigger than `REORDER_MAX_BYTES` (512 MiB),
+//! SQLite returns them ([`raw_file`], [`raw_root`]), else through SQLite. A table bigger than `REORDER_MAX_BYTES` (512 MiB),
 //! a WITHOUT ROWID table and one keyed by its rowid are read in key order by one query.
 //! The digest of
 //! each table is computed over the rows as they are sent ([`TableDigest`]), so the sink
@@ -139,6 +139,9 @@ fn read_base(
     conn.execute_batch("PRAGMA cache_size=-262144; PRAGMA mmap_size=4294967296; BEGIN")
         .map_err(|e| e.to_string())?;
     let tables = schema::tables(&conn).map_err(|e| e.to_string())?;
+    // Mapped once the transaction holds its shared lock (taken by the read above): no
+    // writer changes the file while its pages are read.
+    let raw = raw_file(path, &conn).map_err(|e| e.to_string())?;
     // Every table's count in one statement, for the progress bar.
     let counts: Vec<String> = tables
         .iter()
@@ -185,8 +188,8 @@ fn read_base(
             Ok(())
         };
         let err = |e: rusqlite::Error| format!("table {}: {e}", t.name);
-        let sent =
-            uses_pk_index(&conn, t).map_err(err)? && read_reordered(path, &conn, t, &mut send)?;
+        let sent = uses_pk_index(&conn, t).map_err(err)?
+            && read_reordered(raw.as_ref(), &conn, t, &mut send)?;
         if !sent {
             read_in_key_order(&conn, t, &mut send)?;
         }
@@ -277,20 +280,25 @@ fn put_row<'a>(
     Ok((k0..v0, v0..out.len()))
 }
 
-/// The root page of `t` when its rows can be read from the file's pages alone
-/// ([`SqliteFile`], a fraction of the CPU of a `SELECT`): no `-wal` file or journal
-/// beside the base, UTF-8 text, and a plain rowid table whose records hold exactly its
-/// columns as SQLite returns them (no hidden or generated column, no default other than
-/// NULL for a row older than its column, no REAL column, which SQLite may store as an
-/// integer and turns back into a real as it reads it). `None` reads it through SQLite.
-fn raw_root(path: &Path, conn: &rusqlite::Connection, t: &Table) -> rusqlite::Result<Option<u32>> {
+/// The base's file mapped for reading its pages ([`SqliteFile`], a fraction of the CPU of a
+/// `SELECT`) when the file alone holds its rows: no `-wal` file or journal beside it, UTF-8
+/// text, a header the reader takes. `None` reads every table through SQLite.
+fn raw_file(path: &Path, conn: &rusqlite::Connection) -> rusqlite::Result<Option<SqliteFile>> {
     if sqlite_file::has_side_files(path) {
         return Ok(None);
     }
     let encoding: String = conn.query_row("PRAGMA encoding", [], |r| r.get(0))?;
-    if encoding != "UTF-8" {
-        return Ok(None);
-    }
+    Ok((encoding == "UTF-8")
+        .then(|| SqliteFile::open(path).ok())
+        .flatten())
+}
+
+/// The root page of `t` when its rows can be read from its pages: a plain rowid table whose
+/// records hold exactly its columns as SQLite returns them (no hidden or generated column,
+/// no default other than NULL for a row older than its column, no REAL column, which SQLite
+/// may store as an integer and turns back into a real as it reads it). `None` reads it
+/// through SQLite.
+fn raw_root(conn: &rusqlite::Connection, t: &Table) -> rusqlite::Result<Option<u32>> {
     let columns: Vec<(String, Option<String>, i64)> = conn
         .prepare("SELECT type, dflt_value, hidden FROM pragma_table_xinfo(?1)")?
         .query_map([&t.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -349,7 +357,7 @@ fn read_in_key_order(
 /// Returns false, having sent nothing, when the table holds more than
 /// [`REORDER_MAX_BYTES`]; fails when the index and the table do not hold the same rowids.
 fn read_reordered(
-    path: &Path,
+    file: Option<&SqliteFile>,
     conn: &rusqlite::Connection,
     t: &Table,
     send: &mut dyn FnMut(Message) -> Result<(), String>,
@@ -362,9 +370,11 @@ fn read_reordered(
     let mut rowids: Vec<i64> = Vec::new();
     let mut ranges: Vec<(Range<usize>, Range<usize>)> = Vec::new();
     let mut buf = Vec::new();
-    let raw = raw_root(path, conn, t).map_err(err)?;
-    if let Some(root) = raw {
-        let file = SqliteFile::open(path)?;
+    let raw = match file {
+        Some(file) => raw_root(conn, t).map_err(err)?.map(|root| (file, root)),
+        None => None,
+    };
+    if let Some((file, root)) = raw {
         let mut rows = file.table(root);
         let n = t.columns.len();
         while let Some(row) = rows.next_row()? {
@@ -508,6 +518,7 @@ mod tests {
              CREATE TABLE nulls (k TEXT PRIMARY KEY, v BLOB DEFAULT NULL, n INT DEFAULT null);",
         )
         .unwrap();
+        assert!(raw_file(&path, &conn).unwrap().is_some());
         for name in [
             "contents",
             "chunks",
@@ -517,17 +528,16 @@ mod tests {
             "nulls",
         ] {
             let t = table(&conn, name);
-            assert!(raw_root(&path, &conn, &t).unwrap().is_some(), "{name}");
+            assert!(raw_root(&conn, &t).unwrap().is_some(), "{name}");
         }
         for name in ["reals", "added"] {
             let t = table(&conn, name);
-            assert_eq!(raw_root(&path, &conn, &t).unwrap(), None, "{name}");
+            assert_eq!(raw_root(&conn, &t).unwrap(), None, "{name}");
         }
         // A -wal file beside the base may hold pages the file does not have yet.
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         std::fs::write(&wal, b"frames").unwrap();
-        let t = table(&conn, "contents");
-        assert_eq!(raw_root(&path, &conn, &t).unwrap(), None);
+        assert!(raw_file(&path, &conn).unwrap().is_none());
     }
 }
