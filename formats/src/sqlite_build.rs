@@ -104,29 +104,15 @@ fn serial(v: &ValueRef<'_>) -> (u64, usize) {
 /// Appends the record of `values` (header size varint counting itself, a serial type per
 /// value, then the bodies) to `out`. Text is written as given: UTF-8 for this file.
 pub fn encode_record(values: &[ValueRef<'_>], out: &mut Vec<u8>) {
-    let mut types = [0u64; 16];
-    let mut header = 0usize;
-    for (i, v) in values.iter().enumerate() {
-        let (t, _) = serial(v);
-        if i < types.len() {
-            types[i] = t;
-        }
-        header += varint_len(t);
-    }
+    let header: usize = values.iter().map(|v| varint_len(serial(v).0)).sum();
     // The header size counts its own varint.
     let mut own = 1;
     while varint_len((header + own) as u64) > own {
         own += 1;
     }
-    let size = header + own;
-    put_varint(out, size as u64);
-    for (i, v) in values.iter().enumerate() {
-        let t = if i < types.len() {
-            types[i]
-        } else {
-            serial(v).0
-        };
-        put_varint(out, t);
+    put_varint(out, (header + own) as u64);
+    for v in values {
+        put_varint(out, serial(v).0);
     }
     for v in values {
         match *v {
