@@ -1,9 +1,11 @@
 //! gen -> memcached and backup -> memcached through the pump, beside the ceiling measured in the
 //! same run against the same server: a minimal raw writer streaming prebuilt SETQ packets
 //! (100-byte values) with a NOOP every 1000 over one and two connections. The backup directory
-//! is written once, before the rounds. Each figure is the best of five rounds, the raw writer
-//! and the pump taking turns, after one untimed round that fills the server; every row writes
-//! the same keys over the ones already there (no flush_all between rows).
+//! is written once, before the rounds. The raw writer and the pump take turns: seven rounds of
+//! the seven rows, the order rotating so that every row takes every place once, after one
+//! untimed round that fills the server; every row writes the same keys over the ones already
+//! there (no flush_all between rows). Each figure is the median of its rounds; beside it, the
+//! median of the round-by-round ratios and the ratio of best rounds.
 //!
 //! Two layouts, each with its own memcached and its own table:
 //! - PINNED (the usual way to bench a client against a server): memcached under `taskset` on
@@ -19,7 +21,8 @@
 //! bench and of memcached and memcached's CPU over the wall time.
 //!
 //! `cargo bench -p pump-benches --bench memcached` (Debian's memcached must be installed).
-//! `PUMP_BENCH_ITEMS` sets the item count (1,000,000).
+//! `PUMP_BENCH_ITEMS` sets the item count (1,000,000); `PUMP_BENCH_LAYOUT=pinned` (or `shared`)
+//! runs only that table.
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -186,6 +189,18 @@ fn cpu_ticks(cpu: Option<usize>) -> (f64, f64, f64) {
     (at(3) + at(4), at(7), (0..8).map(at).sum())
 }
 
+/// Read system calls process `pid` has made so far, from /proc; NaN if unreadable.
+fn proc_reads(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("syscr:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -305,7 +320,18 @@ const NAMES: [&str; 7] = [
     "pump backup -> memcached, -t 4",
 ];
 
-/// Runs every row of `layout`, best of `rounds`, and prints the table.
+/// The median of `v` (the mean of the middle two when even); NaN when empty.
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Runs every row of `layout` for `rounds` rounds, the order rotating, and prints the table.
 fn run_layout(layout: &Layout, items: usize, gen: &str, backup: &str, rounds: usize) {
     let all = allowed_cpus();
     if let Some((_, bench)) = layout.pinned {
@@ -319,26 +345,30 @@ fn run_layout(layout: &Layout, items: usize, gen: &str, backup: &str, rounds: us
     let load_before = loadavg();
     println!("{}", layout.title);
     println!(
-        "  memcached 1.6 (-m 1024 -t {} -c 1024), {items} items of {VALUE}-byte values, best of {rounds} after an untimed round",
+        "  memcached 1.6 (-m 1024 -t {} -c 1024), {items} items of {VALUE}-byte values, {rounds} rounds after an untimed one",
         layout.threads
     );
     // The machine is shared: the raw writer and the pump take turns, round after round, so
-    // both see the same load, and each figure is the best of its rounds (the least disturbed).
-    // Every row writes the same keys, over the ones already there, so that each meets the
-    // same server: all the keys present, memory allocated and faulted in, nothing flushed or
-    // evicted (with a flush_all before each row, the figures depended on the row's place in
-    // the run). Round 0 is untimed: it fills the server and settles it (the first rows after
-    // a fill were slower than the same rows later).
-    let mut best = [0.0f64; 7];
+    // both see the same load. The order of the rows rotates from round to round, so that
+    // every row runs as often first as last (a row's speed depended on its place). Each
+    // figure is the median of its rounds; the best round is printed too. Every row writes
+    // the same keys, over the ones already there, so that each meets the same server: all
+    // the keys present, memory allocated and faulted in, nothing flushed or evicted (with a
+    // flush_all before each row, the figures depended on the row's place in the run). Round 0
+    // is untimed: it fills the server and settles it (the first rows after a fill were
+    // slower than the same rows later).
+    let rows = NAMES.len();
     let mut every: [Vec<f64>; 7] = Default::default();
     // Summed over the rounds: (the bench process's CPU seconds, memcached's, wall seconds).
     let mut cpu = [(0.0f64, 0.0f64, 0.0f64); 7];
     // Summed over the rounds, ticks of memcached's CPU (all CPUs when shared): idle, steal,
     // total.
     let mut ticks = [(0.0f64, 0.0f64, 0.0f64); 7];
+    // Summed over the rounds, memcached's read system calls.
+    let mut calls = [0.0f64; 7];
     let mc_cpu = layout.pinned.map(|(mc, _)| mc);
     for round in 0..=rounds {
-        for (i, b) in best.iter_mut().enumerate() {
+        for i in (0..rows).map(|k| (k + round.saturating_sub(1)) % rows) {
             // Built before the counters are read: the raw writer's figures are its sending.
             let bufs = (i < 2).then(|| ceiling_buffers(items, i + 1));
             let (me, mc) = (
@@ -346,12 +376,14 @@ fn run_layout(layout: &Layout, items: usize, gen: &str, backup: &str, rounds: us
                 proc_cpu_seconds(mc_pid),
             );
             let t0 = cpu_ticks(mc_cpu);
+            let c0 = proc_reads(mc_pid);
             let r = match (i, bufs) {
                 (0 | 1, Some(bufs)) => rt.block_on(ceiling(port, items, bufs)),
                 (2..=4, _) => rt.block_on(through_pump(gen, port, items, [1, 2, 4][i - 2])),
                 _ => rt.block_on(through_pump(backup, port, items, [2, 4][i - 5])),
             };
             let t1 = cpu_ticks(mc_cpu);
+            let c1 = proc_reads(mc_pid);
             if round == 0 {
                 continue;
             }
@@ -360,45 +392,91 @@ fn run_layout(layout: &Layout, items: usize, gen: &str, backup: &str, rounds: us
             ticks[i].0 += t1.0 - t0.0;
             ticks[i].1 += t1.1 - t0.1;
             ticks[i].2 += t1.2 - t0.2;
+            calls[i] += c1 - c0;
             cpu[i].0 += pump_benches::cpu_seconds(pump_benches::Who::SelfProcess) - me;
             cpu[i].1 += proc_cpu_seconds(mc_pid) - mc;
-            *b = b.max(r);
             every[i].push(r);
         }
     }
     // Read while the runtime's threads and memcached are still there.
     let bench_cpus = cpus_allowed("self");
     let mc_cpus = cpus_allowed(&mc_pid.to_string());
-    let ceiling = best[0].max(best[1]);
-    // The last columns cover all the rounds, not only the best: CPU microseconds per item of
-    // the bench process and of memcached; memcached's CPU time over the timed seconds (100%:
-    // one core kept busy); idle and steal of memcached's CPU (of all CPUs when shared) from
-    // /proc/stat, over the untimed open and close too.
+    // The ceiling is the better of the raw writer's two rows: by median, by best round, and
+    // round by round (the pump's row against the raw writer in the same round).
+    let medians: Vec<f64> = every.iter().map(|rs| median(rs)).collect();
+    let bests: Vec<f64> = every
+        .iter()
+        .map(|rs| rs.iter().copied().fold(0.0, f64::max))
+        .collect();
+    let ceiling = medians[0].max(medians[1]);
+    let best_ceiling = bests[0].max(bests[1]);
+    let paired = |i: usize| {
+        let ratios: Vec<f64> = (0..every[i].len())
+            .map(|r| every[i][r] / every[0][r].max(every[1][r]))
+            .collect();
+        median(&ratios)
+    };
+    // The last columns cover all the rounds: CPU microseconds per item of the bench process
+    // and of memcached; memcached's CPU time over the timed seconds (100%: one core kept
+    // busy); idle and steal of memcached's CPU (of all CPUs when shared) from /proc/stat, over
+    // the untimed open and close too; memcached's read system calls per 1000 items
+    // (/proc/PID/io).
     println!(
-        "  {:<34} {:>18} {:>12} {:>22}  {:>7} {:>7} {:>5} {:>5} {:>5}",
-        "", "best", "", "best / ceiling", "bench", "memcd", "memcd", "cpu", "cpu"
+        "  {:<34} {:>25}  {:>9} {:>7} {:>7}  {:>7} {:>7} {:>5} {:>5} {:>5} {:>6}",
+        "",
+        "median",
+        "median /",
+        "paired",
+        "best /",
+        "bench",
+        "memcd",
+        "memcd",
+        "cpu",
+        "cpu",
+        "memcd"
     );
     println!(
-        "  {:<34} {:>18} {:>12} {:>22}  {:>7} {:>7} {:>5} {:>5} {:>5}",
-        "", "", "", "", "us/item", "us/item", "busy", "idle", "steal"
+        "  {:<34} {:>25}  {:>9} {:>7} {:>7}  {:>7} {:>7} {:>5} {:>5} {:>5} {:>6}",
+        "", "", "ceiling", "median", "best", "us/item", "us/item", "busy", "idle", "steal", "rd/1k"
     );
-    for (i, (name, r)) in NAMES.iter().zip(best).enumerate() {
+    for (i, name) in NAMES.iter().enumerate() {
+        let r = medians[i];
         print!("  {name:<34} {r:>10.0} items/s {:>7.1} MB/s", mb(r));
         if name.starts_with("pump") {
-            print!("  {:>5.1}% of the ceiling", 100.0 * r / ceiling);
+            print!(
+                "  {:>8.1}% {:>6.1}% {:>6.1}%",
+                100.0 * r / ceiling,
+                100.0 * paired(i),
+                100.0 * bests[i] / best_ceiling
+            );
         } else {
-            print!("  {:>22}", "");
+            print!("  {:>9} {:>7} {:>7}", "", "", "");
         }
         let per = |s: f64| 1e6 * s / (rounds * items) as f64;
         let (me, mc, wall) = cpu[i];
         let (idle, steal, total) = ticks[i];
+        let per_k = |n: f64| 1e3 * n / (rounds * items) as f64;
         println!(
-            "  {:>7.2} {:>7.2} {:>4.0}% {:>4.0}% {:>4.0}%",
+            "  {:>7.2} {:>7.2} {:>4.0}% {:>4.0}% {:>4.0}% {:>6.1}",
             per(me),
             per(mc),
             100.0 * mc / wall,
             100.0 * idle / total,
-            100.0 * steal / total
+            100.0 * steal / total,
+            per_k(calls[i]),
+        );
+    }
+    // One figure per path, as for the ceiling: its best `-t` by median.
+    for (path, rows) in [("gen -> memcached", 2..5), ("backup -> memcached", 5..7)] {
+        let i = rows
+            .max_by(|&a, &b| medians[a].total_cmp(&medians[b]))
+            .expect("rows");
+        println!(
+            "  {path:<20} {:.1}% of the ceiling ({}: {:.0} against {:.0} items/s, medians)",
+            100.0 * medians[i] / ceiling,
+            NAMES[i].rsplit(", ").next().unwrap_or(""),
+            medians[i],
+            ceiling
         );
     }
     println!("  every round, k items/s:");
@@ -423,7 +501,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let rounds = 5;
+    // As many rounds as rows: with the rotation, every row takes every place once.
+    let rounds = NAMES.len();
     let gen = format!("gen:max-items={items},min-value-size={VALUE}");
     let dir = tempfile::tempdir().unwrap();
     let backup = dir.path().join("backup");
@@ -459,7 +538,12 @@ fn main() {
         threads: 2,
         pinned: None,
     });
-    for layout in &layouts {
+    // PUMP_BENCH_LAYOUT=pinned or shared runs only that table.
+    let only = std::env::var("PUMP_BENCH_LAYOUT").ok();
+    for layout in layouts.iter().filter(|l| {
+        only.as_deref()
+            .is_none_or(|o| l.title.to_lowercase().starts_with(&o.to_lowercase()))
+    }) {
         run_layout(layout, items, &gen, backup, rounds);
         println!();
     }
