@@ -141,6 +141,63 @@ fn memcached_to_backup_to_memcached_keeps_every_item() {
 }
 
 #[test]
+fn deletions_remove_their_keys_and_a_key_already_gone_is_counted_as_skipped() {
+    // A backup of 100 items, 40 of them turned into deletions (TAP and DCP commands).
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup");
+    let backup = backup.to_str().unwrap();
+    let out = pump(&[
+        "transfer",
+        "-q",
+        "gen:max-items=100,min-value-size=5,prefix=d_",
+        backup,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut deleted = HashSet::new();
+    for f in common::data_files(std::path::Path::new(backup)) {
+        let db = rusqlite::Connection::open(&f).unwrap();
+        db.execute(
+            "UPDATE cbb_msg SET cmd = CASE WHEN rowid % 2 = 0 THEN 66 ELSE 88 END WHERE rowid % 5 < 2",
+            [],
+        )
+        .unwrap();
+        let mut q = db
+            .prepare("SELECT key FROM cbb_msg WHERE cmd IN (66, 88)")
+            .unwrap();
+        let keys = q.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
+        deleted.extend(keys.map(|k| String::from_utf8(k.unwrap()).unwrap()));
+    }
+    assert_eq!(deleted.len(), 40);
+
+    // The server holds every key but 10 of the deleted ones.
+    let mc = Memcached::start(&[]);
+    let mut c = mc.text();
+    let all = keys("d_", 100);
+    let absent: HashSet<&String> = all
+        .iter()
+        .filter(|k| deleted.contains(*k))
+        .take(10)
+        .collect();
+    for k in all.iter().filter(|k| !absent.contains(k)) {
+        c.set(k, 0, 0, b"old");
+    }
+    let out = pump(&["transfer", "-q", backup, &mc.url()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("90 written, 10 skipped"),
+        "{}",
+        stderr(&out)
+    );
+    for (k, got) in all.iter().zip(c.get_many(&all)) {
+        if deleted.contains(k) {
+            assert!(got.is_none(), "{k} was deleted in the backup");
+        } else {
+            assert_eq!(got.expect(k).value, b"01234", "{k}");
+        }
+    }
+}
+
+#[test]
 fn add_keeps_existing_keys_and_counts_them_as_skipped() {
     let mc = Memcached::start(&[]);
     let mut c = mc.text();
