@@ -97,12 +97,18 @@ fn sql(path: &Path, statements: &str) {
 /// `pump transfer meta2:SRC meta2:DST`, which must succeed with the same digests on both
 /// and a base that passes SQLite's full integrity_check (every index entry against its row).
 fn transfer_whole(src: &Path, dst: &Path) {
-    let out = pump(&[
-        "transfer",
-        &format!("meta2:{}", src.display()),
-        &format!("meta2:{}", dst.display()),
-        "-q",
-    ]);
+    transfer_whole_with(src, dst, &[]);
+}
+
+/// [`transfer_whole`] with more options.
+fn transfer_whole_with(src: &Path, dst: &Path, extra: &[&str]) {
+    let (from, to) = (
+        format!("meta2:{}", src.display()),
+        format!("meta2:{}", dst.display()),
+    );
+    let mut args = vec!["transfer", &from, &to, "-q"];
+    args.extend_from_slice(extra);
+    let out = pump(&args);
     assert_ok(&out);
     assert_eq!(digest(src, &[]).unwrap(), digest(dst, &[]).unwrap());
     let c = rusqlite::Connection::open(dst).unwrap();
@@ -866,6 +872,17 @@ fn transfer_meta2_keeps_integer_keys_without_rowid_tables_gaps_collations_and_or
 /// expression indexes); either way the base is the source's, indexes included.
 #[test]
 fn transfer_meta2_builds_every_kind_of_index_and_leaves_the_rest_to_sqlite() {
+    every_kind_of_index(&[]);
+}
+
+/// The same base with 2000 bytes for a table's index keys: every index is sorted in runs on
+/// disk (a few rows each, a row each in `big`) and merged.
+#[test]
+fn transfer_meta2_sorts_index_keys_beyond_its_memory_in_runs_on_disk() {
+    every_kind_of_index(&["-x", "sort_memory=2000"]);
+}
+
+fn every_kind_of_index(extra: &[&str]) {
     let root = tempfile::tempdir().unwrap();
     let src = write_base(&root.path().join("v"), &spec("c7", &[A], 30)).unwrap();
     let mut statements = String::from(
@@ -918,7 +935,17 @@ fn transfer_meta2_builds_every_kind_of_index_and_leaves_the_rest_to_sqlite() {
     statements.push_str("DELETE FROM counter WHERE id % 7 = 0;");
     sql(&src, &statements);
     let dst = root.path().join("out.meta2");
-    transfer_whole(&src, &dst);
+    transfer_whole_with(&src, &dst, extra);
+    let mut left: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["out.meta2", "v"],
+        "only the base is left beside the source"
+    );
     let schema = |p: &Path| -> Vec<(String, String, Option<String>)> {
         let c = rusqlite::Connection::open(p).unwrap();
         let mut s = c

@@ -380,49 +380,54 @@ impl<'r> Row<'r> {
     /// not hold (a table that gained columns later) is NULL. Text is returned as stored
     /// (UTF-8 in a file whose text encoding, header bytes 56..60, is 1).
     pub fn columns(&self, out: &mut [ValueRef<'r>]) -> Result<(), String> {
-        let p = self.payload;
-        let bad = |what: &str| {
+        record_columns(self.payload, out).map_err(|what| {
             self.file
                 .error(self.page, format_args!("row {}: record {what}", self.rowid))
-        };
-        let (header, mut at) = varint(p, 0).ok_or_else(|| bad("header cut"))?;
-        let header = usize::try_from(header)
-            .ok()
-            .filter(|&h| h >= at && h <= p.len())
-            .ok_or_else(|| bad("header size out of the record"))?;
-        let mut body = header;
-        for slot in out.iter_mut() {
-            if at >= header {
-                *slot = ValueRef::Null;
-                continue;
-            }
-            let (kind, next) = varint(&p[..header], at).ok_or_else(|| bad("header cut"))?;
-            at = next;
-            // Bytes of each serial type below 12 (10 and 11 are reserved); 12 and up hold
-            // (n - 12) / 2 bytes of blob (even) or text (odd).
-            const LEN: [usize; 12] = [0, 1, 2, 3, 4, 6, 8, 8, 0, 0, 0, 0];
-            let len = match kind {
-                0..=9 => LEN[kind as usize],
-                10 | 11 => return Err(bad(&format!("serial type {kind} is reserved"))),
-                n => usize::try_from((n - 12) / 2).unwrap_or(usize::MAX),
-            };
-            let v = body
-                .checked_add(len)
-                .and_then(|end| p.get(body..end))
-                .ok_or_else(|| bad("column out of the record"))?;
-            body += len;
-            *slot = match kind {
-                0 => ValueRef::Null,
-                1..=6 => ValueRef::Integer(int_be(v)),
-                7 => ValueRef::Real(f64::from_bits(int_be(v) as u64)),
-                8 => ValueRef::Integer(0),
-                9 => ValueRef::Integer(1),
-                n if n % 2 == 0 => ValueRef::Blob(v),
-                _ => ValueRef::Text(v),
-            };
-        }
-        Ok(())
+        })
     }
+}
+
+/// Decodes a record (its header of serial types, then the values) into `out`, one value per
+/// slot; the slots past the record's columns are NULL. The error says what is wrong with it.
+#[inline]
+pub fn record_columns<'r>(p: &'r [u8], out: &mut [ValueRef<'r>]) -> Result<(), String> {
+    let (header, mut at) = varint(p, 0).ok_or("header cut")?;
+    let header = usize::try_from(header)
+        .ok()
+        .filter(|&h| h >= at && h <= p.len())
+        .ok_or("header size out of the record")?;
+    let mut body = header;
+    for slot in out.iter_mut() {
+        if at >= header {
+            *slot = ValueRef::Null;
+            continue;
+        }
+        let (kind, next) = varint(&p[..header], at).ok_or("header cut")?;
+        at = next;
+        // Bytes of each serial type below 12 (10 and 11 are reserved); 12 and up hold
+        // (n - 12) / 2 bytes of blob (even) or text (odd).
+        const LEN: [usize; 12] = [0, 1, 2, 3, 4, 6, 8, 8, 0, 0, 0, 0];
+        let len = match kind {
+            0..=9 => LEN[kind as usize],
+            10 | 11 => return Err(format!("serial type {kind} is reserved")),
+            n => usize::try_from((n - 12) / 2).unwrap_or(usize::MAX),
+        };
+        let v = body
+            .checked_add(len)
+            .and_then(|end| p.get(body..end))
+            .ok_or("column out of the record")?;
+        body += len;
+        *slot = match kind {
+            0 => ValueRef::Null,
+            1..=6 => ValueRef::Integer(int_be(v)),
+            7 => ValueRef::Real(f64::from_bits(int_be(v) as u64)),
+            8 => ValueRef::Integer(0),
+            9 => ValueRef::Integer(1),
+            n if n % 2 == 0 => ValueRef::Blob(v),
+            _ => ValueRef::Text(v),
+        };
+    }
+    Ok(())
 }
 
 /// The offset of cell `i` from the page's pointer array, when it lies in the page.

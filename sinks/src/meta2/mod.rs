@@ -38,7 +38,8 @@ use tokio::sync::oneshot;
 
 mod pages;
 mod raw;
-use pages::PagedTable;
+mod runs;
+use pages::{PagedTable, SortMemory};
 use pump_formats::sqlite_build::FileBuilder;
 use raw::RawInsert;
 
@@ -55,7 +56,7 @@ impl SinkKind for Meta2Kind {
     fn matches(&self, spec: &Spec) -> bool {
         spec.scheme() == Some("meta2")
     }
-    fn open(&self, spec: &Spec, _options: &Options) -> Result<Box<dyn Sink>, Error> {
+    fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Sink>, Error> {
         if spec.body().is_empty() {
             return Err(Error::usage(format!("{spec}: expected meta2:PATH")));
         }
@@ -66,9 +67,22 @@ impl SinkKind for Meta2Kind {
                 path.display()
             )));
         }
-        Ok(Box::new(meta2_sink(path)))
+        let mut sink = meta2_sink(path);
+        sink.0.sort_memory = options
+            .extra
+            .number("sort_memory", DEFAULT_SORT_MEMORY as u64)?
+            .try_into()
+            .map_err(|_| Error::usage("-x sort_memory: too big for this machine"))?;
+        Ok(Box::new(sink))
+    }
+    fn extra_keys(&self) -> &'static [&'static str] {
+        &["sort_memory"]
     }
 }
+
+/// The bytes of index keys a table may hold in memory before they are sorted in runs on
+/// disk (`-x sort_memory`); sorting them takes about as much again.
+pub const DEFAULT_SORT_MEMORY: usize = 256 << 20;
 
 /// A sink building the base at `path`.
 pub fn meta2_sink(path: PathBuf) -> WriterSink<Meta2Writer> {
@@ -82,6 +96,7 @@ pub fn meta2_sink_with(path: PathBuf, sync_dir: bool) -> WriterSink<Meta2Writer>
     WriterSink(Meta2Writer {
         path,
         sync_dir,
+        sort_memory: DEFAULT_SORT_MEMORY,
         thread: None,
     })
 }
@@ -137,6 +152,8 @@ struct Worker {
 pub struct Meta2Writer {
     path: PathBuf,
     sync_dir: bool,
+    /// [`DEFAULT_SORT_MEMORY`], or `-x sort_memory`.
+    sort_memory: usize,
     thread: Option<Worker>,
 }
 
@@ -151,8 +168,8 @@ impl Meta2Writer {
             let failed = Arc::new(Mutex::new(None));
             let path = self.path.clone();
             let f = failed.clone();
-            let sync_dir = self.sync_dir;
-            tokio::task::spawn_blocking(move || builder_thread(path, sync_dir, rx, f));
+            let (sync_dir, sort_memory) = (self.sync_dir, self.sort_memory);
+            tokio::task::spawn_blocking(move || builder_thread(path, sync_dir, sort_memory, rx, f));
             Worker { tx, failed }
         })
     }
@@ -217,6 +234,8 @@ struct TableState {
 struct Builder {
     path: PathBuf,
     sync_dir: bool,
+    /// The memory of each table's index keys, and where they go past it.
+    sort: SortMemory,
     tmp: PathBuf,
     /// An in-memory database the tables' statements run on, to read their layout.
     plan: Option<Connection>,
@@ -255,13 +274,23 @@ fn decode_row<'a>(
 fn builder_thread(
     path: PathBuf,
     sync_dir: bool,
+    sort_memory: usize,
     mut rx: tokio::sync::mpsc::Receiver<Cmd>,
     failed: Arc<Mutex<Option<String>>>,
 ) {
     let tmp = tmp_path(&path);
+    let sort = SortMemory {
+        bytes: sort_memory,
+        dir: tmp
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf(),
+    };
     let mut b = Builder {
         path,
         sync_dir,
+        sort,
         tmp,
         plan: None,
         file: None,
@@ -422,7 +451,7 @@ impl Builder {
         let later_ok = statements[1..]
             .iter()
             .all(|s| conn.execute_batch(s).is_ok());
-        let layout = match pages::plan(conn, &name)? {
+        let layout = match pages::plan(conn, &name, &self.sort)? {
             Some(p) if later_ok => Layout::Paged(Box::new(p)),
             _ => Layout::BySqlite(Vec::new()),
         };
@@ -809,7 +838,8 @@ mod tests {
     }
 
     /// Rows the pages cannot hold: two equal keys in a UNIQUE index, rowids not increasing,
-    /// an INTEGER PRIMARY KEY that is not an integer. Each fails and leaves no file.
+    /// an INTEGER PRIMARY KEY that is not an integer. Each fails and leaves no file, the
+    /// sorted runs' included.
     #[tokio::test]
     async fn rows_a_base_cannot_hold_fail_and_leave_nothing() {
         use ValueRef::{Integer, Text};
@@ -849,16 +879,25 @@ mod tests {
                 "INTEGER PRIMARY KEY that is not an integer",
             ),
         ];
+        // Each also with every key sorted into a run of its own on disk, merged at the end.
         for (i, (create, rows, rowid_key, want)) in cases.into_iter().enumerate() {
-            let path = d.path().join(format!("{i}.meta2"));
-            let mut w = meta2_sink(path.clone()).0;
-            let e = match w.write(table_messages(create, &rows, rowid_key)).await {
-                Err(e) => e,
-                Ok(_) => w.finish(SourceEnd::Complete).await.unwrap_err(),
-            };
-            assert!(e.to_string().contains(want), "{create}: {e}");
-            assert!(!path.exists() && !tmp_path(&path).exists(), "{create}");
+            for sort_memory in [DEFAULT_SORT_MEMORY, 1] {
+                let path = d.path().join(format!("{i}-{sort_memory}.meta2"));
+                let mut w = meta2_sink(path.clone()).0;
+                w.sort_memory = sort_memory;
+                let e = match w.write(table_messages(create, &rows, rowid_key)).await {
+                    Err(e) => e,
+                    Ok(_) => w.finish(SourceEnd::Complete).await.unwrap_err(),
+                };
+                assert!(e.to_string().contains(want), "{create}, {sort_memory}: {e}");
+                assert!(!path.exists() && !tmp_path(&path).exists(), "{create}");
+            }
         }
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "a file was left"
+        );
     }
 
     #[tokio::test]

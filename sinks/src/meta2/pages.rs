@@ -1,6 +1,8 @@
 //! A table built as pages ([`pump_formats::sqlite_build`]) instead of through `INSERT`: its
 //! rows are written to the table's b-tree as they come, and each index's keys are kept,
-//! sorted in SQLite's order at the end and written as the index's b-tree.
+//! sorted in SQLite's order at the end and written as the index's b-tree. Keys that outgrow
+//! the memory given to the table's indexes are sorted in runs kept on disk, merged at the end
+//! (`runs.rs`).
 //!
 //! What a table needs for that is read from SQLite itself: its statements are run on an
 //! in-memory database ([`plan`]), whose sqlite_schema gives the rows to write (with the
@@ -12,12 +14,15 @@
 //! sqlite_schema, and filled by `REINDEX`.
 
 use std::cmp::Ordering;
+use std::path::PathBuf;
 
 use pump_formats::sqlite_build::{
     compare, encode_record, Collation, FileBuilder, KeyOrder, SchemaRow, TreeBuilder,
 };
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
+
+use super::runs::{Merge, Runs};
 
 /// A row of sqlite_schema as the in-memory database gave it, its root page still to come.
 #[derive(Debug, Clone)]
@@ -31,9 +36,21 @@ fn sql_err(table: &str) -> impl Fn(rusqlite::Error) -> String + '_ {
     move |e| format!("table {table}: {e}")
 }
 
+/// The memory a table's index keys may take before they are sorted in runs on disk, and the
+/// directory of those runs' files.
+#[derive(Debug, Clone)]
+pub(super) struct SortMemory {
+    pub bytes: usize,
+    pub dir: PathBuf,
+}
+
 /// Reads how `table` (just created on the in-memory `conn`) is laid out; `None` when SQLite
 /// builds the whole table.
-pub(super) fn plan(conn: &Connection, table: &str) -> Result<Option<PagedTable>, String> {
+pub(super) fn plan(
+    conn: &Connection,
+    table: &str,
+    sort: &SortMemory,
+) -> Result<Option<PagedTable>, String> {
     let e = sql_err(table);
     let entries: Vec<Entry> = conn
         .prepare("SELECT type, name, sql FROM sqlite_schema WHERE tbl_name = ?1 ORDER BY rowid")
@@ -107,12 +124,20 @@ pub(super) fn plan(conn: &Connection, table: &str) -> Result<Option<PagedTable>,
                 keys: Vec::new(),
                 rowids: Vec::new(),
                 arena: Vec::new(),
+                budget: 0,
+                dir: sort.dir.clone(),
+                runs: None,
             }),
             // A constraint's index has no statement of its own to run later: the whole
             // table goes to SQLite.
             None if origin != "c" => return Ok(None),
             None => by_sqlite.push(name),
         }
+    }
+    // The table's memory, shared by its indexes.
+    let budget = sort.bytes / indexes.len().max(1);
+    for ix in &mut indexes {
+        ix.budget = budget;
     }
     Ok(Some(PagedTable {
         name: table.to_string(),
@@ -186,6 +211,12 @@ struct IndexBuild {
     keys: Vec<KeyVal>,
     rowids: Vec<i64>,
     arena: Vec<u8>,
+    /// The bytes of keys, rowids and arena past which they are sorted into a run on disk.
+    budget: usize,
+    /// Where the runs' file is made.
+    dir: PathBuf,
+    /// The runs sorted so far, once the keys outgrew `budget`.
+    runs: Option<Runs>,
 }
 
 impl IndexBuild {
@@ -217,7 +248,47 @@ impl IndexBuild {
             self.keys.push(v);
         }
         self.rowids.push(rowid);
+        if self.memory() >= self.budget {
+            self.spill()?;
+        }
         Ok(())
+    }
+
+    /// The bytes the keys gathered so far take.
+    fn memory(&self) -> usize {
+        self.keys.len() * std::mem::size_of::<KeyVal>() + self.rowids.len() * 8 + self.arena.len()
+    }
+
+    /// Sorts the keys gathered so far into a run on disk, and starts afresh.
+    fn spill(&mut self) -> Result<(), String> {
+        let (records, ends) = self.sorted_records()?;
+        let runs = match &mut self.runs {
+            Some(r) => r,
+            None => self.runs.insert(Runs::new(&self.name, &self.dir)?),
+        };
+        runs.push(&records, &ends)?;
+        self.keys.clear();
+        self.rowids.clear();
+        self.arena.clear();
+        Ok(())
+    }
+
+    /// The index's records in order: sorted in memory, or merged from its runs.
+    fn finish(mut self) -> Result<SortedIndex, String> {
+        let keys = if self.runs.is_none() {
+            let (records, ends) = self.sorted_records()?;
+            SortedKeys::Memory { records, ends }
+        } else {
+            if !self.rowids.is_empty() {
+                self.spill()?;
+            }
+            let runs = self.runs.take().expect("checked above");
+            SortedKeys::Runs(runs.merge(&self.orders, self.unique)?)
+        };
+        Ok(SortedIndex {
+            name: self.name,
+            keys,
+        })
     }
 
     fn keep(&mut self, b: &[u8]) -> Result<(u32, u32), String> {
@@ -320,8 +391,9 @@ impl IndexBuild {
         Ok(order)
     }
 
-    /// The index's records (key, then rowid) in its order, one after the other.
-    fn sorted_records(&self) -> Result<SortedIndex, String> {
+    /// The index's records (key, then rowid) in its order, one after the other, and where
+    /// each ends.
+    fn sorted_records(&self) -> Result<(Vec<u8>, Vec<usize>), String> {
         let order = self.sorted()?;
         let mut values: Vec<ValueRef<'_>> = Vec::with_capacity(self.columns.len() + 1);
         let mut records = Vec::with_capacity(self.arena.len() + order.len() * 16);
@@ -333,19 +405,21 @@ impl IndexBuild {
             encode_record(&values, &mut records);
             ends.push(records.len());
         }
-        Ok(SortedIndex {
-            name: self.name.clone(),
-            records,
-            ends,
-        })
+        Ok((records, ends))
     }
 }
 
 /// An index's records in order, made on a sorting thread, to be written as its b-tree.
 struct SortedIndex {
     name: String,
-    records: Vec<u8>,
-    ends: Vec<usize>,
+    keys: SortedKeys,
+}
+
+enum SortedKeys {
+    /// One record after the other, each ending at its `ends`.
+    Memory { records: Vec<u8>, ends: Vec<usize> },
+    /// Runs on disk, merged as they are read.
+    Runs(Merge),
 }
 
 /// A table whose pages this builder writes.
@@ -415,7 +489,7 @@ impl PagedTable {
             // A thread per index; the first that fails gives the error.
             let sorting: Vec<_> = std::mem::take(&mut self.indexes)
                 .into_iter()
-                .map(|ix| std::thread::spawn(move || ix.sorted_records()))
+                .map(|ix| std::thread::spawn(move || ix.finish()))
                 .collect();
             self.sorting = Some(sorting);
         }
@@ -435,10 +509,19 @@ impl PagedTable {
                 .join()
                 .map_err(|_| "a sorting thread panicked".to_string())??;
             let mut tree = TreeBuilder::index();
-            let mut start = 0;
-            for &end in &ix.ends {
-                tree.push_record(f, &ix.records[start..end])?;
-                start = end;
+            match ix.keys {
+                SortedKeys::Memory { records, ends } => {
+                    let mut start = 0;
+                    for end in ends {
+                        tree.push_record(f, &records[start..end])?;
+                        start = end;
+                    }
+                }
+                SortedKeys::Runs(mut merge) => {
+                    while let Some(record) = merge.next_record()? {
+                        tree.push_record(f, record)?;
+                    }
+                }
             }
             self.roots.push((ix.name, tree.finish(f)?));
         }
