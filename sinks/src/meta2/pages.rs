@@ -124,7 +124,6 @@ pub(super) fn plan(
                 keys: Vec::new(),
                 rowids: Vec::new(),
                 arena: Vec::new(),
-                budget: 0,
                 dir: sort.dir.clone(),
                 runs: None,
             }),
@@ -134,11 +133,6 @@ pub(super) fn plan(
             None => by_sqlite.push(name),
         }
     }
-    // The table's memory, shared by its indexes.
-    let budget = sort.bytes / indexes.len().max(1);
-    for ix in &mut indexes {
-        ix.budget = budget;
-    }
     Ok(Some(PagedTable {
         name: table.to_string(),
         entries,
@@ -146,6 +140,7 @@ pub(super) fn plan(
         alias,
         next_rowid: 1,
         indexes,
+        sort_memory: sort.bytes,
         record: Vec::new(),
         by_sqlite,
         sorting: None,
@@ -211,11 +206,9 @@ struct IndexBuild {
     keys: Vec<KeyVal>,
     rowids: Vec<i64>,
     arena: Vec<u8>,
-    /// The bytes of keys, rowids and arena past which they are sorted into a run on disk.
-    budget: usize,
     /// Where the runs' file is made.
     dir: PathBuf,
-    /// The runs sorted so far, once the keys outgrew `budget`.
+    /// The runs sorted so far, once the table's keys outgrew its sort memory.
     runs: Option<Runs>,
 }
 
@@ -248,15 +241,14 @@ impl IndexBuild {
             self.keys.push(v);
         }
         self.rowids.push(rowid);
-        if self.memory() >= self.budget {
-            self.spill()?;
-        }
         Ok(())
     }
 
-    /// The bytes the keys gathered so far take.
+    /// The bytes the keys gathered so far hold.
     fn memory(&self) -> usize {
-        self.keys.len() * std::mem::size_of::<KeyVal>() + self.rowids.len() * 8 + self.arena.len()
+        self.keys.capacity() * std::mem::size_of::<KeyVal>()
+            + self.rowids.capacity() * 8
+            + self.arena.capacity()
     }
 
     /// Sorts the keys gathered so far into a run on disk, and starts afresh.
@@ -267,9 +259,11 @@ impl IndexBuild {
             None => self.runs.insert(Runs::new(&self.name, &self.dir)?),
         };
         runs.push(&records, &ends)?;
-        self.keys.clear();
-        self.rowids.clear();
-        self.arena.clear();
+        // Given back: the next run grows from nothing, and the memory counted is the memory
+        // held.
+        self.keys = Vec::new();
+        self.rowids = Vec::new();
+        self.arena = Vec::new();
         Ok(())
     }
 
@@ -435,6 +429,8 @@ pub(super) struct PagedTable {
     /// The next rowid given to a row of a table with a primary key (rows come in key order).
     next_rowid: i64,
     indexes: Vec<IndexBuild>,
+    /// The bytes the indexes' keys may take together before one is sorted into a run.
+    sort_memory: usize,
     record: Vec<u8>,
     /// Indexes SQLite fills (`REINDEX`) once the file is written: they are written empty,
     /// in their place in sqlite_schema.
@@ -475,6 +471,13 @@ impl PagedTable {
         };
         for ix in &mut self.indexes {
             ix.add(rowid, cells, self.alias)?;
+        }
+        // Past the table's sort memory, the index holding the most goes to a run on disk.
+        let held: usize = self.indexes.iter().map(IndexBuild::memory).sum();
+        if held >= self.sort_memory {
+            if let Some(ix) = self.indexes.iter_mut().max_by_key(|ix| ix.memory()) {
+                ix.spill()?;
+            }
         }
         self.record.clear();
         encode_record(cells, &mut self.record);
