@@ -100,6 +100,12 @@ fn restore_100000_items_from_a_backup_keeps_value_flags_and_expiry() {
             );
         }
     }
+    // And every value once more through a client that is not ours at all.
+    let values = mc.third_party_values(&all);
+    assert_eq!(values.len(), n);
+    for (k, v, ..) in &items {
+        assert_eq!(values.get(k), Some(v), "{k}, read by memcache-async");
+    }
 }
 
 #[test]
@@ -138,6 +144,10 @@ fn memcached_to_backup_to_memcached_keeps_every_item() {
         }
     }
     assert_eq!(to.text().stat("curr_items"), 3000);
+    let values = to.third_party_values(&all);
+    for (k, v, ..) in &items {
+        assert_eq!(values.get(k), Some(v), "{k}, read by memcache-async");
+    }
 }
 
 #[test]
