@@ -18,6 +18,10 @@
 //! disk; for a big base the three run at once on their own threads. Only then is it linked to
 //! PATH (never over an existing file: PATH must not exist), the temporary name removed and the
 //! directory synced. Any other end removes the temporary file.
+//!
+//! | `-x` key | meaning |
+//! |---|---|
+//! | sort_memory | bytes a table's index keys may hold before the biggest index is sorted into a run on disk (256 MiB; `runs.rs`) |
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
