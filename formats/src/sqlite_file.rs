@@ -66,10 +66,8 @@ impl SqliteFile {
         // own mmap mode, which the SQL path uses, makes the same assumption).
         let map = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|e| format!("{}: cannot map the file: {e}", path.display()))?;
-        // Read front to back: the kernel reads ahead further and maps more pages per fault.
-        let _ = map.advise(memmap2::Advice::Sequential);
-        // Rows are read front to back, page after page: ask for read-ahead (a hint; a kernel
-        // that ignores it reads the same bytes).
+        // Rows are read front to back, page after page: ask for read-ahead, and more pages
+        // mapped per fault (a hint; a kernel that ignores it reads the same bytes).
         #[cfg(unix)]
         let _ = map.advise(memmap2::Advice::Sequential);
         SqliteFile::from_bytes(path, Bytes::from_owner(map))
