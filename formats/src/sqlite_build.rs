@@ -177,6 +177,16 @@ impl KeyOrder {
         collation: Collation::Binary,
         descending: false,
     };
+
+    /// The order of two values of a column ordered this way.
+    pub fn compare(&self, a: &ValueRef<'_>, b: &ValueRef<'_>) -> Ordering {
+        let c = compare(a, b, self.collation);
+        if self.descending {
+            c.reverse()
+        } else {
+            c
+        }
+    }
 }
 
 /// SQLite's order of two values of an index column: NULL, then numbers (integers and reals
@@ -224,9 +234,9 @@ fn int_float(i: i64, r: f64) -> Ordering {
 /// SQLite's order of two index keys, column by column with each column's order.
 pub fn compare_keys(a: &[ValueRef<'_>], b: &[ValueRef<'_>], orders: &[KeyOrder]) -> Ordering {
     for ((x, y), o) in a.iter().zip(b).zip(orders) {
-        let c = compare(x, y, o.collation);
+        let c = o.compare(x, y);
         if c != Ordering::Equal {
-            return if o.descending { c.reverse() } else { c };
+            return c;
         }
     }
     a.len().cmp(&b.len())

@@ -17,12 +17,12 @@ use std::cmp::Ordering;
 use std::path::PathBuf;
 
 use pump_formats::sqlite_build::{
-    compare, encode_record, Collation, FileBuilder, KeyOrder, SchemaRow, TreeBuilder,
+    encode_record, Collation, FileBuilder, KeyOrder, SchemaRow, TreeBuilder,
 };
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
-use super::runs::{Merge, Runs};
+use super::runs::{unique_violation, Merge, Runs};
 
 /// A row of sqlite_schema as the in-memory database gave it, its root page still to come.
 #[derive(Debug, Clone)]
@@ -314,9 +314,9 @@ impl IndexBuild {
     /// The order of rows `a` and `b`'s keys, without the rowid.
     fn compare_keys(&self, a: u32, b: u32) -> Ordering {
         for ((x, y), o) in self.key(a).iter().zip(self.key(b)).zip(&self.orders) {
-            let c = compare(&self.value(*x), &self.value(*y), o.collation);
+            let c = o.compare(&self.value(*x), &self.value(*y));
             if c != Ordering::Equal {
-                return if o.descending { c.reverse() } else { c };
+                return c;
             }
         }
         Ordering::Equal
@@ -375,9 +375,10 @@ impl IndexBuild {
             for w in order.windows(2) {
                 let null = self.key(w[0]).iter().any(|k| matches!(k, KeyVal::Null));
                 if !null && self.compare_keys(w[0], w[1]) == Ordering::Equal {
-                    return Err(format!(
-                        "index {}: rows {} and {} have the same key in a UNIQUE index",
-                        self.name, self.rowids[w[0] as usize], self.rowids[w[1] as usize]
+                    return Err(unique_violation(
+                        &self.name,
+                        self.rowids[w[0] as usize],
+                        self.rowids[w[1] as usize],
                     ));
                 }
             }

@@ -17,7 +17,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use pump_formats::sqlite_build::{compare_keys, Collation, KeyOrder};
+use pump_formats::sqlite_build::{compare_keys, KeyOrder};
 use pump_formats::sqlite_file::record_columns;
 use rusqlite::types::ValueRef;
 
@@ -85,10 +85,7 @@ impl Runs {
             .map_err(|e| format!("index {}: {}", self.index, e.error()))?;
         let file = Arc::new(file);
         let mut order = orders.to_vec();
-        order.push(KeyOrder {
-            collation: Collation::Binary,
-            descending: false,
-        });
+        order.push(KeyOrder::ROWID);
         let order: Arc<[KeyOrder]> = order.into();
         let mut merge = Merge {
             index: self.index,
@@ -97,7 +94,6 @@ impl Runs {
             unique,
             last: Vec::new(),
             current: Vec::new(),
-            started: false,
         };
         for range in self.bounds {
             let mut run = RunReader {
@@ -234,10 +230,10 @@ pub(super) struct Merge {
     /// The key columns' orders, then the rowid's.
     order: Arc<[KeyOrder]>,
     unique: bool,
-    /// The record returned before `current`, for the UNIQUE check.
+    /// The record returned before `current`, for the UNIQUE check (empty before the
+    /// second: a record is never empty).
     last: Vec<u8>,
     current: Vec<u8>,
-    started: bool,
 }
 
 impl Merge {
@@ -253,10 +249,9 @@ impl Merge {
         }
         std::mem::swap(&mut self.last, &mut self.current);
         self.current = record;
-        if self.unique && self.started {
+        if self.unique && !self.last.is_empty() {
             self.check_unique()?;
         }
-        self.started = true;
         Ok(Some(&self.current))
     }
 
@@ -273,11 +268,10 @@ impl Merge {
                         ValueRef::Integer(r) => r.to_string(),
                         _ => "?".into(),
                     };
-                    return Err(format!(
-                        "index {}: rows {} and {} have the same key in a UNIQUE index",
-                        self.index,
+                    return Err(unique_violation(
+                        &self.index,
                         rowid(&a[n - 1]),
-                        rowid(&b[n - 1])
+                        rowid(&b[n - 1]),
                     ));
                 }
                 Ok(())
@@ -286,10 +280,19 @@ impl Merge {
     }
 }
 
+/// The error of two rows with the same key in a UNIQUE index.
+pub(super) fn unique_violation(
+    index: &str,
+    a: impl std::fmt::Display,
+    b: impl std::fmt::Display,
+) -> String {
+    format!("index {index}: rows {a} and {b} have the same key in a UNIQUE index")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pump_formats::sqlite_build::encode_record;
+    use pump_formats::sqlite_build::{encode_record, Collation};
 
     fn record(values: &[ValueRef<'_>]) -> Vec<u8> {
         let mut out = Vec::new();
