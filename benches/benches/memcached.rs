@@ -288,13 +288,8 @@ async fn ceiling(port: u16, items: usize, bufs: Vec<Vec<bytes::Bytes>>) -> f64 {
 /// items/s of `source` -> memcached through the pump library.
 async fn through_pump(source: &str, port: u16, items: usize, threads: usize) -> f64 {
     let sink = format!("memcached://127.0.0.1:{port}");
-    let secs = transfer(source, &sink, items, threads).await;
+    let secs = pump_benches::transfer(source, &sink, threads, items as u64).await;
     items as f64 / secs
-}
-
-/// Runs one transfer of `items` through the pump library; returns its seconds.
-async fn transfer(source: &str, sink: &str, items: usize, threads: usize) -> f64 {
-    pump_benches::transfer(source, sink, threads, items as u64).await
 }
 
 fn mb(items_per_s: f64) -> f64 {
@@ -509,7 +504,7 @@ fn main() {
     let backup = backup.to_str().unwrap();
     {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(transfer(&gen, backup, items, 2));
+        rt.block_on(pump_benches::transfer(&gen, backup, 2, items as u64));
     }
     let cpus = allowed_cpus();
     let mut layouts = Vec::new();

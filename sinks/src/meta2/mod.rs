@@ -71,13 +71,14 @@ impl SinkKind for Meta2Kind {
                 path.display()
             )));
         }
-        let mut sink = meta2_sink(path);
-        sink.0.sort_memory = options
+        let sort_memory = options
             .extra
             .number("sort_memory", DEFAULT_SORT_MEMORY as u64)?
             .try_into()
             .map_err(|_| Error::usage("-x sort_memory: too big for this machine"))?;
-        Ok(Box::new(sink))
+        Ok(Box::new(WriterSink(
+            meta2_sink(path).0.with_sort_memory(sort_memory),
+        )))
     }
     fn extra_keys(&self) -> &'static [&'static str] {
         &["sort_memory"]
@@ -162,6 +163,15 @@ pub struct Meta2Writer {
 }
 
 impl Meta2Writer {
+    /// The bytes a table's index keys may hold before the biggest index is sorted into a
+    /// run on disk ([`DEFAULT_SORT_MEMORY`] otherwise).
+    pub fn with_sort_memory(self, bytes: usize) -> Meta2Writer {
+        Meta2Writer {
+            sort_memory: bytes,
+            ..self
+        }
+    }
+
     fn spec(&self) -> String {
         format!("meta2:{}", self.path.display())
     }
@@ -887,8 +897,7 @@ mod tests {
         for (i, (create, rows, rowid_key, want)) in cases.into_iter().enumerate() {
             for sort_memory in [DEFAULT_SORT_MEMORY, 1] {
                 let path = d.path().join(format!("{i}-{sort_memory}.meta2"));
-                let mut w = meta2_sink(path.clone()).0;
-                w.sort_memory = sort_memory;
+                let mut w = meta2_sink(path.clone()).0.with_sort_memory(sort_memory);
                 let e = match w.write(table_messages(create, &rows, rowid_key)).await {
                     Err(e) => e,
                     Ok(_) => w.finish(SourceEnd::Complete).await.unwrap_err(),
