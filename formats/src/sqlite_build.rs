@@ -685,13 +685,11 @@ impl TreeBuilder {
                 .iter()
                 .map(|(_, b)| PageCells::taken(4 + b.len()))
                 .sum();
+            let mut cell = Vec::new();
             if all <= room {
                 let mut cells = PageCells::new();
-                let mut cell = Vec::new();
                 for (child, body) in &level {
-                    cell.clear();
-                    cell.extend_from_slice(&child.to_be_bytes());
-                    cell.extend_from_slice(body);
+                    interior_cell(*child, body, &mut cell);
                     cells.push(&cell);
                 }
                 return match page1.as_deref_mut() {
@@ -703,14 +701,11 @@ impl TreeBuilder {
                 };
             }
             let mut cells = PageCells::new();
-            let mut cell = Vec::new();
             let n = level.len();
             let mut i = 0;
             while i < n {
                 let (child, ref body) = level[i];
-                cell.clear();
-                cell.extend_from_slice(&child.to_be_bytes());
-                cell.extend_from_slice(body);
+                interior_cell(child, body, &mut cell);
                 if cells.fits(cell.len(), room) {
                     cells.push(&cell);
                     i += 1;
@@ -759,6 +754,13 @@ impl TreeBuilder {
         }
         Ok(page1)
     }
+}
+
+/// The interior cell of `child` and the body after it, into `cell`.
+fn interior_cell(child: u32, body: &[u8], cell: &mut Vec<u8>) {
+    cell.clear();
+    cell.extend_from_slice(&child.to_be_bytes());
+    cell.extend_from_slice(body);
 }
 
 /// An interior cell split into its child and the body after it.

@@ -10,11 +10,11 @@
 //! from the key index alone (`read_reordered`): no table lookup per row, which reading in
 //! key order through the index costs. That first pass reads the table's pages itself
 //! ([`SqliteFile`]) when nothing but the file holds its rows and its records are its rows as
-//! SQLite returns them ([`raw_file`], [`raw_root`]), else through SQLite. A table bigger than `REORDER_MAX_BYTES` (512 MiB),
-//! a WITHOUT ROWID table and one keyed by its rowid are read in key order by one query.
-//! The digest of
-//! each table is computed over the rows as they are sent ([`TableDigest`]), so the sink
-//! checks the base it built against the source itself, with no second read of the source.
+//! SQLite returns them ([`raw_file`], [`raw_root`]), else through SQLite. A table bigger than
+//! `REORDER_MAX_BYTES` (512 MiB), a WITHOUT ROWID table and one keyed by its rowid are read
+//! in key order by one query. The digest of each table is computed over the rows as they are
+//! sent ([`TableDigest`]), so the sink checks the base it built against the source itself,
+//! with no second read of the source.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
