@@ -37,6 +37,17 @@ impl Drop for Duplex {
     }
 }
 
+/// True when a new connection to `addr` is accepted and then closed on a VERSION request.
+async fn hangs_up_on_version(addr: &str, timeout: Duration) -> bool {
+    match Connection::open(addr, None, None, timeout).await {
+        Ok(mut c) => matches!(
+            c.request(Packet::request(Opcode::Version), "VERSION").await,
+            Err(ClientError::Closed { .. })
+        ),
+        Err(_) => false,
+    }
+}
+
 impl Duplex {
     /// Connects to `addr` (`host:port`), authenticates when `auth` is given, and probes the
     /// server with VERSION. `queue` is how many buffers may wait for the writer; `timeout`
@@ -66,12 +77,17 @@ impl Duplex {
                 what: "VERSION".into(),
                 status: p.status(),
             }),
-            // memcached -S hangs up on an unauthenticated VERSION.
+            // memcached -S hangs up on an unauthenticated VERSION; so does a server going
+            // down. Only one that is still there and hangs up again wants authentication.
             Err(ClientError::Closed { peer, what }) if auth.is_none() => {
-                Err(ClientError::AuthRequired {
-                    peer,
-                    reason: format!("the connection closed after {what}"),
-                })
+                if hangs_up_on_version(addr, timeout).await {
+                    Err(ClientError::AuthRequired {
+                        peer,
+                        reason: format!("the connection closed after {what}"),
+                    })
+                } else {
+                    Err(ClientError::Closed { peer, what })
+                }
             }
             Err(e) => Err(e),
         };
@@ -116,5 +132,56 @@ impl Duplex {
     /// timeout is an error. Cancel-safe.
     pub async fn recv(&mut self) -> Result<Packet, ClientError> {
         self.read.recv("waiting for answers").await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// A server that reads the VERSION request of each of `conns` connections and hangs up,
+    /// then is gone.
+    async fn hanging_up(conns: usize) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            for i in 1..=conns {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut header = [0u8; 24];
+                let _ = s.read_exact(&mut header).await;
+                if i == conns {
+                    // Gone before the last hang-up: no connection is accepted after it.
+                    drop(listener);
+                    drop(s);
+                    return;
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_server_that_hangs_up_on_every_version_wants_authentication() {
+        let addr = hanging_up(2).await;
+        let e = Duplex::open(&addr, None, Duration::from_secs(5), 1)
+            .await
+            .err()
+            .expect("no connection");
+        assert!(matches!(e, ClientError::AuthRequired { .. }), "{e}");
+    }
+
+    /// A server killed while the probe was in flight is a lost connection, not a demand for
+    /// credentials (nothing is listening any more when it is asked again).
+    #[tokio::test]
+    async fn a_server_that_hangs_up_once_and_is_gone_is_a_closed_connection() {
+        let addr = hanging_up(1).await;
+        let e = Duplex::open(&addr, None, Duration::from_secs(5), 1)
+            .await
+            .err()
+            .expect("no connection");
+        assert!(matches!(e, ClientError::Closed { .. }), "{e}");
+        assert!(!e.is_auth(), "{e}");
     }
 }
