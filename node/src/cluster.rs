@@ -199,8 +199,16 @@ impl Cluster {
             .or_else(|| name.parse::<usize>().ok().filter(|i| *i < s.nodes.len()))
     }
 
-    /// Fails node `i` over: it halts, its vbuckets are promoted or left at -1.
-    pub fn failover(&self, i: usize) -> Result<(), String> {
+    /// Fails node `i` over: it halts, its vbuckets are promoted or left at -1. Returns once its
+    /// KV port refuses connections.
+    pub async fn failover(&self, i: usize) -> Result<(), String> {
+        self.fail_node(i)?;
+        self.nodes[i].closed().await;
+        Ok(())
+    }
+
+    /// The map and state change of a failover; the node's listener closes after it.
+    fn fail_node(&self, i: usize) -> Result<(), String> {
         let mut s = self.lock();
         let info = s.nodes.get_mut(i).ok_or_else(|| format!("no node {i}"))?;
         match info.membership {

@@ -43,6 +43,8 @@ pub struct Node {
     pub bucket: Arc<Bucket>,
     pub kv_addr: SocketAddr,
     stop: CancellationToken,
+    /// Cancelled once the KV listener is closed (after `stop`).
+    closed: CancellationToken,
     snapshot: Option<PathBuf>,
     saver: Option<tokio::task::JoinHandle<()>>,
 }
@@ -73,7 +75,14 @@ impl Node {
             auth: cfg.auth.clone(),
             started: Instant::now(),
         });
-        tokio::spawn(kv::serve(listener, ctx, stop.clone()));
+        let closed = CancellationToken::new();
+        let serve = kv::serve(listener, ctx, stop.clone());
+        let on_close = closed.clone();
+        tokio::spawn(async move {
+            // `serve` owns the listener: it is closed when `serve` returns.
+            serve.await;
+            on_close.cancel();
+        });
         let saver = snapshot.clone().map(|path| {
             let b = bucket.clone();
             tokio::spawn(async move {
@@ -93,6 +102,7 @@ impl Node {
             bucket,
             kv_addr,
             stop,
+            closed,
             snapshot,
             saver,
         })
@@ -101,6 +111,11 @@ impl Node {
     /// Stops serving: closes the listener and every connection.
     pub fn halt(&self) {
         self.stop.cancel();
+    }
+
+    /// Returns once the KV listener is closed: after `halt`, a connection is refused.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await
     }
 
     /// True once halted.

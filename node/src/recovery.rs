@@ -349,7 +349,7 @@ mod tests {
         })
         .await
         .unwrap();
-        c.failover(1).unwrap();
+        c.failover(1).await.unwrap();
         c
     }
 
@@ -361,6 +361,19 @@ mod tests {
     async fn a_failover_without_replicas_leaves_that_nodes_vbuckets_missing() {
         let c = failed_cluster(RecoveryApi::Both).await;
         assert_eq!(c.missing_vbuckets(), vec![1, 4, 7, 10]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_over_node_refuses_connections_once_the_failover_returns() {
+        // On this single-threaded runtime the listener task has not run between the failover's
+        // cancel and the connect below, so this holds only if the failover waits for it.
+        let c = failed_cluster(RecoveryApi::Both).await;
+        let kv = c.nodes[1].kv_addr;
+        assert!(
+            std::net::TcpStream::connect(kv).is_err(),
+            "{kv} still accepts"
+        );
+        assert!(std::net::TcpStream::connect(c.nodes[0].kv_addr).is_ok());
     }
 
     #[tokio::test]

@@ -159,7 +159,7 @@ async fn failover(
             format!("Unknown server given: {}", f.otp_node),
         );
     };
-    match c.failover(i) {
+    match c.failover(i).await {
         Ok(()) => (StatusCode::OK, String::new()),
         Err(e) => (StatusCode::BAD_REQUEST, e),
     }

@@ -133,7 +133,7 @@ pub async fn run(a: DemoArgs) -> Result<(), Failure> {
         let s = to.lock();
         (s.nodes[1].otp.clone(), s.nodes[n].otp.clone())
     };
-    to.failover(1).map_err(Failure::Failed)?;
+    to.failover(1).await.map_err(Failure::Failed)?;
     let missing = to.missing_vbuckets();
     eprintln!(
         "\nfailover of {failed} in B, no replicas: {} vbuckets have no copy left in B",
