@@ -189,7 +189,14 @@ fn check_names_each_bad_copy_and_sync_refills_them_all_identical() {
     assert_eq!(statuses[D], "incomplete");
     assert_eq!(statuses[E], "behind");
 
-    let out = run(&["meta2", "sync"], &base, &vols, &["--json"]);
+    // 4 KiB of sort memory: every index of the aliases, contents and chunks goes through runs
+    // on disk.
+    let out = run(
+        &["meta2", "sync"],
+        &base,
+        &vols,
+        &["--json", "--sort-memory", "4096"],
+    );
     assert_ok(&out);
     let answers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let codes: BTreeMap<&str, u64> = answers
@@ -460,7 +467,7 @@ fn transfer_meta2_keeps_every_storage_class_and_unknown_tables() {
     assert_eq!(again.status.code(), Some(2));
 }
 
-fn rebuild_lost_volume(stream: bool) {
+fn rebuild_lost_volume(extra: &[&str]) {
     let root = tempfile::tempdir().unwrap();
     let vol = |a: &str| root.path().join(a.replace([':', '.'], "_"));
     let mut mine = Vec::new();
@@ -509,9 +516,7 @@ fn rebuild_lost_volume(stream: bool) {
         "-t",
         "3",
     ];
-    if stream {
-        args.push("--stream");
-    }
+    args.extend(extra);
     let out = pump(&args);
     assert_ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -548,12 +553,81 @@ fn rebuild_lost_volume(stream: bool) {
 
 #[test]
 fn rebuild_restores_every_base_of_a_lost_volume() {
-    rebuild_lost_volume(false);
+    rebuild_lost_volume(&[]);
 }
 
 #[test]
 fn rebuild_streaming_through_the_pump_restores_every_base_too() {
-    rebuild_lost_volume(true);
+    rebuild_lost_volume(&["--stream"]);
+}
+
+#[test]
+fn rebuild_streaming_with_index_keys_sorted_in_runs_on_disk_restores_every_base() {
+    rebuild_lost_volume(&["--stream", "--sort-memory", "1000"]);
+}
+
+#[test]
+fn sort_memory_is_refused_where_nothing_is_streamed_and_when_zero() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, vols) = copies(root.path(), "z1", &[A, B], 5);
+    let before = snapshot(root.path());
+    let lost = format!("{A}={}", vols[0].1.display());
+    let from = format!("{B}={}", vols[1].1.display());
+    let name = base.to_string();
+    let cases: [&[&str]; 4] = [
+        // A page copy sorts nothing.
+        &[
+            "meta2",
+            "rebuild",
+            "--peer",
+            &lost,
+            "--from-peer",
+            &from,
+            "--sort-memory",
+            "1000",
+        ],
+        &[
+            "meta2",
+            "rebuild",
+            "--peer",
+            &lost,
+            "--from-peer",
+            &from,
+            "--stream",
+            "--sort-memory",
+            "0",
+        ],
+        &[
+            "meta2",
+            "sync",
+            &name,
+            "--peer",
+            &lost,
+            "--peer",
+            &from,
+            "--sort-memory",
+            "0",
+        ],
+        // Through a proxy the proxy makes the copies (nothing listens here: refused first).
+        &[
+            "meta2",
+            "sync",
+            &name,
+            "--proxy",
+            "http://127.0.0.1:9",
+            "--ns",
+            "OPENIO",
+            "--sort-memory",
+            "1000",
+        ],
+    ];
+    for args in cases {
+        let out = pump(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("sort-memory"), "{args:?}: {err}");
+    }
+    assert_eq!(snapshot(root.path()), before, "nothing was written");
 }
 
 #[test]
@@ -731,7 +805,15 @@ fn move_with_delete_source_removes_the_old_copy_only_after_the_move() {
         &["meta2", "move"],
         &base,
         &vols,
-        &["--from", B, "--to", &to, "--delete-source"],
+        &[
+            "--from",
+            B,
+            "--to",
+            &to,
+            "--delete-source",
+            "--sort-memory",
+            "1000",
+        ],
     );
     assert_ok(&out);
     let old_dir = base.path_in(&vols[1].1).parent().unwrap().to_path_buf();

@@ -96,6 +96,26 @@ impl ProxyArgs {
     }
 }
 
+/// How a copy streams through the pump (sync, move, rebuild --stream).
+#[derive(Debug, Args)]
+struct StreamArgs {
+    /// Bytes of index keys a table may hold while a copy is written before the biggest index
+    /// is sorted into a run on disk, beside the base (default 256 MiB).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    sort_memory: Option<u64>,
+}
+
+impl StreamArgs {
+    fn stream(&self) -> Result<repair::StreamCopy, Failure> {
+        let mut s = repair::StreamCopy::default();
+        if let Some(bytes) = self.sort_memory {
+            s.sort_memory = usize::try_from(bytes)
+                .map_err(|_| Failure::Usage("--sort-memory: too big for this machine".into()))?;
+        }
+        Ok(s)
+    }
+}
+
 /// `ADDRESS` or `ADDRESS=VOLUME`.
 fn target(s: &str) -> Result<(String, Option<PathBuf>), String> {
     if s.contains('=') {
@@ -159,6 +179,8 @@ struct SyncArgs {
     #[arg(long, requires = "proxies")]
     dry_run: bool,
     #[command(flatten)]
+    copy: StreamArgs,
+    #[command(flatten)]
     proxy: ProxyArgs,
 }
 
@@ -184,6 +206,8 @@ struct MoveArgs {
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
+    copy: StreamArgs,
+    #[command(flatten)]
     proxy: ProxyArgs,
 }
 
@@ -205,6 +229,8 @@ struct RebuildArgs {
     /// instead of a verified page copy of a sound peer copy.
     #[arg(long)]
     stream: bool,
+    #[command(flatten)]
+    copy: StreamArgs,
 }
 
 #[derive(Debug, Args)]
@@ -326,14 +352,15 @@ fn need_base(b: &BaseArgs) -> Result<BaseName, Failure> {
 async fn sync(a: SyncArgs) -> Result<(), Failure> {
     let base = need_base(&a.base)?;
     if let Some(p) = a.proxy.open(&a.base, a.dry_run)? {
-        if a.json {
+        if a.json || a.copy.sort_memory.is_some() {
             return Err(Failure::Usage(
-                "--json is not available with --proxy".into(),
+                "--json and --sort-memory are not available with --proxy: the proxy syncs".into(),
             ));
         }
         return sds::sync(&p, &base, &a.peers, a.from.as_deref()).await;
     }
-    let answers = repair::sync(&base, &a.peers, a.from.as_deref()).await?;
+    let stream = a.copy.stream()?;
+    let answers = repair::sync(&base, &a.peers, a.from.as_deref(), stream).await?;
     if a.json {
         println!(
             "{}",
@@ -380,6 +407,7 @@ async fn move_(a: MoveArgs) -> Result<(), Failure> {
             from: a.from,
             to: a.to.0,
             volumes,
+            stream: a.copy.stream()?,
         };
         return sds::move_base(&p, &m).await;
     }
@@ -399,6 +427,7 @@ async fn move_(a: MoveArgs) -> Result<(), Failure> {
         to,
         delete_source: a.delete_source,
         dry_run: a.dry_run,
+        stream: a.copy.stream()?,
     };
     let lines = repair::move_base(&req).await?;
     if a.dry_run {
@@ -419,7 +448,11 @@ async fn move_(a: MoveArgs) -> Result<(), Failure> {
 async fn rebuild(a: RebuildArgs) -> Result<(), Failure> {
     let started = std::time::Instant::now();
     let mode = if a.stream {
-        repair::RebuildMode::Stream
+        repair::RebuildMode::Stream(a.copy.stream()?)
+    } else if a.copy.sort_memory.is_some() {
+        return Err(Failure::Usage(
+            "--sort-memory is for --stream: a page copy sorts nothing".into(),
+        ));
     } else {
         repair::RebuildMode::Pages
     };

@@ -35,7 +35,7 @@ enum Command {
     /// The whole repair on local clusters: load, failover, recover, check.
     Demo(demo::DemoArgs),
     /// meta2 bases: check, sync, move, rebuild, generate.
-    Meta2(meta2::Meta2Args),
+    Meta2(Box<meta2::Meta2Args>),
 }
 
 /// Every source and sink kind this binary knows.
@@ -94,7 +94,7 @@ pub fn main() -> ExitCode {
             Command::Recover(args) => recover::run(*args).await,
             Command::Node(args) => node::run(*args).await,
             Command::Cluster(args) => cluster::run(*args).await,
-            Command::Meta2(args) => meta2::run(args).await,
+            Command::Meta2(args) => meta2::run(*args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Kinds => {
                 print_kinds();

@@ -26,7 +26,9 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use pump::progress::ProgressMode;
-use pump::{Context, Options};
+use pump::{Context, Options, WriterSink};
+use pump_sinks::meta2::{Meta2Writer, DEFAULT_SORT_MEMORY};
+
 use pump_meta2::schema::{self, STATUS_FROZEN};
 use pump_meta2::{digest, inspect, judge, BaseName, CopyReport, Health, Peer};
 use serde::{Deserialize, Serialize};
@@ -135,6 +137,8 @@ pub struct FileExecutor {
     /// `sys.status` of each copy before the plan (None: absent), for Unfreeze.
     statuses: BTreeMap<String, Option<Vec<u8>>>,
     undo: Vec<Undo>,
+    /// How a Copy step streams.
+    stream: StreamCopy,
 }
 
 impl FileExecutor {
@@ -148,7 +152,13 @@ impl FileExecutor {
                 .collect(),
             statuses: BTreeMap::new(),
             undo: Vec::new(),
+            stream: StreamCopy::default(),
         }
+    }
+
+    /// Copy steps stream with these settings.
+    pub fn with_stream(self, stream: StreamCopy) -> FileExecutor {
+        FileExecutor { stream, ..self }
     }
 
     /// The file of `peer`'s copy.
@@ -187,32 +197,52 @@ fn admin_put(
     .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Streams the base at `from` into a new base at `to` with the pump (meta2 source ->
-/// meta2 sink); returns the rows copied.
-pub async fn copy_base(from: &Path, to: &Path) -> Result<u64, String> {
-    copy_base_with(from, to, true).await
+/// How a base is streamed into a new copy: meta2 source -> meta2 sink, through the pump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamCopy {
+    /// Bytes of index keys a table may hold before the biggest index is sorted into a run on
+    /// disk (the sink's `-x sort_memory`).
+    pub sort_memory: usize,
 }
 
-/// [`copy_base`]; `sync_dir` false leaves the directory's sync to the caller.
-async fn copy_base_with(from: &Path, to: &Path, sync_dir: bool) -> Result<u64, String> {
-    let options = Options {
-        threads: 1,
-        ..Options::default()
-    };
-    let batch = options.extra.batch_max_size;
-    let source = Box::new(pump_sources::meta2::Meta2Source::new(
-        from.to_path_buf(),
-        batch,
-    ));
-    let sink = Box::new(pump_sinks::meta2::meta2_sink_with(
-        to.to_path_buf(),
-        sync_dir,
-    ));
-    let ctx = Context::new(options).with_progress(ProgressMode::Off);
-    let summary = pump::run(source, sink, ctx)
-        .await
-        .map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))?;
-    Ok(summary.counts.items_written)
+impl Default for StreamCopy {
+    fn default() -> Self {
+        StreamCopy {
+            sort_memory: DEFAULT_SORT_MEMORY,
+        }
+    }
+}
+
+impl StreamCopy {
+    /// Streams the base at `from` into a new base at `to`; returns the rows copied.
+    pub async fn copy(self, from: &Path, to: &Path) -> Result<u64, String> {
+        self.copy_with(from, to, true).await
+    }
+
+    /// The sink writing `to`; `sync_dir` false leaves the directory's sync to the caller.
+    fn sink(self, to: &Path, sync_dir: bool) -> WriterSink<Meta2Writer> {
+        let WriterSink(w) = pump_sinks::meta2::meta2_sink_with(to.to_path_buf(), sync_dir);
+        WriterSink(w.with_sort_memory(self.sort_memory))
+    }
+
+    /// [`StreamCopy::copy`]; `sync_dir` false leaves the directory's sync to the caller.
+    async fn copy_with(self, from: &Path, to: &Path, sync_dir: bool) -> Result<u64, String> {
+        let options = Options {
+            threads: 1,
+            ..Options::default()
+        };
+        let batch = options.extra.batch_max_size;
+        let source = Box::new(pump_sources::meta2::Meta2Source::new(
+            from.to_path_buf(),
+            batch,
+        ));
+        let sink = Box::new(self.sink(to, sync_dir));
+        let ctx = Context::new(options).with_progress(ProgressMode::Off);
+        let summary = pump::run(source, sink, ctx)
+            .await
+            .map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))?;
+        Ok(summary.counts.items_written)
+    }
 }
 
 #[async_trait]
@@ -258,7 +288,8 @@ impl Executor for FileExecutor {
                         dst.display()
                     ));
                 }
-                copy_base(&src, &dst)
+                self.stream
+                    .copy(&src, &dst)
                     .await
                     .map_err(|e| format!("{to}: {e}"))?;
                 self.undo.push(Undo::RemoveFile { path: dst });
@@ -409,11 +440,12 @@ pub struct SyncAnswer {
     pub message: String,
 }
 
-/// Refills every bad copy of `base` from the best one (or `from`).
+/// Refills every bad copy of `base` from the best one (or `from`), streaming as `stream` says.
 pub async fn sync(
     base: &BaseName,
     peers: &[Peer],
     from: Option<&str>,
+    stream: StreamCopy,
 ) -> Result<Vec<SyncAnswer>, Failure> {
     let states: Vec<(String, pump_meta2::CopyState)> = peers
         .iter()
@@ -447,7 +479,7 @@ pub async fn sync(
             })?
         }
     };
-    let mut exec = FileExecutor::new(base.clone(), peers);
+    let mut exec = FileExecutor::new(base.clone(), peers).with_stream(stream);
     let mut answers = Vec::new();
     for r in &reports {
         if r.address == source {
@@ -533,6 +565,8 @@ pub struct MoveRequest {
     pub to: Peer,
     pub delete_source: bool,
     pub dry_run: bool,
+    /// How the copy streams.
+    pub stream: StreamCopy,
 }
 
 fn journal_path(target: &Path) -> PathBuf {
@@ -739,7 +773,7 @@ pub async fn move_base(req: &MoveRequest) -> Result<Vec<String>, Failure> {
         journal.statuses.insert(req.to.address.clone(), from_status);
         write_journal(&journal_file, &journal).map_err(Failure::Failed)?;
     }
-    let mut exec = FileExecutor::new(req.base.clone(), &all);
+    let mut exec = FileExecutor::new(req.base.clone(), &all).with_stream(req.stream);
     exec.statuses = journal.statuses.clone();
     let start = journal.done;
     for i in start..journal.plan.len() {
@@ -972,7 +1006,7 @@ pub enum RebuildMode {
     /// before its link ([`pump_meta2::copy::copy_verified`]).
     Pages,
     /// Each base streams through the pump (meta2 source -> meta2 sink), as `sync` does.
-    Stream,
+    Stream(StreamCopy),
 }
 
 enum Rebuilt {
@@ -1005,12 +1039,12 @@ async fn rebuild_one(
     .await
     .map_err(|e| format!("{base}: {e}"))?;
     let (plan, target) = plan;
-    let (src, aside) = match plan? {
+    let (src, aside, stream) = match plan? {
         Planned::Done(r) => return Ok(r),
-        Planned::Stream { src, aside } => (src, aside),
+        Planned::Stream { src, aside, stream } => (src, aside, stream),
     };
     // The directories are synced once each at the end of the rebuild.
-    match copy_base_with(&src, &target, false).await {
+    match stream.copy_with(&src, &target, false).await {
         Ok(_rows) => Ok(Rebuilt::Copied(
             std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0),
         )),
@@ -1029,6 +1063,7 @@ enum Planned {
     Stream {
         src: PathBuf,
         aside: Option<PathBuf>,
+        stream: StreamCopy,
     },
 }
 
@@ -1042,7 +1077,7 @@ fn plan_one(
     // only their admin keys read here.
     let look = |c: &PathBuf| match mode {
         RebuildMode::Pages => pump_meta2::check::inspect_admin(c),
-        RebuildMode::Stream => inspect(c, false),
+        RebuildMode::Stream(_) => inspect(c, false),
     };
     let states: Vec<pump_meta2::CopyState> = copies.iter().map(look).collect();
     if !states.iter().any(|s| s.peers.iter().any(|p| p == address)) {
@@ -1071,10 +1106,11 @@ fn plan_one(
         std::fs::rename(target, &a).map_err(|e| format!("{}: {e}", target.display()))?;
         aside = Some(a);
     }
-    if mode == RebuildMode::Stream {
+    if let RebuildMode::Stream(stream) = mode {
         return Ok(Planned::Stream {
             src: best.path.clone(),
             aside,
+            stream,
         });
     }
     // The best copy first; a copy whose pages fail the checks gives way to the next.
@@ -1089,4 +1125,22 @@ fn plan_one(
         let _ = std::fs::rename(&a, target);
     }
     Err(errors.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_copy_gives_its_sort_memory_to_the_sink() {
+        let to = Path::new("/nonexistent/x.meta2");
+        assert_eq!(
+            StreamCopy::default().sink(to, true).0.sort_memory(),
+            DEFAULT_SORT_MEMORY
+        );
+        let small = StreamCopy { sort_memory: 1000 };
+        assert_eq!(small.sink(to, false).0.sort_memory(), 1000);
+        let exec = FileExecutor::new(BaseName::of("a", "c"), &[]).with_stream(small);
+        assert_eq!(exec.stream, small);
+    }
 }

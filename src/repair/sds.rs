@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use pump_meta2::{BaseName, CopyReport, Health, Peer};
 use serde_json::{json, Value};
 
-use super::meta2::{check_base, Executor, FileExecutor, Step};
+use super::meta2::{check_base, Executor, FileExecutor, Step, StreamCopy};
 use crate::cli::Failure;
 
 /// The proxies of a namespace and the container a command is about.
@@ -453,6 +453,8 @@ pub struct ProxyMove {
     pub to: String,
     /// Volumes reachable from here, by address (`--peer` and `--to ADDRESS=VOLUME`).
     pub volumes: BTreeMap<String, PathBuf>,
+    /// How the copy streams when both volumes are reachable.
+    pub stream: StreamCopy,
 }
 
 /// What a move has done so far, for the undo.
@@ -566,7 +568,7 @@ pub async fn move_base(p: &Proxies, m: &ProxyMove) -> Result<(), Failure> {
     let mut done = Done::default();
     let mut files = pump_copy
         .as_ref()
-        .map(|peers| FileExecutor::new(m.base.clone(), peers));
+        .map(|peers| FileExecutor::new(m.base.clone(), peers).with_stream(m.stream));
     let r = change(&mut s, m, &old, &new, &mut done, files.as_mut()).await;
     let Err(e) = r else {
         if let Some(f) = files.as_mut() {

@@ -172,6 +172,11 @@ impl Meta2Writer {
         }
     }
 
+    /// The bytes a table's index keys may hold before a run is written.
+    pub fn sort_memory(&self) -> usize {
+        self.sort_memory
+    }
+
     fn spec(&self) -> String {
         format!("meta2:{}", self.path.display())
     }
