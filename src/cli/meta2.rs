@@ -352,10 +352,14 @@ fn need_base(b: &BaseArgs) -> Result<BaseName, Failure> {
 async fn sync(a: SyncArgs) -> Result<(), Failure> {
     let base = need_base(&a.base)?;
     if let Some(p) = a.proxy.open(&a.base, a.dry_run)? {
-        if a.json || a.copy.sort_memory.is_some() {
-            return Err(Failure::Usage(
-                "--json and --sort-memory are not available with --proxy: the proxy syncs".into(),
-            ));
+        let local_only = [
+            ("--json", a.json),
+            ("--sort-memory", a.copy.sort_memory.is_some()),
+        ];
+        if let Some((flag, _)) = local_only.iter().find(|(_, given)| *given) {
+            return Err(Failure::Usage(format!(
+                "{flag} is not available with --proxy: the proxy makes the copies"
+            )));
         }
         return sds::sync(&p, &base, &a.peers, a.from.as_deref()).await;
     }
