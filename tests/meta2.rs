@@ -574,55 +574,28 @@ fn sort_memory_is_refused_where_nothing_is_streamed_and_when_zero() {
     let lost = format!("{A}={}", vols[0].1.display());
     let from = format!("{B}={}", vols[1].1.display());
     let name = base.to_string();
-    let cases: [&[&str]; 4] = [
-        // A page copy sorts nothing.
-        &[
-            "meta2",
-            "rebuild",
-            "--peer",
-            &lost,
-            "--from-peer",
-            &from,
-            "--sort-memory",
-            "1000",
-        ],
-        &[
-            "meta2",
-            "rebuild",
-            "--peer",
-            &lost,
-            "--from-peer",
-            &from,
-            "--stream",
-            "--sort-memory",
-            "0",
-        ],
-        &[
-            "meta2",
-            "sync",
-            &name,
-            "--peer",
-            &lost,
-            "--peer",
-            &from,
-            "--sort-memory",
-            "0",
-        ],
-        // Through a proxy the proxy makes the copies (nothing listens here: refused first).
-        &[
-            "meta2",
-            "sync",
-            &name,
-            "--proxy",
-            "http://127.0.0.1:9",
-            "--ns",
-            "OPENIO",
-            "--sort-memory",
-            "1000",
-        ],
+    let rebuild = ["meta2", "rebuild", "--peer", &lost, "--from-peer", &from];
+    let sync = ["meta2", "sync", &name, "--peer", &lost, "--peer", &from];
+    let proxy = [
+        "meta2",
+        "sync",
+        &name,
+        "--proxy",
+        "http://127.0.0.1:9",
+        "--ns",
+        "NS",
     ];
-    for args in cases {
-        let out = pump(args);
+    let cases: [(&[&str], &[&str]); 4] = [
+        // A page copy sorts nothing.
+        (&rebuild, &["--sort-memory", "1000"]),
+        (&rebuild, &["--stream", "--sort-memory", "0"]),
+        (&sync, &["--sort-memory", "0"]),
+        // Through a proxy the proxy makes the copies (nothing listens there: refused first).
+        (&proxy, &["--sort-memory", "1000"]),
+    ];
+    for (command, extra) in cases {
+        let args = [command, extra].concat();
+        let out = pump(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains("sort-memory"), "{args:?}: {err}");
