@@ -102,6 +102,35 @@ fn usage_errors_exit_2_and_name_what_was_wrong() {
 }
 
 #[test]
+fn a_rest_peer_that_refuses_connections_is_named_with_the_reason() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let cases = [
+        vec![
+            "transfer".into(),
+            format!("couchbase://127.0.0.1:{port}"),
+            "blackhole:".into(),
+        ],
+        vec!["recover".into(), url.clone(), url.clone()],
+        vec!["cluster".into(), "failover".into(), url.clone(), "0".into()],
+    ];
+    for args in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(&url), "{args:?} names the peer: {err}");
+        assert!(
+            err.contains("Connection refused"),
+            "{args:?} says why: {err}"
+        );
+    }
+}
+
+#[test]
 fn dry_run_reads_everything_and_writes_nothing() {
     let (code, out, err) = run(&["transfer", "gen:max-items=100", "stdout:", "-n", "-q"]);
     assert_eq!(code, 0, "{err}");

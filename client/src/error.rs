@@ -83,3 +83,48 @@ impl ClientError {
         }
     }
 }
+
+/// `e` and the errors under it, joined by ": ". An HTTP client's "error sending request"
+/// says why (refused, no such host, reset) only in its sources; a cause whose text is already
+/// shown is not repeated.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Error)]
+    enum Layer {
+        #[error("error sending request")]
+        Send(#[source] std::io::Error),
+        #[error("connect: {0}")]
+        Shows(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn causes_are_joined_once_each() {
+        let refused = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let text = refused().to_string();
+        assert_eq!(
+            with_causes(&Layer::Send(refused())),
+            format!("error sending request: {text}")
+        );
+        // A cause the error already shows is not repeated.
+        assert_eq!(
+            with_causes(&Layer::Shows(refused())),
+            format!("connect: {text}")
+        );
+    }
+}

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::connection::Auth;
-use crate::error::ClientError;
+use crate::error::{with_causes, ClientError};
 
 /// Which server holds each vbucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,12 +104,12 @@ impl VbucketMap {
         if let Some(a) = auth {
             req = req.basic_auth(&a.user, Some(&a.password));
         }
-        let resp = req.send().await.map_err(|e| rest(format!("{e}")))?;
+        let resp = req.send().await.map_err(|e| rest(with_causes(&e)))?;
         let status = resp.status();
         let body = resp
             .bytes()
             .await
-            .map_err(|e| rest(format!("reading the answer: {e}")))?;
+            .map_err(|e| rest(format!("reading the answer: {}", with_causes(&e))))?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
             return Err(rest(format!("HTTP {status}: {text}")));

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use pump_client::error::with_causes;
 use pump_node::{Cluster, ClusterConfig, Membership, NodeConfig, RecoveryApi};
 
 use super::Failure;
@@ -154,10 +155,10 @@ async fn failover(url: &str, node: &str) -> Result<(), Failure> {
         .send()
         .await
         .and_then(|r| r.error_for_status())
-        .map_err(|e| Failure::Failed(format!("{base}: {e}")))?
+        .map_err(|e| Failure::Failed(format!("{base}: {}", with_causes(&e))))?
         .json()
         .await
-        .map_err(|e| Failure::Failed(format!("{base}/pools/default: {e}")))?;
+        .map_err(|e| Failure::Failed(format!("{base}/pools/default: {}", with_causes(&e))))?;
     let nodes = pool["nodes"].as_array().cloned().unwrap_or_default();
     let otp = nodes
         .iter()
@@ -180,7 +181,7 @@ async fn failover(url: &str, node: &str) -> Result<(), Failure> {
         .body(format!("otpNode={}", otp.replace('@', "%40")))
         .send()
         .await
-        .map_err(|e| Failure::Failed(format!("{base}: {e}")))?;
+        .map_err(|e| Failure::Failed(format!("{base}: {}", with_causes(&e))))?;
     let status = r.status();
     let body = r.text().await.unwrap_or_default();
     if !status.is_success() {

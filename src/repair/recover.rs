@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use pump::{Context, Credentials, Options, Spec, VbucketSet};
+use pump_client::error::with_causes;
 use serde_json::Value;
 
 /// What `pump recover` was asked to do.
@@ -95,10 +96,9 @@ impl Rest {
             Some(c) => req.basic_auth(&c.user, Some(&c.password)),
             None => req,
         };
-        let res = req
-            .send()
-            .await
-            .map_err(|e| RecoverError::Rest(format!("{}: {what}: {e}", self.base)))?;
+        let res = req.send().await.map_err(|e| {
+            RecoverError::Rest(format!("{}: {what}: {}", self.base, with_causes(&e)))
+        })?;
         let status = res.status().as_u16();
         let body = res.text().await.unwrap_or_default();
         Ok(Answer { status, body })

@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
+use pump_client::error::with_causes;
 use pump_meta2::{BaseName, CopyReport, Health, Peer};
 use serde_json::{json, Value};
 
@@ -266,9 +267,15 @@ impl Proxies {
         if let Some(b) = &c.body {
             r = r.json(b);
         }
-        let resp = r.send().await.map_err(|e| format!("{c}: {e}"))?;
+        let resp = r
+            .send()
+            .await
+            .map_err(|e| format!("{c}: {}", with_causes(&e)))?;
         let status = resp.status().as_u16();
-        let text = resp.text().await.map_err(|e| format!("{c}: {e}"))?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| format!("{c}: {}", with_causes(&e)))?;
         let body: Value = if text.trim().is_empty() {
             Value::Null
         } else {
