@@ -819,6 +819,33 @@ fn transfer_of_a_base_refuses_key_and_vbucket_filters_and_writes_nothing() {
 }
 
 #[test]
+fn a_base_moves_only_between_meta2_specs_or_into_a_blackhole() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, vols) = copies(root.path(), "p1", &[A], 5);
+    let src = format!("meta2:{}", base.path_in(&vols[0].1).display());
+    let out_path = root.path().join("out.meta2");
+    let dst = format!("meta2:{}", out_path.display());
+    let csv = root.path().join("out.csv");
+    let csv_spec = format!("csv:{}", csv.display());
+    for (from, to, gives) in [
+        ("gen:max-items=10", dst.as_str(), "key-value items"),
+        (src.as_str(), "memcached://127.0.0.1:11211", "a meta2 base"),
+        (src.as_str(), csv_spec.as_str(), "a meta2 base"),
+    ] {
+        let out = pump(&["transfer", from, to]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{from} -> {to}: {err}");
+        assert!(
+            err.contains(&format!("{to} cannot take what {from} gives ({gives})")),
+            "{err}"
+        );
+    }
+    assert!(!out_path.exists() && !csv.exists(), "nothing written");
+    // The source alone, as its benchmark runs it.
+    assert_ok(&pump(&["transfer", &src, "blackhole:", "-q"]));
+}
+
+#[test]
 fn check_rejects_a_bad_address_with_usage_exit() {
     let out = pump(&[
         "meta2",

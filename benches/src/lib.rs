@@ -45,16 +45,9 @@ pub async fn transfer(source: &str, sink: &str, threads: usize, items: u64) -> f
     };
     let open = |spec: &str| pump::Spec::parse(spec).expect("a valid spec");
     let (src, dst) = (open(source), open(sink));
-    let source = registry
-        .source_kind(&src)
-        .expect("a known source kind")
-        .open(&src, &options)
-        .expect("the source opens");
-    let sink = registry
-        .sink_kind(&dst)
-        .expect("a known sink kind")
-        .open(&dst, &options)
-        .expect("the sink opens");
+    let (source_kind, sink_kind) = registry.pair(&src, &dst).expect("kinds that fit");
+    let source = source_kind.open(&src, &options).expect("the source opens");
+    let sink = sink_kind.open(&dst, &options).expect("the sink opens");
     let t = std::time::Instant::now();
     let summary = pump::run(source, sink, pump::Context::new(options))
         .await

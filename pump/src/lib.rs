@@ -38,7 +38,7 @@ pub use error::Error;
 pub use message::{Message, Op};
 pub use options::{Credentials, Extra, Options};
 pub use pipeline::{run, BatchWriter, Context, Sink, Source, WriterSink};
-pub use registry::{Registry, SinkKind, SourceKind};
+pub use registry::{Payload, Registry, SinkKind, SourceKind};
 pub use retry::{RetryPolicy, Verdict};
 pub use spec::{Spec, VbucketSet};
 pub use stats::{Stats, Summary};

@@ -6,6 +6,24 @@ use crate::options::Options;
 use crate::pipeline::{Sink, Source};
 use crate::spec::Spec;
 
+/// What a kind's messages are: a sink takes only what it can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// Key-value items of vbuckets (mutations, deletions, expirations).
+    Items,
+    /// One meta2 base: schema, row and end-of-table messages (`pump_meta2::codec`).
+    Meta2Base,
+}
+
+impl std::fmt::Display for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Payload::Items => "key-value items",
+            Payload::Meta2Base => "a meta2 base",
+        })
+    }
+}
+
 /// A kind of source: how its spec looks and how to open it. `open` validates without I/O
 /// where it can; connecting happens when the source runs.
 pub trait SourceKind: Send + Sync {
@@ -18,6 +36,10 @@ pub trait SourceKind: Send + Sync {
     /// `-x` keys this kind reads besides the engine's.
     fn extra_keys(&self) -> &'static [&'static str] {
         &[]
+    }
+    /// What its messages are.
+    fn payload(&self) -> Payload {
+        Payload::Items
     }
     /// Builds the source.
     fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Source>, Error>;
@@ -34,6 +56,10 @@ pub trait SinkKind: Send + Sync {
     /// `-x` keys this kind reads besides the engine's.
     fn extra_keys(&self) -> &'static [&'static str] {
         &[]
+    }
+    /// True when it can write messages of this payload.
+    fn takes(&self, payload: Payload) -> bool {
+        payload == Payload::Items
     }
     /// Builds the sink.
     fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Sink>, Error>;
@@ -92,6 +118,24 @@ impl Registry {
                     known.join(" | ")
                 ))
             })
+    }
+
+    /// The kinds of a transfer from `source` to `sink`, or a usage error when either is
+    /// unknown or the sink cannot write what the source gives (a meta2 base into memcached,
+    /// items into a meta2 base).
+    pub fn pair(
+        &self,
+        source: &Spec,
+        sink: &Spec,
+    ) -> Result<(&dyn SourceKind, &dyn SinkKind), Error> {
+        let (from, to) = (self.source_kind(source)?, self.sink_kind(sink)?);
+        if !to.takes(from.payload()) {
+            return Err(Error::usage(format!(
+                "{sink} cannot take what {source} gives ({})",
+                from.payload()
+            )));
+        }
+        Ok((from, to))
     }
 
     /// Every source kind, in registration order.

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use pump::pipeline::Context;
-use pump::{BatchReceiver, Error, Options, Sink, SinkKind, Spec};
+use pump::{BatchReceiver, Error, Options, Payload, Sink, SinkKind, Spec};
 
 /// The `blackhole:` kind.
 pub struct BlackholeKind;
@@ -16,6 +16,9 @@ impl SinkKind for BlackholeKind {
     }
     fn matches(&self, spec: &Spec) -> bool {
         spec.scheme() == Some("blackhole")
+    }
+    fn takes(&self, _payload: Payload) -> bool {
+        true
     }
     fn open(&self, _spec: &Spec, _options: &Options) -> Result<Box<dyn Sink>, Error> {
         Ok(Box::new(BlackholeSink))

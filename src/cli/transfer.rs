@@ -58,8 +58,7 @@ pub async fn run(args: TransferArgs) -> Result<(), Failure> {
     let registry = registry();
     let source_spec = Spec::parse(&args.source)?;
     let sink_spec = Spec::parse(&args.sink)?;
-    let source_kind = registry.source_kind(&source_spec)?;
-    let sink_kind = registry.sink_kind(&sink_spec)?;
+    let (source_kind, sink_kind) = registry.pair(&source_spec, &sink_spec)?;
     let mut kind_keys: Vec<&str> = source_kind.extra_keys().to_vec();
     kind_keys.extend(sink_kind.extra_keys());
     let mut extra = Extra::parse(&args.extra, &kind_keys)?;

@@ -29,7 +29,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pump::{
-    BatchWriter, Delivery, Error, Message, Options, Sink, SinkKind, SourceEnd, Spec, WriterSink,
+    BatchWriter, Delivery, Error, Message, Options, Payload, Sink, SinkKind, SourceEnd, Spec,
+    WriterSink,
 };
 use pump_meta2::check::{digest_private, digest_stored};
 use pump_meta2::codec::{
@@ -59,6 +60,9 @@ impl SinkKind for Meta2Kind {
     }
     fn matches(&self, spec: &Spec) -> bool {
         spec.scheme() == Some("meta2")
+    }
+    fn takes(&self, payload: Payload) -> bool {
+        payload == Payload::Meta2Base
     }
     fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Sink>, Error> {
         if spec.body().is_empty() {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pump::pipeline::Context;
-use pump::{BatchSender, Error, Message, Options, Source, SourceKind, Spec};
+use pump::{BatchSender, Error, Message, Options, Payload, Source, SourceKind, Spec};
 use pump_formats::sqlite_file::{self, SqliteFile};
 use pump_meta2::check::TableDigest;
 use pump_meta2::codec::{encode_schema, encode_table_end, put_cell, SCHEMA_FLAG, TABLE_END_FLAG};
@@ -41,6 +41,9 @@ impl SourceKind for Meta2Kind {
     }
     fn matches(&self, spec: &Spec) -> bool {
         spec.scheme() == Some("meta2")
+    }
+    fn payload(&self) -> Payload {
+        Payload::Meta2Base
     }
     fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Source>, Error> {
         let path = config(spec)?;
