@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! recover.rs  pump recover: bring back a failed-over node's missing vbuckets from another cluster
-//! meta2.rs    pump meta2 check | sync | move | rebuild: plans of Steps run by a FileExecutor
+//! meta2/      pump meta2 check | sync | move | rebuild: plans of Steps run by a FileExecutor
 //! sds.rs      the same with --proxy: an OpenIO SDS proxy's routes around the transfer
 //! ```
 

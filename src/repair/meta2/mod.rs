@@ -1,0 +1,88 @@
+//! meta2 repairs as plans of typed [`Step`]s run by an [`Executor`].
+//!
+//! `check` inspects every copy; `sync` plans, per bad copy, SetAside + Copy from the best
+//! copy (the Copy is verified by the meta2 sink against the source's per-table digests
+//! before it is renamed into place, so no second read of both copies follows); `move`
+//! plans Freeze (every copy), Copy (to the new service), SetPeers (every copy of the new
+//! set, identical value and identical `version:main.admin` bump), Unfreeze, Verify, then
+//! SetAside (or Remove with `--delete-source`) of the old copy. `rebuild` runs a Copy for
+//! every base a lost service should hold.
+//!
+//! [`FileExecutor`] does each step on local volumes and keeps an undo journal: on a failure
+//! every step done is undone in reverse (statuses restored, created files removed, copies
+//! set aside put back). A later proxy executor (an SDS proxy's freeze/copy/set_properties)
+//! can implement the same [`Executor`] trait.
+//!
+//! A move also writes a journal file next to its target (`<target>.move-journal`, JSON: the
+//! plan, the steps done, the saved statuses) after every step, so that a move killed midway
+//! leaves frozen copies that `check` reports, and a rerun of the same command resumes the
+//! plan after the last step done. Test hooks (environment, for tests only):
+//! `PUMP_TEST_FAIL_AFTER_STEP=N` makes the process exit abruptly (code 86, no undo) right
+//! after step N (1-based) is done and journaled; `PUMP_TEST_ERROR_AT_STEP=N` makes step N
+//! fail as a step does (the undo journal then runs).
+//!
+//! ```text
+//! exec.rs       Step, the Executor trait, FileExecutor (steps on local volumes, undo journal),
+//!               StreamCopy (a base streamed through the pump into a new copy)
+//! sync.rs       sync: per bad copy, SetAside + Copy from the best one
+//! move_base.rs  move: plan, journal, run, resume
+//! rebuild.rs    rebuild: every base a lost service should hold, page copies or streamed
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use pump_meta2::{inspect, judge, BaseName, CopyReport, Peer};
+
+mod exec;
+mod move_base;
+mod rebuild;
+mod sync;
+
+pub use exec::{Executor, FileExecutor, Step, StreamCopy};
+pub use move_base::{move_base, MoveRequest};
+pub use rebuild::{rebuild, RebuildMode};
+pub use sync::sync;
+
+/// Inspects and judges every peer's copy of `base`.
+pub fn check_base(base: &BaseName, peers: &[Peer], full: bool) -> Vec<CopyReport> {
+    let states: Vec<(String, pump_meta2::CopyState)> = peers
+        .iter()
+        .map(|p| (p.address.clone(), inspect(&p.path(base), full)))
+        .collect();
+    judge(&states)
+}
+
+/// `<file>.<suffix>`.
+pub fn aside_path(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{suffix}"));
+    PathBuf::from(s)
+}
+
+/// Seconds since the epoch (0 if the clock is before it).
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `corrupted`, or `corrupted-<unix time>` when a `.corrupted` file is already there.
+fn corrupted_suffix(path: &Path) -> String {
+    if aside_path(path, "corrupted").exists() {
+        format!("corrupted-{}", now_secs())
+    } else {
+        "corrupted".into()
+    }
+}
+
+/// An error naming `dir` unless it is a directory a file can be created in.
+fn volume_writable(dir: &Path) -> Result<(), String> {
+    if !dir.is_dir() {
+        return Err(format!("{}: no such directory", dir.display()));
+    }
+    let probe = dir.join(format!(".pump-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| format!("{}: not writable: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
