@@ -585,11 +585,12 @@ fn sort_memory_is_refused_where_nothing_is_streamed_and_when_zero() {
         "--ns",
         "NS",
     ];
-    let cases: [(&[&str], &[&str]); 4] = [
+    let cases: [(&[&str], &[&str]); 5] = [
         // A page copy sorts nothing.
         (&rebuild, &["--sort-memory", "1000"]),
         (&rebuild, &["--stream", "--sort-memory", "0"]),
         (&sync, &["--sort-memory", "0"]),
+        (&sync, &["--sort-memory", "12T"]),
         // Through a proxy the proxy makes the copies (nothing listens there: refused first).
         (&proxy, &["--sort-memory", "1000"]),
     ];
@@ -785,7 +786,7 @@ fn move_with_delete_source_removes_the_old_copy_only_after_the_move() {
             &to,
             "--delete-source",
             "--sort-memory",
-            "1000",
+            "1K",
         ],
     );
     assert_ok(&out);

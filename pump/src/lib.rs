@@ -36,7 +36,7 @@ pub use channel::{BatchReceiver, BatchSender, Filter, SourceEnd};
 pub use checkpoint::Checkpoint;
 pub use error::Error;
 pub use message::{Message, Op};
-pub use options::{Credentials, Extra, Options};
+pub use options::{parse_size, Credentials, Extra, Options};
 pub use pipeline::{run, BatchWriter, Context, Sink, Source, WriterSink};
 pub use registry::{Payload, Registry, SinkKind, SourceKind};
 pub use retry::{RetryPolicy, Verdict};

@@ -140,7 +140,7 @@ impl Default for Extra {
 /// The engine's `-x` keys, with their defaults, for help texts.
 pub const ENGINE_KEYS: &[(&str, &str)] = &[
     ("batch_max_size", "1000: messages per batch"),
-    ("batch_max_bytes", "400000: bytes per batch"),
+    ("batch_max_bytes", "400000: bytes per batch (K, M suffixes)"),
     (
         "cbb_max_mb",
         "100000: roll a backup data file past this many MB",
@@ -169,8 +169,9 @@ impl Extra {
                         positive(&v).ok_or_else(|| bad("expected a positive count"))?
                 }
                 "batch_max_bytes" => {
-                    x.batch_max_bytes =
-                        positive(&v).ok_or_else(|| bad("expected a positive byte count"))?
+                    x.batch_max_bytes = parse_size(&v)
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or_else(|| bad("expected a positive size: 400000, 512K, 4M"))?
                 }
                 "cbb_max_mb" => {
                     x.cbb_max_mb =
@@ -234,6 +235,18 @@ impl Extra {
         }
     }
 
+    /// A kind's key as a positive size in bytes (`65536`, `64K`, `256M`, `1G`), or `default`.
+    pub fn size(&self, key: &str, default: u64) -> Result<u64, Error> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => parse_size(v).ok_or_else(|| {
+                Error::usage(format!(
+                    "-x {key}={v}: expected a positive size: 65536, 64K, 256M, 1G"
+                ))
+            }),
+        }
+    }
+
     /// `-x timeout=SECONDS` (30 by default, at least 1): the longest any network wait may take.
     pub fn timeout(&self) -> Result<Duration, Error> {
         match self.number("timeout", 30)? {
@@ -246,6 +259,25 @@ impl Extra {
     pub fn set(&mut self, key: &str, value: &str) {
         self.kind.insert(key.to_string(), value.to_string());
     }
+}
+
+/// A positive size in bytes: digits, then optionally K, M or G (KiB, MiB, GiB: 1024 based,
+/// either case, with or without a trailing B or iB).
+pub fn parse_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(digits);
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => return None,
+    };
+    n.parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)?
+        .checked_mul(1 << shift)
 }
 
 fn positive(v: &str) -> Option<usize> {
@@ -293,9 +325,48 @@ mod tests {
             "{err}"
         );
         assert!(Extra::parse("batch_max_size=0", &[]).is_err());
+        assert_eq!(
+            Extra::parse("batch_max_bytes=512K", &[])
+                .unwrap()
+                .batch_max_bytes,
+            512 << 10
+        );
         assert!(Extra::parse("max_retry=x", &[])
             .unwrap_err()
             .to_string()
             .contains("max_retry=x"));
+    }
+
+    #[test]
+    fn sizes_take_k_m_g_suffixes_and_refuse_zero_overflow_and_junk() {
+        assert_eq!(parse_size("65536"), Some(65536));
+        assert_eq!(parse_size("64K"), Some(64 << 10));
+        assert_eq!(parse_size("256m"), Some(256 << 20));
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("3MB"), Some(3 << 20));
+        for bad in [
+            "",
+            "0",
+            "0M",
+            "M",
+            "-1",
+            "1.5M",
+            "12T",
+            "1 M x",
+            "99999999999999999999",
+        ] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_size("17179869184G"), None, "overflows u64");
+        let mut x = Extra::default();
+        assert_eq!(x.size("sort_memory", 7).unwrap(), 7);
+        x.set("sort_memory", "16M");
+        assert_eq!(x.size("sort_memory", 7).unwrap(), 16 << 20);
+        x.set("sort_memory", "lots");
+        let e = x.size("sort_memory", 7).unwrap_err();
+        assert!(
+            e.is_usage() && e.to_string().contains("sort_memory=lots"),
+            "{e}"
+        );
     }
 }

@@ -100,8 +100,8 @@ impl ProxyArgs {
 #[derive(Debug, Args)]
 struct StreamArgs {
     /// Bytes of index keys a table may hold while a copy is written before the biggest index
-    /// is sorted into a run on disk, beside the base (default 256 MiB).
-    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    /// is sorted into a run on disk, beside the base: 67108864, 64M, 1G (default 256M).
+    #[arg(long, value_name = "SIZE", value_parser = size)]
     sort_memory: Option<u64>,
 }
 
@@ -135,6 +135,11 @@ fn usage(e: pump_meta2::Error) -> Failure {
 
 fn peer(s: &str) -> Result<Peer, String> {
     Peer::parse(s).map_err(|e| e.to_string())
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    pump::parse_size(s)
+        .ok_or_else(|| format!("{s:?}: expected a positive size: 65536, 64K, 256M, 1G"))
 }
 
 fn address(s: &str) -> Result<String, String> {

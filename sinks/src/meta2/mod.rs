@@ -21,7 +21,7 @@
 //!
 //! | `-x` key | meaning |
 //! |---|---|
-//! | sort_memory | bytes a table's index keys may hold before the biggest index is sorted into a run on disk (256 MiB; `runs.rs`) |
+//! | sort_memory | bytes (`64M`, `1G`, ...) a table's index keys may hold before the biggest index is sorted into a run on disk (256 MiB; `runs.rs`) |
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -77,7 +77,7 @@ impl SinkKind for Meta2Kind {
         }
         let sort_memory = options
             .extra
-            .number("sort_memory", DEFAULT_SORT_MEMORY as u64)?
+            .size("sort_memory", DEFAULT_SORT_MEMORY as u64)?
             .try_into()
             .map_err(|_| Error::usage("-x sort_memory: too big for this machine"))?;
         Ok(Box::new(WriterSink(
