@@ -79,9 +79,10 @@ impl Node {
         let serve = kv::serve(listener, ctx, stop.clone());
         let on_close = closed.clone();
         tokio::spawn(async move {
-            // `serve` owns the listener: it is closed when `serve` returns.
+            // `serve` owns the listener: it is closed when `serve` returns, before the guard
+            // (which also fires if the task panics) says so.
+            let _closed = on_close.drop_guard();
             serve.await;
-            on_close.cancel();
         });
         let saver = snapshot.clone().map(|path| {
             let b = bucket.clone();
