@@ -467,6 +467,39 @@ fn transfer_meta2_keeps_every_storage_class_and_unknown_tables() {
     assert_eq!(again.status.code(), Some(2));
 }
 
+#[test]
+fn a_copy_keeps_the_page_size_user_version_and_application_id_of_its_source() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, vols) = copies(root.path(), "h1", &[A], 300);
+    let original = base.path_in(&vols[0].1);
+    let header = |p: &Path| -> (i64, i64, i64) {
+        let c = rusqlite::Connection::open(p).unwrap();
+        let get = |name: &str| -> i64 {
+            c.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        (get("page_size"), get("user_version"), get("application_id"))
+    };
+    // Signed values: SQLite keeps both ids as 32-bit signed numbers.
+    for (page, user_version, application_id) in
+        [(1024, 7, 0x4d45_5441), (65536, -2, -1), (512, 0, 0)]
+    {
+        let src = root.path().join(format!("src-{page}.meta2"));
+        std::fs::copy(&original, &src).unwrap();
+        sql(
+            &src,
+            &format!(
+                "PRAGMA page_size={page}; VACUUM; PRAGMA user_version={user_version};
+                 PRAGMA application_id={application_id};"
+            ),
+        );
+        assert_eq!(header(&src), (page, user_version, application_id));
+        let dst = root.path().join(format!("dst-{page}.meta2"));
+        transfer_whole(&src, &dst);
+        assert_eq!(header(&dst), (page, user_version, application_id), "{page}");
+    }
+}
+
 fn rebuild_lost_volume(extra: &[&str]) {
     let root = tempfile::tempdir().unwrap();
     let vol = |a: &str| root.path().join(a.replace([':', '.'], "_"));

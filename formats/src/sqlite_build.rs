@@ -264,6 +264,9 @@ pub struct FileBuilder {
     /// The number the next page written gets.
     next: u32,
     scratch: Vec<u8>,
+    /// `PRAGMA user_version` and `application_id` of the file (header bytes 60 and 68).
+    user_version: u32,
+    application_id: u32,
 }
 
 impl FileBuilder {
@@ -284,10 +287,18 @@ impl FileBuilder {
             page_size,
             next: 1,
             scratch: Vec::new(),
+            user_version: 0,
+            application_id: 0,
         };
         // Page 1's place; its bytes come last.
         b.write_page(&vec![0u8; page_size])?;
         Ok(b)
+    }
+
+    /// The file's `PRAGMA user_version` and `application_id` (0 and 0 otherwise).
+    pub fn set_ids(&mut self, user_version: u32, application_id: u32) {
+        self.user_version = user_version;
+        self.application_id = application_id;
     }
 
     /// The file being written.
@@ -409,6 +420,8 @@ impl FileBuilder {
         first[40..44].copy_from_slice(&1u32.to_be_bytes()); // schema cookie
         first[44..48].copy_from_slice(&4u32.to_be_bytes()); // schema format
         first[56..60].copy_from_slice(&1u32.to_be_bytes()); // UTF-8
+        first[60..64].copy_from_slice(&self.user_version.to_be_bytes());
+        first[68..72].copy_from_slice(&self.application_id.to_be_bytes());
         first[92..96].copy_from_slice(&1u32.to_be_bytes()); // version-valid-for
         first[96..100].copy_from_slice(&(rusqlite::version_number() as u32).to_be_bytes());
         let e = |e: std::io::Error| format!("{}: {e}", self.path.display());

@@ -2,6 +2,9 @@
 //! depend on `pump`: it encodes the byte strings; the source and sink build the messages).
 //!
 //! ```text
+//! 1 base message       flags = BASE_FLAG, key empty, value = u32 BE page size, u32 BE
+//!                      user_version, u32 BE application_id: what a copy keeps of the source
+//!                      file's header (a sink given none writes 4096-byte pages and zeros)
 //! per table, in the order of sqlite_master (table id = vbucket, 0, 1, 2, ...):
 //!   1 schema message   flags = SCHEMA_FLAG, key = table name,
 //!                      value = u16 count, then count x (u32 len, SQL text): the CREATE TABLE
@@ -34,6 +37,54 @@ pub const SCHEMA_FLAG: u32 = 0x4d32_0001;
 
 /// The `flags` of a table's end message (`"M2"` then 2).
 pub const TABLE_END_FLAG: u32 = 0x4d32_0002;
+
+/// The `flags` of the base message (`"M2"` then 3), sent before the first table.
+pub const BASE_FLAG: u32 = 0x4d32_0003;
+
+/// What a copy keeps of its source file's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseHeader {
+    /// Bytes per page, 512 to 65536.
+    pub page_size: u32,
+    /// `PRAGMA user_version` (header bytes 60..64).
+    pub user_version: u32,
+    /// `PRAGMA application_id` (header bytes 68..72).
+    pub application_id: u32,
+}
+
+impl Default for BaseHeader {
+    fn default() -> Self {
+        BaseHeader {
+            page_size: 4096,
+            user_version: 0,
+            application_id: 0,
+        }
+    }
+}
+
+/// Encodes the base message's value.
+pub fn encode_base(h: &BaseHeader) -> Vec<u8> {
+    [h.page_size, h.user_version, h.application_id]
+        .iter()
+        .flat_map(|v| v.to_be_bytes())
+        .collect()
+}
+
+/// Decodes the base message's value.
+pub fn decode_base(b: &[u8]) -> Result<BaseHeader, Error> {
+    if b.len() != 12 {
+        return Err(Error::Encoding(format!(
+            "a base message of {} bytes; it has 12",
+            b.len()
+        )));
+    }
+    let at = |i: usize| u32_of(&b[i..i + 4]);
+    Ok(BaseHeader {
+        page_size: at(0),
+        user_version: at(4),
+        application_id: at(8),
+    })
+}
 
 /// Encodes a table end message's value: the rows sent and their digest.
 pub fn encode_table_end(rows: u64, digest: &str) -> Vec<u8> {
@@ -249,6 +300,19 @@ pub fn decode_schema(mut b: &[u8]) -> Result<Vec<String>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_base_header_roundtrips_and_a_wrong_length_is_an_error() {
+        let h = BaseHeader {
+            page_size: 65536,
+            user_version: 0xffff_fffe,
+            application_id: 0x4d45_5441,
+        };
+        assert_eq!(decode_base(&encode_base(&h)).unwrap(), h);
+        let b = encode_base(&h);
+        assert!(decode_base(&b[..11]).is_err());
+        assert!(decode_base(&[b.as_slice(), &[0]].concat()).is_err());
+    }
 
     #[test]
     fn cells_keep_every_storage_class_apart() {

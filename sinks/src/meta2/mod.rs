@@ -4,7 +4,8 @@
 //! The base is written under `PATH.pump-tmp` on its own thread fed by a queue (a batch is
 //! confirmed once queued; an error of the thread fails the next write or the finish). It is
 //! not built through `INSERT`: its pages are written directly (`pages.rs`, on
-//! [`pump_formats::sqlite_build`]). Each table's statements run first on an in-memory SQLite,
+//! [`pump_formats::sqlite_build`]), at the source's page size and with its user_version and
+//! application_id (its base message). Each table's statements run first on an in-memory SQLite,
 //! which gives the layout to write (sqlite_schema's rows, each index's columns and orders).
 //! Rows go to the table's b-tree as they come (in key order: a table with a primary key gets
 //! new rowids in that order). At the table's end message its indexes are sorted, each on a thread
@@ -34,7 +35,8 @@ use pump::{
 };
 use pump_meta2::check::{digest_private, digest_stored};
 use pump_meta2::codec::{
-    decode_refs_into, decode_schema, decode_table_end, SCHEMA_FLAG, TABLE_END_FLAG,
+    decode_base, decode_refs_into, decode_schema, decode_table_end, BaseHeader, BASE_FLAG,
+    SCHEMA_FLAG, TABLE_END_FLAG,
 };
 use pump_meta2::schema::{self, Table};
 use rusqlite::types::ValueRef;
@@ -260,6 +262,8 @@ struct Builder {
     /// The memory of each table's index keys, and where they go past it.
     sort: SortMemory,
     tmp: PathBuf,
+    /// The source's page size and ids, from its base message.
+    header: BaseHeader,
     /// An in-memory database the tables' statements run on, to read their layout.
     plan: Option<Connection>,
     file: Option<FileBuilder>,
@@ -315,6 +319,7 @@ fn builder_thread(
         sync_dir,
         sort,
         tmp,
+        header: BaseHeader::default(),
         plan: None,
         file: None,
         tables: HashMap::new(),
@@ -367,9 +372,6 @@ fn split_by_rows(tables: &[Table], rows: &BTreeMap<String, u64>) -> [Vec<Table>;
 /// From this many rows on, the built base is verified on parallel threads.
 const PARALLEL_VERIFY_ROWS: u64 = 100_000;
 
-/// The page size of a built base.
-const PAGE_SIZE: usize = 4096;
-
 /// The temporary name a base is built under.
 pub use pump_meta2::copy::tmp_path;
 
@@ -381,7 +383,10 @@ impl Builder {
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             }
             let _ = std::fs::remove_file(&self.tmp);
-            self.file = Some(FileBuilder::create(&self.tmp, PAGE_SIZE)?);
+            let h = self.header;
+            let mut file = FileBuilder::create(&self.tmp, h.page_size as usize)?;
+            file.set_ids(h.user_version, h.application_id);
+            self.file = Some(file);
         }
         if self.plan.is_none() {
             self.plan = Some(Connection::open_in_memory().map_err(|e| e.to_string())?);
@@ -390,9 +395,16 @@ impl Builder {
     }
 
     fn write(&mut self, msgs: Vec<Message>) -> Result<(), String> {
-        self.start()?;
         let mut i = 0;
+        if msgs.first().is_some_and(|m| m.flags == BASE_FLAG) {
+            self.base(&msgs[0])?;
+            i = 1;
+        }
+        self.start()?;
         while i < msgs.len() {
+            if msgs[i].flags == BASE_FLAG {
+                return Err("a base message after the base's first one or its first table".into());
+            }
             if msgs[i].flags == SCHEMA_FLAG {
                 self.create(&msgs[i])?;
                 i += 1;
@@ -450,6 +462,22 @@ impl Builder {
                     .map_err(|e| format!("table {}: {e}", t.name))?;
             }
         }
+        Ok(())
+    }
+
+    /// Takes the source's page size and ids: before anything is written.
+    fn base(&mut self, m: &Message) -> Result<(), String> {
+        if self.file.is_some() {
+            return Err("a base message after the base's first one or its first table".into());
+        }
+        let h = decode_base(&m.value).map_err(|e| e.to_string())?;
+        if !(512..=65536).contains(&h.page_size) || !h.page_size.is_power_of_two() {
+            return Err(format!(
+                "the source's page size {} is not a power of two from 512 to 65536",
+                h.page_size
+            ));
+        }
+        self.header = h;
         Ok(())
     }
 
@@ -694,7 +722,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use pump_meta2::check::TableDigest;
-    use pump_meta2::codec::{encode_cells, encode_schema, encode_table_end};
+    use pump_meta2::codec::{encode_base, encode_cells, encode_schema, encode_table_end};
 
     /// A table's schema, one row and its end (with `rows` and the digest of that row).
     fn messages_ending_with(rows: u64) -> Vec<Message> {
@@ -744,6 +772,47 @@ mod tests {
         let names = |g: &[Table]| -> Vec<String> { g.iter().map(|t| t.name.clone()).collect() };
         assert_eq!(names(&a), ["chunks", "admin"]);
         assert_eq!(names(&b), ["contents", "aliases", "properties"]);
+    }
+
+    #[tokio::test]
+    async fn a_base_message_out_of_place_or_with_a_bad_page_size_fails_and_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let base = |page_size| {
+            let h = BaseHeader {
+                page_size,
+                ..BaseHeader::default()
+            };
+            let mut m = Message::mutation(Bytes::new(), Bytes::from(encode_base(&h)));
+            m.flags = BASE_FLAG;
+            m
+        };
+        let after = |mut first: Vec<Message>| {
+            first.extend(messages());
+            first
+        };
+        let cases = [
+            (
+                "late",
+                [messages(), vec![base(4096)]].concat(),
+                "a base message after",
+            ),
+            (
+                "twice",
+                after(vec![base(4096), base(4096)]),
+                "a base message after",
+            ),
+            ("size", after(vec![base(3000)]), "page size 3000 is not"),
+        ];
+        for (name, msgs, want) in cases {
+            let path = d.path().join(format!("{name}.meta2"));
+            let mut w = meta2_sink(path.clone()).0;
+            let e = match w.write(msgs).await {
+                Err(e) => e,
+                Ok(_) => w.finish(SourceEnd::Complete).await.unwrap_err(),
+            };
+            assert!(e.to_string().contains(want), "{name}: {e}");
+            assert!(!path.exists() && !tmp_path(&path).exists(), "{name}");
+        }
     }
 
     #[tokio::test]

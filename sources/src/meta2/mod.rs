@@ -25,7 +25,10 @@ use pump::pipeline::Context;
 use pump::{BatchSender, Error, Message, Options, Payload, Source, SourceKind, Spec};
 use pump_formats::sqlite_file::{self, SqliteFile};
 use pump_meta2::check::TableDigest;
-use pump_meta2::codec::{encode_schema, encode_table_end, put_cell, SCHEMA_FLAG, TABLE_END_FLAG};
+use pump_meta2::codec::{
+    encode_base, encode_schema, encode_table_end, put_cell, BaseHeader, BASE_FLAG, SCHEMA_FLAG,
+    TABLE_END_FLAG,
+};
 use pump_meta2::schema::{self, Table};
 use rusqlite::types::ValueRef;
 
@@ -165,8 +168,14 @@ fn read_base(
         tx.blocking_send(Ok(m))
             .map_err(|_| "the pump stopped reading".to_string())
     };
-    let expected = tables.len() as u64 * 2 + rows as u64;
+    let expected = 1 + tables.len() as u64 * 2 + rows as u64;
     stats.set_expected(expected);
+    let mut base_msg = Message::mutation(
+        Bytes::new(),
+        Bytes::from(encode_base(&header(&conn).map_err(|e| e.to_string())?)),
+    );
+    base_msg.flags = BASE_FLAG;
+    msgs.push(base_msg);
     for t in &tables {
         let mut schema_msg = Message::mutation(
             Bytes::from(t.name.clone().into_bytes()),
@@ -205,6 +214,17 @@ fn read_base(
         msgs.push(end);
     }
     flush(&mut msgs)
+}
+
+/// What a copy keeps of the file's header: its page size and ids.
+fn header(conn: &rusqlite::Connection) -> rusqlite::Result<BaseHeader> {
+    let pragma = |name: &str| conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0));
+    Ok(BaseHeader {
+        page_size: pragma("page_size")? as u32,
+        // Both are signed 32-bit numbers in SQLite; their bits travel.
+        user_version: pragma("user_version")? as i32 as u32,
+        application_id: pragma("application_id")? as i32 as u32,
+    })
 }
 
 /// Whether `t` is read in primary key order through an index of its own: a rowid table
