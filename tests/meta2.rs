@@ -880,6 +880,28 @@ fn a_base_moves_only_between_meta2_specs_or_into_a_blackhole() {
 }
 
 #[test]
+fn check_and_sync_note_each_listed_service_no_peer_gives() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, vols) = copies(root.path(), "n1", &[A, B, C], 5);
+    let given = &vols[..1];
+    for (cmd, done) in [("check", "checked"), ("sync", "synced")] {
+        let out = run(&["meta2", cmd], &base, given, &[]);
+        assert_ok(&out);
+        let err = String::from_utf8_lossy(&out.stderr);
+        for left in [B, C] {
+            let note =
+                format!("sys.peers lists {left}, which no --peer gives: its copy was not {done}");
+            assert!(err.contains(&note), "{cmd}: {err}");
+        }
+        assert!(!err.contains(A), "{cmd}: {err}");
+    }
+    // Every service given: no note.
+    let out = run(&["meta2", "check"], &base, &vols, &[]);
+    assert_ok(&out);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("note"));
+}
+
+#[test]
 fn check_rejects_a_bad_address_with_usage_exit() {
     let out = pump(&[
         "meta2",

@@ -313,6 +313,7 @@ async fn check(a: CheckArgs) -> Result<(), Failure> {
     let mut rows = Vec::new();
     let mut bad = 0;
     for b in &bases {
+        note_peers_not_given(b, &peers, "checked");
         for r in repair::check_base(b, &peers, a.full) {
             if r.health != Health::Ok {
                 bad += 1;
@@ -349,6 +350,17 @@ async fn check(a: CheckArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// A note on stderr for each service `sys.peers` lists that no --peer gives: its copy is not
+/// `done` (checked, synced).
+fn note_peers_not_given(base: &BaseName, peers: &[Peer], done: &str) {
+    for address in repair::peers_not_given(base, peers) {
+        eprintln!(
+            "pump: note: {base}: sys.peers lists {address}, which no --peer gives: its copy \
+             was not {done}"
+        );
+    }
+}
+
 fn need_base(b: &BaseArgs) -> Result<BaseName, Failure> {
     b.resolve()?
         .ok_or_else(|| Failure::Usage("give BASE, or --account and --container".into()))
@@ -369,6 +381,7 @@ async fn sync(a: SyncArgs) -> Result<(), Failure> {
         return sds::sync(&p, &base, &a.peers, a.from.as_deref()).await;
     }
     let stream = a.copy.stream()?;
+    note_peers_not_given(&base, &a.peers, "synced");
     let answers = repair::sync(&base, &a.peers, a.from.as_deref(), stream).await?;
     if a.json {
         println!(

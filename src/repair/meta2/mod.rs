@@ -52,6 +52,20 @@ pub fn check_base(base: &BaseName, peers: &[Peer], full: bool) -> Vec<CopyReport
     judge(&states)
 }
 
+/// The addresses the `sys.peers` of the given copies of `base` list that no `peers` entry
+/// gives: copies nobody looked at. In `sys.peers` order, each once.
+pub fn peers_not_given(base: &BaseName, peers: &[Peer]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in peers {
+        for listed in pump_meta2::check::inspect_admin(&p.path(base)).peers {
+            if !peers.iter().any(|g| g.address == listed) && !out.contains(&listed) {
+                out.push(listed);
+            }
+        }
+    }
+    out
+}
+
 /// `<file>.<suffix>`.
 pub fn aside_path(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
