@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use pump_meta2::generate::{write_base, BaseSpec};
-use pump_meta2::{parse_address, BaseName, Health, Peer};
+use pump_meta2::{judge, parse_address, BaseName, Health, Peer};
 
 use super::Failure;
 use crate::repair::meta2 as repair;
@@ -313,8 +313,9 @@ async fn check(a: CheckArgs) -> Result<(), Failure> {
     let mut rows = Vec::new();
     let mut bad = 0;
     for b in &bases {
-        note_peers_not_given(b, &peers, "checked");
-        for r in repair::check_base(b, &peers, a.full) {
+        let states = repair::inspect_copies(b, &peers, a.full);
+        note_not_given(b, &repair::listed_not_given(&states), "checked");
+        for r in judge(&states) {
             if r.health != Health::Ok {
                 bad += 1;
             }
@@ -352,8 +353,8 @@ async fn check(a: CheckArgs) -> Result<(), Failure> {
 
 /// A note on stderr for each service `sys.peers` lists that no --peer gives: its copy is not
 /// `done` (checked, synced).
-fn note_peers_not_given(base: &BaseName, peers: &[Peer], done: &str) {
-    for address in repair::peers_not_given(base, peers) {
+fn note_not_given(base: &BaseName, not_given: &[String], done: &str) {
+    for address in not_given {
         eprintln!(
             "pump: note: {base}: sys.peers lists {address}, which no --peer gives: its copy \
              was not {done}"
@@ -381,8 +382,9 @@ async fn sync(a: SyncArgs) -> Result<(), Failure> {
         return sds::sync(&p, &base, &a.peers, a.from.as_deref()).await;
     }
     let stream = a.copy.stream()?;
-    note_peers_not_given(&base, &a.peers, "synced");
-    let answers = repair::sync(&base, &a.peers, a.from.as_deref(), stream).await?;
+    let synced = repair::sync(&base, &a.peers, a.from.as_deref(), stream).await?;
+    note_not_given(&base, &synced.not_given, "synced");
+    let answers = synced.answers;
     if a.json {
         println!(
             "{}",

@@ -31,7 +31,7 @@
 
 use std::path::{Path, PathBuf};
 
-use pump_meta2::{inspect, judge, BaseName, CopyReport, Peer};
+use pump_meta2::{inspect, judge, BaseName, CopyReport, CopyState, Peer};
 
 mod exec;
 mod move_base;
@@ -43,24 +43,26 @@ pub use move_base::{move_base, MoveRequest};
 pub use rebuild::{rebuild, RebuildMode};
 pub use sync::sync;
 
-/// Inspects and judges every peer's copy of `base`.
-pub fn check_base(base: &BaseName, peers: &[Peer], full: bool) -> Vec<CopyReport> {
-    let states: Vec<(String, pump_meta2::CopyState)> = peers
+/// Every peer's copy of `base`, inspected (`full`: integrity_check), by address.
+pub fn inspect_copies(base: &BaseName, peers: &[Peer], full: bool) -> Vec<(String, CopyState)> {
+    peers
         .iter()
         .map(|p| (p.address.clone(), inspect(&p.path(base), full)))
-        .collect();
-    judge(&states)
+        .collect()
 }
 
-/// The addresses the `sys.peers` of the given copies of `base` list that no `peers` entry
-/// gives: copies nobody looked at. In `sys.peers` order, each once.
-pub fn peers_not_given(base: &BaseName, peers: &[Peer]) -> Vec<String> {
+/// Inspects and judges every peer's copy of `base`.
+pub fn check_base(base: &BaseName, peers: &[Peer], full: bool) -> Vec<CopyReport> {
+    judge(&inspect_copies(base, peers, full))
+}
+
+/// The addresses the `sys.peers` of these copies list that are not among them: copies nobody
+/// looked at. In `sys.peers` order, each once.
+pub fn listed_not_given(states: &[(String, CopyState)]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for p in peers {
-        for listed in pump_meta2::check::inspect_admin(&p.path(base)).peers {
-            if !peers.iter().any(|g| g.address == listed) && !out.contains(&listed) {
-                out.push(listed);
-            }
+    for listed in states.iter().flat_map(|(_, s)| &s.peers) {
+        if !states.iter().any(|(a, _)| a == listed) && !out.contains(listed) {
+            out.push(listed.clone());
         }
     }
     out

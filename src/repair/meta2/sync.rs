@@ -1,9 +1,11 @@
 //! `pump meta2 sync`: refill every bad copy of a base from the best one.
 
-use pump_meta2::{inspect, judge, BaseName, Health, Peer};
+use pump_meta2::{judge, BaseName, Health, Peer};
 use serde::Serialize;
 
-use super::{corrupted_suffix, Executor, FileExecutor, Step, StreamCopy};
+use super::{
+    corrupted_suffix, inspect_copies, listed_not_given, Executor, FileExecutor, Step, StreamCopy,
+};
 use crate::cli::Failure;
 
 /// One peer's answer to a sync, as `openio election sync` gives it.
@@ -14,17 +16,22 @@ pub struct SyncAnswer {
     pub message: String,
 }
 
+/// What a sync did: one answer per peer given, and the services `sys.peers` lists that no
+/// peer gave (their copies were left as they are).
+pub struct Synced {
+    pub answers: Vec<SyncAnswer>,
+    pub not_given: Vec<String>,
+}
+
 /// Refills every bad copy of `base` from the best one (or `from`), streaming as `stream` says.
 pub async fn sync(
     base: &BaseName,
     peers: &[Peer],
     from: Option<&str>,
     stream: StreamCopy,
-) -> Result<Vec<SyncAnswer>, Failure> {
-    let states: Vec<(String, pump_meta2::CopyState)> = peers
-        .iter()
-        .map(|p| (p.address.clone(), inspect(&p.path(base), false)))
-        .collect();
+) -> Result<Synced, Failure> {
+    let states = inspect_copies(base, peers, false);
+    let not_given = listed_not_given(&states);
     let reports = judge(&states);
     let source = match from {
         Some(f) => {
@@ -119,5 +126,5 @@ pub async fn sync(
             }
         }
     }
-    Ok(answers)
+    Ok(Synced { answers, not_given })
 }
