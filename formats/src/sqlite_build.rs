@@ -269,11 +269,16 @@ pub struct FileBuilder {
     application_id: u32,
 }
 
+/// True for a page size SQLite knows: a power of two from 512 to 65536.
+pub fn is_page_size(n: usize) -> bool {
+    (512..=65536).contains(&n) && n.is_power_of_two()
+}
+
 impl FileBuilder {
     /// Creates `path` (which must not exist) for a database of `page_size`-byte pages (a
     /// power of two from 512 to 65536). Page 1 is written by [`FileBuilder::finish`].
     pub fn create(path: &Path, page_size: usize) -> Result<FileBuilder, String> {
-        if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+        if !is_page_size(page_size) {
             return Err(format!("{}: page size {page_size}", path.display()));
         }
         let file = std::fs::OpenOptions::new()

@@ -87,7 +87,7 @@ impl SqliteFile {
         }
         let page_size = match u16::from_be_bytes([data[16], data[17]]) {
             1 => 65536,
-            n if n >= 512 && n.is_power_of_two() => n as usize,
+            n if crate::sqlite_build::is_page_size(n as usize) => n as usize,
             n => return Err(bad(format!("page size {n}"))),
         };
         let read_version = data[19];

@@ -47,7 +47,7 @@ mod pages;
 mod raw;
 mod runs;
 use pages::{PagedTable, SortMemory};
-use pump_formats::sqlite_build::FileBuilder;
+use pump_formats::sqlite_build::{is_page_size, FileBuilder};
 use raw::RawInsert;
 
 /// The `meta2:` sink kind.
@@ -471,7 +471,7 @@ impl Builder {
             return Err("a base message after the base's first one or its first table".into());
         }
         let h = decode_base(&m.value).map_err(|e| e.to_string())?;
-        if !(512..=65536).contains(&h.page_size) || !h.page_size.is_power_of_two() {
+        if !is_page_size(h.page_size as usize) {
             return Err(format!(
                 "the source's page size {} is not a power of two from 512 to 65536",
                 h.page_size
