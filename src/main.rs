@@ -8,11 +8,17 @@
 //! cli/node.rs      pump node: one reference node in the foreground
 //! cli/cluster.rs   pump cluster up|failover: a local cluster of reference nodes
 //! repair/          the phases before and after a transfer (recover, meta2)
+//! failure.rs       Failure: how a command ended, as an exit code (cli/ and repair/ share it)
+//! kinds.rs         registry(): every source and sink kind (cli/ and repair/ share it)
 //! ```
+//!
+//! `repair/` never imports `cli/`: both depend on `failure.rs` and `kinds.rs`.
 //!
 //! Exit codes: 0 success, 1 the transfer or repair failed, 2 a usage error.
 
 mod cli;
+mod failure;
+mod kinds;
 mod repair;
 
 fn main() -> std::process::ExitCode {

@@ -173,3 +173,52 @@ fn ctrl_c_drains_and_reports_what_was_confirmed() {
     assert!(written > 0 && written < 1_000_000_000, "{err}");
     assert!(err.contains(&format!("{written} items confirmed")), "{err}");
 }
+
+/// Every `.rs` file under `dir`, recursively.
+fn sources_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The repair phases sit below the command line: they take `Failure` and the registry from
+/// `src/failure.rs` and `src/kinds.rs`, never from `src/cli` (the grep of issue 15).
+#[test]
+fn the_repair_phases_never_import_the_command_line() {
+    let repair = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/repair");
+    let files = sources_under(&repair);
+    assert!(files.len() >= 5, "{files:?}");
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            !text.contains("crate::cli"),
+            "{} imports crate::cli",
+            f.display()
+        );
+    }
+}
+
+/// Test hooks exist only in test builds: the binary reads no test variable of the
+/// environment (the meta2 move's hooks are `#[cfg(test)]`).
+#[test]
+fn no_test_hook_is_read_from_the_environment() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for f in sources_under(&src) {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            !text.contains("PUMP_TEST_"),
+            "{} reads a test hook",
+            f.display()
+        );
+    }
+}

@@ -38,32 +38,8 @@ enum Command {
     Meta2(Box<meta2::Meta2Args>),
 }
 
-/// Every source and sink kind this binary knows.
-pub fn registry() -> pump::Registry {
-    let mut r = pump::Registry::new();
-    pump_sources::register(&mut r);
-    pump_sinks::register(&mut r);
-    r
-}
-
-/// How a command ended, as an exit code.
-#[derive(Debug)]
-pub enum Failure {
-    /// Exit 2: the user asked for something that cannot be.
-    Usage(String),
-    /// Exit 1: the work failed.
-    Failed(String),
-}
-
-impl From<pump::Error> for Failure {
-    fn from(e: pump::Error) -> Self {
-        if e.is_usage() {
-            Failure::Usage(e.to_string())
-        } else {
-            Failure::Failed(e.to_string())
-        }
-    }
-}
+pub use crate::failure::Failure;
+pub use crate::kinds::registry;
 
 /// Parses the arguments, runs the command, prints errors, returns the exit code.
 pub fn main() -> ExitCode {

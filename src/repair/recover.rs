@@ -617,7 +617,7 @@ async fn transfer_vbucket(
     vb: u16,
     node: &str,
 ) -> Result<Recovered, RecoverError> {
-    let registry = crate::cli::registry();
+    let registry = crate::kinds::registry();
     let from = normalise_url(&req.from)?.replacen("http://", "couchbase://", 1);
     let source_spec = Spec::parse(&from).map_err(|e| RecoverError::Usage(e.to_string()))?;
     let sink_spec =

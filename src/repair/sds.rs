@@ -30,7 +30,7 @@ use pump_meta2::{BaseName, CopyReport, Health, Peer};
 use serde_json::{json, Value};
 
 use super::meta2::{check_base, Executor, FileExecutor, Step, StreamCopy};
-use crate::cli::Failure;
+use crate::failure::Failure;
 
 /// The proxies of a namespace and the container a command is about.
 pub struct Proxies {

@@ -16,10 +16,8 @@
 //! A move also writes a journal file next to its target (`<target>.move-journal`, JSON: the
 //! plan, the steps done, the saved statuses) after every step, so that a move killed midway
 //! leaves frozen copies that `check` reports, and a rerun of the same command resumes the
-//! plan after the last step done. Test hooks (environment, for tests only):
-//! `PUMP_TEST_FAIL_AFTER_STEP=N` makes the process exit abruptly (code 86, no undo) right
-//! after step N (1-based) is done and journaled; `PUMP_TEST_ERROR_AT_STEP=N` makes step N
-//! fail as a step does (the undo journal then runs).
+//! plan after the last step done. Its tests stop a move after a step (as a kill would) and
+//! fail a chosen step through hooks that exist only in test builds (`move_base.rs`).
 //!
 //! ```text
 //! exec.rs       Step, the Executor trait, FileExecutor (steps on local volumes, undo journal),

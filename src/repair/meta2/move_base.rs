@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     aside_path, check_base, now_secs, volume_writable, Executor, FileExecutor, Step, StreamCopy,
 };
-use crate::cli::Failure;
+use crate::failure::Failure;
 
 /// What a move needs to know, saved in its journal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -241,15 +241,14 @@ pub async fn move_base(req: &MoveRequest) -> Result<Vec<String>, Failure> {
                 let _ = std::fs::remove_file(pump_sinks::meta2::tmp_path(&t));
             }
         }
-        let injected = std::env::var("PUMP_TEST_ERROR_AT_STEP")
-            .ok()
-            .and_then(|n| n.trim().parse::<usize>().ok())
-            == Some(i + 1);
-        let result = if injected {
-            Err("PUMP_TEST_ERROR_AT_STEP (test hook)".to_string())
+        #[cfg(test)]
+        let result = if hooks::ERROR_AT.get() == Some(i + 1) {
+            Err("an error injected at this step (test hook)".to_string())
         } else {
             exec.execute(&step).await
         };
+        #[cfg(not(test))]
+        let result = exec.execute(&step).await;
         if let Err(e) = result {
             let undo = exec.undo().await;
             let mut msg = format!("step {} ({step}) failed: {e}", i + 1);
@@ -269,7 +268,14 @@ pub async fn move_base(req: &MoveRequest) -> Result<Vec<String>, Failure> {
         journal.done = i + 1;
         write_journal(&journal_file, &journal).map_err(Failure::Failed)?;
         lines.push(format!("{:>2}. {step}: done", i + 1));
-        check_test_hook(i + 1);
+        #[cfg(test)]
+        if hooks::STOP_AFTER.get() == Some(i + 1) {
+            // As a kill would: no undo, the journal kept.
+            return Err(Failure::Failed(format!(
+                "stopped after step {} (test hook)",
+                i + 1
+            )));
+        }
     }
     exec.forget();
     std::fs::remove_file(&journal_file)
@@ -277,11 +283,152 @@ pub async fn move_base(req: &MoveRequest) -> Result<Vec<String>, Failure> {
     Ok(lines)
 }
 
-fn check_test_hook(done: usize) {
-    if let Ok(n) = std::env::var("PUMP_TEST_FAIL_AFTER_STEP") {
-        if n.trim().parse::<usize>().ok() == Some(done) {
-            eprintln!("pump: PUMP_TEST_FAIL_AFTER_STEP={done}: exiting abruptly (test hook)");
-            std::process::exit(86);
+/// Test hooks: they exist only in test builds. Each is per thread, so tests running side by
+/// side do not see each other's (a `#[tokio::test]` runs the move on its own thread).
+#[cfg(test)]
+mod hooks {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Step N (1-based) fails as a step does: the undo journal runs.
+        pub static ERROR_AT: Cell<Option<usize>> = const { Cell::new(None) };
+        /// The move stops right after step N is done and journaled, without undoing
+        /// anything: what a killed process leaves.
+        pub static STOP_AFTER: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+}
+
+/// The move's journal and undo, driven through the test hooks (a killed move, a step that
+/// fails), on generated bases in temporary volumes.
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use pump_meta2::generate::{write_base, BaseSpec};
+    use pump_meta2::{digest, BaseName, Peer};
+
+    use super::*;
+
+    const A: &str = "127.0.0.1:6120";
+    const B: &str = "127.0.0.2:6120";
+    const C: &str = "127.0.0.3:6120";
+    const D: &str = "127.0.0.4:6120";
+
+    /// The same base written on one volume per peer, and an empty volume for D.
+    fn copies(root: &Path, container: &str, aliases: usize) -> (BaseName, Vec<Peer>, Peer) {
+        let spec = BaseSpec {
+            ns: "OPENIO".into(),
+            account: "acct".into(),
+            container: container.into(),
+            peers: [A, B, C].iter().map(|s| s.to_string()).collect(),
+            aliases,
+        };
+        let peers = [A, B, C]
+            .iter()
+            .map(|a| {
+                let volume = root.join(a.replace([':', '.'], "_"));
+                write_base(&volume, &spec).unwrap();
+                Peer {
+                    address: a.to_string(),
+                    volume,
+                }
+            })
+            .collect();
+        let target = root.join("new");
+        std::fs::create_dir(&target).unwrap();
+        let to = Peer {
+            address: D.into(),
+            volume: target,
+        };
+        (spec.name(), peers, to)
+    }
+
+    fn request(base: &BaseName, peers: &[Peer], to: &Peer) -> MoveRequest {
+        MoveRequest {
+            base: base.clone(),
+            peers: peers.to_vec(),
+            from: B.into(),
+            to: to.clone(),
+            delete_source: false,
+            dry_run: false,
+            stream: StreamCopy::default(),
+        }
+    }
+
+    fn health(base: &BaseName, peers: &[Peer]) -> BTreeMap<String, &'static str> {
+        check_base(base, peers, false)
+            .into_iter()
+            .map(|r| (r.address, r.health.as_str()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_move_killed_midway_is_reported_by_check_and_a_rerun_completes() {
+        let root = tempfile::tempdir().unwrap();
+        let (base, peers, to) = copies(root.path(), "c3", 50);
+        let data_before = digest(&base.path_in(&peers[1].volume), &["admin"]).unwrap();
+        let req = request(&base, &peers, &to);
+        hooks::STOP_AFTER.set(Some(5));
+        let killed = move_base(&req).await;
+        hooks::STOP_AFTER.set(None);
+        match killed {
+            Err(Failure::Failed(m)) => assert!(m.contains("stopped after step 5"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Stopped in the middle of the sys.peers rewrite: one copy has the new list and a
+        // bumped admin version, the others are frozen with the old one.
+        let h = health(&base, &peers);
+        assert_eq!(h[A], "peers-disagree", "{h:?}");
+        assert_eq!(h[B], "behind", "{h:?}");
+        assert_eq!(h[C], "behind", "{h:?}");
+
+        let lines = move_base(&req).await.unwrap();
+        assert!(lines[0].contains("resuming"), "{lines:?}");
+        let new_set = vec![peers[0].clone(), peers[2].clone(), to.clone()];
+        assert!(health(&base, &new_set).values().all(|h| *h == "ok"));
+        let moved = base.path_in(&to.volume);
+        assert_eq!(digest(&moved, &["admin"]).unwrap(), data_before);
+        assert!(
+            !base.path_in(&peers[1].volume).exists(),
+            "the old copy is set aside"
+        );
+        let st = inspect(&moved, false);
+        assert_eq!(st.peers, [A, C, D]);
+        assert_eq!(st.status(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_move_failing_at_any_step_leaves_every_copy_as_it_was() {
+        let root = tempfile::tempdir().unwrap();
+        let (base, peers, to) = copies(root.path(), "c6", 20);
+        let before: Vec<_> = peers
+            .iter()
+            .map(|p| digest(&base.path_in(&p.volume), &[]).unwrap())
+            .collect();
+        let req = request(&base, &peers, &to);
+        // 13 steps: 3 freezes, copy, 3 sys.peers, 3 unfreezes, verify, unfreeze of the
+        // source, set aside.
+        for step in [2, 4, 6, 9, 11] {
+            hooks::ERROR_AT.set(Some(step));
+            let r = move_base(&req).await;
+            hooks::ERROR_AT.set(None);
+            match r {
+                Err(Failure::Failed(m)) => {
+                    assert!(m.contains("(test hook)"), "step {step}: {m}");
+                    assert!(m.contains("back as it was"), "step {step}: {m}");
+                }
+                other => panic!("step {step}: {other:?}"),
+            }
+            let after: Vec<_> = peers
+                .iter()
+                .map(|p| digest(&base.path_in(&p.volume), &[]).unwrap())
+                .collect();
+            assert_eq!(after, before, "step {step}: every copy as it was, unfrozen");
+            assert!(
+                BaseName::list(&to.volume).unwrap().is_empty(),
+                "step {step}: no copy left on the target"
+            );
+            assert!(health(&base, &peers).values().all(|h| *h == "ok"));
         }
     }
 }

@@ -7,7 +7,7 @@ use pump_meta2::schema;
 use pump_meta2::{inspect, BaseName, Health, Peer};
 
 use super::{aside_path, corrupted_suffix, volume_writable, StreamCopy};
-use crate::cli::Failure;
+use crate::failure::Failure;
 
 /// What a rebuild did.
 #[derive(Debug, Default)]

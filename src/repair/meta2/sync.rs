@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{
     corrupted_suffix, inspect_copies, listed_not_given, Executor, FileExecutor, Step, StreamCopy,
 };
-use crate::cli::Failure;
+use crate::failure::Failure;
 
 /// One peer's answer to a sync, as `openio election sync` gives it.
 #[derive(Debug, Clone, Serialize)]
