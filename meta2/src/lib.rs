@@ -8,6 +8,7 @@
 //! check.rs     inspecting a copy (missing, unreadable, corrupt, incomplete, behind, ...)
 //!              and per-table content digests
 //! copy.rs      a verified page copy of a sound base (rebuild)
+//! files.rs     names beside a base (.pump-tmp, .corrupted, ...), volume checks, fsyncs
 //! generate.rs  realistic bases for tests and benches
 //! ```
 
@@ -15,6 +16,7 @@ pub mod base;
 pub mod check;
 pub mod codec;
 pub mod copy;
+pub mod files;
 pub mod generate;
 pub mod schema;
 

@@ -102,47 +102,13 @@ pub fn meta2_sink(path: PathBuf) -> WriterSink<Meta2Writer> {
 
 /// [`meta2_sink`]; with `sync_dir` false the directory is not synced after the link, for a
 /// caller building many bases that syncs each directory once at the end
-/// ([`sync_paths`]).
+/// ([`pump_meta2::files::sync_paths`]).
 pub fn meta2_sink_with(path: PathBuf, sync_dir: bool) -> WriterSink<Meta2Writer> {
     WriterSink(Meta2Writer {
         path,
         sync_dir,
         sort_memory: DEFAULT_SORT_MEMORY,
         thread: None,
-    })
-}
-
-/// Fsyncs waiting at once in [`sync_paths`]: the file system commits its journal once for
-/// the fsyncs that wait together (ext4 here: 8 at once give about 1,100 fsyncs/s, 32 about
-/// 1,400).
-const FSYNCS_AT_ONCE: usize = 32;
-
-/// Brings files or directories to disk, e.g. the directories bases were linked into without
-/// `sync_dir`: an fsync each, `FSYNCS_AT_ONCE` at a time. `syncfs` would do it in one call
-/// but also flushes whatever else is dirty on the file system, which on a busy machine costs
-/// far more.
-pub fn sync_paths(paths: &[PathBuf]) -> Result<(), String> {
-    if paths.is_empty() {
-        return Ok(());
-    }
-    let per = paths.len().div_ceil(FSYNCS_AT_ONCE);
-    std::thread::scope(|s| {
-        let jobs: Vec<_> = paths
-            .chunks(per)
-            .map(|chunk| {
-                s.spawn(move || {
-                    chunk.iter().try_for_each(|p| {
-                        std::fs::File::open(p)
-                            .and_then(|f| f.sync_all())
-                            .map_err(|e| format!("{}: {e}", p.display()))
-                    })
-                })
-            })
-            .collect();
-        jobs.into_iter().try_for_each(|j| {
-            j.join()
-                .unwrap_or_else(|_| Err("an fsync thread panicked".into()))
-        })
     })
 }
 

@@ -27,8 +27,6 @@
 //! rebuild.rs    rebuild: every base a lost service should hold, page copies or streamed
 //! ```
 
-use std::path::{Path, PathBuf};
-
 use pump_meta2::{inspect, judge, BaseName, CopyReport, CopyState, Peer};
 
 mod exec;
@@ -38,6 +36,7 @@ mod sync;
 
 pub use exec::{Executor, FileExecutor, Step, StreamCopy};
 pub use move_base::{move_base, MoveRequest};
+pub(crate) use pump_meta2::files::{aside_path, corrupted_suffix, now_secs, volume_writable};
 pub use rebuild::{rebuild, RebuildMode};
 pub use sync::sync;
 
@@ -64,39 +63,4 @@ pub fn listed_not_given(states: &[(String, CopyState)]) -> Vec<String> {
         }
     }
     out
-}
-
-/// `<file>.<suffix>`.
-pub fn aside_path(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(format!(".{suffix}"));
-    PathBuf::from(s)
-}
-
-/// Seconds since the epoch (0 if the clock is before it).
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// `corrupted`, or `corrupted-<unix time>` when a `.corrupted` file is already there.
-fn corrupted_suffix(path: &Path) -> String {
-    if aside_path(path, "corrupted").exists() {
-        format!("corrupted-{}", now_secs())
-    } else {
-        "corrupted".into()
-    }
-}
-
-/// An error naming `dir` unless it is a directory a file can be created in.
-fn volume_writable(dir: &Path) -> Result<(), String> {
-    if !dir.is_dir() {
-        return Err(format!("{}: no such directory", dir.display()));
-    }
-    let probe = dir.join(format!(".pump-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(|e| format!("{}: not writable: {e}", dir.display()))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
 }

@@ -238,7 +238,7 @@ pub async fn move_base(req: &MoveRequest) -> Result<Vec<String>, Failure> {
             if let Step::Copy { to, .. } = &step {
                 let t = exec.path(to).map_err(Failure::Failed)?;
                 let _ = std::fs::remove_file(&t);
-                let _ = std::fs::remove_file(pump_sinks::meta2::tmp_path(&t));
+                let _ = std::fs::remove_file(pump_meta2::files::tmp_path(&t));
             }
         }
         #[cfg(test)]

@@ -99,7 +99,7 @@ pub async fn rebuild(
     // Each streamed base was synced before its link; the links reach the disk here, before
     // the summary says they are done.
     let dirs = parent_dirs(streamed.iter().map(|b| lost.path(b)));
-    pump_sinks::meta2::sync_paths(&dirs).map_err(Failure::Failed)?;
+    pump_meta2::files::sync_paths(&dirs).map_err(Failure::Failed)?;
     Ok(summary)
 }
 
@@ -122,7 +122,7 @@ fn start_linking(lost: &Peer, batch: Pending) -> Linking {
             .iter()
             .map(|(b, _, _)| pump_meta2::copy::tmp_path(&lost.path(b)))
             .collect();
-        let synced = pump_sinks::meta2::sync_paths(&tmps);
+        let synced = pump_meta2::files::sync_paths(&tmps);
         let results: Vec<Result<(), String>> = batch
             .iter()
             .map(|(b, _, aside)| {
@@ -141,7 +141,7 @@ fn start_linking(lost: &Peer, batch: Pending) -> Linking {
             .collect();
         // The links reach the disk before the batch counts as rebuilt.
         let dirs = parent_dirs(batch.iter().map(|(b, _, _)| lost.path(b)));
-        let results = match pump_sinks::meta2::sync_paths(&dirs) {
+        let results = match pump_meta2::files::sync_paths(&dirs) {
             Ok(()) => results,
             Err(e) => results
                 .into_iter()
