@@ -116,8 +116,21 @@ struct Proxy {
 
 impl Proxy {
     fn start(ns: &Namespace, meta1: Option<&Path>) -> Proxy {
+        Proxy::start_as(ns, meta1, "9")
+    }
+
+    /// A proxy answering as oio-sds `version` (7 or 9).
+    fn start_as(ns: &Namespace, meta1: Option<&Path>, version: &str) -> Proxy {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pump"));
-        cmd.args(["node", "--sds", "OPENIO", "--proxy-port", "0"]);
+        cmd.args([
+            "node",
+            "--sds",
+            "OPENIO",
+            "--proxy-port",
+            "0",
+            "--test-hooks",
+        ]);
+        cmd.args(["--oio-version", version]);
         for a in ALL {
             cmd.args(["--meta2", &format!("{a}={}", ns.volume(a).display())]);
         }
@@ -133,7 +146,7 @@ impl Proxy {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        // sds proxy ns=OPENIO url=http://127.0.0.1:PORT
+        // sds proxy ns=OPENIO url=http://127.0.0.1:PORT oio-version=9 zookeeper=...
         let url = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("url="))
@@ -146,16 +159,49 @@ impl Proxy {
         self.url.strip_prefix("http://").unwrap()
     }
 
-    /// The routes of every request so far.
-    fn routes(&self) -> Vec<String> {
+    /// Every request so far, as the proxy recorded it.
+    fn requests(&self) -> Vec<serde_json::Value> {
         let (status, body) = common::http(self.addr(), "GET", "/pump/requests", "");
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v.as_array()
-            .unwrap()
+        v.as_array().unwrap().clone()
+    }
+
+    /// The routes of every request so far.
+    fn routes(&self) -> Vec<String> {
+        self.requests()
             .iter()
             .map(|r| r["route"].as_str().unwrap().to_string())
             .collect()
+    }
+
+    /// The requests refused as a real oio-proxy refuses them: `route?query: why`.
+    fn refusals(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .filter(|r| r["refused"] == serde_json::json!(true))
+            .map(|r| format!("{}?{}: {}", r["route"], r["query"], r["reason"]))
+            .collect()
+    }
+
+    /// The queries of the requests of `route`.
+    fn queries(&self, route: &str) -> Vec<String> {
+        self.requests()
+            .iter()
+            .filter(|r| r["route"] == serde_json::json!(route))
+            .map(|r| r["query"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The next call of `route` answers `status` for `peer` inside its fan-out body.
+    fn inject_peer(&self, route: &str, status: u16, peer: &str) {
+        let (s, b) = common::http(
+            self.addr(),
+            "POST",
+            "/pump/faults",
+            &format!("route={route}&status={status}&peer={peer}"),
+        );
+        assert_eq!(s, 204, "{b}");
     }
 
     fn inject(&self, route: &str, status: u16) {
@@ -183,7 +229,13 @@ impl Proxy {
         );
         assert_eq!(s, 200, "{b}");
         let v: serde_json::Value = serde_json::from_str(&b).unwrap();
-        v["srv"][0]["host"].as_str().unwrap_or("").to_string()
+        let hosts: Vec<&str> = v["srv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["host"].as_str().unwrap())
+            .collect();
+        hosts.join(",")
     }
 }
 
@@ -572,4 +624,119 @@ fn the_dry_run_sends_no_request_that_changes_state() {
     assert!(stdout.contains("would send: POST"), "{stdout}");
     assert_eq!(changes(&proxy.routes()), Vec::<&String>::new());
     assert!(!ns.path(C).exists());
+}
+
+/// The `service_id` of a query, as a list.
+fn service_ids(query: &str) -> Vec<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "service_id")
+        .map(|(_, v)| v.split(',').map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn move_forces_the_reference_with_type_meta2_in_both_dialects() {
+    for version in ["7", "9"] {
+        let ns = Namespace::new();
+        let proxy = Proxy::start_as(&ns, None, version);
+        let out = meta2("move", &[&proxy], &move_args(&ns, A, D, &[A, B, C]));
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{version}: {stdout}\n{stderr}");
+        assert_eq!(proxy.refusals(), Vec::<String>::new(), "{version}");
+        let forces = proxy.queries("reference/force");
+        assert_eq!(forces.len(), 1, "{version}: {forces:?}");
+        for q in proxy
+            .queries("reference/force")
+            .iter()
+            .chain(&proxy.queries("reference/show"))
+        {
+            assert!(q.contains("type=meta2"), "{version}: {q}");
+        }
+        assert_eq!(proxy.reference(), format!("{B},{C},{D}"), "{version}");
+    }
+}
+
+#[test]
+fn freeze_enable_and_peers_go_to_one_master_never_to_a_list_of_services() {
+    for version in ["7", "9"] {
+        for to in [
+            format!("{D}={}", Namespace::new().volume(D).display()),
+            D.to_string(),
+        ] {
+            let ns = Namespace::new();
+            let proxy = Proxy::start_as(&ns, None, version);
+            let mut args = move_args(&ns, A, D, &[A, B, C]);
+            if !to.contains('=') {
+                args[3] = D.to_string();
+            }
+            let out = meta2("move", &[&proxy], &args);
+            let (stdout, stderr) = text(&out);
+            assert!(out.status.success(), "{version} {to}: {stdout}\n{stderr}");
+            assert_eq!(proxy.refusals(), Vec::<String>::new(), "{version}");
+            for route in ["admin/freeze", "admin/enable", "admin/set_properties"] {
+                let qs = proxy.queries(route);
+                assert!(!qs.is_empty(), "{version}: no {route}");
+                for q in qs {
+                    assert!(service_ids(&q).len() <= 1, "{version}: {route}?{q}");
+                }
+            }
+            for a in [B, C, D] {
+                assert_eq!(
+                    ns.sys(a, "sys.peers").unwrap(),
+                    format!("{B},{C},{D}"),
+                    "{a}"
+                );
+                assert!(!ns.frozen(a), "{version}: {a} still frozen");
+            }
+            assert!(ns.frozen(A), "the old copy stays frozen");
+        }
+    }
+}
+
+#[test]
+fn a_refusal_inside_a_fan_out_body_stops_the_move_and_is_undone() {
+    for version in ["7", "9"] {
+        let ns = Namespace::new();
+        let proxy = Proxy::start_as(&ns, None, version);
+        // The new master refuses the enable, inside a 200 answer.
+        proxy.inject_peer("admin/enable", 437, B);
+        let out = meta2("move", &[&proxy], &move_args(&ns, A, D, &[A, B, C]));
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{version}: {stdout}\n{stderr}");
+        assert!(stderr.contains(&format!("{B}: 437")), "{version}: {stderr}");
+        assert!(
+            stderr.contains("every step was undone"),
+            "{version}: {stderr}"
+        );
+        assert_eq!(proxy.reference(), format!("{A},{B},{C}"));
+        for a in [A, B, C] {
+            assert!(!ns.frozen(a), "{version}: {a} left frozen");
+            assert_eq!(ns.sys(a, "sys.peers").unwrap(), format!("{A},{B},{C}"));
+        }
+        assert_eq!(proxy.refusals(), Vec::<String>::new(), "{version}");
+    }
+}
+
+#[test]
+fn check_reads_local_and_master_from_the_debug_objects() {
+    let ns = Namespace::new();
+    let proxy = Proxy::start(&ns, None);
+    let out = meta2("check", &[&proxy], &ns.peer_args(&[A, B, C]));
+    assert!(out.status.success(), "{:?}", text(&out));
+    // C's member still follows a master that is no peer of the base (E).
+    let (s, b) = common::http(
+        proxy.addr(),
+        "POST",
+        "/pump/member",
+        &format!("base={}&peer={C}&master={E}", ns.base),
+    );
+    assert_eq!(s, 204, "{b}");
+    let out = meta2("check", &[&proxy], &ns.peer_args(&[A, B, C]));
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!("{C}: the election names {E}")),
+        "{stderr}"
+    );
+    assert_eq!(proxy.refusals(), Vec::<String>::new());
 }

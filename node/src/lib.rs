@@ -10,7 +10,8 @@
 //! cluster.rs  N nodes sharing one vbucket map, in-process replication, failover
 //! recovery.rs the vbuckets a failover lost: both recovery REST dialects, on the cluster state
 //! rest.rs     the REST port (the map as Couchbase's REST shows it, the recovery API)
-//! sds.rs      a reference OpenIO SDS proxy over local meta2 volumes (meta1, elections, cache)
+//! sds/        a reference OpenIO SDS proxy (oio-proxy 7 or 9) over local meta2 volumes: meta1,
+//!             its cache, the services' elections (also as read-only ZooKeeper nodes)
 //! ```
 
 pub mod cluster;

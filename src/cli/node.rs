@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use pump_node::sds::{Meta2Service, SdsConfig, SdsProxy};
+use pump_node::sds::{Meta2Service, OioVersion, SdsConfig, SdsProxy};
 
 use super::Failure;
 
@@ -46,6 +46,13 @@ pub struct NodeArgs {
     /// The proxy's port (the SDS sandbox uses 6000); 0 picks a free one.
     #[arg(long, default_value_t = 6000)]
     pub proxy_port: u16,
+    /// The oio-proxy the reference answers as: 7 (oio-sds 7.x) or 9 (9.0 and later, where a
+    /// call to the master takes at most one service_id).
+    #[arg(long, value_name = "7|9", default_value = "9", requires = "sds")]
+    pub oio_version: OioVersion,
+    /// Serve the proxy's test hooks (/pump/faults, /pump/member, /pump/requests).
+    #[arg(long, requires = "sds")]
+    pub test_hooks: bool,
 }
 
 fn meta2_service(s: &str) -> Result<Meta2Service, String> {
@@ -74,13 +81,18 @@ async fn run_sds(ns: String, a: NodeArgs) -> Result<(), Failure> {
         ns: ns.clone(),
         services: a.meta2,
         meta1: a.meta1,
+        version: a.oio_version,
+        test_hooks: a.test_hooks,
     };
     let proxy = SdsProxy::new(config).map_err(Failure::Failed)?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], a.proxy_port));
-    let bound = pump_node::sds::serve(std::sync::Arc::new(proxy), addr)
+    let (bound, zk) = pump_node::sds::serve(std::sync::Arc::new(proxy), addr)
         .await
         .map_err(|e| Failure::Failed(format!("proxy port {addr}: {e}")))?;
-    println!("sds proxy ns={ns} url=http://{bound}");
+    println!(
+        "sds proxy ns={ns} url=http://{bound} oio-version={} zookeeper={zk}",
+        a.oio_version
+    );
     let _ = std::io::Write::flush(&mut std::io::stdout());
     super::cluster::wait_for_stop().await;
     Ok(())
