@@ -313,6 +313,10 @@ fn move_through_the_proxy_moves_the_copy_the_peers_and_the_reference_in_order() 
             "admin/leave",
             "admin/freeze",
             "admin/set_properties",
+            "admin/get_properties",
+            "admin/get_properties",
+            "admin/get_properties",
+            "admin/status",
             "admin/enable",
             "reference/force",
             "cache/flush/low",
@@ -322,6 +326,11 @@ fn move_through_the_proxy_moves_the_copy_the_peers_and_the_reference_in_order() 
             "admin/debug",
             "container/set_properties",
         ]
+    );
+    assert_eq!(proxy.refusals(), Vec::<String>::new());
+    assert!(
+        stdout.contains("the proxy answers as oio-sds 9.0 or later"),
+        "{stdout}"
     );
     // The answers as `openio election` tables, the master and slaves after the move.
     assert!(
@@ -370,37 +379,42 @@ fn move_to_a_volume_not_reachable_from_here_uses_admin_copy() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let routes = proxy.routes();
     let copy = routes.iter().position(|r| r == "admin/copy").unwrap();
-    assert_eq!(routes[copy - 1], "admin/freeze");
-    assert_eq!(routes[copy + 1], "admin/set_properties");
+    assert_eq!(routes[copy - 2], "admin/freeze");
+    assert_eq!(routes[copy - 1], "admin/set_properties");
+    assert_eq!(routes[copy + 1], "admin/get_properties");
+    assert_eq!(proxy.refusals(), Vec::<String>::new());
     assert_eq!(ns.data(D), ns.data(B));
     assert_eq!(proxy.reference(), format!("{B},{C},{D}"));
 }
 
 #[test]
 fn sync_through_the_proxy_refills_a_missing_and_a_corrupt_copy() {
-    let ns = Namespace::new();
-    let proxy = Proxy::start(&ns, None);
-    let good = ns.data(A);
-    std::fs::remove_file(ns.path(C)).unwrap();
-    std::fs::write(ns.path(B), b"not a database at all, the disk ate it").unwrap();
-    let out = meta2("check", &[&proxy], &ns.peer_args(&[A, B, C]));
-    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
-    let out = meta2("sync", &[&proxy], &ns.peer_args(&[A, B, C]));
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains(&format!("| {C} |    200 | OK      |")),
-        "{stdout}"
-    );
-    let routes = proxy.routes();
-    let syncs = routes.iter().filter(|r| *r == "admin/sync").count();
-    assert_eq!(syncs, 2, "one admin/sync per bad copy: {routes:?}");
-    for a in [B, C] {
-        assert_eq!(ns.data(a), good, "{a}");
+    for version in ["7", "9"] {
+        let ns = Namespace::new();
+        let proxy = Proxy::start_as(&ns, None, version);
+        let good = ns.data(A);
+        std::fs::remove_file(ns.path(C)).unwrap();
+        std::fs::write(ns.path(B), b"not a database at all, the disk ate it").unwrap();
+        let out = meta2("check", &[&proxy], &ns.peer_args(&[A, B, C]));
+        assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+        let out = meta2("sync", &[&proxy], &ns.peer_args(&[A, B, C]));
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(
+            stdout.contains(&format!("| {C} |    200 | OK      |")),
+            "{stdout}"
+        );
+        let routes = proxy.routes();
+        let syncs = routes.iter().filter(|r| *r == "admin/sync").count();
+        assert_eq!(syncs, 2, "one admin/sync per bad copy: {routes:?}");
+        for a in [B, C] {
+            assert_eq!(ns.data(a), good, "{a}");
+        }
+        assert!(meta2("check", &[&proxy], &ns.peer_args(&[A, B, C]))
+            .status
+            .success());
+        assert_eq!(proxy.refusals(), Vec::<String>::new());
     }
-    assert!(meta2("check", &[&proxy], &ns.peer_args(&[A, B, C]))
-        .status
-        .success());
 }
 
 #[test]
@@ -441,46 +455,54 @@ fn a_mistyped_address_is_refused_before_any_request_that_changes_state() {
 
 #[test]
 fn a_503_in_the_middle_of_a_move_leaves_the_base_enabled_on_its_old_peers() {
-    for route in [
-        "admin/set_properties",
-        "admin/enable",
-        "reference/force",
-        "admin/status",
-        "container/set_properties",
+    // (route failing, dialect, the pump makes the copy), every undo path in both dialects.
+    for (route, version, pump_copy) in [
+        ("admin/set_properties", "9", true),
+        ("admin/copy", "7", false),
+        ("admin/get_properties", "9", false),
+        ("admin/enable", "7", true),
+        ("reference/force", "9", false),
+        ("admin/status", "7", false),
+        ("container/set_properties", "9", true),
+        ("container/set_properties", "7", false),
     ] {
+        let case = format!("{route} {version} pump_copy={pump_copy}");
         let ns = Namespace::new();
-        let proxy = Proxy::start(&ns, None);
+        let proxy = Proxy::start_as(&ns, None, version);
         let before: BTreeMap<&str, Option<String>> = [A, B, C]
             .iter()
             .map(|a| (*a, ns.sys(a, "sys.peers")))
             .collect();
         proxy.inject(route, 503);
-        let out = meta2("move", &[&proxy], &move_args(&ns, A, D, &[A, B, C]));
+        let mut args = move_args(&ns, A, D, &[A, B, C]);
+        if !pump_copy {
+            args[3] = D.to_string();
+        }
+        let out = meta2("move", &[&proxy], &args);
         let (stdout, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(1), "{route}: {stdout}\n{stderr}");
-        assert!(stderr.contains(&format!("{route}?")), "{route}: {stderr}");
+        assert_eq!(out.status.code(), Some(1), "{case}: {stdout}\n{stderr}");
+        assert!(stderr.contains(&format!("{route}?")), "{case}: {stderr}");
         assert!(
             stderr.contains(&format!(
                 "every step was undone: the base is enabled on its old peers {A},{B},{C}"
             )),
-            "{route}: {stderr}"
+            "{case}: {stdout}\n{stderr}"
         );
         assert!(stderr.contains("then run the same move again"), "{stderr}");
         assert!(stderr.contains("pump meta2 check --proxy"), "{stderr}");
-        assert_eq!(proxy.reference(), format!("{A},{B},{C}"), "{route}");
+        assert_eq!(proxy.reference(), format!("{A},{B},{C}"), "{case}");
         for a in [A, B, C] {
-            assert!(!ns.frozen(a), "{route}: {a} left frozen");
-            assert_eq!(ns.sys(a, "sys.peers"), before[a], "{route}: {a}");
+            assert!(!ns.frozen(a), "{case}: {a} left frozen");
+            assert_eq!(ns.sys(a, "sys.peers"), before[a], "{case}: {a}");
         }
-        assert!(
-            !ns.path(D).exists(),
-            "{route}: the new copy was not removed"
-        );
+        assert!(!ns.path(D).exists(), "{case}: the new copy was not removed");
         let check = meta2("check", &[&proxy], &ns.peer_args(&[A, B, C]));
-        assert!(check.status.success(), "{route}: {:?}", text(&check));
+        assert!(check.status.success(), "{case}: {:?}", text(&check));
+        // Every request, the undo's included, is one the real proxy accepts.
+        assert_eq!(proxy.refusals(), Vec::<String>::new(), "{case}");
         // Rerun without the fault: the move goes through.
-        let out = meta2("move", &[&proxy], &move_args(&ns, A, D, &[A, B, C]));
-        assert!(out.status.success(), "{route}: rerun: {:?}", text(&out));
+        let out = meta2("move", &[&proxy], &args);
+        assert!(out.status.success(), "{case}: rerun: {:?}", text(&out));
         assert_eq!(proxy.reference(), format!("{B},{C},{D}"));
     }
 }
@@ -574,7 +596,16 @@ fn a_stale_proxy_cache_is_flushed_before_the_reference_is_read() {
         "/v3.0/OPENIO/reference/show?acct=acct&ref=c1",
         "",
     );
-    assert!(b.contains(&format!("{C},{D},{E}")), "{b}");
+    let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+    let hosts: Vec<&str> = v["srv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, [C, D, E], "{b}");
+    assert_eq!(p1.refusals(), Vec::<String>::new());
+    assert_eq!(p2.refusals(), Vec::<String>::new());
 }
 
 #[test]
@@ -594,20 +625,28 @@ fn the_dry_run_sends_no_request_that_changes_state() {
     let q = "acct=acct&ref=c1&type=meta2";
     for line in [
         format!(
-            "would send: POST {}/v3.0/OPENIO/admin/freeze?{q}&service_id={A},{B},{C}",
+            "would send: POST {}/v3.0/OPENIO/admin/freeze?{q}",
             proxy.url
         ),
         format!(
-            "would send: POST {}/v3.0/OPENIO/admin/set_properties?{q}&service_id={B},{C},{D} \
-             {{\"properties\":{{}},\"system\":{{\"sys.peers\":\"{B},{C},{D}\"}}}}",
+            "would send: POST {}/v3.0/OPENIO/admin/set_properties?{q} \
+             {{\"system\":{{\"sys.peers\":\"{B},{C},{D}\"}}}}",
             proxy.url
         ),
         format!(
-            "would send: POST {}/v3.0/OPENIO/reference/force?acct=acct&ref=c1&replace=yes \
+            "would send: POST {}/v3.0/OPENIO/reference/force?acct=acct&ref=c1&type=meta2&replace=yes \
              {{\"args\":\"\",\"host\":\"{B},{C},{D}\",\"seq\":1,\"type\":\"meta2\"}}",
             proxy.url
         ),
         format!("would run: copy {A} -> {D}"),
+        format!(
+            "would send: POST {}/v3.0/OPENIO/admin/status?{q}&service_id={B},{C},{D}",
+            proxy.url
+        ),
+        format!(
+            "would send: POST {}/v3.0/OPENIO/admin/enable?{q}&service_id=<the master admin/status finds>",
+            proxy.url
+        ),
         format!(
             "would send: POST {}/v3.0/OPENIO/admin/status?{q}",
             proxy.url

@@ -72,6 +72,9 @@ struct ProxyArgs {
     /// The namespace (with --proxy).
     #[arg(long, requires = "proxies")]
     ns: Option<String>,
+    /// The oio-sds version of the proxies, 7 or 9 (9.0 and later); detected when not given.
+    #[arg(long, value_name = "7|9", requires = "proxies")]
+    proxy_version: Option<sds::Dialect>,
 }
 
 impl ProxyArgs {
@@ -92,7 +95,14 @@ impl ProxyArgs {
                         .into(),
                 )),
             };
-        sds::Proxies::new(self.proxies.clone(), ns.clone(), container, dry_run).map(Some)
+        sds::Proxies::new(
+            self.proxies.clone(),
+            ns.clone(),
+            container,
+            dry_run,
+            self.proxy_version,
+        )
+        .map(Some)
     }
 }
 

@@ -2,24 +2,36 @@
 //!
 //! ```text
 //! move   conscience/list (every address must be a meta2 service; nothing sent before)
-//!        flush the caches of every proxy, reference/show, admin/has (every copy there)
-//!        admin/leave, admin/freeze, transfer (the pump where both volumes are reachable,
-//!        admin/copy otherwise), admin/set_properties sys.peers (identical in every new copy),
-//!        admin/enable, reference/force replace=yes, flush the caches, admin/ping,
-//!        admin/status (one master, the rest slaves), admin/debug (only the new peers),
-//!        container/set_properties (a property, so that the change replicates)
+//!        flush the caches of every proxy, reference/show type=meta2, admin/has (every copy
+//!        there), admin/leave, admin/freeze (to the master), admin/set_properties sys.peers (to the
+//!        master: it replicates to the old peers' copies), the transfer (the pump where both
+//!        volumes are reachable, admin/copy otherwise: the new copy carries the new peers),
+//!        admin/get_properties on each new peer (its copy lists the new peers),
+//!        admin/status on the new peers (one master), admin/enable (to that master, one
+//!        service_id), reference/force type=meta2 replace=yes, flush the caches, admin/ping,
+//!        admin/status, admin/debug (only the new peers), container/set_properties
 //! sync   flush, reference/show, admin/has (+ the files where reachable), admin/status, then
 //!        per bad copy admin/sync (admin/copy from a good copy when sync cannot), then the
 //!        same checks again
 //! check  reference/show, admin/has, admin/status, admin/debug (+ the files where reachable)
 //! ```
 //!
+//! Every request is one that oio-proxy accepts in both dialects (oio-sds 7.x, and 9.0 and
+//! later, where a call that goes to the master takes at most one `service_id`): calls that
+//! every peer answers (has, status, ping, leave, debug, sync) name the peers; freeze, enable
+//! and set_properties go to the master, without `service_id` or with the master's alone; every
+//! reference call carries `type=meta2`. A fan-out answer is 200 whatever each peer said, so each
+//! peer's status inside it is checked. Where the answers differ, the dialect is detected from
+//! them (set_properties through the master answers 204 from 9.0 on, 200 `{}` in 7.x) and
+//! checked against `--proxy-version` when it is given.
+//!
 //! Every step is printed as it runs, with the peers' answers in the table form of `openio
 //! election sync`. `--dry-run` sends only the reads (conscience/list, reference/show,
-//! admin/has) and prints every other request exactly as it would be sent. A step that fails
-//! stops the move; what was done is undone in reverse (the old `sys.peers` written back, the
-//! old reference forced back, the base enabled again on its old peers, a copy the pump made
-//! removed), and the last lines say in which state the base is and what to run next.
+//! admin/has) and prints every other request exactly as it would be sent.
+//! A step that fails stops the move; what was done is undone in reverse (the old reference
+//! forced back, the caches flushed, the old `sys.peers` written back through the master, the
+//! base enabled again on its old peers, the copy made removed), and the last lines say in which
+//! state the base is and what to run next.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -32,6 +44,39 @@ use serde_json::{json, Value};
 use super::meta2::{check_base, Executor, FileExecutor, Step, StreamCopy};
 use crate::failure::Failure;
 
+/// The dialect of the proxies: what a request may carry and what its answer looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// oio-sds 7.x: a call to the master takes a list of services and answers 200 with one
+    /// status per service; set_properties through the master answers 200 `{}`.
+    V7,
+    /// oio-sds 9.0 and later: a call to the master takes at most one service (400 "Only one
+    /// service can be requested"); set_properties answers 204 without per-service statuses.
+    V9,
+}
+
+impl std::str::FromStr for Dialect {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Dialect, String> {
+        match s.split('.').next().unwrap_or("") {
+            "7" => Ok(Dialect::V7),
+            "8" | "9" | "10" | "11" | "12" => Ok(Dialect::V9),
+            _ => Err(format!(
+                "{s:?}: expected the oio-sds version of the proxies, 7 or 9 (9 for 9.0 and later)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Dialect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Dialect::V7 => "oio-sds 7.x",
+            Dialect::V9 => "oio-sds 9.0 or later",
+        })
+    }
+}
+
 /// The proxies of a namespace and the container a command is about.
 pub struct Proxies {
     http: reqwest::Client,
@@ -43,6 +88,8 @@ pub struct Proxies {
     args: String,
     /// Send only the reads; print the rest.
     pub dry_run: bool,
+    /// Told with --proxy-version, or detected from an answer.
+    dialect: std::sync::Mutex<Option<Dialect>>,
 }
 
 /// One request, printed exactly as it is sent.
@@ -99,6 +146,7 @@ fn peer_answers(a: &Answer) -> Vec<PeerAnswer> {
         .as_object()
         .map(|o| {
             o.iter()
+                .filter(|(_, v)| v.get("status").is_some_and(Value::is_object))
                 .map(|(peer, v)| PeerAnswer {
                     peer: peer.clone(),
                     status: v["status"]["status"].as_u64().unwrap_or(0),
@@ -111,6 +159,20 @@ fn peer_answers(a: &Answer) -> Vec<PeerAnswer> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Every peer of a fan-out answer answered `want`; else an error naming each one that did not.
+fn all_answered(what: &str, answers: &[PeerAnswer], want: u64) -> Result<(), String> {
+    let bad: Vec<String> = answers
+        .iter()
+        .filter(|a| a.status != want)
+        .map(|a| format!("{}: {} {}", a.peer, a.status, a.message))
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{what}: {}", bad.join("; ")))
+    }
 }
 
 /// The answers as `openio election sync` prints them.
@@ -151,12 +213,13 @@ fn print_peer_table(answers: &[PeerAnswer]) {
 
 impl Proxies {
     /// `urls` (`http://HOST:PORT`, the first one is driven, all are flushed), the namespace and
-    /// the container, by account and name or by CID.
+    /// the container, by account and name or by CID; `dialect` when told, else detected.
     pub fn new(
         urls: Vec<String>,
         ns: String,
         container: Container,
         dry_run: bool,
+        dialect: Option<Dialect>,
     ) -> Result<Proxies, Failure> {
         if urls.is_empty() {
             return Err(Failure::Usage("give at least one --proxy URL".into()));
@@ -200,6 +263,7 @@ impl Proxies {
             target,
             args,
             dry_run,
+            dialect: std::sync::Mutex::new(dialect),
         })
     }
 
@@ -221,12 +285,22 @@ impl Proxies {
         }
     }
 
-    /// An admin call on the container's base, to `peers` (or the reference's, as the proxy
-    /// resolves it, when empty).
-    fn admin(&self, action: &str, peers: &[String], body: Option<Value>) -> Call {
+    /// A call every peer answers (has, status, ping, leave, debug, sync), to `peers` (or the
+    /// reference's, as the proxy resolves it, when empty).
+    fn fan_out(&self, action: &str, peers: &[String]) -> Call {
         let mut q = format!("{}&type=meta2", self.target);
         if !peers.is_empty() {
             q.push_str(&format!("&service_id={}", peers.join(",")));
+        }
+        self.call("POST", &format!("admin/{action}"), &q, None)
+    }
+
+    /// A call that goes to the master (freeze, enable, set_properties, get_properties, copy,
+    /// remove): to the master the proxy finds, or to the one service named, never to a list.
+    fn one(&self, action: &str, service: Option<&str>, body: Option<Value>) -> Call {
+        let mut q = format!("{}&type=meta2", self.target);
+        if let Some(s) = service {
+            q.push_str(&format!("&service_id={s}"));
         }
         self.call("POST", &format!("admin/{action}"), &q, body)
     }
@@ -246,16 +320,19 @@ impl Proxies {
         out
     }
 
+    /// reference/force of the meta2 services (`type=meta2` in the query, which oio-proxy
+    /// requires, and in the body).
     fn force(&self, peers: &[String]) -> Call {
         self.call(
             "POST",
             "reference/force",
-            &format!("{}&replace=yes", self.target),
+            &format!("{}&type=meta2&replace=yes", self.target),
             Some(json!({"seq": 1, "type": "meta2", "host": peers.join(","), "args": ""})),
         )
     }
 
-    /// Sends one request; a network error or a status >= 300 is an error naming the request.
+    /// Sends one request; a network error or a status >= 300 is an error naming the request,
+    /// the HTTP status and the code and message oio-proxy put in the body.
     async fn send(&self, c: &Call) -> Result<Answer, String> {
         let mut r = match c.method {
             "GET" => self.http.get(&c.url),
@@ -354,7 +431,8 @@ impl<'a> Steps<'a> {
         Ok(())
     }
 
-    /// reference/show: the meta2 services of the reference.
+    /// reference/show: the meta2 services of the reference (one `srv` entry per service; an
+    /// entry naming several, as older meta1 wrote them, is split).
     async fn reference(&mut self) -> Result<Vec<String>, String> {
         self.title("read the reference's meta2 services (meta1)");
         let c = self.p.call(
@@ -367,14 +445,11 @@ impl<'a> Steps<'a> {
         let mut peers = Vec::new();
         for s in a.body["srv"].as_array().into_iter().flatten() {
             if s["type"].as_str() == Some("meta2") {
-                peers.extend(
-                    s["host"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .split(',')
-                        .filter(|h| !h.is_empty())
-                        .map(str::to_string),
-                );
+                for h in s["host"].as_str().unwrap_or_default().split(',') {
+                    if !h.is_empty() && !peers.iter().any(|p| p == h) {
+                        peers.push(h.to_string());
+                    }
+                }
             }
         }
         if peers.is_empty() {
@@ -388,6 +463,30 @@ impl<'a> Steps<'a> {
         Ok(peers)
     }
 
+    /// The dialect an answer to set_properties through the master shows (204 from 9.0 on,
+    /// 200 `{}` in 7.x), checked against the one told with --proxy-version.
+    fn dialect_of(&mut self, a: &Answer) -> Result<(), String> {
+        let seen = if a.status == 204 {
+            Dialect::V9
+        } else {
+            Dialect::V7
+        };
+        let mut d = self.p.dialect.lock().unwrap_or_else(|e| e.into_inner());
+        match *d {
+            Some(told) if told != seen => Err(format!(
+                "admin/set_properties answered {} as {seen} does, not as --proxy-version said \
+                 ({told}): check the proxies' version",
+                a.status
+            )),
+            Some(_) => Ok(()),
+            None => {
+                println!("    the proxy answers as {seen}");
+                *d = Some(seen);
+                Ok(())
+            }
+        }
+    }
+
     /// A fan-out admin call; the peers' answers.
     async fn fan_out(
         &mut self,
@@ -396,8 +495,25 @@ impl<'a> Steps<'a> {
         peers: &[String],
     ) -> Result<Option<Vec<PeerAnswer>>, String> {
         self.title(title);
-        let c = self.p.admin(action, peers, None);
+        let c = self.p.fan_out(action, peers);
         Ok(self.send(&c).await?.map(|a| peer_answers(&a)))
+    }
+
+    /// A call to the master (`service` names it, or the proxy finds it); an answer that carries
+    /// per-service statuses must say 200 for each.
+    async fn through_master(
+        &mut self,
+        title: &str,
+        action: &str,
+        service: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<(), String> {
+        self.title(title);
+        let c = self.p.one(action, service, body);
+        if let Some(a) = self.send(&c).await? {
+            all_answered(&format!("{c}"), &peer_answers(&a), 200)?;
+        }
+        Ok(())
     }
 }
 
@@ -428,11 +544,30 @@ fn election_ok(status: &[PeerAnswer], want: &[String]) -> Result<String, String>
     Ok(master.peer.clone())
 }
 
-/// Every admin/debug body is an election naming only `want`.
+/// Every admin/debug body is an election whose local service is the peer asked and whose
+/// master and peers are all among `want` (the body as sqliterepo gives it: `local` and
+/// `master` objects with a `url`, `peers` a list).
 fn debug_ok(debug: &[PeerAnswer], want: &[String]) -> Result<(), String> {
+    let mut errors = Vec::new();
     for a in debug {
-        if a.body.is_null() {
-            return Err(format!("{}: no election", a.peer));
+        if a.status != 200 {
+            errors.push(format!("{}: debug {} {}", a.peer, a.status, a.message));
+            continue;
+        }
+        if !a.body.is_object() {
+            errors.push(format!("{}: no election", a.peer));
+            continue;
+        }
+        let url = |k: &str| a.body[k]["url"].as_str().map(str::to_string);
+        let Some(local) = url("local") else {
+            errors.push(format!("{}: the election has no local.url", a.peer));
+            continue;
+        };
+        if local != a.peer {
+            errors.push(format!(
+                "{}: the election's local service is {local}",
+                a.peer
+            ));
         }
         let mut named: Vec<String> = a.body["peers"]
             .as_array()
@@ -440,17 +575,23 @@ fn debug_ok(debug: &[PeerAnswer], want: &[String]) -> Result<(), String> {
             .flatten()
             .filter_map(|p| p.as_str().map(str::to_string))
             .collect();
-        named.extend(a.body["local"].as_str().map(str::to_string));
-        named.extend(a.body["master"].as_str().map(str::to_string));
+        match url("master") {
+            Some(m) if !m.is_empty() => named.push(m),
+            _ => errors.push(format!("{}: the election has no master", a.peer)),
+        }
         if let Some(stray) = named.iter().find(|p| !want.contains(p)) {
-            return Err(format!(
+            errors.push(format!(
                 "{}: the election names {stray}, not one of {}",
                 a.peer,
                 want.join(",")
             ));
         }
     }
-    Ok(())
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
 }
 
 /// What a move through the proxy needs.
@@ -468,9 +609,9 @@ pub struct ProxyMove {
 #[derive(Default)]
 struct Done {
     frozen: bool,
+    peers_written: bool,
     copied_by_pump: bool,
     copied_by_proxy: bool,
-    peers_written: bool,
     forced: bool,
 }
 
@@ -533,16 +674,10 @@ pub async fn move_base(p: &Proxies, m: &ProxyMove) -> Result<(), Failure> {
         .await
         .map_err(Failure::Failed)?
         .unwrap_or_default();
-    let missing: Vec<String> = has
-        .iter()
-        .filter(|a| a.status != 200)
-        .map(|a| format!("{}: {} {}", a.peer, a.status, a.message))
-        .collect();
-    if !missing.is_empty() {
+    if let Err(e) = all_answered("admin/has", &has, 200) {
         return Err(Failure::Failed(format!(
-            "{}: a copy is not there ({}); nothing was changed: run `{}` first",
+            "{}: a copy is not there ({e}); nothing was changed: run `{}` first",
             m.base,
-            missing.join("; "),
             p.hint("sync")
         )));
     }
@@ -597,48 +732,7 @@ pub async fn move_base(p: &Proxies, m: &ProxyMove) -> Result<(), Failure> {
         return Ok(());
     };
     println!("FAILED: {e}");
-    println!("undoing what was done:");
-    let mut undo_failed = Vec::new();
-    let mut undo_calls = Vec::new();
-    if done.forced {
-        undo_calls.push(("force the old reference back", p.force(&old)));
-    }
-    if done.peers_written {
-        let body = json!({"properties": {}, "system": {"sys.peers": old.join(",")}});
-        undo_calls.push((
-            "write the old sys.peers back",
-            p.admin("set_properties", &old, Some(body)),
-        ));
-    }
-    if done.frozen {
-        undo_calls.push((
-            "enable the base on its old peers",
-            p.admin("enable", &old, None),
-        ));
-    }
-    for c in p.flushes() {
-        undo_calls.push(("flush the caches", c));
-    }
-    for (what, c) in &undo_calls {
-        if let Err(e) = s.send(c).await {
-            // 439: the base is enabled already, which is what the undo wants.
-            if !e.contains("(439 ") {
-                println!("    {e}");
-                undo_failed.push(format!("{what}: {e}"));
-            }
-        }
-    }
-    if done.copied_by_pump {
-        if let Some(f) = files.as_mut() {
-            let errors = f.undo().await;
-            if errors.is_empty() {
-                println!("    removed the copy the pump made on {}", m.to);
-            }
-            for e in errors {
-                undo_failed.push(format!("remove the new copy on {}: {e}", m.to));
-            }
-        }
-    }
+    let undo_failed = undo(&mut s, m, &old, &done, files.as_mut()).await;
     let mut msg = format!(
         "{}: the move from {} to {} failed: {e}; ",
         m.base, m.from, m.to
@@ -656,12 +750,6 @@ pub async fn move_base(p: &Proxies, m: &ProxyMove) -> Result<(), Failure> {
              names them",
             old.join(",")
         ));
-        if done.copied_by_proxy {
-            msg.push_str(&format!(
-                " (the copy admin/copy made on {} is left there, unreferenced)",
-                m.to
-            ));
-        }
         msg.push_str(&format!(
             "; fix the cause, check with `{}`, then run the same move again",
             p.hint("check")
@@ -669,13 +757,88 @@ pub async fn move_base(p: &Proxies, m: &ProxyMove) -> Result<(), Failure> {
     } else {
         msg.push_str(&format!(
             "the undo failed ({}): the base may be frozen or half-moved; see `{}` and finish \
-             by hand (admin/enable, reference/force with the old peers {})",
+             by hand (reference/force type=meta2 with the old peers {}, admin/set_properties \
+             sys.peers and admin/enable through the master)",
             undo_failed.join("; "),
             p.hint("check"),
             old.join(",")
         ));
     }
     Err(Failure::Failed(msg))
+}
+
+/// Undoes what `done` says, in reverse; the undo steps that failed.
+async fn undo(
+    s: &mut Steps<'_>,
+    m: &ProxyMove,
+    old: &[String],
+    done: &Done,
+    files: Option<&mut FileExecutor>,
+) -> Vec<String> {
+    let p = s.p;
+    println!("undoing what was done:");
+    let mut failed = Vec::new();
+    let mut calls: Vec<(&str, Call, Option<u64>)> = Vec::new();
+    if done.forced {
+        calls.push(("force the old reference back", p.force(old), None));
+    }
+    // The proxies must resolve the old peers before the master is asked for anything.
+    for c in p.flushes() {
+        calls.push(("flush the caches", c, None));
+    }
+    if done.peers_written {
+        let body = json!({"system": {"sys.peers": old.join(",")}});
+        calls.push((
+            "write the old sys.peers back (through the master)",
+            p.one("set_properties", None, Some(body)),
+            None,
+        ));
+    }
+    if done.frozen {
+        // 439: the base is enabled already, which is what the undo wants.
+        calls.push((
+            "enable the base on its old peers (through the master)",
+            p.one("enable", None, None),
+            Some(439),
+        ));
+    }
+    if done.copied_by_proxy {
+        calls.push((
+            "remove the copy admin/copy made",
+            p.one("remove", Some(&m.to), None),
+            None,
+        ));
+    }
+    for (what, c, tolerated) in &calls {
+        match s.p.send(c).await {
+            Ok(a) => {
+                println!("    {what}: {c} -> {}", a.status);
+                if let Err(e) = all_answered(&format!("{c}"), &peer_answers(&a), 200) {
+                    println!("    {e}");
+                    failed.push(format!("{what}: {e}"));
+                }
+            }
+            Err(e) if tolerated.is_some_and(|t| e.contains(&format!("({t} "))) => {
+                println!("    {what}: {c} -> already done");
+            }
+            Err(e) => {
+                println!("    {what}: {e}");
+                failed.push(format!("{what}: {e}"));
+            }
+        }
+    }
+    if done.copied_by_pump {
+        if let Some(f) = files {
+            let errors = f.undo().await;
+            if errors.is_empty() {
+                println!("    removed the copy the pump made on {}", m.to);
+            }
+            for e in errors {
+                failed.push(format!("remove the new copy on {}: {e}", m.to));
+            }
+        }
+    }
+    failed
 }
 
 /// The steps of a move that change state; `done` says how far they went.
@@ -688,12 +851,33 @@ async fn change(
     files: Option<&mut FileExecutor>,
 ) -> Result<(), String> {
     let p = s.p;
-    s.fan_out("the peers leave the election (admin/leave)", "leave", old)
+    let left = s
+        .fan_out("the peers leave the election (admin/leave)", "leave", old)
         .await?;
-    s.title("freeze the base on every peer (admin/freeze)");
-    let c = p.admin("freeze", old, None);
-    s.send(&c).await?;
+    if let Some(left) = left {
+        all_answered("admin/leave", &left, 200)?;
+    }
+    s.through_master(
+        "freeze the base through its master, which replicates it (admin/freeze)",
+        "freeze",
+        None,
+        None,
+    )
+    .await?;
     done.frozen = true;
+    // The master writes the new peers and replicates them to the old peers' copies; the copy
+    // is taken after, so that it carries them too (the new service is in no election yet).
+    s.title(&format!(
+        "write sys.peers {} through the master (admin/set_properties)",
+        new.join(",")
+    ));
+    done.peers_written = true;
+    let body = json!({"system": {"sys.peers": new.join(",")}});
+    let c = p.one("set_properties", None, Some(body));
+    if let Some(a) = s.send(&c).await? {
+        all_answered(&format!("{c}"), &peer_answers(&a), 200)?;
+        s.dialect_of(&a)?;
+    }
     match files {
         Some(f) => {
             let step = Step::Copy {
@@ -717,20 +901,47 @@ async fn change(
                 m.to, m.from
             ));
             done.copied_by_proxy = true;
-            let body = json!({"to": m.to, "from": m.from});
-            let c = p.admin("copy", &[], Some(body));
+            let c = p.one("copy", None, Some(json!({"to": m.to, "from": m.from})));
             s.send(&c).await?;
         }
     }
-    s.title("write the same sys.peers in every new copy (admin/set_properties)");
-    let body = json!({"properties": {}, "system": {"sys.peers": new.join(",")}});
-    done.peers_written = true;
-    let c = p.admin("set_properties", new, Some(body));
-    s.send(&c).await?;
-    s.title("enable the base on its new peers (admin/enable)");
-    let c = p.admin("enable", new, None);
-    s.send(&c).await?;
-    s.title("force the reference to the new peers (reference/force, replace)");
+    for peer in new {
+        s.title(&format!(
+            "{peer}'s copy lists the new peers (admin/get_properties)"
+        ));
+        let c = p.one("get_properties", Some(peer), None);
+        if let Some(a) = s.send(&c).await? {
+            let got = a.body["system"]["sys.peers"].as_str().unwrap_or_default();
+            if got != new.join(",") {
+                return Err(format!(
+                    "{peer}: sys.peers is {got:?}, not {:?}",
+                    new.join(",")
+                ));
+            }
+            println!("    sys.peers {got}");
+        }
+    }
+    let status = s
+        .fan_out(
+            "the new peers elect one master (admin/status)",
+            "status",
+            new,
+        )
+        .await?;
+    let master = match status {
+        Some(st) => Some(election_ok(&st, new)?),
+        None => None,
+    };
+    // In a dry run the status was not sent: the request names the master it would find.
+    let master = master.unwrap_or_else(|| "<the master admin/status finds>".into());
+    s.through_master(
+        &format!("enable the base through the new master {master} (admin/enable)"),
+        "enable",
+        Some(&master),
+        None,
+    )
+    .await?;
+    s.title("force the reference to the new peers (reference/force, type=meta2, replace)");
     done.forced = true;
     let c = p.force(new);
     s.send(&c).await?;
@@ -739,9 +950,7 @@ async fn change(
         .fan_out("ping the base where the proxy now resolves it", "ping", &[])
         .await?;
     if let Some(ping) = ping {
-        if let Some(a) = ping.iter().find(|a| a.status != 200) {
-            return Err(format!("ping: {}: {} {}", a.peer, a.status, a.message));
-        }
+        all_answered("admin/ping", &ping, 200)?;
     }
     let status = s
         .fan_out("one master, the rest slaves (admin/status)", "status", &[])
@@ -958,7 +1167,7 @@ pub async fn sync(
         };
         if !synced {
             s.title(&format!("{b} pulls the base from {source} (admin/copy)"));
-            let c = p.admin("copy", &[], Some(json!({"to": b, "from": source})));
+            let c = p.one("copy", None, Some(json!({"to": b, "from": source})));
             if let Err(e) = s.send(&c).await {
                 errors.push(format!("{b}: {e}"));
             }
@@ -1068,17 +1277,59 @@ mod tests {
         assert!(election_ok(&stale, &want).unwrap_err().contains("resolves"));
     }
 
+    fn election(local: &str, master: &str, peers: &[&str]) -> Value {
+        json!({"local": {"id": 1, "url": local, "state": "SLAVE"},
+            "master": {"id": 2, "url": master},
+            "base": {"name": "X.1", "type": "meta2", "zk": "/z", "zk_server": "h:1"},
+            "peers": peers})
+    }
+
     #[test]
-    fn debug_refuses_an_election_naming_an_old_peer() {
+    fn debug_reads_local_and_master_as_objects_and_refuses_a_stray() {
         let want = vec!["a:1".to_string(), "b:1".to_string()];
-        let old = answer(
-            "a:1",
-            200,
-            "OK",
-            json!({"local": "a:1", "master": "a:1", "peers": ["c:1"]}),
-        );
-        assert!(debug_ok(&[old], &want).unwrap_err().contains("c:1"));
+        let good = answer("a:1", 200, "OK", election("a:1", "b:1", &["b:1"]));
+        assert!(debug_ok(&[good], &want).is_ok());
+        let old_peer = answer("a:1", 200, "OK", election("a:1", "a:1", &["c:1"]));
+        assert!(debug_ok(&[old_peer], &want)
+            .unwrap_err()
+            .contains("names c:1"));
+        // A stale master that only `master.url` names.
+        let stale = answer("a:1", 200, "OK", election("a:1", "c:1", &["b:1"]));
+        assert!(debug_ok(&[stale], &want).unwrap_err().contains("names c:1"));
+        let other = answer("a:1", 200, "OK", election("b:1", "b:1", &[]));
+        assert!(debug_ok(&[other], &want)
+            .unwrap_err()
+            .contains("local service is b:1"));
+        // The strings an older reference gave are not an election.
+        let strings = answer("a:1", 200, "OK", json!({"local": "a:1", "master": "c:1"}));
+        assert!(debug_ok(&[strings], &want).is_err());
         assert!(debug_ok(&[answer("a:1", 200, "OK", Value::Null)], &want).is_err());
+    }
+
+    #[test]
+    fn a_fan_out_answer_is_checked_peer_by_peer() {
+        let a = Answer {
+            status: 200,
+            body: json!({"a:1": {"status": {"status": 200, "message": "OK"}, "body": ""},
+                "b:1": {"status": {"status": 303, "message": "a:1"}, "body": ""}}),
+        };
+        let e = all_answered("enable", &peer_answers(&a), 200).unwrap_err();
+        assert_eq!(e, "enable: b:1: 303 a:1");
+        // A master-routed answer ({} or 204) has no peer to check.
+        let empty = Answer {
+            status: 200,
+            body: json!({}),
+        };
+        assert!(all_answered("freeze", &peer_answers(&empty), 200).is_ok());
+    }
+
+    #[test]
+    fn the_dialect_is_7_or_9_and_later() {
+        assert_eq!("7".parse::<Dialect>().unwrap(), Dialect::V7);
+        assert_eq!("7.3.0".parse::<Dialect>().unwrap(), Dialect::V7);
+        assert_eq!("9".parse::<Dialect>().unwrap(), Dialect::V9);
+        assert_eq!("11.2".parse::<Dialect>().unwrap(), Dialect::V9);
+        assert!("6".parse::<Dialect>().is_err());
     }
 
     #[test]
@@ -1096,26 +1347,21 @@ mod tests {
             account: "a".into(),
             name: "c".into(),
         };
-        assert!(Proxies::new(vec!["127.0.0.1:6000".into()], "NS".into(), c(), false).is_err());
-        assert!(Proxies::new(
-            vec!["http://127.0.0.1:99999".into()],
-            "NS".into(),
-            c(),
-            false
-        )
-        .is_err());
-        assert!(Proxies::new(vec!["http://127.0.0.1:6000".into()], "".into(), c(), false).is_err());
-        let p = Proxies::new(
-            vec!["http://127.0.0.1:6000/".into()],
-            "NS".into(),
-            c(),
-            true,
-        )
-        .unwrap();
-        let call = p.admin("freeze", &["x:1".into()], None);
+        let new = |u: &str, ns: &str| Proxies::new(vec![u.into()], ns.into(), c(), false, None);
+        assert!(new("127.0.0.1:6000", "NS").is_err());
+        assert!(new("http://127.0.0.1:99999", "NS").is_err());
+        assert!(new("http://127.0.0.1:6000", "").is_err());
+        let p = new("http://127.0.0.1:6000/", "NS").unwrap();
+        let call = p.one("freeze", None, None);
         assert_eq!(
             call.to_string(),
-            "POST http://127.0.0.1:6000/v3.0/NS/admin/freeze?acct=a&ref=c&type=meta2&service_id=x:1"
+            "POST http://127.0.0.1:6000/v3.0/NS/admin/freeze?acct=a&ref=c&type=meta2"
         );
+        let call = p.one("enable", Some("x:1"), None);
+        assert!(call.to_string().ends_with("type=meta2&service_id=x:1"));
+        let call = p.force(&["x:1".into(), "y:1".into()]);
+        assert!(call
+            .to_string()
+            .contains("/reference/force?acct=a&ref=c&type=meta2&replace=yes"));
     }
 }
