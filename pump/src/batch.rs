@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::message::Message;
+use crate::message::{Message, Op};
 use crate::stats::Stats;
 
 /// When a batch is full. cbtransfer's defaults: 1000 messages or 400,000 bytes.
@@ -106,6 +106,10 @@ pub struct Delivery {
     pub failed: Vec<KeyFailure>,
     /// Retries it took.
     pub retries: u64,
+    /// Of `skipped`, how many of each op ([`Op::index`]) the sink says it skipped. Skips a
+    /// sink leaves out of it are counted as removals first (a skip is a removal of a key that
+    /// is gone, unless the sink adds), then as mutations.
+    pub skipped_ops: [usize; 3],
 }
 
 impl Delivery {
@@ -115,6 +119,12 @@ impl Delivery {
             written: n,
             ..Delivery::default()
         }
+    }
+
+    /// Counts one skipped message of `op`.
+    pub fn skip(&mut self, op: Op) {
+        self.skipped += 1;
+        self.skipped_ops[op.index()] += 1;
     }
 }
 
@@ -132,13 +142,58 @@ pub struct Ack {
     bytes: usize,
     /// The batch's share of the channel's byte budget, released when the batch is settled.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// What the batch holds, to count its outcome per op.
+    ops: OpMix,
+}
+
+/// A batch's messages per op, and (in a batch mixing mutations with removals) the keys of its
+/// removals, so that a failed key is counted under its op.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct OpMix {
+    pub(crate) counts: [u64; 3],
+    pub(crate) removals: Vec<(Bytes, u16, Op)>,
+}
+
+impl OpMix {
+    pub(crate) fn of(messages: &[Message]) -> OpMix {
+        let mut counts = [0u64; 3];
+        for m in messages {
+            counts[m.op.index()] += 1;
+        }
+        let mixed = counts[0] > 0 && counts[1] + counts[2] > 0;
+        let removals = if mixed {
+            messages
+                .iter()
+                .filter(|m| m.is_removal())
+                .map(|m| (m.key.clone(), m.vbucket, m.op))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        OpMix { counts, removals }
+    }
+
+    /// The op of a failed key.
+    pub(crate) fn op_of(&self, key: &[u8], vbucket: u16) -> Op {
+        if let Some((_, _, op)) = self
+            .removals
+            .iter()
+            .find(|(k, vb, _)| *vb == vbucket && &k[..] == key)
+        {
+            return *op;
+        }
+        Op::ALL
+            .into_iter()
+            .find(|op| self.counts[op.index()] > 0 && (op.index() == 0 || self.counts[0] == 0))
+            .unwrap_or(Op::Mutation)
+    }
 }
 
 impl Ack {
     /// Confirms the batch: counts it and resolves the source's [`Acked`].
     pub fn confirm(mut self, delivery: Delivery) {
         if let Some(stats) = self.stats.take() {
-            stats.record_delivery(&delivery, self.bytes);
+            stats.record_delivery(&delivery, self.bytes, &self.ops);
         }
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(delivery);
@@ -146,9 +201,10 @@ impl Ack {
         self.permit = None;
     }
 
-    pub(crate) fn attach(&mut self, stats: Arc<Stats>, bytes: usize) {
+    pub(crate) fn attach(&mut self, stats: Arc<Stats>, bytes: usize, ops: OpMix) {
         self.stats = Some(stats);
         self.bytes = bytes;
+        self.ops = ops;
     }
 }
 
@@ -226,9 +282,14 @@ impl Batch {
         ack.confirm(Delivery::all(n));
     }
 
-    pub(crate) fn attach(&mut self, stats: Arc<Stats>, permit: tokio::sync::OwnedSemaphorePermit) {
+    pub(crate) fn attach(
+        &mut self,
+        stats: Arc<Stats>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        ops: OpMix,
+    ) {
         let bytes = self.bytes;
-        self.ack.attach(stats, bytes);
+        self.ack.attach(stats, bytes, ops);
         self.ack.permit = Some(permit);
     }
 

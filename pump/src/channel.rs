@@ -2,7 +2,8 @@
 //!
 //! Bounded twice: in batches (a fixed number queued) and in bytes (a semaphore of byte
 //! permits that a batch holds until its sink confirms it), so memory stays flat however large
-//! the transfer. The sender applies the run's [`Filter`] (`-l`, `-k`, rehash) before queueing.
+//! the transfer. The sender applies the run's [`Filter`] (`-l`, `-k`, rehash) before queueing,
+//! then the run's rate limit (`--rate`) when it has one.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -11,28 +12,75 @@ use regex::bytes::Regex;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Batch, Delivery};
+use crate::batch::{Batch, Delivery, OpMix};
 use crate::error::Error;
 use crate::message::Message;
+use crate::rate::RateLimiter;
 use crate::spec::VbucketSet;
 use crate::stats::Stats;
 
-/// Which messages travel: a vbucket list, a key regex, and whether to recompute vbuckets.
+/// Which messages travel, and how they are rewritten on the way: a vbucket list, a key regex,
+/// a value regex, deletions left out, expiries replaced, and whether to recompute vbuckets.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub vbuckets: Option<VbucketSet>,
     pub key: Option<Regex>,
+    /// Only mutations whose value matches (`--filter-values`); removals carry no value and pass.
+    pub value: Option<Regex>,
+    /// Leave out deletions and expirations (`--exclude-deletions`).
+    pub exclude_deletions: bool,
+    /// Replace expiries (`--replace-ttl`, `--replace-ttl-with`).
+    pub ttl: Option<TtlRewrite>,
     /// Recompute each message's vbucket from its key for this many vbuckets (`-x rehash=1`).
     pub rehash: Option<u16>,
+}
+
+/// Which expiries `--replace-ttl` replaces, and with what (an absolute unix time, 0 for none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TtlRewrite {
+    /// True: every mutation's expiry; false: only those already past at `now`.
+    pub all: bool,
+    pub with: u32,
+    /// The unix time an expiry is compared with.
+    pub now: u32,
+}
+
+/// Relative expiries (memcached's rule) are at most this many seconds; larger ones are unix
+/// times.
+const RELATIVE_EXPIRY_MAX: u32 = 30 * 24 * 3600;
+
+impl TtlRewrite {
+    /// The expiry `expiry` becomes.
+    pub fn apply(&self, expiry: u32) -> u32 {
+        let expired = expiry > RELATIVE_EXPIRY_MAX && expiry <= self.now;
+        if self.all || expired {
+            self.with
+        } else {
+            expiry
+        }
+    }
 }
 
 impl Filter {
     /// True when the filter changes nothing.
     pub fn is_noop(&self) -> bool {
-        self.vbuckets.is_none() && self.key.is_none() && self.rehash.is_none()
+        self.vbuckets.is_none()
+            && self.key.is_none()
+            && self.value.is_none()
+            && !self.exclude_deletions
+            && self.ttl.is_none()
+            && self.rehash.is_none()
     }
 
-    /// Keeps the messages that pass, rehashing them if asked.
+    /// True when the filter may leave messages out (not only rewrite them).
+    pub fn selects(&self) -> bool {
+        self.vbuckets.is_some()
+            || self.key.is_some()
+            || self.value.is_some()
+            || self.exclude_deletions
+    }
+
+    /// Keeps the messages that pass, rewriting them if asked.
     pub fn apply(&self, messages: &mut Vec<Message>) {
         if self.is_noop() {
             return;
@@ -41,8 +89,16 @@ impl Filter {
             if let Some(n) = self.rehash {
                 m.vbucket = pump_protocol::vbucket_of(&m.key, n);
             }
-            self.vbuckets.as_ref().is_none_or(|v| v.contains(m.vbucket))
+            let keep = self.vbuckets.as_ref().is_none_or(|v| v.contains(m.vbucket))
                 && self.key.as_ref().is_none_or(|re| re.is_match(&m.key))
+                && (m.is_removal() || self.value.as_ref().is_none_or(|re| re.is_match(&m.value)))
+                && !(self.exclude_deletions && m.is_removal());
+            if keep && !m.is_removal() {
+                if let Some(ttl) = &self.ttl {
+                    m.expiry = ttl.apply(m.expiry);
+                }
+            }
+            keep
         });
     }
 }
@@ -66,6 +122,7 @@ pub fn bounded(
         filter: Arc::new(filter),
         stats,
         cancel,
+        rate: None,
     };
     (sender, BatchReceiver { rx, end })
 }
@@ -80,9 +137,16 @@ pub struct BatchSender {
     filter: Arc<Filter>,
     stats: Arc<Stats>,
     cancel: CancellationToken,
+    rate: Option<Arc<RateLimiter>>,
 }
 
 impl BatchSender {
+    /// The same sender, holding every batch until `rate` lets it through (`--rate`).
+    pub fn with_rate(mut self, rate: Arc<RateLimiter>) -> BatchSender {
+        self.rate = Some(rate);
+        self
+    }
+
     /// Filters the batch and queues it, waiting while the channel is full in batches or bytes.
     /// A batch the filter empties is confirmed at once. Fails with [`Error::Cancelled`] after
     /// Ctrl-C and [`Error::SinkGone`] when every sink worker has stopped.
@@ -101,17 +165,25 @@ impl BatchSender {
             return Ok(());
         }
         let (items, bytes) = (batch.len() as u64, batch.bytes() as u64);
+        if let Some(rate) = &self.rate {
+            tokio::select! {
+                _ = rate.acquire(items, bytes) => {}
+                _ = self.cancel.cancelled() => return Err(Error::Cancelled),
+            }
+        }
         let want = batch.bytes().clamp(1, self.budget) as u32;
         let permit = tokio::select! {
             p = self.bytes.clone().acquire_many_owned(want) => p.map_err(|_| Error::SinkGone)?,
             _ = self.cancel.cancelled() => return Err(Error::Cancelled),
         };
-        batch.attach(self.stats.clone(), permit);
+        let ops = OpMix::of(&batch.messages);
+        let counts = ops.counts;
+        batch.attach(self.stats.clone(), permit, ops);
         tokio::select! {
             r = self.tx.send(batch) => r.map_err(|_| Error::SinkGone)?,
             _ = self.cancel.cancelled() => return Err(Error::Cancelled),
         }
-        self.stats.record_read(items, bytes);
+        self.stats.record_read(items, bytes, &counts);
         Ok(())
     }
 
@@ -205,7 +277,7 @@ mod tests {
         let filter = Filter {
             vbuckets: Some(VbucketSet::parse("1,3-4").unwrap()),
             key: Some(Regex::new("^user").unwrap()),
-            rehash: None,
+            ..Filter::default()
         };
         let (tx, rx, stats) = channel(4, 1 << 20, filter);
         let msgs = vec![
@@ -231,6 +303,78 @@ mod tests {
         let keys: Vec<_> = b.messages.iter().map(|m| m.key.clone()).collect();
         assert_eq!(keys, vec!["user1", "user3"]);
         assert_eq!(stats.snapshot().filtered, 2);
+    }
+
+    #[tokio::test]
+    async fn values_deletions_and_expiries_are_filtered_and_rewritten() {
+        let now = 2_000_000_000;
+        let msgs = || {
+            vec![
+                Message {
+                    expiry: now - 10,
+                    ..Message::mutation("old", "{\"type\":\"beer\"}")
+                },
+                Message {
+                    expiry: now + 10,
+                    ..Message::mutation("new", "{\"type\":\"beer\"}")
+                },
+                Message {
+                    expiry: 100,
+                    ..Message::mutation("relative", "{\"type\":\"wine\"}")
+                },
+                Message::deletion("gone"),
+            ]
+        };
+        let run = |filter: Filter| {
+            let mut m = msgs();
+            filter.apply(&mut m);
+            m.into_iter()
+                .map(|m| (m.key_display(), m.expiry))
+                .collect::<Vec<_>>()
+        };
+        let values = Filter {
+            value: Some(Regex::new("beer").unwrap()),
+            ..Filter::default()
+        };
+        assert_eq!(
+            run(values),
+            [
+                ("old".into(), now - 10),
+                ("new".into(), now + 10),
+                ("gone".into(), 0)
+            ]
+        );
+        let no_deletions = Filter {
+            exclude_deletions: true,
+            ..Filter::default()
+        };
+        assert_eq!(run(no_deletions).len(), 3);
+        let expired = Filter {
+            ttl: Some(TtlRewrite {
+                all: false,
+                with: 0,
+                now,
+            }),
+            ..Filter::default()
+        };
+        assert_eq!(
+            run(expired),
+            [
+                ("old".into(), 0),
+                ("new".into(), now + 10),
+                ("relative".into(), 100),
+                ("gone".into(), 0)
+            ]
+        );
+        let all = Filter {
+            ttl: Some(TtlRewrite {
+                all: true,
+                with: now + 3600,
+                now,
+            }),
+            ..Filter::default()
+        };
+        assert!(run(all)[..3].iter().all(|(_, e)| *e == now + 3600));
     }
 
     #[tokio::test]

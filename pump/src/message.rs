@@ -14,6 +14,29 @@ pub enum Op {
     Expiration,
 }
 
+impl Op {
+    /// Every op, in the order of [`Op::index`].
+    pub const ALL: [Op; 3] = [Op::Mutation, Op::Deletion, Op::Expiration];
+
+    /// 0 for a mutation, 1 for a deletion, 2 for an expiration: an index into per-op counts.
+    pub fn index(self) -> usize {
+        match self {
+            Op::Mutation => 0,
+            Op::Deletion => 1,
+            Op::Expiration => 2,
+        }
+    }
+
+    /// `mutations`, `deletions`, `expirations`: how a summary names them.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Op::Mutation => "mutations",
+            Op::Deletion => "deletions",
+            Op::Expiration => "expirations",
+        }
+    }
+}
+
 /// One change. Keys, values and metadata are `Bytes` slices of the buffer they were read into.
 ///
 /// A meta2 row travels as a Message too: `vbucket` is the table id, `key` the row's primary

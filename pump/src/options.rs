@@ -95,6 +95,7 @@ impl Options {
             vbuckets: self.vbuckets.clone(),
             key: self.key.clone(),
             rehash: self.extra.rehash.then_some(self.extra.num_vbuckets),
+            ..Filter::default()
         }
     }
 }

@@ -19,11 +19,12 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::Delivery;
-use crate::channel::{self, BatchReceiver, BatchSender, SourceEnd};
+use crate::channel::{self, BatchReceiver, BatchSender, Filter, SourceEnd};
 use crate::error::Error;
 use crate::message::Message;
 use crate::options::Options;
 use crate::progress::{self, ProgressMode};
+use crate::rate::{Rate, RateLimiter};
 use crate::stats::{Stats, Summary};
 
 /// What every worker of a run shares.
@@ -33,6 +34,11 @@ pub struct Context {
     pub stats: Arc<Stats>,
     pub cancel: CancellationToken,
     pub progress: ProgressMode,
+    /// `--rate`: every batch the source sends waits for its tokens.
+    pub rate: Option<Arc<RateLimiter>>,
+    /// The channel's filter, when it is more than the options say (`--filter-values`,
+    /// `--exclude-deletions`, `--replace-ttl`); `options.filter()` otherwise.
+    pub filter: Option<Filter>,
 }
 
 impl Context {
@@ -43,7 +49,21 @@ impl Context {
             stats: Arc::new(Stats::default()),
             cancel: CancellationToken::new(),
             progress: ProgressMode::Off,
+            rate: None,
+            filter: None,
         }
+    }
+
+    /// Builder: the channel's filter.
+    pub fn with_filter(mut self, filter: Filter) -> Context {
+        self.filter = Some(filter);
+        self
+    }
+
+    /// Builder: hold the source to `rate` (`--rate`).
+    pub fn with_rate(mut self, rate: Rate) -> Context {
+        self.rate = Some(Arc::new(RateLimiter::new(rate)));
+        self
     }
 
     /// Builder: how progress is shown.
@@ -114,10 +134,14 @@ pub async fn run(
     let (tx, rx) = channel::bounded(
         batches,
         bytes,
-        ctx.options.filter(),
+        ctx.filter.clone().unwrap_or_else(|| ctx.options.filter()),
         ctx.stats.clone(),
         ctx.cancel.clone(),
     );
+    let tx = match &ctx.rate {
+        Some(rate) => tx.with_rate(rate.clone()),
+        None => tx,
+    };
     let done = CancellationToken::new();
     let reporter = progress::spawn(
         ctx.stats.clone(),

@@ -1,5 +1,5 @@
 //! Progress while a run goes: a live bar when stderr is a terminal, a line every few seconds
-//! otherwise (logs, CI).
+//! otherwise (logs, CI), or a JSON object per line (`--progress json`), on stderr.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -17,6 +17,8 @@ pub enum ProgressMode {
     Auto,
     /// Lines every `interval`.
     Lines,
+    /// One JSON object per line every `interval` (see [`crate::stats::Snapshot::to_json`]).
+    Json,
     /// Nothing (embedders, `-q`).
     Off,
 }
@@ -65,6 +67,10 @@ pub fn spawn(
                     _ = tokio::time::sleep(interval) => {}
                 }
                 let s = stats.snapshot();
+                if matches!(mode, ProgressMode::Json) {
+                    eprintln!("{}", s.to_json(stats.elapsed()));
+                    continue;
+                }
                 let secs = stats.elapsed().as_secs_f64().max(1e-9);
                 eprintln!(
                     "progress: {} items written ({} read), {:.0} items/s, {:.1} MB/s, {} failed",

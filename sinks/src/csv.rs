@@ -113,7 +113,7 @@ impl BatchWriter for CsvWriter {
         if let Some(out) = self.out.as_mut() {
             for m in &messages {
                 if m.op != Op::Mutation {
-                    delivery.skipped += 1;
+                    delivery.skip(m.op);
                     continue;
                 }
                 field.clear();

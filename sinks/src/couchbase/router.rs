@@ -236,7 +236,7 @@ impl Router {
                         m.is_removal(),
                     ) {
                         Verdict::Done => delivery.written += 1,
-                        Verdict::Skip => delivery.skipped += 1,
+                        Verdict::Skip => delivery.skip(m.op),
                         Verdict::Retry => {
                             again.push(i);
                             reasons.insert(i, format!("{status} from {}", part.addr));

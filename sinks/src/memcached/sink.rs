@@ -89,6 +89,8 @@ struct Pending {
 #[derive(Default)]
 struct Round {
     skipped: usize,
+    /// Of `skipped`, per op (`Op::index`).
+    skipped_ops: [usize; 3],
     failed: Vec<KeyFailure>,
     retry: Vec<(u32, Status)>,
 }
@@ -198,7 +200,10 @@ impl Pending {
         let status = p.status();
         match Verdict::of(status, add && !m.is_removal(), m.is_removal()) {
             Verdict::Done => {}
-            Verdict::Skip => self.round.skipped += 1,
+            Verdict::Skip => {
+                self.round.skipped += 1;
+                self.round.skipped_ops[m.op.index()] += 1;
+            }
             Verdict::Retry => self.round.retry.push((i, status)),
             Verdict::Reroute | Verdict::Fail => self.round.failed.push(KeyFailure {
                 key: m.key.clone(),
@@ -216,6 +221,9 @@ impl Pending {
         let answered = r.skipped + r.failed.len() + r.retry.len();
         self.delivery.written += self.sent().saturating_sub(answered);
         self.delivery.skipped += r.skipped;
+        for (i, n) in r.skipped_ops.iter().enumerate() {
+            self.delivery.skipped_ops[i] += n;
+        }
         self.delivery.failed.extend(r.failed);
         r.retry
     }

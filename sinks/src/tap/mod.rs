@@ -232,7 +232,7 @@ impl BatchWriter for TapWriter {
                 let m = &messages[i];
                 match Verdict::of(status, false, m.is_removal()) {
                     Verdict::Done => delivery.written += 1,
-                    Verdict::Skip => delivery.skipped += 1,
+                    Verdict::Skip => delivery.skip(m.op),
                     Verdict::Retry => {
                         last = status;
                         again.push(i)
