@@ -282,8 +282,24 @@ fn a_node_killed_mid_dcp_stream_fails_clearly_and_the_rerun_resumes_from_the_che
         .spawn()
         .expect("spawn pump transfer");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !checkpoint.exists() {
-        assert!(Instant::now() < deadline, "no checkpoint written in 60 s");
+    // The file is written before the first batch leaves (the streams' uuids): wait until it
+    // holds confirmed progress.
+    let progress = |path: &std::path::Path| -> u64 {
+        std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                v["vbuckets"]
+                    .as_object()
+                    .map(|m| m.values().filter_map(|p| p["seqno"].as_u64()).sum())
+            })
+            .unwrap_or(0)
+    };
+    while progress(&checkpoint) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no progress checkpointed in 60 s"
+        );
         assert!(
             transfer.try_wait().unwrap().is_none(),
             "the transfer ended before the node could be killed"

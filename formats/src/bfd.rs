@@ -121,10 +121,12 @@ pub fn create_schema(db: &rusqlite::Connection) -> rusqlite::Result<()> {
 }
 
 /// Pragmas a writer uses on a data file that stays under a temporary name until the run is
-/// complete (so a crash loses nothing that was promised): no rollback journal, no fsync per
-/// commit (the writer syncs the file once before renaming it).
+/// complete: a rollback journal, so that a transaction is whole or absent even when the
+/// process is killed (the next opener rolls an interrupted one back, and a resumed run goes on
+/// from what was committed); no fsync per commit (the writer syncs each file once before
+/// renaming it). Appending rows journals only the few pages a commit changes.
 pub const WRITER_PRAGMAS: [(&str, &str); 3] = [
-    ("journal_mode", "OFF"),
+    ("journal_mode", "DELETE"),
     ("synchronous", "OFF"),
     ("cache_size", "-65536"),
 ];
@@ -144,8 +146,9 @@ pub fn is_timestamp(name: &str) -> bool {
         })
 }
 
-/// A run directory's kind, from its name's suffix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A run directory's kind, from its name's suffix (cbbackup's `-m full|diff|accu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RunKind {
     Full,
     Diff,
@@ -166,14 +169,26 @@ pub fn run_kind(name: &str) -> Option<RunKind> {
     }
 }
 
-/// `<ts>-full` or `<ts>-diff`.
+impl RunKind {
+    /// `full`, `diff` or `accu`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunKind::Full => "full",
+            RunKind::Diff => "diff",
+            RunKind::Accu => "accu",
+        }
+    }
+}
+
+impl std::fmt::Display for RunKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `<ts>-full`, `<ts>-diff` or `<ts>-accu`.
 pub fn run_dir_name(timestamp: &str, kind: RunKind) -> String {
-    let suffix = match kind {
-        RunKind::Full => "full",
-        RunKind::Diff => "diff",
-        RunKind::Accu => "accu",
-    };
-    format!("{timestamp}-{suffix}")
+    format!("{timestamp}-{}", kind.name())
 }
 
 /// What Python's `quote_plus` leaves alone: letters, digits and `_.-~`.

@@ -5,6 +5,8 @@
 //! ```text
 //! bfd.rs   the Couchbase backup directory (cbbackup / cbrestore): layout, names, the
 //!          cbb_msg SQLite schema and its three user_versions, the meta column
+//! run.rs   pump's records beside a backup run: pump-run.json (written first),
+//!          pump-positions.json (the DCP positions), pump-complete.json (written last)
 //! csv.rs   cbtransfer's CSV: columns, and Python bytes literals (b'...') for value and rev
 //! sqlite_file.rs  the SQLite file format itself: a table's rows in rowid order, without SQLite
 //! sqlite_build.rs the same format written: b-tree pages laid out from rows in key order
@@ -12,5 +14,6 @@
 
 pub mod bfd;
 pub mod csv;
+pub mod run;
 pub mod sqlite_build;
 pub mod sqlite_file;

@@ -1,90 +1,463 @@
-//! Which run directory a backup writes, following cbbackup's default (diff) mode:
+//! Which run a backup writes, as cbbackup's `-m full|diff|accu`, and resuming an incomplete one.
 //!
-//! - no timestamped root in the directory yet: `<dir>/<ts>/<ts>-full`;
-//! - a root whose newest `-full` run has no data for this bucket and node: that full run;
-//! - otherwise: a new `<root>/<ts>-diff` under the newest root.
+//! ```text
+//! the newest run of this bucket and node is incomplete (pump-run.json, no pump-complete.json)
+//!     source keeps positions (DCP): resume it: same run, next data file, from what was confirmed
+//!     otherwise:                     write it again (its data files are removed first)
+//! -m full                            a new root: <dir>/<ts>/<ts>-full
+//! -m diff                            <root>/<ts>-diff from the end positions of the newest complete run
+//! -m accu                            <root>/<ts>-accu from the end positions of the root's full run
+//! no -m                              diff when the source keeps positions and the newest root holds a
+//!                                    complete run of this bucket and node that has them; a full run
+//!                                    otherwise (in the newest root's full run when it lacks this
+//!                                    bucket and node, else in a new root)
+//! ```
 //!
-//! A run counts as holding data when its node directory has a complete `data-NNNN.cbb` (a run
-//! that failed left only `.partial` files and is written again). Two runs in the same second
-//! get distinct diff names: a diff's timestamp is moved past every run already in its root, so
-//! that name order stays restore order.
+//! A diff's timestamp is moved past every run already in its root, so that name order stays
+//! restore order. The plan writes `pump-run.json` (and the positions a diff starts from) before
+//! any data file; a resume first rolls back what an interrupted transaction left in a data file
+//! (SQLite's journal), counts what the run already holds, and moves each vbucket's position up
+//! to the last row already committed, so that no row is written twice.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use pump_formats::bfd::{self, RunKind};
+use pump_formats::run::{
+    self, Attempt, Completion, FileCount, Positions, Rollback, RunRecord, RunState, VbPosition,
+    VbSummary,
+};
 
-/// Creates (if needed) and returns the node directory this run writes its files into.
-pub fn plan_run_dir(
-    dir: &Path,
-    bucket: &str,
-    node: &str,
-    now: DateTime<Utc>,
-) -> Result<PathBuf, String> {
-    let flat = bfd::node_dir(dir, bucket, node);
-    if flat.is_dir() {
+/// What the caller asks for.
+#[derive(Debug, Clone)]
+pub struct PlanRequest<'a> {
+    pub dir: &'a Path,
+    pub bucket: &'a str,
+    pub node: &'a str,
+    /// `-m`; `None`: diff when possible, full otherwise.
+    pub mode: Option<RunKind>,
+    /// The source keeps positions (a DCP stream): it can stream what changed since a run, and
+    /// resume one.
+    pub resumable: bool,
+    /// The source spec (password hidden), recorded with the run.
+    pub source: &'a str,
+    pub now: DateTime<Utc>,
+}
+
+/// The run a backup writes.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    /// Where the data files go.
+    pub node_dir: PathBuf,
+    /// `<root>/<run>`, relative to the backup directory.
+    pub run: String,
+    pub mode: RunKind,
+    /// The run whose end positions this one starts from.
+    pub base: Option<String>,
+    /// An incomplete run taken up again.
+    pub resumed: bool,
+    /// The positions file the source reads and keeps up to date (resumable sources only).
+    pub positions: Option<PathBuf>,
+    /// The next data file's number.
+    pub first_file: u32,
+    /// What the run's data files already hold (a resumed run).
+    pub prior: Prior,
+    /// Sentences for the operator (what was chosen and why).
+    pub notes: Vec<String>,
+}
+
+/// What a resumed run's earlier attempts wrote.
+#[derive(Debug, Clone, Default)]
+pub struct Prior {
+    pub files: Vec<FileCount>,
+    pub vbuckets: BTreeMap<u16, VbSummary>,
+    pub mutations: u64,
+    pub deletions: u64,
+    pub bytes: u64,
+    /// Rollbacks the earlier attempts saw.
+    pub rollbacks: Vec<Rollback>,
+}
+
+/// One run directory of a root, for this bucket and node.
+struct RunHere {
+    name: String,
+    kind: RunKind,
+    node_dir: PathBuf,
+    state: Option<RunState>,
+}
+
+/// Plans the run (see the module doc), creates its directory and writes its records.
+pub fn plan(req: &PlanRequest<'_>) -> Result<RunPlan, String> {
+    let dir = req.dir;
+    if bfd::node_dir(dir, req.bucket, req.node).is_dir() {
         return Err(format!(
             "{} holds an old (2.x) single-run backup; write to a new directory",
             dir.display()
         ));
     }
+    if !req.resumable && matches!(req.mode, Some(RunKind::Diff | RunKind::Accu)) {
+        return Err(format!(
+            "-m {}: the source keeps no positions, so it cannot stream only what changed since a run (a dcp:// or couchbase:// source can); use -m full",
+            req.mode.map_or("", RunKind::name)
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let ts = |t: DateTime<Utc>| t.format(bfd::TIMESTAMP_FORMAT).to_string();
-    let latest_root = subdirs(dir)?
+    let newest_root = subdirs(dir)?
         .into_iter()
         .filter(|n| bfd::is_timestamp(n))
         .max();
-    let node_dir = match latest_root {
-        None => {
-            let t = ts(now);
-            bfd::node_dir(
-                &dir.join(&t).join(bfd::run_dir_name(&t, RunKind::Full)),
-                bucket,
-                node,
+    let runs = match &newest_root {
+        Some(root) => runs_here(&dir.join(root), req.bucket, req.node)?,
+        None => Vec::new(),
+    };
+    if let Some(last) = runs.last() {
+        if let Some(RunState::Incomplete { record }) = &last.state {
+            let root = newest_root.as_deref().unwrap_or_default();
+            return take_up(req, root, last, record.clone());
+        }
+    }
+    let mut notes = Vec::new();
+    if let Some(last) = runs.last() {
+        if matches!(last.state, Some(RunState::Foreign { partial: true })) {
+            notes.push(format!(
+                "{}: an interrupted run of another tool or an older pump (.partial files); a restore refuses this backup until it is removed",
+                last.node_dir.display()
+            ));
+        }
+    }
+    let complete_with_positions = |r: &&RunHere| match &r.state {
+        Some(RunState::Complete { completion, .. }) => completion.positions.is_some(),
+        _ => false,
+    };
+    let base = match req.mode {
+        Some(RunKind::Full) => None,
+        Some(RunKind::Accu) => runs
+            .iter()
+            .rfind(|r| r.kind == RunKind::Full && complete_with_positions(r)),
+        Some(RunKind::Diff) | None if req.resumable => runs.iter().rfind(complete_with_positions),
+        _ => None,
+    };
+    let ts = |t: DateTime<Utc>| t.format(bfd::TIMESTAMP_FORMAT).to_string();
+    let (root, run_name, mode, base_name, seed) = match (base, &newest_root) {
+        (Some(base), Some(root)) => {
+            let mode = req.mode.unwrap_or(RunKind::Diff);
+            let name = bfd::run_dir_name(&ts(after_every_run(dir, root, req.now)?), mode);
+            let seed = match &base.state {
+                Some(RunState::Complete { completion, .. }) => completion.positions.clone(),
+                _ => None,
+            };
+            (
+                root.clone(),
+                name,
+                mode,
+                Some(format!("{root}/{}", base.name)),
+                seed,
             )
         }
-        Some(root) => {
-            let root = dir.join(root);
-            let full = subdirs(&root)?
-                .into_iter()
-                .filter(|n| bfd::run_kind(n) == Some(RunKind::Full))
-                .max();
-            match full {
-                None => bfd::node_dir(
-                    &root.join(bfd::run_dir_name(&ts(now), RunKind::Full)),
-                    bucket,
-                    node,
-                ),
-                Some(full) => {
-                    let in_full = bfd::node_dir(&root.join(full), bucket, node);
-                    if !has_data_files(&in_full) {
-                        in_full
-                    } else {
-                        // Restores read runs in name order: this diff must sort after
-                        // every run already there, even within the same second.
-                        let newest = subdirs(&root)?
-                            .into_iter()
-                            .filter(|n| bfd::run_kind(n).is_some())
-                            .map(|n| n[..18].to_string())
-                            .max()
-                            .unwrap_or_default();
-                        let mut t = now;
-                        while ts(t) <= newest {
-                            t += chrono::Duration::seconds(1);
-                        }
-                        bfd::node_dir(
-                            &root.join(bfd::run_dir_name(&ts(t), RunKind::Diff)),
-                            bucket,
-                            node,
-                        )
+        _ => {
+            if matches!(req.mode, Some(RunKind::Diff | RunKind::Accu)) {
+                notes.push(format!(
+                    "-m {}: no complete run with positions of bucket {} in {} to start from: writing a full run",
+                    req.mode.map_or("", RunKind::name),
+                    req.bucket,
+                    dir.display()
+                ));
+            }
+            // The newest root's full run, when it lacks this bucket and node and no full run
+            // was asked for; a new root otherwise.
+            let reuse = match (&newest_root, req.mode) {
+                (Some(root), None) if runs.is_empty() => subdirs(&dir.join(root))?
+                    .into_iter()
+                    .filter(|n| bfd::run_kind(n) == Some(RunKind::Full))
+                    .max()
+                    .map(|full| (root.clone(), full)),
+                _ => None,
+            };
+            match reuse {
+                Some((root, full)) => (root, full, RunKind::Full, None, None),
+                None => {
+                    let mut t = req.now;
+                    while newest_root.as_deref().is_some_and(|r| ts(t).as_str() <= r) {
+                        t += chrono::Duration::seconds(1);
                     }
+                    let root = ts(t);
+                    let name = bfd::run_dir_name(&root, RunKind::Full);
+                    (root, name, RunKind::Full, None, None)
                 }
             }
         }
     };
+    let node_dir = bfd::node_dir(&dir.join(&root).join(&run_name), req.bucket, req.node);
     std::fs::create_dir_all(&node_dir)
         .map_err(|e| format!("cannot create {}: {e}", node_dir.display()))?;
-    Ok(node_dir)
+    let positions = req.resumable.then(|| node_dir.join(run::POSITIONS_JSON));
+    if let Some(path) = &positions {
+        let mut seed = seed.unwrap_or_default();
+        seed.rollbacks.clear();
+        run::write_json_synced(path, &seed)?;
+    }
+    let record = RunRecord {
+        tool: tool_name(),
+        mode,
+        started: run::now_text(),
+        source: req.source.to_string(),
+        bucket: req.bucket.to_string(),
+        node: req.node.to_string(),
+        base: base_name.clone(),
+        attempts: vec![Attempt {
+            started: run::now_text(),
+            first_file: 0,
+        }],
+        rollbacks: Vec::new(),
+    };
+    run::write_json_synced(&node_dir.join(run::RUN_JSON), &record)?;
+    if let Some(b) = &base_name {
+        notes.push(format!(
+            "{mode} run {root}/{run_name}: what changed since {b}"
+        ));
+    }
+    Ok(RunPlan {
+        node_dir,
+        run: format!("{root}/{run_name}"),
+        mode,
+        base: base_name,
+        resumed: false,
+        positions,
+        first_file: 0,
+        prior: Prior::default(),
+        notes,
+    })
+}
+
+/// The plan for an incomplete run: resume it, or write it again when the source keeps no
+/// positions.
+fn take_up(
+    req: &PlanRequest<'_>,
+    root: &str,
+    last: &RunHere,
+    mut record: RunRecord,
+) -> Result<RunPlan, String> {
+    let node_dir = last.node_dir.clone();
+    let run_name = format!("{root}/{}", last.name);
+    if let Some(mode) = req.mode {
+        if mode != record.mode {
+            return Err(format!(
+                "the newest run of bucket {} in {} ({run_name}, -m {}) is incomplete: rerun with -m {} to complete it, or remove {}",
+                req.bucket,
+                req.dir.display(),
+                record.mode,
+                record.mode,
+                node_dir.display()
+            ));
+        }
+    }
+    if !req.resumable {
+        // Nothing says where the source stood: the run is written again from the start.
+        for (_, f) in run::run_data_files(&node_dir)? {
+            remove_with_journal(&f)?;
+        }
+        for name in [run::COMPLETE_JSON, run::POSITIONS_JSON] {
+            let _ = std::fs::remove_file(node_dir.join(name));
+        }
+        record.attempts.push(Attempt {
+            started: run::now_text(),
+            first_file: 0,
+        });
+        record.source = req.source.to_string();
+        run::write_json_synced(&node_dir.join(run::RUN_JSON), &record)?;
+        return Ok(RunPlan {
+            node_dir,
+            run: run_name.clone(),
+            mode: record.mode,
+            base: record.base.clone(),
+            resumed: false,
+            positions: None,
+            first_file: 0,
+            prior: Prior::default(),
+            notes: vec![format!(
+                "{run_name} was incomplete and {} keeps no positions to resume from: written again",
+                req.source
+            )],
+        });
+    }
+    let positions_path = node_dir.join(run::POSITIONS_JSON);
+    let mut positions = Positions::load(&positions_path)?;
+    // Rollbacks the last attempt saw apply to the files it wrote onwards.
+    let since = record.attempts.last().map_or(0, |a| a.first_file);
+    for (vb, seqno) in std::mem::take(&mut positions.rollbacks) {
+        if let Ok(vbucket) = vb.parse::<u16>() {
+            record.rollbacks.push(Rollback {
+                vbucket,
+                seqno,
+                before_file: since,
+            });
+        }
+    }
+    let files = run::run_data_files(&node_dir)?;
+    let mut prior = Prior {
+        rollbacks: record.rollbacks.clone(),
+        ..Prior::default()
+    };
+    // Per vbucket, the highest seqno committed in files written since its last rollback.
+    let mut committed: BTreeMap<u16, u64> = BTreeMap::new();
+    for (n, path) in &files {
+        let counts = scan_file(path)?;
+        for (vb, s) in &counts.vbuckets {
+            prior.vbuckets.entry(*vb).or_default().merge(s);
+            let restarted = prior
+                .rollbacks
+                .iter()
+                .filter(|r| r.vbucket == *vb)
+                .map(|r| r.before_file)
+                .max()
+                .unwrap_or(0);
+            if *n >= restarted {
+                let c = committed.entry(*vb).or_default();
+                *c = (*c).max(s.last_seqno);
+            }
+        }
+        prior.mutations += counts.mutations;
+        prior.deletions += counts.deletions;
+        prior.bytes += counts.bytes;
+        prior.files.push(FileCount {
+            name: bfd::data_file_name(*n),
+            rows: counts.rows,
+        });
+    }
+    for (vb, seqno) in committed {
+        let p = positions.position(vb);
+        if seqno > p.seqno {
+            let (snap_start, snap_end) = if p.snap_end >= seqno {
+                (p.snap_start, p.snap_end)
+            } else {
+                (seqno, seqno)
+            };
+            positions.set(
+                vb,
+                VbPosition {
+                    uuid: p.uuid,
+                    seqno,
+                    snap_start,
+                    snap_end,
+                },
+            );
+        }
+    }
+    run::write_json_synced(&positions_path, &positions)?;
+    let first_file = files.last().map_or(0, |(n, _)| n + 1);
+    record.attempts.push(Attempt {
+        started: run::now_text(),
+        first_file,
+    });
+    run::write_json_synced(&node_dir.join(run::RUN_JSON), &record)?;
+    let rows: u64 = prior.files.iter().map(|f| f.rows).sum();
+    Ok(RunPlan {
+        node_dir,
+        run: run_name.clone(),
+        mode: record.mode,
+        base: record.base.clone(),
+        resumed: true,
+        positions: Some(positions_path),
+        first_file,
+        prior,
+        notes: vec![format!(
+            "resuming the incomplete {} run {run_name} (attempt {}): {rows} rows already confirmed",
+            record.mode,
+            record.attempts.len()
+        )],
+    })
+}
+
+/// What one data file holds.
+#[derive(Debug, Default)]
+struct FileScan {
+    rows: u64,
+    mutations: u64,
+    deletions: u64,
+    bytes: u64,
+    vbuckets: BTreeMap<u16, VbSummary>,
+}
+
+/// Opens a data file of an interrupted run for writing, which rolls back what an interrupted
+/// transaction left in it (its journal), then counts its rows.
+fn scan_file(path: &Path) -> Result<FileScan, String> {
+    let err = |e: rusqlite::Error| format!("{}: {e}", path.display());
+    let db = rusqlite::Connection::open(path).map_err(err)?;
+    let mut st = db
+        .prepare("SELECT vbucket_id, cmd, seqno, length(key) + length(val) FROM cbb_msg")
+        .map_err(err)?;
+    let mut rows = st.query([]).map_err(err)?;
+    let mut out = FileScan::default();
+    while let Some(r) = rows.next().map_err(err)? {
+        let vb: i64 = r.get(0).map_err(err)?;
+        let cmd: i64 = r.get(1).map_err(err)?;
+        let seqno: Option<i64> = r.get(2).map_err(err)?;
+        let bytes: Option<i64> = r.get(3).map_err(err)?;
+        let removal = !matches!(cmd, bfd::cmd::DCP_MUTATION | bfd::cmd::TAP_MUTATION);
+        out.rows += 1;
+        if removal {
+            out.deletions += 1;
+        } else {
+            out.mutations += 1;
+        }
+        out.bytes += bytes.unwrap_or(0).max(0) as u64;
+        out.vbuckets
+            .entry(u16::try_from(vb).unwrap_or(u16::MAX))
+            .or_default()
+            .add(removal, seqno.unwrap_or(0).max(0) as u64);
+    }
+    Ok(out)
+}
+
+fn remove_with_journal(path: &Path) -> Result<(), String> {
+    let mut journal = path.as_os_str().to_owned();
+    journal.push("-journal");
+    let _ = std::fs::remove_file(PathBuf::from(journal));
+    std::fs::remove_file(path).map_err(|e| format!("cannot remove {}: {e}", path.display()))
+}
+
+/// `now`, moved past the timestamp of every run already in `root`.
+fn after_every_run(dir: &Path, root: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    let newest = subdirs(&dir.join(root))?
+        .into_iter()
+        .filter(|n| bfd::run_kind(n).is_some())
+        .map(|n| n[..18].to_string())
+        .max()
+        .unwrap_or_default();
+    let mut t = now;
+    while t.format(bfd::TIMESTAMP_FORMAT).to_string() <= newest {
+        t += chrono::Duration::seconds(1);
+    }
+    Ok(t)
+}
+
+/// The runs of `root` holding this bucket and node, in name (restore) order.
+fn runs_here(root: &Path, bucket: &str, node: &str) -> Result<Vec<RunHere>, String> {
+    let mut names: Vec<String> = subdirs(root)?;
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let Some(kind) = bfd::run_kind(&name) else {
+            continue;
+        };
+        let node_dir = bfd::node_dir(&root.join(&name), bucket, node);
+        if !node_dir.is_dir() {
+            continue;
+        }
+        let state = RunState::of(&node_dir)?;
+        // A directory a crash left empty holds no run.
+        let empty = matches!(state, RunState::Foreign { partial: false })
+            && run::run_data_files(&node_dir)?.is_empty();
+        out.push(RunHere {
+            name,
+            kind,
+            node_dir,
+            state: (!empty).then_some(state),
+        });
+    }
+    out.retain(|r| r.state.is_some());
+    Ok(out)
 }
 
 /// Names of the directories in `dir`.
@@ -98,10 +471,38 @@ fn subdirs(dir: &Path) -> Result<Vec<String>, String> {
         .collect())
 }
 
-fn has_data_files(node_dir: &Path) -> bool {
-    std::fs::read_dir(node_dir).is_ok_and(|entries| {
-        entries
-            .filter_map(|e| e.ok())
-            .any(|e| e.file_name().to_str().is_some_and(bfd::is_data_file_name))
-    })
+/// `pump <version>`, recorded with each run.
+pub fn tool_name() -> String {
+    format!("pump {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// A run's completion record from what it holds.
+pub fn completion(
+    prior: &Prior,
+    files: Vec<FileCount>,
+    vbuckets: &BTreeMap<u16, VbSummary>,
+    counts: (u64, u64, u64, u64),
+    positions: Option<Positions>,
+    rollbacks: Vec<Rollback>,
+) -> Completion {
+    let mut all = prior.vbuckets.clone();
+    for (vb, s) in vbuckets {
+        all.entry(*vb).or_default().merge(s);
+    }
+    let (mutations, deletions, expirations, bytes) = counts;
+    let mut all_files = prior.files.clone();
+    all_files.extend(files);
+    let mut all_rollbacks = prior.rollbacks.clone();
+    all_rollbacks.extend(rollbacks);
+    Completion {
+        finished: run::now_text(),
+        mutations: prior.mutations + mutations,
+        deletions: prior.deletions + deletions + expirations,
+        expirations,
+        bytes: prior.bytes + bytes,
+        files: all_files,
+        vbuckets: all.into_iter().map(|(vb, s)| (vb.to_string(), s)).collect(),
+        positions,
+        rollbacks: all_rollbacks,
+    }
 }

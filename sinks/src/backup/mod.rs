@@ -3,15 +3,17 @@
 //!
 //! ```text
 //! mod.rs     BackupKind (the spec), BackupConfig, BackupSink (the async side)
-//! layout.rs  which run directory this run writes: a new -full, or a -diff beside the last full
+//! layout.rs  which run this backup writes (-m full|diff|accu), or which incomplete run it
+//!            resumes; the run's records (pump_formats::run)
 //! writer.rs  the SQLite thread: prepared inserts, large transactions, rolling data files,
-//!            temporary names renamed only when the source completed
+//!            temporary names renamed, and the completion record written, only when the source
+//!            completed
 //! ```
 //!
 //! A batch is confirmed only once the transaction holding its rows has committed. The data
-//! files and the JSON files beside them keep their temporary names (`data-0000.cbb.partial`)
-//! until the source has sent everything; a failed or interrupted run leaves them there and
-//! says where.
+//! files keep their temporary names (`data-0000.cbb.partial`) until the source has sent
+//! everything; a failed or interrupted run leaves them there, without a completion record, and
+//! says so: a restore refuses the run, and the same backup run again resumes it.
 //!
 //! `-x` keys: `cbb_max_mb` (roll to the next data file past this many MB of values),
 //! `backup_node` (the node directory's host name, `localhost` by default).
@@ -26,7 +28,8 @@ use pump::pipeline::Context;
 use pump::{BatchReceiver, Error, Options, Sink, SinkKind, Spec};
 use tokio::sync::mpsc;
 
-pub use layout::plan_run_dir;
+pub use layout::{plan, tool_name, PlanRequest, Prior, RunPlan};
+pub use pump_formats::bfd::RunKind;
 use writer::{Job, Writer};
 
 /// The backup directory kind: any spec without a scheme.
@@ -46,9 +49,9 @@ impl SinkKind for BackupKind {
         &["backup_node"]
     }
     fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Sink>, Error> {
-        Ok(Box::new(BackupSink {
-            config: BackupConfig::from_spec(spec, options)?,
-        }))
+        Ok(Box::new(BackupSink::new(BackupConfig::from_spec(
+            spec, options,
+        )?)))
     }
 }
 
@@ -103,15 +106,25 @@ impl BackupConfig {
     }
 }
 
-/// Writes batches into a new run of the backup directory.
+/// Writes batches into a run of the backup directory.
 pub struct BackupSink {
     config: BackupConfig,
+    plan: Option<RunPlan>,
 }
 
 impl BackupSink {
-    /// A sink for `config`.
+    /// A sink for `config` that plans its run when it starts: a diff-less choice, as for a
+    /// source that keeps no positions (a new full run, or the resumption of an incomplete one).
     pub fn new(config: BackupConfig) -> Self {
-        BackupSink { config }
+        BackupSink { config, plan: None }
+    }
+
+    /// A sink that writes the run `plan` made (see [`plan`]).
+    pub fn with_plan(config: BackupConfig, plan: RunPlan) -> Self {
+        BackupSink {
+            config,
+            plan: Some(plan),
+        }
     }
 }
 
@@ -120,8 +133,22 @@ impl Sink for BackupSink {
     async fn run(self: Box<Self>, input: BatchReceiver, _ctx: Context) -> Result<(), Error> {
         let spec = self.config.spec.clone();
         let (tx, rx) = mpsc::channel::<Job>(4);
-        let config = self.config;
-        let thread = tokio::task::spawn_blocking(move || Writer::run(config, rx));
+        let (config, plan) = (self.config, self.plan);
+        let thread = tokio::task::spawn_blocking(move || {
+            let plan = match plan {
+                Some(p) => p,
+                None => layout::plan(&PlanRequest {
+                    dir: &config.dir,
+                    bucket: &config.bucket,
+                    node: &config.node,
+                    mode: None,
+                    resumable: false,
+                    source: "",
+                    now: chrono::Utc::now(),
+                })?,
+            };
+            Writer::run(config, plan, rx)
+        });
         let mut sent_all = true;
         while let Some(batch) = input.recv().await {
             let (messages, ack) = batch.into_parts();

@@ -1,6 +1,7 @@
 use super::*;
 use pump::{BatchSender, Message};
 use pump_formats::bfd;
+use pump_formats::run::{self, RunState};
 
 fn config(dir: &std::path::Path, max: u64) -> BackupConfig {
     BackupConfig {
@@ -74,28 +75,112 @@ fn names(dir: &std::path::Path) -> Vec<String> {
     v
 }
 
+fn request<'a>(
+    dir: &'a std::path::Path,
+    bucket: &'a str,
+    mode: Option<RunKind>,
+    resumable: bool,
+) -> PlanRequest<'a> {
+    PlanRequest {
+        dir,
+        bucket,
+        node: "n",
+        mode,
+        resumable,
+        source: "couchbase://h:1",
+        now: chrono::Utc::now(),
+    }
+}
+
+/// Marks the run of `plan` complete, with end positions when `positions`.
+fn complete(plan: &RunPlan, positions: bool) {
+    std::fs::write(plan.node_dir.join("data-0000.cbb"), b"").unwrap();
+    let c = run::Completion {
+        positions: positions.then(run::Positions::default),
+        ..run::Completion::default()
+    };
+    run::write_json_synced(&plan.node_dir.join(run::COMPLETE_JSON), &c).unwrap();
+}
+
 #[test]
-fn the_first_run_is_full_and_later_runs_are_diffs_under_the_same_root() {
+fn runs_are_full_then_diffs_from_positions_and_an_incomplete_run_is_taken_up() {
     let dir = tempfile::tempdir().unwrap();
-    let now = chrono::Utc::now();
-    let a = plan_run_dir(dir.path(), "b", "n", now).unwrap();
-    assert!(
-        a.to_str().unwrap().contains("-full/bucket-b/node-n"),
-        "{a:?}"
+    let d = dir.path();
+    let full = plan(&request(d, "b", None, true)).unwrap();
+    assert_eq!(
+        (full.mode, full.resumed, full.base.clone()),
+        (RunKind::Full, false, None)
     );
-    // No complete data file yet: the same full run is written again.
-    assert_eq!(plan_run_dir(dir.path(), "b", "n", now).unwrap(), a);
-    std::fs::write(a.join("data-0000.cbb"), b"").unwrap();
-    let d1 = plan_run_dir(dir.path(), "b", "n", now).unwrap();
-    std::fs::write(d1.join("data-0000.cbb"), b"").unwrap();
-    let d2 = plan_run_dir(dir.path(), "b", "n", now).unwrap();
-    assert!(d1.to_str().unwrap().contains("-diff/"), "{d1:?}");
-    assert_ne!(d1, d2, "two runs in one second get distinct diff runs");
+    assert!(full
+        .node_dir
+        .to_str()
+        .unwrap()
+        .contains("-full/bucket-b/node-n"));
+    assert!(full.node_dir.join(run::RUN_JSON).exists());
+    assert!(full.positions.as_ref().unwrap().exists());
+    // Not complete: the same run is resumed, its next file after the ones it holds.
+    std::fs::write(full.node_dir.join("data-0000.cbb.partial"), b"").unwrap();
+    rusqlite::Connection::open(full.node_dir.join("data-0000.cbb.partial"))
+        .and_then(|db| bfd::create_schema(&db))
+        .unwrap();
+    let again = plan(&request(d, "b", None, true)).unwrap();
+    assert_eq!(
+        (again.node_dir.clone(), again.resumed, again.first_file),
+        (full.node_dir.clone(), true, 1)
+    );
+    let rec: run::RunRecord = run::read_json(&full.node_dir.join(run::RUN_JSON))
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.attempts.len(), 2);
+    // Asked for another mode while it is incomplete: refused, naming the mode to use.
+    let e = plan(&request(d, "b", Some(RunKind::Diff), true)).unwrap_err();
+    assert!(e.contains("-m full") && e.contains("incomplete"), "{e}");
+    // A source without positions writes it again from the start.
+    let redo = plan(&request(d, "b", None, false)).unwrap();
+    assert_eq!(
+        (redo.node_dir.clone(), redo.resumed),
+        (full.node_dir.clone(), false)
+    );
+    assert!(!full.node_dir.join("data-0000.cbb.partial").exists());
+    complete(&full, true);
+    let d1 = plan(&request(d, "b", None, true)).unwrap();
+    assert_eq!(d1.mode, RunKind::Diff);
+    assert!(
+        d1.base.as_deref().unwrap().ends_with("-full"),
+        "{:?}",
+        d1.base
+    );
+    complete(&d1, true);
+    let d2 = plan(&request(d, "b", None, true)).unwrap();
+    assert!(d2.run.ends_with("-diff"), "{}", d2.run);
+    assert_ne!(
+        d1.node_dir, d2.node_dir,
+        "two runs in one second get distinct diff runs"
+    );
+    assert_eq!(d2.base.as_deref(), Some(d1.run.as_str()));
     let root = |p: &std::path::Path| p.ancestors().nth(3).unwrap().to_path_buf();
-    assert_eq!(root(&a), root(&d2));
+    assert_eq!(root(&full.node_dir), root(&d2.node_dir));
+    complete(&d2, true);
+    // accu: from the full run, not the newest diff.
+    let accu = plan(&request(d, "b", Some(RunKind::Accu), true)).unwrap();
+    assert!(accu.run.ends_with("-accu") && accu.base.as_deref() == Some(full.run.as_str()));
+    complete(&accu, true);
     // A different bucket goes into the same full run.
-    let other = plan_run_dir(dir.path(), "other", "n", now).unwrap();
-    assert_eq!(other.ancestors().nth(2), a.ancestors().nth(2));
+    let other = plan(&request(d, "other", None, true)).unwrap();
+    assert_eq!(
+        other.node_dir.ancestors().nth(2),
+        full.node_dir.ancestors().nth(2)
+    );
+    // No positions (gen:, memcached://...): a new root with a full run, never a diff.
+    let fresh = plan(&request(d, "b", None, false)).unwrap();
+    assert_eq!(fresh.mode, RunKind::Full);
+    assert_ne!(root(&fresh.node_dir), root(&full.node_dir));
+    let e = plan(&request(d, "b", Some(RunKind::Diff), false)).unwrap_err();
+    assert!(e.contains("positions") && e.contains("-m full"), "{e}");
+    // -m full: a new root.
+    complete(&fresh, false);
+    let f2 = plan(&request(d, "b", Some(RunKind::Full), true)).unwrap();
+    assert_ne!(root(&f2.node_dir), root(&fresh.node_dir));
 }
 
 #[tokio::test]
@@ -120,10 +205,21 @@ async fn a_complete_run_writes_renamed_data_files_and_json_beside_them() {
             "data-0000.cbb",
             "failover.json",
             "meta.json",
+            "pump-complete.json",
+            "pump-run.json",
             "seqno.json",
             "snapshot_markers.json"
         ]
     );
+    let done: run::Completion = run::read_json(&node.join(run::COMPLETE_JSON))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (done.mutations, done.rows(), done.bytes),
+        (15, 15, 10 * 7 + 5 * 8)
+    );
+    assert_eq!(done.vbuckets["14"].last_seqno, 15);
+    assert_eq!(done.positions, None);
     let db = rusqlite::Connection::open(node.join("data-0000.cbb")).unwrap();
     let (n, cas): (i64, String) = db
         .query_row(
@@ -164,5 +260,54 @@ async fn a_failed_source_leaves_only_temporary_names() {
     let dir = tempfile::tempdir().unwrap();
     assert!(!run_sink(config(dir.path(), 1 << 30), vec![items(10, 0, 5)], true).await);
     let node = only_node_dir(dir.path());
-    assert_eq!(names(&node), ["data-0000.cbb.partial"]);
+    assert_eq!(names(&node), ["data-0000.cbb.partial", "pump-run.json"]);
+    assert!(!RunState::of(&node).unwrap().is_complete());
+}
+
+#[tokio::test]
+async fn a_resumed_run_goes_on_in_its_next_file_and_its_record_counts_every_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(!run_sink(config(dir.path(), 1 << 30), vec![items(10, 0, 5)], true).await);
+    let node = only_node_dir(dir.path());
+    let req = PlanRequest {
+        dir: dir.path(),
+        bucket: "my bucket",
+        node: "127.0.0.1:8091",
+        mode: None,
+        resumable: true,
+        source: "dcp://h:1",
+        now: chrono::Utc::now(),
+    };
+    let p = plan(&req).unwrap();
+    assert!(p.resumed);
+    assert_eq!((p.first_file, p.prior.mutations), (1, 10));
+    // The committed rows moved each vbucket's position: a DCP source resumes after them.
+    let pos = run::Positions::load(p.positions.as_ref().unwrap()).unwrap();
+    assert_eq!(pos.position(9).seqno, 10);
+    let ok = pump::run(
+        Box::new(Batches(vec![items(5, 10, 5)], false)),
+        Box::new(BackupSink::with_plan(config(dir.path(), 1 << 30), p)),
+        Context::new(Options::default()),
+    )
+    .await
+    .is_ok();
+    assert!(ok);
+    let files: Vec<String> = names(&node)
+        .into_iter()
+        .filter(|n| n.contains(".cbb"))
+        .collect();
+    assert_eq!(files, ["data-0000.cbb", "data-0001.cbb"]);
+    let done: run::Completion = run::read_json(&node.join(run::COMPLETE_JSON))
+        .unwrap()
+        .unwrap();
+    assert_eq!((done.mutations, done.rows()), (15, 15));
+    assert_eq!(done.files.len(), 2);
+    let rec: run::RunRecord = run::read_json(&node.join(run::RUN_JSON)).unwrap().unwrap();
+    assert_eq!(
+        rec.attempts
+            .iter()
+            .map(|a| a.first_file)
+            .collect::<Vec<_>>(),
+        [0, 1]
+    );
 }

@@ -2,18 +2,27 @@
 //!
 //! A transaction commits when it holds [`COMMIT_BYTES`] of payload or [`COMMIT_BATCHES`]
 //! batches, or as soon as no further batch is waiting (so a slow source never waits on an
-//! unconfirmed batch); each batch's ack is confirmed right after the commit that holds it.
-//! Before a batch is written, a data file whose values have passed `cbb_max_bytes` is closed
-//! and the next one opened (as cbbackup checks between batches).
+//! unconfirmed batch); each batch's ack is confirmed right after the commit that holds it. A
+//! transaction is atomic even when the process is killed (SQLite's rollback journal; the next
+//! opener rolls an interrupted one back). Before a batch is written, a data file whose values
+//! have passed `cbb_max_bytes` is closed and the next one opened (as cbbackup checks between
+//! batches).
+//!
+//! When the source completed: every data file of the run is synced and renamed to its final
+//! name, the JSON files cbrestore reads are written beside them (seqno, failover logs and
+//! snapshot markers from the source's positions when it keeps them), and the completion record
+//! (`pump-complete.json`) last: from that instant the run is complete.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use pump::{Ack, Delivery, Message, Op, SourceEnd};
 use pump_formats::bfd;
+use pump_formats::run::{self, FileCount, Positions, Rollback, VbSummary};
 use rusqlite::Connection;
 use tokio::sync::mpsc;
 
+use super::layout::{self, RunPlan};
 use super::BackupConfig;
 
 /// Commit once this much payload is uncommitted.
@@ -32,39 +41,40 @@ pub enum Job {
 /// The writer's state.
 pub struct Writer {
     config: BackupConfig,
-    node_dir: PathBuf,
-    /// Data files written so far, in order: (temporary path, final path).
-    files: Vec<(PathBuf, PathBuf)>,
+    plan: RunPlan,
+    /// Data files this attempt wrote, in order: (temporary path, final path, rows).
+    files: Vec<(PathBuf, PathBuf, u64)>,
     db: Option<Connection>,
     in_tx: bool,
     /// Value bytes in the current data file.
     file_bytes: u64,
     pending: Vec<(Ack, usize)>,
     pending_bytes: usize,
-    /// Highest seqno per vbucket, for seqno.json.
-    seqnos: Vec<u64>,
+    /// Per vbucket id: rows and seqno range.
+    vbuckets: Vec<VbSummary>,
+    /// Mutations, deletions, expirations and bytes (key + value) written.
+    counts: (u64, u64, u64, u64),
     cas_text: String,
 }
 
 impl Writer {
     /// Runs until `Finish` or until the channel closes; the error names the file.
-    pub fn run(config: BackupConfig, mut rx: mpsc::Receiver<Job>) -> Result<(), String> {
-        let node_dir = super::plan_run_dir(
-            &config.dir,
-            &config.bucket,
-            &config.node,
-            chrono::Utc::now(),
-        )?;
+    pub fn run(
+        config: BackupConfig,
+        plan: RunPlan,
+        mut rx: mpsc::Receiver<Job>,
+    ) -> Result<(), String> {
         let mut w = Writer {
             config,
-            node_dir,
+            plan,
             files: Vec::new(),
             db: None,
             in_tx: false,
             file_bytes: 0,
             pending: Vec::new(),
             pending_bytes: 0,
-            seqnos: vec![0; 1024],
+            vbuckets: vec![VbSummary::default(); 1024],
+            counts: (0, 0, 0, 0),
             cas_text: String::with_capacity(24),
         };
         loop {
@@ -96,15 +106,15 @@ impl Writer {
     fn current_file(&self) -> String {
         self.files
             .last()
-            .map(|(p, _)| p.display().to_string())
-            .unwrap_or_else(|| self.node_dir.display().to_string())
+            .map(|(p, _, _)| p.display().to_string())
+            .unwrap_or_else(|| self.plan.node_dir.display().to_string())
     }
 
     /// Opens the next data file under its temporary name.
     fn open_next(&mut self) -> Result<(), String> {
-        let name = bfd::data_file_name(self.files.len() as u32);
-        let done = self.node_dir.join(&name);
-        let partial = self.node_dir.join(bfd::partial_name(&name));
+        let name = bfd::data_file_name(self.plan.first_file + self.files.len() as u32);
+        let done = self.plan.node_dir.join(&name);
+        let partial = self.plan.node_dir.join(bfd::partial_name(&name));
         if partial.exists() {
             std::fs::remove_file(&partial)
                 .map_err(|e| format!("{}: cannot replace: {e}", partial.display()))?;
@@ -115,7 +125,7 @@ impl Writer {
             db.pragma_update(None, pragma, value).map_err(err)?;
         }
         bfd::create_schema(&db).map_err(err)?;
-        self.files.push((partial, done));
+        self.files.push((partial, done, 0));
         self.db = Some(db);
         self.file_bytes = 0;
         Ok(())
@@ -139,6 +149,9 @@ impl Writer {
             self.in_tx = true;
         }
         let mut insert = db.prepare_cached(bfd::INSERT).map_err(err)?;
+        if let Some(f) = self.files.last_mut() {
+            f.2 += messages.len() as u64;
+        }
         for m in messages {
             let cmd = match m.op {
                 Op::Mutation => bfd::cmd::DCP_MUTATION,
@@ -178,10 +191,16 @@ impl Writer {
             insert.raw_execute().map_err(fail)?;
             self.file_bytes += m.value.len() as u64;
             let vb = m.vbucket as usize;
-            if vb >= self.seqnos.len() {
-                self.seqnos.resize(vb + 1, 0);
+            if vb >= self.vbuckets.len() {
+                self.vbuckets.resize(vb + 1, VbSummary::default());
             }
-            self.seqnos[vb] = self.seqnos[vb].max(m.seqno);
+            self.vbuckets[vb].add(m.is_removal(), m.seqno);
+            match m.op {
+                Op::Mutation => self.counts.0 += 1,
+                Op::Deletion => self.counts.1 += 1,
+                Op::Expiration => self.counts.2 += 1,
+            }
+            self.counts.3 += (m.key.len() + m.value.len()) as u64;
         }
         Ok(())
     }
@@ -203,11 +222,11 @@ impl Writer {
         Ok(())
     }
 
-    /// Commits what is pending, closes the file, and when the source completed syncs and
-    /// renames every data file to its final name and writes the JSON files beside them.
+    /// Commits what is pending, closes the file, and when the source completed completes the
+    /// run (see the module doc).
     fn finish(mut self, end: SourceEnd) -> Result<(), String> {
         self.commit()?;
-        if end == SourceEnd::Complete && self.files.is_empty() {
+        if end == SourceEnd::Complete && self.files.is_empty() && self.plan.prior.files.is_empty() {
             // An empty source still makes a readable (empty) backup, as cbbackup does.
             self.open_next()?;
         }
@@ -215,37 +234,132 @@ impl Writer {
             db.close()
                 .map_err(|(_, e)| format!("{}: close failed: {e}", self.current_file()))?;
         }
+        let node_dir = self.plan.node_dir.clone();
         if end != SourceEnd::Complete {
-            if !self.files.is_empty() {
-                eprintln!(
-                    "backup {}: the source did not complete; the partial data files are left under temporary names in {}",
-                    self.config.spec,
-                    self.node_dir.display()
-                );
-            }
+            eprintln!(
+                "backup {}: the source did not complete; the run {} is incomplete (a restore refuses it): rerun the same command to {}",
+                self.config.spec,
+                node_dir.display(),
+                if self.plan.positions.is_some() {
+                    "resume it from what was confirmed"
+                } else {
+                    "write it again"
+                }
+            );
             return Ok(());
         }
-        for (partial, done) in &self.files {
-            sync_file(partial)?;
-            std::fs::rename(partial, done).map_err(|e| {
-                format!(
-                    "{}: cannot rename to {}: {e}",
-                    partial.display(),
-                    done.display()
-                )
-            })?;
+        // Every data file of the run, earlier attempts' included, under its final name.
+        for (_, path) in run::run_data_files(&node_dir)? {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            sync_file(&path)?;
+            if let Some(done) = name.strip_suffix(".partial") {
+                let done = node_dir.join(done);
+                std::fs::rename(&path, &done).map_err(|e| {
+                    format!(
+                        "{}: cannot rename to {}: {e}",
+                        path.display(),
+                        done.display()
+                    )
+                })?;
+            }
         }
+        let positions = match &self.plan.positions {
+            Some(p) => Some(Positions::load(p)?),
+            None => None,
+        };
+        let mut vbuckets = std::collections::BTreeMap::new();
+        for (vb, s) in self.vbuckets.iter().enumerate() {
+            if s.mutations + s.deletions > 0 {
+                vbuckets.insert(vb as u16, *s);
+            }
+        }
+        let files: Vec<FileCount> = self
+            .files
+            .iter()
+            .map(|(_, done, rows)| FileCount {
+                name: done
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("")
+                    .to_string(),
+                rows: *rows,
+            })
+            .collect();
+        let mut end_positions = positions.clone();
+        let rollbacks: Vec<Rollback> = match end_positions.as_mut() {
+            Some(p) => std::mem::take(&mut p.rollbacks)
+                .into_iter()
+                .filter_map(|(vb, seqno)| {
+                    vb.parse().ok().map(|vbucket| Rollback {
+                        vbucket,
+                        seqno,
+                        before_file: self.plan.first_file,
+                    })
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let completion = layout::completion(
+            &self.plan.prior,
+            files,
+            &vbuckets,
+            self.counts,
+            end_positions,
+            rollbacks,
+        );
+        let seqno_json = match &positions {
+            Some(p) => {
+                let map: serde_json::Map<String, serde_json::Value> = p
+                    .iter()
+                    .filter(|(_, pos)| pos.seqno > 0)
+                    .map(|(vb, pos)| (vb.to_string(), pos.seqno.into()))
+                    .collect();
+                serde_json::Value::Object(map).to_string()
+            }
+            None => {
+                let mut seqnos = vec![0u64; 1024];
+                for (vb, s) in &completion.vbuckets {
+                    if let Ok(vb) = vb.parse::<usize>() {
+                        if vb >= seqnos.len() {
+                            seqnos.resize(vb + 1, 0);
+                        }
+                        seqnos[vb] = s.last_seqno;
+                    }
+                }
+                bfd::seqno_json(&seqnos)
+            }
+        };
+        let failover_json = positions
+            .as_ref()
+            .map(|p| serde_json::to_string(&p.failover).unwrap_or_else(|_| "{}".into()))
+            .unwrap_or_else(|| "{}".into());
+        let markers_json = positions
+            .as_ref()
+            .map(|p| {
+                let map: serde_json::Map<String, serde_json::Value> = p
+                    .iter()
+                    .map(|(vb, pos)| {
+                        (
+                            vb.to_string(),
+                            serde_json::json!([pos.snap_start, pos.snap_end]),
+                        )
+                    })
+                    .collect();
+                serde_json::Value::Object(map).to_string()
+            })
+            .unwrap_or_else(|| "{}".into());
         let json = [
             (bfd::META_JSON, bfd::meta_json("seqno", "0.0.0")),
-            (bfd::SEQNO_JSON, bfd::seqno_json(&self.seqnos)),
-            (bfd::FAILOVER_JSON, "{}".to_string()),
-            (bfd::SNAPSHOT_MARKERS_JSON, "{}".to_string()),
+            (bfd::SEQNO_JSON, seqno_json),
+            (bfd::FAILOVER_JSON, failover_json),
+            (bfd::SNAPSHOT_MARKERS_JSON, markers_json),
         ];
         for (name, text) in json {
-            write_atomically(&self.node_dir.join(name), text.as_bytes())?;
+            write_atomically(&node_dir.join(name), text.as_bytes())?;
         }
-        sync_file(&self.node_dir)?;
-        Ok(())
+        sync_file(&node_dir)?;
+        // Last: from here on the run is complete.
+        run::write_json_synced(&node_dir.join(run::COMPLETE_JSON), &completion)
     }
 }
 

@@ -7,7 +7,9 @@
 //! ```
 //!
 //! `-b` picks the bucket (`default` unless given); a bucket the backup does not hold is an
-//! error that lists the buckets it does hold.
+//! error that lists the buckets it does hold. A backup holding an incomplete run is refused by
+//! the run's name unless `-x allow_partial=1` (the CLI's `--allow-partial`); a backup holding no
+//! row at all fails rather than restore nothing.
 
 mod layout;
 pub(crate) mod reader;
@@ -19,7 +21,7 @@ use async_trait::async_trait;
 use pump::pipeline::Context;
 use pump::{BatchSender, Error, Options, Source, SourceKind, Spec};
 
-pub use layout::data_files;
+pub use layout::{data_files, restore_plan, DataFile};
 
 /// The backup directory kind: any spec without a scheme.
 pub struct BackupKind;
@@ -34,22 +36,26 @@ impl SourceKind for BackupKind {
     fn matches(&self, spec: &Spec) -> bool {
         spec.scheme().is_none()
     }
+    fn extra_keys(&self) -> &'static [&'static str] {
+        &["allow_partial"]
+    }
     fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Source>, Error> {
         let dir = PathBuf::from(spec.body());
         if !dir.is_dir() {
-            return Err(Error::source(
-                spec,
+            return Err(Error::usage(format!(
+                "{spec}: {}",
                 if dir.exists() {
                     "not a directory; a backup source is a backup directory"
                 } else {
                     "no such backup directory"
-                },
-            ));
+                }
+            )));
         }
         Ok(Box::new(BackupSource {
             dir,
             bucket: options.source_bucket.clone(),
             spec: spec.to_string(),
+            allow_partial: options.extra.flag("allow_partial")?,
         }))
     }
 }
@@ -59,13 +65,19 @@ pub struct BackupSource {
     dir: PathBuf,
     bucket: String,
     spec: String,
+    allow_partial: bool,
 }
 
 impl BackupSource {
     /// A source reading `bucket` from `dir`.
     pub fn new(dir: PathBuf, bucket: String) -> Self {
         let spec = dir.display().to_string();
-        BackupSource { dir, bucket, spec }
+        BackupSource {
+            dir,
+            bucket,
+            spec,
+            allow_partial: false,
+        }
     }
 }
 
@@ -73,15 +85,27 @@ impl BackupSource {
 impl Source for BackupSource {
     async fn run(self: Box<Self>, out: BatchSender, ctx: Context) -> Result<(), Error> {
         let spec = self.spec.clone();
-        let files =
-            layout::data_files(&self.dir, &self.bucket).map_err(|e| Error::source(&spec, e))?;
+        let files = layout::restore_plan(&self.dir, &self.bucket, self.allow_partial)
+            .map_err(|e| Error::source(&spec, e))?;
         let limits = ctx.options.batch_limits();
         let stats = out.stats().clone();
         let cancel = out.cancellation().clone();
+        let n = files.len();
         forward_from_thread(&spec, &out, move |tx| {
             reader::read_all(&files, limits, &tx, &stats, &cancel)
         })
-        .await
+        .await?;
+        let s = out.stats().snapshot();
+        if s.items_read + s.filtered == 0 && !out.is_cancelled() {
+            return Err(Error::source(
+                &spec,
+                format!(
+                    "the backup holds no items of bucket {} ({n} data files, every one empty): nothing to restore",
+                    self.bucket
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

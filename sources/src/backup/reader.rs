@@ -7,8 +7,9 @@
 //! or a table not laid out as cbbackup makes it, is read through SQLite. Both paths hand the
 //! same column values to one [`Batcher`].
 
+use std::collections::HashMap;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
 use pump::{BatchLimits, Message, Op, Stats};
@@ -19,10 +20,12 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::layout::DataFile;
+
 /// Reads `files` in order and sends their rows in batches. Stops quietly when the receiver is
 /// gone or the run is cancelled; fails with the file (and row) that could not be read.
 pub fn read_all(
-    files: &[PathBuf],
+    files: &[DataFile],
     limits: BatchLimits,
     tx: &mpsc::Sender<Vec<Message>>,
     stats: &Stats,
@@ -30,7 +33,8 @@ pub fn read_all(
 ) -> Result<(), String> {
     let mut opened = Vec::with_capacity(files.len());
     let mut total = 0u64;
-    for f in files {
+    for file in files {
+        let f = &file.path;
         let (db, version) = open(f)?;
         let rows = match raw_root(f, &db, version)? {
             Some(root) => {
@@ -48,11 +52,12 @@ pub fn read_all(
                 Rows::Sql(db)
             }
         };
-        opened.push((f, rows, version));
+        opened.push((file, rows, version));
     }
     stats.set_expected(total);
-    for (f, rows, version) in opened {
-        if !read_file(f, rows, version, limits, tx, cancel)? {
+    for (file, rows, version) in opened {
+        let stale = file.stale_above.as_deref();
+        if !read_file_leaving_out(&file.path, rows, version, limits, tx, cancel, stale)? {
             return Ok(());
         }
     }
@@ -146,6 +151,7 @@ pub(super) fn raw_root(
 }
 
 /// Reads one file; false when the run should stop (receiver gone or cancelled).
+#[cfg(test)]
 pub(super) fn read_file(
     path: &Path,
     rows: Rows,
@@ -154,11 +160,26 @@ pub(super) fn read_file(
     tx: &mpsc::Sender<Vec<Message>>,
     cancel: &CancellationToken,
 ) -> Result<bool, String> {
+    read_file_leaving_out(path, rows, version, limits, tx, cancel, None)
+}
+
+/// [`read_file`], leaving out the rows of a vbucket whose seqno is above `stale[vbucket]`
+/// (a later run saw that vbucket roll back).
+pub(super) fn read_file_leaving_out(
+    path: &Path,
+    rows: Rows,
+    version: Version,
+    limits: BatchLimits,
+    tx: &mpsc::Sender<Vec<Message>>,
+    cancel: &CancellationToken,
+    stale: Option<&HashMap<u16, u64>>,
+) -> Result<bool, String> {
     let file = path.display();
     let mut n = 0u64;
     match rows {
         Rows::Raw(db, root) => {
             let mut out = Batcher::new(limits, tx, cancel, Some(db.bytes()));
+            out.stale = stale;
             let mut rows = db.table(root);
             while let Some(row) = rows.next_row()? {
                 n += 1;
@@ -173,6 +194,7 @@ pub(super) fn read_file(
         }
         Rows::Sql(db) => {
             let mut out = Batcher::new(limits, tx, cancel, None);
+            out.stale = stale;
             let mut stmt = db
                 .prepare(bfd::select(version))
                 .map_err(|e| format!("{file}: {e}"))?;
@@ -215,6 +237,8 @@ struct Batcher<'a> {
     limits: BatchLimits,
     tx: &'a mpsc::Sender<Vec<Message>>,
     cancel: &'a CancellationToken,
+    /// Per vbucket, the seqno above which rows are left out.
+    stale: Option<&'a HashMap<u16, u64>>,
 }
 
 /// A byte field of a message.
@@ -242,6 +266,7 @@ impl<'a> Batcher<'a> {
             limits,
             tx,
             cancel,
+            stale: None,
         }
     }
 
@@ -378,7 +403,13 @@ impl<'a> Batcher<'a> {
             }
         }
         let cap = self.limits.max_items.min(4096);
-        let messages = std::mem::replace(&mut self.batch, Vec::with_capacity(cap));
+        let mut messages = std::mem::replace(&mut self.batch, Vec::with_capacity(cap));
+        if let Some(stale) = self.stale {
+            messages.retain(|m| stale.get(&m.vbucket).is_none_or(|s| m.seqno <= *s));
+            if messages.is_empty() {
+                return true;
+            }
+        }
         self.tx.blocking_send(messages).is_ok()
     }
 }

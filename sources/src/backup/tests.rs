@@ -290,7 +290,10 @@ fn block_on_read(dir: &std::path::Path, path: &std::path::Path) -> Vec<Message> 
     let stats = pump::Stats::default();
     let cancel = tokio_util::sync::CancellationToken::new();
     reader::read_all(
-        &[path.to_path_buf()],
+        &[DataFile {
+            path: path.to_path_buf(),
+            stale_above: None,
+        }],
         Options::default().batch_limits(),
         &tx,
         &stats,
@@ -340,4 +343,165 @@ async fn a_data_file_with_a_broken_page_is_an_error_naming_the_file_and_page() {
             && err.contains("out of the page"),
         "{err}"
     );
+}
+
+/// A 2015 data file holding mutations `(vbucket, seqno, key)`.
+fn rows_file(path: &std::path::Path, rows: &[(u16, u64, &str)]) {
+    let db = Connection::open(path).unwrap();
+    bfd::create_schema(&db).unwrap();
+    for (vb, seqno, key) in rows {
+        db.execute(
+            bfd::INSERT,
+            rusqlite::params![
+                0x57i64,
+                *vb as i64,
+                key.as_bytes(),
+                0i64,
+                0i64,
+                "1",
+                b"".to_vec(),
+                b"v".to_vec(),
+                *seqno as i64,
+                0i64,
+                0i64,
+                0i64
+            ],
+        )
+        .unwrap();
+    }
+}
+
+fn record(mode: bfd::RunKind) -> run::RunRecord {
+    run::RunRecord {
+        tool: "pump".into(),
+        mode,
+        started: run::now_text(),
+        source: "couchbase://h:1".into(),
+        bucket: "default".into(),
+        node: "n".into(),
+        base: None,
+        attempts: vec![run::Attempt {
+            started: run::now_text(),
+            first_file: 0,
+        }],
+        rollbacks: Vec::new(),
+    }
+}
+
+async fn read_partial(dir: &std::path::Path, allow: bool) -> Result<Vec<Message>, Error> {
+    let stats = std::sync::Arc::new(pump::Stats::default());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (tx, rx) = pump::channel::bounded(1000, 1 << 30, pump::Filter::default(), stats, cancel);
+    let mut o = Options::default();
+    if allow {
+        o.extra.set("allow_partial", "1");
+    }
+    let spec = pump::Spec::parse(dir.to_str().unwrap()).unwrap();
+    let src = BackupKind.open(&spec, &o)?;
+    src.run(tx, Context::new(o)).await?;
+    let mut out = Vec::new();
+    while let Some(b) = rx.recv().await {
+        out.extend(b.messages);
+    }
+    Ok(out)
+}
+
+use pump_formats::run;
+
+#[tokio::test]
+async fn an_incomplete_run_is_refused_by_name_unless_partial_runs_are_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("2020-01-01T000000Z");
+    let full = bfd::node_dir(&root.join("2020-01-01T000000Z-full"), "default", "n");
+    let diff = bfd::node_dir(&root.join("2020-01-02T000000Z-diff"), "default", "n");
+    std::fs::create_dir_all(&full).unwrap();
+    std::fs::create_dir_all(&diff).unwrap();
+    rows_file(&full.join("data-0000.cbb"), &[(1, 1, "a"), (2, 1, "b")]);
+    run::write_json_synced(&diff.join(run::RUN_JSON), &record(bfd::RunKind::Diff)).unwrap();
+    // Killed while renaming: one file under its final name, one still temporary.
+    rows_file(&diff.join("data-0000.cbb"), &[(1, 2, "c")]);
+    rows_file(&diff.join("data-0001.cbb.partial"), &[(3, 1, "d")]);
+    let e = read_partial(dir.path(), false).await.unwrap_err();
+    assert!(e.is_usage() || e.to_string().contains("incomplete"), "{e}");
+    let e = e.to_string();
+    assert!(
+        e.contains("2020-01-02T000000Z-diff") && e.contains("--allow-partial"),
+        "{e}"
+    );
+    let got = read_partial(dir.path(), true).await.unwrap();
+    let keys: Vec<_> = got.iter().map(|m| m.key_display()).collect();
+    assert_eq!(keys, ["a", "b", "c", "d"]);
+    // Written by an older pump or cut short: .partial files and no record are refused too.
+    std::fs::remove_file(diff.join(run::RUN_JSON)).unwrap();
+    let e = read_partial(dir.path(), false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(".partial files"), "{e}");
+}
+
+#[tokio::test]
+async fn rows_a_later_rollback_made_stale_are_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("2020-01-01T000000Z");
+    let full = bfd::node_dir(&root.join("2020-01-01T000000Z-full"), "default", "n");
+    let diff = bfd::node_dir(&root.join("2020-01-02T000000Z-diff"), "default", "n");
+    std::fs::create_dir_all(&full).unwrap();
+    std::fs::create_dir_all(&diff).unwrap();
+    rows_file(
+        &full.join("data-0000.cbb"),
+        &[
+            (5, 1, "a"),
+            (5, 2, "b"),
+            (6, 3, "kept"),
+            (5, 3, "gone"),
+            (5, 4, "gone2"),
+        ],
+    );
+    rows_file(&diff.join("data-0000.cbb"), &[(5, 3, "new")]);
+    let done = run::Completion {
+        files: vec![run::FileCount {
+            name: "data-0000.cbb".into(),
+            rows: 1,
+        }],
+        rollbacks: vec![run::Rollback {
+            vbucket: 5,
+            seqno: 2,
+            before_file: 0,
+        }],
+        ..run::Completion::default()
+    };
+    run::write_json_synced(&diff.join(run::COMPLETE_JSON), &done).unwrap();
+    let got = read_partial(dir.path(), false).await.unwrap();
+    let keys: Vec<_> = got.iter().map(|m| m.key_display()).collect();
+    assert_eq!(keys, ["a", "b", "kept", "new"]);
+}
+
+#[tokio::test]
+async fn a_backup_holding_no_row_fails_instead_of_restoring_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = bfd::node_dir(
+        &dir.path()
+            .join("2020-01-01T000000Z")
+            .join("2020-01-01T000000Z-full"),
+        "default",
+        "n",
+    );
+    std::fs::create_dir_all(&full).unwrap();
+    rows_file(&full.join("data-0000.cbb"), &[]);
+    let e = read_partial(dir.path(), false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no items") && e.contains("nothing to restore"),
+        "{e}"
+    );
+    // And a directory holding no run at all names what it expected.
+    let empty = tempfile::tempdir().unwrap();
+    let e = read_partial(empty.path(), false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no backup found"), "{e}");
 }

@@ -2,41 +2,33 @@
 //! resumes.
 //!
 //! ```text
-//! {"vbuckets": {"0": {"uuid": 1234, "seqno": 812, "snap_start": 800, "snap_end": 812}, ...}}
+//! {"vbuckets": {"0": {"uuid": 1234, "seqno": 812, "snap_start": 800, "snap_end": 812}, ...},
+//!  "failover": {"0": [[1234, 700], [987, 0]], ...}, "rollbacks": {"5": 130}}
 //! ```
+//! (the format is `pump_formats::run::Positions`: a backup run keeps one beside its files).
 //! `seqno` is the highest seqno of that vbucket the sink has confirmed, never past a gap;
 //! `uuid` the vbucket uuid it was read under; `snap_start..snap_end` the snapshot that holds
 //! it (both equal to `seqno` once that snapshot is complete). A rerun asks each stream from
-//! there. The file is rewritten atomically (a temporary file, then rename).
+//! there. The file is rewritten atomically (a temporary file, then rename); a new uuid, failover
+//! log or rollback is written before the next batch leaves.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pump::Error;
-use serde::{Deserialize, Serialize};
-
-/// Where one vbucket's stream stands.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VbPosition {
-    pub uuid: u64,
-    pub seqno: u64,
-    pub snap_start: u64,
-    pub snap_end: u64,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct FileFormat {
-    vbuckets: BTreeMap<String, VbPosition>,
-}
+use pump_formats::run::Positions;
+pub use pump_formats::run::VbPosition;
 
 /// The checkpoint file, in memory, saved now and then and at the end.
 #[derive(Debug)]
 pub struct CheckpointFile {
     path: PathBuf,
-    positions: BTreeMap<u16, VbPosition>,
+    positions: Positions,
     saved_at: Option<Instant>,
     dirty: bool,
+    /// A new uuid, failover log or rollback: saved before the next batch leaves, so that no
+    /// row read under a uuid can be confirmed before the file holds that uuid.
+    urgent: bool,
 }
 
 /// How often the file is rewritten while positions move.
@@ -45,40 +37,28 @@ const SAVE_EVERY: Duration = Duration::from_millis(500);
 impl CheckpointFile {
     /// Loads `path`, or starts empty when it does not exist.
     pub fn load(path: &Path) -> Result<CheckpointFile, Error> {
-        let positions = match std::fs::read(path) {
-            Ok(bytes) => {
-                let f: FileFormat = serde_json::from_slice(&bytes).map_err(|e| {
-                    Error::usage(format!(
-                        "{}: not a pump DCP checkpoint file: {e}",
-                        path.display()
-                    ))
-                })?;
-                let mut m = BTreeMap::new();
-                for (k, v) in f.vbuckets {
-                    let vb: u16 = k.parse().map_err(|_| {
-                        Error::usage(format!(
-                            "{}: vbucket id {k:?} is not a number",
-                            path.display()
-                        ))
-                    })?;
-                    m.insert(vb, v);
-                }
-                m
+        let positions = Positions::load(path)
+            .map_err(|e| Error::usage(format!("{e} (not a pump DCP checkpoint file)")))?;
+        for k in positions.vbuckets.keys() {
+            if k.parse::<u16>().is_err() {
+                return Err(Error::usage(format!(
+                    "{}: vbucket id {k:?} is not a number",
+                    path.display()
+                )));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(Error::io(path, e)),
-        };
+        }
         Ok(CheckpointFile {
             path: path.to_path_buf(),
             positions,
             saved_at: None,
             dirty: false,
+            urgent: false,
         })
     }
 
     /// Where `vb` stands (all zero when never seen).
     pub fn position(&self, vb: u16) -> VbPosition {
-        self.positions.get(&vb).copied().unwrap_or_default()
+        self.positions.position(vb)
     }
 
     /// Records where `vb` stands.
@@ -86,8 +66,34 @@ impl CheckpointFile {
         if p.seqno == p.snap_end {
             p.snap_start = p.seqno;
         }
-        self.positions.insert(vb, p);
+        if p.uuid != self.positions.position(vb).uuid {
+            self.urgent = true;
+        }
+        self.positions.set(vb, p);
         self.dirty = true;
+    }
+
+    /// Records the failover log the node sent for `vb` (newest first).
+    pub fn set_failover(&mut self, vb: u16, log: Vec<[u64; 2]>) {
+        let key = vb.to_string();
+        if self.positions.failover.get(&key) != Some(&log) {
+            self.positions.failover.insert(key, log);
+            self.dirty = true;
+            self.urgent = true;
+        }
+    }
+
+    /// Records that the node asked `vb` to restart from `seqno` (its history diverged).
+    pub fn record_rollback(&mut self, vb: u16, seqno: u64) {
+        let key = vb.to_string();
+        let lowest = self
+            .positions
+            .rollbacks
+            .get(&key)
+            .map_or(seqno, |s| (*s).min(seqno));
+        self.positions.rollbacks.insert(key, lowest);
+        self.dirty = true;
+        self.urgent = true;
     }
 
     /// Saves when something changed and the last save is old enough.
@@ -98,19 +104,20 @@ impl CheckpointFile {
         Ok(())
     }
 
+    /// Saves now when a uuid, failover log or rollback is not saved yet.
+    pub fn save_if_urgent(&mut self) -> Result<(), Error> {
+        if self.urgent {
+            self.save()?;
+        }
+        Ok(())
+    }
+
     /// Saves now (when something changed): temporary file, then rename.
     pub fn save(&mut self) -> Result<(), Error> {
         if !self.dirty {
             return Ok(());
         }
-        let f = FileFormat {
-            vbuckets: self
-                .positions
-                .iter()
-                .map(|(vb, p)| (vb.to_string(), *p))
-                .collect(),
-        };
-        let json = serde_json::to_vec_pretty(&f)
+        let json = serde_json::to_vec_pretty(&self.positions)
             .map_err(|e| Error::source(self.path.display(), format!("encoding: {e}")))?;
         let mut tmp = self.path.clone().into_os_string();
         tmp.push(".tmp");
@@ -119,6 +126,7 @@ impl CheckpointFile {
         std::fs::rename(&tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
         self.saved_at = Some(Instant::now());
         self.dirty = false;
+        self.urgent = false;
         Ok(())
     }
 }

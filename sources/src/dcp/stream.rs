@@ -137,6 +137,10 @@ pub async fn stream_connection(
             Some(h) => h.get(&vb).copied().unwrap_or(0),
             None => u64::MAX,
         };
+        if end != u64::MAX {
+            out.stats().set_vbucket_high(vb, end);
+            out.stats().set_vbucket_confirmed(vb, pos.seqno);
+        }
         if pos.seqno == end {
             continue;
         }
@@ -184,11 +188,15 @@ pub async fn stream_connection(
         let checkpoint = checkpoint.clone();
         let ckpt = ckpt.clone();
         let spec = spec.to_string();
+        let stats = out.stats().clone();
         move |c: Confirmed| -> Result<(), Error> {
             let advanced = checkpoint
                 .lock()
                 .map_err(|_| Error::source(&spec, "checkpoint lock poisoned"))?
                 .confirm(c.ticket);
+            for (vb, seqno) in &advanced {
+                stats.set_vbucket_confirmed(*vb, *seqno);
+            }
             if let Some(file) = &ckpt {
                 let mut f = file
                     .lock()
@@ -256,6 +264,7 @@ pub async fn stream_connection(
                     }));
                 }
                 Next::Idle if !pending.is_empty() => {
+                    save_if_urgent(&ckpt)?;
                     let batch = pending.flush(&acker, &checkpoint)?;
                     send_serving(out, batch, &mut read, &writer, &mut backlog, config).await?;
                     continue;
@@ -279,6 +288,7 @@ pub async fn stream_connection(
                             }
                             if let Some(file) = &ckpt {
                                 if let Ok(mut f) = file.lock() {
+                                    f.set_failover(vb, log.iter().map(|e| [e.uuid, e.seqno]).collect());
                                     let mut pos = f.position(vb);
                                     if pos.uuid != s.uuid || pos.seqno != s.req.start {
                                         pos = VbPosition {
@@ -299,12 +309,12 @@ pub async fn stream_connection(
                                     "{addr}: vbucket {vb} asked to roll back {} times; giving up", s.rollbacks
                                 )));
                             }
-                            if config.verbose > 0 {
-                                tracing::warn!(
-                                    "{addr}: vbucket {vb}: the node asked to roll back from seqno {} to {to}; restarting it from there",
-                                    s.req.start
-                                );
-                            }
+                            // Said whatever the verbosity: the vbucket's history diverged from
+                            // the position this run started from, and it is streamed again.
+                            tracing::warn!(
+                                "{addr}: vbucket {vb} rolled back: its history diverged after seqno {to} (asked from {} under uuid {:#x}); restreaming it from {to}",
+                                s.req.start, s.req.vbucket_uuid
+                            );
                             s.req.start = to;
                             s.req.snap_start = to;
                             s.req.snap_end = to;
@@ -316,6 +326,7 @@ pub async fn stream_connection(
                             s.snap = (to, to);
                             if let Some(file) = &ckpt {
                                 if let Ok(mut f) = file.lock() {
+                                    f.record_rollback(vb, to);
                                     f.set(vb, VbPosition { uuid: s.uuid, seqno: to, snap_start: to, snap_end: to });
                                 }
                             }
@@ -396,6 +407,7 @@ pub async fn stream_connection(
             }
             pending.bytes += wire as u64;
             if pending.should_flush() {
+                save_if_urgent(&ckpt)?;
                 let batch = pending.flush(&acker, &checkpoint)?;
                 send_serving(out, batch, &mut read, &writer, &mut backlog, config).await?;
             }
@@ -409,7 +421,7 @@ pub async fn stream_connection(
     let flushed = if pending.is_empty() {
         Ok(())
     } else {
-        match pending.flush(&acker, &checkpoint) {
+        match save_if_urgent(&ckpt).and_then(|_| pending.flush(&acker, &checkpoint)) {
             Ok(batch) => out.send(batch).await,
             Err(e) => Err(e),
         }
@@ -428,6 +440,17 @@ pub async fn stream_connection(
     result?;
     flushed?;
     finished
+}
+
+/// Writes the checkpoint file now if it holds a uuid, failover log or rollback not saved yet:
+/// called before a batch leaves, so no row is confirmed under a uuid the file does not hold.
+fn save_if_urgent(ckpt: &Option<Arc<Mutex<CheckpointFile>>>) -> Result<(), Error> {
+    if let Some(file) = ckpt {
+        if let Ok(mut f) = file.lock() {
+            f.save_if_urgent()?;
+        }
+    }
+    Ok(())
 }
 
 /// Frames kept aside while a batch waits, at most (beyond that the reader stops reading and
