@@ -67,7 +67,9 @@ impl Node {
             Some(vbs) => Bucket::from_vbuckets(&cfg.bucket, vbs),
             None => Bucket::new(&cfg.bucket, cfg.vbuckets, cfg.initial_state),
         });
-        let listener = TcpListener::bind(kv_addr).await?;
+        let listener = TcpListener::bind(kv_addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("KV port {kv_addr}: {e}")))?;
         let kv_addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let ctx = Arc::new(KvContext {

@@ -77,7 +77,9 @@ pub async fn serve(cluster: Arc<Cluster>, addr: SocketAddr) -> std::io::Result<S
 /// Binds `addr` and serves `app` in the background (errors logged under `name`); returns the
 /// bound address. Shared by the REST port and the SDS proxy.
 pub async fn serve_app(app: Router, addr: SocketAddr, name: &str) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{name} port {addr}: {e}")))?;
     let bound = listener.local_addr()?;
     let name = name.to_string();
     tokio::spawn(async move {
