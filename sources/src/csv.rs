@@ -81,6 +81,38 @@ struct Columns {
     dtype: Option<usize>,
 }
 
+/// The line a record starts on, from its byte offset (read again from the file, only for an
+/// error). The csv crate's own line number is one short in a file of CRLF lines: a record's
+/// start is taken at the `\n` of the line before, which it has not counted yet.
+fn line_of(path: &Path, position: Option<&::csv::Position>) -> u64 {
+    use std::io::Read;
+    let Some(p) = position else { return 0 };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return p.line();
+    };
+    let (mut at, end) = (0u64, p.byte());
+    let (mut lines, mut chunk) = (1u64, vec![0u8; 1 << 16]);
+    while at <= end {
+        let Ok(n) = f.read(&mut chunk) else {
+            return p.line();
+        };
+        if n == 0 {
+            break;
+        }
+        for &b in &chunk[..n] {
+            // The byte at the record's offset counts only when it ends the line before.
+            if at > end {
+                break;
+            }
+            if b == b'\n' {
+                lines += 1;
+            }
+            at += 1;
+        }
+    }
+    lines
+}
+
 fn read(
     path: &Path,
     num_vbuckets: u16,
@@ -118,7 +150,7 @@ fn read(
     let mut batch: Vec<Pending> = Vec::new();
     loop {
         let more = r.read_byte_record(&mut record).map_err(|e| {
-            let line = e.position().map(|p| p.line()).unwrap_or(0);
+            let line = line_of(path, e.position());
             match e.kind() {
                 ::csv::ErrorKind::UnequalLengths {
                     expected_len, len, ..
@@ -131,8 +163,9 @@ fn read(
         if !more {
             break;
         }
-        let line = record.position().map(|p| p.line()).unwrap_or(0);
-        let bad = |what: String| format!("{file}: line {line}: {what}");
+        let position = record.position().cloned();
+        let bad =
+            |what: String| format!("{file}: line {}: {what}", line_of(path, position.as_ref()));
         let field = |i: Option<usize>| i.and_then(|i| record.get(i)).unwrap_or(b"");
         let number = |name: &str, i: Option<usize>| -> Result<u64, String> {
             let f = field(i);
@@ -280,5 +313,22 @@ mod tests {
         assert!(err.contains("line 3"), "{err}");
         let err = read_all("key,value\nk1,v\n").await.unwrap_err().to_string();
         assert!(err.contains("'id'"), "{err}");
+        // CRLF lines, as cbtransfer writes them: the same line numbers.
+        for (text, line) in [
+            (
+                "id,flags,value\r\nk1,0,v\r\nk2,zero,v\r\nk3,0,v\r\n",
+                "line 3:",
+            ),
+            ("id,flags,value\r\nk1,0,v\r\nk2,0\r\n", "line 3:"),
+            (
+                "id,flags,value\r\nk1,0,v\r\nk2,0,v\r\nk3,0,v\r\nk4,x,v\r\n",
+                "line 5:",
+            ),
+            // A record over two lines: the next one starts on line 4.
+            ("id,flags,value\n\"k\n1\",0,v\nk2,zero,v\n", "line 4:"),
+        ] {
+            let err = read_all(text).await.unwrap_err().to_string();
+            assert!(err.contains(line), "{text:?}: {err}");
+        }
     }
 }
