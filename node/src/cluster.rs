@@ -84,6 +84,8 @@ pub struct ClusterState {
     pub recovery_api: RecoveryApi,
     /// Test hook: route name -> statuses to answer instead of serving it, in order.
     pub faults: std::collections::HashMap<String, Vec<u16>>,
+    /// `POST /pump/rollback` is served (`--test-hooks`); refused otherwise.
+    pub test_hooks: bool,
 }
 
 /// A running cluster.
@@ -174,6 +176,7 @@ impl Cluster {
                 recovery: None,
                 recovery_api: cfg.recovery_api,
                 faults: Default::default(),
+                test_hooks: false,
             }),
             nodes,
         });
@@ -183,6 +186,34 @@ impl Cluster {
             cluster.lock().nodes[i].rest = bound;
         }
         Ok(cluster)
+    }
+
+    /// Test hook (`--test-hooks`): rolls vbucket `vb` back to `seqno` on its active node (see
+    /// [`crate::store::Vbucket::roll_back`]); returns the new uuid, or why it cannot.
+    pub fn roll_back(&self, vb: u16, seqno: u64) -> Result<u64, String> {
+        let node = {
+            let s = self.lock();
+            if !s.test_hooks {
+                return Err("test hooks are off: start the node with --test-hooks".into());
+            }
+            let row = s
+                .map
+                .get(vb as usize)
+                .ok_or_else(|| format!("no vbucket {vb}"))?;
+            usize::try_from(row[0]).map_err(|_| format!("vbucket {vb} has no active node"))?
+        };
+        let mut v = self.nodes[node]
+            .bucket
+            .vb(vb)
+            .ok_or_else(|| format!("no vbucket {vb}"))?;
+        if seqno > v.high_seqno {
+            return Err(format!(
+                "vbucket {vb} is at seqno {}: nothing after {seqno} to roll back",
+                v.high_seqno
+            ));
+        }
+        v.roll_back(seqno);
+        Ok(v.uuid())
     }
 
     /// Locks the shared state.

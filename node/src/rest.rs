@@ -16,8 +16,11 @@
 //! POST commitVBucket?recovery_uuid=U       vbucket=N          200 | 400 402 404 406
 //! POST stopRecovery?recovery_uuid=U                           200 | 400 406
 //!
-//! test hook
+//! test hooks
 //! POST /pump/faults                        route=replaceNode&status=403: the next call answers it
+//! POST /pump/rollback                      vbucket=5&seqno=12: the vbucket rolls back there on its
+//!                                          active node (a new failover branch); only with
+//!                                          --test-hooks, 403 otherwise
 //! ```
 //!
 //! Every node's REST port serves the same router over the one shared [`Cluster`]. A node started
@@ -47,7 +50,8 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/pools/default", get(pool_default))
         .route("/pools/default/buckets/{bucket}", get(bucket))
         .route("/controller/failOver", post(failover))
-        .route("/pump/faults", post(inject_fault));
+        .route("/pump/faults", post(inject_fault))
+        .route("/pump/rollback", post(roll_back));
     if api != RecoveryApi::Shipped {
         let b = "/pools/default/buckets/{bucket}";
         r = r
@@ -280,6 +284,22 @@ struct FaultForm {
 }
 
 /// Test hook: queue `status` as the next answer of `route`.
+#[derive(Deserialize)]
+struct RollbackForm {
+    vbucket: u16,
+    seqno: u64,
+}
+
+async fn roll_back(State(c): State<Arc<Cluster>>, Form(f): Form<RollbackForm>) -> Response {
+    match c.roll_back(f.vbucket, f.seqno) {
+        Ok(uuid) => {
+            Json(json!({"vbucket": f.vbucket, "seqno": f.seqno, "uuid": uuid})).into_response()
+        }
+        Err(e) if e.contains("--test-hooks") => (StatusCode::FORBIDDEN, e).into_response(),
+        Err(e) => (StatusCode::NOT_FOUND, e).into_response(),
+    }
+}
+
 async fn inject_fault(State(c): State<Arc<Cluster>>, Form(f): Form<FaultForm>) -> StatusCode {
     c.inject_fault(&f.route, f.status);
     StatusCode::OK

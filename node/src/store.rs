@@ -218,6 +218,26 @@ impl Vbucket {
         }
     }
 
+    /// Test hook: the vbucket rolls back to `seqno`, as a node restarted from a snapshot taken
+    /// there would: the changes after it are lost, and a new failover branch starts at it
+    /// (entries of the lost history leave the failover log). This node keeps no older version
+    /// of a key: a key changed after `seqno` is gone, so the hook suits keys written after it.
+    pub fn roll_back(&mut self, seqno: u64) {
+        let lost = self.by_seqno.split_off(&(seqno + 1));
+        for key in lost.values() {
+            self.items.remove(key);
+        }
+        self.high_seqno = self.high_seqno.min(seqno);
+        self.failover.retain(|e| e.seqno <= seqno);
+        self.failover.insert(
+            0,
+            FailoverEntry {
+                uuid: new_uuid(),
+                seqno,
+            },
+        );
+    }
+
     /// Starts a new failover branch at the current high seqno (on promotion to active).
     pub fn new_branch(&mut self) {
         self.failover.insert(
@@ -593,6 +613,31 @@ mod tests {
         let rv = r.vb(3).unwrap();
         assert_eq!(rv.high_seqno, 2);
         assert_eq!(rv.items[&b"k2"[..]].by_seqno, 2);
+    }
+
+    #[test]
+    fn a_rollback_loses_the_changes_after_its_seqno_and_opens_a_branch_there() {
+        let b = Bucket::new("b", 4, VbucketState::Active);
+        for k in ["a", "b", "c", "d"] {
+            b.write(0, set(k, "v"), CLIENT_STATES).unwrap();
+        }
+        let old = b.vb(0).unwrap().uuid();
+        let mut v = b.vb(0).unwrap();
+        v.roll_back(2);
+        assert_eq!(v.high_seqno, 2);
+        assert!(v.items.contains_key(&b"b"[..]) && !v.items.contains_key(&b"c"[..]));
+        assert_eq!(v.by_seqno.len(), 2);
+        assert_eq!(v.failover.len(), 2);
+        assert_eq!((v.failover[1].uuid, v.failover[0].seqno), (old, 2));
+        // The node answers a stream from past the rollback under the old uuid with ROLLBACK 2.
+        assert_eq!(
+            crate::dcp::check_request(&v.failover, v.high_seqno, 4, old),
+            Err(2)
+        );
+        assert_eq!(
+            crate::dcp::check_request(&v.failover, v.high_seqno, 2, old),
+            Ok(())
+        );
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub struct Up {
     /// SASL password.
     #[arg(long, requires = "user")]
     pub password: Option<String>,
+    /// Serve the test hooks a test drives the nodes with (POST /pump/rollback).
+    #[arg(long)]
+    pub test_hooks: bool,
 }
 
 /// Runs `pump cluster ...`.
@@ -105,6 +108,7 @@ pub async fn up(a: Up, single: bool) -> Result<(), Failure> {
         Cluster::start(cfg).await
     }
     .map_err(|e| Failure::Failed(format!("cannot start: {e}")))?;
+    cluster.lock().test_hooks = a.test_hooks;
     {
         let s = cluster.lock();
         for (i, n) in s.nodes.iter().enumerate() {

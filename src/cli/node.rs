@@ -50,8 +50,9 @@ pub struct NodeArgs {
     /// call to the master takes at most one service_id).
     #[arg(long, value_name = "7|9", default_value = "9", requires = "sds")]
     pub oio_version: OioVersion,
-    /// Serve the proxy's test hooks (/pump/faults, /pump/member, /pump/requests).
-    #[arg(long, requires = "sds")]
+    /// Serve the test hooks: the proxy's (/pump/faults, /pump/member, /pump/requests) with
+    /// --sds, the data node's (POST /pump/rollback) otherwise.
+    #[arg(long)]
     pub test_hooks: bool,
 }
 
@@ -115,6 +116,7 @@ pub async fn run(a: NodeArgs) -> Result<(), Failure> {
         data: a.data,
         user: a.user,
         password: a.password,
+        test_hooks: a.test_hooks,
     };
     super::cluster::up(cfg, true).await
 }
