@@ -14,7 +14,8 @@
 //!
 //! `repair/` never imports `cli/`: both depend on `failure.rs` and `kinds.rs`.
 //!
-//! Exit codes: 0 success, 1 the transfer or repair failed, 2 a usage error.
+//! Exit codes: 0 success, 1 the transfer or repair failed (or `verify` found a difference), 2 a
+//! usage error, 130 stopped by Ctrl-C.
 
 mod cli;
 mod failure;

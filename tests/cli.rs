@@ -162,7 +162,7 @@ fn ctrl_c_drains_and_reports_what_was_confirmed() {
         "pump did not stop after SIGINT"
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     let written: u64 = err
         .lines()

@@ -62,6 +62,10 @@ fn run(cmd: &[&str], base: &BaseName, vols: &[(String, PathBuf)], extra: &[&str]
     args.push(b);
     args.extend(peer_args(vols));
     args.extend(extra.iter().map(|s| s.to_string()));
+    if matches!(cmd.get(1), Some(&("sync" | "move" | "rebuild"))) {
+        // The tests' volumes hold one base each: one whose copy is gone holds none.
+        args.push("--create".into());
+    }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     pump(&refs)
 }
@@ -263,6 +267,7 @@ fn move_with_a_typo_in_an_address_changes_nothing() {
         "meta2".to_string(),
         "move".into(),
         base.to_string(),
+        "--create".into(),
         "--from".into(),
         B.into(),
         "--to".into(),
@@ -427,6 +432,7 @@ fn rebuild_lost_volume(extra: &[&str]) {
     let mut args = vec![
         "meta2",
         "rebuild",
+        "--create",
         "--peer",
         &pa,
         "--from-peer",

@@ -2,7 +2,8 @@
 //! (`id,flags,expiration,cas,value,rev,vbid,dtype`, see `pump_formats::csv`), `value` and `rev`
 //! as Python bytes literals. Deletions have no row (as in cbtransfer) and count as skipped.
 //!
-//! The rows go to `FILE.partial`, renamed to FILE only when the source completed.
+//! The rows go to `FILE.partial`, renamed to FILE only when the source completed. A FILE that
+//! exists is refused unless `-x overwrite=1` (the CLI's `--overwrite`).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -27,7 +28,10 @@ impl SinkKind for CsvKind {
     fn matches(&self, spec: &Spec) -> bool {
         spec.scheme() == Some("csv")
     }
-    fn open(&self, spec: &Spec, _options: &Options) -> Result<Box<dyn Sink>, Error> {
+    fn extra_keys(&self) -> &'static [&'static str] {
+        &["overwrite"]
+    }
+    fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Sink>, Error> {
         let path = PathBuf::from(spec.body());
         if spec.body().is_empty() {
             return Err(Error::usage(format!(
@@ -37,6 +41,11 @@ impl SinkKind for CsvKind {
         if path.is_dir() {
             return Err(Error::usage(format!(
                 "{spec}: is a directory; expected csv:FILE"
+            )));
+        }
+        if path.exists() && !options.extra.flag("overwrite")? {
+            return Err(Error::usage(format!(
+                "{spec}: the file exists; pass --overwrite to replace it"
             )));
         }
         let parent = path

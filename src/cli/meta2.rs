@@ -147,6 +147,60 @@ fn peer(s: &str) -> Result<Peer, String> {
     Peer::parse(s).map_err(|e| e.to_string())
 }
 
+/// `--create`: a volume may be new or hold no base yet.
+#[derive(Debug, Args)]
+struct VolumeArgs {
+    /// Accept a volume that does not exist or holds no base yet (a new or emptied disk);
+    /// without it such a volume is refused, as a mistyped path would be.
+    #[arg(long)]
+    create: bool,
+}
+
+/// True when `volume` holds at least one base (`<volume>/<CID[0:3]>/<CID>.<seq>.meta2`).
+fn holds_bases(volume: &std::path::Path) -> bool {
+    let Ok(dirs) = std::fs::read_dir(volume) else {
+        return false;
+    };
+    dirs.filter_map(|d| d.ok())
+        .filter(|d| d.file_type().is_ok_and(|t| t.is_dir()))
+        .any(|d| {
+            std::fs::read_dir(d.path()).is_ok_and(|files| {
+                files.filter_map(|f| f.ok()).any(|f| {
+                    f.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.ends_with(".meta2"))
+                })
+            })
+        })
+}
+
+/// Every volume the command may write to must exist and hold bases, unless `--create`: a
+/// mistyped path is refused before anything is read or written.
+fn check_volumes<'a>(
+    volumes: impl IntoIterator<Item = (&'a str, &'a std::path::Path)>,
+    v: &VolumeArgs,
+) -> Result<(), Failure> {
+    for (address, volume) in volumes {
+        if v.create {
+            // What cannot be written then fails for that peer alone, and says why.
+            continue;
+        }
+        if !volume.is_dir() {
+            return Err(Failure::Usage(format!(
+                "{address}={}: no such volume directory (a new volume: pass --create)",
+                volume.display()
+            )));
+        }
+        if !holds_bases(volume) {
+            return Err(Failure::Usage(format!(
+                "{address}={}: holds no meta2 base; if it is a new or emptied volume, pass --create",
+                volume.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn size(s: &str) -> Result<u64, String> {
     pump::parse_size(s)
         .ok_or_else(|| format!("{s:?}: expected a positive size: 65536, 64K, 256M, 1G"))
@@ -194,6 +248,8 @@ struct SyncArgs {
     #[arg(long, requires = "proxies")]
     dry_run: bool,
     #[command(flatten)]
+    volumes: VolumeArgs,
+    #[command(flatten)]
     copy: StreamArgs,
     #[command(flatten)]
     proxy: ProxyArgs,
@@ -221,6 +277,8 @@ struct MoveArgs {
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
+    volumes: VolumeArgs,
+    #[command(flatten)]
     copy: StreamArgs,
     #[command(flatten)]
     proxy: ProxyArgs,
@@ -244,6 +302,8 @@ struct RebuildArgs {
     /// instead of a verified page copy of a sound peer copy.
     #[arg(long)]
     stream: bool,
+    #[command(flatten)]
+    volumes: VolumeArgs,
     #[command(flatten)]
     copy: StreamArgs,
 }
@@ -379,6 +439,12 @@ fn need_base(b: &BaseArgs) -> Result<BaseName, Failure> {
 
 async fn sync(a: SyncArgs) -> Result<(), Failure> {
     let base = need_base(&a.base)?;
+    check_volumes(
+        a.peers
+            .iter()
+            .map(|p| (p.address.as_str(), p.volume.as_path())),
+        &a.volumes,
+    )?;
     if let Some(p) = a.proxy.open(&a.base, a.dry_run)? {
         let local_only = [
             ("--json", a.json),
@@ -420,6 +486,14 @@ async fn sync(a: SyncArgs) -> Result<(), Failure> {
 
 async fn move_(a: MoveArgs) -> Result<(), Failure> {
     let base = need_base(&a.base)?;
+    let new_volume = a.to.1.as_deref().map(|v| (a.to.0.as_str(), v));
+    check_volumes(
+        a.peers
+            .iter()
+            .map(|p| (p.address.as_str(), p.volume.as_path()))
+            .chain(new_volume),
+        &a.volumes,
+    )?;
     if let Some(p) = a.proxy.open(&a.base, a.dry_run)? {
         if a.delete_source {
             return Err(Failure::Usage(
@@ -481,6 +555,16 @@ async fn move_(a: MoveArgs) -> Result<(), Failure> {
 
 async fn rebuild(a: RebuildArgs) -> Result<(), Failure> {
     let started = std::time::Instant::now();
+    check_volumes(
+        [(a.peer.address.as_str(), a.peer.volume.as_path())],
+        &a.volumes,
+    )?;
+    check_volumes(
+        a.from_peers
+            .iter()
+            .map(|p| (p.address.as_str(), p.volume.as_path())),
+        &VolumeArgs { create: false },
+    )?;
     let mode = if a.stream {
         repair::RebuildMode::Stream(a.copy.stream()?)
     } else if a.copy.sort_memory.is_some() {

@@ -1,16 +1,22 @@
 //! Argument parsing and dispatch. Each subcommand lives in its own module.
+//!
+//! Exit codes: 0 success, 1 the work failed (or `verify` found a difference), 2 a usage error,
+//! 130 stopped by Ctrl-C once what was in flight was drained.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod backup;
 mod cluster;
 mod credentials;
 mod demo;
 mod meta2;
+mod metrics;
 mod node;
 mod recover;
 mod transfer;
+mod verify;
 
 /// pump: move vbucket data and meta2 bases from a source to a sink, at wire speed.
 #[derive(Debug, Parser)]
@@ -26,6 +32,12 @@ enum Command {
     Transfer(Box<transfer::TransferArgs>),
     /// Bring back the vbuckets a failed-over node lost, from another cluster (cbrecovery).
     Recover(Box<recover::RecoverArgs>),
+    /// What a backup directory holds: each run, its time, source, counts, seqno ranges.
+    Info(backup::InfoArgs),
+    /// Every version of one key across the runs of a backup, with its metadata.
+    Examine(backup::ExamineArgs),
+    /// Compare two item endpoints (backups, clusters, memcached, CSV): exit 1 if they differ.
+    Verify(Box<verify::VerifyArgs>),
     /// List the source and sink kinds and their spec syntax.
     Kinds,
     /// Run one reference node (KV + REST) in the foreground.
@@ -41,8 +53,42 @@ enum Command {
 pub use crate::failure::Failure;
 pub use crate::kinds::registry;
 
+/// Writes `text` to standard output.
+pub fn print_out(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| Failure::Failed(format!("standard output: {e}")))
+}
+
+/// Logs to stderr: warnings always, `-v` adds what each step does, `-vv` the protocol's
+/// details (`PUMP_LOG` overrides, in `tracing`'s filter syntax).
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info,hyper=warn,reqwest=warn,axum=warn",
+        _ => "debug,hyper=info,reqwest=info,axum=info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PUMP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
 /// Parses the arguments, runs the command, prints errors, returns the exit code.
 pub fn main() -> ExitCode {
+    // A closed standard output (`pump ... | head`) ends the process quietly, as it does `cat`:
+    // the default action of SIGPIPE, which Rust's runtime ignores. Sockets never raise it
+    // (their writes pass MSG_NOSIGNAL), so only a pipe whose reader left does.
+    // SAFETY: setting a signal's disposition to its default, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -54,6 +100,12 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    init_logging(match &cli.command {
+        Command::Transfer(a) => a.verbose,
+        Command::Recover(a) => a.verbose,
+        Command::Verify(a) => a.verbose,
+        _ => 0,
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -68,6 +120,9 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Transfer(args) => transfer::run(*args).await,
             Command::Recover(args) => recover::run(*args).await,
+            Command::Info(args) => backup::info(args),
+            Command::Examine(args) => backup::examine(args),
+            Command::Verify(args) => verify::run(*args).await,
             Command::Node(args) => node::run(*args).await,
             Command::Cluster(args) => cluster::run(*args).await,
             Command::Meta2(args) => meta2::run(*args).await,
@@ -87,6 +142,10 @@ pub fn main() -> ExitCode {
         Err(Failure::Failed(m)) => {
             eprintln!("pump: {m}");
             ExitCode::from(1)
+        }
+        Err(Failure::Interrupted(m)) => {
+            eprintln!("pump: {m}");
+            ExitCode::from(130)
         }
     }
 }

@@ -4,7 +4,7 @@ use clap::Args;
 use pump::VbucketSet;
 
 use super::credentials::CredentialArgs;
-use super::Failure;
+use super::{print_out, Failure};
 use crate::repair::recover::{recover, RecoverError, RecoverReport, RecoverRequest};
 
 /// cbrecovery's options.
@@ -40,6 +40,9 @@ pub struct RecoverArgs {
     /// Vbuckets transferred at once (each one stream).
     #[arg(short = 't', long = "threads", default_value_t = 4)]
     pub threads: usize,
+    /// Write what happened as JSON on standard output (nothing else there).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs the recovery and prints its report.
@@ -67,6 +70,12 @@ pub async fn run(args: RecoverArgs) -> Result<(), Failure> {
         RecoverError::Usage(m) => Failure::Usage(m),
         other => Failure::Failed(other.to_string()),
     })?;
+    if args.json {
+        return print_out(&format!(
+            "{}\n",
+            report_json(&report, args.dry_run, started.elapsed().as_secs_f64())
+        ));
+    }
     if report.missing.is_empty() {
         eprintln!(
             "nothing missing on {}: no vbucket to recover",
@@ -84,6 +93,42 @@ pub async fn run(args: RecoverArgs) -> Result<(), Failure> {
     }
     print_report(&report, started.elapsed().as_secs_f64(), usize::MAX);
     Ok(())
+}
+
+/// The report as one JSON object: the vbuckets missing, each one recovered, and the totals
+/// split by mutations, deletions and expirations.
+fn report_json(report: &RecoverReport, dry_run: bool, secs: f64) -> serde_json::Value {
+    let mut ops = [pump::OpCounts::default(); 3];
+    let (mut items, mut bytes, mut skipped, mut failed) = (0, 0, 0, 0);
+    for r in &report.recovered {
+        for (total, one) in ops.iter_mut().zip(r.counts.ops.iter()) {
+            total.received += one.received;
+            total.written += one.written;
+            total.skipped += one.skipped;
+            total.failed += one.failed;
+        }
+        items += r.items;
+        bytes += r.bytes;
+        skipped += r.counts.skipped;
+        failed += r.counts.failed;
+    }
+    let op = |c: &pump::OpCounts| serde_json::json!({"received": c.received, "written": c.written, "skipped": c.skipped, "failed": c.failed});
+    serde_json::json!({
+        "dialect": report.dialect,
+        "dry_run": dry_run,
+        "missing": report.missing,
+        "recovered": report.recovered.iter().map(|r| serde_json::json!({
+            "vbucket": r.vbucket, "node": r.node, "items": r.items, "bytes": r.bytes, "seconds": r.seconds,
+        })).collect::<Vec<_>>(),
+        "items_written": items,
+        "bytes_written": bytes,
+        "skipped": skipped,
+        "failed": failed,
+        "mutations": op(&ops[0]),
+        "deletions": op(&ops[1]),
+        "expirations": op(&ops[2]),
+        "seconds": secs,
+    })
 }
 
 /// The per-vbucket table (its first `rows` lines) and the totals, on stderr.

@@ -59,6 +59,8 @@ pub struct Recovered {
     pub items: u64,
     pub bytes: u64,
     pub seconds: f64,
+    /// The transfer's counts (per op, skipped, failed...).
+    pub counts: pump::Snapshot,
 }
 
 /// What a recovery did.
@@ -667,6 +669,7 @@ async fn transfer_vbucket(
         items: summary.counts.items_written,
         bytes: summary.counts.bytes_written,
         seconds: started.elapsed().as_secs_f64(),
+        counts: summary.counts,
     })
 }
 
