@@ -4,6 +4,9 @@
 //! cli/mod.rs       argument parsing (clap), exit codes, Ctrl-C
 //! cli/transfer.rs  pump transfer SOURCE SINK
 //! cli/recover.rs   pump recover (cbrecovery)
+//! cli/backup.rs    pump info, pump examine: what a backup directory holds
+//! cli/verify.rs    pump verify A B: do two item endpoints hold the same items
+//! cli/metrics.rs   --metrics ADDR: Prometheus metrics of a running transfer
 //! cli/meta2.rs     pump meta2 check|sync|move|rebuild|generate
 //! cli/node.rs      pump node: one reference node in the foreground
 //! cli/cluster.rs   pump cluster up|failover: a local cluster of reference nodes
