@@ -467,7 +467,10 @@ fn plan_backup(
         now: chrono::Utc::now(),
     })
     .map_err(|e| {
-        if e.starts_with("-m ") || e.contains("incomplete: rerun") {
+        if e.starts_with("-m ")
+            || e.contains("incomplete: rerun")
+            || e.contains("is an incomplete run of")
+        {
             Failure::Usage(format!("{sink_spec}: {e}"))
         } else {
             Failure::Failed(format!("sink {sink_spec}: {e}"))

@@ -252,6 +252,17 @@ fn take_up(
             ));
         }
     }
+    // (A run an embedder's sink planned records no source: it is taken as this one.)
+    if req.resumable && !record.source.is_empty() && record.source != req.source {
+        return Err(format!(
+            "the newest run of bucket {} in {} ({run_name}) is an incomplete run of {}, not of {}: rerun it with that source to complete it, or remove {}",
+            req.bucket,
+            req.dir.display(),
+            record.source,
+            req.source,
+            node_dir.display()
+        ));
+    }
     if !req.resumable {
         // Nothing says where the source stood: the run is written again from the start.
         for (_, f) in run::run_data_files(&node_dir)? {
