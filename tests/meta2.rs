@@ -731,11 +731,11 @@ fn move_with_delete_source_removes_the_old_copy_only_after_the_move() {
 }
 
 #[test]
-fn transfer_of_a_base_refuses_key_and_vbucket_filters_and_writes_nothing() {
+fn transfer_of_a_base_refuses_key_and_vbucket_filters_and_rehash_and_writes_nothing() {
     let root = tempfile::tempdir().unwrap();
     let (base, vols) = copies(root.path(), "f1", &[A], 5);
     let src = format!("meta2:{}", base.path_in(&vols[0].1).display());
-    for filter in [["-k", "^x"], ["-l", "3"]] {
+    for filter in [["-k", "^x"], ["-l", "3"], ["-x", "rehash=1"]] {
         let out_path = root.path().join(format!("out{}.meta2", filter[0]));
         let dst = format!("meta2:{}", out_path.display());
         let out = pump(&["transfer", filter[0], filter[1], &src, &dst]);

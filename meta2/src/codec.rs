@@ -2,17 +2,21 @@
 //! depend on `pump`: it encodes the byte strings; the source and sink build the messages).
 //!
 //! ```text
-//! 1 base message       flags = BASE_FLAG, key empty, value = u32 BE page size, u32 BE
+//! Rows are item messages (pump's `Op::Mutation`); the base, schema and end messages are
+//! control messages (pump's `Op::Control(code)`, the codes in [`control`]), which filters and
+//! rehash leave alone. The table id travels in `vbucket`.
+//!
+//! 1 base message       control BASE, key empty, value = u32 BE page size, u32 BE
 //!                      user_version, u32 BE application_id: what a copy keeps of the source
 //!                      file's header (a sink given none writes 4096-byte pages and zeros)
 //! per table, in the order of sqlite_master (table id = vbucket, 0, 1, 2, ...):
-//!   1 schema message   flags = SCHEMA_FLAG, key = table name,
+//!   1 schema message   control SCHEMA, key = table name,
 //!                      value = u16 count, then count x (u32 len, SQL text): the CREATE TABLE
 //!                      first, then the table's CREATE INDEX / CREATE TRIGGER statements
-//!   n row messages     flags = 0, key = the primary key cells (or the rowid as one INTEGER
+//!   n row messages     a mutation, key = the primary key cells (or the rowid as one INTEGER
 //!                      cell when the table has no primary key), value = every column's cell,
 //!                      in key order (the rowid's when the table has no primary key)
-//!   1 end message      flags = TABLE_END_FLAG, key = table name, value = u64 BE row count,
+//!   1 end message      control TABLE_END, key = table name, value = u64 BE row count,
 //!                      then the table's digest as the source computed it over the rows it
 //!                      sent ([`crate::check::TableDigest`], hex): the sink compares the
 //!                      table it built with it
@@ -32,14 +36,18 @@ use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 
 use crate::Error;
 
-/// The `flags` of a schema message (`"M2"` then 1).
-pub const SCHEMA_FLAG: u32 = 0x4d32_0001;
+/// What the meta2 kinds' messages are, in the user's words (pump's `Payload::Format`).
+pub const PAYLOAD: &str = "a meta2 base";
 
-/// The `flags` of a table's end message (`"M2"` then 2).
-pub const TABLE_END_FLAG: u32 = 0x4d32_0002;
-
-/// The `flags` of the base message (`"M2"` then 3), sent before the first table.
-pub const BASE_FLAG: u32 = 0x4d32_0003;
+/// The codes of the control messages (pump's `Op::Control(code)`).
+pub mod control {
+    /// A table's schema.
+    pub const SCHEMA: u8 = 1;
+    /// A table's end: its row count and digest.
+    pub const TABLE_END: u8 = 2;
+    /// The base's header, sent before the first table.
+    pub const BASE: u8 = 3;
+}
 
 /// What a copy keeps of its source file's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

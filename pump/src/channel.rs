@@ -80,12 +80,16 @@ impl Filter {
             || self.exclude_deletions
     }
 
-    /// Keeps the messages that pass, rewriting them if asked.
+    /// Keeps the messages that pass, rewriting them if asked. Control messages
+    /// ([`crate::Op::Control`]) are not items: they always pass, untouched.
     pub fn apply(&self, messages: &mut Vec<Message>) {
         if self.is_noop() {
             return;
         }
         messages.retain_mut(|m| {
+            if m.is_control() {
+                return true;
+            }
             if let Some(n) = self.rehash {
                 m.vbucket = pump_protocol::vbucket_of(&m.key, n);
             }
@@ -391,6 +395,24 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(rx.recv().await.unwrap().messages[0].vbucket, 528);
+    }
+
+    #[tokio::test]
+    async fn control_messages_pass_every_filter_and_rehash_untouched() {
+        let filter = Filter {
+            vbuckets: Some(VbucketSet::parse("9").unwrap()),
+            key: Some(Regex::new("^user").unwrap()),
+            rehash: Some(1024),
+        };
+        let (tx, rx, stats) = channel(4, 1 << 20, filter);
+        let mut control = Message::control(2, "table", "end");
+        control.vbucket = 3;
+        tx.send_messages(vec![control.clone(), Message::mutation("other", "v")])
+            .await
+            .unwrap();
+        let b = rx.recv().await.unwrap();
+        assert_eq!(b.messages, vec![control]);
+        assert_eq!(stats.snapshot().filtered, 1);
     }
 
     #[tokio::test]

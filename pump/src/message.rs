@@ -12,6 +12,12 @@ pub enum Op {
     Deletion,
     /// The key expired (a DCP expiration); sinks treat it as a deletion.
     Expiration,
+    /// Not an item: a marker of the stream's own structure, in a payload a kind defines (a
+    /// meta2 base's header, a table's schema or its end: `pump_meta2::codec::control`); the
+    /// number says which marker, in that kind's own codes. Filters (`-l`, `-k`) and rehash
+    /// pass it untouched; a sink of items never receives one (`Registry::pair` refuses the
+    /// pairing), and one that does skips it.
+    Control(u8),
 }
 
 impl Op {
@@ -69,6 +75,16 @@ impl Message {
         }
     }
 
+    /// A control message `code` (see [`Op::Control`]) with its key and value.
+    pub fn control(code: u8, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Message {
+        Message {
+            op: Op::Control(code),
+            key: key.into(),
+            value: value.into(),
+            ..Message::default()
+        }
+    }
+
     /// A deletion of `key`.
     pub fn deletion(key: impl Into<Bytes>) -> Message {
         Message {
@@ -85,7 +101,12 @@ impl Message {
 
     /// True for deletions and expirations.
     pub fn is_removal(&self) -> bool {
-        !matches!(self.op, Op::Mutation)
+        matches!(self.op, Op::Deletion | Op::Expiration)
+    }
+
+    /// True for a control message ([`Op::Control`]): not an item.
+    pub fn is_control(&self) -> bool {
+        matches!(self.op, Op::Control(_))
     }
 
     /// The key for messages and logs: UTF-8 where it is, escaped bytes otherwise.

@@ -107,8 +107,6 @@ pub struct Extra {
     pub batch_max_size: usize,
     /// Bytes per batch (400,000).
     pub batch_max_bytes: usize,
-    /// A backup data file rolls to the next when its values pass this many MB (100,000).
-    pub cbb_max_mb: u64,
     /// Retries of a temporary failure (10).
     pub max_retry: u32,
     /// The longest pause between retries (10 s).
@@ -127,7 +125,6 @@ impl Default for Extra {
         Extra {
             batch_max_size: 1000,
             batch_max_bytes: 400_000,
-            cbb_max_mb: 100_000,
             max_retry: 10,
             backoff_cap: Duration::from_secs(10),
             rehash: false,
@@ -142,10 +139,6 @@ impl Default for Extra {
 pub const ENGINE_KEYS: &[(&str, &str)] = &[
     ("batch_max_size", "1000: messages per batch"),
     ("batch_max_bytes", "400000: bytes per batch (K, M suffixes)"),
-    (
-        "cbb_max_mb",
-        "100000: roll a backup data file past this many MB",
-    ),
     ("max_retry", "10: retries of a temporary failure"),
     ("backoff_cap", "10: longest pause between retries, seconds"),
     ("rehash", "0: recompute vbucket ids from keys (1 to enable)"),
@@ -173,10 +166,6 @@ impl Extra {
                     x.batch_max_bytes = parse_size(&v)
                         .and_then(|n| usize::try_from(n).ok())
                         .ok_or_else(|| bad("expected a positive size: 400000, 512K, 4M"))?
-                }
-                "cbb_max_mb" => {
-                    x.cbb_max_mb =
-                        positive(&v).ok_or_else(|| bad("expected a positive number of MB"))? as u64
                 }
                 "max_retry" => x.max_retry = v.parse().map_err(|_| bad("expected a count"))?,
                 "backoff_cap" => {
@@ -326,6 +315,15 @@ mod tests {
             "{err}"
         );
         assert!(Extra::parse("batch_max_size=0", &[]).is_err());
+        // A kind's own key is unknown unless that kind is in the transfer.
+        assert!(Extra::parse("cbb_max_mb=1", &[]).is_err());
+        assert_eq!(
+            Extra::parse("cbb_max_mb=1", &["cbb_max_mb"])
+                .unwrap()
+                .number("cbb_max_mb", 7)
+                .unwrap(),
+            1
+        );
         assert_eq!(
             Extra::parse("batch_max_bytes=512K", &[])
                 .unwrap()

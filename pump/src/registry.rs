@@ -11,15 +11,17 @@ use crate::spec::Spec;
 pub enum Payload {
     /// Key-value items of vbuckets (mutations, deletions, expirations).
     Items,
-    /// One meta2 base: schema, row and end-of-table messages (`pump_meta2::codec`).
-    Meta2Base,
+    /// Messages in a format a kind defines, named in the user's words (`"a meta2 base"`:
+    /// rows and control messages, `pump_meta2::codec`). Only a sink of the same format (or a
+    /// blackhole) takes them; the engine knows the format by this name only.
+    Format(&'static str),
 }
 
 impl std::fmt::Display for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Payload::Items => "key-value items",
-            Payload::Meta2Base => "a meta2 base",
+            Payload::Format(name) => name,
         })
     }
 }

@@ -50,6 +50,9 @@ pub fn format_message(m: &Message, out: &mut Vec<u8>) {
         Op::Deletion | Op::Expiration => {
             let _ = write!(out, "delete {key} {}\r\n", m.vbucket);
         }
+        Op::Control(code) => {
+            let _ = write!(out, "control {code} {key} {}\r\n", m.vbucket);
+        }
     }
 }
 

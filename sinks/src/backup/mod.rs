@@ -15,7 +15,7 @@
 //! everything; a failed or interrupted run leaves them there, without a completion record, and
 //! says so: a restore refuses the run, and the same backup run again resumes it.
 //!
-//! `-x` keys: `cbb_max_mb` (roll to the next data file past this many MB of values),
+//! `-x` keys: `cbb_max_mb` (100000: roll to the next data file past this many MB of values),
 //! `backup_node` (the node directory's host name, `localhost` by default).
 
 mod layout;
@@ -46,7 +46,7 @@ impl SinkKind for BackupKind {
         spec.scheme().is_none()
     }
     fn extra_keys(&self) -> &'static [&'static str] {
-        &["backup_node"]
+        &["backup_node", "cbb_max_mb"]
     }
     fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Sink>, Error> {
         Ok(Box::new(BackupSink::new(BackupConfig::from_spec(
@@ -92,6 +92,12 @@ impl BackupConfig {
                 )));
             }
         }
+        let cbb_max_mb = options.extra.number("cbb_max_mb", 100_000)?;
+        if cbb_max_mb == 0 {
+            return Err(Error::usage(
+                "-x cbb_max_mb=0: expected a positive number of MB",
+            ));
+        }
         Ok(BackupConfig {
             dir,
             bucket: options.dest_bucket().to_string(),
@@ -100,7 +106,7 @@ impl BackupConfig {
                 .get("backup_node")
                 .unwrap_or("localhost")
                 .to_string(),
-            cbb_max_bytes: options.extra.cbb_max_mb.saturating_mul(1024 * 1024),
+            cbb_max_bytes: cbb_max_mb.saturating_mul(1024 * 1024),
             spec: spec.to_string(),
         })
     }

@@ -156,6 +156,8 @@ impl Writer {
             let cmd = match m.op {
                 Op::Mutation => bfd::cmd::DCP_MUTATION,
                 Op::Deletion | Op::Expiration => bfd::cmd::DCP_DELETE,
+                // Not an item: the registry never pairs a backup with such a source.
+                Op::Control(_) => continue,
             };
             self.cas_text.clear();
             let _ = write!(self.cas_text, "{}", m.cas);

@@ -30,13 +30,12 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pump::{
-    BatchWriter, Delivery, Error, Message, Options, Payload, Sink, SinkKind, SourceEnd, Spec,
+    BatchWriter, Delivery, Error, Message, Op, Options, Payload, Sink, SinkKind, SourceEnd, Spec,
     WriterSink,
 };
 use pump_meta2::check::{digest_private, digest_stored};
 use pump_meta2::codec::{
-    decode_base, decode_refs_into, decode_schema, decode_table_end, BaseHeader, BASE_FLAG,
-    SCHEMA_FLAG, TABLE_END_FLAG,
+    control, decode_base, decode_refs_into, decode_schema, decode_table_end, BaseHeader, PAYLOAD,
 };
 use pump_meta2::schema::{self, Table};
 use rusqlite::types::ValueRef;
@@ -64,7 +63,7 @@ impl SinkKind for Meta2Kind {
         spec.scheme() == Some("meta2")
     }
     fn takes(&self, payload: Payload) -> bool {
-        payload == Payload::Meta2Base
+        payload == Payload::Format(PAYLOAD)
     }
     fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Sink>, Error> {
         if spec.body().is_empty() {
@@ -362,21 +361,40 @@ impl Builder {
 
     fn write(&mut self, msgs: Vec<Message>) -> Result<(), String> {
         let mut i = 0;
-        if msgs.first().is_some_and(|m| m.flags == BASE_FLAG) {
+        if msgs
+            .first()
+            .is_some_and(|m| m.op == Op::Control(control::BASE))
+        {
             self.base(&msgs[0])?;
             i = 1;
         }
         self.start()?;
         while i < msgs.len() {
-            if msgs[i].flags == BASE_FLAG {
-                return Err("a base message after the base's first one or its first table".into());
+            match msgs[i].op {
+                Op::Control(control::BASE) => {
+                    return Err(
+                        "a base message after the base's first one or its first table".into(),
+                    );
+                }
+                Op::Control(control::SCHEMA) => {
+                    self.create(&msgs[i])?;
+                    i += 1;
+                    continue;
+                }
+                Op::Control(control::TABLE_END) => {}
+                Op::Control(code) => {
+                    return Err(format!("a control message of unknown code {code}"));
+                }
+                Op::Mutation => {}
+                Op::Deletion | Op::Expiration => {
+                    return Err(format!(
+                        "a deletion of {:?} in table id {}: a base is built from rows only",
+                        msgs[i].key_display(),
+                        msgs[i].vbucket
+                    ));
+                }
             }
-            if msgs[i].flags == SCHEMA_FLAG {
-                self.create(&msgs[i])?;
-                i += 1;
-                continue;
-            }
-            if msgs[i].flags == TABLE_END_FLAG {
+            if msgs[i].is_control() {
                 let m = &msgs[i];
                 let t = self.tables.get_mut(&m.vbucket).ok_or_else(|| {
                     format!("the end of table id {} came before its schema", m.vbucket)
@@ -395,7 +413,7 @@ impl Builder {
             let id = msgs[i].vbucket;
             let end = msgs[i..]
                 .iter()
-                .position(|m| m.vbucket != id || m.flags != 0)
+                .position(|m| m.vbucket != id || m.op != Op::Mutation)
                 .map_or(msgs.len(), |n| i + n);
             let t = self
                 .tables
@@ -748,9 +766,7 @@ mod tests {
                 page_size,
                 ..BaseHeader::default()
             };
-            let mut m = Message::mutation(Bytes::new(), Bytes::from(encode_base(&h)));
-            m.flags = BASE_FLAG;
-            m
+            Message::control(control::BASE, Bytes::new(), Bytes::from(encode_base(&h)))
         };
         let after = |mut first: Vec<Message>| {
             first.extend(messages());
@@ -868,11 +884,11 @@ mod tests {
         rowid_key: bool,
     ) -> Vec<Message> {
         let statements = [create.to_string()];
-        let mut schema = Message::mutation(
+        let schema = Message::control(
+            control::SCHEMA,
             Bytes::from_static(b"t"),
             Bytes::from(encode_schema(&statements)),
         );
-        schema.flags = SCHEMA_FLAG;
         let mut out = vec![schema];
         let mut digest = TableDigest::new(&statements);
         for (key, value) in rows {
@@ -886,11 +902,11 @@ mod tests {
             digest.update(&m.value[2..]);
             out.push(m);
         }
-        let mut end = Message::mutation(
+        let end = Message::control(
+            control::TABLE_END,
             Bytes::from_static(b"t"),
             Bytes::from(encode_table_end(rows.len() as u64, &digest.finish())),
         );
-        end.flags = TABLE_END_FLAG;
         out.push(end);
         out
     }

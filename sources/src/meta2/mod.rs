@@ -26,8 +26,7 @@ use pump::{BatchSender, Error, Message, Options, Payload, Source, SourceKind, Sp
 use pump_formats::sqlite_file::{self, SqliteFile};
 use pump_meta2::check::TableDigest;
 use pump_meta2::codec::{
-    encode_base, encode_schema, encode_table_end, put_cell, BaseHeader, BASE_FLAG, SCHEMA_FLAG,
-    TABLE_END_FLAG,
+    control, encode_base, encode_schema, encode_table_end, put_cell, BaseHeader, PAYLOAD,
 };
 use pump_meta2::schema::{self, Table};
 use rusqlite::types::ValueRef;
@@ -46,15 +45,16 @@ impl SourceKind for Meta2Kind {
         spec.scheme() == Some("meta2")
     }
     fn payload(&self) -> Payload {
-        Payload::Meta2Base
+        Payload::Format(PAYLOAD)
     }
     fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Source>, Error> {
         let path = config(spec)?;
         // A base moves whole: a filtered one would be a partial base, which the sink's
         // digests refuse only after the work (or, with every row filtered, never see).
-        if options.key.is_some() || options.vbuckets.is_some() {
+        // Its rows carry their table id where items carry a vbucket: rehash would rewrite it.
+        if options.key.is_some() || options.vbuckets.is_some() || options.extra.rehash {
             return Err(Error::usage(format!(
-                "{spec}: a meta2 base is copied whole; -k/--key and -l/--vbucket-list do not apply"
+                "{spec}: a meta2 base is copied whole; -k/--key, -l/--vbucket-list and -x rehash do not apply"
             )));
         }
         Ok(Box::new(Meta2Source {
@@ -170,19 +170,19 @@ fn read_base(
     };
     let expected = 1 + tables.len() as u64 * 2 + rows as u64;
     stats.set_expected(expected);
-    let mut base_msg = Message::mutation(
+    let base_msg = Message::control(
+        control::BASE,
         Bytes::new(),
         Bytes::from(encode_base(&header(&conn).map_err(|e| e.to_string())?)),
     );
-    base_msg.flags = BASE_FLAG;
     msgs.push(base_msg);
     for t in &tables {
-        let mut schema_msg = Message::mutation(
+        let mut schema_msg = Message::control(
+            control::SCHEMA,
             Bytes::from(t.name.clone().into_bytes()),
             Bytes::from(encode_schema(&t.statements)),
         );
         schema_msg.vbucket = t.id;
-        schema_msg.flags = SCHEMA_FLAG;
         msgs.push(schema_msg);
         let mut digest = TableDigest::new(&t.statements);
         let mut rows = 0u64;
@@ -205,12 +205,12 @@ fn read_base(
         if !sent {
             read_in_key_order(&conn, t, &mut send)?;
         }
-        let mut end = Message::mutation(
+        let mut end = Message::control(
+            control::TABLE_END,
             Bytes::from(t.name.clone().into_bytes()),
             Bytes::from(encode_table_end(rows, &digest.finish())),
         );
         end.vbucket = t.id;
-        end.flags = TABLE_END_FLAG;
         msgs.push(end);
     }
     flush(&mut msgs)
