@@ -3,16 +3,28 @@
 //! ```text
 //! gen:max-items=1000,prefix=k_    scheme "gen",       body "max-items=1000,prefix=k_"
 //! memcached://u:p@127.0.0.1:11211 scheme "memcached", body "//u:p@127.0.0.1:11211"
+//! memcached://[::1]:11211         an IPv6 literal in brackets
 //! /backups/nightly                no scheme,          body "/backups/nightly"
 //! ```
+//!
+//! An authority is `[USER[:PASSWORD]@]HOST:PORT`. The user information runs to the **last**
+//! `@`, so a password may hold `@`, `:` and `/` as typed; both parts are percent-decoded
+//! (`%40` is `@`, `%25` a literal `%`). The host and port are parsed by the `url` crate (IPv6
+//! literals in brackets). A spec is shown with [`redact`]: never any part of a password, in
+//! errors, summaries or logs. REST endpoints (`http://`, `couchbase://` or a bare
+//! `HOST:PORT`) go through one normaliser, [`RestUrl`], which takes the credentials out of
+//! the URL so that no request or HTTP error ever carries them.
 
 use std::collections::BTreeMap;
+
+use percent_encoding::percent_decode_str;
+use url::{Host, Url};
 
 use crate::error::Error;
 use crate::options::Credentials;
 
 /// A parsed spec. Validation of what follows the scheme is each kind's job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Spec {
     raw: String,
     scheme: Option<String>,
@@ -25,17 +37,48 @@ impl std::fmt::Display for Spec {
     }
 }
 
-/// Hides a password in `scheme://user:password@host`.
-fn redact(raw: &str) -> String {
-    if let Some(i) = raw.find("://") {
-        let rest = &raw[i + 3..];
-        if let Some(at) = rest.find('@') {
-            if let Some(colon) = rest[..at].find(':') {
-                return format!("{}://{}:***{}", &raw[..i], &rest[..colon], &rest[at..]);
-            }
-        }
+impl std::fmt::Debug for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Spec({:?})", redact(&self.raw))
     }
-    raw.to_string()
+}
+
+/// `text` with the password of any `scheme://user:password@` in it replaced by `***`: the one
+/// redaction every command uses before it prints a spec or a URL. The user information runs
+/// to the last `@` before the end of the text or the next blank, as [`Spec::authority`] reads
+/// it, so no part of a password is ever shown, however it is written (raw `/`, `@`, `:`).
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // The URL ends at the first blank (a URL inside a sentence).
+        let url_end = tail.find(char::is_whitespace).unwrap_or(tail.len());
+        let (url, after) = tail.split_at(url_end);
+        match url.rfind('@') {
+            Some(at) => {
+                let userinfo = &url[..at];
+                match userinfo.find(':') {
+                    Some(colon) => {
+                        out.push_str(&userinfo[..colon]);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str(userinfo),
+                }
+                out.push_str(&url[at..]);
+            }
+            None => out.push_str(url),
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Percent-decodes one part of the user information.
+fn decode_part(part: &str) -> String {
+    percent_decode_str(part).decode_utf8_lossy().into_owned()
 }
 
 impl Spec {
@@ -68,7 +111,8 @@ impl Spec {
         })
     }
 
-    /// The spec as the user wrote it.
+    /// The spec as the user wrote it, password included: never print it (the spec's
+    /// `Display` is the redacted form).
     pub fn raw(&self) -> &str {
         &self.raw
     }
@@ -83,48 +127,67 @@ impl Spec {
         &self.body
     }
 
-    /// For `scheme://[user:pass@]host:port[/path]`: the parts, or a usage error naming the spec.
+    /// For `scheme://[user[:password]@]host:port[/path]`: the parts, or a usage error naming
+    /// the spec (redacted) and what is wrong with it.
     pub fn authority(&self) -> Result<Authority, Error> {
+        let scheme = self.scheme().unwrap_or("scheme");
         let rest = self.body.strip_prefix("//").ok_or_else(|| {
             Error::usage(format!(
-                "{self}: expected {}://HOST:PORT",
-                self.scheme().unwrap_or("scheme")
+                "{self}: expected {scheme}://[USER:PASSWORD@]HOST:PORT"
             ))
         })?;
-        let (auth, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], rest[i..].to_string()),
-            None => (rest, String::new()),
+        let (user, password, hostpart) = match rest.rfind('@') {
+            Some(at) => {
+                let userinfo = &rest[..at];
+                let (user, password) = match userinfo.split_once(':') {
+                    Some((u, p)) => (decode_part(u), Some(decode_part(p))),
+                    None => (decode_part(userinfo), None),
+                };
+                (Some(user), password, &rest[at + 1..])
+            }
+            None => (None, None, rest),
         };
-        let (userinfo, hostport) = match auth.rfind('@') {
-            Some(i) => (Some(&auth[..i]), &auth[i + 1..]),
-            None => (None, auth),
-        };
-        let (user, password) = match userinfo {
-            Some(u) => match u.split_once(':') {
-                Some((a, b)) => (Some(a.to_string()), Some(b.to_string())),
-                None => (Some(u.to_string()), None),
-            },
-            None => (None, None),
-        };
-        let (host, port) = hostport.rsplit_once(':').ok_or_else(|| {
+        // Only the host and what follows go to the URL parser: its errors never see a
+        // password. A scheme the parser treats as special (http) needs no change.
+        let url = Url::parse(&format!("{scheme}://{hostpart}")).map_err(|e| {
             Error::usage(format!(
-                "{self}: no port in {hostport:?}; expected HOST:PORT"
+                "{self}: {e} in {hostpart:?}; expected {scheme}://[USER:PASSWORD@]HOST:PORT (a literal % in a password is %25)"
             ))
         })?;
-        let port: u16 = port.parse().map_err(|_| {
-            Error::usage(format!(
-                "{self}: port {port:?} is not a number from 0 to 65535"
-            ))
-        })?;
-        if host.is_empty() {
-            return Err(Error::usage(format!("{self}: no host before :{port}")));
+        let host = match url.host() {
+            Some(Host::Ipv6(ip)) => ip.to_string(),
+            Some(Host::Ipv4(ip)) => ip.to_string(),
+            Some(Host::Domain(d)) if !d.is_empty() => d.to_string(),
+            _ => {
+                return Err(Error::usage(format!(
+                    "{self}: no host in {hostpart:?}; expected {scheme}://HOST:PORT"
+                )))
+            }
+        };
+        // The port must be written out (the parser drops http's :80 as the default).
+        let authority = hostpart.split(['/', '?', '#']).next().unwrap_or("");
+        let written = authority
+            .rfind(':')
+            .filter(|&i| !authority[i..].contains(']') && i + 1 < authority.len());
+        let port = url
+            .port_or_known_default()
+            .filter(|_| written.is_some())
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "{self}: no port in {hostpart:?}; expected HOST:PORT"
+                ))
+            })?;
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(Error::usage(format!(
+                "{self}: a query or fragment ({hostpart:?}) is not part of a spec"
+            )));
         }
         Ok(Authority {
             user,
             password,
-            host: host.trim_matches(['[', ']']).to_string(),
+            host,
             port,
-            path,
+            path: url.path().to_string(),
         })
     }
 
@@ -147,14 +210,27 @@ pub fn parse_pairs(s: &str) -> Result<BTreeMap<String, String>, String> {
     Ok(out)
 }
 
-/// `user:password@host:port/path` split up.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `user:password@host:port/path` split up, the user and password percent-decoded.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Authority {
     pub user: Option<String>,
     pub password: Option<String>,
+    /// The host, an IPv6 literal without its brackets.
     pub host: String,
     pub port: u16,
     pub path: String,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("path", &self.path)
+            .finish()
+    }
 }
 
 impl Authority {
@@ -169,9 +245,107 @@ impl Authority {
         }
     }
 
-    /// `host:port`.
+    /// `host:port`, an IPv6 host in brackets (`[::1]:11211`): what a socket connects to.
     pub fn addr(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A REST endpoint, normalised: `http://HOST:PORT` (or `https://`) from `http://...`,
+/// `https://...`, `couchbase://...` or a bare `HOST:PORT`, with any `user:password@` taken
+/// out of it. Shown (and used in requests) without the credentials, so neither an error
+/// message nor a request line carries them; the caller sends [`RestUrl::credentials`] as
+/// HTTP basic authentication.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RestUrl {
+    base: String,
+    credentials: Option<Credentials>,
+}
+
+impl std::fmt::Debug for RestUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RestUrl({:?})", self.base)
+    }
+}
+
+impl std::fmt::Display for RestUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.base)
+    }
+}
+
+impl RestUrl {
+    /// Parses and normalises `text` (see the type); a usage error names it, redacted.
+    pub fn parse(text: &str) -> Result<RestUrl, Error> {
+        let with_scheme;
+        let text = if text.contains("://") {
+            text
+        } else {
+            with_scheme = format!("http://{text}");
+            &with_scheme
+        };
+        let spec = Spec::parse(text)?;
+        let scheme = match spec.scheme() {
+            Some("http" | "couchbase") => "http",
+            Some("https") => "https",
+            _ => {
+                return Err(Error::usage(format!(
+                    "{spec}: expected http://HOST:PORT (or couchbase://HOST:PORT, or HOST:PORT)"
+                )))
+            }
+        };
+        let a = spec.authority()?;
+        if !a.path.trim_end_matches('/').is_empty() {
+            return Err(Error::usage(format!(
+                "{spec}: expected http://HOST:PORT with no path (not {:?})",
+                a.path
+            )));
+        }
+        if a.port == 0 {
+            return Err(Error::usage(format!(
+                "{spec}: expected a port from 1 to 65535"
+            )));
+        }
+        Ok(RestUrl {
+            base: format!("{scheme}://{}", a.addr()),
+            credentials: a.credentials(None),
+        })
+    }
+
+    /// The REST endpoint of a spec's authority (`couchbase://u:p@h:p` -> `http://h:p`), the
+    /// credentials from the URL else `fallback`.
+    pub fn of_authority(a: &Authority, fallback: Option<&Credentials>) -> RestUrl {
+        RestUrl {
+            base: format!("http://{}", a.addr()),
+            credentials: a.credentials(fallback),
+        }
+    }
+
+    /// `http://HOST:PORT`, no trailing slash, no credentials.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `base` + `path` (`path` starts with `/`).
+    pub fn join(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The user and password the URL held, if any.
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.credentials.as_ref()
+    }
+
+    /// The same endpoint with `credentials` when the URL held none.
+    pub fn or_credentials(mut self, credentials: Option<Credentials>) -> RestUrl {
+        if self.credentials.is_none() {
+            self.credentials = credentials;
+        }
+        self
     }
 }
 
@@ -314,6 +488,7 @@ mod tests {
         assert_eq!(a.password.as_deref(), Some("secret"));
         assert_eq!(a.addr(), "127.0.0.1:11211");
         assert_eq!(s.to_string(), "memcached://admin:***@127.0.0.1:11211");
+        assert!(!format!("{s:?} {a:?}").contains("secret"));
         let err = Spec::parse("memcached://localhost")
             .unwrap()
             .authority()
@@ -324,6 +499,104 @@ mod tests {
             .authority()
             .unwrap_err();
         assert!(err.to_string().contains("99999"), "{err}");
+        let err = Spec::parse("http://h").unwrap().authority().unwrap_err();
+        assert!(err.to_string().contains("no port"), "{err}");
+    }
+
+    /// The password of the acceptance test: `/`, `@` and `:` in it, each fragment distinct.
+    const PASSWORD: &str = "Zq9/Xk7@Wv5:Ty3";
+    const FRAGMENTS: [&str; 4] = ["Zq9", "Xk7", "Wv5", "Ty3"];
+
+    fn shows_no_fragment(text: &str) {
+        for f in FRAGMENTS {
+            assert!(!text.contains(f), "{f} shown in {text:?}");
+        }
+    }
+
+    #[test]
+    fn a_password_with_slash_at_and_colon_works_raw_or_percent_encoded_and_is_never_shown() {
+        let encoded = "Zq9%2FXk7%40Wv5%3ATy3";
+        for scheme in ["memcached", "tap", "dcp", "couchbase", "http"] {
+            for written in [PASSWORD, encoded] {
+                let raw = format!("{scheme}://us%3Aer:{written}@127.0.0.1:11211");
+                let s = Spec::parse(&raw).unwrap();
+                let a = s.authority().unwrap();
+                assert_eq!(a.user.as_deref(), Some("us:er"), "{raw}");
+                assert_eq!(a.password.as_deref(), Some(PASSWORD), "{raw}");
+                assert_eq!(a.addr(), "127.0.0.1:11211");
+                assert_eq!(
+                    s.to_string(),
+                    format!("{scheme}://us%3Aer:***@127.0.0.1:11211")
+                );
+                shows_no_fragment(&format!("{s} {s:?} {a:?}"));
+                // Errors name the spec, never the password.
+                for bad in ["127.0.0.1", "127.0.0.1:x", "127.0.0.1:1?q", ":1"] {
+                    let raw = format!("{scheme}://u:{written}@{bad}");
+                    let e = Spec::parse(&raw).unwrap().authority().unwrap_err();
+                    assert!(e.is_usage(), "{raw}: {e}");
+                    shows_no_fragment(&e.to_string());
+                }
+            }
+        }
+        let sentence = format!("from couchbase://u:{PASSWORD}@h:1 to tap://h:2 failed");
+        assert_eq!(
+            redact(&sentence),
+            "from couchbase://u:***@h:1 to tap://h:2 failed"
+        );
+        assert_eq!(redact("memcached://user@h:1"), "memcached://user@h:1");
+        assert_eq!(redact("no url here"), "no url here");
+    }
+
+    #[test]
+    fn ipv6_literals_in_brackets() {
+        let a = Spec::parse("memcached://[::1]:11211")
+            .unwrap()
+            .authority()
+            .unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("::1", 11211));
+        assert_eq!(a.addr(), "[::1]:11211");
+        let a = Spec::parse("couchbase://u:p@[fe80::2]:8091")
+            .unwrap()
+            .authority()
+            .unwrap();
+        assert_eq!(a.addr(), "[fe80::2]:8091");
+        assert!(Spec::parse("memcached://::1:11211")
+            .unwrap()
+            .authority()
+            .is_err());
+    }
+
+    #[test]
+    fn rest_urls_normalise_and_keep_their_credentials_out_of_sight() {
+        for (text, base) in [
+            ("http://10.1.2.3:8091/", "http://10.1.2.3:8091"),
+            ("couchbase://h:9000", "http://h:9000"),
+            ("h:9000", "http://h:9000"),
+            ("https://h:18091", "https://h:18091"),
+            ("[::1]:8091", "http://[::1]:8091"),
+        ] {
+            let r = RestUrl::parse(text).unwrap();
+            assert_eq!(r.base(), base, "{text}");
+            assert_eq!(r.credentials(), None);
+        }
+        let r = RestUrl::parse(&format!("couchbase://admin:{PASSWORD}@h:9000")).unwrap();
+        assert_eq!(r.base(), "http://h:9000");
+        assert_eq!(r.join("/pools"), "http://h:9000/pools");
+        let c = r.credentials().unwrap();
+        assert_eq!((c.user.as_str(), c.password.as_str()), ("admin", PASSWORD));
+        shows_no_fragment(&format!("{r} {r:?}"));
+        for bad in [
+            "http://h",
+            "http://h:99999",
+            "http://h:0",
+            "ftp://h:1",
+            "http://h:1/x",
+        ] {
+            let e = RestUrl::parse(bad).unwrap_err();
+            assert!(e.is_usage(), "{bad}: {e}");
+        }
+        let e = RestUrl::parse(&format!("http://u:{PASSWORD}@h")).unwrap_err();
+        shows_no_fragment(&e.to_string());
     }
 
     #[test]

@@ -145,17 +145,18 @@ pub(super) async fn wait_for_stop() {
 }
 
 async fn failover(url: &str, node: &str) -> Result<(), Failure> {
-    let base = url.trim_end_matches('/');
-    if !base.starts_with("http://") {
-        return Err(Failure::Usage(format!("{url}: expected http://HOST:PORT")));
-    }
+    let rest = pump::spec::RestUrl::parse(url)?;
+    let base = rest.base();
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .build()
         .map_err(|e| Failure::Failed(e.to_string()))?;
     // Resolve an index or host:port to the otpNode name through the node list.
-    let pool: serde_json::Value = client
-        .get(format!("{base}/pools/default"))
+    let with_auth = |r: reqwest::RequestBuilder| match rest.credentials() {
+        Some(c) => r.basic_auth(&c.user, Some(&c.password)),
+        None => r,
+    };
+    let pool: serde_json::Value = with_auth(client.get(format!("{base}/pools/default")))
         .send()
         .await
         .and_then(|r| r.error_for_status())
@@ -179,10 +180,8 @@ async fn failover(url: &str, node: &str) -> Result<(), Failure> {
         })
         .and_then(|(_, n)| n["otpNode"].as_str().map(str::to_string))
         .ok_or_else(|| Failure::Usage(format!("{node}: no such node in {base}")))?;
-    let r = client
-        .post(format!("{base}/controller/failOver"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("otpNode={}", otp.replace('@', "%40")))
+    let r = with_auth(client.post(format!("{base}/controller/failOver")))
+        .form(&[("otpNode", &otp)])
         .send()
         .await
         .map_err(|e| Failure::Failed(format!("{base}: {}", with_causes(&e))))?;

@@ -79,7 +79,7 @@ pub async fn run(args: RecoverArgs) -> Result<(), Failure> {
     if report.missing.is_empty() {
         eprintln!(
             "nothing missing on {}: no vbucket to recover",
-            args.restore_to
+            pump::spec::redact(&args.restore_to)
         );
         return Ok(());
     }

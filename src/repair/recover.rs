@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use pump::spec::RestUrl;
 use pump::{Context, Credentials, Options, Spec, VbucketSet};
 use pump_client::error::with_causes;
 use serde_json::Value;
@@ -84,8 +85,8 @@ struct Answer {
 }
 
 impl Rest {
-    fn new(url: &str, auth: Option<Credentials>) -> Result<Rest, RecoverError> {
-        let base = normalise_url(url)?;
+    fn new(url: &RestUrl) -> Result<Rest, RecoverError> {
+        let (base, auth) = (url.base().to_string(), url.credentials().cloned());
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .build()
@@ -115,47 +116,16 @@ impl Rest {
     }
 
     async fn post(&self, path: &str, form: &[(&str, String)]) -> Result<Answer, RecoverError> {
-        let body: String = form
-            .iter()
-            .map(|(k, v)| format!("{k}={}", percent_encode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
-        let req = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body);
+        let req = self.http.post(format!("{}{path}", self.base)).form(form);
         self.send(req, &format!("POST {path}")).await
     }
 }
 
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// `http://h:p`, `couchbase://h:p` or `h:p` -> `http://h:p` (no trailing slash).
-fn normalise_url(url: &str) -> Result<String, RecoverError> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("couchbase://"))
-        .unwrap_or(url)
-        .trim_end_matches('/');
-    let (host, port) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| RecoverError::Usage(format!("{url}: expected http://HOST:PORT")))?;
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(RecoverError::Usage(format!(
-            "{url}: expected http://HOST:PORT with a port from 1 to 65535"
-        )));
-    }
-    Ok(format!("http://{host}:{port}"))
+/// The one REST normaliser ([`RestUrl`]), credentials taken out of the URL (else `auth`).
+fn rest_url(url: &str, auth: Option<Credentials>) -> Result<RestUrl, RecoverError> {
+    RestUrl::parse(url)
+        .map(|u| u.or_credentials(auth))
+        .map_err(|e| RecoverError::Usage(e.to_string()))
 }
 
 /// The sentence for a status of the recovery design's REST API.
@@ -264,9 +234,14 @@ impl BucketMap {
 }
 
 /// Runs the recovery and returns what was done.
-pub async fn recover(req: RecoverRequest) -> Result<RecoverReport, RecoverError> {
-    let dest = Rest::new(&req.to, req.dest_auth.clone())?;
-    normalise_url(&req.from)?;
+pub async fn recover(mut req: RecoverRequest) -> Result<RecoverReport, RecoverError> {
+    // From here on both URLs are their normalised bases: whatever is printed carries no
+    // password (the credentials travel apart, as HTTP basic authentication).
+    let to = rest_url(&req.to, req.dest_auth.take())?;
+    let from = rest_url(&req.from, req.source_auth.take())?;
+    (req.to, req.dest_auth) = (to.base().to_string(), to.credentials().cloned());
+    (req.from, req.source_auth) = (from.base().to_string(), from.credentials().cloned());
+    let dest = Rest::new(&to)?;
     let bucket = &req.bucket_destination;
     let missing_path = format!("/pools/default/buckets/{bucket}/vbucketsMissing");
     let probe = dest.get(&missing_path).await?;
@@ -620,7 +595,7 @@ async fn transfer_vbucket(
     node: &str,
 ) -> Result<Recovered, RecoverError> {
     let registry = crate::kinds::registry();
-    let from = normalise_url(&req.from)?.replacen("http://", "couchbase://", 1);
+    let from = req.from.replacen("http://", "couchbase://", 1);
     let source_spec = Spec::parse(&from).map_err(|e| RecoverError::Usage(e.to_string()))?;
     let sink_spec =
         Spec::parse(&format!("tap://{node}")).map_err(|e| RecoverError::Usage(e.to_string()))?;
@@ -678,24 +653,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_normalise_and_bad_ones_are_usage_errors() {
-        assert_eq!(
-            normalise_url("http://10.1.2.3:8091/").unwrap(),
-            "http://10.1.2.3:8091"
-        );
-        assert_eq!(
-            normalise_url("couchbase://h:9000").unwrap(),
-            "http://h:9000"
-        );
-        assert_eq!(normalise_url("h:9000").unwrap(), "http://h:9000");
+    fn urls_normalise_with_the_one_normaliser_and_bad_ones_are_usage_errors() {
+        let u = rest_url("couchbase://h:9000", None).unwrap();
+        assert_eq!(u.base(), "http://h:9000");
         assert!(matches!(
-            normalise_url("http://h"),
+            rest_url("http://h", None),
             Err(RecoverError::Usage(_))
         ));
         assert!(matches!(
-            normalise_url("http://h:99999"),
+            rest_url("http://h:99999", None),
             Err(RecoverError::Usage(_))
         ));
+        let opt = Credentials {
+            user: "o".into(),
+            password: "p".into(),
+        };
+        let u = rest_url("http://a:b@h:1", Some(opt.clone())).unwrap();
+        assert_eq!(u.credentials().unwrap().user, "a");
+        assert_eq!(
+            rest_url("h:1", Some(opt.clone())).unwrap().credentials(),
+            Some(&opt)
+        );
     }
 
     #[test]
@@ -720,13 +698,5 @@ mod tests {
         assert_eq!(m.holder(1).as_deref(), Some("127.0.0.1:12001"));
         assert_eq!(m.holder(2), None);
         assert_eq!(m.holder(99), None);
-    }
-
-    #[test]
-    fn form_values_are_percent_encoded() {
-        assert_eq!(
-            percent_encode("n_1@127.0.0.1:9001"),
-            "n_1%40127.0.0.1%3A9001"
-        );
     }
 }

@@ -226,13 +226,16 @@ impl Proxies {
         }
         let mut urls_ok = Vec::new();
         for u in urls {
-            let rest = u
-                .strip_prefix("http://")
-                .ok_or_else(|| Failure::Usage(format!("--proxy {u}: expected http://HOST:PORT")))?;
-            let hostport = rest.trim_end_matches('/');
-            pump_meta2::parse_address(hostport)
-                .map_err(|e| Failure::Usage(format!("--proxy {u}: {e}")))?;
-            urls_ok.push(format!("http://{hostport}"));
+            if !u.starts_with("http://") {
+                return Err(Failure::Usage(format!(
+                    "--proxy {}: expected http://HOST:PORT",
+                    pump::spec::redact(&u)
+                )));
+            }
+            // The one REST normaliser (pump::spec::RestUrl); the proxy takes no credentials.
+            let rest = pump::spec::RestUrl::parse(&u)
+                .map_err(|e| Failure::Usage(format!("--proxy: {e}")))?;
+            urls_ok.push(rest.base().to_string());
         }
         if ns.is_empty() {
             return Err(Failure::Usage("--ns: empty namespace".into()));

@@ -29,6 +29,8 @@ pub fn free_port() -> u16 {
 /// its pid when dropped.
 pub struct Memcached {
     pub port: u16,
+    /// The address it listens on: 127.0.0.1, or ::1 for the IPv6 test.
+    host: &'static str,
     child: Option<Child>,
 }
 
@@ -49,10 +51,33 @@ impl Memcached {
             .unwrap_or_else(|| panic!("memcached did not start on port {port}"))
     }
 
+    /// Starts one listening on the IPv6 loopback `::1` only.
+    pub fn start_ipv6(args: &[&str]) -> Memcached {
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("[::1]:0")
+                .and_then(|l| l.local_addr())
+                .expect("bind [::1]:0")
+                .port();
+            if let Some(m) = Memcached::try_start_on("::1", port, args, &[]) {
+                return m;
+            }
+        }
+        panic!("memcached did not start on [::1]");
+    }
+
     /// Starts one; `None` when it exits at once (the port is taken).
     fn try_start(port: u16, args: &[&str], env: &[(&str, &str)]) -> Option<Memcached> {
+        Memcached::try_start_on("127.0.0.1", port, args, env)
+    }
+
+    fn try_start_on(
+        host: &'static str,
+        port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Option<Memcached> {
         let mut cmd = Command::new("memcached");
-        cmd.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0"]);
+        cmd.args(["-l", host, "-p", &port.to_string(), "-U", "0"]);
         // memcached refuses to run as root without -u.
         if unsafe { libc::geteuid() } == 0 {
             cmd.args(["-u", "root"]);
@@ -66,6 +91,7 @@ impl Memcached {
             .expect("start memcached (Debian package memcached)");
         let mut m = Memcached {
             port,
+            host,
             child: Some(child),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -75,7 +101,7 @@ impl Memcached {
                 return None;
             }
             // A binary VERSION: answered with or without SASL, and before any text command.
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            if let Ok(mut s) = TcpStream::connect((host, port)) {
                 s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
                 let mut req = [0u8; 24];
                 req[0] = 0x80;
@@ -105,9 +131,13 @@ impl Memcached {
         }
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `127.0.0.1:PORT` (`[::1]:PORT` for one on IPv6).
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 
     /// `memcached://127.0.0.1:PORT`.

@@ -64,7 +64,9 @@ impl SinkKind for CouchbaseSinkKind {
         Ok(Box::new(CouchbaseSink {
             config: RouterConfig {
                 spec: spec.to_string(),
-                rest: format!("http://{}", a.addr()),
+                rest: pump::spec::RestUrl::of_authority(&a, None)
+                    .base()
+                    .to_string(),
                 auth: net::auth(spec, options)?,
                 bucket: options.dest_bucket().to_string(),
                 add: options.extra.flag("add")?,

@@ -93,7 +93,7 @@ impl MemcachedConfig {
         }
         Ok(MemcachedConfig {
             spec: spec.to_string(),
-            addr: format!("{}:{}", a.host, a.port),
+            addr: a.addr(),
             credentials,
             add: x.flag("add")?,
             connections: options.threads.max(1),

@@ -62,7 +62,9 @@ impl SourceKind for CouchbaseSourceKind {
         };
         Ok(Box::new(CouchbaseSource {
             spec: spec.to_string(),
-            rest: format!("http://{}", a.addr()),
+            rest: pump::spec::RestUrl::of_authority(&a, None)
+                .base()
+                .to_string(),
             auth: net::auth(spec, options)?,
             bucket: options.source_bucket.clone(),
             vbuckets: options.vbuckets.as_ref().map(|v| v.iter().collect()),

@@ -78,7 +78,7 @@ impl MemcachedConfig {
         let credentials = a.credentials(options.source_auth.as_ref());
         Ok(MemcachedConfig {
             spec: spec.to_string(),
-            addr: format!("{}:{}", a.host, a.port),
+            addr: a.addr(),
             credentials,
             batch_items: options.extra.batch_max_size.max(1),
             num_vbuckets: options.extra.num_vbuckets,
