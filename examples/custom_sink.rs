@@ -19,6 +19,12 @@ struct PerVbucketCounter {
 
 #[async_trait]
 impl BatchWriter for PerVbucketCounter {
+    /// What a dry run (`-n`) checks: a real sink connects, authenticates, checks its bucket
+    /// or directory here, and writes nothing.
+    async fn check(&mut self, _ctx: &Context) -> Result<(), Error> {
+        Ok(())
+    }
+
     async fn write(&mut self, messages: Vec<Message>) -> Result<Delivery, Error> {
         for m in &messages {
             *self.counts.entry(m.vbucket).or_default() += 1;

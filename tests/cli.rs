@@ -135,7 +135,8 @@ fn dry_run_reads_everything_and_writes_nothing() {
     let (code, out, err) = run(&["transfer", "gen:max-items=100", "stdout:", "-n", "-q"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("dry run"), "{err}");
-    assert!(err.contains("100 written"), "{err}");
+    assert!(err.contains("0 written, 100 skipped"), "{err}");
+    assert!(err.contains("nothing written"), "{err}");
     assert_eq!(out, "");
 }
 

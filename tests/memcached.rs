@@ -517,3 +517,97 @@ fn memcached_to_memcached_keeps_every_key_value_flags_and_expiry() {
         -1
     );
 }
+
+/// The items line of a transfer's summary: (written, skipped, failed).
+fn summary_counts(out: &std::process::Output) -> (u64, u64, u64) {
+    let err = stderr(out);
+    let line = err
+        .lines()
+        .find(|l| l.trim_start().starts_with("items "))
+        .unwrap_or_else(|| panic!("no summary in {err}"));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    (nums[0], nums[1], nums[2])
+}
+
+/// The measurement of issue 15, as a test: a full backup of 100,000 keys, then a diff that
+/// rewrites 10% of them, restored into Debian's memcached through a proxy that answers
+/// TMPFAIL to 5% of the writes (at once, as a naive proxy does) and forwards the rest, with
+/// -t 1 and -t 4. Every key must end with its latest value, and the summary must count each
+/// of the 110,000 messages once.
+#[test]
+fn a_full_and_diff_backup_restored_through_tmpfails_ends_with_every_latest_value_counted_once() {
+    use common::faults::{FaultProxy, Faults, Timing, TMPFAIL};
+    let n = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup");
+    let backup = backup.to_str().unwrap();
+    // The full run: every key with a 16-byte value; the diff: the last 10% with 17 bytes.
+    for gen in [
+        format!("gen:max-items={n},min-value-size=16,prefix=w_"),
+        format!(
+            "gen:max-items={},start={},min-value-size=17,prefix=w_",
+            n / 10,
+            n - n / 10
+        ),
+    ] {
+        let out = pump(&["transfer", "-q", &gen, backup]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_eq!(
+        std::fs::read_dir(backup)
+            .unwrap()
+            .flatten()
+            .flat_map(|root| std::fs::read_dir(root.path()).unwrap().flatten())
+            .filter(|run| run.file_name().to_string_lossy().ends_with("-diff"))
+            .count(),
+        1,
+        "one diff run"
+    );
+    for threads in ["1", "4"] {
+        let mc = Memcached::start(&["-m", "256"]);
+        let proxy = FaultProxy::start(
+            &mc.addr(),
+            Faults {
+                statuses: vec![(TMPFAIL, 0.05)],
+                timing: Timing::Immediate,
+                ..Faults::default()
+            },
+        );
+        let out = pump(&[
+            "transfer",
+            "-q",
+            "-t",
+            threads,
+            backup,
+            &format!("memcached://{}", proxy.addr()),
+        ]);
+        assert!(out.status.success(), "-t {threads}: {}", stderr(&out));
+        let tmpfails = proxy.counts.status(TMPFAIL);
+        assert!(tmpfails > 2_000, "-t {threads}: only {tmpfails} TMPFAILs");
+        assert_eq!(
+            summary_counts(&out),
+            (110_000, 0, 0),
+            "-t {threads}: each message once: {}",
+            stderr(&out)
+        );
+        let all = keys("w_", n);
+        let got = mc.text().get_many(&all);
+        let (mut missing, mut wrong) = (0, 0);
+        for (i, item) in got.iter().enumerate() {
+            let want = if i >= n - n / 10 { 17 } else { 16 };
+            match item {
+                None => missing += 1,
+                Some(it) if it.value.len() != want => wrong += 1,
+                Some(_) => {}
+            }
+        }
+        assert_eq!(
+            (missing, wrong),
+            (0, 0),
+            "-t {threads}: keys missing, keys with an older value ({tmpfails} TMPFAILs)"
+        );
+    }
+}

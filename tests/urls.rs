@@ -178,8 +178,34 @@ fn a_password_with_slash_at_and_colon_works_in_every_url_kind_and_is_never_print
         let out = pump(&["transfer", "-l", &actives_on_0.join(","), source, sink]);
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         assert!(stderr(&out).contains("authentication"), "{}", stderr(&out));
+        // The error names the flags that give the credentials of that side.
+        let flags = if url.starts_with("dcp") {
+            "-u/-p"
+        } else {
+            "-U/-P"
+        };
+        assert!(stderr(&out).contains(flags), "{}", stderr(&out));
         shows_no_password("a wrong password", &out);
     }
+    // A refusal of the credentials is never retried: one connection, then the error.
+    let proxy = common::faults::FaultProxy::start(&mc.addr(), Default::default());
+    let out = pump(&[
+        "transfer",
+        "-t",
+        "1",
+        "gen:max-items=5",
+        &format!("memcached://{USER}:wrong@{}", proxy.addr()),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not retried"), "{}", stderr(&out));
+    assert_eq!(
+        proxy
+            .counts
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one connection: no retry"
+    );
     // A password that breaks the URL (a raw % starting no escape is kept, a raw # is not):
     // a usage error that names the spec, not the password.
     let out = pump(&[

@@ -48,6 +48,49 @@ async fn hangs_up_on_version(addr: &str, timeout: Duration) -> bool {
     }
 }
 
+/// Connects to `addr` (`host:port`), authenticates when `auth` is given, and probes the
+/// server with VERSION (only SASL_AUTH and VERSION are sent: see the module docs). A server
+/// that wants credentials it was not given is [`ClientError::AuthRequired`].
+pub async fn open_probed(
+    addr: &str,
+    auth: Option<&Auth>,
+    timeout: Duration,
+) -> Result<Connection, ClientError> {
+    let mut conn = Connection::open(addr, auth, None, timeout).await?;
+    let version = conn
+        .request(Packet::request(Opcode::Version), "VERSION")
+        .await;
+    let version = match version {
+        Ok(p) if p.status() == Status::Success => Ok(()),
+        Ok(p) if auth.is_none() && matches!(p.status(), Status::AuthError | Status::Eaccess) => {
+            Err(ClientError::AuthRequired {
+                peer: addr.to_string(),
+                reason: format!("VERSION answered {}", p.status()),
+            })
+        }
+        Ok(p) => Err(ClientError::Status {
+            peer: addr.to_string(),
+            what: "VERSION".into(),
+            status: p.status(),
+        }),
+        // memcached -S hangs up on an unauthenticated VERSION; so does a server going
+        // down. Only one that is still there and hangs up again wants authentication.
+        Err(ClientError::Closed { peer, what }) if auth.is_none() => {
+            if hangs_up_on_version(addr, timeout).await {
+                Err(ClientError::AuthRequired {
+                    peer,
+                    reason: format!("the connection closed after {what}"),
+                })
+            } else {
+                Err(ClientError::Closed { peer, what })
+            }
+        }
+        Err(e) => Err(e),
+    };
+    version?;
+    Ok(conn)
+}
+
 impl Duplex {
     /// Connects to `addr` (`host:port`), authenticates when `auth` is given, and probes the
     /// server with VERSION. `queue` is how many buffers may wait for the writer; `timeout`
@@ -58,40 +101,7 @@ impl Duplex {
         timeout: Duration,
         queue: usize,
     ) -> Result<Duplex, ClientError> {
-        let mut conn = Connection::open(addr, auth, None, timeout).await?;
-        let version = conn
-            .request(Packet::request(Opcode::Version), "VERSION")
-            .await;
-        let version = match version {
-            Ok(p) if p.status() == Status::Success => Ok(()),
-            Ok(p)
-                if auth.is_none() && matches!(p.status(), Status::AuthError | Status::Eaccess) =>
-            {
-                Err(ClientError::AuthRequired {
-                    peer: addr.to_string(),
-                    reason: format!("VERSION answered {}", p.status()),
-                })
-            }
-            Ok(p) => Err(ClientError::Status {
-                peer: addr.to_string(),
-                what: "VERSION".into(),
-                status: p.status(),
-            }),
-            // memcached -S hangs up on an unauthenticated VERSION; so does a server going
-            // down. Only one that is still there and hangs up again wants authentication.
-            Err(ClientError::Closed { peer, what }) if auth.is_none() => {
-                if hangs_up_on_version(addr, timeout).await {
-                    Err(ClientError::AuthRequired {
-                        peer,
-                        reason: format!("the connection closed after {what}"),
-                    })
-                } else {
-                    Err(ClientError::Closed { peer, what })
-                }
-            }
-            Err(e) => Err(e),
-        };
-        version?;
+        let conn = open_probed(addr, auth, timeout).await?;
         let (read, mut write) = conn.into_split();
         let (writer, mut rx) = mpsc::channel::<Bytes>(queue.max(1));
         let writer_task = tokio::spawn(async move {

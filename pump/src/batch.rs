@@ -1,10 +1,19 @@
 //! Batches and their acknowledgement.
 //!
 //! A source builds a [`Batch`] with [`Batch::with_ack`] when it must learn that the sink has
-//! confirmed it (to send a TAP ack, a DCP buffer-ack, or advance a checkpoint): it keeps the
-//! [`Acked`] future and the sink resolves it through the batch's [`Ack`]. An `Ack` dropped
-//! without being confirmed resolves `Acked` as not delivered, so a crashed sink never lets a
-//! source move on.
+//! settled it (to send a TAP ack, a DCP buffer-ack, or advance a checkpoint): it keeps the
+//! [`Acked`] future and the sink resolves it through the batch's [`Ack`] with an [`Outcome`]:
+//!
+//! ```text
+//! Ok(Delivery { written, skipped, failed: [KeyFailure { key, vbucket, seqno, size, reason }], retries })
+//!     every message settled once: delivered (written or skipped) or failed by key
+//! Err(Rejected { reason })
+//!     the sink did not settle the batch (it stopped, or dropped the Ack): nothing delivered
+//! ```
+//!
+//! An `Ack` dropped without being confirmed rejects its batch, so a crashed sink never lets a
+//! source move on; a failed key keeps the source from acknowledging past it (see the crate
+//! docs).
 
 use std::sync::Arc;
 
@@ -75,12 +84,30 @@ impl BatchBuilder {
     }
 }
 
-/// One key a sink could not write, and why.
+/// One message a sink could not write, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyFailure {
     pub key: Bytes,
     pub vbucket: u16,
+    /// The message's seqno (its position in its vbucket's history; 0 when the source has none).
+    pub seqno: u64,
+    /// The message's payload bytes (key + value + meta), for a source that must tell how much
+    /// of what it read was not delivered (a DCP flow-control window).
+    pub size: usize,
     pub reason: String,
+}
+
+impl KeyFailure {
+    /// The failure of message `m`, for `reason`.
+    pub fn of(m: &Message, reason: impl Into<String>) -> KeyFailure {
+        KeyFailure {
+            key: m.key.clone(),
+            vbucket: m.vbucket,
+            seqno: m.seqno,
+            size: m.size(),
+            reason: reason.into(),
+        }
+    }
 }
 
 impl std::fmt::Display for KeyFailure {
@@ -95,16 +122,20 @@ impl std::fmt::Display for KeyFailure {
     }
 }
 
-/// What the sink did with a batch.
+/// What a sink did with a batch it took: each message is written, declined harmlessly
+/// (skipped) or failed, and counted once, however often it was retried. A batch a sink did
+/// not take is [`Rejected`] instead.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delivery {
     /// Messages written and confirmed.
     pub written: usize,
-    /// Messages the destination declined harmlessly (KEY_EEXISTS on add, KEY_ENOENT on delete).
+    /// Messages the destination declined harmlessly (KEY_EEXISTS on add, KEY_ENOENT on
+    /// delete), and control messages a sink of items does not write: delivered all the same.
     pub skipped: usize,
-    /// Messages that could not be written; the run goes on and ends non-zero.
+    /// Messages that could not be written, each with its reason: not delivered. The run goes
+    /// on and ends non-zero; a source keeps its checkpoint of their vbuckets behind them.
     pub failed: Vec<KeyFailure>,
-    /// Retries it took.
+    /// Resends it took (a message resent three times counts three here, once above).
     pub retries: u64,
     /// Of `skipped`, how many of each op ([`Op::index`]) the sink says it skipped. Skips a
     /// sink leaves out of it are counted as removals first (a skip is a removal of a key that
@@ -126,20 +157,47 @@ impl Delivery {
         self.skipped += 1;
         self.skipped_ops[op.index()] += 1;
     }
+
+    /// True when every message was delivered (none failed).
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    /// The vbuckets holding a failed message, sorted, each once.
+    pub fn failed_vbuckets(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self.failed.iter().map(|f| f.vbucket).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Payload bytes of the failed messages.
+    pub fn failed_bytes(&self) -> usize {
+        self.failed.iter().map(|f| f.size).sum()
+    }
 }
 
-/// Why a source's [`Acked`] did not resolve with a delivery.
+/// Why a batch was not delivered at all: the sink stopped (an error, a dropped ack) before it
+/// settled the batch. Nothing in it may be acknowledged upstream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the sink dropped the batch without confirming it")]
-pub struct NotDelivered;
+#[error("the sink did not deliver the batch: {reason}")]
+pub struct Rejected {
+    pub reason: String,
+}
+
+/// What a source learns of a batch it sent with [`Batch::with_ack`]: the delivery (every
+/// message delivered or failed by key), or the batch's rejection.
+pub type Outcome = Result<Delivery, Rejected>;
 
 /// The sink's side of a batch's acknowledgement. Confirming records the delivery in the run's
-/// stats and wakes the source, if it waits.
+/// stats and wakes the source, if it waits; dropping it unconfirmed rejects the batch.
 #[derive(Debug, Default)]
 pub struct Ack {
-    tx: Option<oneshot::Sender<Delivery>>,
+    tx: Option<oneshot::Sender<Outcome>>,
     stats: Option<Arc<Stats>>,
     bytes: usize,
+    /// Messages in the batch: no delivery counts more.
+    items: usize,
     /// The batch's share of the channel's byte budget, released when the batch is settled.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// What the batch holds, to count its outcome per op.
@@ -190,13 +248,36 @@ impl OpMix {
 }
 
 impl Ack {
-    /// Confirms the batch: counts it and resolves the source's [`Acked`].
-    pub fn confirm(mut self, delivery: Delivery) {
+    /// Confirms the batch: counts it and resolves the source's [`Acked`]. A delivery that
+    /// counts more messages than the batch holds is a sink's bug: its written count is cut
+    /// down so that no message is counted twice.
+    pub fn confirm(mut self, mut delivery: Delivery) {
+        let settled = delivery.written + delivery.skipped + delivery.failed.len();
+        if (self.tx.is_some() || self.stats.is_some()) && settled > self.items {
+            tracing::warn!(
+                "a sink counted {settled} messages of a batch of {}; counting each once",
+                self.items
+            );
+            delivery.written = self
+                .items
+                .saturating_sub(delivery.skipped + delivery.failed.len());
+        }
         if let Some(stats) = self.stats.take() {
             stats.record_delivery(&delivery, self.bytes, &self.ops);
         }
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(delivery);
+            let _ = tx.send(Ok(delivery));
+        }
+        self.permit = None;
+    }
+
+    /// Rejects the batch: nothing in it was delivered, and the source must not acknowledge
+    /// it upstream.
+    pub fn reject(mut self, reason: impl Into<String>) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Err(Rejected {
+                reason: reason.into(),
+            }));
         }
         self.permit = None;
     }
@@ -208,19 +289,23 @@ impl Ack {
     }
 }
 
-/// The source's side: resolves when the sink confirms the batch.
+/// The source's side: resolves with the batch's [`Outcome`] once the sink settled it.
 #[derive(Debug)]
-pub struct Acked(oneshot::Receiver<Delivery>);
+pub struct Acked(oneshot::Receiver<Outcome>);
 
 impl std::future::Future for Acked {
-    type Output = Result<Delivery, NotDelivered>;
+    type Output = Outcome;
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|r| r.map_err(|_| NotDelivered))
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| {
+            r.unwrap_or_else(|_| {
+                Err(Rejected {
+                    reason: "the sink dropped it without settling it".into(),
+                })
+            })
+        })
     }
 }
 
@@ -272,6 +357,7 @@ impl Batch {
     pub fn into_parts(mut self) -> (Vec<Message>, Ack) {
         let mut ack = std::mem::take(&mut self.ack);
         ack.bytes = self.bytes;
+        ack.items = self.messages.len();
         (std::mem::take(&mut self.messages), ack)
     }
 
@@ -295,7 +381,9 @@ impl Batch {
 
     /// Takes the ack out of a batch that turned out empty, to confirm it at once.
     pub(crate) fn take_ack(&mut self) -> Ack {
-        std::mem::take(&mut self.ack)
+        let mut ack = std::mem::take(&mut self.ack);
+        ack.items = self.messages.len();
+        ack
     }
 
     pub(crate) fn recount(&mut self) {
@@ -327,6 +415,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_delivery_never_counts_a_message_twice() {
+        let stats = Arc::new(Stats::default());
+        let (mut batch, acked) = Batch::with_ack(vec![Message::mutation("k", "v"); 3]);
+        batch.ack.attach(stats.clone(), 3);
+        let (msgs, ack) = batch.into_parts();
+        // A sink that counted a resent message again.
+        ack.confirm(Delivery {
+            written: 3,
+            failed: vec![KeyFailure::of(&msgs[0], "E2BIG")],
+            retries: 2,
+            ..Delivery::default()
+        });
+        let d = acked.await.unwrap();
+        assert_eq!((d.written, d.failed.len(), d.retries), (2, 1, 2));
+        let c = stats.snapshot();
+        assert_eq!((c.items_written, c.failed, c.retries), (2, 1, 2));
+    }
+
+    #[tokio::test]
     async fn acked_resolves_on_confirm_and_fails_when_the_ack_is_dropped() {
         let (batch, acked) = Batch::with_ack(vec![Message::mutation("k", "v")]);
         batch.confirm_all();
@@ -334,6 +441,10 @@ mod tests {
 
         let (batch, acked) = Batch::with_ack(vec![Message::mutation("k", "v")]);
         drop(batch);
-        assert_eq!(acked.await, Err(NotDelivered));
+        assert!(acked.await.unwrap_err().reason.contains("dropped"));
+
+        let (batch, acked) = Batch::with_ack(vec![Message::mutation("k", "v")]);
+        batch.into_parts().1.reject("stopped");
+        assert_eq!(acked.await.unwrap_err().reason, "stopped");
     }
 }

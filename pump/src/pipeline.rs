@@ -11,6 +11,10 @@
 //! cancelled (a file sink commits only a complete run). Ctrl-C cancels the context's token:
 //! the source stops at its next send, the sink drains and confirms what is queued, and the
 //! summary reports what was confirmed.
+//!
+//! A dry run (`-n`) opens and checks the real sink ([`Sink::check`]: connect, authenticate,
+//! check the bucket or the directory) and writes nothing: the source's batches are read,
+//! filtered and settled as skipped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,13 +88,20 @@ pub trait Source: Send {
 /// Writes batches and confirms each through its ack, until `input` is drained.
 #[async_trait]
 pub trait Sink: Send {
-    /// Consumes `input`; confirms every batch it has durably written.
+    /// Opens and checks the destination without writing anything: connects and
+    /// authenticates, checks the bucket, the directory or the file. A dry run calls only this;
+    /// an error says what is wrong with the destination.
+    async fn check(&mut self, ctx: &Context) -> Result<(), Error>;
+    /// Consumes `input`; confirms every batch once it is applied (durably written, or
+    /// answered by the destination), and each message once.
     async fn run(self: Box<Self>, input: BatchReceiver, ctx: Context) -> Result<(), Error>;
 }
 
 /// The simple shape of a sink: write one batch, say what happened. [`WriterSink`] runs it.
 #[async_trait]
 pub trait BatchWriter: Send {
+    /// What [`Sink::check`] does for this writer: checks the destination, writes nothing.
+    async fn check(&mut self, ctx: &Context) -> Result<(), Error>;
     /// Writes the messages; returns once they are durable (or failed per key).
     async fn write(&mut self, messages: Vec<Message>) -> Result<Delivery, Error>;
     /// Called once the channel is drained, with how the source ended. A file writer commits
@@ -105,6 +116,10 @@ pub struct WriterSink<W>(pub W);
 
 #[async_trait]
 impl<W: BatchWriter> Sink for WriterSink<W> {
+    async fn check(&mut self, ctx: &Context) -> Result<(), Error> {
+        self.0.check(ctx).await
+    }
+
     async fn run(mut self: Box<Self>, input: BatchReceiver, _ctx: Context) -> Result<(), Error> {
         while let Some(batch) = input.recv().await {
             let (messages, ack) = batch.into_parts();
@@ -112,6 +127,29 @@ impl<W: BatchWriter> Sink for WriterSink<W> {
             ack.confirm(delivery);
         }
         self.0.finish(input.source_end()).await
+    }
+}
+
+/// What a dry run puts in the sink's place once the sink is checked: every batch settled as
+/// skipped, nothing written.
+struct DryRun;
+
+#[async_trait]
+impl Sink for DryRun {
+    async fn check(&mut self, _ctx: &Context) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn run(self: Box<Self>, input: BatchReceiver, _ctx: Context) -> Result<(), Error> {
+        while let Some(batch) = input.recv().await {
+            let n = batch.len();
+            let (_, ack) = batch.into_parts();
+            ack.confirm(Delivery {
+                skipped: n,
+                ..Delivery::default()
+            });
+        }
+        Ok(())
     }
 }
 
@@ -125,11 +163,17 @@ fn channel_bounds(options: &Options) -> (usize, usize) {
 
 /// Runs `source` into `sink` and returns the summary. The error, when there is one, is the
 /// sink's if it failed (the source then only saw the channel close), the source's otherwise.
+/// With `-n` (a dry run) the sink is only checked (see the module docs).
 pub async fn run(
     source: Box<dyn Source>,
-    sink: Box<dyn Sink>,
+    mut sink: Box<dyn Sink>,
     ctx: Context,
 ) -> Result<Summary, Error> {
+    if ctx.options.dry_run {
+        sink.check(&ctx).await?;
+        sink = Box::new(DryRun);
+        ctx.stats.mark_dry_run();
+    }
     let (batches, bytes) = channel_bounds(&ctx.options);
     let (tx, rx) = channel::bounded(
         batches,
@@ -209,6 +253,9 @@ mod tests {
 
     #[async_trait]
     impl BatchWriter for Collect {
+        async fn check(&mut self, _ctx: &Context) -> Result<(), Error> {
+            Ok(())
+        }
         async fn write(&mut self, messages: Vec<Message>) -> Result<Delivery, Error> {
             let n = messages.len();
             self.0.lock().unwrap().0.extend(messages);
@@ -267,6 +314,9 @@ mod tests {
 
     #[async_trait]
     impl BatchWriter for BrokenSink {
+        async fn check(&mut self, _ctx: &Context) -> Result<(), Error> {
+            Err(Error::sink("test:", "no such destination"))
+        }
         async fn write(&mut self, _m: Vec<Message>) -> Result<Delivery, Error> {
             Err(Error::sink("test:", "refused"))
         }
@@ -282,6 +332,37 @@ mod tests {
         .await
         .unwrap_err();
         assert!(err.to_string().contains("refused"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_checks_the_sink_and_writes_nothing() {
+        let options = Options {
+            dry_run: true,
+            ..Options::default()
+        };
+        let out = Collect::default();
+        let summary = run(
+            Box::new(Numbers(25)),
+            Box::new(WriterSink(out.clone())),
+            Context::new(options.clone()),
+        )
+        .await
+        .unwrap();
+        assert!(out.0.lock().unwrap().0.is_empty(), "nothing written");
+        assert_eq!(
+            (summary.counts.items_written, summary.counts.skipped),
+            (0, 25)
+        );
+        assert!(summary.dry_run && summary.to_string().contains("nothing written"));
+        // A destination that fails its check fails the dry run.
+        let err = run(
+            Box::new(Numbers(25)),
+            Box::new(WriterSink(BrokenSink)),
+            Context::new(options),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("no such destination"), "{err}");
     }
 
     struct Endless;

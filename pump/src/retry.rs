@@ -20,6 +20,9 @@ pub enum Verdict {
     Reroute,
     /// This key cannot be written: report it, go on, end non-zero.
     Fail,
+    /// The destination refuses the credentials (or has none for this connection): retrying
+    /// cannot help; the run stops, naming the flags that give them.
+    Denied,
 }
 
 impl Verdict {
@@ -31,6 +34,7 @@ impl Verdict {
             Status::KeyEexists if add => Verdict::Skip,
             Status::KeyEnoent if delete => Verdict::Skip,
             Status::NotMyVbucket => Verdict::Reroute,
+            Status::AuthError | Status::Eaccess => Verdict::Denied,
             s if s.is_temporary() => Verdict::Retry,
             _ => Verdict::Fail,
         }
@@ -89,6 +93,10 @@ mod tests {
             Verdict::Reroute
         );
         assert_eq!(Verdict::of(Status::E2big, false, false), Verdict::Fail);
+        assert_eq!(
+            Verdict::of(Status::AuthError, false, false),
+            Verdict::Denied
+        );
     }
 
     #[test]

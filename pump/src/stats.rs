@@ -34,6 +34,7 @@ pub struct Stats {
     batches: AtomicU64,
     expected: AtomicU64,
     cancelled: AtomicBool,
+    dry_run: AtomicBool,
     failures: Mutex<Vec<KeyFailure>>,
     /// Per [`Op::index`]: received, written, skipped, failed.
     ops: [[AtomicU64; 4]; 3],
@@ -81,6 +82,7 @@ impl Default for Stats {
             batches: AtomicU64::new(0),
             expected: AtomicU64::new(0),
             cancelled: AtomicBool::new(false),
+            dry_run: AtomicBool::new(false),
             failures: Mutex::new(Vec::new()),
             ops: Default::default(),
             vbuckets: Mutex::new(BTreeMap::new()),
@@ -187,6 +189,10 @@ impl Stats {
         self.cancelled.store(true, Relaxed);
     }
 
+    pub(crate) fn mark_dry_run(&self) {
+        self.dry_run.store(true, Relaxed);
+    }
+
     /// Time since the run started.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
@@ -220,6 +226,7 @@ impl Stats {
             counts: self.snapshot(),
             elapsed: self.elapsed(),
             cancelled: self.cancelled.load(Relaxed),
+            dry_run: self.dry_run.load(Relaxed),
             failures: self.failures.lock().map(|f| f.clone()).unwrap_or_default(),
         }
     }
@@ -312,6 +319,8 @@ pub struct Summary {
     pub elapsed: Duration,
     /// The run was stopped by Ctrl-C; the counts say what was confirmed before it drained.
     pub cancelled: bool,
+    /// A dry run: the sink was checked, every message read is counted as skipped.
+    pub dry_run: bool,
     /// Keys that were not written (at most [`MAX_KEPT_FAILURES`]; `counts.failed` has them all).
     pub failures: Vec<KeyFailure>,
 }
@@ -339,10 +348,10 @@ impl std::fmt::Display for Summary {
         writeln!(
             f,
             "{}",
-            if self.cancelled {
-                "transfer interrupted: confirmed so far"
-            } else {
-                "transfer done"
+            match (self.cancelled, self.dry_run) {
+                (true, _) => "transfer interrupted: confirmed so far",
+                (false, true) => "dry run done: the sink was checked, nothing written",
+                (false, false) => "transfer done",
             }
         )?;
         writeln!(

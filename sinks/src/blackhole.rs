@@ -30,6 +30,10 @@ pub struct BlackholeSink;
 
 #[async_trait]
 impl Sink for BlackholeSink {
+    async fn check(&mut self, _ctx: &Context) -> Result<(), Error> {
+        Ok(())
+    }
+
     async fn run(self: Box<Self>, input: BatchReceiver, _ctx: Context) -> Result<(), Error> {
         while let Some(batch) = input.recv().await {
             batch.confirm_all();

@@ -109,6 +109,14 @@ impl CsvWriter {
 
 #[async_trait]
 impl BatchWriter for CsvWriter {
+    async fn check(&mut self, _ctx: &pump::Context) -> Result<(), Error> {
+        if self.path.is_dir() {
+            return Err(self.err("is a directory"));
+        }
+        crate::writable::dir_takes_files(crate::writable::parent_of(&self.path))
+            .map_err(|e| Error::sink(format!("csv:{}", self.path.display()), e))
+    }
+
     async fn write(&mut self, messages: Vec<Message>) -> Result<Delivery, Error> {
         if self.out.is_none() {
             self.open()?;

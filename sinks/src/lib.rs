@@ -10,7 +10,9 @@
 //! memcached/    memcached://HOST:PORT       pipelined binary-protocol writes to a memcached
 //! stdout.rs     stdout:                     one line per message
 //! tap/          tap://HOST:PORT             a TAP consumer into a node's replica vbuckets
-//! net.rs        what the network sinks share: destination credentials, timeouts
+//! net.rs        what the network sinks share: destination credentials, a binary-protocol
+//!               connection as a link of the one writer (pump::deliver)
+//! writable.rs   what a dry run checks of a file sink's directory, writing nothing
 //! ```
 //!
 //! [`register`] adds them all to a [`pump::Registry`].
@@ -26,6 +28,7 @@ pub mod stdout;
 pub mod tap;
 #[cfg(test)]
 mod testutil;
+pub mod writable;
 
 /// Adds every sink kind of this crate to `registry`.
 pub fn register(registry: &mut pump::Registry) {

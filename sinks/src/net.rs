@@ -1,7 +1,19 @@
-//! What the network sinks share: destination credentials from the spec or the options.
+//! What the network sinks share: destination credentials from the spec or the options, and a
+//! memcached-binary-protocol connection as a [`Link`] of the one writer ([`pump::deliver`]).
+//!
+//! ```text
+//! pump_client::Connection (connected, authenticated, bucket selected)
+//!   into_split() -> WriteHalf: LinkWriter (writes under the timeout)
+//!                   ReadHalf:  LinkReader (frames; idle within a wait; a close is an error)
+//! ```
 
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pump::deliver::{Link, LinkError, LinkReader, LinkWriter};
 use pump::{Error, Options, Spec};
-use pump_client::Auth;
+use pump_client::{Auth, ClientError, Connection, Next, ReadHalf, WriteHalf};
+use pump_protocol::Packet;
 
 /// Credentials: the URL's userinfo, else `-U/-P`.
 pub fn auth(spec: &Spec, options: &Options) -> Result<Option<Auth>, Error> {
@@ -10,4 +22,58 @@ pub fn auth(spec: &Spec, options: &Options) -> Result<Option<Auth>, Error> {
         user: c.user,
         password: c.password,
     }))
+}
+
+/// A connected connection as a link of the one writer.
+pub fn link(conn: Connection) -> Link<Packet> {
+    let (read, write) = conn.into_split();
+    Link {
+        writer: Box::new(BinaryWriter(write)),
+        reader: Box::new(BinaryReader(read)),
+    }
+}
+
+/// A connect error as the writer sees it: refused credentials are never retried.
+pub fn link_error(e: ClientError) -> LinkError {
+    if e.is_auth() {
+        LinkError::Denied(e.to_string())
+    } else {
+        LinkError::Failed(e.to_string())
+    }
+}
+
+struct BinaryWriter(WriteHalf);
+
+#[async_trait]
+impl LinkWriter for BinaryWriter {
+    async fn write(&mut self, buf: &[u8]) -> Result<(), String> {
+        self.0
+            .send_bytes(buf, "writing")
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+struct BinaryReader(ReadHalf);
+
+#[async_trait]
+impl LinkReader for BinaryReader {
+    type Answer = Packet;
+
+    async fn read(&mut self, wait: Duration) -> Result<Option<Packet>, String> {
+        let what = "waiting for answers";
+        if let Some(p) = self.0.try_buffered(what).map_err(|e| e.to_string())? {
+            return Ok(Some(p));
+        }
+        match self.0.recv_within(wait, what).await {
+            Ok(Next::Packet(p)) => Ok(Some(p)),
+            Ok(Next::Idle) => Ok(None),
+            Ok(Next::Eof) => Err(ClientError::Closed {
+                peer: self.0.peer().to_string(),
+                what: what.into(),
+            }
+            .to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }

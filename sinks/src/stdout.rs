@@ -58,6 +58,10 @@ pub fn format_message(m: &Message, out: &mut Vec<u8>) {
 
 #[async_trait]
 impl BatchWriter for StdoutWriter {
+    async fn check(&mut self, _ctx: &pump::Context) -> Result<(), Error> {
+        Ok(())
+    }
+
     async fn write(&mut self, messages: Vec<Message>) -> Result<Delivery, Error> {
         let mut buf = Vec::with_capacity(messages.iter().map(|m| m.size() + 48).sum());
         for m in &messages {

@@ -18,6 +18,10 @@ pub struct Collect {
     pub delay: Duration,
     /// When set, the sink takes no batch before this is notified.
     pub hold: Option<Arc<tokio::sync::Notify>>,
+    /// Keys the sink fails (E2BIG), as a destination that cannot hold them would.
+    pub fail_keys: Vec<&'static str>,
+    /// From this batch on (0-based), the sink drops batches without settling them.
+    pub reject_from: Option<usize>,
 }
 
 impl Collect {
@@ -37,17 +41,34 @@ impl Collect {
 
 #[async_trait]
 impl Sink for Collect {
+    async fn check(&mut self, _ctx: &Context) -> Result<(), Error> {
+        Ok(())
+    }
+
     async fn run(self: Box<Self>, input: BatchReceiver, _ctx: Context) -> Result<(), Error> {
         if let Some(hold) = &self.hold {
             hold.notified().await;
         }
+        let mut taken = 0;
         while let Some(batch) = input.recv().await {
             tokio::time::sleep(self.delay).await;
+            taken += 1;
+            if self.reject_from.is_some_and(|n| taken > n) {
+                drop(batch);
+                continue;
+            }
             let (msgs, ack) = batch.into_parts();
-            let n = msgs.len();
+            let mut d = Delivery::default();
+            for m in &msgs {
+                if self.fail_keys.iter().any(|k| m.key == k.as_bytes()) {
+                    d.failed.push(pump::KeyFailure::of(m, "E2BIG (0x03)"));
+                } else {
+                    d.written += 1;
+                }
+            }
+            self.confirmed.fetch_add(d.written, Ordering::SeqCst);
             self.messages.lock().unwrap().extend(msgs);
-            self.confirmed.fetch_add(n, Ordering::SeqCst);
-            ack.confirm(Delivery::all(n));
+            ack.confirm(d);
         }
         Ok(())
     }

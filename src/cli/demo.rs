@@ -89,6 +89,10 @@ struct Fingerprints(Arc<Mutex<Contents>>);
 
 #[async_trait]
 impl BatchWriter for Fingerprints {
+    async fn check(&mut self, _ctx: &pump::Context) -> Result<(), Error> {
+        Ok(())
+    }
+
     async fn write(&mut self, messages: Vec<Message>) -> Result<Delivery, Error> {
         let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for m in &messages {

@@ -246,10 +246,9 @@ pub async fn run(args: TransferArgs) -> Result<(), Failure> {
         None
     };
     let source = source_kind.open(&source_spec, &options)?;
-    let sink: Box<dyn pump::Sink> = if options.dry_run {
-        eprintln!("dry run: reading {source_spec}, checked sink {sink_spec}, writing nothing");
-        Box::new(pump_sinks::blackhole::BlackholeSink)
-    } else if let Some(plan) = &plan {
+    // A dry run opens the real sink too: pump::run checks it (connects, authenticates, checks
+    // the bucket or the directory) and writes nothing.
+    let sink: Box<dyn pump::Sink> = if let Some(plan) = &plan {
         Box::new(BackupSink::with_plan(
             BackupConfig::from_spec(&sink_spec, &options)?,
             plan.clone(),
@@ -257,6 +256,9 @@ pub async fn run(args: TransferArgs) -> Result<(), Failure> {
     } else {
         sink_kind.open(&sink_spec, &options)?
     };
+    if options.dry_run {
+        eprintln!("dry run: reading {source_spec}, checking {sink_spec}, writing nothing");
+    }
     let mut ctx = Context::new(options)
         .with_progress(match (args.quiet, args.progress) {
             (true, _) | (_, Progress::None) => ProgressMode::Off,
@@ -279,11 +281,23 @@ pub async fn run(args: TransferArgs) -> Result<(), Failure> {
             cancel.cancel();
         }
     });
+    let stats = ctx.stats.clone();
     let result = pump::run(source, sink, ctx).await;
     if let Some(m) = metrics {
         m.stop().await;
     }
-    let summary = result?;
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            // A failed run still lists the keys that were not written (a TAP source stops at
+            // the first one, for example).
+            let partial = stats.summary();
+            if !partial.failures.is_empty() {
+                report_failures(&partial, args.failed_keys.as_deref(), args.json)?;
+            }
+            return Err(e.into());
+        }
+    };
     if filter.selects() && summary.counts.items_read == 0 && summary.counts.filtered > 0 {
         eprintln!(
             "warning: the filters matched nothing: all {} items read were left out ({})",

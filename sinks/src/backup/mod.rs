@@ -136,6 +136,25 @@ impl BackupSink {
 
 #[async_trait]
 impl Sink for BackupSink {
+    /// The directory takes files, and is not an old single-run backup: what writing the run
+    /// would find first, without creating it.
+    async fn check(&mut self, _ctx: &Context) -> Result<(), Error> {
+        let c = &self.config;
+        let err = |e: String| Error::sink(&c.spec, e);
+        if c.dir.is_dir() {
+            crate::writable::dir_takes_files(&c.dir).map_err(err)?;
+            if pump_formats::bfd::node_dir(&c.dir, &c.bucket, &c.node).is_dir() {
+                return Err(err(format!(
+                    "{} holds an old (2.x) single-run backup; write to a new directory",
+                    c.dir.display()
+                )));
+            }
+            Ok(())
+        } else {
+            crate::writable::nearest_takes_files(&c.dir).map_err(err)
+        }
+    }
+
     async fn run(self: Box<Self>, input: BatchReceiver, _ctx: Context) -> Result<(), Error> {
         let spec = self.config.spec.clone();
         let (tx, rx) = mpsc::channel::<Job>(4);

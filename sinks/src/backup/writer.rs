@@ -48,7 +48,8 @@ pub struct Writer {
     in_tx: bool,
     /// Value bytes in the current data file.
     file_bytes: u64,
-    pending: Vec<(Ack, usize)>,
+    /// Acks of the batches in the open transaction, with what each delivers once committed.
+    pending: Vec<(Ack, Delivery)>,
     pending_bytes: usize,
     /// Per vbucket id: rows and seqno range.
     vbuckets: Vec<VbSummary>,
@@ -93,7 +94,14 @@ impl Writer {
                 Job::Batch(messages, ack) => {
                     w.write(&messages)?;
                     w.pending_bytes += messages.iter().map(Message::size).sum::<usize>();
-                    w.pending.push((ack, messages.len()));
+                    // Control messages (not items) are not written: skipped.
+                    let skipped = messages.iter().filter(|m| m.is_control()).count();
+                    let d = Delivery {
+                        written: messages.len() - skipped,
+                        skipped,
+                        ..Delivery::default()
+                    };
+                    w.pending.push((ack, d));
                     if w.pending_bytes >= COMMIT_BYTES || w.pending.len() >= COMMIT_BATCHES {
                         w.commit()?;
                     }
@@ -217,8 +225,8 @@ impl Writer {
             }
             self.in_tx = false;
         }
-        for (ack, n) in self.pending.drain(..) {
-            ack.confirm(Delivery::all(n));
+        for (ack, d) in self.pending.drain(..) {
+            ack.confirm(d);
         }
         self.pending_bytes = 0;
         Ok(())

@@ -2,34 +2,31 @@
 //!
 //! ```text
 //! GET /pools/default/buckets/<-B>  -> vBucketServerMap
-//! for each batch, in order:
-//!   split by the node holding each message's vbucket active (rehash with -x rehash=1)
-//!   per node: SETQ/ADDQ/DELETEQ ... NOOP on one of that node's `-t` Pipelines (vbucket
-//!   modulo -t, so a key's writes keep their order; several batches in flight on each)
-//!   settle (in its own task): every status through pump::Verdict::of
-//!     Done/Skip  counted             Fail     reported in Delivery.failed
-//!     Retry      resent alone after RetryPolicy::backoff
-//!     Reroute    (NOT_MY_VBUCKET) the map is fetched again and those messages re-routed
-//!   then the batch's ack is confirmed
+//! the one writer (pump::deliver) drives router.rs's protocol:
+//!   route     each message to the node holding its vbucket active (rehash with -x rehash=1),
+//!             on one of that node's -t connections (vbucket modulo -t: a key's writes keep
+//!             their order); SETQ/ADDQ/DELETEQ ... NOOP rounds, several in flight on each
+//!   statuses  through pump::Verdict::of
+//!     Done/Skip  counted             Fail     reported by key
+//!     Retry      the vbucket's writes from that one on wait out a backoff, then go again
+//!     Reroute    (NOT_MY_VBUCKET) the same, after a fresh map: re-routed in order
 //! ```
-//! A node that cannot be reached counts as temporary: its messages are retried (after a
-//! fresh map) until max_retry, then the run fails naming it.
+//! A node whose connection is lost is reconnected with backoff and everything unsettled on it
+//! resent, until max_retry attempts in a row; then the run fails naming it. A dry run fetches
+//! the map and connects to every node (authenticated, bucket selected).
 //!
 //! | -x key | default | meaning |
 //! |---|---|---|
 //! | add | 0 | ADD instead of SET (`-a`): existing keys are skipped |
 //! | timeout | 30 | seconds any network wait may take |
-//! | pipeline_depth | 4 | batches in flight per node connection |
+//! | pipeline_depth | 4 | rounds in flight per node connection |
 
 mod router;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
-
-use async_trait::async_trait;
-use pump::pipeline::Context;
-use pump::{BatchReceiver, Error, Options, Sink, SinkKind, Spec};
+use pump::deliver::{DeliverConfig, PipelinedSink};
+use pump::{Error, Options, Sink, SinkKind, Spec};
 
 use crate::net;
 pub use router::{Router, RouterConfig};
@@ -61,73 +58,30 @@ impl SinkKind for CouchbaseSinkKind {
                 "-x pipeline_depth={depth}: expected 1 to 1024"
             )));
         }
-        Ok(Box::new(CouchbaseSink {
-            config: RouterConfig {
-                spec: spec.to_string(),
-                rest: pump::spec::RestUrl::of_authority(&a, None)
-                    .base()
-                    .to_string(),
-                auth: net::auth(spec, options)?,
-                bucket: options.dest_bucket().to_string(),
-                add: options.extra.flag("add")?,
-                rehash: options.extra.rehash,
-                timeout: options.extra.timeout()?,
-                retry: options.retry_policy(),
-                depth: depth as usize,
-                connections: options.threads.max(1),
-            },
-            dry_run: options.dry_run,
-        }))
+        let config = RouterConfig {
+            spec: spec.to_string(),
+            rest: pump::spec::RestUrl::of_authority(&a, None)
+                .base()
+                .to_string(),
+            auth: net::auth(spec, options)?,
+            bucket: options.dest_bucket().to_string(),
+            add: options.extra.flag("add")?,
+            rehash: options.extra.rehash,
+            timeout: options.extra.timeout()?,
+            retry: options.retry_policy(),
+            depth: depth as usize,
+            connections: options.threads.max(1),
+        };
+        let deliver = DeliverConfig {
+            connections: config.connections,
+            depth: config.depth,
+            round_items: options.extra.batch_max_size,
+            retry: config.retry,
+            timeout: config.timeout,
+        };
+        Ok(Box::new(PipelinedSink::new(Router::new(config), deliver)))
     }
 }
 
-/// Writes into a cluster.
-pub struct CouchbaseSink {
-    config: RouterConfig,
-    dry_run: bool,
-}
-
-#[async_trait]
-impl Sink for CouchbaseSink {
-    async fn run(self: Box<Self>, input: BatchReceiver, _ctx: Context) -> Result<(), Error> {
-        let router = Arc::new(Router::connect(self.config).await?);
-        if self.dry_run {
-            while let Some(batch) = input.recv().await {
-                let n = batch.len();
-                let (_, ack) = batch.into_parts();
-                ack.confirm(pump::Delivery {
-                    skipped: n,
-                    ..pump::Delivery::default()
-                });
-            }
-            return Ok(());
-        }
-        let mut settling = tokio::task::JoinSet::new();
-        loop {
-            let batch = tokio::select! {
-                b = input.recv() => b,
-                Some(r) = settling.join_next() => {
-                    flatten(r)?;
-                    continue;
-                }
-            };
-            let Some(batch) = batch else { break };
-            let (messages, ack) = batch.into_parts();
-            let round = router.send(&messages, None).await?;
-            let router = router.clone();
-            settling.spawn(async move {
-                let delivery = router.settle(messages, round).await?;
-                ack.confirm(delivery);
-                Ok::<(), Error>(())
-            });
-        }
-        while let Some(r) = settling.join_next().await {
-            flatten(r)?;
-        }
-        Ok(())
-    }
-}
-
-fn flatten(r: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<(), Error> {
-    r.unwrap_or_else(|e| Err(Error::sink("couchbase", format!("worker panicked: {e}"))))
-}
+/// Writes into a cluster: the [`Router`] run by the one writer.
+pub type CouchbaseSink = PipelinedSink<Router>;

@@ -3,25 +3,25 @@
 //!
 //! ```text
 //! mod.rs         MemcachedKind and MemcachedConfig: the spec, validated without I/O
-//! sink.rs        MemcachedSink: -t workers sharing the channel, batches in flight, retries
-//!                (the connection itself is pump_client::Duplex: writer task, reader, SASL)
+//! sink.rs        MemcachedWire: the quiet-write protocol the one writer (pump::deliver)
+//!                drives over -t connections, a key always on the same one
 //! ```
 //!
-//! On the wire, one batch is one buffer:
+//! On the wire, one round is one buffer:
 //!
 //! ```text
-//! SETQ|ADDQ|DELETEQ (opaque = index of the message in its batch) ... NOOP (opaque = u32::MAX)
+//! SETQ|ADDQ|DELETEQ (opaque = request id) ... NOOP (opaque = the next id)
 //! ```
 //!
-//! Quiet writes answer only on failure and replies keep request order, so every answer before
-//! the NOOP belongs to that batch and the NOOP says the whole batch was processed. A plain
-//! memcached has no vbuckets: any connection takes any batch. Only SASL_AUTH, VERSION, the
-//! quiet writes and NOOP are sent: other opcodes desynchronise a plain memcached.
+//! Quiet writes answer only on failure and replies keep request order, so the NOOP's answer
+//! says the whole round was processed. A plain memcached has no vbuckets: the unit of order
+//! is the key. Only SASL_AUTH, VERSION, the quiet writes and NOOP are sent: other opcodes
+//! desynchronise a plain memcached.
 //!
 //! | `-x` key | meaning |
 //! |---|---|
 //! | add | 1: ADDQ instead of SETQ (the CLI's `--add`); existing keys are kept and counted as skipped |
-//! | in_flight | batches in flight per connection (4) |
+//! | in_flight | rounds in flight per connection (4) |
 //! | timeout | seconds to wait for any answer of the server (30) |
 
 mod sink;
@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use pump::{Credentials, Error, Options, RetryPolicy, Sink, SinkKind, Spec};
 
-pub use sink::MemcachedSink;
+pub use sink::{sink, MemcachedSink, MemcachedWire};
 
 /// The `memcached://` sink kind.
 pub struct MemcachedKind;
@@ -49,9 +49,7 @@ impl SinkKind for MemcachedKind {
         &["add", "in_flight", "timeout"]
     }
     fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Sink>, Error> {
-        Ok(Box::new(MemcachedSink::new(MemcachedConfig::from_spec(
-            spec, options,
-        )?)))
+        Ok(Box::new(sink(MemcachedConfig::from_spec(spec, options)?)))
     }
 }
 
@@ -68,8 +66,10 @@ pub struct MemcachedConfig {
     pub add: bool,
     /// Connections (`-t`).
     pub connections: usize,
-    /// Batches in flight per connection.
+    /// Rounds in flight per connection.
     pub in_flight: usize,
+    /// Messages per round at most (`-x batch_max_size`).
+    pub round_items: usize,
     /// The longest wait for an answer, and for a connect.
     pub timeout: Duration,
     /// Temporary statuses and reconnects.
@@ -98,6 +98,7 @@ impl MemcachedConfig {
             add: x.flag("add")?,
             connections: options.threads.max(1),
             in_flight: in_flight as usize,
+            round_items: x.batch_max_size,
             timeout: x.timeout()?,
             retry: options.retry_policy(),
         })

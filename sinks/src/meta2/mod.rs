@@ -177,6 +177,17 @@ impl Meta2Writer {
 
 #[async_trait]
 impl BatchWriter for Meta2Writer {
+    async fn check(&mut self, _ctx: &pump::Context) -> Result<(), Error> {
+        if self.path.exists() {
+            return Err(Error::sink(
+                self.spec(),
+                "exists; a meta2 sink writes a new base only",
+            ));
+        }
+        crate::writable::nearest_takes_files(crate::writable::parent_of(&self.path))
+            .map_err(|e| Error::sink(self.spec(), e))
+    }
+
     async fn write(&mut self, messages: Vec<Message>) -> Result<Delivery, Error> {
         let n = messages.len();
         let tx = self.worker().tx.clone();

@@ -38,11 +38,18 @@ struct VbStream {
     rollbacks: u32,
 }
 
-/// What a confirmed batch moves: per vbucket, its position after the batch.
+/// What a settled batch moves: per vbucket, its position after the batch, and the DCP bytes
+/// read for it (its BUFFER_ACK).
 struct Confirmed {
     ticket: Ticket,
     positions: Vec<(u16, VbPosition)>,
+    bytes: u64,
 }
+
+/// More than the header and extras a DCP mutation or deletion adds to its key, value and
+/// meta: what the flow-control window is not credited for a failed message (crediting less
+/// than was read is safe; more is not).
+const DCP_FRAME_OVERHEAD: u64 = 24 + 64;
 
 /// High seqnos from `STAT vbucket-seqno`, or `None` when the node does not answer it.
 async fn high_seqnos(conn: &mut Connection) -> Result<Option<HashMap<u16, u64>>, ClientError> {
@@ -79,7 +86,7 @@ pub async fn stream_connection(
     out: &BatchSender,
     ckpt: Option<Arc<Mutex<CheckpointFile>>>,
 ) -> Result<(), Error> {
-    let err = |e: ClientError| Error::source(spec, e);
+    let err = |e: ClientError| crate::net::source_error(spec, e);
     let mut conn = Connection::open(
         addr,
         config.auth.as_ref(),
@@ -184,16 +191,20 @@ pub async fn stream_connection(
     }
 
     let checkpoint = Arc::new(Mutex::new(Checkpoint::default()));
-    let on_confirmed = {
+    // Each settled batch: the checkpoint moves over the vbuckets it delivered (a failed key
+    // holds its vbucket where it stood), and the window is credited for what was delivered.
+    let withheld_total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let on_settled = {
+        let withheld_total = withheld_total.clone();
         let checkpoint = checkpoint.clone();
         let ckpt = ckpt.clone();
         let spec = spec.to_string();
         let stats = out.stats().clone();
-        move |c: Confirmed| -> Result<(), Error> {
+        move |d: pump::Delivery, c: Confirmed| -> Result<Option<pump_protocol::Packet>, Error> {
             let advanced = checkpoint
                 .lock()
                 .map_err(|_| Error::source(&spec, "checkpoint lock poisoned"))?
-                .confirm(c.ticket);
+                .settle(c.ticket, &d);
             for (vb, seqno) in &advanced {
                 stats.set_vbucket_confirmed(*vb, *seqno);
             }
@@ -215,11 +226,20 @@ pub async fn stream_connection(
                 }
                 f.save_soon()?;
             }
-            Ok(())
+            let withheld = d.failed_bytes() as u64 + DCP_FRAME_OVERHEAD * d.failed.len() as u64;
+            let bytes = c.bytes.saturating_sub(withheld);
+            withheld_total.fetch_add(c.bytes - bytes, std::sync::atomic::Ordering::Relaxed);
+            Ok((flow_control && bytes > 0).then(|| {
+                DcpMessage::BufferAck {
+                    opaque: 0,
+                    bytes: bytes.min(u64::from(u32::MAX)) as u32,
+                }
+                .to_packet()
+            }))
         }
     };
-    let mut acker: Acker<Confirmed> = Acker::start(spec.to_string(), writer.clone(), on_confirmed);
-    let mut pending = PendingBatch::new(config, flow_control);
+    let mut acker: Acker<Confirmed> = Acker::start(spec.to_string(), writer.clone(), on_settled);
+    let mut pending = PendingBatch::new(config);
     let mut open_streams = streams.len();
     // Frames read while a batch waited for room in the channel.
     let mut backlog: VecDeque<Result<Next, ClientError>> = VecDeque::new();
@@ -270,7 +290,15 @@ pub async fn stream_connection(
                     continue;
                 }
                 Next::Idle if acker.outstanding() > 0 => continue,
-                Next::Idle => return Err(err(read.timeout_error(what))),
+                Next::Idle => {
+                    let withheld = withheld_total.load(std::sync::atomic::Ordering::Relaxed);
+                    if withheld > 0 {
+                        return Err(Error::source(spec, format!(
+                            "{addr}: the producer stopped sending: {withheld} bytes of messages the sink could not write (listed) are not credited to the flow-control window; rerun from the checkpoint once they can be written"
+                        )));
+                    }
+                    return Err(err(read.timeout_error(what)));
+                }
             };
             if p.magic == Magic::Response {
                 if p.opcode == Opcode::DcpStreamReq {
@@ -533,17 +561,15 @@ struct PendingBatch {
     /// several runs: the last wins when the batch is flushed).
     positions: Vec<(u16, VbPosition)>,
     flush_bytes: u64,
-    flow_control: bool,
 }
 
 impl PendingBatch {
-    fn new(config: &DcpConfig, flow_control: bool) -> PendingBatch {
+    fn new(config: &DcpConfig) -> PendingBatch {
         PendingBatch {
             builder: BatchBuilder::new(config.limits),
             bytes: 0,
             positions: Vec::new(),
             flush_bytes: u64::from(config.buffer_size / 4).max(1),
-            flow_control,
         }
     }
 
@@ -571,8 +597,8 @@ impl PendingBatch {
         self.builder.push(m);
     }
 
-    /// Takes the batch to send; the acker sends its BUFFER_ACK and moves the checkpoint once
-    /// the sink confirmed it.
+    /// Takes the batch to send; once the sink settled it, the acker moves the checkpoint over
+    /// what it delivered and sends the BUFFER_ACK.
     fn flush(
         &mut self,
         acker: &Acker<Confirmed>,
@@ -590,15 +616,15 @@ impl PendingBatch {
             .map_err(|_| Error::source("dcp", "checkpoint lock poisoned"))?
             .track_seqnos(positions.iter().map(|(vb, p)| (*vb, p.seqno)));
         let bytes = std::mem::take(&mut self.bytes);
-        let reply = (self.flow_control && bytes > 0).then(|| {
-            DcpMessage::BufferAck {
-                opaque: 0,
-                bytes: bytes.min(u64::from(u32::MAX)) as u32,
-            }
-            .to_packet()
-        });
         let (batch, acked) = Batch::with_ack(msgs);
-        acker.push(acked, reply, Confirmed { ticket, positions });
+        acker.push(
+            acked,
+            Confirmed {
+                ticket,
+                positions,
+                bytes,
+            },
+        );
         Ok(batch)
     }
 }

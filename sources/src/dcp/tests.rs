@@ -458,3 +458,121 @@ async fn a_silent_node_times_out_with_an_error_naming_it() {
     );
     producer.abort();
 }
+
+/// A sink that stops settling batches makes the acker fail: the source ends with an error
+/// saying the batch was not delivered, not with a panic (the acker's task used to be awaited
+/// twice: once by `failed`, again by `finish`).
+#[tokio::test]
+async fn an_acker_failure_ends_the_stream_with_a_clear_error_not_a_panic() {
+    let (l, addr) = listen().await;
+    let producer = tokio::spawn(async move {
+        let mut peer = Peer::accept(&l).await;
+        let h = handshake(&mut peer, &[(0, 40)], 1).await;
+        let r = h.requests[0];
+        accept_stream(&mut peer, &r, 1).await;
+        peer.send(marker(&r, 1, 40).to_packet()).await;
+        for s in 1..=40 {
+            peer.send(mutation(&r, s).to_packet()).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        while peer.recv().await.is_some() {}
+    });
+    let mut o = options("0", None);
+    o.extra.batch_max_size = 5;
+    let sink = Collect {
+        reject_from: Some(1),
+        ..Collect::default()
+    };
+    let e = run(open(&addr, &o), sink, o).await.unwrap_err().to_string();
+    producer.abort();
+    assert!(e.contains("did not deliver"), "{e}");
+    assert!(e.contains(&format!("dcp://{addr}")), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+}
+
+/// A key the sink cannot write keeps its vbucket's checkpoint behind it (where it stood before
+/// the batch holding it) and its bytes out of the BUFFER_ACKs; other vbuckets move on; the
+/// key is reported; a rerun asks that vbucket again from where it stood.
+#[tokio::test]
+async fn a_failed_key_keeps_its_vbucket_checkpoint_behind_it_and_out_of_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.json");
+    let (l, addr) = listen().await;
+    let producer = tokio::spawn(async move {
+        let mut peer = Peer::accept(&l).await;
+        let h = handshake(&mut peer, &[(0, 6), (1, 3)], 2).await;
+        let mut total = 0u64;
+        let mut failed_len = 0u64;
+        for r in &h.requests {
+            accept_stream(&mut peer, r, 700 + u64::from(r.vbucket)).await;
+            let n = if r.vbucket == 0 { 6 } else { 3 };
+            let m = marker(r, 1, n);
+            total += m.wire_len() as u64;
+            peer.send(m.to_packet()).await;
+            for s in 1..=n {
+                let f = mutation(r, s);
+                total += f.wire_len() as u64;
+                if r.vbucket == 0 && s == 4 {
+                    failed_len = f.wire_len() as u64;
+                }
+                peer.send(f.to_packet()).await;
+                // Let each pair go as its own batch.
+                if s % 2 == 0 {
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                }
+            }
+            let e = end(r);
+            total += e.wire_len() as u64;
+            peer.send(e.to_packet()).await;
+        }
+        let mut acked = 0u64;
+        while let Some(p) = peer.recv().await {
+            if let Ok(DcpMessage::BufferAck { bytes, .. }) = DcpMessage::from_packet(&p) {
+                acked += u64::from(bytes);
+            }
+        }
+        (total, acked, failed_len)
+    });
+    let mut o = options("0-1", Some(&path));
+    o.extra.batch_max_size = 2;
+    let sink = Collect {
+        fail_keys: vec!["k0_4"],
+        ..Collect::default()
+    };
+    let summary = run(open(&addr, &o), sink, o).await.unwrap();
+    let (total, acked, failed_len) = producer.await.unwrap();
+    assert_eq!(summary.counts.failed, 1);
+    assert_eq!(&summary.failures[0].key[..], b"k0_4");
+    assert_eq!(summary.failures[0].seqno, 4);
+    assert!(
+        acked + failed_len <= total && acked > 0,
+        "{acked} bytes credited of {total}; the failed item is {failed_len}"
+    );
+    let c = CheckpointFile::load(&path).unwrap();
+    assert_eq!(
+        c.position(0).seqno,
+        2,
+        "held before the batch of seqnos 3 and 4"
+    );
+    assert_eq!(c.position(1).seqno, 3);
+    // The rerun asks vbucket 0 again from seqno 2, and vbucket 1 not at all.
+    let (l, addr) = listen().await;
+    let producer = tokio::spawn(async move {
+        let mut peer = Peer::accept(&l).await;
+        let h = handshake(&mut peer, &[(0, 6), (1, 3)], 1).await;
+        let r = h.requests[0];
+        assert_eq!((r.vbucket, r.start, r.vbucket_uuid), (0, 2, 700));
+        accept_stream(&mut peer, &r, 700).await;
+        for s in 3..=6 {
+            peer.send(mutation(&r, s).to_packet()).await;
+        }
+        peer.send(end(&r).to_packet()).await;
+        while peer.recv().await.is_some() {}
+    });
+    let o = options("0-1", Some(&path));
+    let sink = Collect::default();
+    run(open(&addr, &o), sink.clone(), o).await.unwrap();
+    producer.await.unwrap();
+    assert!(sink.messages().iter().any(|m| &m.key[..] == b"k0_4"));
+    assert_eq!(CheckpointFile::load(&path).unwrap().position(0).seqno, 6);
+}

@@ -163,7 +163,14 @@ impl Source for MemcachedSource {
         });
         let mut client = Duplex::open(&c.addr, auth.as_ref(), c.timeout, DEPTH + 1)
             .await
-            .map_err(|e| fail(format!("memcached at {e}")))?;
+            .map_err(|e| {
+                let hint = if e.is_auth() {
+                    "; check -u/-p (or USER:PASSWORD@ in the URL)"
+                } else {
+                    ""
+                };
+                fail(format!("memcached at {e}{hint}"))
+            })?;
         let mut seen = HashSet::new();
         let mut vanished = 0;
         let mut expected = None;

@@ -150,7 +150,27 @@ pub async fn stream(
         .map_err(err)?;
     let (mut read, write) = conn.into_split();
     let writer = Arc::new(Mutex::new(write));
-    let mut acker: Acker<()> = Acker::start(spec.to_string(), writer.clone(), |_| Ok(()));
+    // A TAP ack says everything up to it was taken: one is sent only for a batch delivered
+    // whole. A failed key withholds it, and the producer waits for it: the stream stops here,
+    // with the keys listed.
+    let name = spec.to_string();
+    let mut acker: Acker<Option<Packet>> = Acker::start(
+        spec.to_string(),
+        writer.clone(),
+        move |d, reply| {
+            if d.is_complete() {
+                return Ok(reply);
+            }
+            Err(Error::source(
+                &name,
+                format!(
+                    "{} keys were not written (first: {}); a TAP stream cannot pass over them, so its ack is withheld and the stream stops here",
+                    d.failed.len(),
+                    d.failed[0]
+                ),
+            ))
+        },
+    );
     let mut builder = BatchBuilder::new(config.limits);
     let mut seqnos: HashMap<u16, u64> = HashMap::new();
     let what = "reading the TAP stream";
@@ -231,12 +251,12 @@ pub async fn stream(
 /// writes `reply`.
 async fn flush(
     builder: &mut BatchBuilder,
-    acker: &Acker<()>,
+    acker: &Acker<Option<Packet>>,
     reply: Option<Packet>,
     out: &BatchSender,
 ) -> Result<(), Error> {
     let (batch, acked) = Batch::with_ack(builder.take());
-    acker.push(acked, reply, ());
+    acker.push(acked, reply);
     out.send(batch).await
 }
 

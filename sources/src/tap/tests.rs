@@ -172,3 +172,43 @@ async fn a_producer_that_dies_mid_frame_fails_the_run_naming_it() {
     .to_string();
     assert!(e.contains(&addr) && e.contains("closed"), "{e}");
 }
+
+/// A key the sink cannot write: the TAP ack after it is withheld (a TAP stream cannot pass
+/// over a message it did not deliver), and the source stops with an error naming the key.
+#[tokio::test]
+async fn a_failed_key_withholds_the_tap_ack_and_stops_the_stream_naming_it() {
+    let (l, addr) = listen().await;
+    let producer = tokio::spawn(async move {
+        let mut peer = Peer::accept(&l).await;
+        let sel = peer.recv().await.unwrap();
+        peer.send(Packet::response_to(&sel, Status::UnknownCommand))
+            .await;
+        let _connect = peer.recv().await.unwrap();
+        for i in 0..3u32 {
+            let mut m = mutation(3, &format!("k{i}"), "v", 1, true, i);
+            if i == 2 {
+                m.tap_flags |= message_flags::ACK;
+            }
+            send_tap(&mut peer, &m).await;
+        }
+        // No ack may come: the connection closes without one.
+        let mut acks = 0;
+        while let Some(p) = peer.recv().await {
+            if p.magic == pump_protocol::Magic::Response && p.opcode == Opcode::TapMutation {
+                acks += 1;
+            }
+        }
+        acks
+    });
+    let options = Options::default();
+    let sink = Collect {
+        fail_keys: vec!["k1"],
+        ..Collect::default()
+    };
+    let e = run(open(&format!("tap://{addr}"), &options), sink, options)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(producer.await.unwrap(), 0, "the ack was withheld");
+    assert!(e.contains("k1") && e.contains("ack is withheld"), "{e}");
+}

@@ -1,0 +1,1137 @@
+//! The one pipelined writer and retry driver of every network sink: the memcached, couchbase
+//! and TAP sinks (and any future one) supply a [`Protocol`] (their encoding, their routing,
+//! what each status means) and run as a [`PipelinedSink`]. Reconnect, resend, backoff and
+//! the order of writes are done here, the same for all.
+//!
+//! ```text
+//! batches ──route──▶ lane (endpoint, group % connections): a queue ──rounds──▶ one connection
+//!                    a group (a vbucket, or a key's hash) always goes to the same lane
+//!
+//! one round on the wire, request ids consecutive on the connection:
+//!   write#n write#n+1 ... write#n+k-1 [barrier#n+k]   the last request is always answered
+//!   (memcached: quiet SETQ/ADDQ/DELETEQ then a NOOP; TAP: the last message carries ACK)
+//! answers: an explicit answer names its request id (a failure, an ack); the answer to a
+//!   round's last request settles the round: every request of it without an answer succeeded
+//! ```
+//!
+//! The order contract, per group (and so per vbucket and per key):
+//! - a group's messages go out in source order on one connection, which answers in order;
+//! - a message answered "retry later" (TMPFAIL, ENOMEM, EBUSY) or "not my vbucket" *holds its
+//!   group*: that message and every later message of its group (those already on the wire are
+//!   voided: their answers no longer count) wait together for the backoff, then go out again,
+//!   in order, routed afresh (after a map refresh for "not my vbucket"). So an older value is
+//!   never written after a newer one; a later message may be written twice (at least once);
+//! - a lost connection puts every unsettled request of its lane back at the head of the lane's
+//!   queue, in order, and reconnects with backoff (up to `max_retry` attempts in a row without
+//!   a settled round); the resend may write some messages twice, never out of order;
+//! - each message is counted once, when it is settled (written, skipped or failed), however
+//!   often it was sent; a batch is confirmed when its last message is settled;
+//! - an authentication refusal (at connect, or answered to a write) is never retried: the run
+//!   stops, naming the flags that give the credentials.
+//!
+//! Memory: batches stay in the driver until confirmed, and each holds its share of the
+//! channel's byte budget until then, so what waits here is bounded by the channel's limits.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::batch::{Ack, Delivery, KeyFailure};
+use crate::channel::BatchReceiver;
+use crate::error::Error;
+use crate::message::Message;
+use crate::pipeline::{Context, Sink};
+use crate::retry::{RetryPolicy, Verdict};
+
+/// The writing half of one connection.
+#[async_trait]
+pub trait LinkWriter: Send + 'static {
+    /// Writes `buf` (one or many requests) whole, under the connection's timeout.
+    async fn write(&mut self, buf: &[u8]) -> Result<(), String>;
+}
+
+/// The reading half of one connection.
+#[async_trait]
+pub trait LinkReader: Send + 'static {
+    /// One answer as the protocol reads it.
+    type Answer: Send + 'static;
+    /// The next answer; `Ok(None)` when nothing came within `wait`. A close is an error.
+    async fn read(&mut self, wait: Duration) -> Result<Option<Self::Answer>, String>;
+}
+
+/// A connected, authenticated connection (bucket selected) as a sink opened it.
+pub struct Link<A> {
+    pub writer: Box<dyn LinkWriter>,
+    pub reader: Box<dyn LinkReader<Answer = A>>,
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, Clone)]
+pub enum LinkError {
+    /// The destination refused the credentials, or wants some: never retried.
+    Denied(String),
+    /// Anything else (refused, reset, timed out): retried with backoff.
+    Failed(String),
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The unit of order: messages of one group keep their order (a vbucket; for a server
+    /// without vbuckets, a hash of the key).
+    pub group: u16,
+    /// The index of the endpoint that takes it now, in [`Protocol::endpoints`]; `None` when no
+    /// endpoint holds its vbucket at the moment (it waits for a fresher map).
+    pub endpoint: Option<usize>,
+}
+
+/// What an answer read from a connection is.
+#[derive(Debug)]
+pub enum Heard<S> {
+    /// The answer to request `id`, with its status.
+    Answer { id: u32, status: S },
+    /// A request of the peer (a NOOP of the destination): `reply` is written back.
+    Request { reply: Option<Bytes> },
+    /// Nothing the driver needs.
+    Ignore,
+    /// The connection is no longer trustworthy (a frame that answers nothing sent): it is
+    /// dropped and everything unsettled on it is resent.
+    Broken(String),
+}
+
+/// What a network sink supplies: its connections, routing, encoding and statuses.
+#[async_trait]
+pub trait Protocol: Send + Sync + 'static {
+    /// One frame read from a connection.
+    type Answer: Send + 'static;
+    /// A status the destination answers to a write.
+    type Status: Copy + Send + Sync + std::fmt::Display + 'static;
+
+    /// The sink's spec (redacted), for errors.
+    fn spec(&self) -> &str;
+
+    /// The flags that give this sink its credentials, named when they are refused.
+    fn credential_flags(&self) -> &'static str {
+        "-U/-P (or USER:PASSWORD@ in the URL)"
+    }
+
+    /// Learns what it needs before the first connection (a cluster's map); no write.
+    async fn start(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The endpoints (`host:port`) messages are routed to, by index.
+    fn endpoints(&self) -> Vec<String>;
+
+    /// Where `m` goes.
+    fn route(&self, m: &Message) -> Route;
+
+    /// A reason `m` can never be written here (a key too long), or `None`.
+    fn refuse(&self, _m: &Message) -> Option<String> {
+        None
+    }
+
+    /// Opens a connection to `endpoint`: connected, authenticated, bucket selected.
+    async fn connect(&self, endpoint: &str) -> Result<Link<Self::Answer>, LinkError>;
+
+    /// Fetches the routing again (after "not my vbucket" or an unroutable message).
+    async fn refresh(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Appends one round: `msgs[i]` as request id `first_id + i`, then, if the last message's
+    /// request is not always answered, a closing request that is (id `first_id + len`).
+    /// Returns the number of ids used (`len`, or `len + 1`).
+    fn encode_round(&self, msgs: &[&Message], first_id: u32, buf: &mut BytesMut) -> u32;
+
+    /// Reads one answer.
+    fn hear(&self, answer: Self::Answer) -> Heard<Self::Status>;
+
+    /// What `status` answered to `m` means.
+    fn verdict(&self, m: &Message, status: Self::Status) -> Verdict;
+}
+
+/// How a [`PipelinedSink`] uses its connections.
+#[derive(Debug, Clone)]
+pub struct DeliverConfig {
+    /// Connections per endpoint (`-t`).
+    pub connections: usize,
+    /// Rounds in flight per connection.
+    pub depth: usize,
+    /// Messages per round at most.
+    pub round_items: usize,
+    /// Temporary statuses, "not my vbucket" and reconnects.
+    pub retry: RetryPolicy,
+    /// The longest wait for an answer, a connect or a write.
+    pub timeout: Duration,
+}
+
+/// A network sink: a [`Protocol`] driven by the one writer (see the module docs).
+pub struct PipelinedSink<P: Protocol> {
+    protocol: Arc<P>,
+    config: DeliverConfig,
+}
+
+impl<P: Protocol> PipelinedSink<P> {
+    /// A sink speaking `protocol`; nothing is opened until it runs or is checked.
+    pub fn new(protocol: P, config: DeliverConfig) -> Self {
+        PipelinedSink {
+            protocol: Arc::new(protocol),
+            config,
+        }
+    }
+
+    /// The protocol (tests look inside).
+    pub fn protocol(&self) -> &P {
+        &self.protocol
+    }
+}
+
+/// The error of a connection that could not be opened.
+fn connect_error<P: Protocol>(p: &P, endpoint: &str, e: LinkError) -> Error {
+    match e {
+        LinkError::Denied(why) => Error::sink(
+            p.spec(),
+            format!(
+                "{endpoint}: {why}; authentication is not retried: check {}",
+                p.credential_flags()
+            ),
+        ),
+        LinkError::Failed(why) => Error::sink(p.spec(), format!("could not connect to {why}")),
+    }
+}
+
+#[async_trait]
+impl<P: Protocol> Sink for PipelinedSink<P> {
+    /// Connects to every endpoint once (authenticating, selecting the bucket) and closes.
+    async fn check(&mut self, _ctx: &Context) -> Result<(), Error> {
+        self.protocol
+            .start()
+            .await
+            .map_err(|e| Error::sink(self.protocol.spec(), e))?;
+        let endpoints = self.protocol.endpoints();
+        if endpoints.is_empty() {
+            return Err(Error::sink(self.protocol.spec(), "no endpoint to write to"));
+        }
+        for e in endpoints {
+            let link = self
+                .protocol
+                .connect(&e)
+                .await
+                .map_err(|err| connect_error(&*self.protocol, &e, err))?;
+            drop(link);
+        }
+        Ok(())
+    }
+
+    async fn run(self: Box<Self>, input: BatchReceiver, _ctx: Context) -> Result<(), Error> {
+        let mut d = Driver::new(self.protocol, self.config);
+        let r = d.run(&input).await;
+        d.shutdown();
+        r
+    }
+}
+
+/// A message of a batch held by the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Slot {
+    batch: u32,
+    index: u32,
+}
+
+/// A request on the wire.
+#[derive(Debug)]
+struct Sent<S> {
+    /// `None`: a closing request (a NOOP).
+    slot: Option<Slot>,
+    group: u16,
+    /// Superseded by a resend (its group was held): its answer no longer counts.
+    void: bool,
+    /// An explicit answer, before the round settles.
+    status: Option<S>,
+}
+
+enum Conn {
+    /// Not connected: connect at `due` (attempt `attempt`, 0 for the first).
+    Down {
+        due: Instant,
+        attempt: u32,
+    },
+    Connecting {
+        attempt: u32,
+    },
+    Up {
+        tx: mpsc::Sender<Bytes>,
+        generation: u64,
+        outstanding: Arc<AtomicUsize>,
+        tasks: [tokio::task::JoinHandle<()>; 2],
+        /// Connection attempts since the last settled round.
+        attempt: u32,
+    },
+}
+
+struct Lane<S> {
+    endpoint: String,
+    conn: Conn,
+    /// Routed, not yet sent: (slot, group).
+    queue: VecDeque<(Slot, u16)>,
+    /// Sent, not yet settled, in id order: ids `base .. base + wire.len()`.
+    wire: VecDeque<Sent<S>>,
+    base: u32,
+    /// The last id of each round on the wire, in order.
+    rounds: VecDeque<u32>,
+}
+
+struct BatchState {
+    messages: Vec<Message>,
+    ack: Option<Ack>,
+    left: usize,
+    delivery: Delivery,
+}
+
+/// A held group: its messages in order, waiting for `due`.
+struct Held {
+    slots: Vec<Slot>,
+    due: Instant,
+    /// Refresh the routing before they go out again.
+    refresh: bool,
+    /// The status that held it, for the failure after the last attempt.
+    why: String,
+    /// The group is held because no endpoint takes it (not a status).
+    unroutable: bool,
+}
+
+#[derive(Default)]
+struct Group {
+    /// The lane its unsettled messages are on (sticky while `pending > 0`).
+    lane: Option<usize>,
+    /// Its messages queued, on the wire or held.
+    pending: u32,
+    held: Option<Box<Held>>,
+}
+
+enum Event<A> {
+    Answer(usize, u64, A),
+    Down(usize, u64, String),
+    Connected(usize, Result<Link<A>, LinkError>),
+}
+
+struct Driver<P: Protocol> {
+    p: Arc<P>,
+    config: DeliverConfig,
+    lanes: Vec<Lane<P::Status>>,
+    /// Per endpoint index of the protocol, its lanes (one per connection).
+    endpoint_lanes: Vec<Vec<usize>>,
+    groups: Vec<Group>,
+    batches: Vec<Option<BatchState>>,
+    free: Vec<u32>,
+    live_batches: usize,
+    /// Resends of each message (only those resent).
+    attempts: HashMap<Slot, u32>,
+    /// The groups that are held, in no order.
+    held: Vec<u16>,
+    queued: usize,
+    events_tx: mpsc::Sender<Event<P::Answer>>,
+    events: mpsc::Receiver<Event<P::Answer>>,
+    next_generation: u64,
+    buf: BytesMut,
+}
+
+impl<P: Protocol> Driver<P> {
+    fn new(p: Arc<P>, config: DeliverConfig) -> Self {
+        let (events_tx, events) = mpsc::channel(4096);
+        Driver {
+            p,
+            config,
+            lanes: Vec::new(),
+            endpoint_lanes: Vec::new(),
+            groups: (0..=u16::MAX).map(|_| Group::default()).collect(),
+            batches: Vec::new(),
+            free: Vec::new(),
+            live_batches: 0,
+            attempts: HashMap::new(),
+            held: Vec::new(),
+            queued: 0,
+            events_tx,
+            events,
+            next_generation: 1,
+            buf: BytesMut::with_capacity(1 << 20),
+        }
+    }
+
+    fn fatal(&self, message: impl std::fmt::Display) -> Error {
+        Error::sink(self.p.spec(), message)
+    }
+
+    /// A write answered with a refusal of the credentials (`what`: the status and endpoint).
+    fn denied(&self, what: &str) -> Error {
+        self.fatal(format!(
+            "a write answered {what}: the server requires authentication, or refused it; authentication is not retried: check {}",
+            self.p.credential_flags()
+        ))
+    }
+
+    /// The lanes of the protocol's endpoints now, created as needed.
+    fn map_endpoints(&mut self) {
+        let endpoints = self.p.endpoints();
+        let n = self.config.connections.max(1);
+        self.endpoint_lanes = endpoints
+            .iter()
+            .map(|e| {
+                let mut ids: Vec<usize> = self
+                    .lanes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| &l.endpoint == e)
+                    .map(|(i, _)| i)
+                    .collect();
+                while ids.len() < n {
+                    self.lanes.push(Lane {
+                        endpoint: e.clone(),
+                        conn: Conn::Down {
+                            due: Instant::now(),
+                            attempt: 0,
+                        },
+                        queue: VecDeque::new(),
+                        wire: VecDeque::new(),
+                        base: 0,
+                        rounds: VecDeque::new(),
+                    });
+                    ids.push(self.lanes.len() - 1);
+                }
+                ids
+            })
+            .collect();
+    }
+
+    /// Connects every lane at once; any failure stops the run (a destination that is not
+    /// there at the start is named at once).
+    async fn connect_all(&mut self) -> Result<(), Error> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, lane) in self.lanes.iter().enumerate() {
+            let (p, e) = (self.p.clone(), lane.endpoint.clone());
+            tasks.spawn(async move { (i, p.connect(&e).await) });
+        }
+        while let Some(r) = tasks.join_next().await {
+            let (i, r) = r.map_err(|e| self.fatal(format!("a connect task failed: {e}")))?;
+            match r {
+                Ok(link) => self.up(i, link, 0),
+                Err(e) => {
+                    let endpoint = self.lanes[i].endpoint.clone();
+                    return Err(connect_error(&*self.p, &endpoint, e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn up(&mut self, lane: usize, link: Link<P::Answer>, attempt: u32) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let outstanding = Arc::new(AtomicUsize::new(0));
+        let (tx, mut rx) = mpsc::channel::<Bytes>(self.config.depth + 64);
+        let Link {
+            mut writer,
+            mut reader,
+        } = link;
+        let events = self.events_tx.clone();
+        let writer_task = tokio::spawn(async move {
+            while let Some(buf) = rx.recv().await {
+                if let Err(e) = writer.write(&buf).await {
+                    let _ = events.send(Event::Down(lane, generation, e)).await;
+                    return;
+                }
+            }
+        });
+        let events = self.events_tx.clone();
+        let (waiting, timeout) = (outstanding.clone(), self.config.timeout);
+        let reader_task = tokio::spawn(async move {
+            loop {
+                match reader.read(timeout).await {
+                    Ok(Some(a)) => {
+                        if events
+                            .send(Event::Answer(lane, generation, a))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(None) if waiting.load(Ordering::Relaxed) == 0 => {}
+                    Ok(None) => {
+                        let why = format!(
+                            "no answer within {:.1}s while waiting for a round's answers",
+                            timeout.as_secs_f64()
+                        );
+                        let _ = events.send(Event::Down(lane, generation, why)).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = events.send(Event::Down(lane, generation, e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        self.lanes[lane].conn = Conn::Up {
+            tx,
+            generation,
+            outstanding,
+            tasks: [writer_task, reader_task],
+            attempt,
+        };
+    }
+
+    fn shutdown(&mut self) {
+        for lane in &mut self.lanes {
+            if let Conn::Up { tasks, .. } = &lane.conn {
+                for t in tasks {
+                    t.abort();
+                }
+            }
+            lane.conn = Conn::Down {
+                due: Instant::now(),
+                attempt: 0,
+            };
+        }
+    }
+
+    async fn run(&mut self, input: &BatchReceiver) -> Result<(), Error> {
+        self.p.start().await.map_err(|e| self.fatal(e))?;
+        self.map_endpoints();
+        if self.lanes.is_empty() {
+            return Err(self.fatal("no endpoint to write to"));
+        }
+        self.connect_all().await?;
+        let mut open = true;
+        let limit = self.config.round_items.max(1) * self.lanes.len().max(1) * 2;
+        loop {
+            self.send_rounds()?;
+            if !open && self.live_batches == 0 {
+                return Ok(());
+            }
+            let due = self.next_due();
+            tokio::select! {
+                biased;
+                ev = self.events.recv() => {
+                    if let Some(ev) = ev {
+                        self.event(ev)?;
+                    }
+                }
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    self.wake().await?;
+                }
+                b = input.recv(), if open && self.queued < limit => match b {
+                    Some(b) => self.take(b),
+                    None => open = false,
+                },
+            }
+        }
+    }
+
+    /// The earliest held group or down lane to wake.
+    fn next_due(&self) -> Option<Instant> {
+        let lanes = self.lanes.iter().filter_map(|l| match &l.conn {
+            Conn::Down { due, .. } if !l.queue.is_empty() || !l.wire.is_empty() => Some(*due),
+            _ => None,
+        });
+        let held = self
+            .held
+            .iter()
+            .filter_map(|g| self.groups[*g as usize].held.as_ref().map(|h| h.due));
+        lanes.chain(held).min()
+    }
+
+    /// The message a slot names (a slot always names a message of a live batch).
+    fn message(&self, s: Slot) -> Option<&Message> {
+        message_of(&self.batches, s)
+    }
+
+    /// Takes a batch from the channel: each message routed to its lane (or its held group).
+    fn take(&mut self, batch: crate::batch::Batch) {
+        let (messages, ack) = batch.into_parts();
+        if messages.is_empty() {
+            ack.confirm(Delivery::default());
+            return;
+        }
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.batches.push(None);
+                (self.batches.len() - 1) as u32
+            }
+        };
+        let n = messages.len();
+        self.batches[id as usize] = Some(BatchState {
+            messages,
+            ack: Some(ack),
+            left: n,
+            delivery: Delivery::default(),
+        });
+        self.live_batches += 1;
+        for index in 0..n as u32 {
+            let slot = Slot { batch: id, index };
+            let Some(m) = self.message(slot) else {
+                continue;
+            };
+            if m.is_control() {
+                self.settle(slot, Settle::Skipped);
+                continue;
+            }
+            if let Some(why) = self.p.refuse(m) {
+                self.settle(slot, Settle::Failed(why));
+                continue;
+            }
+            let route = self.p.route(m);
+            self.place(slot, route);
+        }
+    }
+
+    /// Puts a message in its group's lane queue, or with its group when it is held.
+    fn place(&mut self, slot: Slot, route: Route) {
+        let g = &mut self.groups[route.group as usize];
+        g.pending += 1;
+        if let Some(h) = &mut g.held {
+            h.slots.push(slot);
+            return;
+        }
+        let lane = match (g.lane, route.endpoint) {
+            (Some(l), _) if g.pending > 1 => Some(l),
+            (_, Some(e)) => self
+                .endpoint_lanes
+                .get(e)
+                .map(|ls| ls[route.group as usize % ls.len()]),
+            (_, None) => None,
+        };
+        match lane {
+            Some(l) => {
+                g.lane = Some(l);
+                self.lanes[l].queue.push_back((slot, route.group));
+                self.queued += 1;
+            }
+            None => {
+                // No endpoint takes it now: it waits, with its group, for a fresher map.
+                let attempt = self.attempts.entry(slot).or_insert(0);
+                *attempt += 1;
+                let due = Instant::now()
+                    + self
+                        .config
+                        .retry
+                        .backoff(*attempt)
+                        .unwrap_or(Duration::ZERO);
+                g.held = Some(Box::new(Held {
+                    slots: vec![slot],
+                    due,
+                    refresh: true,
+                    why: "no server holds its vbucket".into(),
+                    unroutable: true,
+                }));
+                self.held.push(route.group);
+            }
+        }
+    }
+
+    /// Sends what each connected lane has queued, a round at a time, up to `depth` rounds.
+    fn send_rounds(&mut self) -> Result<(), Error> {
+        let mut refs: Vec<Slot> = Vec::new();
+        for l in 0..self.lanes.len() {
+            loop {
+                let lane = &self.lanes[l];
+                let Conn::Up {
+                    tx, outstanding, ..
+                } = &lane.conn
+                else {
+                    break;
+                };
+                if lane.queue.is_empty() || lane.rounds.len() >= self.config.depth {
+                    break;
+                }
+                let (tx, outstanding) = (tx.clone(), outstanding.clone());
+                let take = lane.queue.len().min(self.config.round_items.max(1));
+                refs.clear();
+                let mut groups = Vec::with_capacity(take);
+                {
+                    let lane = &mut self.lanes[l];
+                    for (slot, group) in lane.queue.drain(..take) {
+                        refs.push(slot);
+                        groups.push(group);
+                    }
+                }
+                self.queued -= take;
+                let first = {
+                    let lane = &self.lanes[l];
+                    lane.base.wrapping_add(lane.wire.len() as u32)
+                };
+                self.buf.clear();
+                let used = {
+                    let batches = &self.batches;
+                    let msgs: Vec<&Message> = refs
+                        .iter()
+                        .filter_map(|s| message_of(batches, *s))
+                        .collect();
+                    if msgs.len() != refs.len() {
+                        return Err(self.fatal("a message to send is gone (a bug)"));
+                    }
+                    self.p.encode_round(&msgs, first, &mut self.buf)
+                };
+                let lane = &mut self.lanes[l];
+                for (slot, group) in refs.iter().zip(&groups) {
+                    lane.wire.push_back(Sent {
+                        slot: Some(*slot),
+                        group: *group,
+                        void: false,
+                        status: None,
+                    });
+                }
+                for _ in take as u32..used {
+                    lane.wire.push_back(Sent {
+                        slot: None,
+                        group: 0,
+                        void: false,
+                        status: None,
+                    });
+                }
+                lane.rounds.push_back(first.wrapping_add(used - 1));
+                outstanding.fetch_add(1, Ordering::Relaxed);
+                let bytes = self.buf.split().freeze();
+                if tx.try_send(bytes).is_err() {
+                    self.lane_down(l, "the connection's writer stopped".into())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, ev: Event<P::Answer>) -> Result<(), Error> {
+        match ev {
+            Event::Answer(l, generation, a) => {
+                if !self.current(l, generation) {
+                    return Ok(());
+                }
+                match self.p.hear(a) {
+                    Heard::Answer { id, status } => self.answer(l, id, status),
+                    Heard::Request { reply } => {
+                        if let (Some(reply), Conn::Up { tx, .. }) = (reply, &self.lanes[l].conn) {
+                            if tx.try_send(reply).is_err() {
+                                return self.lane_down(l, "the connection's writer stopped".into());
+                            }
+                        }
+                        Ok(())
+                    }
+                    Heard::Ignore => Ok(()),
+                    Heard::Broken(why) => self.lane_down(l, why),
+                }
+            }
+            Event::Down(l, generation, why) => {
+                if self.current(l, generation) {
+                    self.lane_down(l, why)
+                } else {
+                    Ok(())
+                }
+            }
+            Event::Connected(l, r) => {
+                let Conn::Connecting { attempt } = self.lanes[l].conn else {
+                    return Ok(());
+                };
+                match r {
+                    Ok(link) => {
+                        self.up(l, link, attempt);
+                        Ok(())
+                    }
+                    Err(LinkError::Denied(why)) => {
+                        let endpoint = self.lanes[l].endpoint.clone();
+                        Err(connect_error(&*self.p, &endpoint, LinkError::Denied(why)))
+                    }
+                    Err(LinkError::Failed(why)) => self.schedule_reconnect(l, attempt, why),
+                }
+            }
+        }
+    }
+
+    fn current(&self, l: usize, generation: u64) -> bool {
+        matches!(self.lanes[l].conn, Conn::Up { generation: g, .. } if g == generation)
+    }
+
+    /// One answer of lane `l`: recorded, and when it closes the oldest round, the round is
+    /// settled.
+    fn answer(&mut self, l: usize, id: u32, status: P::Status) -> Result<(), Error> {
+        let lane = &mut self.lanes[l];
+        let offset = id.wrapping_sub(lane.base) as usize;
+        let Some(front_last) = lane.rounds.front().copied() else {
+            return self.lane_down(l, format!("an answer to request {id}, nothing in flight"));
+        };
+        if offset >= lane.wire.len() {
+            return self.lane_down(
+                l,
+                format!("an answer to request {id}, which is not in flight"),
+            );
+        }
+        if id != front_last && lane.rounds.iter().skip(1).any(|r| *r == id) {
+            return self.lane_down(
+                l,
+                format!("the answer closing a later round ({id}) came before {front_last}'s"),
+            );
+        }
+        lane.wire[offset].status = Some(status);
+        if id != front_last {
+            // A refusal of the credentials is final at once: the server may hang up before
+            // the round's end is answered.
+            let denied = match (lane.wire[offset].slot, lane.wire[offset].void) {
+                (Some(slot), false) => message_of(&self.batches, slot)
+                    .is_some_and(|m| self.p.verdict(m, status) == Verdict::Denied),
+                _ => false,
+            };
+            if denied {
+                let endpoint = self.lanes[l].endpoint.clone();
+                return Err(self.denied(&format!("{status} from {endpoint}")));
+            }
+            return Ok(());
+        }
+        // The oldest round is answered: settle it.
+        lane.rounds.pop_front();
+        let n = offset + 1;
+        if let Conn::Up {
+            outstanding,
+            attempt,
+            ..
+        } = &mut lane.conn
+        {
+            outstanding.fetch_sub(1, Ordering::Relaxed);
+            *attempt = 0;
+        }
+        let settled: Vec<Sent<P::Status>> = lane.wire.drain(..n).collect();
+        lane.base = lane.base.wrapping_add(n as u32);
+        let endpoint = lane.endpoint.clone();
+        let mut settled = settled;
+        for i in 0..settled.len() {
+            let (Some(slot), false) = (settled[i].slot, settled[i].void) else {
+                continue;
+            };
+            let (group, status) = (settled[i].group, settled[i].status);
+            let Some(m) = self.message(slot) else {
+                continue;
+            };
+            let verdict = match status {
+                None => Verdict::Done,
+                Some(st) => self.p.verdict(m, st),
+            };
+            let reason = || match status {
+                Some(st) => format!("{st} from {endpoint}"),
+                None => String::new(),
+            };
+            match verdict {
+                Verdict::Done => self.settle_group(slot, group, Settle::Written),
+                Verdict::Skip => self.settle_group(slot, group, Settle::Skipped),
+                Verdict::Fail => self.settle_group(slot, group, Settle::Failed(reason())),
+                Verdict::Denied => return Err(self.denied(&reason())),
+                Verdict::Retry | Verdict::Reroute => {
+                    // The rest of this round's messages of the group go with it, in order.
+                    let mut following = Vec::new();
+                    for later in settled[i + 1..].iter_mut() {
+                        if later.group == group && !later.void {
+                            if let Some(s) = later.slot {
+                                later.void = true;
+                                following.push(s);
+                            }
+                        }
+                    }
+                    let refresh = verdict == Verdict::Reroute;
+                    self.hold(l, slot, group, following, reason(), refresh);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles a message of a group that was on the wire.
+    fn settle_group(&mut self, slot: Slot, group: u16, how: Settle) {
+        self.release_pending(group);
+        self.settle(slot, how);
+    }
+
+    fn release_pending(&mut self, group: u16) {
+        let g = &mut self.groups[group as usize];
+        g.pending = g.pending.saturating_sub(1);
+        if g.pending == 0 && g.held.is_none() {
+            g.lane = None;
+        }
+    }
+
+    /// Holds `group` from message `slot` on (see the module docs): the message and every
+    /// later one of its group, on the wire (voided) or queued, wait for the backoff.
+    fn hold(
+        &mut self,
+        l: usize,
+        slot: Slot,
+        group: u16,
+        following: Vec<Slot>,
+        why: String,
+        refresh: bool,
+    ) {
+        let attempt = {
+            let a = self.attempts.entry(slot).or_insert(0);
+            *a += 1;
+            *a
+        };
+        let Some(pause) = self.config.retry.backoff(attempt) else {
+            // Attempts used up: this message fails; the group goes on (the messages that
+            // followed it in this round go out again, in order).
+            self.attempts.remove(&slot);
+            self.settle_group(
+                slot,
+                group,
+                Settle::Failed(format!("{why}, still after {} retries", attempt - 1)),
+            );
+            let lane = &mut self.lanes[l];
+            for s in following.into_iter().rev() {
+                lane.queue.push_front((s, group));
+                self.queued += 1;
+            }
+            return;
+        };
+        self.count_retry(slot);
+        let mut slots = vec![slot];
+        slots.extend(following);
+        let lane = &mut self.lanes[l];
+        for s in lane.wire.iter_mut() {
+            if s.group == group && !s.void {
+                if let Some(later) = s.slot {
+                    s.void = true;
+                    slots.push(later);
+                }
+            }
+        }
+        let before = lane.queue.len();
+        lane.queue.retain(|(s, g)| {
+            if *g == group {
+                slots.push(*s);
+                false
+            } else {
+                true
+            }
+        });
+        self.queued -= before - self.lanes[l].queue.len();
+        let g = &mut self.groups[group as usize];
+        match &mut g.held {
+            // Held again while being released: keep the order, older first.
+            Some(h) => {
+                slots.append(&mut h.slots);
+                h.slots = slots;
+                h.refresh |= refresh;
+            }
+            None => {
+                g.held = Some(Box::new(Held {
+                    slots,
+                    due: Instant::now() + pause,
+                    refresh,
+                    why,
+                    unroutable: false,
+                }));
+                self.held.push(group);
+            }
+        }
+    }
+
+    fn count_retry(&mut self, slot: Slot) {
+        if let Some(b) = self.batches[slot.batch as usize].as_mut() {
+            b.delivery.retries += 1;
+        }
+    }
+
+    /// Releases the held groups that are due (refreshing the routing first when one asks),
+    /// and starts the reconnects that are due.
+    async fn wake(&mut self) -> Result<(), Error> {
+        let now = Instant::now();
+        let groups = &self.groups;
+        let due: Vec<u16> = self
+            .held
+            .iter()
+            .copied()
+            .filter(|g| {
+                groups[*g as usize]
+                    .held
+                    .as_ref()
+                    .is_some_and(|h| h.due <= now)
+            })
+            .collect();
+        self.held.retain(|g| !due.contains(g));
+        if !due.is_empty() {
+            let refresh = due.iter().any(|g| {
+                self.groups[*g as usize]
+                    .held
+                    .as_ref()
+                    .is_some_and(|h| h.refresh)
+            });
+            if refresh {
+                if let Err(e) = self.p.refresh().await {
+                    tracing::warn!("{}: {e}; routing with the map held", self.p.spec());
+                }
+                self.map_endpoints();
+            }
+            for group in due {
+                self.release(group);
+            }
+        }
+        for l in 0..self.lanes.len() {
+            let Conn::Down { due, attempt, .. } = &self.lanes[l].conn else {
+                continue;
+            };
+            if *due > now || (self.lanes[l].queue.is_empty() && self.lanes[l].wire.is_empty()) {
+                continue;
+            }
+            let attempt = *attempt;
+            self.lanes[l].conn = Conn::Connecting { attempt };
+            let (p, e, events) = (
+                self.p.clone(),
+                self.lanes[l].endpoint.clone(),
+                self.events_tx.clone(),
+            );
+            tokio::spawn(async move {
+                let r = p.connect(&e).await;
+                let _ = events.send(Event::Connected(l, r)).await;
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends a held group's messages again, in order, each routed afresh.
+    fn release(&mut self, group: u16) {
+        let Some(held) = self.groups[group as usize].held.take() else {
+            return;
+        };
+        let g = &mut self.groups[group as usize];
+        g.pending = g.pending.saturating_sub(held.slots.len() as u32);
+        g.lane = None;
+        let mut slots = held.slots.into_iter();
+        while let Some(slot) = slots.next() {
+            let Some(m) = self.message(slot) else {
+                continue;
+            };
+            let route = self.p.route(m);
+            if route.endpoint.is_none() && held.unroutable {
+                // Still no endpoint: its first message used an attempt; out of attempts,
+                // the whole group fails.
+                let attempt = self.attempts.get(&slot).copied().unwrap_or(0);
+                if self.config.retry.backoff(attempt + 1).is_none() {
+                    let why = format!("{}, still after {attempt} retries", held.why);
+                    self.attempts.remove(&slot);
+                    self.settle(slot, Settle::Failed(why.clone()));
+                    for s in slots.by_ref() {
+                        self.settle(s, Settle::Failed(why.clone()));
+                    }
+                    return;
+                }
+            }
+            self.place(slot, route);
+        }
+    }
+
+    /// Lane `l` lost its connection: every unsettled request goes back to the head of its
+    /// queue, in order, and it reconnects after a backoff.
+    fn lane_down(&mut self, l: usize, why: String) -> Result<(), Error> {
+        let lane = &mut self.lanes[l];
+        let attempt = match &lane.conn {
+            Conn::Up { tasks, attempt, .. } => {
+                for t in tasks {
+                    t.abort();
+                }
+                *attempt
+            }
+            Conn::Down { attempt, .. } | Conn::Connecting { attempt } => *attempt,
+        };
+        let mut back: Vec<(Slot, u16)> = lane
+            .wire
+            .drain(..)
+            .filter(|s| !s.void)
+            .filter_map(|s| s.slot.map(|slot| (slot, s.group)))
+            .collect();
+        self.queued += back.len();
+        let resent: Vec<Slot> = back.iter().map(|(s, _)| *s).collect();
+        back.extend(lane.queue.drain(..));
+        lane.queue = back.into();
+        lane.rounds.clear();
+        lane.base = 0;
+        for slot in resent {
+            self.count_retry(slot);
+        }
+        self.schedule_reconnect(l, attempt, why)
+    }
+
+    fn schedule_reconnect(&mut self, l: usize, attempt: u32, why: String) -> Result<(), Error> {
+        let next = attempt + 1;
+        let lane = &mut self.lanes[l];
+        let Some(pause) = self.config.retry.backoff(next) else {
+            return Err(Error::sink(
+                self.p.spec(),
+                format!(
+                    "lost the connection to {} and could not get it back in {attempt} attempts; last error: {why}",
+                    lane.endpoint
+                ),
+            ));
+        };
+        tracing::warn!(
+            "{}: {}: {why}; reconnecting in {pause:?} (attempt {next})",
+            self.p.spec(),
+            lane.endpoint
+        );
+        lane.conn = Conn::Down {
+            due: Instant::now() + pause,
+            attempt: next,
+        };
+        Ok(())
+    }
+
+    /// Records how one message ended; confirms its batch after its last message.
+    fn settle(&mut self, slot: Slot, how: Settle) {
+        let Some(b) = self.batches[slot.batch as usize].as_mut() else {
+            return;
+        };
+        match how {
+            Settle::Written => b.delivery.written += 1,
+            Settle::Skipped => b.delivery.skipped += 1,
+            Settle::Failed(why) => {
+                let f = KeyFailure::of(&b.messages[slot.index as usize], why);
+                b.delivery.failed.push(f);
+            }
+        }
+        self.attempts.remove(&slot);
+        b.left -= 1;
+        if b.left == 0 {
+            if let Some(mut b) = self.batches[slot.batch as usize].take() {
+                if let Some(ack) = b.ack.take() {
+                    ack.confirm(std::mem::take(&mut b.delivery));
+                }
+            }
+            self.free.push(slot.batch);
+            self.live_batches -= 1;
+        }
+    }
+}
+
+/// The message `s` names, while its batch is live.
+fn message_of(batches: &[Option<BatchState>], s: Slot) -> Option<&Message> {
+    batches
+        .get(s.batch as usize)?
+        .as_ref()?
+        .messages
+        .get(s.index as usize)
+}
+
+/// How a message ended.
+enum Settle {
+    Written,
+    Skipped,
+    Failed(String),
+}
+
+impl<A> std::fmt::Debug for Link<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Link")
+    }
+}
