@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::Delivery;
+use crate::batch::{Ack, Delivery};
 use crate::channel::{self, BatchReceiver, BatchSender, Filter, SourceEnd};
 use crate::error::Error;
 use crate::message::Message;
@@ -104,6 +104,15 @@ pub trait BatchWriter: Send {
     async fn check(&mut self, ctx: &Context) -> Result<(), Error>;
     /// Writes the messages; returns once they are durable (or failed per key).
     async fn write(&mut self, messages: Vec<Message>) -> Result<Delivery, Error>;
+    /// Writes a batch and confirms its `ack` once the batch is applied. By default: `write`,
+    /// then confirm. A writer that applies batches on a thread of its own hands the ack over
+    /// with the batch instead, so that it takes the next batch while the thread applies this
+    /// one; it still confirms only what was applied (an ack dropped rejects its batch).
+    async fn write_acked(&mut self, messages: Vec<Message>, ack: Ack) -> Result<(), Error> {
+        let delivery = self.write(messages).await?;
+        ack.confirm(delivery);
+        Ok(())
+    }
     /// Called once the channel is drained, with how the source ended. A file writer commits
     /// here only when `end` is [`SourceEnd::Complete`].
     async fn finish(&mut self, _end: SourceEnd) -> Result<(), Error> {
@@ -123,8 +132,7 @@ impl<W: BatchWriter> Sink for WriterSink<W> {
     async fn run(mut self: Box<Self>, input: BatchReceiver, _ctx: Context) -> Result<(), Error> {
         while let Some(batch) = input.recv().await {
             let (messages, ack) = batch.into_parts();
-            let delivery = self.0.write(messages).await?;
-            ack.confirm(delivery);
+            self.0.write_acked(messages, ack).await?;
         }
         self.0.finish(input.source_end()).await
     }

@@ -2,7 +2,8 @@
 //! [`pump_meta2::codec`]).
 //!
 //! The base is written under `PATH.pump-tmp` on its own thread fed by a queue (a batch is
-//! confirmed once queued; an error of the thread fails the next write or the finish). It is
+//! confirmed once the thread has applied it; an error of the thread rejects that batch and
+//! fails the next write or the finish). It is
 //! not built through `INSERT`: its pages are written directly (`pages.rs`, on
 //! [`pump_formats::sqlite_build`]), at the source's page size and with its user_version and
 //! application_id (its base message). Each table's statements run first on an in-memory SQLite,
@@ -10,9 +11,10 @@
 //! Rows go to the table's b-tree as they come (in key order: a table with a primary key gets
 //! new rowids in that order). At the table's end message its indexes are sorted, each on a thread
 //! of its own, and written between the next batches. Each end message carries the source's row
-//! count and digest of the table. A table whose layout the writer does not know is kept and
-//! inserted by SQLite once the file is written, as are the indexes it cannot order (written
-//! empty, then `REINDEX`). When the source ends Complete and before anything is renamed: the
+//! count and digest of the table. A table whose layout the writer does not know is kept (its
+//! rows in an unlinked file beside the base, `spill.rs`, not in memory) and inserted by
+//! SQLite once the file is written, as are the indexes it cannot order (written empty, then
+//! `REINDEX`). So the memory of the sink is bounded whatever the tables. When the source ends Complete and before anything is renamed: the
 //! file must pass `quick_check`, every table's digest read back from the file (with the
 //! statements its sqlite_master holds, rows in the order stored:
 //! [`pump_meta2::check::digest_private`]) must equal the source's, and the file is synced to
@@ -45,9 +47,11 @@ use tokio::sync::oneshot;
 mod pages;
 mod raw;
 mod runs;
+mod spill;
 use pages::{PagedTable, SortMemory};
 use pump_formats::sqlite_build::{is_page_size, FileBuilder};
 use raw::RawInsert;
+use spill::Spill;
 
 /// The `meta2:` sink kind.
 pub struct Meta2Kind;
@@ -112,8 +116,16 @@ pub fn meta2_sink_with(path: PathBuf, sync_dir: bool) -> WriterSink<Meta2Writer>
 }
 
 enum Cmd {
-    Write(Vec<Message>),
+    /// A batch, and who learns that it was applied.
+    Write(Vec<Message>, Applied),
     Finish(SourceEnd, oneshot::Sender<Result<(), String>>),
+}
+
+/// Who learns that a batch was applied: its ack (confirmed by the thread once the batch is
+/// in the file being built; dropped, which rejects it, when it fails), or a caller waiting.
+enum Applied {
+    Ack(pump::Ack),
+    Reply(oneshot::Sender<Result<(), String>>),
 }
 
 /// The SQLite thread: its queue and the first error it met (it stops at that error).
@@ -122,9 +134,9 @@ struct Worker {
     failed: Arc<Mutex<Option<String>>>,
 }
 
-/// Feeds the SQLite thread. A batch is confirmed once queued to it: nothing is durable
-/// before `finish` anyway (one transaction, renamed into place at the end), and an error
-/// of the thread is returned by the next `write` or by `finish`, which then fail the run.
+/// Feeds the SQLite thread. A batch is confirmed once the thread has applied it to the file
+/// being built (its ack travels with it); nothing is renamed into place before `finish`, and
+/// an error of the thread rejects its batch and fails the next write or the finish.
 pub struct Meta2Writer {
     path: PathBuf,
     sync_dir: bool,
@@ -177,6 +189,20 @@ impl Meta2Writer {
 
 #[async_trait]
 impl BatchWriter for Meta2Writer {
+    /// Hands the batch and its ack to the SQLite thread, which confirms the ack once the
+    /// batch is applied: the writer takes the next batch meanwhile.
+    async fn write_acked(&mut self, messages: Vec<Message>, ack: pump::Ack) -> Result<(), Error> {
+        let tx = self.worker().tx.clone();
+        if tx
+            .send(Cmd::Write(messages, Applied::Ack(ack)))
+            .await
+            .is_err()
+        {
+            return Err(self.gone());
+        }
+        Ok(())
+    }
+
     async fn check(&mut self, _ctx: &pump::Context) -> Result<(), Error> {
         if self.path.exists() {
             return Err(Error::sink(
@@ -188,13 +214,23 @@ impl BatchWriter for Meta2Writer {
             .map_err(|e| Error::sink(self.spec(), e))
     }
 
+    /// Writes a batch and returns once the SQLite thread has applied it.
     async fn write(&mut self, messages: Vec<Message>) -> Result<Delivery, Error> {
         let n = messages.len();
         let tx = self.worker().tx.clone();
-        if tx.send(Cmd::Write(messages)).await.is_err() {
+        let (reply, rx) = oneshot::channel();
+        if tx
+            .send(Cmd::Write(messages, Applied::Reply(reply)))
+            .await
+            .is_err()
+        {
             return Err(self.gone());
         }
-        Ok(Delivery::all(n))
+        match rx.await {
+            Ok(Ok(())) => Ok(Delivery::all(n)),
+            Ok(Err(e)) => Err(Error::sink(self.spec(), e)),
+            Err(_) => Err(self.gone()),
+        }
     }
 
     async fn finish(&mut self, end: SourceEnd) -> Result<(), Error> {
@@ -215,7 +251,7 @@ impl BatchWriter for Meta2Writer {
 /// once the file is written.
 enum Layout {
     Paged(Box<PagedTable>),
-    BySqlite(Vec<Message>),
+    BySqlite(Spill),
 }
 
 struct TableState {
@@ -303,13 +339,25 @@ fn builder_thread(
     };
     while let Some(cmd) = rx.blocking_recv() {
         match cmd {
-            Cmd::Write(msgs) => {
-                if let Err(e) = b.write(msgs) {
-                    b.abandon();
-                    if let Ok(mut f) = failed.lock() {
-                        *f = Some(e);
+            Cmd::Write(msgs, applied) => {
+                let n = msgs.len();
+                match b.write(msgs) {
+                    Ok(()) => match applied {
+                        Applied::Ack(ack) => ack.confirm(Delivery::all(n)),
+                        Applied::Reply(r) => {
+                            let _ = r.send(Ok(()));
+                        }
+                    },
+                    Err(e) => {
+                        b.abandon();
+                        if let Ok(mut f) = failed.lock() {
+                            *f = Some(e.clone());
+                        }
+                        if let Applied::Reply(r) = applied {
+                            let _ = r.send(Err(e));
+                        }
+                        return;
                     }
-                    return;
                 }
             }
             Cmd::Finish(end, reply) => {
@@ -444,7 +492,9 @@ impl Builder {
                         p.push(file, rowid, &mut cells[key..])
                             .map_err(|e| format!("table {}: {e}", t.name))?;
                     }
-                    Layout::BySqlite(rows) => rows.push(m.clone()),
+                    Layout::BySqlite(rows) => rows
+                        .push(&m.key, &m.value)
+                        .map_err(|e| format!("table {}: {e}", t.name))?,
                 }
             }
             i = end;
@@ -499,7 +549,7 @@ impl Builder {
             .all(|s| conn.execute_batch(s).is_ok());
         let layout = match pages::plan(conn, &name, &self.sort)? {
             Some(p) if later_ok => Layout::Paged(Box::new(p)),
-            _ => Layout::BySqlite(Vec::new()),
+            _ => Layout::BySqlite(Spill::new(&self.sort.dir)?),
         };
         let t = Table {
             id: m.vbucket,
@@ -571,17 +621,17 @@ impl Builder {
                         conn.execute_batch(s).map_err(|e| format!("{tmp}: {e}"))?;
                     }
                 }
-                Layout::BySqlite(msgs) => {
-                    let msgs = std::mem::take(msgs);
+                Layout::BySqlite(spill) => {
+                    let mut rows = spill.read_back()?;
                     let (create, later) = t.statements.split_first().ok_or("no statement")?;
                     conn.execute_batch(create)
                         .map_err(|e| format!("{tmp}: {e}"))?;
                     let later = later.to_vec();
                     let mut stmt = RawInsert::new(&conn, &t.insert)
                         .map_err(|e| format!("table {}: {e}", t.name))?;
-                    let mut cells = Vec::with_capacity(t.columns.len() + 1);
-                    for m in &msgs {
-                        decode_row(t, m, &mut cells)?;
+                    while let Some(m) = rows.next_row()? {
+                        let mut cells = Vec::with_capacity(t.columns.len() + 1);
+                        decode_row(t, &m, &mut cells)?;
                         stmt.insert(&cells)
                             .map_err(|e| format!("table {}: {e}", t.name))?;
                     }
@@ -982,6 +1032,44 @@ mod tests {
             0,
             "a file was left"
         );
+    }
+
+    /// A batch is confirmed only once the builder thread applied it: a batch it cannot apply
+    /// is rejected (its source acknowledges nothing past it), where it used to be confirmed
+    /// when queued.
+    #[tokio::test]
+    async fn a_batch_is_confirmed_once_applied_and_one_that_cannot_be_is_rejected() {
+        use pump::{Batch, BatchSender, Context, Source};
+        struct TwoBatches(Vec<Vec<Message>>, tokio::sync::mpsc::UnboundedSender<bool>);
+        #[async_trait]
+        impl Source for TwoBatches {
+            async fn run(self: Box<Self>, out: BatchSender, _ctx: Context) -> Result<(), Error> {
+                for b in self.0 {
+                    let (batch, acked) = Batch::with_ack(b);
+                    out.send(batch).await?;
+                    let _ = self.1.send(acked.await.is_ok());
+                }
+                Ok(())
+            }
+        }
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("z.meta2");
+        let good = messages();
+        // A row of a table whose schema never came.
+        let mut bad = vec![good[1].clone()];
+        bad[0].vbucket = 9;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let r = pump::run(
+            Box::new(TwoBatches(vec![good, bad], tx)),
+            Box::new(meta2_sink(path.clone())),
+            Context::new(Options::default()),
+        )
+        .await;
+        assert_eq!(rx.recv().await, Some(true), "the good batch is confirmed");
+        assert_eq!(rx.recv().await, Some(false), "the bad one is rejected");
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("before its schema"), "{e}");
+        assert!(!path.exists() && !tmp_path(&path).exists());
     }
 
     #[tokio::test]
