@@ -1,7 +1,10 @@
-//! The key listing of a memcached: `lru_crawler metadump all` on a text connection.
+//! The key listing of a memcached: `lru_crawler metadump hash` on a text connection (the
+//! crawler walks the hash table, so an item that moves between LRU queues during the walk is
+//! not missed); `lru_crawler metadump all` (the LRU queues) on a memcached older than the hash
+//! walk, which answers `BADCLASS` to it.
 //!
 //! ```text
-//! > lru_crawler metadump all\r\n
+//! > lru_crawler metadump hash\r\n
 //! < key=a%25b exp=-1 la=1795392107 cas=1 fetch=no cls=1 size=68\n
 //! < key=c exp=2000000000 la=1795392107 cas=2 fetch=no cls=1 size=65\n
 //! < END\r\n
@@ -62,11 +65,32 @@ pub struct Metadump {
     done: bool,
     /// `curr_items` before the listing began.
     pub items_before: u64,
+    /// What was listed: the hash table, or the LRU queues (an older memcached).
+    pub walk: Walk,
+}
+
+/// What a metadump walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    /// The hash table: every item once, whatever the LRU does meanwhile.
+    Hash,
+    /// The LRU queues: an item moving between them during the walk can be left out.
+    Lru,
+}
+
+impl Walk {
+    fn command(self) -> &'static [u8] {
+        match self {
+            Walk::Hash => b"lru_crawler metadump hash\r\n",
+            Walk::Lru => b"lru_crawler metadump all\r\n",
+        }
+    }
 }
 
 impl Metadump {
     /// Connects and starts the crawl, waiting while another crawl is running.
     pub async fn start(addr: &str, timeout: Duration) -> Result<Metadump, String> {
+        let mut walk = Walk::Hash;
         for _ in 0..100 {
             let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
                 .await
@@ -80,15 +104,21 @@ impl Metadump {
                 first: None,
                 done: false,
                 items_before: 0,
+                walk,
             };
             m.items_before = m.curr_items().await?;
             m.reader
                 .get_mut()
-                .write_all(b"lru_crawler metadump all\r\n")
+                .write_all(walk.command())
                 .await
                 .map_err(|e| format!("{addr}: {e}"))?;
             m.read_line().await?;
             let first = String::from_utf8_lossy(m.current()).into_owned();
+            if first.starts_with("BADCLASS") && walk == Walk::Hash {
+                // A memcached without the hash walk: the LRU queues, on a new connection.
+                walk = Walk::Lru;
+                continue;
+            }
             if first.starts_with("BUSY") {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -105,7 +135,8 @@ impl Metadump {
                 return Ok(m);
             }
             return Err(format!(
-                "{addr}: `lru_crawler metadump all` answered {first:?}: cannot list the keys (a memcached started with -S has no text protocol; one started with -o no_lru_crawler has no crawler)"
+                "{addr}: `{}` answered {first:?}: cannot list the keys (a memcached started with -S has no text protocol; one started with -o no_lru_crawler has no crawler)",
+                String::from_utf8_lossy(walk.command()).trim_end()
             ));
         }
         Err(format!("{addr}: the LRU crawler stayed busy for 10 s"))

@@ -5,10 +5,13 @@
 //! ```
 //!
 //! Several rounds are on the wire at once; GETKQ answers only on a hit, so the answers before
-//! a round's NOOP are the keys still there. A listing short of `curr_items` is followed by
-//! another that fetches only the keys not read yet (see [`MAX_PASSES`]).
+//! a round's NOOP are the keys still there. Nothing is kept per key: the memory of a run is
+//! flat however many items the server holds (a few rounds of keys, and the channel's batches).
+//! A listing short of `curr_items` (items written while it ran; or, on a memcached without
+//! the hash walk, items the LRU crawler missed) is followed by another pass that reads every
+//! key again: at least once, as the delivery contract allows (see [`MAX_PASSES`]).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -18,7 +21,7 @@ use pump_client::{Auth, Duplex};
 use pump_protocol::packet::encode_request;
 use pump_protocol::{vbucket_of, Opcode, Status, HEADER_LEN};
 
-use super::metadump::{Listed, Metadump};
+use super::metadump::{Listed, Metadump, Walk};
 use super::MemcachedConfig;
 
 /// GETKQ rounds on the wire at once.
@@ -48,18 +51,10 @@ fn encode_gets(keys: &[Listed]) -> bytes::Bytes {
     buf.freeze()
 }
 
-/// The LRU crawler walks live queues: an item that moves between them while it walks (the
-/// LRU maintainer ages and bumps items all the time) can be left out of one listing. When a
-/// listing comes up short of `curr_items`, the next pass lists again and fetches only the keys
-/// not seen yet, up to this many passes.
+/// When a listing comes up short of `curr_items`, the next pass lists and reads every key
+/// again (the keys already read are read twice: remembering them would cost memory per key),
+/// up to this many passes.
 const MAX_PASSES: usize = 3;
-
-/// A key's fingerprint in the set of keys already read: 8 bytes a key instead of the key.
-/// (Two keys sharing one would need about 2^32 keys to be likely.)
-fn fingerprint(key: &[u8]) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault};
-    BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(key)
-}
 
 /// What one listing pass did.
 #[derive(Default)]
@@ -69,12 +64,11 @@ struct Pass {
 }
 
 impl MemcachedSource {
-    /// One metadump and the GETKQ rounds of the keys it lists that are not in `seen`.
+    /// One metadump and the GETKQ rounds of the keys it lists.
     async fn pass(
         &self,
         client: &mut Duplex,
         dump: &mut Metadump,
-        seen: &mut HashSet<u64>,
         out: &BatchSender,
     ) -> Result<Pass, Error> {
         let c = &self.config;
@@ -84,16 +78,12 @@ impl MemcachedSource {
         let mut listing_done = false;
         loop {
             while !listing_done && in_flight.len() < DEPTH {
-                let mut keys = dump.next_keys(c.batch_items).await.map_err(fail)?;
+                let keys = dump.next_keys(c.batch_items).await.map_err(fail)?;
                 if keys.is_empty() {
                     listing_done = true;
                     break;
                 }
                 pass.listed += keys.len() as u64;
-                keys.retain(|k| seen.insert(fingerprint(&k.key)));
-                if keys.is_empty() {
-                    continue;
-                }
                 client
                     .send(encode_gets(&keys))
                     .await
@@ -171,7 +161,6 @@ impl Source for MemcachedSource {
                 };
                 fail(format!("memcached at {e}{hint}"))
             })?;
-        let mut seen = HashSet::new();
         let mut vanished = 0;
         let mut expected = None;
         for n in 1..=MAX_PASSES {
@@ -179,21 +168,27 @@ impl Source for MemcachedSource {
             // Items deleted or expired since the first listing lower the bar.
             let before = (*expected.get_or_insert(dump.items_before)).min(dump.items_before);
             out.stats().set_expected(before);
-            let pass = self.pass(&mut client, &mut dump, &mut seen, &out).await?;
+            let walk = dump.walk;
+            let pass = self.pass(&mut client, &mut dump, &out).await?;
             vanished += pass.vanished;
-            let found = seen.len() as u64;
-            if found >= before || pass.listed == 0 {
+            if pass.listed >= before || pass.listed == 0 {
                 break;
             }
+            let why = match walk {
+                Walk::Hash => "items were written while it ran",
+                Walk::Lru => "the LRU crawler misses items that move while it walks",
+            };
             if n == MAX_PASSES {
                 tracing::warn!(
-                    "{}: {MAX_PASSES} metadumps listed {found} keys but the server held {before} items when the first began; run the transfer again once the server is quiet to catch the rest",
+                    "{}: {MAX_PASSES} metadumps listed {} keys but the server held {before} items when the first began ({why}); run the transfer again once the server is quiet to catch the rest",
                     c.spec,
+                    pass.listed,
                 );
             } else {
                 tracing::info!(
-                    "{}: the metadump listed {found} of {before} items (the LRU crawler misses items that move while it walks): listing again for the rest",
+                    "{}: the metadump listed {} of {before} items ({why}): listing and reading every key again",
                     c.spec,
+                    pass.listed,
                 );
             }
         }
