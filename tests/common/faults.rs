@@ -51,6 +51,8 @@ pub struct Faults {
     pub permanent: Option<(String, u16)>,
     pub timing: Timing,
     pub seed: u64,
+    /// Keep every write forwarded to the server (key, value), in the order forwarded.
+    pub record: bool,
 }
 
 impl Default for Faults {
@@ -62,6 +64,7 @@ impl Default for Faults {
             permanent: None,
             timing: Timing::InOrder,
             seed: 1,
+            record: false,
         }
     }
 }
@@ -73,6 +76,8 @@ pub struct Counts {
     pub statuses: Mutex<HashMap<u16, u64>>,
     pub resets: AtomicU64,
     pub connections: AtomicU64,
+    /// With `Faults::record`: (key, value) of every write forwarded, in order.
+    pub forwarded: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl Counts {
@@ -195,7 +200,8 @@ impl Frame {
     fn opaque(&self) -> u32 {
         u32::from_be_bytes(self.bytes[12..16].try_into().unwrap())
     }
-    fn key(&self) -> &[u8] {
+    /// Where the key starts, and its length.
+    fn key_at(&self) -> (usize, usize) {
         let keylen = u16::from_be_bytes([self.bytes[2], self.bytes[3]]) as usize;
         let extlen = self.bytes[4] as usize;
         // TAP messages carry engine-specific bytes after the extras (their length in the
@@ -205,8 +211,15 @@ impl Frame {
         } else {
             0
         };
-        let at = 24 + extlen + engine;
-        self.bytes.get(at..at + keylen).unwrap_or(&[])
+        (24 + extlen + engine, keylen)
+    }
+    fn key(&self) -> &[u8] {
+        let (at, len) = self.key_at();
+        self.bytes.get(at..at + len).unwrap_or(&[])
+    }
+    fn value(&self) -> &[u8] {
+        let (at, len) = self.key_at();
+        self.bytes.get(at + len..).unwrap_or(&[])
     }
 }
 
@@ -319,6 +332,13 @@ async fn serve(
         }
         match fault {
             None => {
+                if faults.record && f.bytes[0] == 0x80 && is_write(f.opcode()) {
+                    counts
+                        .forwarded
+                        .lock()
+                        .unwrap()
+                        .push((f.key().to_vec(), f.value().to_vec()));
+                }
                 out.clear();
                 out.extend_from_slice(&f.bytes);
                 sw.write_all(&out).await?;
