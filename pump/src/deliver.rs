@@ -814,12 +814,13 @@ impl<P: Protocol> Driver<P> {
                 continue;
             };
             let (group, status) = (settled[i].group, settled[i].status);
-            let Some(m) = self.message(slot) else {
-                continue;
-            };
             let verdict = match status {
+                // Quiet: no answer is success.
                 None => Verdict::Done,
-                Some(st) => self.p.verdict(m, st),
+                Some(st) => match self.message(slot) {
+                    Some(m) => self.p.verdict(m, st),
+                    None => continue,
+                },
             };
             let reason = || match status {
                 Some(st) => format!("{st} from {endpoint}"),
@@ -1100,7 +1101,9 @@ impl<P: Protocol> Driver<P> {
                 b.delivery.failed.push(f);
             }
         }
-        self.attempts.remove(&slot);
+        if !self.attempts.is_empty() {
+            self.attempts.remove(&slot);
+        }
         b.left -= 1;
         if b.left == 0 {
             if let Some(mut b) = self.batches[slot.batch as usize].take() {
