@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! batches ──route──▶ lane (endpoint, group % connections): a queue ──rounds──▶ one connection
-//!                    a group (a vbucket, or a key's hash) always goes to the same lane
+//!                    a group (a vbucket: a key always has the same) always goes to one lane
 //!
 //! one round on the wire, request ids consecutive on the connection:
 //!   write#n write#n+1 ... write#n+k-1 [barrier#n+k]   the last request is always answered
@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -83,8 +84,8 @@ pub enum LinkError {
 /// Where a message goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
-    /// The unit of order: messages of one group keep their order (a vbucket; for a server
-    /// without vbuckets, a hash of the key).
+    /// The unit of order: messages of one group keep their order (a vbucket: every source
+    /// gives a key the same one).
     pub group: u16,
     /// The index of the endpoint that takes it now, in [`Protocol::endpoints`]; `None` when no
     /// endpoint holds its vbucket at the moment (it waits for a fresher map).
@@ -132,6 +133,13 @@ pub trait Protocol: Send + Sync + 'static {
     /// Where `m` goes.
     fn route(&self, m: &Message) -> Route;
 
+    /// True when a group's endpoint never changes during a run (one server): the writer then
+    /// keeps no count of each group's messages in flight, which a changing map needs (a
+    /// group stays on its old connection until those are settled).
+    fn fixed_routes(&self) -> bool {
+        false
+    }
+
     /// A reason `m` can never be written here (a key too long), or `None`.
     fn refuse(&self, _m: &Message) -> Option<String> {
         None
@@ -155,6 +163,10 @@ pub trait Protocol: Send + Sync + 'static {
 
     /// What `status` answered to `m` means.
     fn verdict(&self, m: &Message, status: Self::Status) -> Verdict;
+
+    /// True when `status` means written whatever the message (an ack): such answers let a
+    /// round settle without looking at each message.
+    fn is_success(&self, status: Self::Status) -> bool;
 }
 
 /// How a [`PipelinedSink`] uses its connections.
@@ -162,7 +174,7 @@ pub trait Protocol: Send + Sync + 'static {
 pub struct DeliverConfig {
     /// Connections per endpoint (`-t`).
     pub connections: usize,
-    /// Rounds in flight per connection.
+    /// Rounds' worth of messages in flight per connection (`depth * round_items`).
     pub depth: usize,
     /// Messages per round at most.
     pub round_items: usize,
@@ -245,16 +257,26 @@ struct Slot {
     index: u32,
 }
 
-/// A request on the wire.
-#[derive(Debug)]
-struct Sent<S> {
-    /// `None`: a closing request (a NOOP).
-    slot: Option<Slot>,
-    group: u16,
-    /// Superseded by a resend (its group was held): its answer no longer counts.
-    void: bool,
-    /// An explicit answer, before the round settles.
-    status: Option<S>,
+/// A round on the wire: its messages are requests `first ..`, in order; `last` is the id of
+/// the request that closes it (a NOOP after them, or the last message itself).
+struct Round<S> {
+    first: u32,
+    last: u32,
+    /// (message, group), in request order.
+    slots: Vec<(Slot, u16)>,
+    /// Explicit answers so far, by offset from `first` (failures, acks): few.
+    answers: Vec<(u32, S)>,
+    /// Offsets superseded by a resend (their group was held after they were sent): their
+    /// answers no longer count. Few.
+    void: Vec<u32>,
+}
+
+impl<S: Copy> Round<S> {
+    /// The id `id` is one of this round's requests: its offset.
+    fn offset(&self, id: u32) -> Option<u32> {
+        let off = id.wrapping_sub(self.first);
+        (off <= self.last.wrapping_sub(self.first)).then_some(off)
+    }
 }
 
 enum Conn {
@@ -281,11 +303,12 @@ struct Lane<S> {
     conn: Conn,
     /// Routed, not yet sent: (slot, group).
     queue: VecDeque<(Slot, u16)>,
-    /// Sent, not yet settled, in id order: ids `base .. base + wire.len()`.
-    wire: VecDeque<Sent<S>>,
-    base: u32,
-    /// The last id of each round on the wire, in order.
-    rounds: VecDeque<u32>,
+    /// Rounds sent, not yet settled, in id order.
+    wire: VecDeque<Round<S>>,
+    /// Messages in those rounds.
+    in_flight: usize,
+    /// The id of the next request.
+    next_id: u32,
 }
 
 struct BatchState {
@@ -336,16 +359,18 @@ struct Driver<P: Protocol> {
     attempts: HashMap<Slot, u32>,
     /// The groups that are held, in no order.
     held: Vec<u16>,
+    /// The protocol's routes never change ([`Protocol::fixed_routes`]).
+    fixed: bool,
     queued: usize,
     events_tx: mpsc::Sender<Event<P::Answer>>,
     events: mpsc::Receiver<Event<P::Answer>>,
     next_generation: u64,
-    buf: BytesMut,
 }
 
 impl<P: Protocol> Driver<P> {
     fn new(p: Arc<P>, config: DeliverConfig) -> Self {
         let (events_tx, events) = mpsc::channel(4096);
+        let fixed = p.fixed_routes();
         Driver {
             p,
             config,
@@ -357,11 +382,11 @@ impl<P: Protocol> Driver<P> {
             live_batches: 0,
             attempts: HashMap::new(),
             held: Vec::new(),
+            fixed,
             queued: 0,
             events_tx,
             events,
             next_generation: 1,
-            buf: BytesMut::with_capacity(1 << 20),
         }
     }
 
@@ -400,8 +425,8 @@ impl<P: Protocol> Driver<P> {
                         },
                         queue: VecDeque::new(),
                         wire: VecDeque::new(),
-                        base: 0,
-                        rounds: VecDeque::new(),
+                        in_flight: 0,
+                        next_id: 0,
                     });
                     ids.push(self.lanes.len() - 1);
                 }
@@ -510,9 +535,22 @@ impl<P: Protocol> Driver<P> {
         }
         self.connect_all().await?;
         let mut open = true;
-        let limit = self.config.round_items.max(1) * self.lanes.len().max(1) * 2;
+        let limit = self.config.round_items.max(1) * 2;
         loop {
-            self.send_rounds()?;
+            // Every batch already waiting is taken first, so that a lane sends full rounds;
+            // a partial one goes when nothing more is waiting (or its connection is idle).
+            let mut waiting = open;
+            while open && self.queued < limit {
+                match input.recv().now_or_never() {
+                    Some(Some(b)) => self.take(b),
+                    Some(None) => open = false,
+                    None => {
+                        waiting = false;
+                        break;
+                    }
+                }
+            }
+            self.send_rounds(!waiting || !open)?;
             if !open && self.live_batches == 0 {
                 return Ok(());
             }
@@ -567,6 +605,23 @@ impl<P: Protocol> Driver<P> {
                 (self.batches.len() - 1) as u32
             }
         };
+        // Each message to its lane (or its held group) as it is read; the few that are not
+        // sent (control messages, refused keys) are settled once the batch is in the slab.
+        let mut unsent: Vec<(Slot, Settle)> = Vec::new();
+        for (index, m) in messages.iter().enumerate() {
+            let slot = Slot {
+                batch: id,
+                index: index as u32,
+            };
+            if m.is_control() {
+                unsent.push((slot, Settle::Skipped));
+            } else if let Some(why) = self.p.refuse(m) {
+                unsent.push((slot, Settle::Failed(why)));
+            } else {
+                let route = self.p.route(m);
+                self.place(slot, route);
+            }
+        }
         let n = messages.len();
         self.batches[id as usize] = Some(BatchState {
             messages,
@@ -575,28 +630,17 @@ impl<P: Protocol> Driver<P> {
             delivery: Delivery::default(),
         });
         self.live_batches += 1;
-        for index in 0..n as u32 {
-            let slot = Slot { batch: id, index };
-            let Some(m) = self.message(slot) else {
-                continue;
-            };
-            if m.is_control() {
-                self.settle(slot, Settle::Skipped);
-                continue;
-            }
-            if let Some(why) = self.p.refuse(m) {
-                self.settle(slot, Settle::Failed(why));
-                continue;
-            }
-            let route = self.p.route(m);
-            self.place(slot, route);
+        for (slot, how) in unsent {
+            self.settle(slot, how);
         }
     }
 
     /// Puts a message in its group's lane queue, or with its group when it is held.
     fn place(&mut self, slot: Slot, route: Route) {
         let g = &mut self.groups[route.group as usize];
-        g.pending += 1;
+        if !self.fixed {
+            g.pending += 1;
+        }
         if let Some(h) = &mut g.held {
             h.slots.push(slot);
             return;
@@ -637,69 +681,66 @@ impl<P: Protocol> Driver<P> {
         }
     }
 
-    /// Sends what each connected lane has queued, a round at a time, up to `depth` rounds.
-    fn send_rounds(&mut self) -> Result<(), Error> {
-        let mut refs: Vec<Slot> = Vec::new();
+    /// Sends what each connected lane has queued, a round at a time, while its window of
+    /// messages on the wire has room.
+    /// With `partial` false, a lane that has messages on the wire sends full rounds only.
+    fn send_rounds(&mut self, partial: bool) -> Result<(), Error> {
+        // The window is in messages, not rounds: a batch split over -t connections makes
+        // rounds smaller, and a connection must keep as much on the wire.
+        let window = self.config.depth * self.config.round_items.max(1);
+        let max_rounds = MAX_ROUNDS_PER_DEPTH * self.config.depth;
         for l in 0..self.lanes.len() {
             loop {
-                let lane = &self.lanes[l];
+                let lane = &mut self.lanes[l];
                 let Conn::Up {
                     tx, outstanding, ..
                 } = &lane.conn
                 else {
                     break;
                 };
-                if lane.queue.is_empty() || lane.rounds.len() >= self.config.depth {
+                let round = self.config.round_items.max(1);
+                if lane.queue.is_empty()
+                    || lane.in_flight >= window
+                    || lane.wire.len() >= max_rounds
+                    || (!partial && lane.queue.len() < round && lane.in_flight > 0)
+                {
                     break;
                 }
                 let (tx, outstanding) = (tx.clone(), outstanding.clone());
                 let take = lane.queue.len().min(self.config.round_items.max(1));
-                refs.clear();
-                let mut groups = Vec::with_capacity(take);
-                {
-                    let lane = &mut self.lanes[l];
-                    for (slot, group) in lane.queue.drain(..take) {
-                        refs.push(slot);
-                        groups.push(group);
-                    }
-                }
+                let slots: Vec<(Slot, u16)> = lane.queue.drain(..take).collect();
+                let first = lane.next_id;
                 self.queued -= take;
-                let first = {
-                    let lane = &self.lanes[l];
-                    lane.base.wrapping_add(lane.wire.len() as u32)
-                };
-                self.buf.clear();
-                let used = {
+                let (used, bytes) = {
                     let batches = &self.batches;
-                    let msgs: Vec<&Message> = refs
+                    let msgs: Vec<&Message> = slots
                         .iter()
-                        .filter_map(|s| message_of(batches, *s))
+                        .filter_map(|(s, _)| message_of(batches, *s))
                         .collect();
-                    if msgs.len() != refs.len() {
+                    if msgs.len() != slots.len() {
                         return Err(self.fatal("a message to send is gone (a bug)"));
                     }
-                    self.p.encode_round(&msgs, first, &mut self.buf)
+                    // A buffer of the round's size: one allocation, no growth while encoding.
+                    let estimate: usize = msgs
+                        .iter()
+                        .map(|m| m.size() + ROUND_OVERHEAD)
+                        .sum::<usize>()
+                        + ROUND_OVERHEAD;
+                    let mut buf = BytesMut::with_capacity(estimate);
+                    let used = self.p.encode_round(&msgs, first, &mut buf);
+                    (used.max(1), buf.freeze())
                 };
                 let lane = &mut self.lanes[l];
-                for (slot, group) in refs.iter().zip(&groups) {
-                    lane.wire.push_back(Sent {
-                        slot: Some(*slot),
-                        group: *group,
-                        void: false,
-                        status: None,
-                    });
-                }
-                for _ in take as u32..used {
-                    lane.wire.push_back(Sent {
-                        slot: None,
-                        group: 0,
-                        void: false,
-                        status: None,
-                    });
-                }
-                lane.rounds.push_back(first.wrapping_add(used - 1));
+                lane.next_id = first.wrapping_add(used);
+                lane.in_flight += slots.len();
+                lane.wire.push_back(Round {
+                    first,
+                    last: first.wrapping_add(used - 1),
+                    slots,
+                    answers: Vec::new(),
+                    void: Vec::new(),
+                });
                 outstanding.fetch_add(1, Ordering::Relaxed);
-                let bytes = self.buf.split().freeze();
                 if tx.try_send(bytes).is_err() {
                     self.lane_down(l, "the connection's writer stopped".into())?;
                 }
@@ -762,28 +803,27 @@ impl<P: Protocol> Driver<P> {
     /// settled.
     fn answer(&mut self, l: usize, id: u32, status: P::Status) -> Result<(), Error> {
         let lane = &mut self.lanes[l];
-        let offset = id.wrapping_sub(lane.base) as usize;
-        let Some(front_last) = lane.rounds.front().copied() else {
-            return self.lane_down(l, format!("an answer to request {id}, nothing in flight"));
-        };
-        if offset >= lane.wire.len() {
+        let Some(r) = lane.wire.iter().position(|r| r.offset(id).is_some()) else {
             return self.lane_down(
                 l,
                 format!("an answer to request {id}, which is not in flight"),
             );
-        }
-        if id != front_last && lane.rounds.iter().skip(1).any(|r| *r == id) {
+        };
+        let round = &mut lane.wire[r];
+        let off = id.wrapping_sub(round.first);
+        if id == round.last && r > 0 {
+            let oldest = lane.wire[0].last;
             return self.lane_down(
                 l,
-                format!("the answer closing a later round ({id}) came before {front_last}'s"),
+                format!("the answer closing a later round ({id}) came before {oldest}'s"),
             );
         }
-        lane.wire[offset].status = Some(status);
-        if id != front_last {
+        round.answers.push((off, status));
+        if id != round.last {
             // A refusal of the credentials is final at once: the server may hang up before
             // the round's end is answered.
-            let denied = match (lane.wire[offset].slot, lane.wire[offset].void) {
-                (Some(slot), false) => message_of(&self.batches, slot)
+            let denied = match round.slots.get(off as usize) {
+                Some((slot, _)) if !round.void.contains(&off) => message_of(&self.batches, *slot)
                     .is_some_and(|m| self.p.verdict(m, status) == Verdict::Denied),
                 _ => false,
             };
@@ -794,8 +834,10 @@ impl<P: Protocol> Driver<P> {
             return Ok(());
         }
         // The oldest round is answered: settle it.
-        lane.rounds.pop_front();
-        let n = offset + 1;
+        let Some(mut round) = lane.wire.pop_front() else {
+            return Ok(());
+        };
+        lane.in_flight -= round.slots.len();
         if let Conn::Up {
             outstanding,
             attempt,
@@ -805,15 +847,38 @@ impl<P: Protocol> Driver<P> {
             outstanding.fetch_sub(1, Ordering::Relaxed);
             *attempt = 0;
         }
-        let settled: Vec<Sent<P::Status>> = lane.wire.drain(..n).collect();
-        lane.base = lane.base.wrapping_add(n as u32);
+        let n = round.slots.len();
+        if round.void.is_empty()
+            && round
+                .answers
+                .iter()
+                .all(|(o, st)| *o as usize >= n || self.p.is_success(*st))
+        {
+            // Every message succeeded quietly (the only answer closed the round): settled in
+            // runs of one batch.
+            self.settle_written(&round.slots);
+            return Ok(());
+        }
         let endpoint = lane.endpoint.clone();
-        let mut settled = settled;
-        for i in 0..settled.len() {
-            let (Some(slot), false) = (settled[i].slot, settled[i].void) else {
+        // The answers in request order, walked beside the messages.
+        round.answers.sort_by_key(|(o, _)| *o);
+        let mut next_answer = 0;
+        for i in 0..round.slots.len() {
+            let off = i as u32;
+            let mut status = None;
+            while let Some((o, st)) = round.answers.get(next_answer) {
+                if *o > off {
+                    break;
+                }
+                if *o == off {
+                    status = Some(*st);
+                }
+                next_answer += 1;
+            }
+            if round.void.contains(&off) {
                 continue;
-            };
-            let (group, status) = (settled[i].group, settled[i].status);
+            }
+            let (slot, group) = round.slots[i];
             let verdict = match status {
                 // Quiet: no answer is success.
                 None => Verdict::Done,
@@ -834,12 +899,11 @@ impl<P: Protocol> Driver<P> {
                 Verdict::Retry | Verdict::Reroute => {
                     // The rest of this round's messages of the group go with it, in order.
                     let mut following = Vec::new();
-                    for later in settled[i + 1..].iter_mut() {
-                        if later.group == group && !later.void {
-                            if let Some(s) = later.slot {
-                                later.void = true;
-                                following.push(s);
-                            }
+                    for j in i + 1..round.slots.len() {
+                        let (later, g) = round.slots[j];
+                        if g == group && !round.void.contains(&(j as u32)) {
+                            round.void.push(j as u32);
+                            following.push(later);
                         }
                     }
                     let refresh = verdict == Verdict::Reroute;
@@ -850,6 +914,31 @@ impl<P: Protocol> Driver<P> {
         Ok(())
     }
 
+    /// Settles messages written quietly: their groups' counts, and their batches in runs.
+    fn settle_written(&mut self, slots: &[(Slot, u16)]) {
+        if !self.fixed {
+            for (_, group) in slots {
+                self.release_pending(*group);
+            }
+        }
+        let mut i = 0;
+        while i < slots.len() {
+            let batch = slots[i].0.batch;
+            let run = slots[i..]
+                .iter()
+                .take_while(|(s, _)| s.batch == batch)
+                .count();
+            if self.attempts.is_empty() {
+                self.settle_run(batch, run);
+            } else {
+                for (slot, _) in &slots[i..i + run] {
+                    self.settle(*slot, Settle::Written);
+                }
+            }
+            i += run;
+        }
+    }
+
     /// Settles a message of a group that was on the wire.
     fn settle_group(&mut self, slot: Slot, group: u16, how: Settle) {
         self.release_pending(group);
@@ -857,6 +946,9 @@ impl<P: Protocol> Driver<P> {
     }
 
     fn release_pending(&mut self, group: u16) {
+        if self.fixed {
+            return;
+        }
         let g = &mut self.groups[group as usize];
         g.pending = g.pending.saturating_sub(1);
         if g.pending == 0 && g.held.is_none() {
@@ -900,11 +992,11 @@ impl<P: Protocol> Driver<P> {
         let mut slots = vec![slot];
         slots.extend(following);
         let lane = &mut self.lanes[l];
-        for s in lane.wire.iter_mut() {
-            if s.group == group && !s.void {
-                if let Some(later) = s.slot {
-                    s.void = true;
-                    slots.push(later);
+        for round in lane.wire.iter_mut() {
+            for (j, (later, g)) in round.slots.iter().enumerate() {
+                if *g == group && !round.void.contains(&(j as u32)) {
+                    round.void.push(j as u32);
+                    slots.push(*later);
                 }
             }
         }
@@ -1007,7 +1099,9 @@ impl<P: Protocol> Driver<P> {
             return;
         };
         let g = &mut self.groups[group as usize];
-        g.pending = g.pending.saturating_sub(held.slots.len() as u32);
+        if !self.fixed {
+            g.pending = g.pending.saturating_sub(held.slots.len() as u32);
+        }
         g.lane = None;
         let mut slots = held.slots.into_iter();
         while let Some(slot) = slots.next() {
@@ -1046,18 +1140,19 @@ impl<P: Protocol> Driver<P> {
             }
             Conn::Down { attempt, .. } | Conn::Connecting { attempt } => *attempt,
         };
-        let mut back: Vec<(Slot, u16)> = lane
-            .wire
-            .drain(..)
-            .filter(|s| !s.void)
-            .filter_map(|s| s.slot.map(|slot| (slot, s.group)))
-            .collect();
+        let mut back: Vec<(Slot, u16)> = Vec::with_capacity(lane.in_flight + lane.queue.len());
+        for round in lane.wire.drain(..) {
+            for (j, s) in round.slots.into_iter().enumerate() {
+                if !round.void.contains(&(j as u32)) {
+                    back.push(s);
+                }
+            }
+        }
+        lane.in_flight = 0;
         self.queued += back.len();
         let resent: Vec<Slot> = back.iter().map(|(s, _)| *s).collect();
         back.extend(lane.queue.drain(..));
         lane.queue = back.into();
-        lane.rounds.clear();
-        lane.base = 0;
         for slot in resent {
             self.count_retry(slot);
         }
@@ -1088,6 +1183,28 @@ impl<P: Protocol> Driver<P> {
         Ok(())
     }
 
+    /// Records `n` messages of `batch` written; confirms the batch after its last message.
+    fn settle_run(&mut self, batch: u32, n: usize) {
+        let Some(b) = self.batches[batch as usize].as_mut() else {
+            return;
+        };
+        b.delivery.written += n;
+        b.left -= n;
+        if b.left == 0 {
+            self.finish_batch(batch);
+        }
+    }
+
+    fn finish_batch(&mut self, batch: u32) {
+        if let Some(mut b) = self.batches[batch as usize].take() {
+            if let Some(ack) = b.ack.take() {
+                ack.confirm(std::mem::take(&mut b.delivery));
+            }
+        }
+        self.free.push(batch);
+        self.live_batches -= 1;
+    }
+
     /// Records how one message ended; confirms its batch after its last message.
     fn settle(&mut self, slot: Slot, how: Settle) {
         let Some(b) = self.batches[slot.batch as usize].as_mut() else {
@@ -1106,16 +1223,17 @@ impl<P: Protocol> Driver<P> {
         }
         b.left -= 1;
         if b.left == 0 {
-            if let Some(mut b) = self.batches[slot.batch as usize].take() {
-                if let Some(ack) = b.ack.take() {
-                    ack.confirm(std::mem::take(&mut b.delivery));
-                }
-            }
-            self.free.push(slot.batch);
-            self.live_batches -= 1;
+            self.finish_batch(slot.batch);
         }
     }
 }
+
+/// Rounds a connection may have on the wire, per round of `depth` (small rounds, when the
+/// messages trickle in, each cost an answer).
+const MAX_ROUNDS_PER_DEPTH: usize = 8;
+
+/// Bytes a request adds to its message's key, value and meta, at most (a header and extras).
+const ROUND_OVERHEAD: usize = 24 + 48;
 
 /// The message `s` names, while its batch is live.
 fn message_of(batches: &[Option<BatchState>], s: Slot) -> Option<&Message> {

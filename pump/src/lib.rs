@@ -32,8 +32,8 @@
 //!    order, whatever the retries, reconnects, `-t` or in-flight window. Duplicates after a
 //!    reconnect or a retry are allowed (at least once); an older value applied last is not.
 //!    File sinks write in the order they take batches (one writer); network sinks go through
-//!    the one writer of [`deliver`], which routes each group (a vbucket, or a key's hash for a
-//!    server without vbuckets) to one fixed connection and, when one of its writes must wait
+//!    the one writer of [`deliver`], which routes each group (a vbucket: every source gives a
+//!    key the same one) to one fixed connection and, when one of its writes must wait
 //!    for a retry or a new map, holds the group's later writes and resends them after it.
 //! 2. **A typed outcome.** A sink settles every message of a batch it takes exactly once:
 //!    written, skipped (declined harmlessly: KEY_EEXISTS on add, KEY_ENOENT on delete, a

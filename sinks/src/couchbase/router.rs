@@ -167,6 +167,10 @@ impl Protocol for Router {
         }
     }
 
+    fn is_success(&self, status: Status) -> bool {
+        status == Status::Success
+    }
+
     fn verdict(&self, m: &Message, status: Status) -> Verdict {
         Verdict::of(status, self.config.add && !m.is_removal(), m.is_removal())
     }

@@ -1,8 +1,9 @@
 //! The memcached sink: the one writer ([`pump::deliver`]) speaking memcached's quiet writes.
 //!
 //! ```text
-//! route   a plain memcached has no vbuckets: the unit of order is the key (a hash of it), so
-//!         a key's writes always take the same one of the -t connections
+//! route   a plain memcached ignores vbuckets, but every source gives a key the same one (a
+//!         hash of the key), so a message's vbucket is the unit of order: a key's writes
+//!         always take the same one of the -t connections
 //! round   SETQ|ADDQ|DELETEQ (opaque = request id) ... NOOP (opaque = the next id)
 //! answers only failures, then the NOOP, which settles the round
 //! ```
@@ -19,7 +20,7 @@ use pump::deliver::{DeliverConfig, Heard, Link, LinkError, PipelinedSink, Protoc
 use pump::{Message, Verdict};
 use pump_client::Auth;
 use pump_protocol::packet::encode_request;
-use pump_protocol::{vbucket_of, Magic, Opcode, Packet, Status};
+use pump_protocol::{Magic, Opcode, Packet, Status};
 
 use super::MemcachedConfig;
 use crate::net;
@@ -65,9 +66,11 @@ impl Protocol for MemcachedWire {
         vec![self.config.addr.clone()]
     }
 
+    /// A message's vbucket is a hash of its key in every source (its CRC32, or the source
+    /// cluster's own): a key's writes share it, and so one connection.
     fn route(&self, m: &Message) -> Route {
         Route {
-            group: vbucket_of(&m.key, u16::MAX),
+            group: m.vbucket,
             endpoint: Some(0),
         }
     }
@@ -79,6 +82,11 @@ impl Protocol for MemcachedWire {
                 m.key.len()
             )
         })
+    }
+
+    /// One server: a vbucket's connection never changes.
+    fn fixed_routes(&self) -> bool {
+        true
     }
 
     async fn connect(&self, endpoint: &str) -> Result<Link<Packet>, LinkError> {
@@ -129,6 +137,10 @@ impl Protocol for MemcachedWire {
             id: p.opaque,
             status: p.status(),
         }
+    }
+
+    fn is_success(&self, status: Status) -> bool {
+        status == Status::Success
     }
 
     fn verdict(&self, m: &Message, status: Status) -> Verdict {
@@ -273,8 +285,15 @@ mod server_tests {
         options.extra.backoff_cap = Duration::from_millis(20);
         let spec = Spec::parse(&format!("memcached://127.0.0.1:{port}")).unwrap();
         let sink = super::super::MemcachedKind.open(&spec, &options).unwrap();
+        // Each key in its own vbucket, as every source gives them (a hash of the key).
         let messages = (0..n)
-            .map(|i| Message::mutation(format!("k{i}"), "v"))
+            .map(|i| {
+                let key = format!("k{i}");
+                Message {
+                    vbucket: pump_protocol::vbucket_of(key.as_bytes(), 1024),
+                    ..Message::mutation(key, "v")
+                }
+            })
             .collect();
         tokio::time::timeout(
             Duration::from_secs(20),
@@ -305,6 +324,56 @@ mod server_tests {
             summary.failures[0].reason.contains("ETMPFAIL"),
             "{:?}",
             summary.failures
+        );
+    }
+
+    /// A write answered TMPFAIL holds its vbucket's later writes, even those already on the
+    /// wire: they all go again after it, so the newer value of a key is the last written.
+    #[tokio::test]
+    async fn a_retried_write_is_followed_again_by_the_later_writes_of_its_vbucket() {
+        static SEEN: std::sync::Mutex<Vec<(Bytes, Bytes)>> = std::sync::Mutex::new(Vec::new());
+        let (port, _) = server(|_, p| {
+            let mut seen = SEEN.lock().unwrap();
+            seen.push((p.key.clone(), p.value.clone()));
+            // The first write of "same" is refused, once.
+            let first = &p.key[..] == b"same"
+                && seen.iter().filter(|(k, _)| &k[..] == b"same").count() == 1;
+            (first.then_some(Status::Etmpfail), false)
+        })
+        .await;
+        let mut options = Options {
+            threads: 1,
+            ..Options::default()
+        };
+        options.extra.backoff_cap = Duration::from_millis(20);
+        let spec = Spec::parse(&format!("memcached://127.0.0.1:{port}")).unwrap();
+        let sink = super::super::MemcachedKind.open(&spec, &options).unwrap();
+        let vb = |k: &str| pump_protocol::vbucket_of(k.as_bytes(), 1024);
+        let msg = |k: &str, v: &str| Message {
+            vbucket: vb(k),
+            ..Message::mutation(k.to_string(), v.to_string())
+        };
+        let messages = vec![msg("same", "old"), msg("other", "x"), msg("same", "new")];
+        let summary = tokio::time::timeout(
+            Duration::from_secs(20),
+            pump::run(Box::new(Messages(messages)), sink, Context::new(options)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(summary.counts.items_written, 3, "each counted once");
+        let seen = SEEN.lock().unwrap().clone();
+        let same: Vec<&[u8]> = seen
+            .iter()
+            .filter(|(k, _)| &k[..] == b"same")
+            .map(|(_, v)| &v[..])
+            .collect();
+        // old (refused), new (voided: it followed a held write), then both again in order.
+        assert_eq!(same, [&b"old"[..], b"new", b"old", b"new"], "{seen:?}");
+        assert_eq!(
+            seen.iter().filter(|(k, _)| &k[..] == b"other").count(),
+            1,
+            "another vbucket is not held"
         );
     }
 

@@ -117,6 +117,11 @@ impl Protocol for TapWire {
         }
     }
 
+    /// One server: a vbucket's connection never changes.
+    fn fixed_routes(&self) -> bool {
+        true
+    }
+
     async fn connect(&self, endpoint: &str) -> Result<Link<Packet>, LinkError> {
         let conn = Connection::open(
             endpoint,
@@ -189,6 +194,10 @@ impl Protocol for TapWire {
             }
             _ => Heard::Ignore,
         }
+    }
+
+    fn is_success(&self, status: Status) -> bool {
+        status == Status::Success
     }
 
     fn verdict(&self, m: &Message, status: Status) -> Verdict {
