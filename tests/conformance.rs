@@ -669,7 +669,7 @@ fn ctrl_c_drains(kind: Kind) {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().expect("wait");
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{kind:?}: {err}");
+    assert_eq!(out.status.code(), Some(130), "{kind:?}: {err}");
     assert!(err.contains("interrupted"), "{kind:?}: {err}");
     let (confirmed, _, _) = summary(&out);
     match kind {

@@ -198,6 +198,12 @@ fn a_password_with_slash_at_and_colon_works_in_every_url_kind_and_is_never_print
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("not retried"), "{}", stderr(&out));
+    // The error names the peer and the user it was refused to.
+    assert!(
+        stderr(&out).contains(&proxy.addr()) && stderr(&out).contains(&format!("{USER:?}")),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(
         proxy
             .counts

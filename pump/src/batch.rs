@@ -417,8 +417,10 @@ mod tests {
     #[tokio::test]
     async fn a_delivery_never_counts_a_message_twice() {
         let stats = Arc::new(Stats::default());
-        let (mut batch, acked) = Batch::with_ack(vec![Message::mutation("k", "v"); 3]);
-        batch.ack.attach(stats.clone(), 3);
+        let messages = vec![Message::mutation("k", "v"); 3];
+        let ops = OpMix::of(&messages);
+        let (mut batch, acked) = Batch::with_ack(messages);
+        batch.ack.attach(stats.clone(), 3, ops);
         let (msgs, ack) = batch.into_parts();
         // A sink that counted a resent message again.
         ack.confirm(Delivery {

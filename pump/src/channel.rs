@@ -403,6 +403,7 @@ mod tests {
             vbuckets: Some(VbucketSet::parse("9").unwrap()),
             key: Some(Regex::new("^user").unwrap()),
             rehash: Some(1024),
+            ..Filter::default()
         };
         let (tx, rx, stats) = channel(4, 1 << 20, filter);
         let mut control = Message::control(2, "table", "end");

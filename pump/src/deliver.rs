@@ -1212,7 +1212,10 @@ impl<P: Protocol> Driver<P> {
         };
         match how {
             Settle::Written => b.delivery.written += 1,
-            Settle::Skipped => b.delivery.skipped += 1,
+            Settle::Skipped => {
+                let op = b.messages[slot.index as usize].op;
+                b.delivery.skip(op);
+            }
             Settle::Failed(why) => {
                 let f = KeyFailure::of(&b.messages[slot.index as usize], why);
                 b.delivery.failed.push(f);

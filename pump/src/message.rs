@@ -25,9 +25,11 @@ impl Op {
     pub const ALL: [Op; 3] = [Op::Mutation, Op::Deletion, Op::Expiration];
 
     /// 0 for a mutation, 1 for a deletion, 2 for an expiration: an index into per-op counts.
+    /// A control message counts with the mutations (a meta2 base's markers travel with its
+    /// rows, which are mutations).
     pub fn index(self) -> usize {
         match self {
-            Op::Mutation => 0,
+            Op::Mutation | Op::Control(_) => 0,
             Op::Deletion => 1,
             Op::Expiration => 2,
         }
@@ -36,7 +38,7 @@ impl Op {
     /// `mutations`, `deletions`, `expirations`: how a summary names them.
     pub fn plural(self) -> &'static str {
         match self {
-            Op::Mutation => "mutations",
+            Op::Mutation | Op::Control(_) => "mutations",
             Op::Deletion => "deletions",
             Op::Expiration => "expirations",
         }

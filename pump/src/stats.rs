@@ -425,6 +425,8 @@ mod tests {
                 failed: vec![KeyFailure {
                     key: "m2".into(),
                     vbucket: 0,
+                    seqno: 0,
+                    size: 0,
                     reason: "E2BIG".into(),
                 }],
                 ..Delivery::default()

@@ -102,7 +102,7 @@ impl Collector for RunCollector {
             for op in Op::ALL {
                 let c = s.ops[op.index()];
                 let name = match op {
-                    Op::Mutation => "mutation",
+                    Op::Mutation | Op::Control(_) => "mutation",
                     Op::Deletion => "deletion",
                     Op::Expiration => "expiration",
                 };

@@ -209,6 +209,8 @@ impl Writer {
                 Op::Mutation => self.counts.0 += 1,
                 Op::Deletion => self.counts.1 += 1,
                 Op::Expiration => self.counts.2 += 1,
+                // Left out above: control messages are not written.
+                Op::Control(_) => {}
             }
             self.counts.3 += (m.key.len() + m.value.len()) as u64;
         }
