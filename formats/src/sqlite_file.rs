@@ -18,11 +18,33 @@
 //! ```
 //!
 //! What this reader does not see: a `-wal` file's frames and a hot rollback journal. The
-//! caller reads such a file through SQLite instead. Every offset is checked against its page:
-//! a corrupt file is an error naming the file and the page, never a panic, and a page met
-//! twice (a cycle) or a tree deeper than [`MAX_DEPTH`] ends the walk.
+//! caller reads such a file through SQLite instead ([`crate::sqlite_open`]).
+//!
+//! The file is read with `pread` into windows of whole pages (never mapped: a file that
+//! shrinks under a mapping kills the reader with SIGBUS; here it is an error naming the file
+//! and the page that is gone). A window grows while pages are read in sequence, so a table
+//! laid out in rowid order is read in large reads, and a row's value is a slice of its
+//! window, not a copy.
+//!
+//! Every offset is checked against its page: a corrupt file is an error naming the file and
+//! the page, never a panic, and a page met twice (a cycle) or a tree deeper than
+//! [`MAX_DEPTH`] ends the walk. With [`Verify::Quick`] (the default) or [`Verify::Full`] each
+//! page's structure is proven as it is entered, so that a damaged tree is refused rather than
+//! read short or read twice:
+//!
+//! ```text
+//! cells      each cell pointer lies in the cell content area and each cell within the page
+//! space      the cells, the freeblock chain (ascending, in the content area) and the
+//!            fragmented byte count tile the content area exactly, with no overlap: a cell
+//!            count that is wrong, or a cell pointer that repeats another, cannot add up
+//! rowids     strictly increasing within a page, and within the bounds the parent's keys
+//!            give each child (so across pages too); interior keys the same
+//! tree       every child page number in the file, every page met once, every leaf at the
+//!            same depth, an overflow chain that ends exactly where its payload does
+//! ```
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -37,6 +59,50 @@ pub const MAX_DEPTH: usize = 40;
 const INTERIOR_TABLE: u8 = 0x05;
 const LEAF_TABLE: u8 = 0x0D;
 
+/// The first read of a run of pages, and the most one read takes (a window).
+const FIRST_WINDOW: usize = 64 << 10;
+const MAX_WINDOW: usize = 4 << 20;
+
+/// How much a reader proves about the file it reads (`-x verify=none|quick|full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verify {
+    /// Only what reading needs: every offset inside its page, no cycle.
+    None,
+    /// Each page's structure as it is entered (see the module's documentation), and the
+    /// rows read against the rows counted.
+    #[default]
+    Quick,
+    /// Quick, and SQLite's `integrity_check` over the whole file before it is read.
+    Full,
+}
+
+impl Verify {
+    /// `none`, `quick` or `full`.
+    pub fn parse(s: &str) -> Option<Verify> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" | "0" => Some(Verify::None),
+            "quick" | "1" => Some(Verify::Quick),
+            "full" => Some(Verify::Full),
+            _ => None,
+        }
+    }
+
+    /// Whether pages are checked as they are entered.
+    pub fn checks_pages(self) -> bool {
+        self != Verify::None
+    }
+}
+
+impl std::fmt::Display for Verify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verify::None => "none",
+            Verify::Quick => "quick",
+            Verify::Full => "full",
+        })
+    }
+}
+
 /// Whether a `-wal` file or a rollback journal beside `path` may hold pages the file does
 /// not have yet: then only SQLite reads its rows right.
 pub fn has_side_files(path: &Path) -> bool {
@@ -47,39 +113,68 @@ pub fn has_side_files(path: &Path) -> bool {
     })
 }
 
-/// A database file, mapped read-only, with its header checked.
+/// Where the bytes come from: the file (read with `pread`), or memory.
+enum Backing {
+    File(File),
+    Memory(Bytes),
+}
+
+/// A database file open for reading, with its header checked.
 pub struct SqliteFile {
     path: PathBuf,
-    data: Bytes,
+    backing: Backing,
+    len: u64,
     page_size: usize,
     usable: usize,
     pages: u32,
 }
 
 impl SqliteFile {
-    /// Maps `path` and checks its header; fails naming the file when it is not a database
-    /// this reader understands.
+    /// Opens `path` (a regular file only: a FIFO or a device is refused at once) and checks
+    /// its header; fails naming the file when it is not a database this reader understands.
     pub fn open(path: &Path) -> Result<SqliteFile, String> {
-        let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        // SAFETY: the map is read-only and private to this process; a file truncated or
-        // rewritten under a running reader is outside what a backup restore supports (SQLite's
-        // own mmap mode, which the SQL path uses, makes the same assumption).
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|e| format!("{}: cannot map the file: {e}", path.display()))?;
-        // Rows are read front to back, page after page: ask for read-ahead, and more pages
-        // mapped per fault (a hint; a kernel that ignores it reads the same bytes).
-        #[cfg(unix)]
-        let _ = map.advise(memmap2::Advice::Sequential);
-        SqliteFile::from_bytes(path, Bytes::from_owner(map))
+        let file =
+            pump_files::open_regular(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let len = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
+        let mut header = [0u8; 100];
+        let got = if len >= 100 {
+            file.read_exact_at(&mut header, 0)
+                .map(|_| 100)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => Ok(0),
+                    _ => Err(e),
+                })
+                .map_err(|e| format!("{}: {e}", path.display()))?
+        } else {
+            0
+        };
+        SqliteFile::with_header(path, Backing::File(file), len, &header[..got])
     }
 
     /// A database held in `data`; `path` names it in errors.
     pub fn from_bytes(path: &Path, data: Bytes) -> Result<SqliteFile, String> {
+        let header = data.slice(..data.len().min(100));
+        SqliteFile::with_header(
+            path,
+            Backing::Memory(data.clone()),
+            data.len() as u64,
+            &header,
+        )
+    }
+
+    fn with_header(
+        path: &Path,
+        backing: Backing,
+        len: u64,
+        data: &[u8],
+    ) -> Result<SqliteFile, String> {
         let bad = |what: String| format!("{}: not an SQLite database: {what}", path.display());
         if data.len() < 100 {
             return Err(bad(format!(
-                "{} bytes, shorter than the 100-byte header",
-                data.len()
+                "{len} bytes, shorter than the 100-byte header"
             )));
         }
         if &data[..16] != MAGIC {
@@ -104,11 +199,12 @@ impl SqliteFile {
         if data[21..24] != [64, 32, 32] {
             return Err(bad(format!("payload fractions {:?}", &data[21..24])));
         }
-        let pages = u32::try_from(data.len() / page_size)
-            .map_err(|_| bad(format!("{} bytes is too large", data.len())))?;
+        let pages = u32::try_from(len / page_size as u64)
+            .map_err(|_| bad(format!("{len} bytes is too large")))?;
         Ok(SqliteFile {
             path: path.to_path_buf(),
-            data,
+            backing,
+            len,
             page_size,
             usable,
             pages,
@@ -125,28 +221,32 @@ impl SqliteFile {
         self.page_size
     }
 
-    /// The whole file.
-    pub fn bytes(&self) -> &Bytes {
-        &self.data
+    /// Pages in the file (its length when opened, in whole pages).
+    pub fn pages(&self) -> u32 {
+        self.pages
     }
 
-    /// `part` as a `Bytes` sharing the map, when `part` lies in it (a value read in place);
-    /// `None` for a value put together from overflow pages.
-    pub fn share(&self, part: &[u8]) -> Option<Bytes> {
-        let start = (part.as_ptr() as usize).checked_sub(self.data.as_ptr() as usize)?;
-        (start + part.len() <= self.data.len()).then(|| self.data.slice_ref(part))
-    }
-
-    /// The rows of the table b-tree rooted at page `root`, in rowid order.
+    /// The rows of the table b-tree rooted at page `root`, in rowid order, each page's
+    /// structure checked as it is entered ([`Verify::Quick`]).
     pub fn table(&self, root: u32) -> TableRows<'_> {
+        self.table_with(root, Verify::Quick)
+    }
+
+    /// [`SqliteFile::table`] with the checks `verify` asks for.
+    pub fn table_with(&self, root: u32, verify: Verify) -> TableRows<'_> {
         TableRows {
             file: self,
             root,
+            verify,
             started: false,
             interior: Vec::new(),
             leaf: None,
+            leaf_depth: None,
+            last_rowid: None,
             visited: vec![0u64; (self.pages as usize).div_ceil(64) + 1],
             overflow: Vec::new(),
+            extents: Vec::new(),
+            window: Window::default(),
         }
     }
 
@@ -154,38 +254,81 @@ impl SqliteFile {
         format!("{}: page {page}: {what}", self.path.display())
     }
 
-    /// Page `n` (1-based), cut to its usable bytes.
-    fn page(&self, n: u32) -> Result<&[u8], String> {
-        if n == 0 || n > self.pages {
-            return Err(self.error(
-                n,
-                format_args!("page number out of range (the file has {})", self.pages),
-            ));
+    /// Pages `first..first + n` (1-based, in the file), whole.
+    fn read_pages(&self, first: u32, n: usize) -> Result<Bytes, String> {
+        let start = (first as u64 - 1) * self.page_size as u64;
+        let len = n * self.page_size;
+        match &self.backing {
+            Backing::Memory(data) => Ok(data.slice(start as usize..start as usize + len)),
+            Backing::File(f) => {
+                let mut buf = vec![0u8; len];
+                match f.read_exact_at(&mut buf, start) {
+                    Ok(()) => Ok(Bytes::from(buf)),
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        let now = f.metadata().map(|m| m.len()).unwrap_or(0);
+                        Err(self.error(
+                            first,
+                            format_args!(
+                                "the file ends before this page: it was {} bytes when opened and is {now} now (it shrank while being read)",
+                                self.len
+                            ),
+                        ))
+                    }
+                    Err(e) => Err(self.error(first, format_args!("cannot read: {e}"))),
+                }
+            }
         }
-        let start = (n as usize - 1) * self.page_size;
-        Ok(&self.data[start..start + self.usable])
     }
 }
 
-/// A b-tree page being walked: its bytes, where its header starts, its cell count and the
-/// next cell (or, on an interior page, child) to visit.
-struct Level<'a> {
+/// The pages read last: a run of whole pages starting at page `first`, and where the next
+/// read of a sequential run starts.
+#[derive(Default)]
+struct Window {
+    first: u32,
+    data: Bytes,
+    /// The page after the window (a read of it continues a run and grows the window).
+    end: u32,
+    /// The page after the last page read alone (a read of it starts a run).
+    side_end: u32,
+    /// Bytes the next run's read takes.
+    run: usize,
+}
+
+/// The bounds the keys of a subtree must keep to: above `lo`, at most `hi`.
+#[derive(Clone, Copy, Default)]
+struct Bounds {
+    lo: Option<i64>,
+    hi: Option<i64>,
+}
+
+/// A b-tree page being walked: its usable bytes, where its cell pointers start, its cell
+/// count, the next cell (or, on an interior page, child) to visit, and the bounds of its keys.
+struct Level {
     no: u32,
-    data: &'a [u8],
+    data: Bytes,
     cells: usize,
     pointers: usize,
     next: usize,
+    bounds: Bounds,
+    /// On an interior page: the key of the last cell descended through.
+    last_key: Option<i64>,
 }
 
 /// A cursor over a table's rows; [`TableRows::next_row`] lends each row until the next call.
 pub struct TableRows<'a> {
     file: &'a SqliteFile,
     root: u32,
+    verify: Verify,
     started: bool,
-    interior: Vec<Level<'a>>,
-    leaf: Option<Level<'a>>,
+    interior: Vec<Level>,
+    leaf: Option<Level>,
+    leaf_depth: Option<usize>,
+    last_rowid: Option<i64>,
     visited: Vec<u64>,
     overflow: Vec<u8>,
+    extents: Vec<(usize, usize)>,
+    window: Window,
 }
 
 /// One row: its rowid and its record.
@@ -194,7 +337,10 @@ pub struct Row<'r> {
     pub rowid: i64,
     /// The record, whole (put together from its overflow pages when it spilled).
     pub payload: &'r [u8],
-    page: u32,
+    /// The page that holds the row.
+    pub page: u32,
+    /// That page's bytes, when the record lies in it (not spilled).
+    page_data: Option<&'r Bytes>,
     file: &'r SqliteFile,
 }
 
@@ -204,10 +350,9 @@ impl<'a> TableRows<'a> {
         loop {
             if let Some(leaf) = &mut self.leaf {
                 if leaf.next < leaf.cells {
-                    let at = cell_offset(leaf.data, leaf.pointers, leaf.next);
+                    let at = cell_offset(&leaf.data, leaf.pointers, leaf.next);
                     leaf.next += 1;
-                    let (no, data) = (leaf.no, leaf.data);
-                    return self.leaf_cell(no, data, at).map(Some);
+                    return self.leaf_cell(at).map(Some);
                 }
                 self.leaf = None;
             }
@@ -217,8 +362,9 @@ impl<'a> TableRows<'a> {
         }
     }
 
-    /// The number of rows: the cell counts of the leaves, whose cells are not read (nor
-    /// their overflow pages). Consumes the cursor.
+    /// The number of rows: the cell counts of the leaves, whose records are not read (nor
+    /// their overflow pages); the pages are checked as [`TableRows::next_row`] checks them.
+    /// Consumes the cursor.
     pub fn count(mut self) -> Result<u64, String> {
         let mut n = 0u64;
         while self.next_leaf()? {
@@ -232,29 +378,42 @@ impl<'a> TableRows<'a> {
         loop {
             if !self.started {
                 self.started = true;
-                self.enter(self.root)?;
+                self.enter(self.root, Bounds::default())?;
             } else {
                 let file = self.file;
-                let child = loop {
+                let checks = self.verify.checks_pages();
+                let (child, bounds) = loop {
                     let Some(top) = self.interior.last_mut() else {
                         return Ok(false);
                     };
                     if top.next < top.cells {
-                        let at = cell_offset(top.data, top.pointers, top.next);
+                        let at = cell_offset(&top.data, top.pointers, top.next);
                         top.next += 1;
-                        let (no, data) = (top.no, top.data);
-                        break at
-                            .and_then(|at| data.get(at..at + 4))
-                            .map(be32)
-                            .ok_or_else(|| file.error(no, "interior cell out of the page"))?;
+                        let cut = || file.error(top.no, "interior cell out of the page");
+                        let at = at.ok_or_else(cut)?;
+                        let child = top.data.get(at..at + 4).map(be32).ok_or_else(cut)?;
+                        let mut bounds = Bounds::default();
+                        if checks {
+                            let (key, _) = varint(&top.data, at + 4).ok_or_else(cut)?;
+                            bounds = Bounds {
+                                lo: top.last_key.or(top.bounds.lo),
+                                hi: Some(key as i64),
+                            };
+                            top.last_key = Some(key as i64);
+                        }
+                        break (child, bounds);
                     }
                     if top.next == top.cells {
                         top.next += 1;
-                        break be32(&top.data[top.pointers - 4..top.pointers]);
+                        let bounds = Bounds {
+                            lo: top.last_key.or(top.bounds.lo),
+                            hi: top.bounds.hi,
+                        };
+                        break (be32(&top.data[top.pointers - 4..top.pointers]), bounds);
                     }
                     self.interior.pop();
                 };
-                self.enter(child)?;
+                self.enter(child, bounds)?;
             }
             if self.leaf.is_some() {
                 return Ok(true);
@@ -262,15 +421,61 @@ impl<'a> TableRows<'a> {
         }
     }
 
-    /// Reads page `no`'s header and makes it the leaf or the deepest interior page.
-    fn enter(&mut self, no: u32) -> Result<(), String> {
+    /// Page `no` (1-based), cut to its usable bytes, read through the window.
+    fn page(&mut self, no: u32) -> Result<Bytes, String> {
         let file = self.file;
-        let data = file.page(no)?;
+        if no == 0 || no > file.pages {
+            return Err(file.error(
+                no,
+                format_args!("page number out of range (the file has {})", file.pages),
+            ));
+        }
+        let ps = file.page_size;
+        let w = &mut self.window;
+        if !(no >= w.first && no < w.end) {
+            let left = (file.pages - no + 1) as usize;
+            if let Backing::Memory(_) = file.backing {
+                // Memory: the whole rest of the file is one window.
+                w.data = file.read_pages(no, left)?;
+                w.first = no;
+                w.end = no + left as u32;
+            } else if no == w.end || no == w.side_end {
+                // A run continues (or a page read alone is followed by the next): read
+                // ahead, twice as far each time.
+                w.run = (w.run * 2).clamp(FIRST_WINDOW, MAX_WINDOW);
+                let n = (w.run / ps).max(1).min(left);
+                w.data = file.read_pages(no, n)?;
+                w.first = no;
+                w.end = no + n as u32;
+            } else {
+                // A jump (an interior page, an overflow page): that page alone, the
+                // window kept for the run it interrupts.
+                let page = file.read_pages(no, 1)?;
+                w.side_end = no + 1;
+                w.run = 0;
+                return Ok(page.slice(..file.usable));
+            }
+        }
+        let at = (no - w.first) as usize * ps;
+        Ok(w.data.slice(at..at + file.usable))
+    }
+
+    /// Marks page `no` visited; false when it already was.
+    fn visit(&mut self, no: u32) -> bool {
         let (word, bit) = (no as usize / 64, 1u64 << (no % 64));
-        if self.visited[word] & bit != 0 {
+        let seen = self.visited[word] & bit != 0;
+        self.visited[word] |= bit;
+        !seen
+    }
+
+    /// Reads page `no`'s header (and, when checking, its whole structure) and makes it the
+    /// leaf or the deepest interior page.
+    fn enter(&mut self, no: u32, bounds: Bounds) -> Result<(), String> {
+        let file = self.file;
+        let data = self.page(no)?;
+        if !self.visit(no) {
             return Err(file.error(no, "page met twice in the b-tree (a cycle)"));
         }
-        self.visited[word] |= bit;
         let hdr = if no == 1 { 100 } else { 0 };
         let kind = data[hdr];
         let size = match kind {
@@ -288,22 +493,42 @@ impl<'a> TableRows<'a> {
         if pointers + 2 * cells > data.len() {
             return Err(file.error(no, format_args!("{cells} cells do not fit in the page")));
         }
+        let depth = self.interior.len();
+        if depth >= MAX_DEPTH {
+            return Err(file.error(
+                no,
+                format_args!("the b-tree is deeper than {MAX_DEPTH} pages"),
+            ));
+        }
+        if self.verify.checks_pages() {
+            self.check_page(no, &data, hdr, kind == LEAF_TABLE, cells, bounds)?;
+            if kind == LEAF_TABLE {
+                match self.leaf_depth {
+                    None => self.leaf_depth = Some(depth),
+                    Some(d) if d != depth => {
+                        return Err(file.error(
+                            no,
+                            format_args!(
+                                "a leaf {depth} levels below the root where the first leaf was {d}: the tree is not balanced"
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
         let level = Level {
             no,
             data,
             cells,
             pointers,
             next: 0,
+            bounds,
+            last_key: None,
         };
         if kind == LEAF_TABLE {
             self.leaf = Some(level);
         } else {
-            if self.interior.len() >= MAX_DEPTH {
-                return Err(file.error(
-                    no,
-                    format_args!("the b-tree is deeper than {MAX_DEPTH} pages"),
-                ));
-            }
             // The right-most child sits in the last 4 bytes of the header, just before the
             // cell pointers: `pointers - 4`.
             self.interior.push(level);
@@ -311,25 +536,155 @@ impl<'a> TableRows<'a> {
         Ok(())
     }
 
-    /// Decodes the leaf cell at `at` of page `no`.
-    fn leaf_cell(&mut self, no: u32, data: &'a [u8], at: Option<usize>) -> Result<Row<'_>, String> {
+    /// Proves the structure of page `no` (see the module's documentation).
+    fn check_page(
+        &mut self,
+        no: u32,
+        d: &[u8],
+        hdr: usize,
+        leaf: bool,
+        cells: usize,
+        bounds: Bounds,
+    ) -> Result<(), String> {
         let file = self.file;
-        let cut = || file.error(no, "leaf cell out of the page");
-        let at = at.ok_or_else(cut)?;
-        let (size, at) = varint(data, at).ok_or_else(cut)?;
-        let (rowid, at) = varint(data, at).ok_or_else(cut)?;
+        let bad = |what: std::fmt::Arguments<'_>| file.error(no, what);
+        let usable = d.len();
+        let pointers = hdr + if leaf { 8 } else { 12 };
+        let ptr_end = pointers + 2 * cells;
+        let top = match u16::from_be_bytes([d[hdr + 5], d[hdr + 6]]) {
+            0 => 65536,
+            n => n as usize,
+        };
+        if top < ptr_end || top > usable {
+            return Err(bad(format_args!(
+                "the cell content area starts at {top}, outside {ptr_end}..{usable} (after the {cells} cell pointers the header counts)"
+            )));
+        }
+        let extents = &mut self.extents;
+        extents.clear();
+        // The freeblock chain: ascending, each block in the content area.
+        let mut free = 0usize;
+        let mut fb = u16::from_be_bytes([d[hdr + 1], d[hdr + 2]]) as usize;
+        let mut prev_end = top;
+        while fb != 0 {
+            if fb < prev_end || fb + 4 > usable {
+                return Err(bad(format_args!(
+                    "a freeblock at {fb} lies outside the free part of the content area ({prev_end}..{usable})"
+                )));
+            }
+            let next = u16::from_be_bytes([d[fb], d[fb + 1]]) as usize;
+            let size = u16::from_be_bytes([d[fb + 2], d[fb + 3]]) as usize;
+            if size < 4 || fb + size > usable {
+                return Err(bad(format_args!(
+                    "the freeblock at {fb} of {size} bytes does not fit in the page"
+                )));
+            }
+            extents.push((fb, fb + size));
+            free += size;
+            prev_end = fb + size;
+            fb = next;
+        }
+        // The cells: in the content area, within the page, keys in order and in bounds.
+        let mut sum = 0usize;
+        let mut prev = bounds.lo;
+        for i in 0..cells {
+            let p = pointers + 2 * i;
+            let at = u16::from_be_bytes([d[p], d[p + 1]]) as usize;
+            if at < top || at >= usable {
+                return Err(bad(format_args!(
+                    "cell {i} at offset {at} lies outside the cell content area ({top}..{usable})"
+                )));
+            }
+            let extent = if leaf {
+                leaf_cell_extent(d, at, file.usable)
+            } else {
+                interior_cell_extent(d, at)
+            };
+            let Some((size, key)) = extent.filter(|(size, _)| at + size <= usable) else {
+                return Err(bad(format_args!(
+                    "cell {i} at offset {at} runs past the end of the page"
+                )));
+            };
+            if let Some(p) = prev {
+                if key <= p {
+                    return Err(bad(format_args!(
+                        "cell {i}: rowid {key} is not above {p}, the rowid before it (rowids out of order, or a cell listed twice)"
+                    )));
+                }
+            }
+            if let Some(hi) = bounds.hi {
+                if key > hi {
+                    return Err(bad(format_args!(
+                        "cell {i}: rowid {key} is above {hi}, the key the parent page gives this page"
+                    )));
+                }
+            }
+            prev = Some(key);
+            sum += size;
+            extents.push((at, at + size));
+        }
+        let frag = d[hdr + 7] as usize;
+        if sum + free + frag != usable - top {
+            return Err(bad(format_args!(
+                "{cells} cells ({sum} bytes), {free} bytes of freeblocks and {frag} fragmented bytes do not fill the {}-byte cell content area: a wrong cell count or a lost cell",
+                usable - top
+            )));
+        }
+        extents.sort_unstable();
+        for pair in extents.windows(2) {
+            if pair[1].0 < pair[0].1 {
+                return Err(bad(format_args!(
+                    "the cells (or freeblocks) at offsets {} and {} overlap",
+                    pair[0].0, pair[1].0
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes the leaf cell at `at` of the current leaf.
+    fn leaf_cell(&mut self, at: Option<usize>) -> Result<Row<'_>, String> {
+        let file = self.file;
+        let checks = self.verify.checks_pages();
         let usable = file.usable;
         let max_local = usable - 35;
+        // The cell's header, read with a borrow of the leaf that ends here.
+        let (no, size, rowid, at) = {
+            let Some(leaf) = &self.leaf else {
+                return Err(format!("{}: no leaf page", file.path.display()));
+            };
+            let cut = || file.error(leaf.no, "leaf cell out of the page");
+            let at = at.ok_or_else(cut)?;
+            let (size, at) = varint(&leaf.data, at).ok_or_else(cut)?;
+            let (rowid, at) = varint(&leaf.data, at).ok_or_else(cut)?;
+            (leaf.no, size, rowid as i64, at)
+        };
+        if checks {
+            if let Some(last) = self.last_rowid {
+                if rowid <= last {
+                    return Err(file.error(
+                        no,
+                        format_args!("rowid {rowid} read after rowid {last}: out of order"),
+                    ));
+                }
+            }
+            self.last_rowid = Some(rowid);
+        }
+        let cut = || file.error(no, "leaf cell out of the page");
         if size <= max_local as u64 {
-            let payload = data.get(at..at + size as usize).ok_or_else(cut)?;
+            let Some(leaf) = &self.leaf else {
+                return Err(cut());
+            };
+            let payload = leaf.data.get(at..at + size as usize).ok_or_else(cut)?;
             return Ok(Row {
-                rowid: rowid as i64,
+                rowid,
                 payload,
                 page: no,
+                page_data: Some(&leaf.data),
                 file,
             });
         }
-        if size > file.data.len() as u64 {
+        if size > file.len {
             return Err(file.error(
                 no,
                 format_args!("a payload of {size} bytes is larger than the file"),
@@ -339,41 +694,102 @@ impl<'a> TableRows<'a> {
         let min_local = (usable - 12) * 32 / 255 - 23;
         let k = min_local + (size - min_local) % (usable - 4);
         let local = if k <= max_local { k } else { min_local };
-        let head = data.get(at..at + local + 4).ok_or_else(cut)?;
-        self.overflow.clear();
-        self.overflow.reserve(size);
-        self.overflow.extend_from_slice(&head[..local]);
-        let mut next = be32(&head[local..]);
-        while self.overflow.len() < size {
+        let mut overflow = std::mem::take(&mut self.overflow);
+        overflow.clear();
+        overflow.reserve(size);
+        let mut next = {
+            let head = self
+                .leaf
+                .as_ref()
+                .and_then(|leaf| leaf.data.get(at..at + local + 4))
+                .ok_or_else(cut)?;
+            overflow.extend_from_slice(&head[..local]);
+            be32(&head[local..])
+        };
+        let mut from = no;
+        let result = loop {
+            if overflow.len() >= size {
+                if checks && next != 0 {
+                    break Err(file.error(
+                        from,
+                        format_args!(
+                            "the overflow chain of rowid {rowid} goes on to page {next} past the end of its {size}-byte payload"
+                        ),
+                    ));
+                }
+                break Ok(());
+            }
             if next == 0 {
-                return Err(file.error(
+                break Err(file.error(
                     no,
                     format_args!(
                         "overflow chain ends after {} of {size} bytes",
-                        self.overflow.len()
+                        overflow.len()
                     ),
                 ));
             }
-            let page = file.page(next)?;
-            let (word, bit) = (next as usize / 64, 1u64 << (next % 64));
-            if self.visited[word] & bit != 0 {
-                return Err(file.error(next, "overflow page met twice (a cycle)"));
+            let page = match self.page(next) {
+                Ok(p) => p,
+                Err(e) => break Err(e),
+            };
+            if !self.visit(next) {
+                break Err(file.error(next, "overflow page met twice (a cycle)"));
             }
-            self.visited[word] |= bit;
-            let take = (size - self.overflow.len()).min(usable - 4);
-            self.overflow.extend_from_slice(&page[4..4 + take]);
-            next = be32(page);
-        }
+            let take = (size - overflow.len()).min(usable - 4);
+            overflow.extend_from_slice(&page[4..4 + take]);
+            from = next;
+            next = be32(&page);
+        };
+        self.overflow = overflow;
+        result?;
         Ok(Row {
-            rowid: rowid as i64,
+            rowid,
             payload: &self.overflow,
             page: no,
+            page_data: None,
             file,
         })
     }
 }
 
+/// The size a leaf table cell at `at` takes in its page, and its rowid.
+fn leaf_cell_extent(d: &[u8], at: usize, usable: usize) -> Option<(usize, i64)> {
+    let (size, after) = varint(d, at)?;
+    let (rowid, after) = varint(d, after)?;
+    let head = after - at;
+    let max_local = usable - 35;
+    let cell = if size <= max_local as u64 {
+        (head + size as usize).max(4)
+    } else {
+        let size = usize::try_from(size).ok()?;
+        let min_local = (usable - 12) * 32 / 255 - 23;
+        let k = min_local + (size - min_local) % (usable - 4);
+        let local = if k <= max_local { k } else { min_local };
+        head + local + 4
+    };
+    Some((cell, rowid as i64))
+}
+
+/// The size an interior table cell at `at` takes (child page, then the key), and its key.
+fn interior_cell_extent(d: &[u8], at: usize) -> Option<(usize, i64)> {
+    let (key, after) = varint(d, at.checked_add(4)?)?;
+    Some((after - at, key as i64))
+}
+
 impl<'r> Row<'r> {
+    /// `part` (a value decoded from this row) as a `Bytes` sharing the page it lies in, when
+    /// the record was read in place; `None` for a record put together from overflow pages.
+    pub fn share(&self, part: &[u8]) -> Option<Bytes> {
+        let page = self.page_data?;
+        let (p, w) = (part.as_ptr() as usize, page.as_ptr() as usize);
+        (p >= w && p + part.len() <= w + page.len()).then(|| page.slice_ref(part))
+    }
+
+    /// The bytes of the page the record lies in, when it was read in place.
+    pub fn page_bytes(&self) -> Option<&'r Bytes> {
+        self.page_data
+    }
+
     /// Decodes the record's first `out.len()` columns into `out`; a column the record does
     /// not hold (a table that gained columns later) is NULL. Text is returned as stored
     /// (UTF-8 in a file whose text encoding, header bytes 56..60, is 1).

@@ -134,7 +134,7 @@ fn rows_read_from_pages_equal_sqlite_rows_at_page_sizes_1024_4096_and_65536() {
         let file = SqliteFile::open(&path).unwrap();
         assert_eq!(file.table(root).count().unwrap(), want.len() as u64);
         assert_eq!(file.page_size(), page_size as usize);
-        assert_eq!(file.page(root).unwrap()[0], INTERIOR_TABLE);
+        assert_eq!(file.table(root).page(root).unwrap()[0], INTERIOR_TABLE);
     }
 }
 
@@ -200,7 +200,7 @@ fn values_read_in_place_share_the_map_and_spilled_ones_do_not() {
         let ValueRef::Blob(b) = cols[2] else {
             panic!("not a blob")
         };
-        shared.push(file.share(b).map(|s| s.to_vec() == b));
+        shared.push(row.share(b).map(|s| s.to_vec() == b));
     }
     assert_eq!(shared, [Some(true), None]);
 }
@@ -291,6 +291,15 @@ fn a_cut_overflow_chain_and_a_bad_cell_offset_are_errors() {
     let mut bad_cell = good.clone();
     bad_cell[page + 8..page + 10].copy_from_slice(&0xfffeu16.to_be_bytes());
     let err = corrupt(&path, &bad_cell, root);
+    assert!(
+        err.contains(&format!("page {root}: cell 0 at offset 65534 lies outside")),
+        "{err}"
+    );
+    // Without the page checks, the cell is still never read out of its page.
+    std::fs::write(&path, &bad_cell).unwrap();
+    let file = SqliteFile::open(&path).unwrap();
+    let mut rows = file.table_with(root, Verify::None);
+    let err = rows.next_row().err().unwrap();
     assert!(
         err.contains(&format!("page {root}")) && err.contains("out of the page"),
         "{err}"
@@ -390,4 +399,212 @@ fn random_damage_gives_errors_or_rows_never_a_panic() {
     }
     // Both outcomes happen: damage in values or unused space reads, the rest is refused.
     assert!(errors > 50 && read > 50, "{errors} errors, {read} read");
+}
+
+/// A backup data file as the backup sink writes it (cbb_msg, user_version 2015, the writer's
+/// pragmas) of `rows` items like `gen:` makes (key `pymc<i>`, a 20-byte value), at
+/// `page_size`; returns it and the root page of cbb_msg.
+fn backup_file(dir: &Path, name: &str, rows: usize, page_size: u32) -> (PathBuf, u32) {
+    let path = dir.join(name);
+    let db = Connection::open(&path).unwrap();
+    db.execute_batch(&format!("PRAGMA page_size = {page_size}"))
+        .unwrap();
+    for (pragma, value) in crate::bfd::WRITER_PRAGMAS {
+        db.pragma_update(None, pragma, value).unwrap();
+    }
+    crate::bfd::create_schema(&db).unwrap();
+    db.execute_batch("BEGIN").unwrap();
+    {
+        let mut insert = db.prepare(crate::bfd::INSERT).unwrap();
+        for i in 0..rows {
+            let key = format!("pymc{i}");
+            insert
+                .execute(rusqlite::params![
+                    0x57,
+                    (i % 1024) as i64,
+                    key.as_bytes(),
+                    0,
+                    0,
+                    (i as u64 * 7 + 1).to_string(),
+                    b"1".as_slice(),
+                    format!("{:020}", i).as_bytes(),
+                    i as i64 + 1,
+                    0,
+                    0,
+                    0
+                ])
+                .unwrap();
+        }
+    }
+    db.execute_batch("COMMIT").unwrap();
+    let root: u32 = db
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'cbb_msg'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (path, root)
+}
+
+/// Where page `no`'s b-tree header starts in the file.
+fn header_at(page_size: usize, no: u32) -> usize {
+    (no as usize - 1) * page_size + if no == 1 { 100 } else { 0 }
+}
+
+/// The child page numbers of interior page `no`, right-most last.
+fn children(bytes: &[u8], page_size: usize, no: u32) -> Vec<u32> {
+    let h = header_at(page_size, no);
+    assert_eq!(bytes[h], INTERIOR_TABLE);
+    let cells = u16::from_be_bytes([bytes[h + 3], bytes[h + 4]]) as usize;
+    let base = (no as usize - 1) * page_size;
+    let mut out: Vec<u32> = (0..cells)
+        .map(|i| {
+            let p = h + 12 + 2 * i;
+            let at = base + u16::from_be_bytes([bytes[p], bytes[p + 1]]) as usize;
+            be32(&bytes[at..at + 4])
+        })
+        .collect();
+    out.push(be32(&bytes[h + 8..h + 12]));
+    out
+}
+
+/// The leaf pages under `no`, left to right.
+fn leaves(bytes: &[u8], page_size: usize, no: u32) -> Vec<u32> {
+    if bytes[header_at(page_size, no)] == LEAF_TABLE {
+        return vec![no];
+    }
+    children(bytes, page_size, no)
+        .into_iter()
+        .flat_map(|c| leaves(bytes, page_size, c))
+        .collect()
+}
+
+/// Reads every row of `bytes` (the file at `path`, rewritten): Ok(rows) or the error.
+fn rows_of(path: &Path, bytes: &[u8], root: u32) -> Result<usize, String> {
+    std::fs::write(path, bytes).unwrap();
+    let file = SqliteFile::open(path)?;
+    let counted = file.table(root).count()?;
+    let read = through_file(path, root)?.len();
+    assert_eq!(counted as usize, read, "count and read disagree");
+    Ok(read)
+}
+
+/// Changes the cell count (u16 at 3) of page `no`'s header by `delta`.
+fn add_to_cell_count(bytes: &mut [u8], page_size: usize, no: u32, delta: i32) {
+    let h = header_at(page_size, no);
+    let n = u16::from_be_bytes([bytes[h + 3], bytes[h + 4]]) as i32 + delta;
+    bytes[h + 3..h + 5].copy_from_slice(&(n as u16).to_be_bytes());
+}
+
+fn assert_names_page(err: &str, path: &Path, page: u32) {
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains(&format!("page {page}:")),
+        "the error should name {} and page {page}: {err}",
+        path.display()
+    );
+}
+
+#[test]
+fn the_root_cell_count_one_lower_is_refused_naming_the_page_not_read_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, root) = backup_file(dir.path(), "data-0000.cbb", 50_000, 4096);
+    let good = std::fs::read(&path).unwrap();
+    assert_eq!(rows_of(&path, &good, root), Ok(50_000));
+    let mut bytes = good.clone();
+    assert_eq!(bytes[header_at(4096, root)], INTERIOR_TABLE);
+    add_to_cell_count(&mut bytes, 4096, root, -1);
+    let err = rows_of(&path, &bytes, root).unwrap_err();
+    assert_names_page(&err, &path, root);
+}
+
+#[test]
+fn a_leaf_cell_count_25_lower_is_refused_naming_the_page_not_read_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, root) = backup_file(dir.path(), "data-0000.cbb", 50_000, 4096);
+    let good = std::fs::read(&path).unwrap();
+    let all = leaves(&good, 4096, root);
+    for leaf in [all[0], all[all.len() / 2], *all.last().unwrap()] {
+        let mut bytes = good.clone();
+        add_to_cell_count(&mut bytes, 4096, leaf, -25);
+        let err = rows_of(&path, &bytes, root).unwrap_err();
+        assert_names_page(&err, &path, leaf);
+        // One more than it holds: the pointer past the last is no cell.
+        let mut bytes = good.clone();
+        add_to_cell_count(&mut bytes, 4096, leaf, 1);
+        let err = rows_of(&path, &bytes, root).unwrap_err();
+        assert_names_page(&err, &path, leaf);
+    }
+}
+
+#[test]
+fn a_cell_pointer_copied_from_its_neighbour_is_refused_naming_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, root) = backup_file(dir.path(), "data-0000.cbb", 50_000, 4096);
+    let good = std::fs::read(&path).unwrap();
+    let leaf = leaves(&good, 4096, root)[3];
+    let h = header_at(4096, leaf);
+    for (from, to) in [(6, 5), (5, 6), (0, 1)] {
+        let mut bytes = good.clone();
+        let (src, dst) = (h + 8 + 2 * from, h + 8 + 2 * to);
+        let v = [bytes[src], bytes[src + 1]];
+        bytes[dst..dst + 2].copy_from_slice(&v);
+        let err = rows_of(&path, &bytes, root).unwrap_err();
+        assert_names_page(&err, &path, leaf);
+    }
+    // An interior page's pointer: a child read twice, its neighbour never.
+    let interior = children(&good, 4096, root)[0];
+    let h = header_at(4096, interior);
+    let mut bytes = good.clone();
+    let v = [bytes[h + 12 + 2 * 4], bytes[h + 12 + 2 * 4 + 1]];
+    bytes[h + 12 + 2 * 3..h + 12 + 2 * 3 + 2].copy_from_slice(&v);
+    let err = rows_of(&path, &bytes, root).unwrap_err();
+    assert!(err.contains(&path.display().to_string()), "{err}");
+}
+
+#[test]
+fn children_out_of_rowid_order_and_leaves_at_two_depths_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, root) = backup_file(dir.path(), "data-0000.cbb", 50_000, 4096);
+    let good = std::fs::read(&path).unwrap();
+    // Two children of an interior page swapped: every row is read, in the wrong order.
+    let interior = children(&good, 4096, root)[0];
+    let h = header_at(4096, interior);
+    let base = (interior as usize - 1) * 4096;
+    let cell = |b: &[u8], i: usize| {
+        base + u16::from_be_bytes([b[h + 12 + 2 * i], b[h + 12 + 2 * i + 1]]) as usize
+    };
+    let mut bytes = good.clone();
+    let (a, b) = (cell(&bytes, 2), cell(&bytes, 3));
+    let (ca, cb) = (be32(&bytes[a..a + 4]), be32(&bytes[b..b + 4]));
+    bytes[a..a + 4].copy_from_slice(&cb.to_be_bytes());
+    bytes[b..b + 4].copy_from_slice(&ca.to_be_bytes());
+    let err = rows_of(&path, &bytes, root).unwrap_err();
+    assert!(err.contains("rowid"), "{err}");
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    // The root's right-most child pointed at a leaf: that leaf is one level up.
+    let mut bytes = good.clone();
+    let leaf = *leaves(&good, 4096, root).last().unwrap();
+    let rh = header_at(4096, root);
+    bytes[rh + 8..rh + 12].copy_from_slice(&leaf.to_be_bytes());
+    let err = rows_of(&path, &bytes, root).unwrap_err();
+    assert!(err.contains(&path.display().to_string()), "{err}");
+}
+
+#[test]
+fn a_wrong_fragmented_byte_count_or_content_start_is_refused_naming_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, root) = backup_file(dir.path(), "data-0000.cbb", 5_000, 4096);
+    let good = std::fs::read(&path).unwrap();
+    let leaf = leaves(&good, 4096, root)[2];
+    let h = header_at(4096, leaf);
+    let mut bytes = good.clone();
+    bytes[h + 7] = bytes[h + 7].wrapping_add(9);
+    let err = rows_of(&path, &bytes, root).unwrap_err();
+    assert_names_page(&err, &path, leaf);
+    let mut bytes = good.clone();
+    let start = u16::from_be_bytes([bytes[h + 5], bytes[h + 6]]);
+    bytes[h + 5..h + 7].copy_from_slice(&(start + 40).to_be_bytes());
+    let err = rows_of(&path, &bytes, root).unwrap_err();
+    assert_names_page(&err, &path, leaf);
 }
