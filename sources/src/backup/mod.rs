@@ -10,6 +10,11 @@
 //! error that lists the buckets it does hold. A backup holding an incomplete run is refused by
 //! the run's name unless `-x allow_partial=1` (the CLI's `--allow-partial`); a backup holding no
 //! row at all fails rather than restore nothing.
+//!
+//! | `-x` key | meaning |
+//! |---|---|
+//! | verify | `quick` (default): each page's structure proven as it is read, SQLite's quick_check on a file SQLite reads; `full`: integrity_check on every file first too; `none`: reads only |
+//! | allow_partial | `1`: read an incomplete run too (the CLI's `--allow-partial`) |
 
 mod layout;
 pub(crate) mod reader;
@@ -20,6 +25,7 @@ use crate::file::forward_from_thread;
 use async_trait::async_trait;
 use pump::pipeline::Context;
 use pump::{BatchSender, Error, Options, Source, SourceKind, Spec};
+use pump_formats::sqlite_file::Verify;
 
 pub use layout::{data_files, restore_plan, DataFile};
 
@@ -37,7 +43,7 @@ impl SourceKind for BackupKind {
         spec.scheme().is_none()
     }
     fn extra_keys(&self) -> &'static [&'static str] {
-        &["allow_partial"]
+        &["allow_partial", "verify"]
     }
     fn open(&self, spec: &Spec, options: &Options) -> Result<Box<dyn Source>, Error> {
         let dir = PathBuf::from(spec.body());
@@ -56,6 +62,7 @@ impl SourceKind for BackupKind {
             bucket: options.source_bucket.clone(),
             spec: spec.to_string(),
             allow_partial: options.extra.flag("allow_partial")?,
+            verify: verify_option(options)?,
         }))
     }
 }
@@ -66,10 +73,11 @@ pub struct BackupSource {
     bucket: String,
     spec: String,
     allow_partial: bool,
+    verify: Verify,
 }
 
 impl BackupSource {
-    /// A source reading `bucket` from `dir`.
+    /// A source reading `bucket` from `dir`, checking it as `-x verify=quick` does.
     pub fn new(dir: PathBuf, bucket: String) -> Self {
         let spec = dir.display().to_string();
         BackupSource {
@@ -77,7 +85,22 @@ impl BackupSource {
             bucket,
             spec,
             allow_partial: false,
+            verify: Verify::default(),
         }
+    }
+
+    /// The source checking its files as `verify` says.
+    pub fn with_verify(self, verify: Verify) -> Self {
+        BackupSource { verify, ..self }
+    }
+}
+
+/// `-x verify=none|quick|full` (quick when not given).
+pub fn verify_option(options: &Options) -> Result<Verify, Error> {
+    match options.extra.get("verify") {
+        None => Ok(Verify::default()),
+        Some(v) => Verify::parse(v)
+            .ok_or_else(|| Error::usage(format!("-x verify={v}: expected none, quick or full"))),
     }
 }
 
@@ -91,8 +114,9 @@ impl Source for BackupSource {
         let stats = out.stats().clone();
         let cancel = out.cancellation().clone();
         let n = files.len();
+        let verify = self.verify;
         forward_from_thread(&spec, &out, move |tx| {
-            reader::read_all(&files, limits, &tx, &stats, &cancel)
+            reader::read_all(&files, limits, verify, &tx, &stats, &cancel)
         })
         .await?;
         let s = out.stats().snapshot();

@@ -5,7 +5,16 @@
 //! The rows come straight from the file's pages ([`SqliteFile`], a fraction of the CPU of a
 //! `SELECT`) when nothing but the file holds them; a file with a `-wal` or journal beside it,
 //! or a table not laid out as cbbackup makes it, is read through SQLite. Both paths hand the
-//! same column values to one [`Batcher`].
+//! same column values to one [`Batcher`], which refuses a value out of its column's range
+//! (flg and exp above 32 bits, dtype and conf_res above 8, a negative seqno) naming the file,
+//! page and row rather than cutting it to fit.
+//!
+//! `-x verify` (see [`Verify`]): `quick` (the default) proves each page's structure as the
+//! rows are counted and read, and runs SQLite's `quick_check` first on a file SQLite reads;
+//! `full` runs `integrity_check` on every file first as well; `none` only keeps every read
+//! inside its page. With checks on, a file that yields another number of rows than were
+//! counted before the run is an error. No file is ever written beside the backup's
+//! ([`sqlite_open`]).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -14,19 +23,21 @@ use std::path::Path;
 use bytes::{Bytes, BytesMut};
 use pump::{BatchLimits, Message, Op, Stats};
 use pump_formats::bfd::{self, col, Version};
-use pump_formats::sqlite_file::{self, SqliteFile};
+use pump_formats::sqlite_file::{self, SqliteFile, Verify};
+use pump_formats::sqlite_open::{self, ReadOnly};
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OpenFlags};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::layout::DataFile;
 
-/// Reads `files` in order and sends their rows in batches. Stops quietly when the receiver is
-/// gone or the run is cancelled; fails with the file (and row) that could not be read.
+/// Reads `files` in order and sends their rows in batches, each file checked as `verify`
+/// says. Stops quietly when the receiver is gone or the run is cancelled; fails with the file
+/// (and page, row) that could not be read.
 pub fn read_all(
     files: &[DataFile],
     limits: BatchLimits,
+    verify: Verify,
     tx: &mpsc::Sender<Vec<Message>>,
     stats: &Stats,
     cancel: &CancellationToken,
@@ -34,51 +45,100 @@ pub fn read_all(
     let mut opened = Vec::with_capacity(files.len());
     let mut total = 0u64;
     for file in files {
-        let f = &file.path;
-        let (db, version) = open(f)?;
-        let rows = match raw_root(f, &db, version)? {
-            Some(root) => {
-                // Counted on the pages the rows are then read from: the file is faulted in
-                // once, and a broken tree fails here, before anything moves.
-                let file = SqliteFile::open(f)?;
-                total += file.table(root).count()?;
-                Rows::Raw(file, root)
-            }
-            None => {
-                let n: i64 = db
-                    .query_row("SELECT count(*) FROM cbb_msg", [], |r| r.get(0))
-                    .map_err(|e| format!("{}: {e}", f.display()))?;
-                total += n.max(0) as u64;
-                Rows::Sql(db)
-            }
-        };
-        opened.push((file, rows, version));
+        let (rows, counted) = prepare(&file.path, verify)?;
+        total += counted.1;
+        opened.push((file, rows, counted));
     }
     stats.set_expected(total);
-    for (file, rows, version) in opened {
-        let stale = file.stale_above.as_deref();
-        if !read_file_leaving_out(&file.path, rows, version, limits, tx, cancel, stale)? {
+    for (file, rows, (version, counted)) in opened {
+        let read = Read {
+            verify,
+            counted: Some(counted),
+            stale: file.stale_above.as_deref(),
+        };
+        if !read_file(&file.path, rows, version, read, limits, tx, cancel)? {
             return Ok(());
         }
     }
     Ok(())
 }
 
-/// Opens a data file read-only and checks its user_version.
-pub fn open(path: &Path) -> Result<(Connection, Version), String> {
-    let err =
-        |e: rusqlite::Error| format!("{}: not a readable backup data file: {e}", path.display());
-    let db = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(err)?;
-    // Read through a memory map: no copy of each page into SQLite's cache.
-    db.pragma_update(None, "mmap_size", 1i64 << 34)
+/// Opens one file, checks it as `verify` says and counts its rows, before anything moves.
+pub(super) fn prepare(f: &Path, verify: Verify) -> Result<(Rows, (Version, u64)), String> {
+    let (db, version) = open(f)?;
+    match raw_root(f, &db, version)? {
+        Some(root) => {
+            if verify == Verify::Full {
+                integrity_check(f, &db, "integrity_check")?;
+            }
+            // Counted on the pages the rows are then read from: a broken tree fails here,
+            // before anything moves.
+            let file = SqliteFile::open(f)?;
+            let n = file.table_with(root, verify).count()?;
+            if verify == Verify::Full {
+                let sql = count_rows(f, &db)?;
+                if sql != n {
+                    return Err(format!(
+                        "{}: table cbb_msg: SQLite counts {sql} rows, its pages hold {n}",
+                        f.display()
+                    ));
+                }
+            }
+            Ok((Rows::Raw(file, root), (version, n)))
+        }
+        None => {
+            // SQLite reads these rows: its own checks as it reads are not the page checks
+            // above, so its quick_check (or integrity_check) runs first.
+            match verify {
+                Verify::None => {}
+                Verify::Quick => integrity_check(f, &db, "quick_check")?,
+                Verify::Full => integrity_check(f, &db, "integrity_check")?,
+            }
+            let n = count_rows(f, &db)?;
+            Ok((Rows::Sql(db), (version, n)))
+        }
+    }
+}
+
+/// `SELECT count(*) FROM cbb_msg`.
+fn count_rows(f: &Path, db: &ReadOnly) -> Result<u64, String> {
+    let n: i64 = db
+        .conn
+        .query_row("SELECT count(*) FROM cbb_msg", [], |r| r.get(0))
+        .map_err(|e| format!("{}: table cbb_msg: {e}", f.display()))?;
+    Ok(n.max(0) as u64)
+}
+
+/// Runs `PRAGMA quick_check` or `integrity_check`; an error quotes SQLite's first findings.
+fn integrity_check(f: &Path, db: &ReadOnly, pragma: &str) -> Result<(), String> {
+    let err = |e: rusqlite::Error| format!("{}: {pragma}: {e}", f.display());
+    let mut stmt = db
+        .conn
+        .prepare(&format!("PRAGMA {pragma}(10)"))
         .map_err(err)?;
+    let found: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .map_err(err)?
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    if found.len() == 1 && found[0] == "ok" {
+        return Ok(());
+    }
+    Err(format!(
+        "{}: {pragma} finds the file damaged: {}",
+        f.display(),
+        found.join("; ")
+    ))
+}
+
+/// Opens a data file read-only (nothing is written beside it: [`sqlite_open`]) and checks
+/// its user_version.
+pub fn open(path: &Path) -> Result<(ReadOnly, Version), String> {
+    let db = sqlite_open::open_read_only(path)?;
     let v: i64 = db
+        .conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(err)?;
+        .map_err(|e| format!("{}: not a readable backup data file: {e}", path.display()))?;
     let version = Version::from_user_version(v).ok_or_else(|| {
         format!(
             "{}: user_version {v} is not a backup data file version (2004, 2014 or 2015)",
@@ -93,34 +153,59 @@ pub(super) enum Rows {
     /// The file itself, and the root page of `cbb_msg`.
     Raw(SqliteFile, u32),
     /// A `SELECT` (a file the raw reader must not read alone, see [`raw_root`]).
-    Sql(Connection),
+    Sql(ReadOnly),
 }
 
 /// The root page of `cbb_msg` when its rows can be read from the file's pages alone: no
 /// `-wal` file or rollback journal holding pages the file does not have yet, UTF-8 text, and
 /// the table exactly as cbbackup makes it (a rowid table whose columns come in [`bfd::COLUMNS`]
-/// order, no key column, no default values). `None` sends the file through SQLite.
+/// order, no key column, no default values). `None` sends the file through SQLite. A file
+/// with no table `cbb_msg` (none, or a view of that name) is an error saying so.
 pub(super) fn raw_root(
     path: &Path,
-    db: &Connection,
+    db: &ReadOnly,
     version: Version,
 ) -> Result<Option<u32>, String> {
-    let err = |e: rusqlite::Error| format!("{}: {e}", path.display());
-    if sqlite_file::has_side_files(path) {
+    let file = path.display();
+    let err = |e: rusqlite::Error| format!("{file}: {e}");
+    let db_conn = &db.conn;
+    let schema: Vec<(String, String, i64, Option<String>)> = db_conn
+        .prepare("SELECT type, name, rootpage, sql FROM sqlite_master")
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect()
+        })
+        .map_err(err)?;
+    let Some((kind, _, root, sql)) = schema
+        .iter()
+        .find(|(_, name, _, _)| name.eq_ignore_ascii_case("cbb_msg"))
+    else {
+        let held: Vec<String> = schema
+            .iter()
+            .map(|(kind, name, _, _)| format!("{kind} {name}"))
+            .collect();
+        return Err(format!(
+            "{file}: no table cbb_msg, where a backup data file holds its rows (the file holds {})",
+            if held.is_empty() {
+                "nothing".to_string()
+            } else {
+                held.join(", ")
+            }
+        ));
+    };
+    if kind != "table" {
+        return Err(format!(
+            "{file}: cbb_msg is a {kind}, not a table: a backup data file holds its rows in a table cbb_msg"
+        ));
+    }
+    if db.is_copy() || sqlite_file::has_side_files(path) {
         return Ok(None);
     }
-    let (root, sql): (i64, String) = db
-        .query_row(
-            "SELECT rootpage, sql FROM sqlite_master WHERE type = 'table' AND name = 'cbb_msg'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .map_err(err)?;
-    let sql = sql.to_ascii_lowercase();
+    let sql = sql.as_deref().unwrap_or("").to_ascii_lowercase();
     if sql.contains("without rowid") || sql.contains("default") {
         return Ok(None);
     }
-    let mut stmt = db
+    let mut stmt = db_conn
         .prepare("SELECT name, pk, hidden FROM pragma_table_xinfo('cbb_msg')")
         .map_err(err)?;
     let columns = stmt
@@ -142,89 +227,99 @@ pub(super) fn raw_root(
             .iter()
             .zip(&bfd::COLUMNS[..version.columns()])
             .all(|((name, _, _), want)| name.eq_ignore_ascii_case(want));
-    let encoding: String = db
+    let encoding: String = db_conn
         .query_row("PRAGMA encoding", [], |r| r.get(0))
         .map_err(err)?;
     Ok((plain && encoding == "UTF-8")
-        .then(|| u32::try_from(root).ok())
+        .then(|| u32::try_from(*root).ok())
         .flatten())
 }
 
-/// Reads one file; false when the run should stop (receiver gone or cancelled).
-#[cfg(test)]
+/// How one file is read: the checks, the rows [`prepare`] counted, and per vbucket the seqno
+/// above which rows are left out (a later run saw that vbucket roll back).
+#[derive(Clone, Copy, Default)]
+pub(super) struct Read<'a> {
+    pub verify: Verify,
+    pub counted: Option<u64>,
+    pub stale: Option<&'a HashMap<u16, u64>>,
+}
+
+/// Reads one file; false when the run should stop (receiver gone or cancelled). With
+/// `read.counted` and checks on, a file that yields another number of rows is an error: it
+/// changed while it was read.
 pub(super) fn read_file(
     path: &Path,
     rows: Rows,
     version: Version,
+    read: Read<'_>,
     limits: BatchLimits,
     tx: &mpsc::Sender<Vec<Message>>,
     cancel: &CancellationToken,
 ) -> Result<bool, String> {
-    read_file_leaving_out(path, rows, version, limits, tx, cancel, None)
-}
-
-/// [`read_file`], leaving out the rows of a vbucket whose seqno is above `stale[vbucket]`
-/// (a later run saw that vbucket roll back).
-pub(super) fn read_file_leaving_out(
-    path: &Path,
-    rows: Rows,
-    version: Version,
-    limits: BatchLimits,
-    tx: &mpsc::Sender<Vec<Message>>,
-    cancel: &CancellationToken,
-    stale: Option<&HashMap<u16, u64>>,
-) -> Result<bool, String> {
+    let Read {
+        verify,
+        counted,
+        stale,
+    } = read;
     let file = path.display();
     let mut n = 0u64;
+    let mut out = Batcher::new(limits, tx, cancel);
+    out.stale = stale;
     match rows {
         Rows::Raw(db, root) => {
-            let mut out = Batcher::new(limits, tx, cancel, Some(db.bytes()));
-            out.stale = stale;
-            let mut rows = db.table(root);
+            let mut rows = db.table_with(root, verify);
             while let Some(row) = rows.next_row()? {
                 n += 1;
                 let mut cols = [ValueRef::Null; 12];
                 let cols = &mut cols[..version.columns()];
                 row.columns(cols)?;
-                if !out.push(cols, version, &|what| format!("{file}: row {n}: {what}"))? {
+                let (page, rowid) = (row.page, row.rowid);
+                let bad =
+                    |what: &str| format!("{file}: page {page}: row {n} (rowid {rowid}): {what}");
+                if !out.push(cols, row.page_bytes(), version, &bad)? {
                     return Ok(false);
                 }
             }
-            Ok(out.finish())
         }
         Rows::Sql(db) => {
-            let mut out = Batcher::new(limits, tx, cancel, None);
-            out.stale = stale;
             let mut stmt = db
+                .conn
                 .prepare(bfd::select(version))
-                .map_err(|e| format!("{file}: {e}"))?;
-            let mut rows = stmt.query([]).map_err(|e| format!("{file}: {e}"))?;
+                .map_err(|e| format!("{file}: table cbb_msg: {e}"))?;
+            let mut rows = stmt
+                .query([])
+                .map_err(|e| format!("{file}: table cbb_msg: {e}"))?;
             loop {
                 let row = rows
                     .next()
-                    .map_err(|e| format!("{file}: row {}: {e}", n + 1))?;
+                    .map_err(|e| format!("{file}: table cbb_msg: row {}: {e}", n + 1))?;
                 let Some(row) = row else { break };
                 n += 1;
-                let bad = |what: &str| format!("{file}: row {n}: {what}");
+                let bad = |what: &str| format!("{file}: table cbb_msg: row {n}: {what}");
                 let mut cols = [ValueRef::Null; 12];
                 let cols = &mut cols[..version.columns()];
                 for (i, c) in cols.iter_mut().enumerate() {
                     *c = row.get_ref(i).map_err(|e| bad(&e.to_string()))?;
                 }
-                if !out.push(cols, version, &bad)? {
+                if !out.push(cols, None, version, &bad)? {
                     return Ok(false);
                 }
             }
-            Ok(out.finish())
         }
     }
+    if let Some(counted) = counted.filter(|&c| verify.checks_pages() && c != n) {
+        return Err(format!(
+            "{file}: table cbb_msg: {n} rows read where {counted} were counted before: the file changed while it was read"
+        ));
+    }
+    Ok(out.finish())
 }
 
 /// Builds the messages of one file's rows into batches and sends each batch when it is full.
-/// A value that lies in the mapped file is shared with it, not copied (`shared`): each batch
-/// takes its own owner of the map, so that its messages count references on a counter of
-/// their own. Other values (read through SQLite, or put together from overflow pages) are
-/// copied into one buffer per batch.
+/// A value that lies in the page it was read from is shared with that page, not copied: each
+/// batch takes its own owner of the page (`view`), so that its messages count references on a
+/// counter of their own. Other values (read through SQLite, or put together from overflow
+/// pages) are copied into one buffer per batch.
 struct Batcher<'a> {
     buf: BytesMut,
     batch: Vec<Message>,
@@ -232,7 +327,6 @@ struct Batcher<'a> {
     copied: Vec<(usize, Field, Range<usize>)>,
     /// The bytes of the batch so far (copied or shared).
     bytes: usize,
-    shared: Option<&'a Bytes>,
     view: Option<Bytes>,
     limits: BatchLimits,
     tx: &'a mpsc::Sender<Vec<Message>>,
@@ -254,14 +348,12 @@ impl<'a> Batcher<'a> {
         limits: BatchLimits,
         tx: &'a mpsc::Sender<Vec<Message>>,
         cancel: &'a CancellationToken,
-        shared: Option<&'a Bytes>,
     ) -> Self {
         Batcher {
             buf: BytesMut::new(),
             batch: Vec::with_capacity(limits.max_items.min(4096)),
             copied: Vec::new(),
             bytes: 0,
-            shared,
             view: None,
             limits,
             tx,
@@ -270,16 +362,19 @@ impl<'a> Batcher<'a> {
         }
     }
 
-    /// Adds the row whose columns (in [`bfd::col`] order) are `row`; `bad` names the row in
-    /// an error. False when the run should stop.
+    /// Adds the row whose columns (in [`bfd::col`] order) are `row`, read from `page` when it
+    /// was read in place; `bad` names the row in an error. False when the run should stop.
     fn push(
         &mut self,
         row: &[ValueRef<'_>],
+        page: Option<&Bytes>,
         version: Version,
         bad: &dyn Fn(&str) -> String,
     ) -> Result<bool, String> {
-        if self.view.is_none() {
-            self.view = self.shared.map(|file| Bytes::from_owner(file.clone()));
+        if let Some(page) = page {
+            if !self.view.as_ref().is_some_and(|v| same(v, page)) {
+                self.view = Some(Bytes::from_owner(page.clone()));
+            }
         }
         let (buf, view) = (&mut self.buf, self.view.as_ref());
         let int = |i: usize| -> Result<i64, String> {
@@ -312,11 +407,25 @@ impl<'a> Batcher<'a> {
             }
             Bytes::new()
         };
+        // A number of a column that must fit in `max` (a u32, a u8): anything else is an
+        // error naming the column and the value, never a value cut to fit.
+        let ranged = |i: usize, name: &str, max: i64| -> Result<i64, String> {
+            let v = int(i)?;
+            if (0..=max).contains(&v) {
+                Ok(v)
+            } else {
+                Err(bad(&format!("{name} {v} is not 0 to {max}")))
+            }
+        };
         let op = match int(col::CMD)? {
             bfd::cmd::TAP_MUTATION | bfd::cmd::DCP_MUTATION => Op::Mutation,
             bfd::cmd::TAP_DELETE | bfd::cmd::DCP_DELETE => Op::Deletion,
             bfd::cmd::DCP_EXPIRATION => Op::Expiration,
-            other => return Err(bad(&format!("unknown cmd {other:#x}"))),
+            other => {
+                return Err(bad(&format!(
+                    "unknown cmd {other:#x} (a mutation is 0x41 or 0x57, a deletion 0x42 or 0x58, an expiration 0x59)"
+                )))
+            }
         };
         let cas = match row[col::CAS] {
             ValueRef::Text(t) | ValueRef::Blob(t) => std::str::from_utf8(t)
@@ -342,25 +451,30 @@ impl<'a> Batcher<'a> {
         );
         let (seqno, datatype, conflict_res) = if version.columns() > col::SEQNO {
             let conf = if version.columns() > col::CONF_RES {
-                int(col::CONF_RES)?
+                ranged(col::CONF_RES, "conf_res", u8::MAX.into())?
             } else {
                 0
             };
-            (int(col::SEQNO)?, int(col::DTYPE)?, conf)
+            (
+                ranged(col::SEQNO, "seqno", i64::MAX)?,
+                ranged(col::DTYPE, "dtype", u8::MAX.into())?,
+                conf,
+            )
         } else {
             (0, 0, 0)
         };
-        let vbucket =
-            u16::try_from(int(col::VBUCKET_ID)?).map_err(|_| bad("vbucket_id is not 0-65535"))?;
+        let vbucket = ranged(col::VBUCKET_ID, "vbucket_id", u16::MAX.into())? as u16;
+        let flags = ranged(col::FLG, "flg", u32::MAX.into())? as u32;
+        let expiry = ranged(col::EXP, "exp", u32::MAX.into())? as u32;
         self.batch.push(Message {
             op,
             vbucket,
             key,
             value,
-            flags: int(col::FLG)? as u32,
-            expiry: int(col::EXP)? as u32,
+            flags,
+            expiry,
             cas,
-            seqno: seqno.max(0) as u64,
+            seqno: seqno as u64,
             rev_seqno,
             datatype: datatype as u8,
             meta,
@@ -412,6 +526,11 @@ impl<'a> Batcher<'a> {
         }
         self.tx.blocking_send(messages).is_ok()
     }
+}
+
+/// True when `a` and `b` are the same bytes (the same page).
+fn same(a: &Bytes, b: &Bytes) -> bool {
+    a.as_ptr() == b.as_ptr() && a.len() == b.len()
 }
 
 /// True when `part` lies in `whole`'s bytes.

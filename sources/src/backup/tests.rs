@@ -218,7 +218,11 @@ fn read_one(path: &std::path::Path, raw: bool) -> Result<Vec<Message>, String> {
     let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 20);
     let limits = Options::default().batch_limits();
     let cancel = tokio_util::sync::CancellationToken::new();
-    reader::read_file(path, rows, version, limits, &tx, &cancel)?;
+    let read = reader::Read {
+        verify: pump_formats::sqlite_file::Verify::Quick,
+        ..Default::default()
+    };
+    reader::read_file(path, rows, version, read, limits, &tx, &cancel)?;
     drop(tx);
     let mut out = Vec::new();
     while let Ok(batch) = rx.try_recv() {
@@ -295,6 +299,7 @@ fn block_on_read(dir: &std::path::Path, path: &std::path::Path) -> Vec<Message> 
             stale_above: None,
         }],
         Options::default().batch_limits(),
+        pump_formats::sqlite_file::Verify::Quick,
         &tx,
         &stats,
         &cancel,
@@ -339,8 +344,7 @@ async fn a_data_file_with_a_broken_page_is_an_error_naming_the_file_and_page() {
     let err = read(dir.path(), "default").await.unwrap_err().to_string();
     assert!(
         err.contains("data-0000.cbb")
-            && err.contains(&format!("page {page}:"))
-            && err.contains("out of the page"),
+            && err.contains(&format!("page {page}: cell 0 at offset 65520 lies outside")),
         "{err}"
     );
 }
@@ -504,4 +508,127 @@ async fn a_backup_holding_no_row_fails_instead_of_restoring_nothing() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("no backup found"), "{e}");
+}
+
+/// A 2015 file of 100 good rows, row `bad_at` (1-based) having `column` set to `value`.
+fn file_with_value(path: &std::path::Path, column: &str, value: i64, bad_at: usize) {
+    varied_file(path, 2015, 4096, 100);
+    let db = Connection::open(path).unwrap();
+    let rowid: i64 = db
+        .query_row(
+            "SELECT rowid FROM cbb_msg ORDER BY rowid LIMIT 1 OFFSET ?1",
+            [bad_at as i64 - 1],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute(
+        &format!("UPDATE cbb_msg SET {column} = ?1 WHERE rowid = ?2"),
+        rusqlite::params![value, rowid],
+    )
+    .unwrap();
+}
+
+#[test]
+fn values_out_of_their_column_range_are_errors_naming_the_row_on_both_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    for (column, value, what) in [
+        ("flg", 4_294_967_297, "flg 4294967297"),
+        ("exp", 99_999_999_999, "exp 99999999999"),
+        ("dtype", 300, "dtype 300"),
+        ("flg", -1, "flg -1"),
+        ("conf_res", 256, "conf_res 256"),
+        ("seqno", -5, "seqno -5"),
+    ] {
+        let path = dir.path().join(format!("{column}{value}.cbb"));
+        file_with_value(&path, column, value, 37);
+        for raw in [true, false] {
+            let err = read_one(&path, raw).unwrap_err();
+            assert!(
+                err.contains(&path.display().to_string())
+                    && err.contains("row 37")
+                    && err.contains(what),
+                "raw {raw}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_file_that_shrinks_while_read_is_an_error_naming_it_not_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data-0000.cbb");
+    let db = Connection::open(&path).unwrap();
+    bfd::create_schema(&db).unwrap();
+    db.execute_batch("BEGIN").unwrap();
+    let value = vec![b'v'; 2000];
+    for i in 0..10_000i64 {
+        db.execute(
+            bfd::INSERT,
+            rusqlite::params![
+                0x57,
+                i % 1024,
+                format!("k{i}"),
+                0,
+                0,
+                "1",
+                b"1".as_slice(),
+                &value[..],
+                i + 1,
+                0,
+                0,
+                0
+            ],
+        )
+        .unwrap();
+    }
+    db.execute_batch("COMMIT").unwrap();
+    drop(db);
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert!(len > 16 << 20, "{len}");
+    // The reader waits on a channel of one batch: it has counted every row and sent its
+    // first batch when the file is cut to a quarter under it.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let reader = std::thread::spawn({
+        let path = path.clone();
+        move || {
+            let stats = pump::Stats::default();
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let limits = pump::BatchLimits {
+                max_items: 100,
+                max_bytes: 1 << 30,
+            };
+            reader::read_all(
+                &[DataFile {
+                    path,
+                    stale_above: None,
+                }],
+                limits,
+                pump_formats::sqlite_file::Verify::Quick,
+                &tx,
+                &stats,
+                &cancel,
+            )
+        }
+    });
+    let first = rx.blocking_recv().expect("a first batch");
+    assert_eq!(first.len(), 100);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len / 4)
+        .unwrap();
+    let mut received = first.len();
+    while let Some(batch) = rx.blocking_recv() {
+        // What was sent is whole: values read before the cut, not zeros.
+        assert!(batch.iter().all(|m| m.value[..] == value[..]));
+        received += batch.len();
+    }
+    let err = reader.join().unwrap().unwrap_err();
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("shrank while being read"),
+        "{err}"
+    );
+    assert!(received < 10_000, "{received}");
+    assert!(first.iter().all(|m| m.value[..] == value[..]));
 }
