@@ -85,5 +85,6 @@ fn a_failed_source_leaves_no_csv_under_the_final_name() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("line 102"), "{}", stderr(&out));
     assert!(!out_path.exists());
-    assert!(dir.path().join("out.csv.partial").exists());
+    // Nor under its temporary name: a CSV run has no resume, its partial rows are removed.
+    assert!(!dir.path().join("out.csv.partial").exists());
 }

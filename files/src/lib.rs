@@ -48,6 +48,23 @@ pub fn replace_private(path: &Path) -> io::Result<File> {
     create_private(path)
 }
 
+/// Writes `bytes` to `path` through the temporary file `tmp`: made private
+/// ([`replace_private`]), written, synced, given `path`'s final mode ([`Perms::for_name`]) and
+/// renamed over `path`. A reader sees the old file or the new one, never part of it.
+pub fn write_replacing(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = replace_private(tmp)?;
+    let written = f
+        .write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .and_then(|_| Perms::for_name(path).apply(&f))
+        .and_then(|_| std::fs::rename(tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    written
+}
+
 /// The permission bits and, optionally, the owner a finished file is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Perms {
@@ -64,6 +81,18 @@ impl Perms {
         Perms {
             mode: 0o666 & !umask(),
             owner: None,
+        }
+    }
+
+    /// The mode a finished file gets when it takes the name `path`: the mode of the regular
+    /// file it replaces there (as writing over that file would have kept), else a new file's.
+    pub fn for_name(path: &Path) -> Perms {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_file() => Perms {
+                mode: m.mode() & 0o777,
+                owner: None,
+            },
+            _ => Perms::new_file(),
         }
     }
 
@@ -243,6 +272,22 @@ mod tests {
             assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (4321, 8765, 0o604));
         }
         assert_eq!(Perms::new_file().mode, 0o666 & !umask());
+    }
+
+    #[test]
+    fn a_file_written_through_a_temporary_name_gets_the_mode_of_the_file_it_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let (tmp, path) = (d.path().join("f.tmp"), d.path().join("f"));
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), &tmp).unwrap();
+        write_replacing(&tmp, &path, b"one").unwrap();
+        assert!(!d.path().join("elsewhere").exists());
+        assert!(!tmp.exists());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&path), 0o666 & !umask());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_replacing(&tmp, &path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(mode(&path), 0o600);
     }
 
     #[test]

@@ -396,17 +396,13 @@ pub fn write_json_synced<T: Serialize>(path: &Path, value: &T) -> Result<(), Str
     write_synced(path, &text)
 }
 
-/// Writes `bytes` under a temporary name, syncs, renames into place, syncs the directory.
+/// Writes `bytes` under a temporary name made private (0600, never through a planted file
+/// or symlink), syncs, gives it its final mode, renames it into place, syncs the directory.
 pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(bfd::partial_name(name));
-    let err = |e: std::io::Error| format!("{}: cannot write: {e}", path.display());
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(err)?;
+    pump_files::write_replacing(&tmp, path, bytes)
+        .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 

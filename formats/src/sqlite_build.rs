@@ -275,17 +275,16 @@ pub fn is_page_size(n: usize) -> bool {
 }
 
 impl FileBuilder {
-    /// Creates `path` (which must not exist) for a database of `page_size`-byte pages (a
+    /// Creates `path` (which must not exist, mode 0600) for a database of `page_size`-byte pages (a
     /// power of two from 512 to 65536). Page 1 is written by [`FileBuilder::finish`].
     pub fn create(path: &Path, page_size: usize) -> Result<FileBuilder, String> {
         if !is_page_size(page_size) {
             return Err(format!("{}: page size {page_size}", path.display()));
         }
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        // New and private (0600, never through a planted file or symlink): the caller gives
+        // it its final mode before it takes its final name.
+        let file =
+            pump_files::create_private(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut b = FileBuilder {
             path: path.to_path_buf(),
             out: BufWriter::with_capacity(1 << 20, file),

@@ -3,9 +3,10 @@
 //! The source is read in one read transaction (its shared lock keeps SQLite writers off it):
 //! it must pass `quick_check`, then SQLite serializes its pages (the image of the database
 //! file as that transaction sees it, whatever the journal mode) and the image is written to
-//! `<target>.pump-tmp` in one write, read back and compared byte for byte, and synced to disk,
-//! before it is linked to `target` (never over an existing file) and the temporary name
-//! removed. The copy is thus the same bytes as a source that passed the check: the same
+//! `<target>.pump-tmp` (created private: mode 0600, never through a planted file or symlink)
+//! in one write, read back and compared byte for byte, synced to disk and given the source
+//! copy's mode, owner and group, before it is linked to `target` (never over an existing file)
+//! and the temporary name removed. The copy is thus the same bytes as a source that passed the check: the same
 //! tables, rows and admin values, with no row decoded. The directory is left to the caller
 //! to sync. Any failure removes the temporary file and leaves `target` absent.
 
@@ -63,11 +64,13 @@ fn copy_to_tmp(from: &Path, tmp: &Path, sync: bool) -> Result<u64, Error> {
     let src = schema::open_read(from)?;
     let image = read_checked(&src, from)?;
     drop(src);
-    let mut f = std::fs::File::create_new(tmp).map_err(|e| Error::io(tmp, e))?;
+    let perms = pump_files::Perms::of(from).map_err(|e| Error::io(from, e))?;
+    let mut f = pump_files::create_private(tmp).map_err(|e| Error::io(tmp, e))?;
     f.write_all(&image).map_err(|e| Error::io(tmp, e))?;
     if sync {
         f.sync_all().map_err(|e| Error::io(tmp, e))?;
     }
+    perms.apply(&f).map_err(|e| Error::io(tmp, e))?;
     drop(f);
     let written = std::fs::read(tmp).map_err(|e| Error::io(tmp, e))?;
     if written != image {
@@ -130,6 +133,30 @@ mod tests {
         );
         assert!(!tmp_path(&dst).exists());
         assert!(copy_verified(&src, &dst).is_err(), "never over a file");
+    }
+
+    #[test]
+    fn a_page_copy_takes_the_mode_owner_and_group_of_its_source() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let src = base(&d.path().join("a"));
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            std::os::unix::fs::chown(&src, Some(4321), Some(8765)).unwrap();
+        }
+        let dst = d.path().join("b").join("x.meta2");
+        copy_verified(&src, &dst).unwrap();
+        let (s, t) = (
+            std::fs::metadata(&src).unwrap(),
+            std::fs::metadata(&dst).unwrap(),
+        );
+        assert_eq!(t.mode() & 0o7777, 0o640);
+        assert_eq!((t.uid(), t.gid()), (s.uid(), s.gid()));
+        if root {
+            assert_eq!((t.uid(), t.gid()), (4321, 8765));
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ const MAGIC: &[u8] = b"PUMPNODE1";
 /// Writes `bucket` to `path` (through `path.tmp`, renamed).
 pub fn save(bucket: &Bucket, path: &Path) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let f = std::fs::File::create(&tmp)?;
+    let f = pump_files::replace_private(&tmp)?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
     w.write_all(MAGIC)?;
     w.write_all(&bucket.num_vbuckets().to_be_bytes())?;
@@ -63,6 +63,7 @@ pub fn save(bucket: &Bucket, path: &Path) -> io::Result<()> {
     }
     let f = w.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
+    pump_files::Perms::for_name(path).apply(&f)?;
     std::fs::rename(&tmp, path)
 }
 

@@ -2,7 +2,10 @@
 //! (`id,flags,expiration,cas,value,rev,vbid,dtype`, see `pump_formats::csv`), `value` and `rev`
 //! as Python bytes literals. Deletions have no row (as in cbtransfer) and count as skipped.
 //!
-//! The rows go to `FILE.partial`, renamed to FILE only when the source completed. A FILE that
+//! The rows go to `FILE.partial`, created new and private (mode 0600, O_EXCL, O_NOFOLLOW: a
+//! file or symlink planted at that name is unlinked, never written through), given FILE's
+//! final mode and renamed to FILE only when the source completed; when it did not, the
+//! partial file is removed (a CSV run has no resume) and FILE is left as it was. A FILE that
 //! exists is refused unless `-x overwrite=1` (the CLI's `--overwrite`).
 
 use std::fs::File;
@@ -97,7 +100,7 @@ impl CsvWriter {
     }
 
     fn open(&mut self) -> Result<(), Error> {
-        let file = File::create(&self.partial).map_err(|e| self.err(e))?;
+        let file = pump_files::replace_private(&self.partial).map_err(|e| self.err(e))?;
         let mut w = ::csv::WriterBuilder::new()
             .terminator(::csv::Terminator::CRLF)
             .from_writer(BufWriter::with_capacity(1 << 20, file));
@@ -176,14 +179,19 @@ impl BatchWriter for CsvWriter {
             .into_inner()
             .map_err(|e| self.err(e.error()))?;
         if end != SourceEnd::Complete {
+            drop(file);
+            let _ = std::fs::remove_file(&self.partial);
             eprintln!(
-                "csv:{}: the source did not complete; the rows written are left in {}",
+                "csv:{}: the source did not complete; nothing was written to it (its partial rows, {}, are removed)",
                 self.path.display(),
                 self.partial.display()
             );
             return Ok(());
         }
         file.sync_all().map_err(|e| self.err(e))?;
+        pump_files::Perms::for_name(&self.path)
+            .apply(&file)
+            .map_err(|e| self.err(e))?;
         drop(file);
         std::fs::rename(&self.partial, &self.path).map_err(|e| self.err(e))?;
         let _ = std::io::stderr().flush();
@@ -224,13 +232,50 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_incomplete_run_leaves_only_the_temporary_file() {
+    async fn an_incomplete_run_leaves_neither_the_file_nor_its_partial_rows() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.csv");
+        for end in [SourceEnd::Failed, SourceEnd::Cancelled] {
+            let mut w = CsvWriter::new(path.clone());
+            w.write(vec![Message::mutation("k", "v")]).await.unwrap();
+            assert!(dir.path().join("out.csv.partial").exists());
+            w.finish(end).await.unwrap();
+            assert!(!path.exists());
+            assert!(!dir.path().join("out.csv.partial").exists());
+        }
+    }
+
+    #[tokio::test]
+    async fn the_partial_file_is_private_and_the_file_gets_its_final_mode_at_rename() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.csv");
+        let partial = dir.path().join("out.csv.partial");
+        let mode = |p: &std::path::Path| {
+            std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+        };
+        // A symlink planted at the partial name points at a file no one may read.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"secret").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&victim, &partial).unwrap();
         let mut w = CsvWriter::new(path.clone());
         w.write(vec![Message::mutation("k", "v")]).await.unwrap();
-        w.finish(SourceEnd::Failed).await.unwrap();
-        assert!(!path.exists());
-        assert!(dir.path().join("out.csv.partial").exists());
+        assert_eq!(mode(&partial), 0o600);
+        assert!(!std::fs::symlink_metadata(&partial)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        w.finish(SourceEnd::Complete).await.unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"secret");
+        assert_eq!(mode(&victim), 0o600);
+        assert_eq!(mode(&path), 0o666 & !pump_files::umask());
+        // Written again over a file of mode 0640: the file keeps 0640.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let mut w = CsvWriter::new(path.clone());
+        w.write(vec![Message::mutation("k", "w")]).await.unwrap();
+        w.finish(SourceEnd::Complete).await.unwrap();
+        assert_eq!(mode(&path), 0o640);
+        assert!(std::fs::read_to_string(&path).unwrap().contains("b'w'"));
     }
 }

@@ -537,16 +537,20 @@ async fn move_(a: MoveArgs) -> Result<(), Failure> {
         dry_run: a.dry_run,
         stream: a.copy.stream()?,
     };
-    let lines = repair::move_base(&req).await?;
     if a.dry_run {
         println!(
             "plan for moving {base} from {} to {} (dry run, nothing written):",
             req.from, req.to.address
         );
     }
-    for l in lines {
-        println!("{l}");
-    }
+    // Each step as it happens, flushed: after a kill or a failed step, what was done shows.
+    repair::move_base(&req, &mut |line: &str| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    })
+    .await?;
     if !a.dry_run {
         println!("{base}: moved from {} to {}", req.from, req.to.address);
     }

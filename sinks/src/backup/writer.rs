@@ -123,12 +123,19 @@ impl Writer {
         let name = bfd::data_file_name(self.plan.first_file + self.files.len() as u32);
         let done = self.plan.node_dir.join(&name);
         let partial = self.plan.node_dir.join(bfd::partial_name(&name));
-        if partial.exists() {
-            std::fs::remove_file(&partial)
-                .map_err(|e| format!("{}: cannot replace: {e}", partial.display()))?;
-        }
+        // Made new and private (0600, never through a planted file or symlink; a partial file
+        // an earlier attempt left is replaced), then opened by SQLite without following a
+        // symlink; the final mode comes at the rename.
+        pump_files::replace_private(&partial)
+            .map_err(|e| format!("{}: cannot create: {e}", partial.display()))?;
         let err = |e: rusqlite::Error| format!("{}: {e}", partial.display());
-        let db = Connection::open(&partial).map_err(err)?;
+        let db = Connection::open_with_flags(
+            &partial,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )
+        .map_err(err)?;
         for (pragma, value) in bfd::WRITER_PRAGMAS {
             db.pragma_update(None, pragma, value).map_err(err)?;
         }
@@ -266,6 +273,9 @@ impl Writer {
             sync_file(&path)?;
             if let Some(done) = name.strip_suffix(".partial") {
                 let done = node_dir.join(done);
+                pump_files::Perms::for_name(&done)
+                    .apply_to(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
                 std::fs::rename(&path, &done).map_err(|e| {
                     format!(
                         "{}: cannot rename to {}: {e}",
@@ -384,8 +394,12 @@ fn sync_file(path: &Path) -> Result<(), String> {
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(bfd::partial_name(name));
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("{}: cannot write: {e}", path.display()))
+    let write = || -> std::io::Result<()> {
+        let mut f = pump_files::replace_private(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+        pump_files::Perms::for_name(path).apply(&f)?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| format!("{}: cannot write: {e}", path.display()))
 }

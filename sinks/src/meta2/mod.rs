@@ -18,9 +18,12 @@
 //! file must pass `quick_check`, every table's digest read back from the file (with the
 //! statements its sqlite_master holds, rows in the order stored:
 //! [`pump_meta2::check::digest_private`]) must equal the source's, and the file is synced to
-//! disk; for a big base the three run at once on their own threads. Only then is it linked to
-//! PATH (never over an existing file: PATH must not exist), the temporary name removed and the
-//! directory synced. Any other end removes the temporary file.
+//! disk; for a big base the three run at once on their own threads. Only then is it given its
+//! final mode and owner (a new file's, or those [`Meta2Writer::with_perms`] gives: the copy
+//! it replaces, or its source), linked to PATH (never over an existing file: PATH must not
+//! exist), the temporary name removed and the directory synced. The temporary file is
+//! created private (mode 0600, never through a planted file or symlink). Any other end
+//! removes the temporary file.
 //!
 //! | `-x` key | meaning |
 //! |---|---|
@@ -111,6 +114,7 @@ pub fn meta2_sink_with(path: PathBuf, sync_dir: bool) -> WriterSink<Meta2Writer>
         path,
         sync_dir,
         sort_memory: DEFAULT_SORT_MEMORY,
+        perms: None,
         thread: None,
     })
 }
@@ -142,6 +146,8 @@ pub struct Meta2Writer {
     sync_dir: bool,
     /// [`DEFAULT_SORT_MEMORY`], or `-x sort_memory`.
     sort_memory: usize,
+    /// The mode and owner the base gets before its final name (a new file's otherwise).
+    perms: Option<pump_files::Perms>,
     thread: Option<Worker>,
 }
 
@@ -151,6 +157,15 @@ impl Meta2Writer {
     pub fn with_sort_memory(self, bytes: usize) -> Meta2Writer {
         Meta2Writer {
             sort_memory: bytes,
+            ..self
+        }
+    }
+
+    /// The base gets `perms` (mode, and owner and group when set) before it takes its name:
+    /// a refilled copy those of the copy it replaces, or of its source.
+    pub fn with_perms(self, perms: pump_files::Perms) -> Meta2Writer {
+        Meta2Writer {
+            perms: Some(perms),
             ..self
         }
     }
@@ -171,7 +186,10 @@ impl Meta2Writer {
             let path = self.path.clone();
             let f = failed.clone();
             let (sync_dir, sort_memory) = (self.sync_dir, self.sort_memory);
-            tokio::task::spawn_blocking(move || builder_thread(path, sync_dir, sort_memory, rx, f));
+            let perms = self.perms.unwrap_or_else(pump_files::Perms::new_file);
+            tokio::task::spawn_blocking(move || {
+                builder_thread(path, sync_dir, sort_memory, perms, rx, f)
+            });
             Worker { tx, failed }
         })
     }
@@ -271,6 +289,7 @@ struct TableState {
 struct Builder {
     path: PathBuf,
     sync_dir: bool,
+    perms: pump_files::Perms,
     /// The memory of each table's index keys, and where they go past it.
     sort: SortMemory,
     tmp: PathBuf,
@@ -314,6 +333,7 @@ fn builder_thread(
     path: PathBuf,
     sync_dir: bool,
     sort_memory: usize,
+    perms: pump_files::Perms,
     mut rx: tokio::sync::mpsc::Receiver<Cmd>,
     failed: Arc<Mutex<Option<String>>>,
 ) {
@@ -329,6 +349,7 @@ fn builder_thread(
     let mut b = Builder {
         path,
         sync_dir,
+        perms,
         sort,
         tmp,
         header: BaseHeader::default(),
@@ -743,6 +764,9 @@ impl Builder {
         }
         synced.map_err(|e| format!("{tmp}: {e}"))?;
         conn.close().map_err(|(_, e)| format!("{tmp}: {e}"))?;
+        self.perms
+            .apply_to(&self.tmp)
+            .map_err(|e| format!("{tmp}: {e}"))?;
         std::fs::hard_link(&self.tmp, &self.path)
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
         let _ = std::fs::remove_file(&self.tmp);

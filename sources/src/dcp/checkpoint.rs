@@ -122,8 +122,8 @@ impl CheckpointFile {
         let mut tmp = self.path.clone().into_os_string();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        std::fs::write(&tmp, json).map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        pump_files::write_replacing(&tmp, &self.path, &json)
+            .map_err(|e| Error::io(&self.path, e))?;
         self.saved_at = Some(Instant::now());
         self.dirty = false;
         self.urgent = false;

@@ -114,6 +114,8 @@ pub struct FileExecutor {
     volumes: BTreeMap<String, PathBuf>,
     /// `sys.status` of each copy before the plan (None: absent), for Unfreeze.
     pub(super) statuses: BTreeMap<String, Option<Vec<u8>>>,
+    /// The mode, owner and group of each copy set aside, for the copy that replaces it.
+    replaced: BTreeMap<String, pump_files::Perms>,
     undo: Vec<Undo>,
     /// How a Copy step streams.
     stream: StreamCopy,
@@ -129,6 +131,7 @@ impl FileExecutor {
                 .map(|p| (p.address.clone(), p.volume.clone()))
                 .collect(),
             statuses: BTreeMap::new(),
+            replaced: BTreeMap::new(),
             undo: Vec::new(),
             stream: StreamCopy::default(),
         }
@@ -192,23 +195,33 @@ impl Default for StreamCopy {
 }
 
 impl StreamCopy {
-    /// Streams the base at `from` into a new base at `to`; returns the rows copied.
-    pub async fn copy(self, from: &Path, to: &Path) -> Result<u64, String> {
-        self.copy_with(from, to, true).await
-    }
-
     /// The sink writing `to`; `sync_dir` false leaves the directory's sync to the caller.
     fn sink(self, to: &Path, sync_dir: bool) -> WriterSink<Meta2Writer> {
         let WriterSink(w) = pump_sinks::meta2::meta2_sink_with(to.to_path_buf(), sync_dir);
         WriterSink(w.with_sort_memory(self.sort_memory))
     }
 
-    /// [`StreamCopy::copy`]; `sync_dir` false leaves the directory's sync to the caller.
+    /// Streams the base at `from` into a new base at `to`, which takes the mode, owner and
+    /// group of `from`; returns the rows copied. `sync_dir` false leaves the directory's sync
+    /// to the caller.
     pub(super) async fn copy_with(
         self,
         from: &Path,
         to: &Path,
         sync_dir: bool,
+    ) -> Result<u64, String> {
+        let perms = pump_files::Perms::of(from).map_err(|e| format!("{}: {e}", from.display()))?;
+        self.copy_as(from, to, sync_dir, perms).await
+    }
+
+    /// [`StreamCopy::copy_with`], the new base given `perms` (mode, owner, group) before it
+    /// takes its name.
+    pub(super) async fn copy_as(
+        self,
+        from: &Path,
+        to: &Path,
+        sync_dir: bool,
+        perms: pump_files::Perms,
     ) -> Result<u64, String> {
         let options = Options {
             threads: 1,
@@ -219,7 +232,8 @@ impl StreamCopy {
             from.to_path_buf(),
             batch,
         ));
-        let sink = Box::new(self.sink(to, sync_dir));
+        let WriterSink(w) = self.sink(to, sync_dir);
+        let sink = Box::new(WriterSink(w.with_perms(perms)));
         let ctx = Context::new(options).with_progress(ProgressMode::Off);
         let summary = pump::run(source, sink, ctx)
             .await
@@ -253,7 +267,15 @@ impl Executor for FileExecutor {
                 let path = self.path(peer)?;
                 let aside = aside_path(&path, suffix);
                 if !path.exists() && aside.exists() {
+                    if let Ok(p) = pump_files::Perms::of(&aside) {
+                        self.replaced.insert(peer.clone(), p);
+                    }
                     return Ok(());
+                }
+                // The copy that replaces this one takes its mode, owner and group (those
+                // the meta2 service expects), not those of whoever runs the repair.
+                if let Ok(p) = pump_files::Perms::of(&path) {
+                    self.replaced.insert(peer.clone(), p);
                 }
                 std::fs::rename(&path, &aside)
                     .map_err(|e| format!("{peer}: {}: {e}", path.display()))?;
@@ -271,8 +293,13 @@ impl Executor for FileExecutor {
                         dst.display()
                     ));
                 }
+                let perms = match self.replaced.get(to) {
+                    Some(p) => *p,
+                    None => pump_files::Perms::of(&src)
+                        .map_err(|e| format!("{from}: {}: {e}", src.display()))?,
+                };
                 self.stream
-                    .copy(&src, &dst)
+                    .copy_as(&src, &dst, true, perms)
                     .await
                     .map_err(|e| format!("{to}: {e}"))?;
                 self.undo.push(Undo::RemoveFile { path: dst });

@@ -1,5 +1,9 @@
 //! `pump meta2 move`: take one copy of a base to a new service and rewrite `sys.peers`,
 //! journaled so that a killed move is reported by `check` and resumed by a rerun.
+//!
+//! Each step is reported as it happens (started, done or failed, then each undo) and logged
+//! in the journal before and after it runs, so that after a kill or a failed step the
+//! operator sees what was done: on the terminal, and in the journal a killed move leaves.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +24,16 @@ pub struct MoveJournal {
     pub plan: Vec<Step>,
     pub done: usize,
     pub statuses: BTreeMap<String, Option<Vec<u8>>>,
+    /// What happened, one line per event, as it happened (seconds since the epoch first).
+    #[serde(default)]
+    pub log: Vec<String>,
+}
+
+impl MoveJournal {
+    /// Logs `line` in the journal (saved by the next [`write_journal`]).
+    fn log(&mut self, line: &str) {
+        self.log.push(format!("{} {line}", now_secs()));
+    }
 }
 
 /// The arguments of a move.
@@ -41,8 +55,7 @@ fn journal_path(target: &Path) -> PathBuf {
 fn write_journal(path: &Path, j: &MoveJournal) -> Result<(), String> {
     let text = serde_json::to_vec_pretty(j).map_err(|e| e.to_string())?;
     let tmp = aside_path(path, "tmp");
-    std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    pump_files::write_replacing(&tmp, path, &text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Plans a move after checking everything; writes nothing.
@@ -159,8 +172,12 @@ fn plan_move(req: &MoveRequest) -> Result<(Vec<Step>, Vec<Peer>), Failure> {
 }
 
 /// Moves one copy of a base to a new service; resumes an interrupted move of the same base
-/// to the same target from its journal.
-pub async fn move_base(req: &MoveRequest) -> Result<Vec<String>, Failure> {
+/// to the same target from its journal. Each line of what it does goes to `say` as it
+/// happens (the plan alone for a dry run).
+pub async fn move_base(
+    req: &MoveRequest,
+    say: &mut (dyn FnMut(&str) + Send),
+) -> Result<(), Failure> {
     let target = req.to.path(&req.base);
     let journal_file = journal_path(&target);
     let mut all = req.peers.clone();
@@ -190,28 +207,30 @@ pub async fn move_base(req: &MoveRequest) -> Result<Vec<String>, Failure> {
                 plan,
                 done: 0,
                 statuses: BTreeMap::new(),
+                log: Vec::new(),
             },
             false,
         )
     };
-    let mut lines = Vec::new();
     if req.dry_run {
         for (i, s) in journal.plan.iter().enumerate() {
             let mark = if i < journal.done { " (done)" } else { "" };
-            lines.push(format!("{:>2}. {s}{mark}", i + 1));
+            say(&format!("{:>2}. {s}{mark}", i + 1));
         }
-        return Ok(lines);
+        return Ok(());
     }
     if let Some(dir) = target.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| Failure::Failed(format!("{}: {e}", dir.display())))?;
     }
     if resumed {
-        lines.push(format!(
+        let line = format!(
             "resuming the move journaled in {} after step {}",
             journal_file.display(),
             journal.done
-        ));
+        );
+        say(&line);
+        journal.log(&line);
     } else {
         // Save every copy's status before anything is written: Unfreeze puts it back.
         for p in &req.peers {
@@ -226,7 +245,16 @@ pub async fn move_base(req: &MoveRequest) -> Result<Vec<String>, Failure> {
         }
         let from_status = journal.statuses.get(&req.from).cloned().flatten();
         journal.statuses.insert(req.to.address.clone(), from_status);
-        write_journal(&journal_file, &journal).map_err(Failure::Failed)?;
+        let line = format!(
+            "moving {} from {} to {}: {} steps, journaled in {}",
+            req.base,
+            req.from,
+            req.to.address,
+            journal.plan.len(),
+            journal_file.display()
+        );
+        say(&line);
+        journal.log(&line);
     }
     let mut exec = FileExecutor::new(req.base.clone(), &all).with_stream(req.stream);
     exec.statuses = journal.statuses.clone();
@@ -241,6 +269,10 @@ pub async fn move_base(req: &MoveRequest) -> Result<Vec<String>, Failure> {
                 let _ = std::fs::remove_file(pump_meta2::files::tmp_path(&t));
             }
         }
+        let line = format!("{:>2}. {step}", i + 1);
+        journal.log(&format!("{line}: started"));
+        write_journal(&journal_file, &journal).map_err(Failure::Failed)?;
+        say(&format!("{line}: started"));
         #[cfg(test)]
         let result = if hooks::ERROR_AT.get() == Some(i + 1) {
             Err("an error injected at this step (test hook)".to_string())
@@ -250,7 +282,18 @@ pub async fn move_base(req: &MoveRequest) -> Result<Vec<String>, Failure> {
         #[cfg(not(test))]
         let result = exec.execute(&step).await;
         if let Err(e) = result {
+            say(&format!("{line}: failed: {e}"));
+            journal.log(&format!("{line}: failed: {e}"));
+            let _ = write_journal(&journal_file, &journal);
             let undo = exec.undo().await;
+            let undone = if undo.is_empty() {
+                "undone: every step done since the start of this run".to_string()
+            } else {
+                format!("undo failed: {}", undo.join("; "))
+            };
+            say(&format!("{line}: {undone}"));
+            journal.log(&format!("{line}: {undone}"));
+            let _ = write_journal(&journal_file, &journal);
             let mut msg = format!("step {} ({step}) failed: {e}", i + 1);
             if resumed {
                 msg.push_str(&format!(
@@ -266,8 +309,9 @@ pub async fn move_base(req: &MoveRequest) -> Result<Vec<String>, Failure> {
             return Err(Failure::Failed(msg));
         }
         journal.done = i + 1;
+        journal.log(&format!("{line}: done"));
         write_journal(&journal_file, &journal).map_err(Failure::Failed)?;
-        lines.push(format!("{:>2}. {step}: done", i + 1));
+        say(&format!("{line}: done"));
         #[cfg(test)]
         if hooks::STOP_AFTER.get() == Some(i + 1) {
             // As a kill would: no undo, the journal kept.
@@ -280,7 +324,7 @@ pub async fn move_base(req: &MoveRequest) -> Result<Vec<String>, Failure> {
     exec.forget();
     std::fs::remove_file(&journal_file)
         .map_err(|e| Failure::Failed(format!("{}: {e}", journal_file.display())))?;
-    Ok(lines)
+    Ok(())
 }
 
 /// Test hooks: they exist only in test builds. Each is per thread, so tests running side by
@@ -369,7 +413,7 @@ mod tests {
         let data_before = digest(&base.path_in(&peers[1].volume), &["admin"]).unwrap();
         let req = request(&base, &peers, &to);
         hooks::STOP_AFTER.set(Some(5));
-        let killed = move_base(&req).await;
+        let killed = move_base(&req, &mut |_| {}).await;
         hooks::STOP_AFTER.set(None);
         match killed {
             Err(Failure::Failed(m)) => assert!(m.contains("stopped after step 5"), "{m}"),
@@ -382,7 +426,10 @@ mod tests {
         assert_eq!(h[B], "behind", "{h:?}");
         assert_eq!(h[C], "behind", "{h:?}");
 
-        let lines = move_base(&req).await.unwrap();
+        let mut lines = Vec::new();
+        move_base(&req, &mut |l| lines.push(l.to_string()))
+            .await
+            .unwrap();
         assert!(lines[0].contains("resuming"), "{lines:?}");
         let new_set = vec![peers[0].clone(), peers[2].clone(), to.clone()];
         assert!(health(&base, &new_set).values().all(|h| *h == "ok"));
@@ -410,7 +457,7 @@ mod tests {
         // source, set aside.
         for step in [2, 4, 6, 9, 11] {
             hooks::ERROR_AT.set(Some(step));
-            let r = move_base(&req).await;
+            let r = move_base(&req, &mut |_| {}).await;
             hooks::ERROR_AT.set(None);
             match r {
                 Err(Failure::Failed(m)) => {
@@ -430,5 +477,65 @@ mod tests {
             );
             assert!(health(&base, &peers).values().all(|h| *h == "ok"));
         }
+    }
+
+    #[tokio::test]
+    async fn each_step_is_reported_and_journaled_as_it_happens() {
+        let root = tempfile::tempdir().unwrap();
+        let (base, peers, to) = copies(root.path(), "c7", 20);
+        let req = request(&base, &peers, &to);
+        let journal = journal_path(&req.to.path(&base));
+        let read = |p: &Path| -> MoveJournal {
+            serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+        };
+        // Stopped after step 3 as a kill would: each line came while the move ran, the
+        // journal on disk already holding what the line says.
+        let mut lines = Vec::new();
+        hooks::STOP_AFTER.set(Some(3));
+        let stopped = move_base(&req, &mut |l| {
+            lines.push(l.to_string());
+            if !(l.ends_with(": done") || l.ends_with(": started")) {
+                return;
+            }
+            let j = read(&journal);
+            let n: usize = l.trim_start()[..l.trim_start().find('.').unwrap_or(0)]
+                .parse()
+                .unwrap_or(0);
+            if l.ends_with(": done") {
+                assert_eq!(j.done, n, "{l}");
+            } else if l.ends_with(": started") {
+                assert_eq!(j.done, n - 1, "{l}");
+                assert!(j.log.last().unwrap().ends_with(l), "{l}");
+            }
+        })
+        .await;
+        hooks::STOP_AFTER.set(None);
+        assert!(stopped.is_err());
+        assert!(lines[0].starts_with(&format!("moving {base} from {B} to {D}: 13 steps")));
+        for n in 1..=3 {
+            assert!(lines
+                .iter()
+                .any(|l| l.starts_with(&format!("{n:>2}. freeze")) && l.ends_with(": done")));
+        }
+        assert_eq!(lines.len(), 1 + 3 * 2, "{lines:?}");
+        let j = read(&journal);
+        assert_eq!(j.done, 3);
+        assert_eq!(j.log.iter().filter(|l| l.ends_with(": done")).count(), 3);
+        // Resumed, step 5 fails: it and its undo are reported before the move returns.
+        let mut lines = Vec::new();
+        hooks::ERROR_AT.set(Some(5));
+        let failed = move_base(&req, &mut |l| lines.push(l.to_string())).await;
+        hooks::ERROR_AT.set(None);
+        assert!(failed.is_err());
+        assert!(lines[0].contains("resuming"), "{lines:?}");
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with(" 4. copy") && l.ends_with(": done")));
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with(" 5. ") && l.contains(": failed: an error injected")));
+        assert!(lines.last().unwrap().contains("undone"), "{lines:?}");
+        let j = read(&journal);
+        assert!(j.log.iter().any(|l| l.contains(": failed: ")));
     }
 }
