@@ -94,6 +94,15 @@ impl Version {
         }
     }
 
+    /// The `user_version` of files of this version.
+    pub fn user_version(self) -> i64 {
+        match self {
+            Version::V2004 => 2004,
+            Version::V2014 => 2014,
+            Version::V2015 => 2015,
+        }
+    }
+
     /// Columns the file's table has.
     pub fn columns(self) -> usize {
         match self {

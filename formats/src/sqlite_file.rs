@@ -199,8 +199,26 @@ impl SqliteFile {
         if data[21..24] != [64, 32, 32] {
             return Err(bad(format!("payload fractions {:?}", &data[21..24])));
         }
-        let pages = u32::try_from(len / page_size as u64)
+        if !len.is_multiple_of(page_size as u64) {
+            return Err(bad(format!(
+                "{len} bytes is not a whole number of {page_size}-byte pages: the file was cut short, or written to by something other than SQLite"
+            )));
+        }
+        let in_file = u32::try_from(len / page_size as u64)
             .map_err(|_| bad(format!("{len} bytes is too large")))?;
+        // The page count in the header, when it is valid (its "version valid for" at 92
+        // equals the change counter at 24), is the database's size, as SQLite reads it.
+        let in_header = u32::from_be_bytes([data[28], data[29], data[30], data[31]]);
+        let pages = if in_header != 0 && data[24..28] == data[92..96] {
+            if in_header > in_file {
+                return Err(bad(format!(
+                    "the header counts {in_header} pages, the file holds {in_file}: it was cut short"
+                )));
+            }
+            in_header
+        } else {
+            in_file
+        };
         Ok(SqliteFile {
             path: path.to_path_buf(),
             backing,
@@ -795,8 +813,10 @@ impl<'r> Row<'r> {
     /// (UTF-8 in a file whose text encoding, header bytes 56..60, is 1).
     pub fn columns(&self, out: &mut [ValueRef<'r>]) -> Result<(), String> {
         record_columns(self.payload, out).map_err(|what| {
-            self.file
-                .error(self.page, format_args!("row {}: record {what}", self.rowid))
+            self.file.error(
+                self.page,
+                format_args!("rowid {}: record {what}", self.rowid),
+            )
         })
     }
 }
@@ -818,14 +838,7 @@ pub fn record_columns<'r>(p: &'r [u8], out: &mut [ValueRef<'r>]) -> Result<(), S
         }
         let (kind, next) = varint(&p[..header], at).ok_or("header cut")?;
         at = next;
-        // Bytes of each serial type below 12 (10 and 11 are reserved); 12 and up hold
-        // (n - 12) / 2 bytes of blob (even) or text (odd).
-        const LEN: [usize; 12] = [0, 1, 2, 3, 4, 6, 8, 8, 0, 0, 0, 0];
-        let len = match kind {
-            0..=9 => LEN[kind as usize],
-            10 | 11 => return Err(format!("serial type {kind} is reserved")),
-            n => usize::try_from((n - 12) / 2).unwrap_or(usize::MAX),
-        };
+        let len = serial_len(kind)?;
         let v = body
             .checked_add(len)
             .and_then(|end| p.get(body..end))
@@ -841,7 +854,35 @@ pub fn record_columns<'r>(p: &'r [u8], out: &mut [ValueRef<'r>]) -> Result<(), S
             _ => ValueRef::Text(v),
         };
     }
+    // The columns not asked for, then: the header's serial types must account for the
+    // payload exactly (SQLite finds such a record malformed; it is no row to read).
+    while at < header {
+        let (kind, next) = varint(&p[..header], at).ok_or("header cut")?;
+        at = next;
+        body = body
+            .checked_add(serial_len(kind)?)
+            .filter(|&end| end <= p.len())
+            .ok_or("column out of the record")?;
+    }
+    if body != p.len() {
+        return Err(format!(
+            "columns end at byte {body} of its {} bytes",
+            p.len()
+        ));
+    }
     Ok(())
+}
+
+/// The bytes a value of serial type `kind` takes (below 12: 0, 1, 2, 3, 4, 6, 8, 8, 0, 0;
+/// 10 and 11 are reserved; 12 and up: (n - 12) / 2 bytes of blob or text).
+#[inline]
+fn serial_len(kind: u64) -> Result<usize, String> {
+    const LEN: [usize; 12] = [0, 1, 2, 3, 4, 6, 8, 8, 0, 0, 0, 0];
+    match kind {
+        0..=9 => Ok(LEN[kind as usize]),
+        10 | 11 => Err(format!("serial type {kind} is reserved")),
+        n => Ok(usize::try_from((n - 12) / 2).unwrap_or(usize::MAX)),
+    }
 }
 
 /// The offset of cell `i` from the page's pointer array, when it lies in the page.

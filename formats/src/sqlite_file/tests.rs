@@ -221,8 +221,26 @@ fn corrupt(path: &Path, bytes: &[u8], root: u32) -> String {
 #[test]
 fn a_truncated_file_is_an_error_naming_the_file_and_page() {
     let dir = tempfile::tempdir().unwrap();
-    let (bytes, path, root, _) = deep_file(dir.path());
-    let err = corrupt(&path, &bytes[..bytes.len() / 2], root);
+    let (bytes, path, root, ps) = deep_file(dir.path());
+    // Cut at a page boundary: the header still counts every page.
+    let half = bytes.len() / 2 / ps * ps;
+    let err = corrupt(&path, &bytes[..half], root);
+    assert!(
+        err.contains(&path.display().to_string())
+            && err.contains(&format!("holds {}: it was cut short", half / ps)),
+        "{err}"
+    );
+    // Cut in the middle of a page.
+    let err = corrupt(&path, &bytes[..bytes.len() - 1], root);
+    assert!(
+        err.contains("not a whole number of 1024-byte pages"),
+        "{err}"
+    );
+    // A header whose page count is not valid (another change counter): the file's length
+    // counts, and a child past it is out of range.
+    let mut stale = bytes[..half].to_vec();
+    stale[92] ^= 1;
+    let err = corrupt(&path, &stale, root);
     assert!(
         err.contains(&path.display().to_string()) && err.contains("out of range"),
         "{err}"
