@@ -19,12 +19,12 @@
 mod layout;
 pub(crate) mod reader;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::file::forward_from_thread;
 use async_trait::async_trait;
 use pump::pipeline::Context;
-use pump::{BatchSender, Error, Options, Source, SourceKind, Spec};
+use pump::{BatchSender, Error, Message, Options, Source, SourceKind, Spec};
 use pump_formats::sqlite_file::Verify;
 
 pub use layout::{data_files, restore_plan, DataFile};
@@ -93,6 +93,43 @@ impl BackupSource {
     pub fn with_verify(self, verify: Verify) -> Self {
         BackupSource { verify, ..self }
     }
+}
+
+/// Reads one data file whole, checked as `verify` says, as a restore reads it: its messages
+/// in order, or the error naming the file (and page, row). For tools and tests (the fuzz
+/// suite); a restore streams the rows instead of holding them.
+pub fn read_data_file(path: &Path, verify: Verify) -> Result<Vec<Message>, String> {
+    let (rows, (version, counted)) = reader::prepare(path, verify)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Message>>(16);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    std::thread::scope(|s| {
+        let drain = s.spawn(move || {
+            let mut out = Vec::new();
+            while let Some(batch) = rx.blocking_recv() {
+                out.extend(batch);
+            }
+            out
+        });
+        let read = reader::Read {
+            verify,
+            counted: Some(counted),
+            stale: None,
+        };
+        let read = reader::read_file(
+            path,
+            rows,
+            version,
+            read,
+            pump::BatchLimits::default(),
+            &tx,
+            &cancel,
+        );
+        drop(tx);
+        let out = drain
+            .join()
+            .map_err(|_| "the thread collecting the rows panicked".to_string())?;
+        read.map(|_| out)
+    })
 }
 
 /// `-x verify=none|quick|full` (quick when not given).

@@ -169,11 +169,28 @@ pub(super) fn raw_root(
     let file = path.display();
     let err = |e: rusqlite::Error| format!("{file}: {e}");
     let db_conn = &db.conn;
+    // Text as it is stored (a damaged schema may hold bytes that are not UTF-8).
+    let text = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<String> {
+        Ok(match r.get_ref(i)? {
+            rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                String::from_utf8_lossy(t).into_owned()
+            }
+            rusqlite::types::ValueRef::Null => String::new(),
+            other => format!("{other:?}"),
+        })
+    };
     let schema: Vec<(String, String, i64, Option<String>)> = db_conn
         .prepare("SELECT type, name, rootpage, sql FROM sqlite_master")
         .and_then(|mut s| {
-            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect()
+            s.query_map([], |r| {
+                Ok((
+                    text(r, 0)?,
+                    text(r, 1)?,
+                    r.get::<_, Option<i64>>(2)?.unwrap_or(0),
+                    Some(text(r, 3)?),
+                ))
+            })?
+            .collect()
         })
         .map_err(err)?;
     let Some((kind, _, root, sql)) = schema
@@ -198,27 +215,36 @@ pub(super) fn raw_root(
             "{file}: cbb_msg is a {kind}, not a table: a backup data file holds its rows in a table cbb_msg"
         ));
     }
-    if db.is_copy() || sqlite_file::has_side_files(path) {
-        return Ok(None);
-    }
     let sql = sql.as_deref().unwrap_or("").to_ascii_lowercase();
-    if sql.contains("without rowid") || sql.contains("default") {
-        return Ok(None);
-    }
     let mut stmt = db_conn
         .prepare("SELECT name, pk, hidden FROM pragma_table_xinfo('cbb_msg')")
         .map_err(err)?;
     let columns = stmt
         .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
+            Ok((text(r, 0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
         })
         .map_err(err)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(err)?;
+    if let Some(missing) = bfd::COLUMNS[..version.columns()].iter().find(|want| {
+        !columns
+            .iter()
+            .any(|(name, _, _)| name.eq_ignore_ascii_case(want))
+    }) {
+        let have: Vec<&str> = columns.iter().map(|(name, _, _)| name.as_str()).collect();
+        return Err(format!(
+            "{file}: table cbb_msg has no column {missing} (its columns: {}), which a backup data file of user_version {} has",
+            have.join(", "),
+            version.user_version()
+        ));
+    }
+    if db.is_copy()
+        || sqlite_file::has_side_files(path)
+        || sql.contains("without rowid")
+        || sql.contains("default")
+    {
+        return Ok(None);
+    }
     let plain = columns.len() >= version.columns()
         && columns
             .iter()
