@@ -5,7 +5,9 @@
 //! backup   N items (PUMP_BENCH_VERIFY_ITEMS, 2,000,000), 100-byte values, written first by the
 //!          backup sink (one data file, read from the page cache: the first round warms it)
 //! rows     backup -> blackhole with -x verify=none | quick | full; 7 rounds, the order rotating
-//!          so each row runs in each place; each row's figure is the median of its rounds
+//!          so each row runs in each place; each row's figure is the median of its rounds:
+//!          items/s, and the CPU time of this process per item (on a shared machine the CPU
+//!          per item moves less than the rate: the other processes take wall time, not CPU)
 //! target   quick at least 90% of none's items/s (the issue: quick costs at most 10%)
 //! ```
 //!
@@ -14,6 +16,7 @@
 use std::time::Instant;
 
 use pump::{Context, Options, Registry, Spec};
+use pump_benches::{cpu_seconds, Who};
 
 fn registry() -> Registry {
     let mut r = Registry::new();
@@ -22,8 +25,13 @@ fn registry() -> Registry {
     r
 }
 
-/// `SOURCE -> SINK` with `-x verify=VERIFY`; (items written, seconds).
-fn transfer(rt: &tokio::runtime::Runtime, source: &str, sink: &str, verify: &str) -> (u64, f64) {
+/// `SOURCE -> SINK` with `-x verify=VERIFY`; (items written, seconds, CPU seconds).
+fn transfer(
+    rt: &tokio::runtime::Runtime,
+    source: &str,
+    sink: &str,
+    verify: &str,
+) -> (u64, f64, f64) {
     let r = registry();
     let mut options = Options::default();
     if !verify.is_empty() {
@@ -33,11 +41,15 @@ fn transfer(rt: &tokio::runtime::Runtime, source: &str, sink: &str, verify: &str
     let (sk, dk) = r.pair(&src, &dst).expect("kinds that fit");
     let source = sk.open(&src, &options).expect("the source opens");
     let sink = dk.open(&dst, &options).expect("the sink opens");
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_seconds(Who::SelfProcess));
     let summary = rt
         .block_on(pump::run(source, sink, Context::new(options)))
         .unwrap_or_else(|e| panic!("{src} -> {dst}: {e}"));
-    (summary.counts.items_written, t.elapsed().as_secs_f64())
+    (
+        summary.counts.items_written,
+        t.elapsed().as_secs_f64(),
+        cpu_seconds(Who::SelfProcess) - cpu,
+    )
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -60,7 +72,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let backup = dir.path().join("backup");
     let backup = backup.to_str().unwrap();
-    let (n, _) = transfer(
+    let (n, _, _) = transfer(
         &rt,
         &format!("gen:max-items={items},min-value-size=100"),
         backup,
@@ -71,24 +83,30 @@ fn main() {
     transfer(&rt, backup, "blackhole:", "none");
     let rows = ["none", "quick", "full"];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+    let mut cpus: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     for round in 0..rounds {
         for k in 0..rows.len() {
             let i = (round + k) % rows.len();
-            let (n, secs) = transfer(&rt, backup, "blackhole:", rows[i]);
+            let (n, secs, cpu) = transfer(&rt, backup, "blackhole:", rows[i]);
             assert_eq!(n, items, "verify={}", rows[i]);
             rates[i].push(n as f64 / secs);
+            cpus[i].push(cpu / n as f64 * 1e9);
         }
     }
     println!(
         "backup -> blackhole, {items} items of 100 bytes, median of {rounds} rounds (order rotating)"
     );
     let none = median(rates[0].clone());
+    let none_cpu = median(cpus[0].clone());
     for (i, row) in rows.iter().enumerate() {
         let m = median(rates[i].clone());
+        let c = median(cpus[i].clone());
         println!(
-            "  -x verify={row:<6} {:>8.3} M items/s  {:>5.1}% of verify=none  (rounds: {})",
+            "  -x verify={row:<6} {:>8.3} M items/s  {:>5.1}% of verify=none   CPU {:>5.0} ns/item ({:>+5.1}%)  (rounds, M items/s: {})",
             m / 1e6,
             m / none * 100.0,
+            c,
+            (c / none_cpu - 1.0) * 100.0,
             rates[i]
                 .iter()
                 .map(|r| format!("{:.2}", r / 1e6))

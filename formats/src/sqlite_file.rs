@@ -252,10 +252,22 @@ impl SqliteFile {
 
     /// [`SqliteFile::table`] with the checks `verify` asks for.
     pub fn table_with(&self, root: u32, verify: Verify) -> TableRows<'_> {
+        self.rows(root, verify.checks_pages(), verify.checks_pages())
+    }
+
+    /// The rows of a table whose every page a [`TableRows::count`] with checks has just
+    /// proven: the pages are not proven again, but each row must still come after the last
+    /// (a page that changed since the count is caught there, or by the number of rows).
+    pub fn table_counted(&self, root: u32) -> TableRows<'_> {
+        self.rows(root, false, true)
+    }
+
+    fn rows(&self, root: u32, pages: bool, order: bool) -> TableRows<'_> {
         TableRows {
             file: self,
             root,
-            verify,
+            pages,
+            order,
             started: false,
             interior: Vec::new(),
             leaf: None,
@@ -337,7 +349,10 @@ struct Level {
 pub struct TableRows<'a> {
     file: &'a SqliteFile,
     root: u32,
-    verify: Verify,
+    /// Each page's structure is proven as it is entered.
+    pages: bool,
+    /// Each row's rowid must be above the last.
+    order: bool,
     started: bool,
     interior: Vec<Level>,
     leaf: Option<Level>,
@@ -399,7 +414,7 @@ impl<'a> TableRows<'a> {
                 self.enter(self.root, Bounds::default())?;
             } else {
                 let file = self.file;
-                let checks = self.verify.checks_pages();
+                let checks = self.pages;
                 let (child, bounds) = loop {
                     let Some(top) = self.interior.last_mut() else {
                         return Ok(false);
@@ -518,7 +533,7 @@ impl<'a> TableRows<'a> {
                 format_args!("the b-tree is deeper than {MAX_DEPTH} pages"),
             ));
         }
-        if self.verify.checks_pages() {
+        if self.pages {
             self.check_page(no, &data, hdr, kind == LEAF_TABLE, cells, bounds)?;
             if kind == LEAF_TABLE {
                 match self.leaf_depth {
@@ -663,7 +678,9 @@ impl<'a> TableRows<'a> {
     /// Decodes the leaf cell at `at` of the current leaf.
     fn leaf_cell(&mut self, at: Option<usize>) -> Result<Row<'_>, String> {
         let file = self.file;
-        let checks = self.verify.checks_pages();
+        // Rows in order and overflow chains that end exactly: checked on every read with
+        // checks on (a count reads no overflow page, so the read proves the chains).
+        let checks = self.order;
         let usable = file.usable;
         let max_local = usable - 35;
         // The cell's header, read with a borrow of the leaf that ends here.

@@ -626,3 +626,31 @@ fn a_wrong_fragmented_byte_count_or_content_start_is_refused_naming_the_page() {
     let err = rows_of(&path, &bytes, root).unwrap_err();
     assert_names_page(&err, &path, leaf);
 }
+
+#[test]
+fn a_page_changed_after_a_checked_count_is_caught_as_the_rows_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, root) = backup_file(dir.path(), "data-0000.cbb", 5_000, 4096);
+    let good = std::fs::read(&path).unwrap();
+    let file = SqliteFile::open(&path).unwrap();
+    assert_eq!(file.table(root).count().unwrap(), 5_000);
+    // Between the count and the read, a leaf's cell pointer comes to repeat its neighbour.
+    let leaf = leaves(&good, 4096, root)[1];
+    let h = header_at(4096, leaf);
+    let mut bytes = good.clone();
+    let v = [bytes[h + 8 + 2 * 4], bytes[h + 8 + 2 * 4 + 1]];
+    bytes[h + 8 + 2 * 3..h + 8 + 2 * 3 + 2].copy_from_slice(&v);
+    std::fs::write(&path, &bytes).unwrap();
+    let mut rows = file.table_counted(root);
+    let err = loop {
+        match rows.next_row() {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("read to the end"),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        err.contains(&format!("page {leaf}:")) && err.contains("out of order"),
+        "{err}"
+    );
+}

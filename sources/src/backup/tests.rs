@@ -632,3 +632,53 @@ fn a_file_that_shrinks_while_read_is_an_error_naming_it_not_a_signal() {
     assert!(received < 10_000, "{received}");
     assert!(first.iter().all(|m| m.value[..] == value[..]));
 }
+
+#[test]
+fn a_file_that_loses_rows_between_the_count_and_the_read_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data-0000.cbb");
+    varied_file(&path, 2015, 1024, 2000);
+    let (rows, (version, counted)) =
+        reader::prepare(&path, pump_formats::sqlite_file::Verify::Quick).unwrap();
+    assert_eq!(counted, 2000 - 2000 / 11);
+    // Between the count and the read, the root loses a cell: a child's rows are no longer
+    // reached (a read without the count to compare would end short, and say nothing).
+    let db = Connection::open(&path).unwrap();
+    let root: u32 = db
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'cbb_msg'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(db);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let h = (root as usize - 1) * 1024;
+    let n = u16::from_be_bytes([bytes[h + 3], bytes[h + 4]]);
+    bytes[h + 3..h + 5].copy_from_slice(&(n - 1).to_be_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 20);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let read = reader::Read {
+        verify: pump_formats::sqlite_file::Verify::Quick,
+        counted: Some(counted),
+        stale: None,
+    };
+    let err = reader::read_file(
+        &path,
+        rows,
+        version,
+        read,
+        Options::default().batch_limits(),
+        &tx,
+        &cancel,
+    )
+    .unwrap_err();
+    drop(tx);
+    while rx.try_recv().is_ok() {}
+    assert!(
+        err.contains(&path.display().to_string())
+            && err.contains("were counted before: the file changed"),
+        "{err}"
+    );
+}
