@@ -9,9 +9,9 @@
 //! node      a 2-node cluster (and a spare) on loopback; GET and POST on its routes with
 //!           bucket names, queries and form or JSON bodies made of its field names and any
 //!           values, through its router
-//! sds       the SDS proxy over two volumes holding one base; its admin, reference, container
-//!           and cache routes with JSON bodies made of its field names and any values, then
-//!           damaged by edits
+//! sds       the SDS proxy over two volumes holding one base, answering as oio-sds 9 and as 7;
+//!           its admin, reference, container and cache routes with JSON bodies made of its
+//!           field names and any values, then damaged by edits
 //! checks    no panic, every request answered within 10 s; a map accepted holds only server
 //!           indexes that are in its server list
 //! ```
@@ -161,6 +161,7 @@ fn form_serializer() -> form_urlencoded::Serializer<'static, String> {
 /// One request to the SDS proxy.
 #[derive(Debug, Clone)]
 pub struct SdsRequest {
+    v7: bool,
     route: usize,
     query: Vec<(usize, String)>,
     body: Value,
@@ -204,12 +205,14 @@ fn sds_body() -> impl Strategy<Value = Value> {
 
 fn sds_request() -> impl Strategy<Value = SdsRequest> {
     (
+        any::<bool>(),
         0..SDS_ROUTES.len(),
         prop::collection::vec((0..SDS_FIELDS.len(), word()), 0..4),
         sds_body(),
         edits(3),
     )
-        .prop_map(|(route, query, body, edits)| SdsRequest {
+        .prop_map(|(v7, route, query, body, edits)| SdsRequest {
+            v7,
             route,
             query,
             body,
@@ -237,7 +240,8 @@ fn input() -> impl Strategy<Value = Input> {
 struct Peers {
     node: axum::Router,
     cluster: Arc<pump_node::Cluster>,
-    sds: Arc<pump_node::sds::SdsProxy>,
+    /// The proxy answering as oio-sds 9, and as 7.
+    sds: [Arc<pump_node::sds::SdsProxy>; 2],
     base: String,
     _volumes: tempfile::TempDir,
 }
@@ -263,10 +267,11 @@ fn peers() -> Result<Peers, String> {
             volume: v,
         });
     }
-    let sds = pump_node::sds::SdsProxy::new(pump_node::sds::SdsConfig {
-        ns: "OPENIO".into(),
-        services,
-        meta1: None,
+    let v9 =
+        pump_node::sds::SdsProxy::new(pump_node::sds::SdsConfig::new("OPENIO", services.clone()))?;
+    let v7 = pump_node::sds::SdsProxy::new(pump_node::sds::SdsConfig {
+        version: pump_node::sds::OioVersion::V7,
+        ..pump_node::sds::SdsConfig::new("OPENIO", services)
     })?;
     let cluster = crate::runtime()
         .block_on(pump_node::Cluster::start(pump_node::ClusterConfig {
@@ -285,7 +290,7 @@ fn peers() -> Result<Peers, String> {
     Ok(Peers {
         node: pump_node::rest::router(cluster.clone()),
         cluster,
-        sds: Arc::new(sds),
+        sds: [Arc::new(v9), Arc::new(v7)],
         base: spec.container,
         _volumes: volumes,
     })
@@ -370,9 +375,12 @@ fn check(p: &Peers, input: &Input) -> Result<(), String> {
                 q.append_pair(SDS_FIELDS[k % SDS_FIELDS.len()], v);
             }
             let body = apply(r.body.to_string().as_bytes(), &r.edits, None);
-            let reply = p
-                .sds
-                .handle(method, &format!("/v3.0/OPENIO/{route}"), &q.finish(), &body);
+            let reply = p.sds[usize::from(r.v7)].handle(
+                method,
+                &format!("/v3.0/OPENIO/{route}"),
+                &q.finish(),
+                &body,
+            );
             let _ = reply.status;
         }
     }
