@@ -140,8 +140,7 @@ fn save_meta1(f: &Path, m: &BTreeMap<String, Reference>) -> Result<(), String> {
     let mut tmp = f.as_os_str().to_owned();
     tmp.push(format!(".{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, f).map_err(|e| format!("{}: {e}", f.display()))
+    pump_files::write_replacing(&tmp, f, &text).map_err(|e| format!("{}: {e}", f.display()))
 }
 
 /// meta1 built from the bases found on the volumes: each base's `sys.peers`, account and name.
