@@ -344,6 +344,16 @@ fn a_bad_header_is_an_error_naming_the_file() {
     std::fs::write(&path, vec![0x5a; 4096]).unwrap();
     let err = SqliteFile::open(&path).err().unwrap();
     assert!(err.contains("magic"), "{err}");
+    // The read version: SQLite reads 0 as 1 and refuses what is above 2.
+    let (real, _) = table(dir.path(), 1024, &[], &[]);
+    let mut bytes = std::fs::read(&real).unwrap();
+    bytes[19] = 0;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(SqliteFile::open(&path).is_ok());
+    bytes[19] = 3;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = SqliteFile::open(&path).err().unwrap();
+    assert!(err.contains("file format read version 3"), "{err}");
 }
 
 #[test]
