@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 use pump_client::error::with_causes;
 use pump_node::{Cluster, ClusterConfig, Membership, NodeConfig, RecoveryApi};
 
+use super::credentials::NodeAuthArgs;
 use super::Failure;
 
 /// Arguments of `pump cluster`.
@@ -58,12 +59,9 @@ pub struct Up {
     /// The recovery REST dialect(s) the nodes answer: both, design or shipped.
     #[arg(long, default_value = "both")]
     pub recovery_api: RecoveryApi,
-    /// SASL user required of clients.
-    #[arg(long, requires = "password")]
-    pub user: Option<String>,
-    /// SASL password.
-    #[arg(long, requires = "user")]
-    pub password: Option<String>,
+    /// The user and password clients must give (SASL on the KV port).
+    #[command(flatten)]
+    pub auth: NodeAuthArgs,
     /// Serve the test hooks a test drives the nodes with (POST /pump/rollback).
     #[arg(long)]
     pub test_hooks: bool,
@@ -89,7 +87,7 @@ pub async fn up(a: Up, single: bool) -> Result<(), Failure> {
     let node = NodeConfig {
         bucket: a.bucket,
         vbuckets: a.vbuckets,
-        auth: a.user.zip(a.password),
+        auth: a.auth.auth()?,
         data: a.data.clone(),
         ..NodeConfig::default()
     };

@@ -7,6 +7,7 @@ use clap::Args;
 
 use pump_node::sds::{Meta2Service, OioVersion, SdsConfig, SdsProxy};
 
+use super::credentials::NodeAuthArgs;
 use super::Failure;
 
 /// Arguments of `pump node`.
@@ -27,12 +28,9 @@ pub struct NodeArgs {
     /// Directory where the bucket is persisted across restarts.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// SASL user required of clients (with --password).
-    #[arg(long, requires = "password")]
-    pub user: Option<String>,
-    /// SASL password.
-    #[arg(long, requires = "user")]
-    pub password: Option<String>,
+    /// The user and password clients must give (SASL on the KV port).
+    #[command(flatten)]
+    pub auth: NodeAuthArgs,
     /// Serve the reference SDS proxy for namespace NS (with --meta2) instead of a data node.
     #[arg(long, value_name = "NS", requires = "meta2")]
     pub sds: Option<String>,
@@ -114,8 +112,7 @@ pub async fn run(a: NodeArgs) -> Result<(), Failure> {
         bucket: a.bucket,
         vbuckets: a.vbuckets,
         data: a.data,
-        user: a.user,
-        password: a.password,
+        auth: a.auth,
         test_hooks: a.test_hooks,
     };
     super::cluster::up(cfg, true).await

@@ -52,8 +52,8 @@ pub async fn run(args: RecoverArgs) -> Result<(), Failure> {
         to: args.restore_to.clone(),
         bucket_source: args.bucket_source,
         bucket_destination: args.bucket_destination,
-        source_auth: args.credentials.source(),
-        dest_auth: args.credentials.dest(),
+        source_auth: args.credentials.source()?,
+        dest_auth: args.credentials.dest()?,
         vbuckets: args
             .vbucket_list
             .as_deref()

@@ -207,8 +207,8 @@ pub async fn run(args: TransferArgs) -> Result<(), Failure> {
     let mut options = Options {
         source_bucket: args.bucket_source.clone(),
         dest_bucket: args.bucket_destination.clone(),
-        source_auth: args.credentials.source(),
-        dest_auth: args.credentials.dest(),
+        source_auth: args.credentials.source()?,
+        dest_auth: args.credentials.dest()?,
         vbuckets: args
             .vbucket_list
             .as_deref()

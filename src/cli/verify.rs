@@ -301,7 +301,7 @@ pub async fn run(args: VerifyArgs) -> Result<(), Failure> {
         spec: spec_a,
         options: Options {
             source_bucket: args.bucket_a.clone(),
-            source_auth: args.credentials.source(),
+            source_auth: args.credentials.source()?,
             ..base.clone()
         },
     };
@@ -309,7 +309,7 @@ pub async fn run(args: VerifyArgs) -> Result<(), Failure> {
         spec: spec_b,
         options: Options {
             source_bucket: args.bucket_b.clone().unwrap_or(args.bucket_a.clone()),
-            source_auth: args.credentials.dest(),
+            source_auth: args.credentials.dest()?,
             ..base
         },
     };

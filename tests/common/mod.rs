@@ -378,7 +378,18 @@ pub struct ClusterNode {
 impl LocalCluster {
     /// Starts `pump cluster up --nodes N ARGS` on free ports; waits for every node's line.
     pub fn up(nodes: usize, spares: usize, args: &[&str]) -> LocalCluster {
+        Self::up_env(nodes, spares, args, &[])
+    }
+
+    /// [`LocalCluster::up`] with `env` set for `pump cluster up`.
+    pub fn up_env(
+        nodes: usize,
+        spares: usize,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> LocalCluster {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pump"))
+            .envs(env.iter().copied())
             .args(["cluster", "up", "--kv-port", "0", "--rest-port", "0"])
             .args([
                 "--nodes",
@@ -417,6 +428,11 @@ impl LocalCluster {
             child,
             nodes: found,
         }
+    }
+
+    /// The process id of `pump cluster up`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `http://REST` of node 0.
