@@ -30,6 +30,48 @@ pub fn auth(spec: &Spec, options: &Options) -> Result<Option<Auth>, Error> {
     }))
 }
 
+/// Fails when the node answers `STAT vbucket-seqno` on `conn` (it lists every vbucket that is
+/// not dead) and lists none of `vbuckets` (of any, when `None`): a `tap://` stream would end
+/// at once with no item, and the run would look like one of an empty bucket. A node that does
+/// not answer the stat cannot tell; the stream then goes ahead.
+pub async fn require_a_live_vbucket(
+    spec: &str,
+    addr: &str,
+    conn: &mut pump_client::Connection,
+    vbuckets: Option<&[u16]>,
+) -> Result<(), Error> {
+    let stats = match conn.stats("vbucket-seqno").await {
+        Ok(s) => s,
+        Err(ClientError::Status { .. }) => return Ok(()),
+        Err(e) => return Err(source_error(spec, e)),
+    };
+    let live = stats.iter().any(|(k, _)| {
+        k.strip_prefix("vb_")
+            .and_then(|r| r.split_once(':'))
+            .and_then(|(vb, _)| vb.parse::<u16>().ok())
+            .is_some_and(|vb| vbuckets.is_none_or(|want| want.contains(&vb)))
+    });
+    if live {
+        return Ok(());
+    }
+    Err(no_live_vbucket(spec, addr, vbuckets.map(<[u16]>::len)))
+}
+
+/// The error of a `dcp://` or `tap://` source whose node holds none of the vbuckets asked for
+/// (`asked`: how many, `None`: all) in a state it streams.
+pub fn no_live_vbucket(spec: &str, addr: &str, asked: Option<usize>) -> Error {
+    let asked = match asked {
+        Some(n) => format!("none of the {n} vbuckets asked for is"),
+        None => "no vbucket is".to_string(),
+    };
+    Error::source(
+        spec,
+        format!(
+            "{addr}: {asked} active on this node (each is dead or absent, e.g. after a takeover): nothing to stream; point at the node holding them, or use couchbase://HOST:RESTPORT for a cluster"
+        ),
+    )
+}
+
 /// The source's error for a client error; a refusal of the credentials (never retried) says
 /// where they come from.
 pub fn source_error(spec: &str, e: ClientError) -> Error {

@@ -128,7 +128,9 @@ impl Source for CouchbaseSource {
             );
             tasks.spawn(async move {
                 match stream {
-                    Stream::Dcp(c) => dcp::stream_node(&spec, &addr, &c, vbs, &out, ckpt).await,
+                    Stream::Dcp(c) => dcp::stream_node(&spec, &addr, &c, vbs, &out, ckpt)
+                        .await
+                        .map(|_| ()),
                     Stream::Tap(c) => tap::stream(&spec, &addr, &c, Some(vbs), &out).await,
                 }
             });

@@ -131,7 +131,8 @@ pub struct DcpSource {
 impl Source for DcpSource {
     async fn run(self: Box<Self>, out: BatchSender, _ctx: Context) -> Result<(), Error> {
         let ckpt = self.config.load_checkpoint()?;
-        stream_node(
+        let asked = self.vbuckets.len();
+        let live = stream_node(
             &self.spec,
             &self.addr,
             &self.config,
@@ -139,11 +140,16 @@ impl Source for DcpSource {
             &out,
             ckpt,
         )
-        .await
+        .await?;
+        if live == 0 && asked > 0 {
+            return Err(net::no_live_vbucket(&self.spec, &self.addr, Some(asked)));
+        }
+        Ok(())
     }
 }
 
-/// Streams `vbuckets` of the node at `addr` over `config.connections` connections.
+/// Streams `vbuckets` of the node at `addr` over `config.connections` connections; returns
+/// how many of them the node holds in a state it streams (all, when it does not say).
 pub async fn stream_node(
     spec: &str,
     addr: &str,
@@ -151,9 +157,9 @@ pub async fn stream_node(
     vbuckets: Vec<u16>,
     out: &BatchSender,
     ckpt: Option<Arc<Mutex<CheckpointFile>>>,
-) -> Result<(), Error> {
+) -> Result<usize, Error> {
     if vbuckets.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let n = config.connections.min(vbuckets.len()).max(1);
     let per = vbuckets.len().div_ceil(n);
@@ -172,13 +178,17 @@ pub async fn stream_node(
         );
     }
     let mut first_err = None;
+    let mut live = 0;
     while let Some(r) = tasks.join_next().await {
         let r = r.unwrap_or_else(|e| Err(Error::source(spec, format!("worker panicked: {e}"))));
-        if let Err(e) = r {
-            if first_err.is_none() {
-                first_err = Some(e);
-                // One connection failed: the others stop too (what they confirmed is saved).
-                tasks.abort_all();
+        match r {
+            Ok(n) => live += n,
+            Err(e) => {
+                if first_err.is_none() {
+                    first_err = Some(e);
+                    // One connection failed: the others stop too (what they confirmed is saved).
+                    tasks.abort_all();
+                }
             }
         }
     }
@@ -189,6 +199,6 @@ pub async fn stream_node(
     }
     match first_err {
         Some(e) => Err(e),
-        None => Ok(()),
+        None => Ok(live),
     }
 }

@@ -76,7 +76,9 @@ async fn high_seqnos(conn: &mut Connection) -> Result<Option<HashMap<u16, u64>>,
     Ok(Some(out))
 }
 
-/// Streams `vbuckets` over one connection to `addr` (connection number `index`).
+/// Streams `vbuckets` over one connection to `addr` (connection number `index`); returns how
+/// many of them the node listed in `STAT vbucket-seqno` (every one, when it does not answer
+/// it): a vbucket it does not list is dead or absent there, and is not streamed.
 pub async fn stream_connection(
     spec: &str,
     addr: &str,
@@ -85,7 +87,7 @@ pub async fn stream_connection(
     vbuckets: Vec<u16>,
     out: &BatchSender,
     ckpt: Option<Arc<Mutex<CheckpointFile>>>,
-) -> Result<(), Error> {
+) -> Result<usize, Error> {
     let err = |e: ClientError| crate::net::source_error(spec, e);
     let mut conn = Connection::open(
         addr,
@@ -135,6 +137,10 @@ pub async fn stream_connection(
     // Where each vbucket starts.
     let mut streams: BTreeMap<u16, VbStream> = BTreeMap::new();
     let mut by_opaque: HashMap<u32, u16> = HashMap::new();
+    let live = match &highs {
+        Some(h) => vbuckets.iter().filter(|vb| h.contains_key(vb)).count(),
+        None => vbuckets.len(),
+    };
     for vb in vbuckets {
         let pos = ckpt
             .as_ref()
@@ -177,7 +183,7 @@ pub async fn stream_connection(
         );
     }
     if streams.is_empty() {
-        return Ok(());
+        return Ok(live);
     }
     let (mut read, write) = conn.into_split();
     let writer = Arc::new(AsyncMutex::new(write));
@@ -467,7 +473,7 @@ pub async fn stream_connection(
     }
     result?;
     flushed?;
-    finished
+    finished.map(|()| live)
 }
 
 /// Writes the checkpoint file now if it holds a uuid, failover log or rollback not saved yet:

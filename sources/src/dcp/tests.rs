@@ -576,3 +576,39 @@ async fn a_failed_key_keeps_its_vbucket_checkpoint_behind_it_and_out_of_the_wind
     assert!(sink.messages().iter().any(|m| &m.key[..] == b"k0_4"));
     assert_eq!(CheckpointFile::load(&path).unwrap().position(0).seqno, 6);
 }
+
+#[tokio::test]
+async fn a_node_holding_none_of_the_vbuckets_alive_fails_rather_than_streaming_nothing() {
+    // Every vbucket dead (a TAP takeover marked them so): STAT vbucket-seqno lists none of
+    // them. The run used to end with 0 items and exit 0.
+    let (l, addr) = listen().await;
+    let producer = tokio::spawn(async move {
+        let mut peer = Peer::accept(&l).await;
+        // The handshake, until the source closes: no STREAM_REQ may come.
+        while let Some(p) = peer.recv().await {
+            let answer = match p.opcode {
+                Opcode::Stat => {
+                    let listed = Packet::response_to(&p, Status::Success)
+                        .with_key("vb_9:high_seqno")
+                        .with_value("4");
+                    peer.send(listed).await;
+                    Status::Success
+                }
+                Opcode::SelectBucket => Status::UnknownCommand,
+                Opcode::DcpOpen | Opcode::DcpControl => Status::Success,
+                other => panic!("unexpected {other:?}"),
+            };
+            peer.send(Packet::response_to(&p, answer)).await;
+        }
+    });
+    let o = options("0-3", None);
+    let e = run(open(&addr, &o), Collect::default(), o)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&addr) && e.contains("none of the 4 vbuckets asked for is active on this node"),
+        "{e}"
+    );
+    producer.await.unwrap();
+}

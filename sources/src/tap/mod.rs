@@ -145,6 +145,8 @@ pub async fn stream(
     )
     .await
     .map_err(err)?;
+    // A node whose vbuckets are all dead would end the dump at once, as if it were empty.
+    net::require_a_live_vbucket(spec, addr, &mut conn, vbuckets.as_deref()).await?;
     conn.send(&config.connect(vbuckets).to_packet())
         .await
         .map_err(err)?;

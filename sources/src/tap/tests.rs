@@ -22,6 +22,28 @@ fn mutation(vb: u16, key: &str, value: &str, flags: u32, fix: bool, opaque: u32)
     m
 }
 
+/// Answers the source's STAT vbucket-seqno: `Some(vbuckets)` lists them (as not dead), `None`
+/// answers as an old server that has no such stat.
+async fn vbucket_stat(peer: &mut Peer, listed: Option<&[u16]>) {
+    let p = peer.recv().await.unwrap();
+    assert_eq!(
+        (p.opcode, &p.key[..]),
+        (Opcode::Stat, &b"vbucket-seqno"[..])
+    );
+    let Some(listed) = listed else {
+        return peer
+            .send(Packet::response_to(&p, Status::UnknownCommand))
+            .await;
+    };
+    for vb in listed {
+        let row = Packet::response_to(&p, Status::Success)
+            .with_key(format!("vb_{vb}:high_seqno"))
+            .with_value("1");
+        peer.send(row).await;
+    }
+    peer.send(Packet::response_to(&p, Status::Success)).await;
+}
+
 async fn send_tap(peer: &mut Peer, m: &TapMessage) {
     let mut b = BytesMut::new();
     m.encode(&mut b);
@@ -46,6 +68,7 @@ async fn the_tap_ack_is_sent_only_after_the_sink_confirmed_the_batch() {
         assert_eq!(&sel.key[..], b"default");
         peer.send(Packet::response_to(&sel, Status::UnknownCommand))
             .await;
+        vbucket_stat(&mut peer, Some(&[1, 5])).await;
         let c = TapConnect::from_packet(&peer.recv().await.unwrap()).unwrap();
         assert_eq!(
             c.flags,
@@ -107,6 +130,7 @@ async fn item_flags_are_fixed_with_and_without_network_byte_order_and_deletes_pa
         let sel = peer.recv().await.unwrap();
         assert_eq!(&sel.key[..], b"beer");
         peer.send(Packet::response_to(&sel, Status::Success)).await;
+        vbucket_stat(&mut peer, None).await;
         let c = TapConnect::from_packet(&peer.recv().await.unwrap()).unwrap();
         assert!(!c.has(connect_flags::LIST_VBUCKETS));
         // An old server: flags byte-swapped, no NETWORK_BYTE_ORDER.
@@ -156,6 +180,7 @@ async fn a_producer_that_dies_mid_frame_fails_the_run_naming_it() {
         let sel = peer.recv().await.unwrap();
         peer.send(Packet::response_to(&sel, Status::UnknownCommand))
             .await;
+        vbucket_stat(&mut peer, Some(&[0, 3])).await;
         let _connect = peer.recv().await.unwrap();
         let mut b = BytesMut::new();
         mutation(0, "k", "value", 0, true, 0).encode(&mut b);
@@ -183,6 +208,7 @@ async fn a_failed_key_withholds_the_tap_ack_and_stops_the_stream_naming_it() {
         let sel = peer.recv().await.unwrap();
         peer.send(Packet::response_to(&sel, Status::UnknownCommand))
             .await;
+        vbucket_stat(&mut peer, Some(&[0, 3])).await;
         let _connect = peer.recv().await.unwrap();
         for i in 0..3u32 {
             let mut m = mutation(3, &format!("k{i}"), "v", 1, true, i);
@@ -211,4 +237,32 @@ async fn a_failed_key_withholds_the_tap_ack_and_stops_the_stream_naming_it() {
         .to_string();
     assert_eq!(producer.await.unwrap(), 0, "the ack was withheld");
     assert!(e.contains("k1") && e.contains("ack is withheld"), "{e}");
+}
+
+#[tokio::test]
+async fn a_node_whose_vbuckets_are_all_dead_fails_before_the_dump() {
+    let (l, addr) = listen().await;
+    let producer = tokio::spawn(async move {
+        let mut peer = Peer::accept(&l).await;
+        let sel = peer.recv().await.unwrap();
+        peer.send(Packet::response_to(&sel, Status::UnknownCommand))
+            .await;
+        // Every vbucket dead (a TAP takeover marked them so): the stat lists none.
+        vbucket_stat(&mut peer, Some(&[])).await;
+        assert!(peer.recv().await.is_none(), "a TAP_CONNECT was sent");
+    });
+    let options = Options::default();
+    let e = run(
+        open(&format!("tap://{addr}"), &options),
+        Collect::default(),
+        options,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains(&addr) && e.contains("no vbucket is active on this node"),
+        "{e}"
+    );
+    producer.await.unwrap();
 }
