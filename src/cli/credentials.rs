@@ -242,7 +242,7 @@ mod tests {
         let f = dir.path().join("pw");
         std::fs::write(&f, "from-file\n").unwrap();
         // A variable name no other test sets: tests run in threads of one process.
-        let env = "PUMP_TEST_PASSWORD_ORDER";
+        let env = "PUMP_UNIT_PASSWORD_ORDER";
         // SAFETY: only this test reads or writes this variable.
         unsafe { std::env::set_var(env, "from-env") };
         assert_eq!(
