@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! mod.rs      MemcachedKind and MemcachedConfig: the spec, validated without I/O
-//! metadump.rs the key listing: `lru_crawler metadump all` on a text connection
+//! metadump.rs the key listing: `lru_crawler metadump hash` (or `all`) on a text connection
+//! spool.rs    the listing drained into an unlinked file as fast as it comes, read back in rounds
 //! source.rs   MemcachedSource: values fetched with pipelined GETKQ + NOOP, sent in batches
 //! ```
 //!
@@ -21,6 +22,7 @@
 
 mod metadump;
 mod source;
+mod spool;
 
 use std::time::Duration;
 

@@ -1,12 +1,15 @@
 //! Reads a memcached: keys from the metadump, values from pipelined GETKQ rounds.
 //!
 //! ```text
-//! metadump ── up to batch_max_size keys ──▶ GETKQ (opaque = index) ... NOOP ──▶ one batch
+//! metadump ──▶ spool (a task drains it into an unlinked file at once, see spool.rs)
+//! spool ── up to batch_max_size keys ──▶ GETKQ (opaque = index) ... NOOP ──▶ one batch
 //! ```
 //!
 //! Several rounds are on the wire at once; GETKQ answers only on a hit, so the answers before
 //! a round's NOOP are the keys still there. Nothing is kept per key: the memory of a run is
-//! flat however many items the server holds (a few rounds of keys, and the channel's batches).
+//! flat however many items the server holds (a few rounds of keys, and the channel's batches;
+//! the listing waits on disk). The listing is never left unread while GETs wait: memcached's
+//! hash walk holds an item lock while it waits to write, and a GET under it would wait too.
 //! A listing short of `curr_items` (items written while it ran; or, on a memcached without
 //! the hash walk, items the LRU crawler missed) is followed by another pass that reads every
 //! key again: at least once, as the delivery contract allows (see [`MAX_PASSES`]).
@@ -22,6 +25,7 @@ use pump_protocol::packet::encode_request;
 use pump_protocol::{vbucket_of, Opcode, Status, HEADER_LEN};
 
 use super::metadump::{Listed, Metadump, Walk};
+use super::spool::Spool;
 use super::MemcachedConfig;
 
 /// GETKQ rounds on the wire at once.
@@ -64,11 +68,11 @@ struct Pass {
 }
 
 impl MemcachedSource {
-    /// One metadump and the GETKQ rounds of the keys it lists.
+    /// One listing and the GETKQ rounds of the keys it lists.
     async fn pass(
         &self,
         client: &mut Duplex,
-        dump: &mut Metadump,
+        listing: &mut Spool,
         out: &BatchSender,
     ) -> Result<Pass, Error> {
         let c = &self.config;
@@ -78,7 +82,7 @@ impl MemcachedSource {
         let mut listing_done = false;
         loop {
             while !listing_done && in_flight.len() < DEPTH {
-                let keys = dump.next_keys(c.batch_items).await.map_err(fail)?;
+                let keys = listing.next_keys(c.batch_items).await.map_err(fail)?;
                 if keys.is_empty() {
                     listing_done = true;
                     break;
@@ -164,12 +168,13 @@ impl Source for MemcachedSource {
         let mut vanished = 0;
         let mut expected = None;
         for n in 1..=MAX_PASSES {
-            let mut dump = Metadump::start(&c.addr, c.timeout).await.map_err(fail)?;
+            let dump = Metadump::start(&c.addr, c.timeout).await.map_err(fail)?;
             // Items deleted or expired since the first listing lower the bar.
             let before = (*expected.get_or_insert(dump.items_before)).min(dump.items_before);
             out.stats().set_expected(before);
             let walk = dump.walk;
-            let pass = self.pass(&mut client, &mut dump, &out).await?;
+            let mut listing = Spool::start(dump, &c.addr).map_err(fail)?;
+            let pass = self.pass(&mut client, &mut listing, &out).await?;
             vanished += pass.vanished;
             if pass.listed >= before || pass.listed == 0 {
                 break;
