@@ -213,6 +213,7 @@ fn main() {
             rest_port: 0,
             spares: 0,
             recovery_api: Default::default(),
+            tls: None,
         })
         .await
         .unwrap();

@@ -9,9 +9,11 @@ use pump_protocol::VbucketState;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::kv::{self, KvContext};
+use crate::auth::Users;
+use crate::kv::{self, Counters, KvContext};
 use crate::persist;
 use crate::store::Bucket;
+use crate::tls::TlsIdentity;
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -23,6 +25,8 @@ pub struct NodeConfig {
     pub auth: Option<(String, String)>,
     /// Where the bucket is persisted, if anywhere.
     pub data: Option<PathBuf>,
+    /// The certificate of the TLS KV port (and HTTPS REST), if one is served.
+    pub tls: Option<TlsIdentity>,
 }
 
 impl Default for NodeConfig {
@@ -33,6 +37,7 @@ impl Default for NodeConfig {
             initial_state: VbucketState::Active,
             auth: None,
             data: None,
+            tls: None,
         }
     }
 }
@@ -42,6 +47,9 @@ impl Default for NodeConfig {
 pub struct Node {
     pub bucket: Arc<Bucket>,
     pub kv_addr: SocketAddr,
+    /// The TLS KV port, when the node serves one.
+    pub kv_tls_addr: Option<SocketAddr>,
+    pub(crate) ctx: Arc<KvContext>,
     stop: CancellationToken,
     /// Cancelled once the KV listener is closed (after `stop`).
     closed: CancellationToken,
@@ -52,6 +60,19 @@ pub struct Node {
 impl Node {
     /// Loads (or creates) the bucket and starts serving KV on `kv_addr`.
     pub async fn start(cfg: NodeConfig, kv_addr: SocketAddr) -> std::io::Result<Node> {
+        Node::start_with_tls(cfg, kv_addr, None).await
+    }
+
+    /// As [`Node::start`], and TLS KV on `tls_addr` when given (with `cfg.tls`, or a
+    /// self-signed certificate when none is configured).
+    pub async fn start_with_tls(
+        mut cfg: NodeConfig,
+        kv_addr: SocketAddr,
+        tls_addr: Option<SocketAddr>,
+    ) -> std::io::Result<Node> {
+        if tls_addr.is_some() && cfg.tls.is_none() {
+            cfg.tls = Some(TlsIdentity::self_signed().map_err(std::io::Error::other)?);
+        }
         let snapshot = match &cfg.data {
             Some(d) => {
                 std::fs::create_dir_all(d)?;
@@ -71,20 +92,47 @@ impl Node {
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("KV port {kv_addr}: {e}")))?;
         let kv_addr = listener.local_addr()?;
+        let tls_listener = match tls_addr {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
+        let kv_tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let stop = CancellationToken::new();
+        let users = match cfg.auth.clone() {
+            // Deriving the SCRAM secrets is deliberately slow: off the runtime's threads.
+            Some((u, p)) => Some(
+                tokio::task::spawn_blocking(move || Users::new(&u, &p))
+                    .await
+                    .map_err(std::io::Error::other)?,
+            ),
+            None => None,
+        };
         let ctx = Arc::new(KvContext {
             bucket: bucket.clone(),
-            auth: cfg.auth.clone(),
+            users,
             started: Instant::now(),
+            config: Default::default(),
+            counters: Counters::default(),
         });
         let closed = CancellationToken::new();
-        let serve = kv::serve(listener, ctx, stop.clone());
+        let serve = kv::serve(listener, ctx.clone(), stop.clone(), None);
         let on_close = closed.clone();
+        let tls_serve = match (tls_listener, &cfg.tls) {
+            (Some(l), Some(id)) => {
+                Some(kv::serve(l, ctx.clone(), stop.clone(), Some(id.acceptor())))
+            }
+            _ => None,
+        };
         tokio::spawn(async move {
-            // `serve` owns the listener: it is closed when `serve` returns, before the guard
+            // `serve` owns the listeners: they are closed when it returns, before the guard
             // (which also fires if the task panics) says so.
             let _closed = on_close.drop_guard();
-            serve.await;
+            match tls_serve {
+                Some(t) => {
+                    tokio::join!(serve, t);
+                }
+                None => serve.await,
+            }
         });
         let saver = snapshot.clone().map(|path| {
             let b = bucket.clone();
@@ -104,11 +152,23 @@ impl Node {
         Ok(Node {
             bucket,
             kv_addr,
+            kv_tls_addr,
+            ctx,
             stop,
             closed,
             snapshot,
             saver,
         })
+    }
+
+    /// What the node counted (snappy values in and out, logins per mechanism, HELLOs).
+    pub fn counters(&self) -> &Counters {
+        &self.ctx.counters
+    }
+
+    /// The cluster map slot this node serves GET_CLUSTER_CONFIG from.
+    pub fn config(&self) -> &crate::config::ConfigSlot {
+        &self.ctx.config
     }
 
     /// Stops serving: closes the listener and every connection.

@@ -78,6 +78,50 @@ pub async fn serve(cluster: Arc<Cluster>, addr: SocketAddr) -> std::io::Result<S
     serve_app(router(cluster), addr, "REST").await
 }
 
+/// Binds `addr` and serves the router over TLS (HTTPS) in the background; returns the bound
+/// address. Each connection's handshake is bounded; a failed one is dropped.
+pub async fn serve_tls(
+    cluster: Arc<Cluster>,
+    addr: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = router(cluster);
+    tokio::spawn(async move {
+        loop {
+            let (sock, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("HTTPS {bound}: accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let tls =
+                    match tokio::time::timeout(crate::kv::HANDSHAKE_TIMEOUT, acceptor.accept(sock))
+                        .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return tracing::debug!("HTTPS {peer}: handshake: {e}"),
+                        Err(_) => return tracing::debug!("HTTPS {peer}: handshake timed out"),
+                    };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let io = hyper_util::rt::TokioIo::new(tls);
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await
+                {
+                    tracing::debug!("HTTPS {peer}: {e}");
+                }
+            });
+        }
+    });
+    Ok(bound)
+}
+
 /// Binds `addr` and serves `app` in the background (errors logged under `name`); returns the
 /// bound address. Shared by the REST port and the SDS proxy.
 pub async fn serve_app(app: Router, addr: SocketAddr, name: &str) -> std::io::Result<SocketAddr> {

@@ -172,6 +172,9 @@ async fn sasl_plain_lets_in_the_right_password_only() {
     c.send(&pump_protocol::sasl::plain_auth("admin", "secret"))
         .await;
     assert_eq!(c.recv().await.status(), Status::Success);
+    c.send(&Packet::request(Opcode::SelectBucket).with_key(&b"default"[..]))
+        .await;
+    assert_eq!(c.recv().await.status(), Status::Success);
     c.send(&set(Opcode::Set, "k", "v", 0)).await;
     assert_eq!(c.recv().await.status(), Status::Success);
 }

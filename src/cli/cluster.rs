@@ -99,6 +99,7 @@ pub async fn up(a: Up, single: bool) -> Result<(), Failure> {
         rest_port: a.rest_port,
         spares: a.spares,
         recovery_api: a.recovery_api,
+        tls: None,
     };
     let cluster = if single {
         Cluster::start_single(cfg).await
