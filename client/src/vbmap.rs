@@ -7,12 +7,18 @@
 //! ```
 //! Each row of `vBucketMap` is one vbucket: the index of its active server in `serverList`,
 //! then its replicas; -1 means none.
+//!
+//! The config a node serves over KV (GET_CLUSTER_CONFIG, a NOT_MY_VBUCKET answer) and REST's
+//! terse `/pools/default/b/<bucket>` have the same map, with `$HOST` for the host the client
+//! reached, and `nodesExt` (one per serverList entry) with each node's ports: `kvSSL` is the
+//! KV port over TLS ([`VbucketMap::from_config`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::connection::Auth;
 use crate::error::{with_causes, ClientError};
+use crate::tls::TlsClient;
 
 /// Which server holds each vbucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +86,45 @@ impl VbucketMap {
         })
     }
 
+    /// A config as a node serves it: `$HOST` becomes `host` (the host the client reached);
+    /// with `tls`, each server is its `nodesExt` entry's `kvSSL` port.
+    pub fn from_config(
+        json: &serde_json::Value,
+        url: &str,
+        host: &str,
+        tls: bool,
+    ) -> Result<VbucketMap, ClientError> {
+        let mut map = VbucketMap::parse(json, url)?;
+        for s in &mut map.servers {
+            *s = s.replace("$HOST", host);
+        }
+        if tls {
+            let ext = json
+                .get("nodesExt")
+                .and_then(|n| n.as_array())
+                .ok_or_else(|| ClientError::Rest {
+                    url: url.to_string(),
+                    message: "no nodesExt: the TLS ports of the nodes are unknown".into(),
+                })?;
+            for (i, s) in map.servers.iter_mut().enumerate() {
+                let node = ext.get(i);
+                let port = node
+                    .and_then(|n| n["services"]["kvSSL"].as_u64())
+                    .ok_or_else(|| ClientError::Rest {
+                        url: url.to_string(),
+                        message: format!("nodesExt[{i}] has no kvSSL port: the node serves no TLS"),
+                    })?;
+                let h = node
+                    .and_then(|n| n["hostname"].as_str())
+                    .map(|h| h.replace("$HOST", host))
+                    .or_else(|| s.rsplit_once(':').map(|(h, _)| h.to_string()))
+                    .unwrap_or_else(|| host.to_string());
+                *s = format!("{h}:{port}");
+            }
+        }
+        Ok(map)
+    }
+
     /// Fetches `<base>/pools/default/buckets/<bucket>` (base: `http://host:port`).
     pub async fn fetch(
         base: &str,
@@ -87,8 +132,21 @@ impl VbucketMap {
         auth: Option<&Auth>,
         timeout: Duration,
     ) -> Result<VbucketMap, ClientError> {
+        VbucketMap::fetch_with(base, bucket, auth, timeout, None).await
+    }
+
+    /// [`VbucketMap::fetch`], or with `tls` over HTTPS (base `https://host:port`) from the
+    /// terse `/pools/default/b/<bucket>`, every server at its TLS KV port.
+    pub async fn fetch_with(
+        base: &str,
+        bucket: &str,
+        auth: Option<&Auth>,
+        timeout: Duration,
+        tls: Option<&TlsClient>,
+    ) -> Result<VbucketMap, ClientError> {
+        let path = if tls.is_some() { "b" } else { "buckets" };
         let url = format!(
-            "{}/pools/default/buckets/{}",
+            "{}/pools/default/{path}/{}",
             base.trim_end_matches('/'),
             bucket
         );
@@ -96,8 +154,11 @@ impl VbucketMap {
             url: url.clone(),
             message,
         };
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
+        let mut builder = reqwest::Client::builder().timeout(timeout);
+        if let Some(t) = tls {
+            builder = builder.use_preconfigured_tls((*t.config()).clone());
+        }
+        let client = builder
             .build()
             .map_err(|e| rest(format!("cannot build an HTTP client: {e}")))?;
         let mut req = client.get(&url);
@@ -116,7 +177,17 @@ impl VbucketMap {
         }
         let json: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| rest(format!("not JSON: {e}")))?;
-        VbucketMap::parse(&json, &url)
+        match tls {
+            None => VbucketMap::parse(&json, &url),
+            Some(_) => {
+                let host = base
+                    .split("://")
+                    .nth(1)
+                    .and_then(|r| r.rsplit_once(':').map(|(h, _)| h))
+                    .unwrap_or("127.0.0.1");
+                VbucketMap::from_config(&json, &url, host, true)
+            }
+        }
     }
 
     /// Number of vbuckets.
@@ -190,6 +261,29 @@ mod tests {
         assert_eq!(owned[&0], vec![0]);
         assert_eq!(owned[&1], vec![1, 3]);
         assert_eq!(none, vec![2]);
+    }
+
+    #[test]
+    fn a_node_config_names_host_and_with_tls_each_nodes_kv_tls_port() {
+        let j = serde_json::json!({
+            "rev": 3,
+            "nodesExt": [
+                {"hostname": "$HOST", "services": {"kv": 12000, "kvSSL": 13000}},
+                {"hostname": "10.0.0.2", "services": {"kv": 11210, "kvSSL": 11207}}
+            ],
+            "vBucketServerMap": {
+                "serverList": ["$HOST:12000", "10.0.0.2:11210"],
+                "vBucketMap": [[0], [1]]
+            }
+        });
+        let m = VbucketMap::from_config(&j, "u", "192.168.1.5", false).unwrap();
+        assert_eq!(m.servers, vec!["192.168.1.5:12000", "10.0.0.2:11210"]);
+        let m = VbucketMap::from_config(&j, "u", "192.168.1.5", true).unwrap();
+        assert_eq!(m.servers, vec!["192.168.1.5:13000", "10.0.0.2:11207"]);
+        let mut no_tls = j.clone();
+        no_tls["nodesExt"][1]["services"] = serde_json::json!({"kv": 1});
+        let e = VbucketMap::from_config(&no_tls, "u", "h", true).unwrap_err();
+        assert!(e.to_string().contains("nodesExt[1] has no kvSSL"), "{e}");
     }
 
     #[test]

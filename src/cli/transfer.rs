@@ -95,6 +95,12 @@ pub struct TransferArgs {
     /// No progress output.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
+    /// couchbases:// and dcps://: trust the PEM certificates of FILE (the cluster's CA).
+    #[arg(long = "cacert", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// couchbases:// and dcps://: accept any server certificate (encrypted, not authenticated).
+    #[arg(long = "no-ssl-verify")]
+    pub no_ssl_verify: bool,
 }
 
 /// `-m`.
@@ -188,6 +194,18 @@ pub async fn run(args: TransferArgs) -> Result<(), Failure> {
         return Err(Failure::Usage(format!(
             "-m: {sink_spec} is not a backup directory; -m chooses a backup's run"
         )));
+    }
+    if let Some(c) = &args.cacert {
+        if !c.is_file() {
+            return Err(Failure::Usage(format!(
+                "--cacert {}: no such file",
+                c.display()
+            )));
+        }
+        extra.set("cacert", &c.to_string_lossy());
+    }
+    if args.no_ssl_verify {
+        extra.set("no_ssl_verify", "1");
     }
     if args.threads == 0 {
         return Err(Failure::Usage("-t/--threads must be at least 1".into()));

@@ -1,4 +1,5 @@
-//! `couchbase://[user:pass@]host:restport` (or `http://...`): cluster-aware writes.
+//! `couchbase://[user:pass@]host:restport` (or `http://...`; `couchbases://host:httpsport` over
+//! TLS): cluster-aware writes.
 //!
 //! ```text
 //! GET /pools/default/buckets/<-B>  -> vBucketServerMap
@@ -20,6 +21,12 @@
 //! | add | 0 | ADD instead of SET (`-a`): existing keys are skipped |
 //! | timeout | 30 | seconds any network wait may take |
 //! | pipeline_depth | 4 | rounds in flight per node connection |
+//! | sasl | the strongest listed | the SASL mechanism: PLAIN, SCRAM-SHA512, SCRAM-SHA256, SCRAM-SHA1 |
+//! | cacert, no_ssl_verify | system roots | the TLS trust of `couchbases://` (`--cacert`, `--no-ssl-verify`) |
+//!
+//! Each node connection says HELLO (JSON, SNAPPY, XATTR, XERROR, SELECT_BUCKET): a value goes
+//! out compressed with its datatype where the node agreed to SNAPPY, decompressed elsewhere;
+//! xattrs, which a plain SET cannot carry, are left out (the document body is written).
 
 mod router;
 #[cfg(test)]
@@ -32,7 +39,14 @@ use crate::net;
 pub use router::{Router, RouterConfig};
 
 /// `-x` keys of the couchbase sink.
-pub const EXTRA_KEYS: &[&str] = &["add", "timeout", "pipeline_depth"];
+pub const EXTRA_KEYS: &[&str] = &[
+    "add",
+    "timeout",
+    "pipeline_depth",
+    "sasl",
+    "cacert",
+    "no_ssl_verify",
+];
 
 /// The `couchbase://` sink kind.
 pub struct CouchbaseSinkKind;
@@ -42,10 +56,13 @@ impl SinkKind for CouchbaseSinkKind {
         "couchbase"
     }
     fn syntax(&self) -> &'static str {
-        "couchbase://[USER:PASSWORD@]HOST:RESTPORT (or http://HOST:RESTPORT)"
+        "couchbase://[USER:PASSWORD@]HOST:RESTPORT (or http://HOST:RESTPORT; couchbases:// over TLS)"
     }
     fn matches(&self, spec: &Spec) -> bool {
-        matches!(spec.scheme(), Some("couchbase" | "http"))
+        matches!(
+            spec.scheme(),
+            Some("couchbase" | "http" | "couchbases" | "https")
+        )
     }
     fn extra_keys(&self) -> &'static [&'static str] {
         EXTRA_KEYS
@@ -58,12 +75,13 @@ impl SinkKind for CouchbaseSinkKind {
                 "-x pipeline_depth={depth}: expected 1 to 1024"
             )));
         }
+        let tls = matches!(spec.scheme(), Some("couchbases" | "https"));
+        let auth = net::auth(spec, options)?;
         let config = RouterConfig {
             spec: spec.to_string(),
-            rest: pump::spec::RestUrl::of_authority(&a, None)
-                .base()
-                .to_string(),
-            auth: net::auth(spec, options)?,
+            rest: format!("{}://{}", if tls { "https" } else { "http" }, a.addr()),
+            handshake: net::handshake(auth.clone(), options.dest_bucket(), options, tls)?,
+            auth,
             bucket: options.dest_bucket().to_string(),
             add: options.extra.flag("add")?,
             rehash: options.extra.rehash,

@@ -9,20 +9,23 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use pump::deliver::{Heard, Link, LinkError, Protocol, Route};
 use pump::{Message, RetryPolicy, Verdict};
-use pump_client::{Auth, Connection, VbucketMap};
+use pump_client::{Auth, Connection, Handshake, VbucketMap};
 use pump_protocol::packet::encode_request;
-use pump_protocol::{vbucket_of, Magic, Opcode, Packet, Status};
+use pump_protocol::{vbucket_of, Feature, Magic, Opcode, Packet, Status};
 
 use crate::net;
+use crate::values::{shaped, Takes};
 
 /// What the router needs to know.
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
     /// The sink's spec, for errors.
     pub spec: String,
-    /// `http://host:restport`.
+    /// `http://host:restport` (`https://` over TLS).
     pub rest: String,
     pub auth: Option<Auth>,
+    /// HELLO, SASL, SELECT_BUCKET, TLS: how each node connection is opened.
+    pub handshake: Handshake,
     pub bucket: String,
     /// ADD instead of SET.
     pub add: bool,
@@ -41,6 +44,8 @@ pub struct RouterConfig {
 pub struct Router {
     config: RouterConfig,
     map: RwLock<Option<Arc<VbucketMap>>>,
+    /// The datatype bits every node connection so far agreed to (HELLO): what is sent.
+    takes: RwLock<Option<Takes>>,
 }
 
 impl Router {
@@ -49,6 +54,7 @@ impl Router {
         Router {
             config,
             map: RwLock::new(None),
+            takes: RwLock::new(None),
         }
     }
 
@@ -67,9 +73,15 @@ impl Router {
 
     async fn fetch(&self) -> Result<(), String> {
         let c = &self.config;
-        let map = VbucketMap::fetch(&c.rest, &c.bucket, c.auth.as_ref(), c.timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+        let map = VbucketMap::fetch_with(
+            &c.rest,
+            &c.bucket,
+            c.auth.as_ref(),
+            c.timeout,
+            c.handshake.tls.as_ref(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         if let Ok(mut m) = self.map.write() {
             *m = Some(Arc::new(map));
         }
@@ -117,10 +129,26 @@ impl Protocol for Router {
     }
 
     async fn connect(&self, endpoint: &str) -> Result<Link<Packet>, LinkError> {
-        let c = &self.config;
-        let conn = Connection::open(endpoint, c.auth.as_ref(), Some(&c.bucket), c.timeout)
+        let conn = Connection::negotiate(endpoint, &self.config.handshake)
             .await
             .map_err(net::link_error)?;
+        // Values go out in the form every node agreed to (all nodes of a cluster agree alike).
+        let f = conn.features();
+        let agreed = Takes {
+            snappy: f.contains(Feature::Snappy),
+            json: f.contains(Feature::Json),
+            xattrs: false,
+        };
+        if let Ok(mut t) = self.takes.write() {
+            *t = Some(match *t {
+                None => agreed,
+                Some(was) => Takes {
+                    snappy: was.snappy && agreed.snappy,
+                    json: was.json && agreed.json,
+                    xattrs: was.xattrs && agreed.xattrs,
+                },
+            });
+        }
         Ok(net::link(conn))
     }
 
@@ -137,6 +165,12 @@ impl Protocol for Router {
         } else {
             Opcode::SetQ
         };
+        let takes = self
+            .takes
+            .read()
+            .ok()
+            .and_then(|t| *t)
+            .unwrap_or(Takes::BODY);
         let mut id = first_id;
         for m in msgs {
             let vb = self.vbucket(m, n);
@@ -146,7 +180,8 @@ impl Protocol for Router {
                 let mut extras = [0u8; 8];
                 extras[..4].copy_from_slice(&m.flags.to_be_bytes());
                 extras[4..].copy_from_slice(&m.expiry.to_be_bytes());
-                encode_request(buf, set, vb, id, 0, m.datatype, &extras, &m.key, &m.value);
+                let (dt, value) = shaped(m.datatype, &m.value, takes);
+                encode_request(buf, set, vb, id, 0, dt, &extras, &m.key, &value);
             }
             id = id.wrapping_add(1);
         }

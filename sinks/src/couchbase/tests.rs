@@ -43,6 +43,8 @@ fn fake_node(
                             assert_eq!(key, "dest");
                             Some(Status::Success)
                         }
+                        // A node that predates HELLO's features: agrees to none.
+                        Opcode::Hello => Some(Status::Success),
                         Opcode::Noop => Some(Status::Success),
                         _ => {
                             log.lock().unwrap().push((
