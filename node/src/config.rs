@@ -27,6 +27,11 @@ use serde_json::{json, Value};
 
 use crate::cluster::{Cluster, ClusterState};
 
+/// The Couchbase Server version the node's REST answers as (what tools compare against).
+pub const SERVER_VERSION: &str = "7.6.0-0000-community";
+/// ns_server's cluster compatibility of that version (major * 65536 + minor).
+pub const CLUSTER_COMPATIBILITY: u32 = 7 * 65536 + 6;
+
 /// The placeholder a client replaces with the host it connected to.
 pub const HOST: &str = "$HOST";
 

@@ -479,7 +479,9 @@ impl Bucket {
 
     /// SET/ADD/DEL_WITH_META: stores `item` with its own cas, rev seqno, flags and expiry
     /// (absolute), unless the copy here wins revision-based conflict resolution (KEY_EEXISTS,
-    /// as a lost conflict answers). `cas` non-zero must match the copy here. Active vbuckets only.
+    /// as a lost conflict answers). `cas` non-zero must match the copy here. Into a vbucket in
+    /// one of the `allowed` states.
+    #[allow(clippy::too_many_arguments)]
     pub fn write_with_meta(
         &self,
         vb: u16,
@@ -488,10 +490,11 @@ impl Bucket {
         mode: MetaMode,
         cas: u64,
         regenerate_cas: bool,
+        allowed: &[VbucketState],
     ) -> Result<Mutation, Status> {
         use pump_protocol::meta::{delete_wins, set_wins, Revision};
         let mut v = self.vb(vb).ok_or(Status::NotMyVbucket)?;
-        if v.state != VbucketState::Active {
+        if !allowed.contains(&v.state) {
             return Err(Status::NotMyVbucket);
         }
         let t = now();
@@ -637,6 +640,21 @@ impl Bucket {
         }
     }
 
+    /// Live items in the active vbuckets.
+    pub fn active_item_count(&self) -> usize {
+        let t = now();
+        (0..self.num_vbuckets())
+            .filter_map(|vb| self.vb(vb))
+            .filter(|v| v.state == VbucketState::Active)
+            .map(|v| {
+                v.items
+                    .values()
+                    .filter(|i| !i.deleted && !i.expired(t))
+                    .count()
+            })
+            .sum()
+    }
+
     /// Live items in all vbuckets.
     pub fn item_count(&self) -> usize {
         let t = now();
@@ -654,6 +672,13 @@ impl Bucket {
 
 /// The states a client's reads and writes are served from.
 pub const CLIENT_STATES: &[VbucketState] = &[VbucketState::Active];
+/// The states a with-meta write with FORCE_WITH_META_OP may write into (Couchbase Server 7:
+/// a recovery writes into replica vbucket before activating them).
+pub const WITH_META_FORCED_STATES: &[VbucketState] = &[
+    VbucketState::Active,
+    VbucketState::Replica,
+    VbucketState::Pending,
+];
 /// The states a replication stream (TAP/DCP consumer) may write into.
 pub const REPLICATION_STATES: &[VbucketState] = &[VbucketState::Replica, VbucketState::Pending];
 
@@ -773,33 +798,41 @@ mod tests {
         let k = || Bytes::from_static(b"k");
         let set = MetaMode::Set { force: false };
         let m = b
-            .write_with_meta(0, k(), item(5, 500, "v5"), set, 0, false)
+            .write_with_meta(0, k(), item(5, 500, "v5"), set, 0, false, CLIENT_STATES)
             .unwrap();
         assert_eq!(m.cas, 500);
         assert_eq!(m.vbucket_uuid, b.vb(0).unwrap().uuid());
         assert_eq!(
-            b.write_with_meta(0, k(), item(4, 900, "v4"), set, 0, false),
+            b.write_with_meta(0, k(), item(4, 900, "v4"), set, 0, false, CLIENT_STATES),
             Err(Status::KeyEexists)
         );
         assert_eq!(&b.get(0, b"k", CLIENT_STATES).unwrap().value[..], b"v5");
-        b.write_with_meta(0, k(), item(6, 1, "v6"), set, 0, false)
+        b.write_with_meta(0, k(), item(6, 1, "v6"), set, 0, false, CLIENT_STATES)
             .unwrap();
         assert_eq!(b.get(0, b"k", CLIENT_STATES).unwrap().rev_seqno, 6);
         assert_eq!(
-            b.write_with_meta(0, k(), item(9, 1, ""), MetaMode::Add, 0, false),
+            b.write_with_meta(
+                0,
+                k(),
+                item(9, 1, ""),
+                MetaMode::Add,
+                0,
+                false,
+                CLIENT_STATES
+            ),
             Err(Status::KeyEexists)
         );
         let del = MetaMode::Delete { force: false };
         assert_eq!(
-            b.write_with_meta(0, k(), item(6, 0, ""), del, 0, false),
+            b.write_with_meta(0, k(), item(6, 0, ""), del, 0, false, CLIENT_STATES),
             Err(Status::KeyEexists)
         );
-        b.write_with_meta(0, k(), item(7, 2, ""), del, 0, false)
+        b.write_with_meta(0, k(), item(7, 2, ""), del, 0, false, CLIENT_STATES)
             .unwrap();
         assert_eq!(b.get(0, b"k", CLIENT_STATES), Err(Status::KeyEnoent));
         // A tombstone's revision still takes part.
         assert_eq!(
-            b.write_with_meta(0, k(), item(7, 1, "old"), set, 0, false),
+            b.write_with_meta(0, k(), item(7, 1, "old"), set, 0, false, CLIENT_STATES),
             Err(Status::KeyEexists)
         );
         b.write_with_meta(
@@ -809,14 +842,27 @@ mod tests {
             MetaMode::Set { force: true },
             0,
             true,
+            CLIENT_STATES,
         )
         .unwrap();
         assert_eq!(&b.get(0, b"k", CLIENT_STATES).unwrap().value[..], b"forced");
         b.set_state(1, VbucketState::Replica);
         assert_eq!(
-            b.write_with_meta(1, k(), item(1, 1, "x"), set, 0, false),
+            b.write_with_meta(1, k(), item(1, 1, "x"), set, 0, false, CLIENT_STATES),
             Err(Status::NotMyVbucket)
         );
+        // FORCE_WITH_META_OP writes into a replica (what cbrecovery relies on).
+        let forced = MetaMode::Set { force: true };
+        b.write_with_meta(
+            1,
+            k(),
+            item(1, 1, "x"),
+            forced,
+            0,
+            false,
+            WITH_META_FORCED_STATES,
+        )
+        .unwrap();
     }
 
     #[test]

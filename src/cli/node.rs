@@ -52,6 +52,8 @@ pub struct NodeArgs {
     /// --sds, the data node's (POST /pump/rollback) otherwise.
     #[arg(long)]
     pub test_hooks: bool,
+    #[command(flatten)]
+    pub tls: super::cluster::TlsArgs,
 }
 
 fn meta2_service(s: &str) -> Result<Meta2Service, String> {
@@ -114,6 +116,7 @@ pub async fn run(a: NodeArgs) -> Result<(), Failure> {
         data: a.data,
         auth: a.auth,
         test_hooks: a.test_hooks,
+        tls: a.tls,
     };
     super::cluster::up(cfg, true).await
 }

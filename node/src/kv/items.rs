@@ -9,7 +9,8 @@
 //! INCR/DECR(Q)         extras u64 delta | u64 initial | u32 expiry -> u64 value [+ token]
 //! APPEND/PREPEND(Q)    -> cas [+ token]
 //! SET/ADD/DEL_WITH_META(Q)  extras see pump_protocol::meta -> cas [+ token]; a lost conflict
-//!                      answers KEY_EEXISTS
+//!                      answers KEY_EEXISTS; FORCE_WITH_META_OP skips conflict resolution and
+//!                      also writes into replica and pending vbuckets (as Server 7 does)
 //! token (MUTATION_SEQNO negotiated): extras u64 vbucket uuid | u64 seqno
 //! ```
 
@@ -19,7 +20,9 @@ use pump_protocol::meta::{mutation_token, options, WithMeta};
 use pump_protocol::{Opcode, Packet, Status};
 
 use super::{put_response_dt, Connection, Counters, KvStream, Next, MAX_KEY};
-use crate::store::{Item, MetaMode, Mutation, Write, WriteMode, CLIENT_STATES};
+use crate::store::{
+    Item, MetaMode, Mutation, Write, WriteMode, CLIENT_STATES, WITH_META_FORCED_STATES,
+};
 use crate::value;
 
 impl<S: KvStream> Connection<S> {
@@ -345,6 +348,13 @@ impl<S: KvStream> Connection<S> {
             datatype,
             deleted: delete,
         };
+        // FORCE_WITH_META_OP also writes into replica and pending vbuckets, as Couchbase Server
+        // 7 allows (cbrecovery fills the vbuckets startRecovery made replicas this way).
+        let states = if meta.options & options::FORCE_WITH_META_OP != 0 {
+            WITH_META_FORCED_STATES
+        } else {
+            CLIENT_STATES
+        };
         let r = self.ctx.bucket.write_with_meta(
             p.vbucket(),
             p.key.clone(),
@@ -352,6 +362,7 @@ impl<S: KvStream> Connection<S> {
             mode,
             p.cas,
             regenerate,
+            states,
         );
         self.answer(p, r)
     }
