@@ -165,7 +165,16 @@ impl VbucketMap {
         if let Some(a) = auth {
             req = req.basic_auth(&a.user, Some(&a.password));
         }
-        let resp = req.send().await.map_err(|e| rest(with_causes(&e)))?;
+        let resp = req.send().await.map_err(|e| {
+            let why = with_causes(&e);
+            match tls {
+                Some(t) if why.contains("certificate") => rest(format!(
+                    "{why} (trusting {}: give --cacert FILE, or --no-ssl-verify)",
+                    t.trust()
+                )),
+                _ => rest(why),
+            }
+        })?;
         let status = resp.status();
         let body = resp
             .bytes()

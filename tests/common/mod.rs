@@ -364,6 +364,8 @@ pub struct LocalCluster {
     child: Child,
     /// Per node: KV address, REST address, otpNode name, spare or not.
     pub nodes: Vec<ClusterNode>,
+    /// With `--tls`: the certificate the cluster wrote for clients to trust.
+    pub cert: Option<PathBuf>,
 }
 
 /// One node as `pump cluster up` prints it.
@@ -373,6 +375,9 @@ pub struct ClusterNode {
     pub rest: String,
     pub otp: String,
     pub spare: bool,
+    /// With `--tls`: the TLS KV and the HTTPS REST addresses.
+    pub kvs: Option<String>,
+    pub https: Option<String>,
 }
 
 impl LocalCluster {
@@ -417,16 +422,33 @@ impl LocalCluster {
                     .unwrap_or_else(|| panic!("no {name} in {line:?}"))
                     .to_string()
             };
+            let optional = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .map(str::to_string)
+            };
             found.push(ClusterNode {
                 kv: field("kv="),
                 rest: field("rest="),
                 otp: field("otp="),
                 spare: line.trim_end().ends_with(" spare"),
+                kvs: optional("kvs="),
+                https: optional("https="),
             });
         }
+        let cert = found[0].kvs.is_some().then(|| {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            let path = line
+                .trim()
+                .strip_prefix("tls cert=")
+                .unwrap_or_else(|| panic!("no 'tls cert=' line: {line:?}"));
+            PathBuf::from(path)
+        });
         LocalCluster {
             child,
             nodes: found,
+            cert,
         }
     }
 
