@@ -147,7 +147,7 @@ pub async fn produce<S: KvStream>(
         xattrs: flags & open_flags::INCLUDE_XATTRS != 0,
         no_value: flags & open_flags::NO_VALUE != 0,
     };
-    let (mut r, mut w) = tokio::io::split(sock);
+    let (mut r, mut w) = sock.halves();
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let rb = bucket.clone();
     let reader = crate::tap::AbortOnDrop(tokio::spawn(async move {

@@ -211,7 +211,7 @@ pub async fn produce<S: KvStream>(
     features: FeatureSet,
 ) -> std::io::Result<()> {
     let bucket = ctx.bucket.clone();
-    let (mut r, w) = tokio::io::split(sock);
+    let (mut r, w) = sock.halves();
     let (ack_tx, acks) = mpsc::unbounded_channel();
     // The reader: acks (responses to our messages) go to the emitter; EOF ends it.
     let reader = AbortOnDrop(tokio::spawn(async move {

@@ -52,9 +52,31 @@ pub const MAX_KEY: usize = 250;
 /// The version string VERSION answers.
 pub const VERSION: &str = concat!("pump-node-", env!("CARGO_PKG_VERSION"));
 
+/// The reading half of a stream a producer owns.
+pub type StreamReader = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a stream a producer owns.
+pub type StreamWriter = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// A byte stream a connection runs on: TCP, or TLS over TCP.
-pub trait KvStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> KvStream for T {}
+pub trait KvStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Its two halves, for a producer that reads acks while it writes: TCP's own halves (no
+    /// lock between them), a TLS session shared behind a lock.
+    fn halves(self) -> (StreamReader, StreamWriter);
+}
+
+impl KvStream for tokio::net::TcpStream {
+    fn halves(self) -> (StreamReader, StreamWriter) {
+        let (r, w) = self.into_split();
+        (Box::new(r), Box::new(w))
+    }
+}
+
+impl KvStream for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn halves(self) -> (StreamReader, StreamWriter) {
+        let (r, w) = tokio::io::split(self);
+        (Box::new(r), Box::new(w))
+    }
+}
 
 /// What the node counts, for STAT and for tests that must prove what travelled.
 #[derive(Debug, Default)]

@@ -15,6 +15,7 @@ use pump_protocol::{vbucket_of, Feature, Magic, Opcode, Packet, Status};
 
 use crate::net;
 use crate::values::{shaped, Takes};
+use pump_protocol::datatype::{SNAPPY, XATTR};
 
 /// What the router needs to know.
 #[derive(Debug, Clone)]
@@ -180,8 +181,13 @@ impl Protocol for Router {
                 let mut extras = [0u8; 8];
                 extras[..4].copy_from_slice(&m.flags.to_be_bytes());
                 extras[4..].copy_from_slice(&m.expiry.to_be_bytes());
-                let (dt, value) = shaped(m.datatype, &m.value, takes);
-                encode_request(buf, set, vb, id, 0, dt, &extras, &m.key, &value);
+                if m.datatype & (SNAPPY | XATTR) == 0 {
+                    let dt = if takes.json { m.datatype } else { 0 };
+                    encode_request(buf, set, vb, id, 0, dt, &extras, &m.key, &m.value);
+                } else {
+                    let (dt, value) = shaped(m.datatype, &m.value, takes);
+                    encode_request(buf, set, vb, id, 0, dt, &extras, &m.key, &value);
+                }
             }
             id = id.wrapping_add(1);
         }
