@@ -85,6 +85,8 @@ pub struct NodeInfo {
 #[derive(Debug, Clone)]
 pub struct ClusterState {
     pub bucket: String,
+    /// The bucket's conflictResolutionType.
+    pub conflict_resolution: pump_protocol::meta::ConflictResolution,
     pub replicas: usize,
     pub nodes: Vec<NodeInfo>,
     /// Per vbucket: [active, replica...], -1 = none.
@@ -193,6 +195,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             state: Mutex::new(ClusterState {
                 bucket: cfg.node.bucket.clone(),
+                conflict_resolution: cfg.node.conflict_resolution,
                 replicas,
                 nodes: infos,
                 map,

@@ -4,6 +4,7 @@
 //! ```text
 //! bucket config (after SELECT_BUCKET):
 //! {"rev": R, "revEpoch": 1, "name": B, "uuid": U, "bucketType": "membase",
+//!  "conflictResolutionType": "seqno" or "lww",
 //!  "nodeLocator": "vbucket", "bucketCapabilitiesVer": "", "bucketCapabilities": [...],
 //!  "nodes":    [{"hostname": "$HOST:REST", "ports": {"direct": KV}}, ...],
 //!  "nodesExt": [{"services": {"mgmt": REST, "kv": KV [, "kvSSL", "mgmtSSL"]},
@@ -177,6 +178,7 @@ pub fn bucket_config(s: &ClusterState, this: usize, with_bucket: bool) -> Value 
         v["name"] = json!(s.bucket);
         v["uuid"] = json!(bucket_uuid(s));
         v["bucketType"] = json!("membase");
+        v["conflictResolutionType"] = json!(s.conflict_resolution.as_str());
         v["nodeLocator"] = json!("vbucket");
         v["bucketCapabilitiesVer"] = json!("");
         v["bucketCapabilities"] = json!(BUCKET_CAPABILITIES);

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pump_protocol::meta::ConflictResolution;
 use pump_protocol::VbucketState;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,8 @@ pub struct NodeConfig {
     pub data: Option<PathBuf>,
     /// The certificate of the TLS KV port (and HTTPS REST), if one is served.
     pub tls: Option<TlsIdentity>,
+    /// The bucket's conflictResolutionType: how with-meta writes are resolved.
+    pub conflict_resolution: ConflictResolution,
 }
 
 impl Default for NodeConfig {
@@ -38,6 +41,7 @@ impl Default for NodeConfig {
             auth: None,
             data: None,
             tls: None,
+            conflict_resolution: ConflictResolution::Seqno,
         }
     }
 }
@@ -84,10 +88,13 @@ impl Node {
             Some(p) => persist::load(p)?,
             None => None,
         };
-        let bucket = Arc::new(match loaded {
-            Some(vbs) => Bucket::from_vbuckets(&cfg.bucket, vbs),
-            None => Bucket::new(&cfg.bucket, cfg.vbuckets, cfg.initial_state),
-        });
+        let bucket = Arc::new(
+            match loaded {
+                Some(vbs) => Bucket::from_vbuckets(&cfg.bucket, vbs),
+                None => Bucket::new(&cfg.bucket, cfg.vbuckets, cfg.initial_state),
+            }
+            .with_conflict_resolution(cfg.conflict_resolution),
+        );
         let listener = TcpListener::bind(kv_addr)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("KV port {kv_addr}: {e}")))?;

@@ -4,7 +4,8 @@
 //! GET  /pools                              {"pools": [{"name": "default", "uri": "/pools/default"}]}
 //! GET  /pools/default                      {"name": "default", "nodes": [...]}
 //! GET  /pools/default/buckets              [the bucket, as below]
-//! GET  /pools/default/buckets/{bucket}     {"name", "uuid", "bucketType", "nodeLocator": "vbucket",
+//! GET  /pools/default/buckets/{bucket}     {"name", "uuid", "bucketType", "conflictResolutionType",
+//!                                           "nodeLocator": "vbucket",
 //!                                           "bucketCapabilities", "vBucketServerMap", "nodes"}
 //! GET  /pools/default/b/{bucket}           the terse config a node serves over KV, $HOST made
 //!                                          the host the client asked for (Host header)
@@ -227,6 +228,7 @@ fn bucket_json(c: &Cluster, s: &ClusterState) -> Value {
         "name": s.bucket,
         "uuid": crate::config::bucket_uuid(s),
         "bucketType": "membase",
+        "conflictResolutionType": s.conflict_resolution.as_str(),
         "nodeLocator": "vbucket",
         "bucketCapabilitiesVer": "",
         "bucketCapabilities": crate::config::BUCKET_CAPABILITIES,

@@ -18,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use pump_protocol::dcp::FailoverEntry;
+use pump_protocol::meta::ConflictResolution;
 use pump_protocol::{Status, VbucketState};
 
 /// Relative expirations above this many seconds are absolute unix times (memcached's rule).
@@ -280,6 +281,8 @@ pub struct Bucket {
     vbuckets: Vec<Mutex<Vbucket>>,
     cas: AtomicU64,
     dirty: AtomicBool,
+    /// How with-meta writes are resolved against the copy here.
+    conflict_resolution: ConflictResolution,
 }
 
 /// Asks the CPU to start loading the cache line at `p` (a hint: nothing happens elsewhere).
@@ -333,7 +336,19 @@ impl Bucket {
             vbuckets: (0..n).map(|_| Mutex::new(Vbucket::new(state))).collect(),
             cas: AtomicU64::new(now() as u64 * 1_000_000),
             dirty: AtomicBool::new(false),
+            conflict_resolution: ConflictResolution::Seqno,
         }
+    }
+
+    /// The same bucket resolving with-meta conflicts by `mode` (seqno unless told).
+    pub fn with_conflict_resolution(mut self, mode: ConflictResolution) -> Bucket {
+        self.conflict_resolution = mode;
+        self
+    }
+
+    /// How with-meta writes are resolved here.
+    pub fn conflict_resolution(&self) -> ConflictResolution {
+        self.conflict_resolution
     }
 
     /// Rebuilds a bucket from loaded vbuckets.
@@ -348,6 +363,7 @@ impl Bucket {
             vbuckets: vbs.into_iter().map(Mutex::new).collect(),
             cas: AtomicU64::new(max_cas.max(now() as u64 * 1_000_000)),
             dirty: AtomicBool::new(false),
+            conflict_resolution: ConflictResolution::Seqno,
         }
     }
 
@@ -478,8 +494,8 @@ impl Bucket {
     }
 
     /// SET/ADD/DEL_WITH_META: stores `item` with its own cas, rev seqno, flags and expiry
-    /// (absolute), unless the copy here wins revision-based conflict resolution (KEY_EEXISTS,
-    /// as a lost conflict answers). `cas` non-zero must match the copy here. Into a vbucket in
+    /// (absolute), unless the copy here wins conflict resolution (the bucket's: revision
+    /// seqno or last write wins; KEY_EEXISTS, as a lost conflict answers). `cas` non-zero must match the copy here. Into a vbucket in
     /// one of the `allowed` states.
     #[allow(clippy::too_many_arguments)]
     pub fn write_with_meta(
@@ -492,7 +508,7 @@ impl Bucket {
         regenerate_cas: bool,
         allowed: &[VbucketState],
     ) -> Result<Mutation, Status> {
-        use pump_protocol::meta::{delete_wins, set_wins, Revision};
+        use pump_protocol::meta::Revision;
         let mut v = self.vb(vb).ok_or(Status::NotMyVbucket)?;
         if !allowed.contains(&v.state) {
             return Err(Status::NotMyVbucket);
@@ -518,8 +534,12 @@ impl Bucket {
             let wins = match mode {
                 MetaMode::Add => !live,
                 MetaMode::Set { force: true } | MetaMode::Delete { force: true } => true,
-                MetaMode::Set { force: false } => set_wins(theirs, mine),
-                MetaMode::Delete { force: false } => delete_wins(theirs, mine),
+                MetaMode::Set { force: false } => {
+                    self.conflict_resolution.wins(theirs, mine, false)
+                }
+                MetaMode::Delete { force: false } => {
+                    self.conflict_resolution.wins(theirs, mine, true)
+                }
             };
             if !wins {
                 return Err(Status::KeyEexists);

@@ -227,6 +227,31 @@ async fn a_hello_with_a_4kb_key_or_an_odd_value_is_einval_and_the_node_keeps_ser
 }
 
 #[tokio::test]
+async fn an_oversize_frame_or_a_bad_magic_closes_that_connection_and_the_node_keeps_serving() {
+    let n = open_node().await;
+    // A GET declaring a body far above the node's maximum, then a frame with a bad magic:
+    // each connection is closed before anything is reserved or answered.
+    let mut huge = Packet::request(Opcode::Get)
+        .with_key(&b"k"[..])
+        .to_bytes()
+        .to_vec();
+    huge[8..12].copy_from_slice(&(pump_node::kv::MAX_BODY + 1).to_be_bytes());
+    let mut bad_magic = get_packet("k").to_bytes().to_vec();
+    bad_magic[0] = 0x42;
+    for frame in [huge, bad_magic] {
+        let mut s = TcpStream::connect(n.kv_addr).await.unwrap();
+        s.write_all(&frame).await.unwrap();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the node closes the connection");
+        assert!(matches!(read, Ok(0) | Err(_)), "answered: {read:?}");
+    }
+    let mut c = Client::connect(n.kv_addr).await;
+    assert_eq!(c.request(get_packet("k")).await.status(), Status::KeyEnoent);
+}
+
+#[tokio::test]
 async fn sasl_lists_scram_strongest_first_and_each_mechanism_lets_in_the_right_password() {
     let n = auth_node().await;
     let mut c = Client::connect(n.kv_addr).await;
@@ -776,6 +801,92 @@ async fn set_with_meta_keeps_cas_rev_flags_expiry_and_datatype_and_a_newer_revis
         ))
         .await;
     assert_eq!(r.status(), Status::XattrEinval);
+}
+
+#[tokio::test]
+async fn a_lww_bucket_needs_force_accept_and_keeps_the_higher_cas_a_seqno_bucket_refuses_the_flag()
+{
+    use pump_protocol::meta::{options, ConflictResolution};
+    let cl = Cluster::start(ClusterConfig {
+        nodes: 1,
+        replicas: 0,
+        node: NodeConfig {
+            conflict_resolution: ConflictResolution::Lww,
+            ..NodeConfig::default()
+        },
+        kv_port: 0,
+        rest_port: 0,
+        spares: 0,
+        recovery_api: Default::default(),
+        tls: None,
+    })
+    .await
+    .unwrap();
+    let mut c = Client::connect(cl.nodes[0].kv_addr).await;
+    let m = WithMeta {
+        flags: 1,
+        expiry: 0,
+        rev_seqno: 5,
+        cas: 1_000,
+        options: options::FORCE_ACCEPT_WITH_META_OPS,
+        nmeta: 0,
+    };
+    let set = |m: WithMeta, v: &'static str| with_meta(Opcode::SetWithMeta, "k", v, 0, m);
+    assert_eq!(c.request(set(m, "first")).await.status(), Status::Success);
+    // Without FORCE_ACCEPT_WITH_META_OPS a lww bucket refuses the write.
+    let unforced = WithMeta {
+        options: 0,
+        cas: 9_000,
+        ..m
+    };
+    assert_eq!(c.request(set(unforced, "x")).await.status(), Status::Einval);
+    // A higher revision with a lower cas loses here; a higher cas wins at a lower revision.
+    let more_writes = WithMeta {
+        rev_seqno: 50,
+        cas: 999,
+        ..m
+    };
+    assert_eq!(
+        c.request(set(more_writes, "rev")).await.status(),
+        Status::KeyEexists
+    );
+    let later = WithMeta {
+        rev_seqno: 1,
+        cas: 2_000,
+        ..m
+    };
+    assert_eq!(
+        c.request(set(later, "later")).await.status(),
+        Status::Success
+    );
+    let g = c.request(get_packet("k")).await;
+    assert_eq!((&g.value[..], g.cas), (&b"later"[..], 2_000));
+    // Deletions too: cas first.
+    let del = |m: WithMeta| with_meta(Opcode::DelWithMeta, "k", Bytes::new(), 0, m);
+    let old_del = WithMeta {
+        rev_seqno: 90,
+        cas: 1_500,
+        ..m
+    };
+    assert_eq!(c.request(del(old_del)).await.status(), Status::KeyEexists);
+    let new_del = WithMeta {
+        rev_seqno: 1,
+        cas: 3_000,
+        ..m
+    };
+    assert_eq!(c.request(del(new_del)).await.status(), Status::Success);
+    assert_eq!(c.request(get_packet("k")).await.status(), Status::KeyEnoent);
+    // The bucket says so over REST's config and over KV.
+    let cfg = c.request(Packet::request(Opcode::GetClusterConfig)).await;
+    let cfg: serde_json::Value = serde_json::from_slice(&cfg.value).unwrap();
+    assert_eq!(cfg["conflictResolutionType"], "lww");
+    // A seqno bucket refuses the flag.
+    let s = cluster(1, false).await;
+    let mut c = Client::connect(s.nodes[0].kv_addr).await;
+    assert_eq!(c.request(set(m, "x")).await.status(), Status::Einval);
+    let cfg = c.request(Packet::request(Opcode::GetClusterConfig)).await;
+    let cfg: serde_json::Value = serde_json::from_slice(&cfg.value).unwrap();
+    assert_eq!(cfg["conflictResolutionType"], "seqno");
 }
 
 #[tokio::test]

@@ -11,7 +11,10 @@
 //!
 //! conflict_resolution_mode=seqno: the incoming item wins when
 //!   rev_seqno > existing, or equal and cas >, or equal and expiry >, or equal and flags <
-//!   (DEL_WITH_META: rev_seqno, then cas)
+//!   (DEL_WITH_META: rev_seqno, then cas); FORCE_ACCEPT_WITH_META_OPS is refused (EINVAL)
+//! conflict_resolution_mode=lww: cas first, then rev_seqno, expiry, flags
+//!   (DEL_WITH_META: cas, then rev_seqno); every write must carry FORCE_ACCEPT_WITH_META_OPS
+//! the bucket's mode is its REST "conflictResolutionType": "seqno" or "lww"
 //!
 //! mutation token (MUTATION_SEQNO negotiated): a write's answer carries extras 16:
 //!   u64 vbucket_uuid | u64 seqno
@@ -95,6 +98,47 @@ impl WithMeta {
     }
 }
 
+/// How a bucket resolves conflicts between a with-meta write and the copy it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConflictResolution {
+    /// Revision seqno ("most writes wins"), Couchbase's default.
+    #[default]
+    Seqno,
+    /// Last write wins: the higher cas (a hybrid logical clock) wins.
+    Lww,
+}
+
+impl ConflictResolution {
+    /// The bucket's `conflictResolutionType`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictResolution::Seqno => "seqno",
+            ConflictResolution::Lww => "lww",
+        }
+    }
+
+    /// Reads a `conflictResolutionType` ("seqno", "lww"); anything else is `None`.
+    pub fn parse(s: &str) -> Option<ConflictResolution> {
+        match s {
+            "seqno" => Some(ConflictResolution::Seqno),
+            "lww" => Some(ConflictResolution::Lww),
+            _ => None,
+        }
+    }
+
+    /// True when an incoming set (or, with `delete`, deletion) wins over `existing`.
+    pub fn wins(self, incoming: Revision, existing: Revision, delete: bool) -> bool {
+        match (self, delete) {
+            (ConflictResolution::Seqno, false) => set_wins(incoming, existing),
+            (ConflictResolution::Seqno, true) => delete_wins(incoming, existing),
+            (ConflictResolution::Lww, false) => lww_set_wins(incoming, existing),
+            (ConflictResolution::Lww, true) => {
+                (incoming.cas, incoming.rev_seqno) > (existing.cas, existing.rev_seqno)
+            }
+        }
+    }
+}
+
 /// What conflict resolution compares of an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Revision {
@@ -121,6 +165,16 @@ pub fn set_wins(incoming: Revision, existing: Revision) -> bool {
             },
         },
     }
+}
+
+/// Last-write-wins of a set: cas, then rev_seqno, expiry, and the lower flags.
+pub fn lww_set_wins(incoming: Revision, existing: Revision) -> bool {
+    let swapped = |r: Revision| Revision {
+        rev_seqno: r.cas,
+        cas: r.rev_seqno,
+        ..r
+    };
+    set_wins(swapped(incoming), swapped(existing))
 }
 
 /// The same for a deletion: rev_seqno, then cas.
@@ -182,6 +236,18 @@ mod tests {
         assert!(!set_wins(r(1, 1, 5, 2), r(1, 1, 5, 2)));
         assert!(delete_wins(r(3, 0, 0, 0), r(2, 9, 0, 0)));
         assert!(!delete_wins(r(2, 9, 0, 0), r(2, 9, 0, 0)));
+        // Last write wins: the cas first, then the revision.
+        let lww = ConflictResolution::Lww;
+        assert!(lww.wins(r(1, 9, 0, 0), r(5, 8, 0, 0), false));
+        assert!(!lww.wins(r(5, 8, 0, 0), r(1, 9, 0, 0), false));
+        assert!(lww.wins(r(2, 9, 0, 0), r(1, 9, 0, 0), false));
+        assert!(lww.wins(r(1, 9, 5, 0), r(1, 9, 4, 0), false));
+        assert!(lww.wins(r(1, 9, 0, 0), r(5, 8, 0, 0), true));
+        assert!(!lww.wins(r(9, 8, 0, 0), r(1, 9, 0, 0), true));
+        assert!(!ConflictResolution::Seqno.wins(r(1, 9, 0, 0), r(5, 8, 0, 0), false));
+        assert_eq!(ConflictResolution::parse("lww"), Some(lww));
+        assert_eq!(ConflictResolution::parse(lww.as_str()), Some(lww));
+        assert_eq!(ConflictResolution::parse("custom"), None);
         assert_eq!(
             &mutation_token(1, 2)[..],
             &[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2]

@@ -7,6 +7,7 @@ use pump_client::error::with_causes;
 use pump_node::cluster::TlsPorts;
 use pump_node::tls::TlsIdentity;
 use pump_node::{Cluster, ClusterConfig, Membership, NodeConfig, RecoveryApi};
+use pump_protocol::meta::ConflictResolution;
 
 use super::credentials::NodeAuthArgs;
 use super::Failure;
@@ -52,6 +53,10 @@ pub struct Up {
     /// Number of vbuckets.
     #[arg(long, default_value_t = 1024)]
     pub vbuckets: u16,
+    /// How the bucket resolves with-meta writes against its copy: seqno (revision, the
+    /// default) or lww (last write wins: the higher cas).
+    #[arg(long, default_value = "seqno", value_parser = conflict_resolution)]
+    pub conflict_resolution: ConflictResolution,
     /// Directory where each node persists its bucket (DIR/node-i).
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -69,6 +74,11 @@ pub struct Up {
     pub test_hooks: bool,
     #[command(flatten)]
     pub tls: TlsArgs,
+}
+
+/// `--conflict-resolution`.
+pub fn conflict_resolution(s: &str) -> Result<ConflictResolution, String> {
+    ConflictResolution::parse(s).ok_or_else(|| format!("{s:?}: expected seqno or lww"))
 }
 
 /// TLS ports beside the plain ones: KV over TLS and HTTPS REST.
@@ -146,6 +156,7 @@ pub async fn up(a: Up, single: bool) -> Result<(), Failure> {
         auth: a.auth.auth()?,
         data: a.data.clone(),
         tls: tls.as_ref().map(|(id, _)| id.clone()),
+        conflict_resolution: a.conflict_resolution,
         ..NodeConfig::default()
     };
     let cfg = ClusterConfig {

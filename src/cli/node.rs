@@ -25,6 +25,9 @@ pub struct NodeArgs {
     /// Number of vbuckets.
     #[arg(long, default_value_t = 1024)]
     pub vbuckets: u16,
+    /// How the bucket resolves with-meta writes: seqno (revision) or lww (last write wins).
+    #[arg(long, default_value = "seqno", value_parser = super::cluster::conflict_resolution)]
+    pub conflict_resolution: pump_protocol::meta::ConflictResolution,
     /// Directory where the bucket is persisted across restarts.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -113,6 +116,7 @@ pub async fn run(a: NodeArgs) -> Result<(), Failure> {
         recovery_api: pump_node::RecoveryApi::Both,
         bucket: a.bucket,
         vbuckets: a.vbuckets,
+        conflict_resolution: a.conflict_resolution,
         data: a.data,
         auth: a.auth,
         test_hooks: a.test_hooks,

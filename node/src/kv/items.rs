@@ -9,14 +9,16 @@
 //! INCR/DECR(Q)         extras u64 delta | u64 initial | u32 expiry -> u64 value [+ token]
 //! APPEND/PREPEND(Q)    -> cas [+ token]
 //! SET/ADD/DEL_WITH_META(Q)  extras see pump_protocol::meta -> cas [+ token]; a lost conflict
-//!                      answers KEY_EEXISTS; FORCE_WITH_META_OP skips conflict resolution and
+//!                      answers KEY_EEXISTS (seqno or lww, as the bucket's conflictResolutionType;
+//!                      lww needs FORCE_ACCEPT_WITH_META_OPS, seqno refuses it);
+//!                      FORCE_WITH_META_OP skips conflict resolution and
 //!                      also writes into replica and pending vbuckets (as Server 7 does)
 //! token (MUTATION_SEQNO negotiated): extras u64 vbucket uuid | u64 seqno
 //! ```
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pump_protocol::datatype::{self, JSON, SNAPPY, XATTR};
-use pump_protocol::meta::{mutation_token, options, WithMeta};
+use pump_protocol::meta::{mutation_token, options, ConflictResolution, WithMeta};
 use pump_protocol::{Opcode, Packet, Status};
 
 use super::{put_response_dt, Connection, Counters, KvStream, Next, MAX_KEY};
@@ -308,8 +310,10 @@ impl<S: KvStream> Connection<S> {
         if !self.key_ok(p) || usize::from(meta.nmeta) > p.value.len() {
             return self.fail(p, Status::Einval);
         }
-        if meta.options & options::FORCE_ACCEPT_WITH_META_OPS != 0 {
-            // Last-write-wins only: this bucket resolves conflicts by revision.
+        // A last-write-wins bucket takes with-meta writes only with FORCE_ACCEPT_WITH_META_OPS,
+        // a revision seqno bucket never with it (kv_engine's rule).
+        let lww = self.ctx.bucket.conflict_resolution() == ConflictResolution::Lww;
+        if (meta.options & options::FORCE_ACCEPT_WITH_META_OPS != 0) != lww {
             return self.fail(p, Status::Einval);
         }
         let force =
