@@ -12,6 +12,11 @@
 //! terse `/pools/default/b/<bucket>` have the same map, with `$HOST` for the host the client
 //! reached, and `nodesExt` (one per serverList entry) with each node's ports: `kvSSL` is the
 //! KV port over TLS ([`VbucketMap::from_config`]).
+//!
+//! Every config carries `rev` (and since 7.x `revEpoch`): a client keeps the map of the highest
+//! (revEpoch, rev) it has seen ([`VbucketMap::is_newer_than`]), so an older config in a late
+//! NOT_MY_VBUCKET answer never replaces a newer map. The bucket's `conflictResolutionType`
+//! ("seqno", "lww") says how its with-meta writes are resolved.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,6 +24,7 @@ use std::time::Duration;
 use crate::connection::Auth;
 use crate::error::{with_causes, ClientError};
 use crate::tls::TlsClient;
+use pump_protocol::meta::ConflictResolution;
 
 /// Which server holds each vbucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +34,10 @@ pub struct VbucketMap {
     /// Per vbucket: active server index, then replica indexes; -1 for none.
     pub vbuckets: Vec<Vec<i32>>,
     pub num_replicas: usize,
+    /// `(revEpoch, rev)` of the config, when it has a `rev`.
+    pub revision: Option<(u64, u64)>,
+    /// The bucket's `conflictResolutionType`, when the config names it.
+    pub conflict_resolution: Option<ConflictResolution>,
 }
 
 impl VbucketMap {
@@ -79,10 +89,20 @@ impl VbucketMap {
             vbuckets.push(ids);
         }
         let num_replicas = m.get("numReplicas").and_then(|n| n.as_u64()).unwrap_or(0) as usize;
+        let revision = json.get("rev").and_then(|r| r.as_u64()).map(|rev| {
+            let epoch = json.get("revEpoch").and_then(|e| e.as_u64()).unwrap_or(0);
+            (epoch, rev)
+        });
+        let conflict_resolution = json
+            .get("conflictResolutionType")
+            .and_then(|c| c.as_str())
+            .and_then(ConflictResolution::parse);
         Ok(VbucketMap {
             servers,
             vbuckets,
             num_replicas,
+            revision,
+            conflict_resolution,
         })
     }
 
@@ -123,6 +143,42 @@ impl VbucketMap {
             }
         }
         Ok(map)
+    }
+
+    /// The config a NOT_MY_VBUCKET answer carries in its body, if it carries one (a server
+    /// before 5.0, or memcached, answers with an empty body or plain text): `host` is the host
+    /// the answering node was reached at (for `$HOST`), `tls` as in [`VbucketMap::from_config`].
+    pub fn from_not_my_vbucket(
+        body: &[u8],
+        peer: &str,
+        tls: bool,
+    ) -> Option<Result<VbucketMap, ClientError>> {
+        if body.first() != Some(&b'{') {
+            return None;
+        }
+        let what = format!("the NOT_MY_VBUCKET answer of {peer}");
+        let json: serde_json::Value = match serde_json::from_slice(body) {
+            Ok(j) => j,
+            Err(e) => {
+                return Some(Err(ClientError::Rest {
+                    url: what,
+                    message: format!("its config is not JSON: {e}"),
+                }))
+            }
+        };
+        let host = peer.rsplit_once(':').map_or(peer, |(h, _)| h);
+        Some(VbucketMap::from_config(&json, &what, host, tls))
+    }
+
+    /// True when this map's config is newer than `other`'s (a higher (revEpoch, rev)); a map
+    /// without a revision (REST's full bucket JSON of an old server) is never newer than one
+    /// with, and one with is always newer than one without.
+    pub fn is_newer_than(&self, other: &VbucketMap) -> bool {
+        match (self.revision, other.revision) {
+            (Some(a), Some(b)) => a > b,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
     }
 
     /// Fetches `<base>/pools/default/buckets/<bucket>` (base: `http://host:port`).
@@ -293,6 +349,48 @@ mod tests {
         no_tls["nodesExt"][1]["services"] = serde_json::json!({"kv": 1});
         let e = VbucketMap::from_config(&no_tls, "u", "h", true).unwrap_err();
         assert!(e.to_string().contains("nodesExt[1] has no kvSSL"), "{e}");
+    }
+
+    #[test]
+    fn a_not_my_vbucket_body_gives_the_map_and_only_a_newer_revision_replaces_one() {
+        let cfg = |epoch: u64, rev: u64, owner: i32| {
+            serde_json::json!({
+                "rev": rev, "revEpoch": epoch, "conflictResolutionType": "lww",
+                "vBucketServerMap": {
+                    "serverList": ["$HOST:12000", "$HOST:12001"],
+                    "vBucketMap": [[owner], [1]]
+                }
+            })
+            .to_string()
+        };
+        let m = VbucketMap::from_not_my_vbucket(cfg(1, 7, 1).as_bytes(), "10.1.1.1:12000", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.servers, vec!["10.1.1.1:12000", "10.1.1.1:12001"]);
+        assert_eq!((m.active(0), m.revision), (Some(1), Some((1, 7))));
+        assert_eq!(m.conflict_resolution, Some(ConflictResolution::Lww));
+        let older = VbucketMap::from_not_my_vbucket(cfg(1, 6, 0).as_bytes(), "h:1", false)
+            .unwrap()
+            .unwrap();
+        let next_epoch = VbucketMap::from_not_my_vbucket(cfg(2, 1, 0).as_bytes(), "h:1", false)
+            .unwrap()
+            .unwrap();
+        assert!(m.is_newer_than(&older) && !older.is_newer_than(&m));
+        assert!(!m.is_newer_than(&m));
+        assert!(next_epoch.is_newer_than(&m));
+        let rest = VbucketMap::parse(&sample(), "u").unwrap();
+        assert_eq!(rest.revision, None);
+        assert!(m.is_newer_than(&rest) && !rest.is_newer_than(&m));
+        // No body (memcached, old servers) or text: no map; a broken config: an error.
+        assert!(VbucketMap::from_not_my_vbucket(b"", "h:1", false).is_none());
+        assert!(VbucketMap::from_not_my_vbucket(b"Not my vbucket", "h:1", false).is_none());
+        let e = VbucketMap::from_not_my_vbucket(b"{\"rev\":", "h:1", false)
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("NOT_MY_VBUCKET answer of h:1"),
+            "{e}"
+        );
     }
 
     #[test]
