@@ -6,9 +6,12 @@
 //! the one writer (pump::deliver) drives router.rs's protocol:
 //!   route     each message to the node holding its vbucket active (rehash with -x rehash=1),
 //!             on one of that node's -t connections (vbucket modulo -t: a key's writes keep
-//!             their order); SETQ/ADDQ/DELETEQ ... NOOP rounds, several in flight on each
+//!             their order); SETQ_WITH_META/ADDQ_WITH_META/DELQ_WITH_META (write.rs;
+//!             SETQ/ADDQ/DELETEQ with -x conflict_resolve=0) ... NOOP rounds, several in
+//!             flight on each
 //!   statuses  through pump::Verdict::of
-//!     Done/Skip  counted             Fail     reported by key
+//!     Done/Skip  counted (a with-meta write that lost conflict resolution, KEY_EEXISTS,
+//!                is skipped)         Fail     reported by key
 //!     Retry      the vbucket's writes from that one on wait out a backoff, then go again
 //!     Reroute    (NOT_MY_VBUCKET) the same, after a fresh map: re-routed in order
 //! ```
@@ -19,6 +22,7 @@
 //! | -x key | default | meaning |
 //! |---|---|---|
 //! | add | 0 | ADD instead of SET (`-a`): existing keys are skipped |
+//! | conflict_resolve | 1 | write with metadata (cas, rev seqno, flags, expiry, datatype, xattrs) and let the bucket resolve conflicts; 0: plain SET/DELETE |
 //! | timeout | 30 | seconds any network wait may take |
 //! | pipeline_depth | 4 | rounds in flight per node connection |
 //! | sasl | the strongest listed | the SASL mechanism: PLAIN, SCRAM-SHA512, SCRAM-SHA256, SCRAM-SHA1 |
@@ -26,11 +30,14 @@
 //!
 //! Each node connection says HELLO (JSON, SNAPPY, XATTR, XERROR, SELECT_BUCKET): a value goes
 //! out compressed with its datatype where the node agreed to SNAPPY, decompressed elsewhere;
-//! xattrs, which a plain SET cannot carry, are left out (the document body is written).
+//! xattrs go with a with-meta write where the node agreed to XATTR, and are left out of a
+//! plain SET (the document body is written). A lww bucket (its conflictResolutionType) gets
+//! FORCE_ACCEPT_WITH_META_OPS, as it requires.
 
 mod router;
 #[cfg(test)]
 mod tests;
+mod write;
 
 use pump::deliver::{DeliverConfig, PipelinedSink};
 use pump::{Error, Options, Sink, SinkKind, Spec};
@@ -41,6 +48,7 @@ pub use router::{Router, RouterConfig};
 /// `-x` keys of the couchbase sink.
 pub const EXTRA_KEYS: &[&str] = &[
     "add",
+    "conflict_resolve",
     "timeout",
     "pipeline_depth",
     "sasl",
@@ -84,6 +92,7 @@ impl SinkKind for CouchbaseSinkKind {
             auth,
             bucket: options.dest_bucket().to_string(),
             add: options.extra.flag("add")?,
+            with_meta: conflict_resolve(options)?,
             rehash: options.extra.rehash,
             timeout: options.extra.timeout()?,
             retry: options.retry_policy(),
@@ -103,3 +112,14 @@ impl SinkKind for CouchbaseSinkKind {
 
 /// Writes into a cluster: the [`Router`] run by the one writer.
 pub type CouchbaseSink = PipelinedSink<Router>;
+
+/// `-x conflict_resolve`: 1 (the default) or 0.
+fn conflict_resolve(options: &Options) -> Result<bool, Error> {
+    match options.extra.number("conflict_resolve", 1)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        n => Err(Error::usage(format!(
+            "-x conflict_resolve={n}: expected 0 (plain SET/DELETE) or 1 (with metadata)"
+        ))),
+    }
+}

@@ -14,8 +14,8 @@ use pump_protocol::packet::encode_request;
 use pump_protocol::{vbucket_of, Feature, Magic, Opcode, Packet, Status};
 
 use crate::net;
-use crate::values::{shaped, Takes};
-use pump_protocol::datatype::{SNAPPY, XATTR};
+use super::write::Plan;
+use crate::values::Takes;
 
 /// What the router needs to know.
 #[derive(Debug, Clone)]
@@ -30,6 +30,8 @@ pub struct RouterConfig {
     pub bucket: String,
     /// ADD instead of SET.
     pub add: bool,
+    /// SET/ADD/DEL_WITH_META for messages with a cas (`-x conflict_resolve=1`, the default).
+    pub with_meta: bool,
     /// Recompute vbuckets for the destination's vbucket count.
     pub rehash: bool,
     pub timeout: Duration,
@@ -69,6 +71,18 @@ impl Router {
             vbucket_of(&m.key, n as u16)
         } else {
             m.vbucket
+        }
+    }
+
+    /// How messages are written into the bucket `map` describes (seqno resolution until the
+    /// map says otherwise).
+    fn plan(&self, map: Option<&VbucketMap>) -> Plan {
+        Plan {
+            with_meta: self.config.with_meta,
+            add: self.config.add,
+            resolution: map
+                .and_then(|m| m.conflict_resolution)
+                .unwrap_or_default(),
         }
     }
 
@@ -138,7 +152,7 @@ impl Protocol for Router {
         let agreed = Takes {
             snappy: f.contains(Feature::Snappy),
             json: f.contains(Feature::Json),
-            xattrs: false,
+            xattrs: f.contains(Feature::Xattr),
         };
         if let Ok(mut t) = self.takes.write() {
             *t = Some(match *t {
@@ -160,12 +174,9 @@ impl Protocol for Router {
     }
 
     fn encode_round(&self, msgs: &[&Message], first_id: u32, buf: &mut BytesMut) -> u32 {
-        let n = self.map().map_or(1024, |m| m.num_vbuckets());
-        let set = if self.config.add {
-            Opcode::AddQ
-        } else {
-            Opcode::SetQ
-        };
+        let map = self.map();
+        let n = map.as_ref().map_or(1024, |m| m.num_vbuckets());
+        let plan = self.plan(map.as_deref());
         let takes = self
             .takes
             .read()
@@ -175,20 +186,18 @@ impl Protocol for Router {
         let mut id = first_id;
         for m in msgs {
             let vb = self.vbucket(m, n);
-            if m.is_removal() {
-                encode_request(buf, Opcode::DeleteQ, vb, id, 0, 0, &[], &m.key, &[]);
-            } else {
-                let mut extras = [0u8; 8];
-                extras[..4].copy_from_slice(&m.flags.to_be_bytes());
-                extras[4..].copy_from_slice(&m.expiry.to_be_bytes());
-                if m.datatype & (SNAPPY | XATTR) == 0 {
-                    let dt = if takes.json { m.datatype } else { 0 };
-                    encode_request(buf, set, vb, id, 0, dt, &extras, &m.key, &m.value);
-                } else {
-                    let (dt, value) = shaped(m.datatype, &m.value, takes);
-                    encode_request(buf, set, vb, id, 0, dt, &extras, &m.key, &value);
-                }
-            }
+            let w = plan.write_of(m, takes);
+            encode_request(
+                buf,
+                w.opcode,
+                vb,
+                id,
+                0,
+                w.datatype,
+                w.extras(),
+                &m.key,
+                &w.value,
+            );
             id = id.wrapping_add(1);
         }
         encode_request(buf, Opcode::Noop, 0, id, 0, 0, &[], &[], &[]);
@@ -213,6 +222,10 @@ impl Protocol for Router {
     }
 
     fn verdict(&self, m: &Message, status: Status) -> Verdict {
-        Verdict::of(status, self.config.add && !m.is_removal(), m.is_removal())
+        // A with-meta write the node's newer copy won (KEY_EEXISTS) is skipped, as an ADD of
+        // a key that exists is.
+        let plan = self.plan(self.map().as_deref());
+        let exists_skips = (self.config.add && !m.is_removal()) || plan.keeps_meta(m);
+        Verdict::of(status, exists_skips, m.is_removal())
     }
 }
