@@ -1,20 +1,23 @@
 //! The couchbase sink's protocol for the one writer ([`pump::deliver`]): each message goes to
-//! the node holding its vbucket active in the cluster's map; NOT_MY_VBUCKET fetches the map
-//! again and re-routes the vbucket's messages, in order.
+//! the node holding its vbucket active in the cluster's map; NOT_MY_VBUCKET re-routes the
+//! vbucket's messages, in order, with the map its answer carries (a Couchbase Server 5+ node
+//! puts its config in the body: taken when its (revEpoch, rev) is newer than the map held, no
+//! REST round trip), or else with the map fetched again over REST.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use pump::deliver::{Heard, Link, LinkError, Protocol, Route};
+use pump::deliver::{Heard, Link, LinkError, LinkReader, Protocol, Route};
 use pump::{Message, RetryPolicy, Verdict};
 use pump_client::{Auth, Connection, Handshake, VbucketMap};
 use pump_protocol::packet::encode_request;
 use pump_protocol::{vbucket_of, Feature, Magic, Opcode, Packet, Status};
 
-use crate::net;
 use super::write::Plan;
+use crate::net;
 use crate::values::Takes;
 
 /// What the router needs to know.
@@ -49,6 +52,32 @@ pub struct Router {
     map: RwLock<Option<Arc<VbucketMap>>>,
     /// The datatype bits every node connection so far agreed to (HELLO): what is sent.
     takes: RwLock<Option<Takes>>,
+    /// A NOT_MY_VBUCKET answer brought a newer map since the last refresh.
+    fresh: AtomicBool,
+}
+
+/// An answer, and the node (`host:port`) it came from: its `$HOST`.
+pub struct Answer {
+    peer: Arc<str>,
+    packet: Packet,
+}
+
+/// A node connection's reader whose answers name the node.
+struct Tagged {
+    peer: Arc<str>,
+    inner: Box<dyn LinkReader<Answer = Packet>>,
+}
+
+#[async_trait]
+impl LinkReader for Tagged {
+    type Answer = Answer;
+
+    async fn read(&mut self, wait: Duration) -> Result<Option<Answer>, String> {
+        Ok(self.inner.read(wait).await?.map(|packet| Answer {
+            peer: self.peer.clone(),
+            packet,
+        }))
+    }
 }
 
 impl Router {
@@ -58,6 +87,7 @@ impl Router {
             config,
             map: RwLock::new(None),
             takes: RwLock::new(None),
+            fresh: AtomicBool::new(false),
         }
     }
 
@@ -80,10 +110,36 @@ impl Router {
         Plan {
             with_meta: self.config.with_meta,
             add: self.config.add,
-            resolution: map
-                .and_then(|m| m.conflict_resolution)
-                .unwrap_or_default(),
+            resolution: map.and_then(|m| m.conflict_resolution).unwrap_or_default(),
         }
+    }
+
+    /// Takes the map a NOT_MY_VBUCKET answer of `peer` carries, if it is newer than the one
+    /// held; true when it was taken.
+    fn take_map_from(&self, peer: &str, body: &[u8]) -> bool {
+        let tls = self.config.handshake.tls.is_some();
+        let map = match VbucketMap::from_not_my_vbucket(body, peer, tls) {
+            None => return false,
+            Some(Err(e)) => {
+                tracing::debug!("{}: {e}; the map is fetched over REST", self.config.spec);
+                return false;
+            }
+            Some(Ok(m)) => m,
+        };
+        let Ok(mut held) = self.map.write() else {
+            return false;
+        };
+        if held.as_ref().is_some_and(|h| !map.is_newer_than(h)) {
+            return false;
+        }
+        tracing::debug!(
+            "{}: the vbucket map of {peer}'s NOT_MY_VBUCKET answer (rev {:?})",
+            self.config.spec,
+            map.revision
+        );
+        *held = Some(Arc::new(map));
+        self.fresh.store(true, Ordering::SeqCst);
+        true
     }
 
     async fn fetch(&self) -> Result<(), String> {
@@ -106,7 +162,7 @@ impl Router {
 
 #[async_trait]
 impl Protocol for Router {
-    type Answer = Packet;
+    type Answer = Answer;
     type Status = Status;
 
     fn spec(&self) -> &str {
@@ -143,7 +199,7 @@ impl Protocol for Router {
         })
     }
 
-    async fn connect(&self, endpoint: &str) -> Result<Link<Packet>, LinkError> {
+    async fn connect(&self, endpoint: &str) -> Result<Link<Answer>, LinkError> {
         let conn = Connection::negotiate(endpoint, &self.config.handshake)
             .await
             .map_err(net::link_error)?;
@@ -164,10 +220,21 @@ impl Protocol for Router {
                 },
             });
         }
-        Ok(net::link(conn))
+        let link = net::link(conn);
+        Ok(Link {
+            writer: link.writer,
+            reader: Box::new(Tagged {
+                peer: endpoint.into(),
+                inner: link.reader,
+            }),
+        })
     }
 
     async fn refresh(&self) -> Result<(), String> {
+        if self.fresh.swap(false, Ordering::SeqCst) {
+            // A NOT_MY_VBUCKET answer already brought a newer map.
+            return Ok(());
+        }
         self.fetch().await?;
         tracing::debug!("{}: vbucket map refreshed", self.config.rest);
         Ok(())
@@ -204,16 +271,21 @@ impl Protocol for Router {
         msgs.len() as u32 + 1
     }
 
-    fn hear(&self, p: Packet) -> Heard<Status> {
+    fn hear(&self, a: Answer) -> Heard<Status> {
+        let p = a.packet;
         if p.magic != Magic::Response {
             return Heard::Broken(format!(
                 "a request ({:?}) where answers were expected",
                 p.opcode
             ));
         }
+        let status = p.status();
+        if status == Status::NotMyVbucket {
+            self.take_map_from(&a.peer, &p.value);
+        }
         Heard::Answer {
             id: p.opaque,
-            status: p.status(),
+            status,
         }
     }
 
