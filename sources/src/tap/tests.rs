@@ -212,6 +212,7 @@ async fn a_failed_key_withholds_the_tap_ack_and_stops_the_stream_naming_it() {
     let (l, addr) = listen().await;
     let producer = tokio::spawn(async move {
         let mut peer = Peer::accept(&l).await;
+        peer.hello().await;
         let sel = peer.recv().await.unwrap();
         peer.send(Packet::response_to(&sel, Status::UnknownCommand))
             .await;
