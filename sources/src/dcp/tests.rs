@@ -617,7 +617,7 @@ async fn a_node_holding_none_of_the_vbuckets_alive_fails_rather_than_streaming_n
                     Status::Success
                 }
                 Opcode::SelectBucket => Status::UnknownCommand,
-                Opcode::DcpOpen | Opcode::DcpControl => Status::Success,
+                Opcode::Hello | Opcode::DcpOpen | Opcode::DcpControl => Status::Success,
                 other => panic!("unexpected {other:?}"),
             };
             peer.send(Packet::response_to(&p, answer)).await;

@@ -252,6 +252,7 @@ async fn a_node_whose_vbuckets_are_all_dead_fails_before_the_dump() {
     let (l, addr) = listen().await;
     let producer = tokio::spawn(async move {
         let mut peer = Peer::accept(&l).await;
+        peer.hello().await;
         let sel = peer.recv().await.unwrap();
         peer.send(Packet::response_to(&sel, Status::UnknownCommand))
             .await;
