@@ -16,7 +16,13 @@
 //! SET_VBUCKET_STATE extras 1: u8 state
 //! NOOP            a request from the producer; the consumer answers it (0x81, same opaque)
 //! BUFFER_ACK      extras 4:  u32 bytes processed
+//! SYSTEM_EVENT    extras 13: u64 by_seqno | u32 event | u8 version; key; value
+//!                 (a collection or scope created or dropped: crate::collections)
+//! STREAM_REQ's value: the collections filter (JSON, crate::collections::StreamFilter)
 //! ```
+//!
+//! On a connection that negotiated COLLECTIONS (HELLO) every item key starts with its LEB128
+//! collection id (crate::collections::split_key).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -245,6 +251,17 @@ pub enum DcpMessage {
         opaque: u32,
         bytes: u32,
     },
+    /// A collection or scope event; `event`, `version`, `key` and `value` as
+    /// [`crate::collections::SystemEvent::decode`] reads them.
+    SystemEvent {
+        opaque: u32,
+        vbucket: u16,
+        by_seqno: u64,
+        event: u32,
+        version: u8,
+        key: Bytes,
+        value: Bytes,
+    },
 }
 
 fn need(what: &'static str, extras: &[u8], n: usize) -> Result<(), ProtocolError> {
@@ -398,6 +415,18 @@ impl DcpMessage {
                 }
             }
             Opcode::DcpNoop => DcpMessage::Noop { opaque },
+            Opcode::DcpSystemEvent => {
+                need("DCP_SYSTEM_EVENT", ex, 13)?;
+                DcpMessage::SystemEvent {
+                    opaque,
+                    vbucket,
+                    by_seqno: e.get_u64(),
+                    event: e.get_u32(),
+                    version: e.get_u8(),
+                    key: p.key.clone(),
+                    value: p.value.clone(),
+                }
+            }
             Opcode::DcpBufferAck => {
                 need("DCP_BUFFER_ACK", ex, 4)?;
                 DcpMessage::BufferAck {
@@ -514,6 +543,24 @@ impl DcpMessage {
                 ex.put_u32(*bytes);
                 Packet::request(Opcode::DcpBufferAck).with_opaque(*opaque)
             }
+            DcpMessage::SystemEvent {
+                opaque,
+                vbucket,
+                by_seqno,
+                event,
+                version,
+                key,
+                value,
+            } => {
+                ex.put_u64(*by_seqno);
+                ex.put_u32(*event);
+                ex.put_u8(*version);
+                Packet::request(Opcode::DcpSystemEvent)
+                    .with_opaque(*opaque)
+                    .with_vbucket(*vbucket)
+                    .with_key(key.clone())
+                    .with_value(value.clone())
+            }
         };
         p.with_extras(ex.freeze())
     }
@@ -629,10 +676,47 @@ mod tests {
                 opaque: 10,
                 bytes: 123456,
             },
+            DcpMessage::SystemEvent {
+                opaque: 11,
+                vbucket: 0x210,
+                by_seqno: 4,
+                event: 0,
+                version: 1,
+                key: Bytes::from_static(b"mycollection"),
+                value: Bytes::from_static(&[
+                    0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 8, 0, 1, 0x19, 0x40,
+                ]),
+            },
         ];
         for m in msgs {
             assert_eq!(round_trip(&m), m);
         }
+    }
+
+    #[test]
+    fn a_system_event_is_the_69_bytes_of_the_documented_example() {
+        let m = DcpMessage::SystemEvent {
+            opaque: 0x1210,
+            vbucket: 0x210,
+            by_seqno: 4,
+            event: 0,
+            version: 1,
+            key: Bytes::from_static(b"mycollection"),
+            value: Bytes::from_static(&[
+                0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 8, 0, 1, 0x19, 0x40,
+            ]),
+        };
+        let mut buf = BytesMut::new();
+        PacketCodec::default()
+            .encode(m.to_packet(), &mut buf)
+            .unwrap();
+        assert_eq!(buf.len(), 69);
+        assert_eq!(&buf[..8], &[0x80, 0x5f, 0x00, 0x0c, 0x0d, 0x00, 0x02, 0x10]);
+        assert_eq!(&buf[24..37], &[0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 1]);
+        assert!(DcpMessage::from_packet(
+            &Packet::request(Opcode::DcpSystemEvent).with_extras(vec![0u8; 12])
+        )
+        .is_err());
     }
 
     #[test]

@@ -135,6 +135,18 @@ pub const ENTRIES: &[Entry] = &[
         "Operation specified an unknown collection.",
         &["invalid-input"],
     ),
+    (
+        0x8a,
+        "CANNOT_APPLY_COLLECTIONS_MANIFEST",
+        "Cannot apply collections manifest",
+        &["invalid-input"],
+    ),
+    (
+        0x8c,
+        "UNKNOWN_SCOPE",
+        "Operation specified an unknown scope.",
+        &["invalid-input"],
+    ),
 ];
 
 /// The entry of `status`, if the map has one.

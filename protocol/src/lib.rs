@@ -13,12 +13,14 @@
 //! error_map.rs GET_ERROR_MAP: every status's name, description and attributes, as JSON
 //! datatype.rs the datatype bits, snappy (de)compression, the xattr section of a value
 //! meta.rs     SET/ADD/DEL_WITH_META extras, revision-based conflict resolution, mutation tokens
+//! collections.rs the LEB128 collection id of keys, the manifest, DCP system events, stream filters
 //! ```
 //!
 //! Every multi-byte field is big-endian. Decoding never copies a key or value: they are
 //! `Bytes` slices of the frame they arrived in.
 
 pub mod codec;
+pub mod collections;
 pub mod datatype;
 pub mod dcp;
 pub mod error;
