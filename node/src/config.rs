@@ -45,6 +45,7 @@ pub const BUCKET_CAPABILITIES: &[&str] = &[
     "xdcrCheckpointing",
     "nodesExt",
     "xattr",
+    "collections",
 ];
 
 /// Where a node finds the cluster's state, once the cluster has started it.

@@ -9,12 +9,18 @@
 //!              streams interleaved; NOOP every noop interval when enabled
 //! flow control: with connection_buffer_size set, header+body of every message but NOOPs
 //!              counts as unacked until BUFFER_ACK; the writer stops while the window is full
+//! collections: a connection that negotiated COLLECTIONS gets every collection's items, keys
+//!              with their LEB128 collection id, and the system events (DCP_SYSTEM_EVENT) in
+//!              seqno order; a STREAM_REQ value {"scope": ..} or {"collections": [..]} limits
+//!              the stream (an unknown one: UNKNOWN_SCOPE / UNKNOWN_COLLECTION). Any other
+//!              connection gets the default collection alone, keys without the id.
 //! ```
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use pump_protocol::collections::StreamFilter;
 use pump_protocol::dcp::open_flags;
 use pump_protocol::dcp::{snapshot_type, FailoverEntry, StreamReqReply};
 use pump_protocol::header::{Header, Magic, HEADER_LEN};
@@ -54,6 +60,8 @@ struct Stream {
     snap_end: u64,
     /// First snapshot: its marker starts at the requested start.
     first: bool,
+    /// What the stream is limited to (a collection-aware stream's request value).
+    filter: Option<StreamFilter>,
 }
 
 /// The answer to a stream request, from the vbucket's failover log.
@@ -81,10 +89,38 @@ pub fn check_request(
     Ok(())
 }
 
-fn stream_req(bucket: &Bucket, p: &Packet, tx: &mpsc::UnboundedSender<Event>) -> Bytes {
+fn stream_req(
+    bucket: &Bucket,
+    p: &Packet,
+    tx: &mpsc::UnboundedSender<Event>,
+    collections: bool,
+) -> Bytes {
     let reply = |r: StreamReqReply| r.to_packet(p.opaque).to_bytes();
     if p.extras.len() != 48 {
         return reply(StreamReqReply::Err(Status::Einval));
+    }
+    let filter = match StreamFilter::from_json(&p.value) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!("STREAM_REQ refused: {e}");
+            return reply(StreamReqReply::Err(Status::Einval));
+        }
+    };
+    if filter.is_some() && !collections {
+        // A filter names collections: only a collection-aware connection may send one.
+        return reply(StreamReqReply::Err(Status::Einval));
+    }
+    let manifest = bucket.manifest();
+    match &filter {
+        Some(StreamFilter::Scope(sid)) if manifest.scope_by_id(*sid).is_none() => {
+            return unknown(p, Status::UnknownScope, manifest.uid);
+        }
+        Some(StreamFilter::Collections(ids))
+            if ids.iter().any(|c| manifest.collection(*c).is_none()) =>
+        {
+            return unknown(p, Status::UnknownCollection, manifest.uid);
+        }
+        _ => {}
     }
     let mut e = &p.extras[..];
     let (_flags, _res) = (e.get_u32(), e.get_u32());
@@ -117,8 +153,16 @@ fn stream_req(bucket: &Bucket, p: &Packet, tx: &mpsc::UnboundedSender<Event>) ->
         end,
         snap_end: 0,
         first: true,
+        filter,
     }));
     reply(StreamReqReply::Ok(log))
+}
+
+/// UNKNOWN_SCOPE or UNKNOWN_COLLECTION to a stream request, with the manifest uid.
+fn unknown(p: &Packet, status: Status, uid: u64) -> Bytes {
+    Packet::response_to(p, status)
+        .with_value(pump_protocol::collections::unknown_collection_value(uid))
+        .to_bytes()
 }
 
 /// How values go out on one DCP connection.
@@ -130,6 +174,8 @@ struct Shape {
     xattrs: bool,
     /// DCP_OPEN NO_VALUE: keys and metadata only.
     no_value: bool,
+    /// COLLECTIONS negotiated: every collection, keys with their id, system events.
+    collections: bool,
 }
 
 /// Runs a DCP producer on `sock` (OPEN already answered with `flags`); `rbuf` holds bytes
@@ -146,6 +192,7 @@ pub async fn produce<S: KvStream>(
         snappy: features.contains(Feature::Snappy),
         xattrs: flags & open_flags::INCLUDE_XATTRS != 0,
         no_value: flags & open_flags::NO_VALUE != 0,
+        collections: features.contains(Feature::Collections),
     };
     let (mut r, mut w) = sock.halves();
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
@@ -196,7 +243,9 @@ pub async fn produce<S: KvStream>(
                             }
                             Event::Reply(out.freeze())
                         }
-                        Opcode::DcpStreamReq => Event::Reply(stream_req(&rb, &p, &tx)),
+                        Opcode::DcpStreamReq => {
+                            Event::Reply(stream_req(&rb, &p, &tx, shape.collections))
+                        }
                         Opcode::DcpCloseStream => {
                             let _ = tx.send(Event::Close(p.vbucket()));
                             Event::Reply(Packet::response_to(&p, Status::Success).to_bytes())
@@ -510,10 +559,82 @@ fn step(
     };
     let (mut sent, mut full, mut last) = (0usize, false, s.last);
     let (vb, opaque) = (s.vb, s.opaque);
+    let manifest = s.filter.as_ref().map(|_| bucket.manifest());
+    let in_filter = |scope: u32, cid: u32| match (&s.filter, &manifest) {
+        (Some(f), Some(m)) => match f {
+            StreamFilter::Scope(_) => {
+                let sid = m.collection(cid).map_or(scope, |(s, _)| s.uid);
+                f.includes(sid, cid)
+            }
+            StreamFilter::Collections(_) => f.includes(scope, cid),
+        },
+        _ => true,
+    };
     let complete = v.visit(s.last, s.snap_end, |key, item| {
         if sent == ITEMS_PER_TURN || buf.len() >= FLUSH_AT {
             return false;
         }
+        let cid = store::collection_of(key);
+        if cid == store::SYSTEM_COLLECTION {
+            let (event, version, ekey, evalue) = store::event_parts(item);
+            let id_at = |i: usize| {
+                evalue
+                    .get(i..i + 4)
+                    .map_or(u32::MAX, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            };
+            let collection_event = key.get(1) == Some(&b'c');
+            let wanted = shape.collections
+                && match &s.filter {
+                    None => true,
+                    Some(StreamFilter::Scope(sid)) => id_at(8) == *sid,
+                    Some(f @ StreamFilter::Collections(_)) => {
+                        collection_event && f.includes(id_at(8), id_at(12))
+                    }
+                };
+            if !wanted {
+                last = item.by_seqno;
+                return true;
+            }
+            let len = HEADER_LEN + 13 + ekey.len() + evalue.len();
+            if !fits(window, *unacked, len) {
+                full = true;
+                return false;
+            }
+            put_header(
+                buf,
+                Opcode::DcpSystemEvent,
+                vb,
+                opaque,
+                0,
+                0,
+                13,
+                ekey.len(),
+                evalue.len(),
+            );
+            buf.put_u64(item.by_seqno);
+            buf.put_u32(event);
+            buf.put_u8(version);
+            buf.put_slice(ekey);
+            buf.put_slice(evalue);
+            *unacked += len as u64;
+            last = item.by_seqno;
+            sent += 1;
+            return true;
+        }
+        // Keys go out as kept (with their collection id) to a collection-aware consumer; the
+        // default collection's alone, without the id, to any other.
+        let key: &[u8] = if shape.collections {
+            if s.filter.is_some() && !in_filter(u32::MAX, cid) {
+                last = item.by_seqno;
+                return true;
+            }
+            key
+        } else if cid == 0 {
+            &key[1..]
+        } else {
+            last = item.by_seqno;
+            return true;
+        };
         let (op, elen) = if item.deleted {
             (Opcode::DcpDeletion, 18)
         } else if item.expired(now) {

@@ -1,7 +1,9 @@
 //! The reference data node and local cluster.
 //!
 //! ```text
-//! store.rs    a bucket of vbuckets: items, seqnos, tombstones, failover logs, per-vbucket locks
+//! store.rs    a bucket of vbuckets: items, seqnos, tombstones, failover logs, per-vbucket locks,
+//!             the manifest; keys kept with their collection id, system events as items
+//! collections.rs the bucket's scopes and collections: changes, their events, the REST routes
 //! persist.rs  the bucket snapshot file (--data DIR)
 //! kv/         the KV port: memcached binary protocol as Couchbase speaks it, pipelined (HELLO,
 //!             SASL, SELECT_BUCKET, GET_CLUSTER_CONFIG, GET_ERROR_MAP, items, with-meta, TAP in)
@@ -21,6 +23,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod collections;
 pub mod config;
 pub mod dcp;
 pub mod kv;

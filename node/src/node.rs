@@ -90,7 +90,7 @@ impl Node {
         };
         let bucket = Arc::new(
             match loaded {
-                Some(vbs) => Bucket::from_vbuckets(&cfg.bucket, vbs),
+                Some((vbs, manifest)) => Bucket::from_parts(&cfg.bucket, vbs, manifest),
                 None => Bucket::new(&cfg.bucket, cfg.vbuckets, cfg.initial_state),
             }
             .with_conflict_resolution(cfg.conflict_resolution),

@@ -1,10 +1,12 @@
 //! Persistence: a whole-bucket snapshot file, written atomically (temp file + rename).
 //!
 //! ```text
-//! "PUMPNODE1" | u16 nvb | per vbucket: u8 state | u64 high_seqno | u16 nfailover
-//!   | nfailover × (u64 uuid, u64 seqno) | u32 nitems | nitems × item
-//! item: u16 keylen | key | u32 vallen | value | u32 flags | u32 expiry | u64 cas
-//!   | u64 by_seqno | u64 rev_seqno | u8 datatype | u8 deleted
+//! "PUMPNODE2" | u16 nvb | u32 len | the collections manifest (JSON) | per vbucket: u8 state
+//!   | u64 high_seqno | u16 nfailover | nfailover × (u64 uuid, u64 seqno) | u32 nitems
+//!   | nitems × item
+//! item: u16 keylen | key (LEB128 collection id, then the key) | u32 vallen | value
+//!   | u32 flags | u32 expiry | u64 cas | u64 by_seqno | u64 rev_seqno | u8 datatype | u8 deleted
+//! "PUMPNODE1" (before collections): no manifest; every key is of the default collection
 //! ```
 //!
 //! The node writes it every second while something changed and on a clean stop, so a node
@@ -18,9 +20,13 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use pump_protocol::dcp::FailoverEntry;
 use pump_protocol::VbucketState;
 
+use pump_protocol::collections::Manifest;
+
 use crate::store::{Bucket, Item, Vbucket};
 
-const MAGIC: &[u8] = b"PUMPNODE1";
+const MAGIC: &[u8] = b"PUMPNODE2";
+/// The snapshot of a node without collections: keys without their collection id.
+const MAGIC_V1: &[u8] = b"PUMPNODE1";
 
 /// Writes `bucket` to `path` (through `path.tmp`, renamed).
 pub fn save(bucket: &Bucket, path: &Path) -> io::Result<()> {
@@ -29,6 +35,9 @@ pub fn save(bucket: &Bucket, path: &Path) -> io::Result<()> {
     let mut w = BufWriter::with_capacity(1 << 20, f);
     w.write_all(MAGIC)?;
     w.write_all(&bucket.num_vbuckets().to_be_bytes())?;
+    let manifest = bucket.manifest().to_json().to_string();
+    w.write_all(&(manifest.len() as u32).to_be_bytes())?;
+    w.write_all(manifest.as_bytes())?;
     let mut buf = BytesMut::with_capacity(1 << 16);
     for vb in 0..bucket.num_vbuckets() {
         let Some(v) = bucket.vb(vb) else { continue };
@@ -74,8 +83,8 @@ fn corrupt(path: &Path, what: &str) -> io::Error {
     )
 }
 
-/// Reads a snapshot; Ok(None) when the file does not exist.
-pub fn load(path: &Path) -> io::Result<Option<Vec<Vbucket>>> {
+/// Reads a snapshot: its vbuckets and manifest; Ok(None) when the file does not exist.
+pub fn load(path: &Path) -> io::Result<Option<(Vec<Vbucket>, Manifest)>> {
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -92,11 +101,21 @@ pub fn load(path: &Path) -> io::Result<Option<Vec<Vbucket>>> {
         }
     };
     need(&b, MAGIC.len() + 2, "header")?;
-    if &b[..MAGIC.len()] != MAGIC {
+    let v1 = &b[..MAGIC.len()] == MAGIC_V1;
+    if &b[..MAGIC.len()] != MAGIC && !v1 {
         return Err(corrupt(path, "magic"));
     }
     b.advance(MAGIC.len());
     let nvb = b.get_u16();
+    let manifest = if v1 {
+        Manifest::default()
+    } else {
+        need(&b, 4, "manifest")?;
+        let n = b.get_u32() as usize;
+        need(&b, n, "manifest")?;
+        let text = b.split_to(n);
+        Manifest::from_json(&text).map_err(|e| corrupt(path, &e.to_string()))?
+    };
     let mut vbs = Vec::with_capacity(nvb as usize);
     for _ in 0..nvb {
         need(&b, 1 + 8 + 2, "vbucket")?;
@@ -118,7 +137,11 @@ pub fn load(path: &Path) -> io::Result<Option<Vec<Vbucket>>> {
             need(&b, 2, "key")?;
             let kl = b.get_u16() as usize;
             need(&b, kl + 4, "key")?;
-            let key = b.split_to(kl);
+            let key = if v1 {
+                crate::store::doc_key(0, &b.split_to(kl))
+            } else {
+                b.split_to(kl)
+            };
             let vl = b.get_u32() as usize;
             need(&b, vl + 4 + 4 + 8 + 8 + 8 + 2, "item")?;
             let value = b.split_to(vl);
@@ -144,7 +167,7 @@ pub fn load(path: &Path) -> io::Result<Option<Vec<Vbucket>>> {
             replica: None,
         });
     }
-    Ok(Some(vbs))
+    Ok(Some((vbs, manifest)))
 }
 
 #[cfg(test)]
@@ -160,6 +183,7 @@ mod tests {
         for i in 0..100u32 {
             let key = Bytes::from(format!("key{i}"));
             let vb = pump_protocol::vbucket_of(&key, 8);
+            let key = crate::store::doc_key(0, &key);
             let w = Write {
                 key,
                 value: Bytes::from(vec![b'x'; i as usize]),
@@ -173,13 +197,15 @@ mod tests {
         }
         b.delete(
             pump_protocol::vbucket_of(b"key5", 8),
-            Bytes::from_static(b"key5"),
+            crate::store::doc_key(0, b"key5"),
             0,
             CLIENT_STATES,
         )
         .unwrap();
         save(&b, &path).unwrap();
-        let loaded = Bucket::from_vbuckets("default", load(&path).unwrap().unwrap());
+        let (vbs, manifest) = load(&path).unwrap().unwrap();
+        assert_eq!(manifest, *b.manifest());
+        let loaded = Bucket::from_parts("default", vbs, manifest);
         for vb in 0..8 {
             let (x, y) = (b.vb(vb).unwrap(), loaded.vb(vb).unwrap());
             assert_eq!(x.items, y.items);

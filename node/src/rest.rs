@@ -13,6 +13,7 @@
 //! GET  /pools/default/buckets/{b}/ddocs    {"rows": []}: no design documents
 //! GET  /pools/default/buckets/{b}/stats/{s} curr_items, vb_active_resident_items_ratio per node
 //! POST /controller/failOver                form otpNode=n_1@127.0.0.1
+//! GET/POST/PATCH/DELETE .../buckets/{b}/scopes/...  scopes and collections (crate::collections)
 //! anything else                            404, text/plain, as ns_server answers
 //!
 //! the recovery design, under /pools/default/buckets/{bucket}/ (see crate::recovery)
@@ -69,6 +70,7 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/controller/failOver", post(failover))
         .route("/pump/faults", post(inject_fault))
         .route("/pump/rollback", post(roll_back));
+    r = crate::collections::routes(r);
     if api != RecoveryApi::Shipped {
         let b = "/pools/default/buckets/{bucket}";
         r = r

@@ -1,25 +1,99 @@
-//! A bucket: N vbuckets, each behind its own lock, with items, seqnos and a failover log.
+//! A bucket: N vbuckets, each behind its own lock, with items, seqnos and a failover log, and
+//! the bucket's collections manifest.
 //!
 //! ```text
-//! Bucket { vbuckets: [Mutex<Vbucket>; N] }
+//! Bucket { vbuckets: [Mutex<Vbucket>; N], manifest }
 //! Vbucket { state, items: key -> Item, by_seqno: seqno -> key, high_seqno, failover (newest first) }
+//! key:    LEB128 collection id | document key   (as kv_engine keeps them: the key a
+//!         COLLECTIONS connection sends; 0x00 | key for the default collection)
+//! system events: items of collection 1 (kv_engine's SystemEvent collection), one per scope or
+//!         collection, at the seqno of its latest event:
+//!         key 0x01 | 'c' or 's' | u32 id   flags: the event type   datatype: its version
+//!         value: u8 name length | name | the event's DCP value
 //! ```
 //!
 //! Every change gets the vbucket's next seqno; a deletion keeps a tombstone so DCP can stream it.
-//! An active vbucket may forward each change to a replica bucket (the in-process replication of
-//! the local cluster).
+//! A collection's creation and drop are changes too: each active vbucket stores the event at its
+//! next seqno, and a drop removes the collection's items from the vbucket. An active vbucket may
+//! forward each change to a replica bucket (the in-process replication of the local cluster).
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use pump_protocol::collections::{self, EventKind, Manifest, SystemEvent};
 use pump_protocol::dcp::FailoverEntry;
 use pump_protocol::meta::ConflictResolution;
 use pump_protocol::{Status, VbucketState};
+
+/// The collection the system events are kept in (kv_engine's CollectionID::SystemEvent).
+pub const SYSTEM_COLLECTION: u32 = 1;
+
+/// The key an item of collection `cid` is kept under: `cid` in LEB128, then `key`.
+pub fn doc_key(cid: u32, key: &[u8]) -> Bytes {
+    collections::prefixed_key(cid, key)
+}
+
+/// The collection of a kept key (the default collection for a key too short to hold one: the
+/// node never keeps such a key).
+pub fn collection_of(key: &[u8]) -> u32 {
+    match key.first() {
+        Some(&b) if b < 0x80 => u32::from(b),
+        _ => collections::read_leb128(key).map_or(0, |(id, _)| id),
+    }
+}
+
+/// The document key of a kept key of the default collection; None for another collection.
+pub fn default_key(key: &Bytes) -> Option<Bytes> {
+    (key.first() == Some(&0)).then(|| key.slice(1..))
+}
+
+/// True for the key of a system event.
+pub fn is_system_key(key: &[u8]) -> bool {
+    key.first() == Some(&(SYSTEM_COLLECTION as u8))
+}
+
+/// The key a scope's or collection's latest event is kept under.
+fn event_key(e: &SystemEvent) -> Bytes {
+    let mut k = BytesMut::with_capacity(6);
+    k.put_u8(SYSTEM_COLLECTION as u8);
+    match e.collection {
+        Some(c) if e.kind.is_collection() => {
+            k.put_u8(b'c');
+            k.put_u32(c);
+        }
+        _ => {
+            k.put_u8(b's');
+            k.put_u32(e.scope);
+        }
+    }
+    k.freeze()
+}
+
+/// A system event as a kept item's value (see the module docs).
+fn event_value(e: &SystemEvent) -> (u8, Bytes) {
+    let (version, key, value) = e.encode();
+    let mut v = BytesMut::with_capacity(1 + key.len() + value.len());
+    v.put_u8(key.len().min(255) as u8);
+    v.put_slice(&key[..key.len().min(255)]);
+    v.put_slice(&value);
+    (version, v.freeze())
+}
+
+/// A kept system event as DCP sends it: event type, version, key (the name) and value.
+pub fn event_parts(item: &Item) -> (u32, u8, &[u8], &[u8]) {
+    let v = &item.value[..];
+    let n = v
+        .first()
+        .map_or(0, |n| usize::from(*n))
+        .min(v.len().saturating_sub(1));
+    let (key, value) = v[1.min(v.len())..].split_at(n);
+    (item.flags, item.datatype, key, value)
+}
 
 /// Relative expirations above this many seconds are absolute unix times (memcached's rule).
 const RELATIVE_EXPIRY_MAX: u32 = 30 * 24 * 3600;
@@ -176,7 +250,13 @@ impl Vbucket {
     }
 
     /// Stores an item that already carries its seqno (replication); keeps high_seqno monotonic.
+    /// A collection's drop event removes the collection's items.
     fn place(&mut self, key: Bytes, item: Item) {
+        if is_system_key(&key) && item.flags == EventKind::CollectionDropped.value() {
+            if let (Some(b'c'), Some(id)) = (key.get(1), key.get(2..6)) {
+                self.purge(u32::from_be_bytes([id[0], id[1], id[2], id[3]]));
+            }
+        }
         let seqno = item.by_seqno;
         self.high_seqno = self.high_seqno.max(seqno);
         self.by_seqno.insert(seqno, key.clone());
@@ -189,6 +269,22 @@ impl Vbucket {
             }
             Entry::Vacant(v) => {
                 v.insert(item);
+            }
+        }
+    }
+
+    /// Removes every item (and tombstone) of collection `cid`.
+    fn purge(&mut self, cid: u32) {
+        let prefix = doc_key(cid, b"");
+        let gone: Vec<Bytes> = self
+            .items
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(i) = self.items.remove(&k) {
+                self.by_seqno.remove(&i.by_seqno);
             }
         }
     }
@@ -283,6 +379,7 @@ pub struct Bucket {
     dirty: AtomicBool,
     /// How with-meta writes are resolved against the copy here.
     conflict_resolution: ConflictResolution,
+    manifest: RwLock<Arc<Manifest>>,
 }
 
 /// Asks the CPU to start loading the cache line at `p` (a hint: nothing happens elsewhere).
@@ -337,7 +434,65 @@ impl Bucket {
             cas: AtomicU64::new(now() as u64 * 1_000_000),
             dirty: AtomicBool::new(false),
             conflict_resolution: ConflictResolution::Seqno,
+            manifest: RwLock::new(Arc::new(Manifest::default())),
         }
+    }
+
+    /// Rebuilds a bucket from loaded vbuckets and its manifest.
+    pub fn from_parts(name: &str, vbs: Vec<Vbucket>, manifest: Manifest) -> Bucket {
+        let b = Bucket::from_vbuckets(name, vbs);
+        *b.manifest.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(manifest);
+        b
+    }
+
+    /// The bucket's collections manifest.
+    pub fn manifest(&self) -> Arc<Manifest> {
+        self.manifest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The maxTTL of collection `cid`, or UNKNOWN_COLLECTION when the manifest has no such
+    /// collection.
+    pub fn collection_ttl(&self, cid: u32) -> Result<Option<u32>, Status> {
+        let m = self.manifest.read().unwrap_or_else(|p| p.into_inner());
+        if cid == collections::DEFAULT_ID && m.is_default_only() {
+            return Ok(None);
+        }
+        m.collection(cid)
+            .map(|(_, c)| c.max_ttl)
+            .ok_or(Status::UnknownCollection)
+    }
+
+    /// Takes `manifest` as the bucket's, and stores `events` (what changed, in order) at the
+    /// next seqnos of every active vbucket, forwarded to their replicas; a drop removes the
+    /// collection's items.
+    pub fn set_manifest(&self, manifest: Manifest, events: &[SystemEvent]) {
+        *self.manifest.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(manifest);
+        for vb in 0..self.num_vbuckets() {
+            let Some(mut v) = self.vb(vb) else { continue };
+            if v.state != VbucketState::Active {
+                continue;
+            }
+            for e in events {
+                let (version, value) = event_value(e);
+                let key = event_key(e);
+                let item = Item {
+                    value,
+                    flags: e.kind.value(),
+                    expiry: 0,
+                    cas: self.next_cas(),
+                    by_seqno: 0,
+                    rev_seqno: 1,
+                    datatype: version,
+                    deleted: false,
+                };
+                v.put(key.clone(), item);
+                self.forward(vb, &v, key);
+            }
+        }
+        self.mark_dirty();
     }
 
     /// The same bucket resolving with-meta conflicts by `mode` (seqno unless told).
@@ -364,6 +519,7 @@ impl Bucket {
             cas: AtomicU64::new(max_cas.max(now() as u64 * 1_000_000)),
             dirty: AtomicBool::new(false),
             conflict_resolution: ConflictResolution::Seqno,
+            manifest: RwLock::new(Arc::new(Manifest::default())),
         }
     }
 
@@ -453,10 +609,18 @@ impl Bucket {
             }
         }
         let (datatype, value) = kept.unwrap_or((w.datatype, w.value));
+        let mut expiry = absolute_expiry(w.expiry);
+        if let Ok(Some(ttl)) = self.collection_ttl(collection_of(&w.key)) {
+            // The collection's maxTTL caps every new item's expiry, as Server 7 does.
+            let cap = t.saturating_add(ttl);
+            if expiry == 0 || expiry > cap {
+                expiry = cap;
+            }
+        }
         let item = Item {
             value,
             flags: w.flags,
-            expiry: absolute_expiry(w.expiry),
+            expiry,
             cas: self.next_cas(),
             by_seqno: 0,
             rev_seqno: rev,
@@ -649,7 +813,7 @@ impl Bucket {
                 Some(v) if allowed.contains(&v.state) => v
                     .items
                     .iter()
-                    .filter(|(_, i)| !i.deleted)
+                    .filter(|(k, i)| !i.deleted && !is_system_key(k))
                     .map(|(k, _)| k.clone())
                     .collect(),
                 _ => continue,
@@ -668,8 +832,8 @@ impl Bucket {
             .filter(|v| v.state == VbucketState::Active)
             .map(|v| {
                 v.items
-                    .values()
-                    .filter(|i| !i.deleted && !i.expired(t))
+                    .iter()
+                    .filter(|(k, i)| !i.deleted && !i.expired(t) && !is_system_key(k))
                     .count()
             })
             .sum()
@@ -682,8 +846,24 @@ impl Bucket {
             .filter_map(|vb| self.vb(vb))
             .map(|v| {
                 v.items
-                    .values()
-                    .filter(|i| !i.deleted && !i.expired(t))
+                    .iter()
+                    .filter(|(k, i)| !i.deleted && !i.expired(t) && !is_system_key(k))
+                    .count()
+            })
+            .sum()
+    }
+
+    /// Live items of collection `cid` in the active vbuckets.
+    pub fn collection_item_count(&self, cid: u32) -> usize {
+        let t = now();
+        let prefix = doc_key(cid, b"");
+        (0..self.num_vbuckets())
+            .filter_map(|vb| self.vb(vb))
+            .filter(|v| v.state == VbucketState::Active)
+            .map(|v| {
+                v.items
+                    .iter()
+                    .filter(|(k, i)| !i.deleted && !i.expired(t) && k.starts_with(&prefix))
                     .count()
             })
             .sum()

@@ -278,10 +278,14 @@ pub async fn produce<S: KvStream>(
                     let complete = match bucket.vb(vb) {
                         Some(v) => v.visit(after, high, |k, i| {
                             after = i.by_seqno;
+                            // TAP knows no collections: the default collection only.
+                            let Some(k) = store::default_key(k) else {
+                                return true;
+                            };
                             if i.expired(t) || (dump && i.deleted) {
                                 return true;
                             }
-                            ack = e.encode_item(vb, k, i);
+                            ack = e.encode_item(vb, &k, i);
                             ack.is_none() && e.buf.len() < FLUSH_AT
                         }),
                         None => true,
@@ -331,6 +335,9 @@ pub async fn produce<S: KvStream>(
                 };
                 for (k, i) in chunk {
                     last_sent[n] = i.by_seqno;
+                    let Some(k) = store::default_key(&k) else {
+                        continue;
+                    };
                     let m = e.item(vb, k, &i);
                     e.emit(m, false).await?;
                     any = true;

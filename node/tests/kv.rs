@@ -189,6 +189,7 @@ async fn hello_agrees_to_what_the_node_implements_in_the_order_asked_and_starts_
     assert_eq!(
         c.hello(&asked).await,
         vec![
+            Feature::Collections,
             Feature::Xerror,
             Feature::Snappy,
             Feature::Json,
@@ -625,7 +626,11 @@ async fn touch_and_get_and_touch_set_a_new_expiry() {
     let now = pump_node::store::now();
     let e = n
         .bucket
-        .get(vb, b"k", pump_node::store::CLIENT_STATES)
+        .get(
+            vb,
+            &pump_node::store::doc_key(0, b"k"),
+            pump_node::store::CLIENT_STATES,
+        )
         .unwrap()
         .expiry;
     assert!(e >= now + 99 && e <= now + 101);
@@ -643,7 +648,11 @@ async fn touch_and_get_and_touch_set_a_new_expiry() {
     );
     assert_eq!(
         n.bucket
-            .get(vb, b"k", pump_node::store::CLIENT_STATES)
+            .get(
+                vb,
+                &pump_node::store::doc_key(0, b"k"),
+                pump_node::store::CLIENT_STATES
+            )
             .unwrap()
             .expiry,
         0
@@ -705,7 +714,11 @@ async fn set_with_meta_keeps_cas_rev_flags_expiry_and_datatype_and_a_newer_revis
     let vb = vbucket_of(b"doc", 1024);
     let i = n
         .bucket
-        .get(vb, b"doc", pump_node::store::CLIENT_STATES)
+        .get(
+            vb,
+            &pump_node::store::doc_key(0, b"doc"),
+            pump_node::store::CLIENT_STATES,
+        )
         .unwrap();
     assert_eq!(
         (i.cas, i.rev_seqno, i.flags, i.expiry, i.datatype, &i.value),

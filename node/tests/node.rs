@@ -282,7 +282,7 @@ async fn tap_consumer_writes_into_a_replica_vbucket_and_acks() {
     );
     assert_eq!(n.bucket.state(vb), Some(VbucketState::Replica));
     let v = n.bucket.vb(vb).unwrap();
-    let item = &v.items[&b"tapkey"[..]];
+    let item = &v.items[&pump_node::store::doc_key(0, b"tapkey")];
     assert_eq!((&item.value[..], item.flags), (&b"tapvalue"[..], 42));
 }
 
@@ -336,7 +336,7 @@ async fn a_dcp_stream_sends_a_snapshot_every_item_and_ends_at_the_high_seqno() {
     })
     .await;
     for i in 0..100 {
-        let key = Bytes::from(format!("k{i}"));
+        let key = pump_node::store::doc_key(0, format!("k{i}").as_bytes());
         let w = pump_node::store::Write {
             key,
             value: Bytes::from_static(b"v"),
@@ -353,7 +353,7 @@ async fn a_dcp_stream_sends_a_snapshot_every_item_and_ends_at_the_high_seqno() {
     n.bucket
         .delete(
             1,
-            Bytes::from_static(b"k0"),
+            pump_node::store::doc_key(0, b"k0"),
             0,
             pump_node::store::CLIENT_STATES,
         )
@@ -424,7 +424,7 @@ async fn dcp_flow_control_never_has_more_than_the_window_unacked_and_noops_flow(
         let key = Bytes::from(format!("key{i}"));
         let vb = vbucket_of(&key, 8);
         let w = pump_node::store::Write {
-            key,
+            key: pump_node::store::doc_key(0, &key),
             value: Bytes::from(vec![b'x'; 100]),
             flags: 0,
             expiry: 0,
@@ -630,7 +630,7 @@ async fn dcp_streams_a_deleted_item_as_deletion_and_an_expired_one_as_expiration
     })
     .await;
     let write = |key: &'static str, expiry: u32| pump_node::store::Write {
-        key: Bytes::from_static(key.as_bytes()),
+        key: pump_node::store::doc_key(0, key.as_bytes()),
         value: Bytes::from_static(b"v"),
         flags: 5,
         expiry,
@@ -646,7 +646,7 @@ async fn dcp_streams_a_deleted_item_as_deletion_and_an_expired_one_as_expiration
         .write(0, write("old", 1_000_000_000), states)
         .unwrap();
     n.bucket
-        .delete(0, Bytes::from_static(b"gone"), 0, states)
+        .delete(0, pump_node::store::doc_key(0, b"gone"), 0, states)
         .unwrap();
     let high = n.bucket.vb(0).unwrap().high_seqno;
     let mut c = dcp_open(n.kv_addr, &[]).await;
@@ -719,8 +719,11 @@ async fn tap_consumer_takes_a_delete_into_a_pending_vbucket_and_acks() {
     );
     assert_eq!(n.bucket.state(vb), Some(VbucketState::Pending));
     let v = n.bucket.vb(vb).unwrap();
-    assert!(v.items[&b"gone"[..]].deleted, "the key was not deleted");
-    assert!(v.live(b"gone", 0).is_none());
+    assert!(
+        v.items[&pump_node::store::doc_key(0, b"gone")].deleted,
+        "the key was not deleted"
+    );
+    assert!(v.live(&pump_node::store::doc_key(0, b"gone"), 0).is_none());
 }
 
 #[tokio::test]

@@ -6,8 +6,9 @@
 //! STAT "vbucket-seqno [N]"  vb_N:high_seqno, vb_N:abs_high_seqno, vb_N:uuid
 //! SET_VBUCKET               extras (or value) u32 state
 //! GET_VBUCKET / DEL_VBUCKET
-//! TAP_MUTATION / TAP_DELETE / TAP_VBUCKET_SET ...  into replica or pending vbuckets; answers
-//!                           every message that carries the ACK flag, and every failure
+//! TAP_MUTATION / TAP_DELETE / TAP_VBUCKET_SET ...  into replica or pending vbuckets (the
+//!                           default collection: TAP has no other); answers every message that
+//!                           carries the ACK flag, and every failure
 //! ```
 
 use std::sync::atomic::Ordering;
@@ -183,7 +184,7 @@ impl<S: KvStream> Connection<S> {
                 Ok((datatype, v)) => bucket
                     .apply(
                         m.vbucket,
-                        m.key.clone(),
+                        store::doc_key(0, &m.key),
                         Item {
                             value: v,
                             flags: m.fixed_item_flags(),
@@ -201,7 +202,7 @@ impl<S: KvStream> Connection<S> {
             TapKind::Delete => bucket
                 .apply(
                     m.vbucket,
-                    m.key.clone(),
+                    store::doc_key(0, &m.key),
                     Item {
                         value: Bytes::new(),
                         flags: 0,

@@ -21,7 +21,7 @@ use pump_protocol::datatype::{self, JSON, SNAPPY, XATTR};
 use pump_protocol::meta::{mutation_token, options, ConflictResolution, WithMeta};
 use pump_protocol::{Opcode, Packet, Status};
 
-use super::{put_response_dt, Connection, Counters, KvStream, Next, MAX_KEY};
+use super::{put_response_dt, Connection, Counters, KvStream, Next};
 use crate::store::{
     Item, MetaMode, Mutation, Write, WriteMode, CLIENT_STATES, WITH_META_FORCED_STATES,
 };
@@ -42,8 +42,9 @@ impl<S: KvStream> Connection<S> {
         }
     }
 
-    fn key_ok(&self, p: &Packet) -> bool {
-        !p.key.is_empty() && p.key.len() <= MAX_KEY
+    /// The key as the bucket keeps it, or the answer to a bad one (see [`Connection::doc_key`]).
+    fn key_of(&mut self, p: &Packet) -> Result<Bytes, Next> {
+        self.doc_key(&p.key).map_err(|s| self.fail(p, s))
     }
 
     pub(super) fn get(&mut self, p: &Packet) -> Next {
@@ -54,16 +55,20 @@ impl<S: KvStream> Connection<S> {
         } else {
             p.extras.is_empty()
         };
-        if !extras_ok || !self.key_ok(p) || !p.value.is_empty() {
+        if !extras_ok || !p.value.is_empty() {
             return self.fail(p, Status::Einval);
         }
+        let key = match self.key_of(p) {
+            Ok(k) => k,
+            Err(n) => return n,
+        };
         let bucket = self.ctx.bucket.clone();
         let vb = p.vbucket();
         let found = if gat {
             let exp = u32::from_be_bytes([p.extras[0], p.extras[1], p.extras[2], p.extras[3]]);
-            bucket.touch(vb, &p.key, exp, CLIENT_STATES).map(|(i, _)| i)
+            bucket.touch(vb, &key, exp, CLIENT_STATES).map(|(i, _)| i)
         } else {
-            bucket.get(vb, &p.key, CLIENT_STATES)
+            bucket.get(vb, &key, CLIENT_STATES)
         };
         let with_key = matches!(op, Opcode::GetK | Opcode::GetKQ);
         match found {
@@ -100,15 +105,15 @@ impl<S: KvStream> Connection<S> {
     }
 
     pub(super) fn touch(&mut self, p: &Packet) -> Next {
-        if p.extras.len() != 4 || !self.key_ok(p) || !p.value.is_empty() {
+        if p.extras.len() != 4 || !p.value.is_empty() {
             return self.fail(p, Status::Einval);
         }
+        let key = match self.key_of(p) {
+            Ok(k) => k,
+            Err(n) => return n,
+        };
         let exp = u32::from_be_bytes([p.extras[0], p.extras[1], p.extras[2], p.extras[3]]);
-        match self
-            .ctx
-            .bucket
-            .touch(p.vbucket(), &p.key, exp, CLIENT_STATES)
-        {
+        match self.ctx.bucket.touch(p.vbucket(), &key, exp, CLIENT_STATES) {
             Ok((_, m)) => {
                 self.reply(p, Status::Success, m.cas, &[], &[], &[]);
                 Next::Continue
@@ -140,9 +145,13 @@ impl<S: KvStream> Connection<S> {
 
     pub(super) fn store(&mut self, p: &Packet) -> Next {
         let op = p.opcode;
-        if p.extras.len() != 8 || !self.key_ok(p) {
+        if p.extras.len() != 8 {
             return self.fail(p, Status::Einval);
         }
+        let key = match self.key_of(p) {
+            Ok(k) => k,
+            Err(n) => return n,
+        };
         let (datatype, v) = match self.accept(p, JSON | SNAPPY) {
             Ok(x) => x,
             Err(s) => return self.fail(p, s),
@@ -157,7 +166,7 @@ impl<S: KvStream> Connection<S> {
         }
         let e = &p.extras;
         let w = Write {
-            key: p.key.clone(),
+            key,
             value: v,
             flags: u32::from_be_bytes([e[0], e[1], e[2], e[3]]),
             expiry: u32::from_be_bytes([e[4], e[5], e[6], e[7]]),
@@ -170,13 +179,17 @@ impl<S: KvStream> Connection<S> {
     }
 
     pub(super) fn delete(&mut self, p: &Packet) -> Next {
-        if !p.extras.is_empty() || !p.value.is_empty() || !self.key_ok(p) {
+        if !p.extras.is_empty() || !p.value.is_empty() {
             return self.fail(p, Status::Einval);
         }
+        let key = match self.key_of(p) {
+            Ok(k) => k,
+            Err(n) => return n,
+        };
         let r = self
             .ctx
             .bucket
-            .delete(p.vbucket(), p.key.clone(), p.cas, CLIENT_STATES);
+            .delete(p.vbucket(), key, p.cas, CLIENT_STATES);
         // Couchbase answers the tombstone's cas; memcached (and memccapable) expect 0 from a
         // client that never said HELLO.
         let helloed = self.session.helloed;
@@ -188,9 +201,13 @@ impl<S: KvStream> Connection<S> {
 
     pub(super) fn arith(&mut self, p: &Packet) -> Next {
         let op = p.opcode;
-        if p.extras.len() != 20 || !self.key_ok(p) {
+        if p.extras.len() != 20 {
             return self.fail(p, Status::Einval);
         }
+        let key = match self.key_of(p) {
+            Ok(k) => k,
+            Err(n) => return n,
+        };
         let e = &p.extras[..];
         let mut b8 = [0u8; 8];
         b8.copy_from_slice(&e[..8]);
@@ -201,7 +218,7 @@ impl<S: KvStream> Connection<S> {
         let incr = matches!(op, Opcode::Increment | Opcode::IncrementQ);
         let bucket = self.ctx.bucket.clone();
         let vb = p.vbucket();
-        let (value, flags, mode) = match bucket.get(vb, &p.key, CLIENT_STATES) {
+        let (value, flags, mode) = match bucket.get(vb, &key, CLIENT_STATES) {
             Ok(i) => {
                 if p.cas != 0 && p.cas != i.cas {
                     return self.fail(p, Status::KeyEexists);
@@ -224,7 +241,7 @@ impl<S: KvStream> Connection<S> {
             Err(s) => return self.fail(p, s),
         };
         let w = Write {
-            key: p.key.clone(),
+            key,
             value: Bytes::from(value.to_string()),
             flags,
             expiry: if mode == WriteMode::Add { exp } else { 0 },
@@ -245,9 +262,13 @@ impl<S: KvStream> Connection<S> {
     }
 
     pub(super) fn concat(&mut self, p: &Packet) -> Next {
-        if !p.extras.is_empty() || !self.key_ok(p) {
+        if !p.extras.is_empty() {
             return self.fail(p, Status::Einval);
         }
+        let key = match self.key_of(p) {
+            Ok(k) => k,
+            Err(n) => return n,
+        };
         let (in_dt, add) = match self.accept(p, JSON | SNAPPY) {
             Ok(x) => x,
             Err(s) => return self.fail(p, s),
@@ -258,7 +279,7 @@ impl<S: KvStream> Connection<S> {
         };
         let bucket = self.ctx.bucket.clone();
         let vb = p.vbucket();
-        let i = match bucket.get(vb, &p.key, CLIENT_STATES) {
+        let i = match bucket.get(vb, &key, CLIENT_STATES) {
             Ok(i) => i,
             Err(Status::KeyEnoent) => return self.fail(p, Status::NotStored),
             Err(s) => return self.fail(p, s),
@@ -291,7 +312,7 @@ impl<S: KvStream> Connection<S> {
         // A full-body write keeps the xattrs itself: send only the body.
         let body_only = v.freeze().slice(section.len()..);
         let w = Write {
-            key: p.key.clone(),
+            key,
             value: body_only,
             flags: i.flags,
             expiry: i.expiry,
@@ -307,9 +328,13 @@ impl<S: KvStream> Connection<S> {
         let Ok(meta) = WithMeta::parse(&p.extras) else {
             return self.fail(p, Status::Einval);
         };
-        if !self.key_ok(p) || usize::from(meta.nmeta) > p.value.len() {
+        if usize::from(meta.nmeta) > p.value.len() {
             return self.fail(p, Status::Einval);
         }
+        let key = match self.key_of(p) {
+            Ok(k) => k,
+            Err(n) => return n,
+        };
         // A last-write-wins bucket takes with-meta writes only with FORCE_ACCEPT_WITH_META_OPS,
         // a revision seqno bucket never with it (kv_engine's rule).
         let lww = self.ctx.bucket.conflict_resolution() == ConflictResolution::Lww;
@@ -361,7 +386,7 @@ impl<S: KvStream> Connection<S> {
         };
         let r = self.ctx.bucket.write_with_meta(
             p.vbucket(),
-            p.key.clone(),
+            key,
             item,
             mode,
             p.cas,

@@ -5,8 +5,9 @@
 //!           buffer (in order), write it out when the read buffer holds no whole frame any more.
 //!           TAP_CONNECT hands the socket to tap::produce, DCP_OPEN (producer) to dcp::produce;
 //!           TAP_MUTATION / TAP_DELETE / TAP_VBUCKET_SET are the TAP consumer path.
-//! session.rs  HELLO, SASL, SELECT_BUCKET, GET_CLUSTER_CONFIG, GET_ERROR_MAP: what a
-//!             connection negotiated (Session)
+//! session.rs  HELLO, SASL, SELECT_BUCKET, GET_CLUSTER_CONFIG, GET_ERROR_MAP,
+//!             GET_COLLECTIONS_MANIFEST, GET_COLLECTION_ID, GET_SCOPE_ID: what a connection
+//!             negotiated (Session)
 //! items.rs    GET/SET/ADD/REPLACE/DELETE/TOUCH/GAT, INCR/DECR, APPEND/PREPEND, *_WITH_META
 //! admin.rs    STAT, SET/GET/DEL_VBUCKET, the TAP consumer
 //! ```
@@ -18,6 +19,10 @@
 //! bucket); without credentials it starts bound to the bucket. Reads and writes go to the
 //! vbucket named in the request header; a vbucket not active here answers NOT_MY_VBUCKET with
 //! the current cluster map as its value.
+//!
+//! Keys: on a connection that negotiated COLLECTIONS every key starts with its collection id
+//! in LEB128 (a malformed one is EINVAL, a collection the manifest lacks UNKNOWN_COLLECTION
+//! with `{"manifest_uid": "<hex>"}`); on any other the key is of the default collection.
 
 mod admin;
 mod items;
@@ -27,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use pump_protocol::header::{Header, Magic};
 use pump_protocol::tap::TapConnect;
 use pump_protocol::{Opcode, Packet, PacketCodec, Status};
@@ -341,12 +346,29 @@ impl<S: KvStream> Connection<S> {
         if !self.session.xerror() {
             match status {
                 Status::NoBucket | Status::Eaccess | Status::AuthStale => return Next::Close,
-                Status::XattrEinval | Status::UnknownCollection => {
+                Status::XattrEinval | Status::UnknownCollection | Status::UnknownScope => {
                     return self.fail(p, Status::Einval)
                 }
                 Status::Locked => return self.fail(p, Status::KeyEexists),
                 _ => {}
             }
+        }
+        if matches!(status, Status::UnknownCollection | Status::UnknownScope) {
+            let uid = self.ctx.bucket.manifest().uid;
+            let v = pump_protocol::collections::unknown_collection_value(uid);
+            let dt = self.session.json_bit();
+            put_response_dt(
+                &mut self.wbuf,
+                p.opcode.value(),
+                p.opaque,
+                status,
+                0,
+                dt,
+                &[],
+                &[],
+                &v,
+            );
+            return Next::Continue;
         }
         if status == Status::NotMyVbucket {
             if let Some(c) = self.ctx.config.bucket() {
@@ -367,6 +389,31 @@ impl<S: KvStream> Connection<S> {
         }
         self.reply(p, status, 0, &[], &[], status_text(status));
         Next::Continue
+    }
+
+    /// The key a request names as the bucket keeps it: with COLLECTIONS the key as sent (its
+    /// LEB128 collection id checked), otherwise the default collection's id in front. EINVAL
+    /// for a malformed id or a document key that is empty or longer than 250 bytes,
+    /// UNKNOWN_COLLECTION for a collection the manifest does not hold.
+    pub(crate) fn doc_key(&self, key: &Bytes) -> Result<Bytes, Status> {
+        let (cid, doc) = if self.session.collections() {
+            let (cid, doc) = pump_protocol::collections::split_key(key).map_err(|e| {
+                tracing::debug!("{e}");
+                Status::Einval
+            })?;
+            (cid, doc)
+        } else {
+            (0, key.clone())
+        };
+        if doc.is_empty() || doc.len() > MAX_KEY {
+            return Err(Status::Einval);
+        }
+        self.ctx.bucket.collection_ttl(cid)?;
+        Ok(if self.session.collections() {
+            key.clone()
+        } else {
+            crate::store::doc_key(0, &doc)
+        })
     }
 
     fn dispatch(&mut self, p: Packet) -> Next {
@@ -435,6 +482,8 @@ impl<S: KvStream> Connection<S> {
             Opcode::SelectBucket => self.select_bucket(&p),
             Opcode::GetClusterConfig => self.get_cluster_config(&p),
             Opcode::GetErrorMap => self.get_error_map(&p),
+            Opcode::GetCollectionsManifest => self.get_collections_manifest(&p),
+            Opcode::GetCollectionId | Opcode::GetScopeId => self.get_collection_id(&p),
             Opcode::SetVbucket => self.set_vbucket(&p),
             Opcode::GetVbucket => self.get_vbucket(&p),
             Opcode::DelVbucket => self.del_vbucket(&p),

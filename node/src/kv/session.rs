@@ -10,6 +10,10 @@
 //!                     selected, the global config otherwise (the node's user holds every
 //!                     privilege); an empty value when the client's version is current
 //! GET_ERROR_MAP       value: u16 version (>= 1) -> the error map JSON
+//! GET_COLLECTIONS_MANIFEST                 -> the bucket's manifest (JSON)
+//! GET_COLLECTION_ID   value "scope.collection" -> extras u64 manifest uid | u32 collection id;
+//!                     UNKNOWN_SCOPE / UNKNOWN_COLLECTION with {"manifest_uid"}
+//! GET_SCOPE_ID        value "scope[.collection]" -> extras u64 manifest uid | u32 scope id
 //! ```
 
 use pump_protocol::datatype::{JSON, SNAPPY, XATTR};
@@ -20,7 +24,7 @@ use pump_protocol::{Opcode, Packet, Status};
 use super::{put_response_dt, Connection, Counters, KvContext, KvStream, Next, MAX_KEY};
 use crate::auth::{self, Answer, Exchange};
 
-/// The features the node agrees to (COLLECTIONS comes with the collections work).
+/// The features the node agrees to.
 pub const SUPPORTED: &[Feature] = &[
     Feature::TcpNoDelay,
     Feature::MutationSeqno,
@@ -29,6 +33,7 @@ pub const SUPPORTED: &[Feature] = &[
     Feature::SelectBucket,
     Feature::Snappy,
     Feature::Json,
+    Feature::Collections,
 ];
 
 /// What a connection negotiated.
@@ -84,6 +89,11 @@ impl Session {
     /// MUTATION_SEQNO negotiated.
     pub fn tokens(&self) -> bool {
         self.features.contains(Feature::MutationSeqno)
+    }
+
+    /// COLLECTIONS negotiated: keys carry their collection id.
+    pub fn collections(&self) -> bool {
+        self.features.contains(Feature::Collections)
     }
 }
 
@@ -287,6 +297,69 @@ impl<S: KvStream> Connection<S> {
             &[],
             map.as_bytes(),
         );
+        Next::Continue
+    }
+}
+
+impl<S: KvStream> Connection<S> {
+    pub(super) fn get_collections_manifest(&mut self, p: &Packet) -> Next {
+        if !p.extras.is_empty() || !p.key.is_empty() || !p.value.is_empty() {
+            return self.fail(p, Status::Einval);
+        }
+        let m = self.ctx.bucket.manifest().to_json().to_string();
+        let dt = self.session.json_bit();
+        put_response_dt(
+            &mut self.wbuf,
+            p.opcode.value(),
+            p.opaque,
+            Status::Success,
+            0,
+            dt,
+            &[],
+            &[],
+            m.as_bytes(),
+        );
+        Next::Continue
+    }
+
+    /// GET_COLLECTION_ID and GET_SCOPE_ID: the path in the value (or, as older clients sent
+    /// it, in the key).
+    pub(super) fn get_collection_id(&mut self, p: &Packet) -> Next {
+        if !p.extras.is_empty() || (!p.key.is_empty() && !p.value.is_empty()) {
+            return self.fail(p, Status::Einval);
+        }
+        let raw = if p.value.is_empty() { &p.key } else { &p.value };
+        let scope_only = p.opcode == Opcode::GetScopeId;
+        let text = if scope_only && !raw.contains(&b'.') {
+            let mut t = raw.to_vec();
+            t.push(b'.');
+            t
+        } else {
+            raw.to_vec()
+        };
+        let path = match pump_protocol::collections::parse_path(&text) {
+            Ok(path) => path,
+            Err(e) => {
+                tracing::debug!("{:?}: {e}", p.opcode);
+                return self.fail(p, Status::Einval);
+            }
+        };
+        let m = self.ctx.bucket.manifest();
+        let Some(scope) = m.scope(&path.scope) else {
+            return self.fail(p, Status::UnknownScope);
+        };
+        let id = if scope_only {
+            scope.uid
+        } else {
+            match m.id_of(&path.scope, &path.collection) {
+                Some(id) => id,
+                None => return self.fail(p, Status::UnknownCollection),
+            }
+        };
+        let mut extras = [0u8; 12];
+        extras[..8].copy_from_slice(&m.uid.to_be_bytes());
+        extras[8..].copy_from_slice(&id.to_be_bytes());
+        self.reply(p, Status::Success, 0, &extras, &[], &[]);
         Next::Continue
     }
 }
