@@ -30,6 +30,21 @@ pub const CREATE_TABLE: &str = "CREATE TABLE cbb_msg (cmd integer, vbucket_id in
 /// The insert a writer prepares once, columns in table order.
 pub const INSERT: &str = "INSERT INTO cbb_msg (cmd, vbucket_id, key, flg, exp, cas, meta, val, seqno, dtype, meta_size, conf_res) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 
+/// The rows of collections other than the default one (the pump's addition): cbb_msg's
+/// columns, then the collection id. Created in a data file only when such a row comes, so a
+/// backup of the default collection alone is exactly what cbbackup writes; cbtransfer and
+/// cbrestore read `cbb_msg` only, and so restore the default collection of any backup.
+pub const COLLECTION_TABLE: &str = "cbb_collection_msg";
+
+/// [`COLLECTION_TABLE`]'s schema.
+pub const CREATE_COLLECTION_TABLE: &str = "CREATE TABLE cbb_collection_msg (cmd integer, vbucket_id integer, key blob, flg integer, exp integer, cas text, meta blob, val blob, seqno integer, dtype integer, meta_size integer, conf_res integer, collection_id integer)";
+
+/// The insert of a row of [`COLLECTION_TABLE`].
+pub const INSERT_COLLECTION: &str = "INSERT INTO cbb_collection_msg (cmd, vbucket_id, key, flg, exp, cas, meta, val, seqno, dtype, meta_size, conf_res, collection_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+/// The rows of [`COLLECTION_TABLE`]: [`COLUMNS`] in order, then the collection id (column 12).
+pub const SELECT_COLLECTION: &str = "SELECT cmd, vbucket_id, key, flg, exp, cas, meta, val, seqno, dtype, meta_size, conf_res, collection_id FROM cbb_collection_msg";
+
 /// The table's columns in table order (a file of an older version has the first
 /// [`Version::columns`] of them).
 pub const COLUMNS: [&str; 12] = [
@@ -260,6 +275,13 @@ pub const META_JSON: &str = "meta.json";
 pub const SEQNO_JSON: &str = "seqno.json";
 pub const FAILOVER_JSON: &str = "failover.json";
 pub const SNAPSHOT_MARKERS_JSON: &str = "snapshot_markers.json";
+/// In the node directory of a run whose source had collections (the pump's addition): the
+/// bucket's manifest at the end of the run, every collection id the run saw with its path, and
+/// the changes the streams carried:
+/// `{"manifest": {..the manifest's JSON..}, "ids": {"9": ["s1", "c1"], ..}, "dropped": [10],
+///   "changes": [{"vbucket": 0, "seqno": 8, "event": "collection dropped",
+///                "manifest_uid": "4", "scope": "8", "collection": "a", "name": null}, ..]}`
+pub const COLLECTIONS_JSON: &str = "collections.json";
 /// In the bucket directory, optional.
 pub const DESIGN_JSON: &str = "design.json";
 

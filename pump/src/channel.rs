@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, Delivery, OpMix};
+use crate::collections::CollectionSelect;
 use crate::error::Error;
 use crate::message::Message;
 use crate::rate::RateLimiter;
@@ -33,6 +34,8 @@ pub struct Filter {
     pub ttl: Option<TtlRewrite>,
     /// Recompute each message's vbucket from its key for this many vbuckets (`-x rehash=1`).
     pub rehash: Option<u16>,
+    /// Only the collections `--include-data` / `--exclude-data` keep.
+    pub collections: Option<CollectionSelect>,
 }
 
 /// Which expiries `--replace-ttl` replaces, and with what (an absolute unix time, 0 for none).
@@ -70,6 +73,7 @@ impl Filter {
             && !self.exclude_deletions
             && self.ttl.is_none()
             && self.rehash.is_none()
+            && self.collections.is_none()
     }
 
     /// True when the filter may leave messages out (not only rewrite them).
@@ -78,6 +82,7 @@ impl Filter {
             || self.key.is_some()
             || self.value.is_some()
             || self.exclude_deletions
+            || self.collections.is_some()
     }
 
     /// Keeps the messages that pass, rewriting them if asked. Control messages
@@ -96,7 +101,11 @@ impl Filter {
             let keep = self.vbuckets.as_ref().is_none_or(|v| v.contains(m.vbucket))
                 && self.key.as_ref().is_none_or(|re| re.is_match(&m.key))
                 && (m.is_removal() || self.value.as_ref().is_none_or(|re| re.is_match(&m.value)))
-                && !(self.exclude_deletions && m.is_removal());
+                && !(self.exclude_deletions && m.is_removal())
+                && self
+                    .collections
+                    .as_ref()
+                    .is_none_or(|c| c.keeps(m.collection));
             if keep && !m.is_removal() {
                 if let Some(ttl) = &self.ttl {
                     m.expiry = ttl.apply(m.expiry);
@@ -128,7 +137,14 @@ pub fn bounded(
         cancel,
         rate: None,
     };
-    (sender, BatchReceiver { rx, end })
+    (
+        sender,
+        BatchReceiver {
+            rx,
+            end,
+            held: Arc::default(),
+        },
+    )
 }
 
 /// The source's end. Cheap to clone: every source worker holds one.
@@ -223,6 +239,8 @@ impl BatchSender {
 pub struct BatchReceiver {
     rx: async_channel::Receiver<Batch>,
     end: Arc<AtomicU8>,
+    /// The first batch, taken by [`BatchReceiver::wait_first`] and handed out first.
+    held: Arc<std::sync::Mutex<Option<Batch>>>,
 }
 
 /// How the source ended, as the sink sees it once the channel is drained.
@@ -242,7 +260,24 @@ pub enum SourceEnd {
 impl BatchReceiver {
     /// The next batch, or `None` once every source worker has finished and the queue is empty.
     pub async fn recv(&self) -> Option<Batch> {
+        if let Some(b) = self.held.lock().ok().and_then(|mut h| h.take()) {
+            return Some(b);
+        }
         self.rx.recv().await.ok()
+    }
+
+    /// Waits until the first batch is there (or the source ended without one), and keeps it
+    /// for the next [`BatchReceiver::recv`]: what the source publishes before its first batch
+    /// (its collections) is then known.
+    pub async fn wait_first(&self) {
+        if self.held.lock().map(|h| h.is_some()).unwrap_or(false) {
+            return;
+        }
+        if let Ok(b) = self.rx.recv().await {
+            if let Ok(mut h) = self.held.lock() {
+                *h = Some(b);
+            }
+        }
     }
 
     /// How the source ended; meaningful once [`BatchReceiver::recv`] returned `None`.

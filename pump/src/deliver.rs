@@ -127,6 +127,12 @@ pub trait Protocol: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Learns what it needs of the run once the source's first batch is there and before the
+    /// first connection (the source's collections); a dry run never calls it.
+    async fn prepare(&self, _ctx: &Context) -> Result<(), String> {
+        Ok(())
+    }
+
     /// The endpoints (`host:port`) messages are routed to, by index.
     fn endpoints(&self) -> Vec<String>;
 
@@ -242,7 +248,12 @@ impl<P: Protocol> Sink for PipelinedSink<P> {
         Ok(())
     }
 
-    async fn run(self: Box<Self>, input: BatchReceiver, _ctx: Context) -> Result<(), Error> {
+    async fn run(self: Box<Self>, input: BatchReceiver, ctx: Context) -> Result<(), Error> {
+        input.wait_first().await;
+        self.protocol
+            .prepare(&ctx)
+            .await
+            .map_err(|e| Error::sink(self.protocol.spec(), e))?;
         let mut d = Driver::new(self.protocol, self.config);
         let r = d.run(&input).await;
         d.shutdown();

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! message.rs     Message (one change) and Op
+//! collections.rs RunCollections: the source's manifest once per run, its changes, ids -> names
 //! batch.rs       Batch, BatchLimits, BatchBuilder; Ack / Acked / Delivery: end-to-end acks
 //! channel.rs     the bounded source -> sink channel (bounded in batches and in bytes), Filter
 //! checkpoint.rs  per-vbucket checkpoints that advance over contiguous confirmed seqnos only
@@ -66,6 +67,7 @@
 pub mod batch;
 pub mod channel;
 pub mod checkpoint;
+pub mod collections;
 pub mod deliver;
 pub mod error;
 pub mod message;
@@ -83,6 +85,7 @@ pub use batch::{
 };
 pub use channel::{BatchReceiver, BatchSender, Filter, SourceEnd, TtlRewrite};
 pub use checkpoint::Checkpoint;
+pub use collections::{CollectionChange, CollectionSelect, DataPath, DataRules, RunCollections};
 pub use error::Error;
 pub use message::{Message, Op};
 pub use options::{parse_size, Credentials, Extra, Options};

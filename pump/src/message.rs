@@ -65,6 +65,9 @@ pub struct Message {
     /// Extended metadata (DCP nmeta bytes, the backup format's `meta`).
     pub meta: Bytes,
     pub conflict_res: u8,
+    /// The collection id (0: the default collection); its name is in the run's
+    /// [`crate::RunCollections`].
+    pub collection: u32,
 }
 
 impl Message {

@@ -1,6 +1,8 @@
 //! Options common to every source and sink, as cbtransfer spells them.
 
 use std::collections::BTreeMap;
+
+use crate::collections::DataRules;
 use std::time::Duration;
 
 use regex::bytes::Regex;
@@ -47,6 +49,8 @@ pub struct Options {
     pub verbose: u8,
     /// `-x`.
     pub extra: Extra,
+    /// `--include-data`, `--exclude-data`, `--map-data`: which collections move, and where.
+    pub data: DataRules,
 }
 
 impl Default for Options {
@@ -62,6 +66,7 @@ impl Default for Options {
             dry_run: false,
             verbose: 0,
             extra: Extra::default(),
+            data: DataRules::default(),
         }
     }
 }

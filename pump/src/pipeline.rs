@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Ack, Delivery};
 use crate::channel::{self, BatchReceiver, BatchSender, Filter, SourceEnd};
+use crate::collections::{CollectionSelect, RunCollections};
 use crate::error::Error;
 use crate::message::Message;
 use crate::options::Options;
@@ -43,6 +44,8 @@ pub struct Context {
     /// The channel's filter, when it is more than the options say (`--filter-values`,
     /// `--exclude-deletions`, `--replace-ttl`); `options.filter()` otherwise.
     pub filter: Option<Filter>,
+    /// The source's collections: its manifest, published once, and its changes.
+    pub collections: Arc<RunCollections>,
 }
 
 impl Context {
@@ -55,6 +58,7 @@ impl Context {
             progress: ProgressMode::Off,
             rate: None,
             filter: None,
+            collections: Arc::new(RunCollections::default()),
         }
     }
 
@@ -183,10 +187,19 @@ pub async fn run(
         ctx.stats.mark_dry_run();
     }
     let (batches, bytes) = channel_bounds(&ctx.options);
+    let mut filter = ctx.filter.clone().unwrap_or_else(|| ctx.options.filter());
+    let data = &ctx.options.data;
+    if !data.include.is_empty() || !data.exclude.is_empty() {
+        filter.collections = Some(CollectionSelect {
+            run: ctx.collections.clone(),
+            rules: Arc::new(data.clone()),
+            bucket: ctx.options.source_bucket.clone(),
+        });
+    }
     let (tx, rx) = channel::bounded(
         batches,
         bytes,
-        ctx.filter.clone().unwrap_or_else(|| ctx.options.filter()),
+        filter,
         ctx.stats.clone(),
         ctx.cancel.clone(),
     );

@@ -42,6 +42,16 @@ pub struct TransferArgs {
     /// Only mutations whose value matches this regular expression (removals pass).
     #[arg(long = "filter-values")]
     pub filter_values: Option<String>,
+    /// Only these collections: bucket[.scope[.collection]],... (cbbackupmgr's form)
+    #[arg(long = "include-data")]
+    pub include_data: Option<String>,
+    /// All collections but these: bucket[.scope[.collection]],...
+    #[arg(long = "exclude-data")]
+    pub exclude_data: Option<String>,
+    /// Where collections land: SRC=DST,... (bucket=bucket, bucket.scope=bucket.scope,
+    /// bucket.scope.collection=bucket.scope.collection); the most specific mapping wins
+    #[arg(long = "map-data")]
+    pub map_data: Option<String>,
     /// Leave deletions and expirations out.
     #[arg(long = "exclude-deletions")]
     pub exclude_deletions: bool,
@@ -237,6 +247,12 @@ pub async fn run(args: TransferArgs) -> Result<(), Failure> {
         dry_run: args.dry_run,
         verbose: args.verbose,
         extra,
+        data: pump::DataRules::parse(
+            args.include_data.as_deref(),
+            args.exclude_data.as_deref(),
+            args.map_data.as_deref(),
+        )
+        .map_err(Failure::Usage)?,
     };
     let mut filter = options.filter();
     filter.value = value;

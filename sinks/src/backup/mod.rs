@@ -155,8 +155,9 @@ impl Sink for BackupSink {
         }
     }
 
-    async fn run(self: Box<Self>, input: BatchReceiver, _ctx: Context) -> Result<(), Error> {
+    async fn run(self: Box<Self>, input: BatchReceiver, ctx: Context) -> Result<(), Error> {
         let spec = self.config.spec.clone();
+        let collections = ctx.collections.clone();
         let (tx, rx) = mpsc::channel::<Job>(4);
         let (config, plan) = (self.config, self.plan);
         let thread = tokio::task::spawn_blocking(move || {
@@ -172,7 +173,7 @@ impl Sink for BackupSink {
                     now: chrono::Utc::now(),
                 })?,
             };
-            Writer::run(config, plan, rx)
+            Writer::run(config, plan, collections, rx)
         });
         let mut sent_all = true;
         while let Some(batch) = input.recv().await {

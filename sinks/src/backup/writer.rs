@@ -16,7 +16,9 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use pump::{Ack, Delivery, Message, Op, SourceEnd};
+use std::sync::Arc;
+
+use pump::{Ack, Delivery, Message, Op, RunCollections, SourceEnd};
 use pump_formats::bfd;
 use pump_formats::run::{self, FileCount, Positions, Rollback, VbSummary};
 use rusqlite::Connection;
@@ -56,6 +58,11 @@ pub struct Writer {
     /// Mutations, deletions, expirations and bytes (key + value) written.
     counts: (u64, u64, u64, u64),
     cas_text: String,
+    /// The source's collections: rows of another collection than the default go into
+    /// `cbb_collection_msg`, and the run's manifest into `collections.json`.
+    collections: Arc<RunCollections>,
+    /// The current data file has `cbb_collection_msg`.
+    collection_table: bool,
 }
 
 impl Writer {
@@ -63,6 +70,7 @@ impl Writer {
     pub fn run(
         config: BackupConfig,
         plan: RunPlan,
+        collections: Arc<RunCollections>,
         mut rx: mpsc::Receiver<Job>,
     ) -> Result<(), String> {
         let mut w = Writer {
@@ -77,6 +85,8 @@ impl Writer {
             vbuckets: vec![VbSummary::default(); 1024],
             counts: (0, 0, 0, 0),
             cas_text: String::with_capacity(24),
+            collections,
+            collection_table: false,
         };
         loop {
             let job = match rx.try_recv() {
@@ -143,6 +153,7 @@ impl Writer {
         self.files.push((partial, done, 0));
         self.db = Some(db);
         self.file_bytes = 0;
+        self.collection_table = false;
         Ok(())
     }
 
@@ -163,7 +174,16 @@ impl Writer {
             db.execute_batch("BEGIN").map_err(err)?;
             self.in_tx = true;
         }
-        let mut insert = db.prepare_cached(bfd::INSERT).map_err(err)?;
+        if !self.collection_table && messages.iter().any(|m| m.collection != 0) {
+            db.execute_batch(bfd::CREATE_COLLECTION_TABLE)
+                .map_err(err)?;
+            self.collection_table = true;
+        }
+        let mut default_insert = db.prepare_cached(bfd::INSERT).map_err(err)?;
+        let mut collection_insert = match self.collection_table {
+            true => Some(db.prepare_cached(bfd::INSERT_COLLECTION).map_err(err)?),
+            false => None,
+        };
         if let Some(f) = self.files.last_mut() {
             f.2 += messages.len() as u64;
         }
@@ -184,7 +204,15 @@ impl Writer {
                     m.vbucket
                 )
             };
-            // Bound one by one (no parameter slice per row), in cbb_msg's column order.
+            // Bound one by one (no parameter slice per row), in cbb_msg's column order; a row
+            // of another collection goes into cbb_collection_msg, its id last.
+            let insert = match (&mut collection_insert, m.collection) {
+                (Some(c), id) if id != 0 => {
+                    c.raw_bind_parameter(13, id).map_err(fail)?;
+                    c
+                }
+                _ => &mut default_insert,
+            };
             insert.raw_bind_parameter(1, cmd).map_err(fail)?;
             insert.raw_bind_parameter(2, m.vbucket).map_err(fail)?;
             insert.raw_bind_parameter(3, &m.key[..]).map_err(fail)?;
@@ -379,10 +407,51 @@ impl Writer {
         for (name, text) in json {
             write_atomically(&node_dir.join(name), text.as_bytes())?;
         }
+        if self.collections.has_collections() {
+            let text = collections_json(&self.collections).to_string();
+            write_atomically(&node_dir.join(bfd::COLLECTIONS_JSON), text.as_bytes())?;
+        }
         sync_file(&node_dir)?;
         // Last: from here on the run is complete.
         run::write_json_synced(&node_dir.join(run::COMPLETE_JSON), &completion)
     }
+}
+
+/// `collections.json` (see `pump_formats::bfd::COLLECTIONS_JSON`).
+pub fn collections_json(c: &RunCollections) -> serde_json::Value {
+    let manifest = c.manifest().unwrap_or_default();
+    let mut ids = serde_json::Map::new();
+    for id in c.ids() {
+        if let Some(p) = c.path(id) {
+            ids.insert(id.to_string(), serde_json::json!([p.scope, p.collection]));
+        }
+    }
+    let changes: Vec<serde_json::Value> = c
+        .changes()
+        .iter()
+        .map(|ch| {
+            serde_json::json!({
+                "vbucket": ch.vbucket,
+                "seqno": ch.seqno,
+                "event": ch.event.kind.describe(),
+                "manifest_uid": format!("{:x}", ch.event.manifest_uid),
+                "scope": format!("{:x}", ch.event.scope),
+                "collection": ch.event.collection.map(|c| format!("{c:x}")),
+                "name": ch.event.name,
+            })
+        })
+        .collect();
+    let dropped: Vec<u32> = c
+        .ids()
+        .into_iter()
+        .filter(|id| manifest.collection(*id).is_none())
+        .collect();
+    serde_json::json!({
+        "manifest": manifest.to_json(),
+        "ids": ids,
+        "dropped": dropped,
+        "changes": changes,
+    })
 }
 
 fn sync_file(path: &Path) -> Result<(), String> {

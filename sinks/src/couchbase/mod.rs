@@ -33,7 +33,13 @@
 //! xattrs go with a with-meta write where the node agreed to XATTR, and are left out of a
 //! plain SET (the document body is written). A lww bucket (its conflictResolutionType) gets
 //! FORCE_ACCEPT_WITH_META_OPS, as it requires.
+//!
+//! Collections (see [`collections`]): when the source has collections other than the default
+//! one, or `--map-data` is given, the destination's scopes and collections are created by name
+//! once the first batch is there and before the first write, connections negotiate
+//! COLLECTIONS, and each key goes out with the destination's id of its collection.
 
+pub mod collections;
 mod router;
 #[cfg(test)]
 mod tests;
@@ -43,6 +49,7 @@ use pump::deliver::{DeliverConfig, PipelinedSink};
 use pump::{Error, Options, Sink, SinkKind, Spec};
 
 use crate::net;
+pub use collections::CollectionMap;
 pub use router::{Router, RouterConfig};
 
 /// `-x` keys of the couchbase sink.

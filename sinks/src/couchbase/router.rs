@@ -16,6 +16,7 @@ use pump_client::{Auth, Connection, Handshake, VbucketMap};
 use pump_protocol::packet::encode_request;
 use pump_protocol::{vbucket_of, Feature, Magic, Opcode, Packet, Status};
 
+use super::collections::{CollectionMap, Rest};
 use super::write::Plan;
 use crate::net;
 use crate::values::Takes;
@@ -54,6 +55,10 @@ pub struct Router {
     takes: RwLock<Option<Takes>>,
     /// A NOT_MY_VBUCKET answer brought a newer map since the last refresh.
     fresh: AtomicBool,
+    /// Source collection -> destination collection, when the run writes through collections
+    /// (then every connection negotiates COLLECTIONS and each key carries its id); set by
+    /// `prepare`, before any connection.
+    collections: RwLock<Option<Arc<CollectionMap>>>,
 }
 
 /// An answer, and the node (`host:port`) it came from: its `$HOST`.
@@ -88,7 +93,12 @@ impl Router {
             map: RwLock::new(None),
             takes: RwLock::new(None),
             fresh: AtomicBool::new(false),
+            collections: RwLock::new(None),
         }
+    }
+
+    fn collections(&self) -> Option<Arc<CollectionMap>> {
+        self.collections.read().ok().and_then(|c| c.clone())
     }
 
     fn map(&self) -> Option<Arc<VbucketMap>> {
@@ -173,6 +183,34 @@ impl Protocol for Router {
         self.fetch().await
     }
 
+    /// With collections (see the module docs of `collections`): the destination's scopes and
+    /// collections created, and the ids mapped, before the first connection.
+    async fn prepare(&self, ctx: &pump::pipeline::Context) -> Result<(), String> {
+        if !CollectionMap::needed(&ctx.collections, &ctx.options.data) {
+            return Ok(());
+        }
+        let c = &self.config;
+        let rest = Rest {
+            spec: c.spec.clone(),
+            base: c.rest.clone(),
+            bucket: c.bucket.clone(),
+            auth: c.auth.clone(),
+            tls: c.handshake.tls.clone(),
+            timeout: c.timeout,
+        };
+        let map = CollectionMap::prepare(
+            &rest,
+            &ctx.collections,
+            &ctx.options.data,
+            &ctx.options.source_bucket,
+        )
+        .await?;
+        if let Ok(mut m) = self.collections.write() {
+            *m = Some(Arc::new(map));
+        }
+        Ok(())
+    }
+
     fn endpoints(&self) -> Vec<String> {
         self.map().map(|m| m.servers.clone()).unwrap_or_default()
     }
@@ -192,6 +230,14 @@ impl Protocol for Router {
     }
 
     fn refuse(&self, m: &Message) -> Option<String> {
+        if let Some(c) = self.collections() {
+            if c.target(m.collection).is_none() {
+                return Some(format!(
+                    "its collection (id {:#x}) is not mapped to the destination (created at the source during the run? rerun to copy it)",
+                    m.collection
+                ));
+            }
+        }
         let n = self.map()?.num_vbuckets();
         let vb = self.vbucket(m, n);
         (usize::from(vb) >= n).then(|| {
@@ -200,9 +246,15 @@ impl Protocol for Router {
     }
 
     async fn connect(&self, endpoint: &str) -> Result<Link<Answer>, LinkError> {
-        let conn = Connection::negotiate(endpoint, &self.config.handshake)
-            .await
-            .map_err(net::link_error)?;
+        let conn = match self.collections() {
+            Some(_) => {
+                let mut h = self.config.handshake.clone();
+                h.features.push(Feature::Collections);
+                Connection::negotiate(endpoint, &h).await
+            }
+            None => Connection::negotiate(endpoint, &self.config.handshake).await,
+        }
+        .map_err(net::link_error)?;
         // Values go out in the form every node agreed to (all nodes of a cluster agree alike).
         let f = conn.features();
         let agreed = Takes {
@@ -250,10 +302,14 @@ impl Protocol for Router {
             .ok()
             .and_then(|t| *t)
             .unwrap_or(Takes::BODY);
+        let collections = self.collections();
         let mut id = first_id;
         for m in msgs {
             let vb = self.vbucket(m, n);
             let w = plan.write_of(m, takes);
+            // With collections, the key carries the destination's collection id (`refuse`
+            // kept out every message whose collection is not mapped).
+            let prefixed = collections.as_ref().and_then(|c| c.key(m));
             encode_request(
                 buf,
                 w.opcode,
@@ -262,7 +318,7 @@ impl Protocol for Router {
                 0,
                 w.datatype,
                 w.extras(),
-                &m.key,
+                prefixed.as_deref().unwrap_or(&m.key),
                 &w.value,
             );
             id = id.wrapping_add(1);

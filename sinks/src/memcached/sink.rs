@@ -45,6 +45,7 @@ pub fn sink(config: MemcachedConfig) -> MemcachedSink {
     PipelinedSink::new(
         MemcachedWire {
             config: Arc::new(config),
+            collections: std::sync::OnceLock::new(),
         },
         deliver,
     )
@@ -53,6 +54,8 @@ pub fn sink(config: MemcachedConfig) -> MemcachedSink {
 /// What the memcached sink supplies to the writer.
 pub struct MemcachedWire {
     config: Arc<MemcachedConfig>,
+    /// The source collections it takes (see `prepare`); unset: the default collection.
+    collections: std::sync::OnceLock<std::collections::HashSet<u32>>,
 }
 
 #[async_trait]
@@ -77,7 +80,30 @@ impl Protocol for MemcachedWire {
         }
     }
 
+    /// memcached holds the default collection only: any other the source has is refused by
+    /// name before anything is written, unless left out or mapped to the default one.
+    async fn prepare(&self, ctx: &pump::pipeline::Context) -> Result<(), String> {
+        let allowed = pump::collections::default_only(
+            &ctx.collections,
+            &ctx.options.data,
+            &ctx.options.source_bucket,
+            "memcached",
+        )?;
+        let _ = self.collections.set(allowed);
+        Ok(())
+    }
+
     fn refuse(&self, m: &Message) -> Option<String> {
+        if !self
+            .collections
+            .get()
+            .map_or(m.collection == 0, |a| a.contains(&m.collection))
+        {
+            return Some(format!(
+                "collection id {:#x} is not the default collection, the only one memcached holds",
+                m.collection
+            ));
+        }
         (m.key.is_empty() || m.key.len() > MAX_KEY_LEN).then(|| {
             format!(
                 "a memcached key has 1 to {MAX_KEY_LEN} bytes; this one has {}",
@@ -171,6 +197,7 @@ mod tests {
         let c = MemcachedConfig::from_spec(&Spec::parse("memcached://h:1").unwrap(), &o).unwrap();
         MemcachedWire {
             config: Arc::new(c),
+            collections: std::sync::OnceLock::new(),
         }
     }
 

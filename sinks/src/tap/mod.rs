@@ -91,6 +91,7 @@ impl SinkKind for TapSinkKind {
             )?,
             takes: Mutex::new(Takes::BODY),
             ack_every: every as usize,
+            collections: std::sync::OnceLock::new(),
         };
         let deliver = DeliverConfig {
             connections: 1,
@@ -115,6 +116,8 @@ pub struct TapWire {
     /// The datatype bits the node agreed to on the last connection.
     takes: Mutex<Takes>,
     ack_every: usize,
+    /// The source collections it takes (see `prepare`); unset: the default collection.
+    collections: std::sync::OnceLock<std::collections::HashSet<u32>>,
 }
 
 #[async_trait]
@@ -124,6 +127,32 @@ impl Protocol for TapWire {
 
     fn spec(&self) -> &str {
         &self.spec
+    }
+
+    /// TAP knows no collections: any other than the default one the source has is refused by
+    /// name before anything is written, unless left out or mapped to the default one.
+    async fn prepare(&self, ctx: &pump::pipeline::Context) -> Result<(), String> {
+        let allowed = pump::collections::default_only(
+            &ctx.collections,
+            &ctx.options.data,
+            &ctx.options.source_bucket,
+            "TAP",
+        )?;
+        let _ = self.collections.set(allowed);
+        Ok(())
+    }
+
+    fn refuse(&self, m: &Message) -> Option<String> {
+        (!self
+            .collections
+            .get()
+            .map_or(m.collection == 0, |a| a.contains(&m.collection)))
+        .then(|| {
+            format!(
+                "collection id {:#x} is not the default collection, the only one TAP carries",
+                m.collection
+            )
+        })
     }
 
     fn endpoints(&self) -> Vec<String> {

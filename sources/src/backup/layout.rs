@@ -240,3 +240,47 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, String> {
     v.sort();
     Ok(v)
 }
+
+/// Reads the `collections.json` of each run the restore reads (in `files`' order) into
+/// `collections`: every id it names, and its manifest (the newest uid wins). A file that does
+/// not parse is an error naming it.
+pub fn publish_collections(
+    files: &[DataFile],
+    collections: &pump::RunCollections,
+) -> Result<(), String> {
+    let mut seen: Vec<&Path> = Vec::new();
+    for f in files {
+        let Some(dir) = f.path.parent() else { continue };
+        if seen.contains(&dir) {
+            continue;
+        }
+        seen.push(dir);
+        let path = dir.join(bfd::COLLECTIONS_JSON);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let bad = |what: String| format!("{}: {what}", path.display());
+        let v: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let manifest = pump_protocol::collections::Manifest::from_value(&v["manifest"])
+            .map_err(|e| bad(format!("the manifest: {e}")))?;
+        if let Some(ids) = v["ids"].as_object() {
+            for (id, p) in ids {
+                let id: u32 = id
+                    .parse()
+                    .map_err(|_| bad(format!("ids: {id:?} is not a collection id")))?;
+                let (Some(scope), Some(name)) = (p[0].as_str(), p[1].as_str()) else {
+                    return Err(bad(format!("ids: {id}: not [scope, collection]")));
+                };
+                collections.remember(
+                    id,
+                    pump_protocol::collections::CollectionPath::new(scope, name),
+                );
+            }
+        }
+        collections.publish(manifest);
+    }
+    Ok(())
+}

@@ -15,6 +15,11 @@
 //! |---|---|
 //! | verify | `quick` (default): each page's structure proven as it is read, SQLite's quick_check on a file SQLite reads; `full`: integrity_check on every file first too; `none`: reads only |
 //! | allow_partial | `1`: read an incomplete run too (the CLI's `--allow-partial`) |
+//!
+//! Collections: each run's `collections.json` (when its source had collections) gives the
+//! manifest, published to the run (the newest run's wins) with every id it names, and each
+//! data file's `cbb_collection_msg` rows come after its `cbb_msg` rows with their collection
+//! id. A run without the file is of the default collection alone, as cbbackup's are.
 
 mod layout;
 pub(crate) mod reader;
@@ -147,13 +152,16 @@ impl Source for BackupSource {
         let spec = self.spec.clone();
         let files = layout::restore_plan(&self.dir, &self.bucket, self.allow_partial)
             .map_err(|e| Error::source(&spec, e))?;
+        layout::publish_collections(&files, &ctx.collections)
+            .map_err(|e| Error::source(&spec, e))?;
         let limits = ctx.options.batch_limits();
         let stats = out.stats().clone();
         let cancel = out.cancellation().clone();
         let n = files.len();
         let verify = self.verify;
+        let collections = ctx.collections.clone();
         forward_from_thread(&spec, &out, move |tx| {
-            reader::read_all(&files, limits, verify, &tx, &stats, &cancel)
+            reader::read_all(&files, limits, verify, &tx, &stats, &cancel, &collections)
         })
         .await?;
         let s = out.stats().snapshot();

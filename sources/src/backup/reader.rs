@@ -21,7 +21,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
-use pump::{BatchLimits, Message, Op, Stats};
+use pump::{BatchLimits, Message, Op, RunCollections, Stats};
 use pump_formats::bfd::{self, col, Version};
 use pump_formats::sqlite_file::{self, SqliteFile, Verify};
 use pump_formats::sqlite_open::{self, ReadOnly};
@@ -41,6 +41,7 @@ pub fn read_all(
     tx: &mpsc::Sender<Vec<Message>>,
     stats: &Stats,
     cancel: &CancellationToken,
+    collections: &RunCollections,
 ) -> Result<(), String> {
     let mut opened = Vec::with_capacity(files.len());
     let mut total = 0u64;
@@ -56,11 +57,88 @@ pub fn read_all(
             counted: Some(counted),
             stale: file.stale_above.as_deref(),
         };
+        let stale = read.stale;
         if !read_file(&file.path, rows, version, read, limits, tx, cancel)? {
+            return Ok(());
+        }
+        if !read_collection_rows(&file.path, limits, tx, cancel, stale, collections)? {
             return Ok(());
         }
     }
     Ok(())
+}
+
+/// Reads the file's `cbb_collection_msg` rows, when it has that table: each message gets its
+/// collection id, which `collections` (the backup's collections.json) must name. Rows of a
+/// collection the backup's manifest no longer holds (dropped during or since the run) are
+/// left out. False when the run should stop.
+pub(super) fn read_collection_rows(
+    path: &Path,
+    limits: BatchLimits,
+    tx: &mpsc::Sender<Vec<Message>>,
+    cancel: &CancellationToken,
+    stale: Option<&HashMap<u16, u64>>,
+    collections: &RunCollections,
+) -> Result<bool, String> {
+    let file = path.display();
+    let (db, _) = open(path)?;
+    let has: i64 = db
+        .conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [bfd::COLLECTION_TABLE],
+            |r| r.get(0),
+        )
+        .map_err(|e| format!("{file}: {e}"))?;
+    if has == 0 {
+        return Ok(true);
+    }
+    let mut out = Batcher::new(limits, tx, cancel);
+    out.stale = stale;
+    let mut stmt = db
+        .conn
+        .prepare(bfd::SELECT_COLLECTION)
+        .map_err(|e| format!("{file}: {e}"))?;
+    let mut rows = stmt.query([]).map_err(|e| format!("{file}: {e}"))?;
+    let mut n = 0u64;
+    let mut dropped = 0u64;
+    loop {
+        let row = rows
+            .next()
+            .map_err(|e| format!("{file}: {}: row {}: {e}", bfd::COLLECTION_TABLE, n + 1))?;
+        let Some(row) = row else { break };
+        n += 1;
+        let bad = |what: &str| format!("{file}: {}: row {n}: {what}", bfd::COLLECTION_TABLE);
+        let mut cols = [ValueRef::Null; 13];
+        for (i, c) in cols.iter_mut().enumerate() {
+            *c = row.get_ref(i).map_err(|e| bad(&e.to_string()))?;
+        }
+        let id = match cols[12] {
+            ValueRef::Integer(v) => u32::try_from(v).ok(),
+            _ => None,
+        }
+        .ok_or_else(|| bad("collection_id is not a collection id"))?;
+        if collections.path(id).is_none() {
+            return Err(bad(&format!(
+                "collection id {id:#x} is not named in the run's {}",
+                bfd::COLLECTIONS_JSON
+            )));
+        }
+        if !collections.is_live(id) {
+            dropped += 1;
+            continue;
+        }
+        out.collection = id;
+        if !out.push(&cols[..12], None, Version::V2015, &bad)? {
+            return Ok(false);
+        }
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            "{file}: {dropped} rows of collections dropped since (not in the backup's manifest) left out"
+        );
+    }
+    Ok(out.finish())
 }
 
 /// Opens one file, checks it as `verify` says and counts its rows, before anything moves.
@@ -364,6 +442,8 @@ struct Batcher<'a> {
     cancel: &'a CancellationToken,
     /// Per vbucket, the seqno above which rows are left out.
     stale: Option<&'a HashMap<u16, u64>>,
+    /// The collection of the rows pushed next.
+    collection: u32,
 }
 
 /// A byte field of a message.
@@ -390,6 +470,7 @@ impl<'a> Batcher<'a> {
             tx,
             cancel,
             stale: None,
+            collection: 0,
         }
     }
 
@@ -510,6 +591,7 @@ impl<'a> Batcher<'a> {
             datatype: datatype as u8,
             meta,
             conflict_res: conflict_res as u8,
+            collection: self.collection,
         });
         let full = self.batch.len() >= self.limits.max_items || self.bytes >= self.limits.max_bytes;
         Ok(!full || self.flush())

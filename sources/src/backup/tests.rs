@@ -303,6 +303,7 @@ fn block_on_read(dir: &std::path::Path, path: &std::path::Path) -> Vec<Message> 
         &tx,
         &stats,
         &cancel,
+        &pump::RunCollections::default(),
     )
     .unwrap();
     drop(tx);
@@ -607,6 +608,7 @@ fn a_file_that_shrinks_while_read_is_an_error_naming_it_not_a_signal() {
                 &tx,
                 &stats,
                 &cancel,
+                &pump::RunCollections::default(),
             )
         }
     });

@@ -111,7 +111,14 @@ pub struct CouchbaseSource {
 
 #[async_trait]
 impl Source for CouchbaseSource {
-    async fn run(self: Box<Self>, out: BatchSender, _ctx: Context) -> Result<(), Error> {
+    async fn run(self: Box<Self>, out: BatchSender, ctx: Context) -> Result<(), Error> {
+        let stream = match &self.stream {
+            Stream::Dcp(c) => Stream::Dcp(DcpConfig {
+                collections: ctx.collections.clone(),
+                ..c.clone()
+            }),
+            Stream::Tap(c) => Stream::Tap(c.clone()),
+        };
         let map = VbucketMap::fetch_with(
             &self.rest,
             &self.bucket,
@@ -143,12 +150,8 @@ impl Source for CouchbaseSource {
         let mut tasks = tokio::task::JoinSet::new();
         for (server, vbs) in groups {
             let addr = map.servers[server].clone();
-            let (spec, out, stream, ckpt) = (
-                self.spec.clone(),
-                out.clone(),
-                self.stream.clone(),
-                ckpt.clone(),
-            );
+            let (spec, out, stream, ckpt) =
+                (self.spec.clone(), out.clone(), stream.clone(), ckpt.clone());
             tasks.spawn(async move {
                 match stream {
                     Stream::Dcp(c) => dcp::stream_node(&spec, &addr, &c, vbs, &out, ckpt)

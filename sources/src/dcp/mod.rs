@@ -3,14 +3,17 @@
 //!
 //! ```text
 //! pump                                        node
-//!  | HELLO (pump/VERSION; XATTR, XERROR, SELECT_BUCKET, JSON, SNAPPY), SASL (the strongest
-//!  | listed: SCRAM-SHA512 ... PLAIN), SELECT_BUCKET -b
+//!  | HELLO (pump/VERSION; XATTR, XERROR, SELECT_BUCKET, JSON, SNAPPY, COLLECTIONS), SASL (the
+//!  | strongest listed: SCRAM-SHA512 ... PLAIN), SELECT_BUCKET -b
+//!  | GET_COLLECTIONS_MANIFEST (COLLECTIONS agreed) -> the run's manifest (pump::RunCollections)
 //!  | DCP_OPEN producer [| INCLUDE_XATTRS when XATTR was agreed]
 //!  | STAT "vbucket-seqno" ----------------------> vb_N:high_seqno ... (the end of each stream)
 //!  | CONTROL connection_buffer_size / enable_noop / set_noop_interval
 //!  | STREAM_REQ vb a, vb b, ... (all at once, start from the checkpoint file)
 //!  |<--- failover log | ROLLBACK seqno (ask again from there)
+//!  |     [value: {"collections": [ids]} with --include-data, resolved by name]
 //!  |<--- SNAPSHOT_MARKER, MUTATION, DELETION, EXPIRATION ... STREAM_END per vbucket
+//!  |<--- SYSTEM_EVENT (a scope or collection created or dropped, in seqno order)
 //!  |<--- NOOP  --> answered at once
 //!  | BUFFER_ACK n --> only once the sink confirmed the batch holding those n bytes
 //! ```
@@ -27,6 +30,12 @@
 //! | sasl | the strongest listed | the SASL mechanism: PLAIN, SCRAM-SHA512, SCRAM-SHA256, SCRAM-SHA1 |
 //! | cacert, no_ssl_verify | system roots | the TLS trust of `dcps://` (`--cacert`, `--no-ssl-verify`) |
 //!
+//! With COLLECTIONS each key starts with its collection id in LEB128: the message gets the id
+//! (`Message::collection`) and the key without it. A prefix that runs past the key, or an id
+//! the manifest (as the stream's system events changed it) does not hold, stops the run with
+//! an error naming the vbucket and seqno. A node that refuses COLLECTIONS streams the default
+//! collection, as before.
+//!
 //! Values arrive as the node holds them when it agreed to SNAPPY (compressed) and XATTR
 //! (with their xattrs), and travel to the sink with their datatype byte.
 
@@ -41,8 +50,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pump::pipeline::Context;
-use pump::{BatchLimits, BatchSender, Error, Options, Source, SourceKind, Spec};
+use pump::{BatchLimits, BatchSender, Error, Options, RunCollections, Source, SourceKind, Spec};
 use pump_client::{Auth, Handshake};
+use pump_protocol::collections::CollectionPath;
+use pump_protocol::Feature;
 
 use crate::net;
 pub use checkpoint::{CheckpointFile, VbPosition};
@@ -99,6 +110,12 @@ pub struct DcpConfig {
     pub checkpoint: Option<PathBuf>,
     /// HELLO, SASL, SELECT_BUCKET, and TLS for `dcps://` or `couchbases://`.
     pub handshake: Handshake,
+    /// Where the streams publish the bucket's manifest and its changes (the run's, set by
+    /// the source's `run`).
+    pub collections: Arc<RunCollections>,
+    /// The STREAM_REQ filter (`--include-data`): what each stream is limited to, resolved
+    /// against the manifest by name once it is read.
+    pub filter: Option<Vec<CollectionPath>>,
 }
 
 impl DcpConfig {
@@ -109,8 +126,13 @@ impl DcpConfig {
         let limits = options.batch_limits();
         let auth = net::auth(spec, options)?;
         let tls = matches!(spec.scheme(), Some("dcps" | "couchbases" | "https"));
+        let mut handshake = net::handshake(auth.clone(), &options.source_bucket, options, tls)?;
+        // Every collection, keys with their collection id, and the system events.
+        handshake.features.push(Feature::Collections);
         Ok(DcpConfig {
-            handshake: net::handshake(auth.clone(), &options.source_bucket, options, tls)?,
+            handshake,
+            collections: Arc::new(RunCollections::default()),
+            filter: options.data.stream_paths(&options.source_bucket),
             auth,
             bucket: options.source_bucket.clone(),
             timeout,
@@ -142,18 +164,14 @@ pub struct DcpSource {
 
 #[async_trait]
 impl Source for DcpSource {
-    async fn run(self: Box<Self>, out: BatchSender, _ctx: Context) -> Result<(), Error> {
+    async fn run(self: Box<Self>, out: BatchSender, ctx: Context) -> Result<(), Error> {
         let ckpt = self.config.load_checkpoint()?;
+        let config = DcpConfig {
+            collections: ctx.collections.clone(),
+            ..self.config
+        };
         let asked = self.vbuckets.len();
-        let live = stream_node(
-            &self.spec,
-            &self.addr,
-            &self.config,
-            self.vbuckets,
-            &out,
-            ckpt,
-        )
-        .await?;
+        let live = stream_node(&self.spec, &self.addr, &config, self.vbuckets, &out, ckpt).await?;
         if live == 0 && asked > 0 {
             return Err(net::no_live_vbucket(&self.spec, &self.addr, Some(asked)));
         }
@@ -212,6 +230,35 @@ pub async fn stream_node(
     }
     match first_err {
         Some(e) => Err(e),
-        None => Ok(live),
+        None => {
+            refresh_manifest(spec, addr, config).await?;
+            Ok(live)
+        }
     }
+}
+
+/// Reads the bucket's manifest again once the streams ended (when they had collections): a
+/// change after the streams' end seqnos (a collection dropped while they ran) is then in the
+/// run's manifest too.
+async fn refresh_manifest(spec: &str, addr: &str, config: &DcpConfig) -> Result<(), Error> {
+    if config.collections.manifest().is_none() {
+        return Ok(());
+    }
+    let err = |e: pump_client::ClientError| Error::source(spec, e);
+    let mut conn = pump_client::Connection::negotiate(addr, &config.handshake)
+        .await
+        .map_err(err)?;
+    let r = conn
+        .request(
+            pump_protocol::Packet::request(pump_protocol::Opcode::GetCollectionsManifest),
+            "GET_COLLECTIONS_MANIFEST",
+        )
+        .await
+        .map_err(err)?;
+    if r.status() == pump_protocol::Status::Success {
+        let m = pump_protocol::collections::Manifest::from_json(&r.value)
+            .map_err(|e| Error::source(spec, format!("{addr}: the bucket's manifest: {e}")))?;
+        config.collections.publish(m);
+    }
+    Ok(())
 }

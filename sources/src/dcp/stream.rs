@@ -7,10 +7,11 @@ use bytes::Bytes;
 use pump::checkpoint::Ticket;
 use pump::{Batch, BatchBuilder, BatchSender, Checkpoint, Error, Message, Op};
 use pump_client::{ClientError, Connection, Next, ReadHalf, WriteHalf};
+use pump_protocol::collections::{split_key, CollectionPath, Manifest, StreamFilter, SystemEvent};
 use pump_protocol::dcp::{
     noop_reply, open_flags, DcpItem, DcpMessage, StreamEndReason, StreamReqReply, StreamRequest,
 };
-use pump_protocol::{Feature, Magic, Opcode, Status};
+use pump_protocol::{Feature, Magic, Opcode, Packet, Status};
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::checkpoint::{CheckpointFile, VbPosition};
@@ -93,6 +94,38 @@ pub async fn stream_connection(
         .await
         .map_err(err)?;
     let xattrs = conn.features().contains(Feature::Xattr);
+    let collections = conn.features().contains(Feature::Collections);
+    // The stream filter's value, when the run is limited to some collections.
+    let mut filter_value = None;
+    if collections {
+        let r = conn
+            .request(
+                Packet::request(Opcode::GetCollectionsManifest),
+                "GET_COLLECTIONS_MANIFEST",
+            )
+            .await
+            .map_err(err)?;
+        if r.status() != Status::Success {
+            return Err(Error::source(
+                spec,
+                format!("{addr}: GET_COLLECTIONS_MANIFEST failed: {}", r.status()),
+            ));
+        }
+        let manifest = Manifest::from_json(&r.value)
+            .map_err(|e| Error::source(spec, format!("{addr}: the bucket's manifest: {e}")))?;
+        if let Some(paths) = &config.filter {
+            filter_value = Some(
+                stream_filter(&manifest, paths)
+                    .map_err(|e| Error::source(spec, format!("{addr}: {e}")))?,
+            );
+        }
+        config.collections.publish(manifest);
+    } else if config.filter.is_some() {
+        return Err(Error::source(
+            spec,
+            format!("{addr}: the node does not do collections (no COLLECTIONS in HELLO): cannot stream only some of them"),
+        ));
+    }
     let highs = high_seqnos(&mut conn).await.map_err(err)?;
     if highs.is_none() && config.verbose > 0 {
         tracing::warn!("{addr}: no STAT vbucket-seqno; streaming each vbucket to its STREAM_END");
@@ -190,7 +223,7 @@ pub async fn stream_connection(
     {
         let mut w = writer.lock().await;
         for s in streams.values() {
-            w.send(&DcpMessage::StreamReq(s.req).to_packet())
+            w.send(&stream_req(s.req, &filter_value))
                 .await
                 .map_err(err)?;
         }
@@ -367,7 +400,7 @@ pub async fn stream_connection(
                             writer
                                 .lock()
                                 .await
-                                .send(&DcpMessage::StreamReq(s.req).to_packet())
+                                .send(&stream_req(s.req, &filter_value))
                                 .await
                                 .map_err(err)?;
                         }
@@ -399,6 +432,7 @@ pub async fn stream_connection(
                     | Opcode::DcpStreamEnd
                     | Opcode::DcpNoop
                     | Opcode::DcpSetVbucketState
+                    | Opcode::DcpSystemEvent
             ) {
                 // A message this source does not use (a newer server's system events, ...):
                 // processed as far as flow control goes.
@@ -420,9 +454,24 @@ pub async fn stream_connection(
                         s.snap = (start, end);
                     }
                 }
-                DcpMessage::Mutation(i) => pending.push(item(Op::Mutation, i), &streams),
-                DcpMessage::Deletion(i) => pending.push(item(Op::Deletion, i), &streams),
-                DcpMessage::Expiration(i) => pending.push(item(Op::Expiration, i), &streams),
+                DcpMessage::Mutation(i) => {
+                    pending.push(item(Op::Mutation, i, collections, config, addr, spec)?, &streams)
+                }
+                DcpMessage::Deletion(i) => {
+                    pending.push(item(Op::Deletion, i, collections, config, addr, spec)?, &streams)
+                }
+                DcpMessage::Expiration(i) => {
+                    pending.push(item(Op::Expiration, i, collections, config, addr, spec)?, &streams)
+                }
+                DcpMessage::SystemEvent { vbucket, by_seqno, event, version, key, value, .. } => {
+                    let e = SystemEvent::decode(event, version, &key, &value).map_err(|e| {
+                        Error::source(spec, format!("{addr}: vbucket {vbucket} seqno {by_seqno}: {e}"))
+                    })?;
+                    if config.verbose > 0 {
+                        tracing::info!("{addr}: vbucket {vbucket} seqno {by_seqno}: {}", e.kind.describe());
+                    }
+                    config.collections.changed(vbucket, by_seqno, e);
+                }
                 DcpMessage::StreamEnd { vbucket, reason, .. } => {
                     if let Some(s) = streams.get_mut(&vbucket) {
                         if s.state != State::Done {
@@ -541,12 +590,86 @@ async fn control(conn: &mut Connection, key: &str, value: &str) -> Result<bool, 
     Ok(r.status() == Status::Success)
 }
 
-/// A DCP item as a pump message: key, value and meta are slices of the frame.
-fn item(op: Op, i: DcpItem) -> Message {
-    Message {
+/// The STREAM_REQ of `req`, with the filter's value when there is one.
+fn stream_req(req: StreamRequest, filter: &Option<Bytes>) -> Packet {
+    let p = DcpMessage::StreamReq(req).to_packet();
+    match filter {
+        Some(v) => p.with_value(v.clone()),
+        None => p,
+    }
+}
+
+/// The STREAM_REQ value limiting a stream to `paths` (a scope: `collection` empty), resolved
+/// by name against `manifest`; an error names a scope or collection the bucket lacks.
+pub fn stream_filter(manifest: &Manifest, paths: &[CollectionPath]) -> Result<Bytes, String> {
+    let mut ids = Vec::new();
+    for p in paths {
+        if p.collection.is_empty() {
+            let s = manifest
+                .scope(&p.scope)
+                .ok_or_else(|| format!("--include-data: the bucket has no scope {:?}", p.scope))?;
+            ids.extend(s.collections.iter().map(|c| c.uid));
+        } else {
+            ids.push(manifest.id_of(&p.scope, &p.collection).ok_or_else(|| {
+                format!(
+                    "--include-data: the bucket has no collection {}.{}",
+                    p.scope, p.collection
+                )
+            })?);
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    // One whole scope: the scope's filter, so that a collection created in it later comes too.
+    if let [p] = paths {
+        if p.collection.is_empty() {
+            if let Some(s) = manifest.scope(&p.scope) {
+                return Ok(StreamFilter::Scope(s.uid).to_json(Some(manifest.uid)));
+            }
+        }
+    }
+    Ok(StreamFilter::Collections(ids).to_json(Some(manifest.uid)))
+}
+
+/// A DCP item as a pump message: key, value and meta are slices of the frame. With
+/// COLLECTIONS the key's LEB128 collection id becomes the message's collection.
+fn item(
+    op: Op,
+    i: DcpItem,
+    collections: bool,
+    config: &DcpConfig,
+    addr: &str,
+    spec: &str,
+) -> Result<Message, Error> {
+    let (collection, key) = if collections {
+        let (id, key) = split_key(&i.key).map_err(|e| {
+            Error::source(
+                spec,
+                format!("{addr}: vbucket {} seqno {}: {e}", i.vbucket, i.by_seqno),
+            )
+        })?;
+        // Any id the run has seen: another vbucket may have carried a drop this one has not
+        // reached yet.
+        if config.collections.path(id).is_none() {
+            return Err(Error::source(
+                spec,
+                format!(
+                    "{addr}: vbucket {} seqno {}: collection id {id:#x} is not in the bucket's manifest (uid {:#x})",
+                    i.vbucket,
+                    i.by_seqno,
+                    config.collections.manifest().map_or(0, |m| m.uid)
+                ),
+            ));
+        }
+        (id, key)
+    } else {
+        (0, i.key)
+    };
+    Ok(Message {
         op,
         vbucket: i.vbucket,
-        key: i.key,
+        collection,
+        key,
         value: i.value,
         flags: i.flags,
         expiry: i.expiration,
@@ -556,7 +679,7 @@ fn item(op: Op, i: DcpItem) -> Message {
         datatype: i.datatype,
         meta: i.meta,
         conflict_res: 0,
-    }
+    })
 }
 
 /// The batch being filled, the DCP bytes read for it and the positions it moves.

@@ -1,0 +1,291 @@
+//! Collections end to end, judged by the official Python SDK (tests/sdk/scopes.py): scopes and
+//! collections created and written by the SDK on one cluster, moved by the pump through a
+//! backup or straight to another cluster, and read back by the SDK from their own collections.
+
+mod common;
+
+use std::path::Path;
+
+use common::{http, pump, sdk_script, transfer_ok, LocalCluster, Memcached};
+
+const AUTH: [&str; 4] = ["--user", "U", "--password", "P"];
+
+fn up() -> LocalCluster {
+    LocalCluster::up(2, 0, &[&["--replicas", "1"][..], &AUTH[..]].concat())
+}
+
+fn connstr(c: &LocalCluster) -> String {
+    format!("couchbase://{}", c.nodes[0].kv)
+}
+
+/// Runs tests/sdk/scopes.py; panics with its output when it fails.
+fn sdk(args: &[&str]) -> serde_json::Value {
+    let (ok, out, err) = sdk_script("scopes.py", args);
+    assert!(ok, "scopes.py {args:?} failed:\n{err}\n{out}");
+    serde_json::from_str(out.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("no summary line ({e}): {out}"))
+}
+
+/// The SDK writes scope s1 (c1, c2) and _default documents on `c`; EXPECT.json in `dir`.
+fn sdk_write(c: &LocalCluster, dir: &Path) -> String {
+    let expect = dir.join("expect.json").display().to_string();
+    sdk(&["write", &connstr(c), "U", "P", "default", &expect]);
+    expect
+}
+
+fn sdk_read(c: &LocalCluster, expect: &str, extra: &[&str]) -> u64 {
+    let conn = connstr(c);
+    let mut args = vec!["read", &conn[..], "U", "P", "default", expect];
+    args.extend_from_slice(extra);
+    let v = sdk(&args);
+    v["checks"].as_u64().unwrap_or(0)
+}
+
+const SRC: [&str; 4] = ["-u", "U", "-p", "P"];
+const DEST: [&str; 4] = ["-U", "U", "-P", "P"];
+const BOTH: [&str; 8] = ["-u", "U", "-p", "P", "-U", "U", "-P", "P"];
+
+fn with(base: &[&'static str], more: &[&'static str]) -> Vec<&'static str> {
+    [base, more].concat()
+}
+
+#[test]
+fn every_collection_goes_through_a_backup_and_straight_to_another_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = up();
+    let expect = sdk_write(&a, dir.path());
+    // A -> backup -> B (B has no s1 yet).
+    let backup = dir.path().join("backup");
+    transfer_ok(&a.spec(), backup.to_str().unwrap(), &SRC);
+    let b = up();
+    transfer_ok(backup.to_str().unwrap(), &b.spec(), &DEST);
+    let checks = sdk_read(&b, &expect, &[]);
+    // 3 collections x (38 documents + 3 removed)
+    assert!(checks >= 3 * 41, "{checks} checks");
+    // A -> B2 directly.
+    let b2 = up();
+    transfer_ok(&a.spec(), &b2.spec(), &BOTH);
+    assert!(sdk_read(&b2, &expect, &[]) >= 3 * 41);
+    // The backup: the default collection's rows in cbb_msg, the others' in
+    // cbb_collection_msg, and the manifest beside them.
+    let files = pump_sources::backup::data_files(&backup, "default").unwrap();
+    let db = rusqlite::Connection::open(&files[0]).unwrap();
+    let default_rows: i64 = db
+        .query_row("SELECT count(*) FROM cbb_msg WHERE cmd = 87", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(default_rows, 38);
+    let others: i64 = db
+        .query_row(
+            "SELECT count(DISTINCT collection_id) FROM cbb_collection_msg",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(others, 2);
+    let node_dir = files[0].parent().unwrap();
+    let cj: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node_dir.join("collections.json")).unwrap()).unwrap();
+    let scopes = cj["manifest"]["scopes"].as_array().unwrap();
+    assert!(scopes.iter().any(|s| s["name"] == "s1"), "{cj}");
+}
+
+#[test]
+fn map_data_and_include_data_move_what_they_name_where_they_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = up();
+    let expect = sdk_write(&a, dir.path());
+    let backup = dir.path().join("backup");
+    transfer_ok(&a.spec(), backup.to_str().unwrap(), &SRC);
+    // --map-data: s1.c1 lands in s2.c9 (created), the rest where it was.
+    let b = up();
+    let args = with(&DEST, &["--map-data", "default.s1.c1=default.s2.c9"]);
+    transfer_ok(backup.to_str().unwrap(), &b.spec(), &args);
+    sdk_read(&b, &expect, &["--map", "s1.c1=s2.c9"]);
+    // --include-data: only scope s1, straight from the cluster (a DCP stream filter).
+    let c = up();
+    let args = with(&BOTH, &["--include-data", "default.s1"]);
+    transfer_ok(&a.spec(), &c.spec(), &args);
+    sdk_read(&c, &expect, &["--only", "s1"]);
+    // And from the backup (the channel's filter).
+    let d = up();
+    let args = with(&DEST, &["--include-data", "default.s1"]);
+    transfer_ok(backup.to_str().unwrap(), &d.spec(), &args);
+    sdk_read(&d, &expect, &["--only", "s1"]);
+}
+
+#[test]
+fn bad_collection_options_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    for (args, why) in [
+        (
+            vec!["--map-data", "default.s1=default.s2,default.s1=default.s3"],
+            "mapped twice",
+        ),
+        (
+            vec!["--map-data", "default.s1=default"],
+            "a scope to a bucket",
+        ),
+        (
+            vec!["--include-data", "default", "--exclude-data", "default.s1"],
+            "together",
+        ),
+    ] {
+        let mut a = vec!["transfer", "gen:max-items=10", out.to_str().unwrap()];
+        a.extend(args);
+        let o = pump(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(why), "{err}");
+    }
+    assert!(!out.exists(), "nothing written");
+    // A map to a bucket the destination is not.
+    let b = up();
+    let a = up();
+    sdk_write(&a, dir.path());
+    let (sa, sb) = (a.spec(), b.spec());
+    let mut full = vec!["transfer", &sa[..], &sb[..]];
+    full.extend(with(&BOTH, &["--map-data", "default=nosuch"]));
+    let o = pump(&full);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("\"nosuch\""), "{err}");
+    let items = b.contents_with(&["-u", "U", "-p", "P"]);
+    assert!(items.is_empty(), "written: {}", items.len());
+}
+
+#[test]
+fn a_collection_dropped_while_the_stream_runs_stops_and_the_backup_records_the_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = up();
+    let expect = sdk_write(&a, dir.path());
+    // 3,000 more items of 10 KB in s1.c2 (the default collection of gen:, mapped there): more
+    // than the DCP flow-control window (1 MiB), so the stream is behind when the drop comes.
+    let load = with(
+        &DEST,
+        &["--map-data", "default._default._default=default.s1.c2"],
+    );
+    transfer_ok(
+        "gen:max-items=3000,min-value-size=10000,prefix=bulk-",
+        &a.spec(),
+        &load,
+    );
+    let backup = dir.path().join("backup");
+    // A backup held to 1,000 items/s; s1.c2 dropped a second in.
+    let mut run = std::process::Command::new(env!("CARGO_BIN_EXE_pump"))
+        .args([
+            "transfer",
+            &a.spec(),
+            backup.to_str().unwrap(),
+            "--rate",
+            "1000",
+            "-t",
+            "1",
+            "-q",
+        ])
+        .args(SRC)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let (status, body) = http(
+        &a.nodes[0].rest,
+        "DELETE",
+        "/pools/default/buckets/default/scopes/s1/collections/c2",
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(run.wait().unwrap().success());
+    let files = pump_sources::backup::data_files(&backup, "default").unwrap();
+    let node_dir = files[0].parent().unwrap();
+    let cj: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node_dir.join("collections.json")).unwrap()).unwrap();
+    // The drop is recorded: c2 (id 10) among the ids, dropped, and out of the manifest.
+    assert_eq!(cj["ids"]["10"], serde_json::json!(["s1", "c2"]), "{cj}");
+    assert_eq!(cj["dropped"], serde_json::json!([10]), "{cj}");
+    let names: Vec<&str> = cj["manifest"]["scopes"][1]["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["c1"]);
+    // Its items stopped: fewer rows than it held.
+    let c2_rows: i64 = files
+        .iter()
+        .map(|f| {
+            rusqlite::Connection::open(f)
+                .unwrap()
+                .query_row(
+                    "SELECT count(*) FROM cbb_collection_msg WHERE collection_id = 10",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap_or(0)
+        })
+        .sum();
+    eprintln!("rows of s1.c2 in the backup: {c2_rows} of 3,041");
+    assert!(c2_rows < 3000 + 41, "{c2_rows} rows of s1.c2");
+    // Restored: every document of the other collections, nothing of s1.c2 (not created).
+    let b = up();
+    transfer_ok(backup.to_str().unwrap(), &b.spec(), &DEST);
+    sdk_read(&b, &expect, &["--skip", "s1.c2"]);
+}
+
+#[test]
+fn a_backup_of_the_default_collection_alone_is_cbbackups_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup");
+    transfer_ok("gen:max-items=100", backup.to_str().unwrap(), &[]);
+    let files = pump_sources::backup::data_files(&backup, "default").unwrap();
+    let db = rusqlite::Connection::open(&files[0]).unwrap();
+    let tables: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(tables, ["cbb_msg"]);
+    assert!(!files[0].parent().unwrap().join("collections.json").exists());
+}
+
+#[test]
+fn memcached_takes_the_default_collection_only_and_refuses_another_by_name_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = up();
+    sdk_write(&a, dir.path());
+    let mc = Memcached::start(&[]);
+    let (src, dst) = (a.spec(), mc.url());
+    let mut args = vec!["transfer", &src[..], &dst[..]];
+    args.extend(SRC);
+    let o = pump(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("collection s1.c1 and 1 more") && err.contains("default collection only"),
+        "{err}"
+    );
+    assert_eq!(mc.text().stat("curr_items"), 0, "nothing written");
+    // Left out: the default collection's 38 documents go.
+    transfer_ok(&src, &dst, &with(&SRC, &["--exclude-data", "default.s1"]));
+    assert_eq!(mc.text().stat("curr_items"), 38);
+    // Or mapped into the default collection.
+    let mc2 = Memcached::start(&[]);
+    transfer_ok(
+        &src,
+        &mc2.url(),
+        &with(
+            &SRC,
+            &[
+                "--include-data",
+                "default.s1.c1",
+                "--map-data",
+                "default.s1.c1=default._default._default",
+            ],
+        ),
+    );
+    let got = mc2.text().get_many(&["same-key".to_string()]);
+    assert!(String::from_utf8_lossy(&got[0].as_ref().unwrap().value).contains("s1.c1"));
+}
