@@ -112,7 +112,7 @@ impl Host {
         ];
         self.node
             .bucket
-            .get(vb, key.as_bytes(), &states)
+            .get(vb, &pump_node::store::doc_key(0, key.as_bytes()), &states)
             .ok()
             .map(|i| i.value.to_vec())
     }
@@ -125,7 +125,7 @@ impl Host {
             .write(
                 vb,
                 Write {
-                    key: Bytes::from(key.to_string()),
+                    key: pump_node::store::doc_key(0, key.as_bytes()),
                     value: Bytes::from(value.to_string()),
                     flags: 0,
                     expiry: 0,
@@ -530,7 +530,9 @@ fn partial_failure(kind: Kind) {
     let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&ckpt).unwrap()).unwrap();
     for k in bad {
         let vb = vbucket_of(k.as_bytes(), 1024);
-        let seqno = source.node.bucket.vb(vb).unwrap().items[k.as_bytes()].by_seqno;
+        let seqno = source.node.bucket.vb(vb).unwrap().items
+            [&pump_node::store::doc_key(0, k.as_bytes())]
+            .by_seqno;
         let at = saved["vbuckets"][vb.to_string()]["seqno"]
             .as_u64()
             .unwrap_or(0);
