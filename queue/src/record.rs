@@ -115,6 +115,8 @@ pub enum RecordState {
     Refused,
     /// Kicked back from buried by `plan retry`.
     Retried,
+    /// Stopped by its worker (Ctrl-C) and given back at once, its checkpoint recorded.
+    Released,
 }
 
 impl RecordState {
@@ -127,6 +129,7 @@ impl RecordState {
             RecordState::Failed => "failed",
             RecordState::Refused => "refused",
             RecordState::Retried => "retried",
+            RecordState::Released => "released",
         }
     }
 }
