@@ -367,7 +367,11 @@ fn print_status(st: &RunStatus) {
         }
         if let Some(r) = r {
             if !r.findings.is_empty() {
-                note = format!("{note} [{} findings, first: {}]", r.findings.len(), r.findings[0]);
+                note = format!(
+                    "{note} [{} findings, first: {}]",
+                    r.findings.len(),
+                    r.findings[0]
+                );
             }
         }
         println!(

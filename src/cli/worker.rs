@@ -68,7 +68,9 @@ pub async fn run(args: WorkerArgs) -> Result<(), Failure> {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        eprintln!("pump worker: exiting now; the queue gives the jobs back as the connections close");
+        eprintln!(
+            "pump worker: exiting now; the queue gives the jobs back as the connections close"
+        );
         std::process::exit(130);
     });
     let config = WorkerConfig {

@@ -83,7 +83,9 @@ fn is_permanent(message: &str) -> bool {
         "not a source this pump knows",
     ];
     let lower = message.to_ascii_lowercase();
-    PERMANENT.iter().any(|w| lower.contains(&w.to_ascii_lowercase()))
+    PERMANENT
+        .iter()
+        .any(|w| lower.contains(&w.to_ascii_lowercase()))
 }
 
 /// What a running job has done so far (this attempt only).
@@ -282,7 +284,8 @@ async fn transfer(
         if !req.extra.is_empty() {
             req.extra.push(',');
         }
-        req.extra.push_str(&format!("checkpoint={}", path.display()));
+        req.extra
+            .push_str(&format!("checkpoint={}", path.display()));
     }
     let opened = crate::transfer::open(&req, &registry).map_err(JobError::from_failure)?;
     let ctx = Context::new(opened.options);
@@ -317,9 +320,7 @@ async fn transfer(
 
 fn peers(list: &[String], what: &str) -> Result<Vec<Peer>, JobError> {
     list.iter()
-        .map(|p| {
-            Peer::parse(p).map_err(|e| JobError::permanent(format!("{what} {p:?}: {e}")))
-        })
+        .map(|p| Peer::parse(p).map_err(|e| JobError::permanent(format!("{what} {p:?}: {e}"))))
         .collect()
 }
 
@@ -365,7 +366,9 @@ async fn rebuild(
     let live2 = live.clone();
     let mut on_done = move |base: &BaseName, outcome: repair::BaseOutcome| {
         let Some(i) = index.get(base) else { return };
-        let Ok(mut b) = live2.bases.lock() else { return };
+        let Ok(mut b) = live2.bases.lock() else {
+            return;
+        };
         let key = match &outcome {
             repair::BaseOutcome::Rebuilt(_) => "rebuilt",
             repair::BaseOutcome::Present => "present",
@@ -384,10 +387,17 @@ async fn rebuild(
             }
         }
     };
-    let summary =
-        repair::rebuild_bases(&lost, &from, &bases, w.threads.max(1), mode, &stop, &mut on_done)
-            .await
-            .map_err(JobError::from_failure)?;
+    let summary = repair::rebuild_bases(
+        &lost,
+        &from,
+        &bases,
+        w.threads.max(1),
+        mode,
+        &stop,
+        &mut on_done,
+    )
+    .await
+    .map_err(JobError::from_failure)?;
     if !summary.failed.is_empty() {
         return Err(JobError::permanent(format!(
             "{} of {} bases not rebuilt on {} (first: {})",
@@ -495,14 +505,20 @@ mod tests {
         assert_eq!(next.items, 105);
         assert_eq!(next.bases_done, "0-3,5");
         assert_eq!(next.counts["rebuilt"], 5);
-        assert_eq!(next.positions, base.positions, "no new positions: the old ones stay");
+        assert_eq!(
+            next.positions, base.positions,
+            "no new positions: the old ones stay"
+        );
     }
 
     #[test]
     fn positions_survive_the_dcp_checkpoint_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ckpt.json");
-        let p = vec![Position(3, 77, 12, 10, 15), Position(700, u64::MAX, 1, 1, 1)];
+        let p = vec![
+            Position(3, 77, 12, 10, 15),
+            Position(700, u64::MAX, 1, 1, 1),
+        ];
         write_positions(&path, &p).unwrap();
         assert_eq!(read_positions(&path), p);
         let f = sources_checkpoint(&path);

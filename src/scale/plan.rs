@@ -272,7 +272,16 @@ pub async fn meta2_rebuild(q: &QueueArgs, a: RebuildArgs) -> Result<Planned, Fai
     );
     let mut client = connect(&q.url).await?;
     let max_job = client.stats().await.map_err(failure)?.max_job_size;
-    put(q, &mut client, max_job, &run_id, "meta2 rebuild", &what, out).await
+    put(
+        q,
+        &mut client,
+        max_job,
+        &run_id,
+        "meta2 rebuild",
+        &what,
+        out,
+    )
+    .await
 }
 
 /// Plans a check of every base of `volume` across `peers`.

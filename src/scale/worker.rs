@@ -164,7 +164,10 @@ async fn slot(n: usize, shared: Arc<Shared>) {
                     if shared.config.drain {
                         match idle(&shared, &mut c).await {
                             Ok(true) => {
-                                shared.say(&format!("slot {n}: nothing left to do in {}", shared.config.url));
+                                shared.say(&format!(
+                                    "slot {n}: nothing left to do in {}",
+                                    shared.config.url
+                                ));
                                 return;
                             }
                             Ok(false) => Ok(()),
@@ -192,16 +195,16 @@ async fn slot(n: usize, shared: Arc<Shared>) {
 
 /// True when the tube holds no job that is ready, reserved or delayed.
 async fn idle(shared: &Shared, c: &mut Client) -> Result<bool, QueueError> {
-    let st = c.stats_tube(&shared.config.url.tube).await?.unwrap_or_default();
+    let st = c
+        .stats_tube(&shared.config.url.tube)
+        .await?
+        .unwrap_or_default();
     Ok(st.ready + st.reserved + st.delayed == 0)
 }
 
 /// One reserved job, from its body to its delete, release or bury.
 async fn handle(shared: &Shared, c: &mut Client, id: u64, body: &[u8]) -> Result<(), QueueError> {
-    let pri = c
-        .stats_job(id)
-        .await?
-        .map_or(DEFAULT_PRI, |s| s.pri);
+    let pri = c.stats_job(id).await?.map_or(DEFAULT_PRI, |s| s.pri);
     let job = match Job::parse(body) {
         Ok(job) => job,
         Err(Refusal::Malformed(m)) => {
@@ -248,7 +251,8 @@ fn tick_every(ttr: u32) -> Duration {
 
 /// The delay before a job that failed for the `failures`-th time in a row runs again.
 fn retry_delay(failures: u32) -> u32 {
-    5u32.saturating_mul(1 << failures.saturating_sub(1).min(6)).min(300)
+    5u32.saturating_mul(1 << failures.saturating_sub(1).min(6))
+        .min(300)
 }
 
 async fn run_job(
@@ -389,8 +393,7 @@ async fn run_job(
             fin.error = Some(e.message.clone());
             if e.permanent || fin.failures >= shared.config.max_failures {
                 fin.note = Some(if e.permanent {
-                    "buried: trying again cannot help; fix the cause, then `pump plan retry`"
-                        .into()
+                    "buried: trying again cannot help; fix the cause, then `pump plan retry`".into()
                 } else {
                     format!(
                         "buried after {} failures in a row; `pump plan retry` once the cause is fixed",
@@ -403,7 +406,10 @@ async fn run_job(
                 shared.warn(&format!("{label}: failed: {}; buried", e.message));
             } else {
                 let delay = retry_delay(fin.failures);
-                fin.note = Some(format!("released for {delay}s (failure {} in a row)", fin.failures));
+                fin.note = Some(format!(
+                    "released for {delay}s (failure {} in a row)",
+                    fin.failures
+                ));
                 run::write(c, &tube, &fin, rid).await?;
                 c.release(id, pri, delay).await?;
                 shared.count(|t| t.released += 1);

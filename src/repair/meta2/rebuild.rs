@@ -123,6 +123,9 @@ async fn rebuild_work(
                 streamed.push((base, bytes));
                 summary.rebuilt += 1;
                 summary.bytes += bytes;
+                if streamed.len() >= STREAM_SYNC_BATCH {
+                    settle_streamed(lost, std::mem::take(&mut streamed), on_done).await?;
+                }
             }
             Ok(Rebuilt::Built { bytes, aside }) => {
                 pending.push((base, bytes, aside));
@@ -157,18 +160,36 @@ async fn rebuild_work(
         let last = start_linking(lost, pending);
         finish_linking(Some(last), &mut summary, on_done).await?;
     }
-    // Each streamed base was synced before its link; the links reach the disk here, before
-    // the summary says they are done.
-    let dirs = parent_dirs(streamed.iter().map(|(b, _)| lost.path(b)));
-    pump_meta2::files::sync_paths(&dirs).map_err(Failure::Failed)?;
-    for (base, bytes) in streamed {
-        on_done(&base, BaseOutcome::Rebuilt(bytes));
-    }
+    settle_streamed(lost, streamed, on_done).await?;
     Ok(summary)
 }
 
 /// Verified copies are synced (fsyncs in parallel) and linked this many at a time.
 const LINK_BATCH: usize = 256;
+/// Streamed copies (each synced before its link) have their directories synced this many at
+/// a time, and only then count as done.
+const STREAM_SYNC_BATCH: usize = 32;
+
+/// Each streamed base was synced before its link; the links reach the disk here (one sync per
+/// directory), before the bases count as done.
+async fn settle_streamed(
+    lost: &Peer,
+    streamed: Vec<(BaseName, u64)>,
+    on_done: &mut (dyn FnMut(&BaseName, BaseOutcome) + Send),
+) -> Result<(), Failure> {
+    if streamed.is_empty() {
+        return Ok(());
+    }
+    let dirs = parent_dirs(streamed.iter().map(|(b, _)| lost.path(b)));
+    tokio::task::spawn_blocking(move || pump_meta2::files::sync_paths(&dirs))
+        .await
+        .map_err(|e| Failure::Failed(format!("a rebuild task failed: {e}")))?
+        .map_err(Failure::Failed)?;
+    for (base, bytes) in streamed {
+        on_done(&base, BaseOutcome::Rebuilt(bytes));
+    }
+    Ok(())
+}
 
 /// The copies of a batch not linked yet: each base, its size, where a bad copy that was in
 /// place went.

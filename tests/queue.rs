@@ -1,0 +1,727 @@
+//! Scale-out end to end: `pump plan` puts jobs on Debian's beanstalkd, `pump worker` processes
+//! run them against the reference cluster and meta2 volumes, and `pump plan status|retry`
+//! read the run back.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{pump, stderr, transfer_ok, LocalCluster};
+use pump_queue::testing::Beanstalkd;
+use pump_queue::{Client, JobState, Tube};
+
+/// A `pump worker` process; its stderr goes to a file the test reads.
+struct Worker {
+    child: Option<Child>,
+    log: PathBuf,
+    pid: u32,
+}
+
+impl Worker {
+    fn start(dir: &Path, name: &str, url: &str, args: &[&str]) -> Worker {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pump"))
+            .arg("worker")
+            .arg(url)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start pump worker");
+        Worker {
+            pid: child.id(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: i32) {
+        assert_eq!(unsafe { libc::kill(self.pid as i32, sig) }, 0, "kill {sig}");
+    }
+
+    /// Waits for the process to exit.
+    fn wait(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {} still running after {within:?}; its log:\n{}",
+                self.pid,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_for_log(&self, needle: &str, within: Duration) -> String {
+        eventually(within, &format!("{needle:?} in the worker's log"), || {
+            let l = self.log();
+            l.contains(needle).then_some(l)
+        })
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "no {what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `pump plan ARGS`: the run id it printed.
+fn plan(args: &[&str]) -> String {
+    let out = pump(&[&["plan"], args].concat());
+    assert!(out.status.success(), "pump plan {args:?}: {}", stderr(&out));
+    let run = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        !run.is_empty() && !run.contains(char::is_whitespace),
+        "{run:?}"
+    );
+    run
+}
+
+/// `pump plan status RUN --queue URL --json`.
+fn status(url: &str, run: &str) -> serde_json::Value {
+    let out = pump(&["plan", "status", run, "--queue", url, "--json"]);
+    assert!(out.status.success(), "status: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn count(st: &serde_json::Value, standing: &str) -> u64 {
+    st["counts"][standing].as_u64().unwrap()
+}
+
+fn jobs(st: &serde_json::Value) -> Vec<serde_json::Value> {
+    st["jobs"].as_array().unwrap().clone()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn client(b: &Beanstalkd) -> (tokio::runtime::Runtime, Client) {
+    let rt = rt();
+    let c = rt
+        .block_on(Client::connect(&b.addr(), Duration::from_secs(5)))
+        .unwrap();
+    (rt, c)
+}
+
+#[test]
+fn a_transfer_in_16_jobs_on_3_workers_copies_a_cluster_key_by_key() {
+    let b = Beanstalkd::start();
+    let url = b.url("copy");
+    let src = LocalCluster::up(3, 0, &[]);
+    let dst = LocalCluster::up(3, 0, &[]);
+    transfer_ok("gen:max-items=200000,min-value-size=20", &src.spec(), &[]);
+    let run = plan(&[
+        "transfer",
+        &src.spec(),
+        &dst.spec(),
+        "--queue",
+        &url,
+        "--jobs",
+        "16",
+    ]);
+    let st = status(&url, &run);
+    assert_eq!(
+        (count(&st, "ready"), st["manifest"]["jobs"].as_u64()),
+        (16, Some(16))
+    );
+    let ranges: Vec<String> = jobs(&st)
+        .iter()
+        .map(|j| j["record"]["id"].to_string())
+        .collect();
+    assert_eq!(ranges.len(), 16);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|i| Worker::start(dir.path(), &format!("w{i}"), &url, &["--drain"]))
+        .collect();
+    for w in &mut workers {
+        assert!(w.wait(Duration::from_secs(60)).success(), "{}", w.log());
+    }
+    let st = status(&url, &run);
+    assert_eq!(count(&st, "done"), 16, "{st}");
+    assert_eq!(st["items"].as_u64(), Some(200_000));
+    let pids: std::collections::BTreeSet<String> = jobs(&st)
+        .iter()
+        .map(|j| j["record"]["worker"].as_str().unwrap().to_string())
+        .collect();
+    assert!(pids.len() > 1, "one worker did every job: {pids:?}");
+    assert_eq!(src.contents(), dst.contents());
+}
+
+#[test]
+fn a_job_whose_sink_refuses_the_password_is_buried_with_that_error_until_retried() {
+    let b = Beanstalkd::start();
+    let url = b.url("auth");
+    let src = LocalCluster::up(1, 0, &[]);
+    let dst = LocalCluster::up(1, 0, &["--user", "admin", "--password", "s3cret"]);
+    transfer_ok("gen:max-items=5000", &src.spec(), &[]);
+    // max_retry=1: a refused password is retried like a busy server until the engine tells
+    // them apart; the test needs no ten attempts per job.
+    let run = plan(&[
+        "transfer",
+        &src.spec(),
+        &dst.spec(),
+        "--queue",
+        &url,
+        "--jobs",
+        "2",
+        "-x",
+        "max_retry=1",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Worker::start(
+        dir.path(),
+        "wrong",
+        &url,
+        &["--drain", "-U", "admin", "-P", "wrong"],
+    );
+    w.wait(Duration::from_secs(30));
+    let st = status(&url, &run);
+    assert_eq!(count(&st, "buried"), 2, "{st}");
+    for j in jobs(&st) {
+        let e = j["record"]["error"].as_str().unwrap();
+        assert!(e.contains("authentication") && e.contains("admin"), "{e}");
+        assert!(!e.contains("wrong"), "the password is printed: {e}");
+        assert_eq!(j["record"]["failures"].as_u64(), Some(1), "retried: {j}");
+    }
+    let text = pump(&["plan", "status", &run, "--queue", &url]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains("2 buried") && text.contains("authentication"),
+        "{text}"
+    );
+    assert!(w.log().contains("buried"), "{}", w.log());
+
+    let out = pump(&["plan", "retry", &run, "--queue", &url]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("kicked 2"),
+        "{out:?}"
+    );
+    let mut w = Worker::start(
+        dir.path(),
+        "right",
+        &url,
+        &["--drain", "-U", "admin", "-P", "s3cret"],
+    );
+    assert!(w.wait(Duration::from_secs(30)).success(), "{}", w.log());
+    let st = status(&url, &run);
+    assert_eq!(count(&st, "done"), 2, "{st}");
+    let csv = dir.path().join("dst.csv");
+    transfer_ok(
+        &dst.spec(),
+        &format!("csv:{}", csv.display()),
+        &["-u", "admin", "-p", "s3cret"],
+    );
+    assert_eq!(
+        common::csv_rows(&csv).len(),
+        5001,
+        "the header and every item"
+    );
+}
+
+#[test]
+fn a_malformed_job_body_is_buried_by_id_and_stays_in_the_queue() {
+    let b = Beanstalkd::start();
+    let url = b.url("junk");
+    let (rt, mut c) = client(&b);
+    let tube = Tube::new("junk").unwrap();
+    rt.block_on(c.use_tube(&tube)).unwrap();
+    let id = rt
+        .block_on(c.put(100, 0, 60, &b"{\"hello\": 1"[..]))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Worker::start(dir.path(), "w", &url, &["--drain"]);
+    assert!(w.wait(Duration::from_secs(20)).success(), "{}", w.log());
+    let log = w.log();
+    assert!(
+        log.contains(&format!("job {id} in {url}")) && log.contains("not a pump job"),
+        "{log}"
+    );
+    let st = rt.block_on(c.stats_job(id)).unwrap().unwrap();
+    assert_eq!((st.state, st.pri), (JobState::Buried, 100));
+    assert_eq!(
+        rt.block_on(c.peek(id)).unwrap().unwrap().body,
+        &b"{\"hello\": 1"[..]
+    );
+}
+
+#[test]
+fn a_job_of_another_pump_version_is_refused_by_name_and_stays_in_the_queue() {
+    let b = Beanstalkd::start();
+    let url = b.url("old");
+    let (rt, mut c) = client(&b);
+    let tube = Tube::new("old").unwrap();
+    let mut job = pump_queue::Job::new(
+        "20260101T000000Z-0001",
+        0,
+        1,
+        60,
+        pump_queue::Work::Transfer(pump_queue::TransferWork {
+            source: "gen:max-items=10".into(),
+            sink: "blackhole:".into(),
+            vbuckets: "0-1023".into(),
+            bucket_source: "default".into(),
+            bucket_destination: None,
+            key: None,
+            threads: 1,
+            extra: String::new(),
+            add: false,
+        }),
+    );
+    job.pump = "0.0.1".into();
+    let manifest = pump_queue::Manifest::new(&job.run, 1, "transfer", "gen -> blackhole", 1, 60);
+    let ids = rt
+        .block_on(pump_queue::run::put_run(
+            &mut c,
+            &tube,
+            &manifest,
+            &[job.clone()],
+            10,
+        ))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Worker::start(dir.path(), "w", &url, &[]);
+    let log = w.wait_for_log("released for 30s", Duration::from_secs(20));
+    assert!(
+        log.contains("planned by pump 0.0.1")
+            && log.contains(&format!("this worker is pump {}", pump_queue::PUMP_VERSION)),
+        "{log}"
+    );
+    drop(w);
+    let st = rt.block_on(c.stats_job(ids[0])).unwrap().unwrap();
+    assert_eq!(st.state, JobState::Delayed);
+    let s = status(&url, &job.run);
+    assert_eq!(count(&s, "delayed"), 1, "{s}");
+    let rec = &jobs(&s)[0]["record"];
+    assert_eq!(rec["state"], "refused");
+    assert!(rec["error"].as_str().unwrap().contains("0.0.1"), "{rec}");
+}
+
+#[test]
+fn a_worker_rides_out_beanstalkd_going_away_mid_run_and_every_job_completes() {
+    let binlog = tempfile::tempdir().unwrap();
+    let mut b = Beanstalkd::start_with_binlog(binlog.path());
+    let url = b.url("flaky");
+    let src = LocalCluster::up(2, 0, &[]);
+    let dst = LocalCluster::up(2, 0, &[]);
+    transfer_ok("gen:max-items=60000", &src.spec(), &[]);
+    // Small batches over one connection: each job takes a while.
+    let run = plan(&[
+        "transfer",
+        &src.spec(),
+        &dst.spec(),
+        "--queue",
+        &url,
+        "--jobs",
+        "8",
+        "--ttr",
+        "2",
+        "-t",
+        "1",
+        "-x",
+        "batch_max_size=5",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Worker::start(dir.path(), "w", &url, &["--drain"]);
+    eventually(Duration::from_secs(20), "a running job", || {
+        (count(&status(&url, &run), "running") > 0).then_some(())
+    });
+    b.kill();
+    w.wait_for_log("connecting again", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    b.restart();
+    assert!(w.wait(Duration::from_secs(60)).success(), "{}", w.log());
+    let log = w.log();
+    assert!(
+        log.contains(&b.addr()) && log.contains("answers again"),
+        "{log}"
+    );
+    let st = status(&url, &run);
+    assert_eq!(count(&st, "done"), 8, "{st}");
+    assert_eq!(src.contents(), dst.contents());
+}
+
+#[test]
+fn plans_that_cannot_run_are_refused_and_put_nothing() {
+    let b = Beanstalkd::start();
+    let url = b.url("refused");
+    let dir = tempfile::tempdir().unwrap();
+    let csv = format!("csv:{}", dir.path().join("x.csv").display());
+    for (args, why) in [
+        (
+            vec![
+                "transfer",
+                "gen:",
+                "memcached://u:pw@127.0.0.1:1",
+                "--queue",
+                &url,
+            ],
+            "credentials do not go into the queue",
+        ),
+        (
+            vec![
+                "transfer",
+                "dcp://127.0.0.1:1",
+                "blackhole:",
+                "--queue",
+                &url,
+                "-x",
+                "checkpoint=/tmp/c",
+            ],
+            "the queue keeps each job's checkpoint",
+        ),
+        (
+            vec!["transfer", "gen:", &csv, "--queue", &url],
+            "cannot take 16 jobs",
+        ),
+        (
+            vec![
+                "transfer",
+                "dcp://127.0.0.1:1",
+                "blackhole:",
+                "--queue",
+                &url,
+                "--jobs",
+                "1",
+            ],
+            "use --jobs 2 or more",
+        ),
+        (
+            vec![
+                "transfer",
+                "gen:",
+                "blackhole:",
+                "--queue",
+                "beanstalk://h:0",
+            ],
+            "not a port",
+        ),
+        (
+            vec![
+                "transfer",
+                "gen:",
+                "blackhole:",
+                "--queue",
+                &url,
+                "--jobs",
+                "0",
+            ],
+            "at least 1",
+        ),
+    ] {
+        let out = pump(&[&["plan"], args.as_slice()].concat());
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {e}");
+        assert!(e.contains(why), "{args:?}: {e}");
+        assert!(!e.contains("pw@"), "{e}");
+    }
+    let (rt, mut c) = client(&b);
+    let st = rt.block_on(c.stats()).unwrap();
+    assert_eq!(st.total_jobs, 0, "a refused plan put jobs");
+    let out = pump(&["plan", "status", "20260101T000000Z-0000", "--queue", &url]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no run"), "{}", stderr(&out));
+    let out = pump(&[
+        "plan",
+        "status",
+        "--queue",
+        &format!("beanstalk://127.0.0.1:{}", common::free_port()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+}
+
+/// Three meta2 volumes: the bases on v1 and v3, listing v2's service, v2 empty (lost).
+fn meta2_volumes(dir: &Path, bases: usize) -> Vec<PathBuf> {
+    let vols: Vec<PathBuf> = (1..=3).map(|i| dir.join(format!("v{i}"))).collect();
+    for v in &vols {
+        std::fs::create_dir_all(v).unwrap();
+    }
+    for v in [&vols[0], &vols[2]] {
+        let out = pump(&[
+            "meta2",
+            "generate",
+            "--volume",
+            v.to_str().unwrap(),
+            "--peers",
+            PEERS,
+            "--bases",
+            &bases.to_string(),
+            "--aliases",
+            "1",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    vols
+}
+
+const PEERS: &str = "127.0.0.1:6120,127.0.0.2:6120,127.0.0.3:6120";
+
+fn peer_args(vols: &[PathBuf]) -> Vec<String> {
+    (0..3)
+        .flat_map(|i| {
+            [
+                "--peer".to_string(),
+                format!("127.0.0.{}:6120={}", i + 1, vols[i].display()),
+            ]
+        })
+        .collect()
+}
+
+#[test]
+fn a_meta2_rebuild_of_2000_bases_through_2_workers_passes_check() {
+    let b = Beanstalkd::start();
+    let url = b.url("rebuild");
+    let dir = tempfile::tempdir().unwrap();
+    let vols = meta2_volumes(dir.path(), 2000);
+    let run = plan(&[
+        "meta2",
+        "rebuild",
+        "--peer",
+        &format!("127.0.0.2:6120={}", vols[1].display()),
+        "--from-peer",
+        &format!("127.0.0.1:6120={}", vols[0].display()),
+        "--from-peer",
+        &format!("127.0.0.3:6120={}", vols[2].display()),
+        "--queue",
+        &url,
+    ]);
+    let mut ws: Vec<Worker> = (0..2)
+        .map(|i| Worker::start(dir.path(), &format!("w{i}"), &url, &["--drain"]))
+        .collect();
+    for w in &mut ws {
+        assert!(w.wait(Duration::from_secs(120)).success(), "{}", w.log());
+    }
+    let st = status(&url, &run);
+    assert_eq!(
+        (count(&st, "done"), st["items"].as_u64()),
+        (20, Some(2000)),
+        "{st}"
+    );
+    let rebuilt: u64 = jobs(&st)
+        .iter()
+        .map(|j| j["record"]["counts"]["rebuilt"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(rebuilt, 2000);
+    assert!(
+        ws.iter().all(|w| w.log().contains("done:")),
+        "a worker idled"
+    );
+    let mut args = vec![
+        "meta2".to_string(),
+        "check".into(),
+        "--volume".into(),
+        vols[1].display().to_string(),
+    ];
+    args.extend(peer_args(&vols));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = pump(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| l.contains(" ok ")).count(),
+        6000,
+        "every copy ok"
+    );
+}
+
+#[test]
+fn a_volume_check_in_jobs_reports_each_bad_copy() {
+    let b = Beanstalkd::start();
+    let url = b.url("check");
+    let dir = tempfile::tempdir().unwrap();
+    let vols = meta2_volumes(dir.path(), 30);
+    // v2 gets its copies back, then one is truncated and one removed.
+    let out = pump(&[
+        "meta2",
+        "rebuild",
+        "--peer",
+        &format!("127.0.0.2:6120={}", vols[1].display()),
+        "--from-peer",
+        &format!("127.0.0.1:6120={}", vols[0].display()),
+        "-q",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let files = common::files_named(&vols[1], &|n| n.ends_with(".meta2"));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[3])
+        .unwrap();
+    f.set_len(1000).unwrap();
+    std::fs::remove_file(&files[7]).unwrap();
+    let mut args = vec![
+        "meta2".to_string(),
+        "check".into(),
+        "--volume".into(),
+        vols[0].display().to_string(),
+        "--queue".into(),
+        url.clone(),
+        "--jobs".into(),
+        "3".into(),
+    ];
+    args.extend(peer_args(&vols));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = plan(&args);
+    let mut w = Worker::start(dir.path(), "w", &url, &["--drain"]);
+    assert!(w.wait(Duration::from_secs(60)).success(), "{}", w.log());
+    let st = status(&url, &run);
+    assert_eq!(count(&st, "done"), 3, "{st}");
+    let (mut checked, mut bad, mut findings) = (0, 0, Vec::new());
+    for j in jobs(&st) {
+        checked += j["record"]["counts"]["checked"].as_u64().unwrap_or(0);
+        bad += j["record"]["counts"]["bad"].as_u64().unwrap_or(0);
+        for f in j["record"]["findings"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            findings.push(f.as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!((checked, bad), (30, 2), "{findings:?}");
+    let name = |p: &Path| {
+        p.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches(".meta2")
+            .to_string()
+    };
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.contains(&name(&files[3])) && f.contains("127.0.0.2:6120")),
+        "{findings:?}"
+    );
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.contains(&name(&files[7])) && f.contains("missing")),
+        "{findings:?}"
+    );
+}
+
+/// A meta2 rebuild in one long job (one base at a time), stopped midway by `signal`; a second
+/// worker finishes it from the bases the first recorded as done.
+fn stop_a_rebuild_midway_and_resume(signal: i32) -> (serde_json::Value, String) {
+    let b = Beanstalkd::start();
+    let url = b.url("resume");
+    let dir = tempfile::tempdir().unwrap();
+    let vols = meta2_volumes(dir.path(), 300);
+    let run = plan(&[
+        "meta2",
+        "rebuild",
+        "--peer",
+        &format!("127.0.0.2:6120={}", vols[1].display()),
+        "--from-peer",
+        &format!("127.0.0.1:6120={}", vols[0].display()),
+        "--from-peer",
+        &format!("127.0.0.3:6120={}", vols[2].display()),
+        "--queue",
+        &url,
+        "--jobs",
+        "1",
+        "--ttr",
+        "1",
+        "-t",
+        "1",
+        "--stream",
+    ]);
+    let first = Worker::start(dir.path(), "first", &url, &[]);
+    // Mid-job: the job is held by this worker and its record lists bases done, not all.
+    let done_before = eventually(Duration::from_secs(60), "a record of bases done", || {
+        let st = status(&url, &run);
+        let j = &jobs(&st)[0];
+        let done = j["record"]["counts"]["rebuilt"].as_u64().unwrap_or(0);
+        (j["standing"] == "running" && done > 0).then_some(done)
+    });
+    first.signal(signal);
+    eventually(Duration::from_secs(30), "the job back in the queue", || {
+        (jobs(&status(&url, &run))[0]["standing"] == "ready").then_some(())
+    });
+    // Read again: a status reads the records before the jobs' states, so the one that saw the
+    // job ready may hold the record before the last.
+    let st = status(&url, &run);
+    let rec = &jobs(&st)[0]["record"];
+    let done_at_stop = rec["counts"]["rebuilt"].as_u64().unwrap();
+    assert!(
+        done_at_stop >= done_before && done_at_stop < 300,
+        "not mid-job: {done_at_stop} of 300 done"
+    );
+    let mut second = Worker::start(dir.path(), "second", &url, &["--drain"]);
+    assert!(
+        second.wait(Duration::from_secs(120)).success(),
+        "{}",
+        second.log()
+    );
+    let st = status(&url, &run);
+    let rec = jobs(&st)[0]["record"].clone();
+    assert_eq!(rec["state"], "done", "{rec}");
+    assert_eq!(rec["attempt"].as_u64(), Some(2), "{rec}");
+    assert_eq!(rec["bases_done"], "0-299", "{rec}");
+    let log = second.log();
+    assert!(
+        log.contains(&format!("resumed from {done_at_stop} bases done")),
+        "{log}"
+    );
+    let mut args = vec![
+        "meta2".to_string(),
+        "check".into(),
+        "--volume".into(),
+        vols[1].display().to_string(),
+    ];
+    args.extend(peer_args(&vols));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = pump(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    drop(first);
+    (rec, log)
+}
+
+#[test]
+fn a_worker_killed_mid_job_leaves_its_checkpoint_and_the_next_resumes_from_it() {
+    let (rec, _) = stop_a_rebuild_midway_and_resume(libc::SIGKILL);
+    assert_eq!(
+        rec["items"].as_u64(),
+        Some(300),
+        "a base was counted twice: {rec}"
+    );
+}
+
+#[test]
+fn ctrl_c_on_a_worker_releases_its_job_with_its_checkpoint() {
+    let (rec, _) = stop_a_rebuild_midway_and_resume(libc::SIGINT);
+    assert_eq!(rec["items"].as_u64(), Some(300), "{rec}");
+}
