@@ -1,0 +1,296 @@
+//! The cost of scaling out through beanstalkd, measured on one machine (a speed-up cannot be
+//! shown on 2 cores, so the overhead is):
+//!
+//! ```text
+//! 1. queue commands    put, reserve, touch, a record (put + delete of the one it replaces),
+//!                      delete: microseconds each against a local beanstalkd, one connection
+//! 2. node -> SINK      the same 1,000,000 items (100-byte values) from one reference node (DCP):
+//!                      one `pump transfer`, and `pump plan transfer --jobs 64` + one
+//!                      `pump worker --concurrency 1 --drain`; wall time and CPU (user + system)
+//!                      of the pump processes and of beanstalkd, alternating rounds
+//! 3. projection        10 and 100 worker machines against a 50-node source, from 1 and 2
+//! ```
+//!
+//! `cargo bench -p pump-benches --bench queue` (ITEMS=N, JOBS=64, ROUNDS=3, SINK=backup|blackhole)
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pump_benches::{cpu_seconds, pump_binary, Who};
+use pump_node::store::{Write, WriteMode, CLIENT_STATES};
+use pump_node::{Node, NodeConfig};
+use pump_protocol::vbucket_of;
+use pump_queue::record::{record_priority, Record, RecordState};
+use pump_queue::testing::Beanstalkd;
+use pump_queue::{Client, Reservation, Tube};
+
+fn env(name: &str, d: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+/// CPU seconds beanstalkd has used (/proc/PID/stat: utime + stime).
+fn proc_cpu(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let n = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    // Fields after the command: state is 0, utime 11, stime 12.
+    (n(11) + n(12)) / tick
+}
+
+/// Microseconds per command of each kind a job costs the queue.
+async fn queue_commands(b: &Beanstalkd, n: u64) -> Vec<(&'static str, f64)> {
+    let mut c = Client::connect(&b.addr(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let tube = Tube::new("bench").unwrap();
+    c.use_tube(&tube).await.unwrap();
+    c.watch(&tube).await.unwrap();
+    let body = vec![b'j'; 400];
+    let t = Instant::now();
+    for _ in 0..n {
+        c.put(1024, 0, 60, body.clone()).await.unwrap();
+    }
+    let put = t.elapsed().as_secs_f64();
+    let mut ids = Vec::with_capacity(n as usize);
+    let t = Instant::now();
+    for _ in 0..n {
+        match c.reserve(Duration::from_secs(1)).await.unwrap() {
+            Reservation::Job(j) => ids.push(j.id),
+            other => panic!("{other:?}"),
+        }
+    }
+    let reserve = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for id in &ids {
+        c.touch(*id).await.unwrap();
+    }
+    let touch = t.elapsed().as_secs_f64();
+    // A record with 16 vbucket positions, as a job of 64 writes: put the new, delete the old.
+    let mut rec = Record::planned("20261205T000000Z-0000", 0, 1, 0);
+    rec.positions = (0..16)
+        .map(|vb| pump_queue::Position(vb, 0x1234_5678_9abc_def0, 62_500, 62_500, 62_500))
+        .collect();
+    let rt = pump_queue::record::record_tube(&tube, &rec.run, 0).unwrap();
+    c.use_tube(&rt).await.unwrap();
+    let mut prev = None;
+    let t = Instant::now();
+    for g in 0..n {
+        let next = rec.next(RecordState::Running, g);
+        let id = c
+            .put(record_priority(next.gen), 0, 3600, next.to_body().unwrap())
+            .await
+            .unwrap();
+        if let Some(p) = prev {
+            c.delete(p).await.unwrap();
+        }
+        prev = Some(id);
+        rec = next;
+    }
+    let record = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for id in &ids {
+        c.delete(*id).await.unwrap();
+    }
+    let delete = t.elapsed().as_secs_f64();
+    let us = |s: f64| s * 1e6 / n as f64;
+    vec![
+        ("put", us(put)),
+        ("reserve", us(reserve)),
+        ("touch", us(touch)),
+        ("record (put + delete)", us(record)),
+        ("delete", us(delete)),
+    ]
+}
+
+/// Runs `pump ARGS` to its end: (wall seconds, CPU seconds of the process).
+fn run_pump(pump: &Path, args: &[&str]) -> (f64, f64) {
+    let c0 = cpu_seconds(Who::Children);
+    let t = Instant::now();
+    let out = Command::new(pump)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run pump");
+    let wall = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "pump {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (wall, cpu_seconds(Who::Children) - c0)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let items = env("ITEMS", 1_000_000);
+    let jobs = env("JOBS", 64);
+    let rounds = env("ROUNDS", 3).max(1);
+    let sink_kind = std::env::var("SINK").unwrap_or_else(|_| "backup".into());
+    let pump = pump_binary();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let b = Beanstalkd::start();
+    let bpid = b.pid().expect("beanstalkd runs");
+
+    println!("1. what a job costs the queue ({} commands of each kind, one connection, local beanstalkd)", 20_000);
+    let costs = rt.block_on(queue_commands(&b, 20_000));
+    for (name, us) in &costs {
+        println!("   {name:<24} {us:>7.1} us");
+    }
+    let per_job: f64 = costs
+        .iter()
+        .filter(|(n, _)| matches!(*n, "put" | "reserve" | "delete"))
+        .map(|(_, us)| us)
+        .sum::<f64>()
+        + 2.0 * costs[3].1;
+    let per_tick: f64 = costs[2].1 + costs[3].1;
+    println!("   a job: put, reserve, delete and 2 records (start, end) = {per_job:.0} us; every tick: touch + record = {per_tick:.0} us");
+
+    let node = rt.block_on(async {
+        let node = Node::start(NodeConfig::default(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let value = Bytes::from(vec![b'v'; 100]);
+        for i in 0..items {
+            let key = Bytes::from(format!("key{i:09}"));
+            let vb = vbucket_of(&key, 1024);
+            let w = Write {
+                key,
+                value: value.clone(),
+                flags: 0,
+                expiry: 0,
+                datatype: 0,
+                cas: 0,
+                mode: WriteMode::Set,
+            };
+            node.bucket.write(vb, w, CLIENT_STATES).unwrap();
+        }
+        node
+    });
+    let source = format!("dcp://{}", node.kv_addr);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = |name: &str| -> String {
+        match sink_kind.as_str() {
+            "blackhole" => "blackhole:".into(),
+            _ => dir.path().join(name).display().to_string(),
+        }
+    };
+    println!(
+        "\n2. {items} items (100-byte values) from one reference node (DCP) -> {sink_kind}, {rounds} rounds, the two ways alternating"
+    );
+    let (mut single_wall, mut single_cpu, mut jobs_wall, mut jobs_cpu, mut queue_cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let (w, c) = run_pump(
+            &pump,
+            &["transfer", "-q", &source, &sink(&format!("single-{r}"))],
+        );
+        single_wall.push(w);
+        single_cpu.push(c);
+        let url = b.url(&format!("bench{r}"));
+        let q0 = proc_cpu(bpid);
+        let t = Instant::now();
+        let (_, plan_cpu) = run_pump(
+            &pump,
+            &[
+                "plan",
+                "transfer",
+                &source,
+                &sink(&format!("jobs-{r}")),
+                "--queue",
+                &url,
+                "--jobs",
+                &jobs.to_string(),
+            ],
+        );
+        let (_, worker_cpu) = run_pump(&pump, &["worker", &url, "--drain", "-q"]);
+        jobs_wall.push(t.elapsed().as_secs_f64());
+        jobs_cpu.push(plan_cpu + worker_cpu);
+        queue_cpu.push(proc_cpu(bpid) - q0);
+        println!(
+            "   round {}: one transfer {:.2} s, {:.2} s CPU | {jobs} jobs {:.2} s, {:.2} s CPU (+ beanstalkd {:.3} s)",
+            r + 1,
+            w,
+            c,
+            jobs_wall[r as usize],
+            jobs_cpu[r as usize],
+            queue_cpu[r as usize]
+        );
+    }
+    let (sw, sc) = (median(&mut single_wall), median(&mut single_cpu));
+    let (jw, jc, qc) = (
+        median(&mut jobs_wall),
+        median(&mut jobs_cpu),
+        median(&mut queue_cpu),
+    );
+    println!(
+        "   median: one `pump transfer`       {sw:>6.2} s  {sc:>6.2} s CPU  {:>9.0} items/s",
+        items as f64 / sw
+    );
+    println!(
+        "           {jobs} jobs, 1 worker         {jw:>6.2} s  {jc:>6.2} s CPU  {:>9.0} items/s",
+        items as f64 / jw
+    );
+    println!(
+        "   overhead: time {:+.1}%, CPU {:+.1}% (target: at most +5% each: {}); per job {:.1} ms of time, {:.1} ms of CPU",
+        (jw / sw - 1.0) * 100.0,
+        (jc / sc - 1.0) * 100.0,
+        if jw <= sw * 1.05 && jc <= sc * 1.05 { "met" } else { "NOT met" },
+        (jw - sw) * 1e3 / jobs as f64,
+        (jc - sc) * 1e3 / jobs as f64
+    );
+
+    // 3. Projection.
+    let per_core = items as f64 / sc; // items per CPU second of the pump
+    let slots = 2.0; // --concurrency 2 on a 2-core machine
+    let per_machine = per_core * slots * 0.9; // both cores, 90% busy
+    let node_rate = 1_000_000.0; // items/s one source node serves over DCP (assumption)
+    let job_items = items as f64 / jobs as f64;
+    let server_per_job = qc / jobs as f64; // beanstalkd CPU seconds per job, measured above
+    println!("\n3. projection: a 50-node source, worker machines of 2 cores like this one");
+    println!("   assumptions: the pump moves {per_core:.0} items per CPU second (measured above); a machine runs 2 slots and");
+    println!("   keeps its 2 cores 90% busy ({per_machine:.0} items/s); a source node serves {node_rate:.0} items/s over DCP (the");
+    println!("   reference node's producer, BENCHMARKS.md); jobs of {job_items:.0} items; the network and the sink are not the limit;");
+    println!("   one beanstalkd: {:.0} us of its CPU per job (measured above), and a touch and a record per running job every 5 s", server_per_job * 1e6);
+    for machines in [10.0f64, 100.0] {
+        let workers = machines * per_machine;
+        let source = 50.0 * node_rate;
+        let rate = workers.min(source);
+        let jobs_per_sec = rate / job_items;
+        let ticks = machines * slots / 5.0 * per_tick / 1e6;
+        let busy = jobs_per_sec * server_per_job + ticks;
+        println!(
+            "   {machines:>3} machines: {:>5.1} M items/s, {} ({:.0} jobs/s of {job_items:.0} items; beanstalkd {:.1}% of a core)",
+            rate / 1e6,
+            if workers < source {
+                "bound by the workers"
+            } else {
+                "bound by the source's 50 nodes"
+            },
+            jobs_per_sec,
+            busy * 100.0
+        );
+    }
+    drop(node);
+}
