@@ -725,3 +725,86 @@ fn ctrl_c_on_a_worker_releases_its_job_with_its_checkpoint() {
     let (rec, _) = stop_a_rebuild_midway_and_resume(libc::SIGINT);
     assert_eq!(rec["items"].as_u64(), Some(300), "{rec}");
 }
+
+#[test]
+fn a_worker_killed_mid_transfer_job_leaves_dcp_positions_the_next_resumes_from() {
+    let b = Beanstalkd::start();
+    let url = b.url("dcp");
+    let src = LocalCluster::up(2, 0, &[]);
+    let dst = LocalCluster::up(2, 0, &[]);
+    transfer_ok("gen:max-items=120000,min-value-size=20", &src.spec(), &[]);
+    // Small batches over one connection, records every 250 ms: a job takes over a second.
+    let run = plan(&[
+        "transfer",
+        &src.spec(),
+        &dst.spec(),
+        "--queue",
+        &url,
+        "--jobs",
+        "4",
+        "--ttr",
+        "1",
+        "-t",
+        "1",
+        "-x",
+        "batch_max_size=5",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let victim = Worker::start(dir.path(), "victim", &url, &[]);
+    let tag = format!("pid {}", victim.pid);
+    // Mid-job: frozen while it holds a job whose record shows items moved, not all of them.
+    let (index, items) = eventually(Duration::from_secs(60), "the victim mid-job", || {
+        let st = status(&url, &run);
+        let j = jobs(&st).into_iter().find(|j| {
+            j["standing"] == "running"
+                && j["record"]["worker"]
+                    .as_str()
+                    .is_some_and(|w| w.ends_with(&tag))
+                && j["record"]["items"].as_u64().unwrap_or(0) > 0
+        })?;
+        victim.signal(libc::SIGSTOP);
+        let again = &jobs(&status(&url, &run))[j["index"].as_u64()? as usize];
+        if again["standing"] == "running" && again["record"]["state"] == "running" {
+            Some((
+                again["index"].as_u64()? as usize,
+                again["record"]["items"].as_u64()?,
+            ))
+        } else {
+            victim.signal(libc::SIGCONT);
+            None
+        }
+    });
+    assert!(items > 0 && items < 120_000 / 4 + 1000, "{items}");
+    victim.signal(libc::SIGKILL);
+    let mut ws: Vec<Worker> = (0..2)
+        .map(|i| Worker::start(dir.path(), &format!("w{i}"), &url, &["--drain"]))
+        .collect();
+    for w in &mut ws {
+        assert!(w.wait(Duration::from_secs(60)).success(), "{}", w.log());
+    }
+    let st = status(&url, &run);
+    assert_eq!(count(&st, "done"), 4, "{st}");
+    let rec = &jobs(&st)[index]["record"];
+    assert_eq!(rec["attempt"].as_u64(), Some(2), "{rec}");
+    assert!(
+        rec["items"].as_u64().unwrap() >= 120_000 / 4 - 1000,
+        "{rec}"
+    );
+    let logs: String = ws.iter().map(Worker::log).collect();
+    let line = logs
+        .lines()
+        .find(|l| l.contains(&format!("job {}/4", index + 1)) && l.contains("attempt 2"))
+        .unwrap_or_else(|| panic!("no second attempt of job {}: {logs}", index + 1));
+    assert!(
+        line.contains(&format!("{items} items moved before")) && !line.contains("from 0 vbucket"),
+        "{line}"
+    );
+    let resumed: u64 = line
+        .split("resumed from ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(resumed > 0 && line.contains("vbucket positions"), "{line}");
+    assert_eq!(src.contents(), dst.contents());
+}
