@@ -808,3 +808,39 @@ fn a_worker_killed_mid_transfer_job_leaves_dcp_positions_the_next_resumes_from()
     assert!(resumed > 0 && line.contains("vbucket positions"), "{line}");
     assert_eq!(src.contents(), dst.contents());
 }
+
+#[test]
+fn a_restore_split_into_jobs_fills_a_cluster_from_one_backup() {
+    let b = Beanstalkd::start();
+    let url = b.url("restore");
+    let src = LocalCluster::up(2, 0, &[]);
+    let dst = LocalCluster::up(2, 0, &[]);
+    transfer_ok("gen:max-items=30000,min-value-size=20", &src.spec(), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup");
+    transfer_ok(&src.spec(), backup.to_str().unwrap(), &[]);
+    let run = plan(&[
+        "transfer",
+        backup.to_str().unwrap(),
+        &dst.spec(),
+        "--queue",
+        &url,
+        "--jobs",
+        "4",
+    ]);
+    let listed = pump(&["plan", "status", "--queue", &url]);
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(
+        listed.contains(&run) && listed.contains("4 ready"),
+        "{listed}"
+    );
+    let mut w = Worker::start(dir.path(), "w", &url, &["--drain", "--concurrency", "2"]);
+    assert!(w.wait(Duration::from_secs(60)).success(), "{}", w.log());
+    let st = status(&url, &run);
+    assert_eq!(
+        (count(&st, "done"), st["items"].as_u64()),
+        (4, Some(30_000)),
+        "{st}"
+    );
+    assert_eq!(src.contents(), dst.contents());
+}
