@@ -1,8 +1,9 @@
 //! Splitting a transfer or a meta2 repair into jobs, and putting the run into the queue.
 //!
 //! ```text
-//! transfer   the vbuckets: -l, else the source's map (couchbase://: REST), gen:'s vbuckets=N,
-//!            else 0..-x num_vbuckets (1024); sorted, cut into --jobs contiguous runs of nearly
+//! transfer   the vbuckets: -l, else the source's map (couchbase://: REST), a backup's (the
+//!            seqno.json beside its data files), gen:'s vbuckets=N, else 0..-x num_vbuckets
+//!            (1024); sorted, cut into --jobs contiguous runs of nearly
 //!            equal size, each written as -l takes it (0-63). A source that keeps positions
 //!            (dcp://, couchbase://) records one per vbucket, so its jobs hold at most
 //!            (max-job-size - 4 KiB) / 110 vbuckets each.
@@ -14,7 +15,7 @@
 //! options are known, no credentials are in a spec (workers bring their own), the sink can
 //! take several writers, and every body fits the server's max-job-size.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use pump_meta2::{BaseName, Peer};
 use pump_queue::record::{new_run_id, now_secs};
@@ -171,6 +172,13 @@ async fn vbuckets_of(
             .map_err(|e| Failure::Failed(format!("{}: {e}", checked.source_spec)))?;
             map.num_vbuckets()
         }
+        "backup" => {
+            let found = backup_vbuckets(checked, request)?;
+            if !found.is_empty() {
+                return Ok(found);
+            }
+            usize::from(checked.options.extra.num_vbuckets)
+        }
         "gen" => checked
             .source_spec
             .params()?
@@ -180,6 +188,28 @@ async fn vbuckets_of(
         _ => usize::from(checked.options.extra.num_vbuckets),
     };
     Ok((0..n.min(65536)).map(|v| v as u16).collect())
+}
+
+/// The vbuckets a backup directory holds data of: the keys of the `seqno.json` beside its data
+/// files (empty when it has none: an old backup, or one of a source without seqnos).
+fn backup_vbuckets(
+    checked: &crate::transfer::Checked,
+    request: &TransferRequest,
+) -> Result<Vec<u16>, Failure> {
+    let dir = std::path::Path::new(checked.source_spec.body());
+    let files = pump_sources::backup::data_files(dir, &request.bucket_source)
+        .map_err(|e| Failure::Usage(format!("{}: {e}", checked.source_spec)))?;
+    let mut vbs = std::collections::BTreeSet::new();
+    let dirs: std::collections::BTreeSet<&Path> = files.iter().filter_map(|f| f.parent()).collect();
+    for d in dirs {
+        let Ok(text) = std::fs::read_to_string(d.join("seqno.json")) else {
+            continue;
+        };
+        if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(&text) {
+            vbs.extend(m.keys().filter_map(|k| k.parse::<u16>().ok()));
+        }
+    }
+    Ok(vbs.into_iter().collect())
 }
 
 /// `items` cut into `n` contiguous runs whose sizes differ by one at most.
