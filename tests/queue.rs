@@ -275,6 +275,29 @@ fn a_malformed_job_body_is_buried_by_id_and_stays_in_the_queue() {
         rt.block_on(c.peek(id)).unwrap().unwrap().body,
         &b"{\"hello\": 1"[..]
     );
+
+    // A good job whose newest record is garbage: set aside too, not left held.
+    let run = plan(&[
+        "transfer",
+        "gen:max-items=10",
+        "blackhole:",
+        "--queue",
+        &url,
+        "--jobs",
+        "1",
+    ]);
+    let rtube = pump_queue::record::record_tube(&tube, &run, 0).unwrap();
+    rt.block_on(c.use_tube(&rtube)).unwrap();
+    rt.block_on(c.put(0, 0, 60, &b"garbage"[..])).unwrap();
+    let mut w = Worker::start(dir.path(), "w2", &url, &["--drain"]);
+    assert!(w.wait(Duration::from_secs(20)).success(), "{}", w.log());
+    let log = w.log();
+    assert!(
+        log.contains("not a pump job record") && log.contains("buried"),
+        "{log}"
+    );
+    let ts = rt.block_on(c.stats_tube(&tube)).unwrap().unwrap();
+    assert_eq!((ts.buried, ts.reserved, ts.ready), (2, 0, 0));
 }
 
 #[test]

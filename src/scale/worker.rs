@@ -159,7 +159,20 @@ async fn slot(n: usize, shared: Arc<Shared>) {
                 return;
             }
             let r = match c.reserve(RESERVE_WAIT).await {
-                Ok(Reservation::Job(job)) => handle(&shared, &mut c, job.id, &job.body).await,
+                Ok(Reservation::Job(job)) if shared.stop.is_cancelled() => {
+                    // Stopping: given back untouched.
+                    c.release(job.id, DEFAULT_PRI, 0).await
+                }
+                Ok(Reservation::Job(job)) => match handle(&shared, &mut c, job.id, &job.body).await
+                {
+                    Err(e) if !e.is_connection() => {
+                        // Held by this connection and not runnable: set aside, not left held.
+                        shared.warn(&format!("job {}: {e}; buried", job.id));
+                        shared.count(|t| t.buried += 1);
+                        c.bury(job.id, DEFAULT_PRI).await
+                    }
+                    r => r,
+                },
                 Ok(Reservation::TimedOut | Reservation::DeadlineSoon) => {
                     if shared.config.drain {
                         match idle(&shared, &mut c).await {
