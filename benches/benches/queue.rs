@@ -11,7 +11,8 @@
 //! 3. projection        10 and 100 worker machines against a 50-node source, from 1 and 2
 //! ```
 //!
-//! `cargo bench -p pump-benches --bench queue` (ITEMS=N, JOBS=64, ROUNDS=3, SINK=backup|blackhole)
+//! `cargo bench -p pump-benches --bench queue` (ITEMS=N, JOBS=64, ROUNDS=3, SINK=backup|blackhole;
+//! SWEEP=16,4: the same with fewer, larger jobs, to show what the overhead is made of)
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -199,8 +200,18 @@ fn main() {
     println!(
         "\n2. {items} items (100-byte values) from one reference node (DCP) -> {sink_kind}, {rounds} rounds, the two ways alternating"
     );
-    let (mut single_wall, mut single_cpu, mut jobs_wall, mut jobs_cpu, mut queue_cpu) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let sweep: Vec<u64> = std::iter::once(jobs)
+        .chain(
+            std::env::var("SWEEP")
+                .unwrap_or_else(|_| "16,4".into())
+                .split(',')
+                .filter_map(|v| v.parse().ok()),
+        )
+        .collect();
+    let (mut single_wall, mut single_cpu) = (Vec::new(), Vec::new());
+    // Per job count: wall, CPU of the pump processes, CPU of beanstalkd.
+    let mut by_jobs: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> =
+        vec![(Vec::new(), Vec::new(), Vec::new()); sweep.len()];
     for r in 0..rounds {
         let (w, c) = run_pump(
             &pump,
@@ -208,58 +219,68 @@ fn main() {
         );
         single_wall.push(w);
         single_cpu.push(c);
-        let url = b.url(&format!("bench{r}"));
-        let q0 = proc_cpu(bpid);
-        let t = Instant::now();
-        let (_, plan_cpu) = run_pump(
-            &pump,
-            &[
-                "plan",
-                "transfer",
-                &source,
-                &sink(&format!("jobs-{r}")),
-                "--queue",
-                &url,
-                "--jobs",
-                &jobs.to_string(),
-            ],
-        );
-        let (_, worker_cpu) = run_pump(&pump, &["worker", &url, "--drain", "-q"]);
-        jobs_wall.push(t.elapsed().as_secs_f64());
-        jobs_cpu.push(plan_cpu + worker_cpu);
-        queue_cpu.push(proc_cpu(bpid) - q0);
-        println!(
-            "   round {}: one transfer {:.2} s, {:.2} s CPU | {jobs} jobs {:.2} s, {:.2} s CPU (+ beanstalkd {:.3} s)",
-            r + 1,
-            w,
-            c,
-            jobs_wall[r as usize],
-            jobs_cpu[r as usize],
-            queue_cpu[r as usize]
-        );
+        let mut line = format!("   round {}: one transfer {w:.2} s, {c:.2} s CPU", r + 1);
+        for (k, n) in sweep.iter().enumerate() {
+            let url = b.url(&format!("bench{r}-{n}"));
+            let q0 = proc_cpu(bpid);
+            let t = Instant::now();
+            let (_, plan_cpu) = run_pump(
+                &pump,
+                &[
+                    "plan",
+                    "transfer",
+                    &source,
+                    &sink(&format!("jobs-{r}-{n}")),
+                    "--queue",
+                    &url,
+                    "--jobs",
+                    &n.to_string(),
+                ],
+            );
+            let (_, worker_cpu) = run_pump(&pump, &["worker", &url, "--drain", "-q"]);
+            let wall = t.elapsed().as_secs_f64();
+            let cpu = plan_cpu + worker_cpu;
+            let qcpu = proc_cpu(bpid) - q0;
+            by_jobs[k].0.push(wall);
+            by_jobs[k].1.push(cpu);
+            by_jobs[k].2.push(qcpu);
+            line.push_str(&format!(
+                " | {n} jobs {wall:.2} s, {cpu:.2} s CPU (+ beanstalkd {qcpu:.3} s)"
+            ));
+        }
+        println!("{line}");
     }
     let (sw, sc) = (median(&mut single_wall), median(&mut single_cpu));
-    let (jw, jc, qc) = (
-        median(&mut jobs_wall),
-        median(&mut jobs_cpu),
-        median(&mut queue_cpu),
-    );
     println!(
-        "   median: one `pump transfer`       {sw:>6.2} s  {sc:>6.2} s CPU  {:>9.0} items/s",
+        "   median: one `pump transfer`        {sw:>6.2} s  {sc:>6.2} s CPU  {:>9.0} items/s",
         items as f64 / sw
     );
-    println!(
-        "           {jobs} jobs, 1 worker         {jw:>6.2} s  {jc:>6.2} s CPU  {:>9.0} items/s",
-        items as f64 / jw
-    );
-    println!(
-        "   overhead: time {:+.1}%, CPU {:+.1}% (target: at most +5% each: {}); per job {:.1} ms of time, {:.1} ms of CPU",
-        (jw / sw - 1.0) * 100.0,
-        (jc / sc - 1.0) * 100.0,
-        if jw <= sw * 1.05 && jc <= sc * 1.05 { "met" } else { "NOT met" },
-        (jw - sw) * 1e3 / jobs as f64,
-        (jc - sc) * 1e3 / jobs as f64
-    );
+    let mut qc = 0.0;
+    for (k, n) in sweep.iter().enumerate() {
+        let (ws, cs, qs) = &mut by_jobs[k];
+        let (jw, jc, q) = (median(ws), median(cs), median(qs));
+        if k == 0 {
+            qc = q;
+        }
+        println!(
+            "           {n:>3} jobs, 1 worker        {jw:>6.2} s  {jc:>6.2} s CPU  {:>9.0} items/s   overhead: time {:+.1}%, CPU {:+.1}%{}; per job {:.1} ms of time, {:.1} ms of CPU, {:.2} ms of beanstalkd CPU",
+            items as f64 / jw,
+            (jw / sw - 1.0) * 100.0,
+            (jc / sc - 1.0) * 100.0,
+            if k == 0 {
+                if jw <= sw * 1.05 && jc <= sc * 1.05 {
+                    " (target: at most +5% each: met)"
+                } else {
+                    " (target: at most +5% each: NOT met)"
+                }
+            } else {
+                ""
+            },
+            (jw - sw) * 1e3 / *n as f64,
+            (jc - sc) * 1e3 / *n as f64,
+            q * 1e3 / *n as f64
+        );
+    }
 
     // 3. Projection.
     let per_core = items as f64 / sc; // items per CPU second of the pump

@@ -92,48 +92,74 @@ pub async fn put_run(
     Ok(ids)
 }
 
-/// The newest record of job `index` and its id in the queue; `None` when it has none.
+/// The newest record of job `index` and its id in the queue; `None` when it has none. One
+/// round trip (`use` and `peek-ready` pipelined).
 pub async fn latest(
     client: &mut Client,
     tube: &Tube,
     run: &str,
     index: u32,
 ) -> Result<Option<(u64, Record)>, Error> {
-    client.use_tube(&record_tube(tube, run, index)?).await?;
-    match client.peek_ready().await? {
-        Some(job) => Ok(Some((job.id, Record::parse(&job.body)?))),
-        None => Ok(None),
+    let rtube = record_tube(tube, run, index)?;
+    let replies = client
+        .pipeline(vec![Command::Use(rtube.clone()), Command::PeekReady])
+        .await?;
+    expect_using(client, &rtube, replies.first())?;
+    match replies.get(1) {
+        Some(Reply::Found(job)) => Ok(Some((job.id, Record::parse(&job.body)?))),
+        Some(Reply::NotFound) => Ok(None),
+        other => Err(refused(client, "peek-ready", other)),
+    }
+}
+
+fn refused(client: &Client, command: &str, reply: Option<&Reply>) -> Error {
+    Error::Refused {
+        addr: client.addr().to_string(),
+        command: command.to_string(),
+        reply: reply.map(|r| r.to_string()).unwrap_or_default(),
+    }
+}
+
+fn expect_using(client: &Client, tube: &Tube, reply: Option<&Reply>) -> Result<(), Error> {
+    match reply {
+        Some(Reply::Using(t)) if t == tube.as_str() => Ok(()),
+        other => Err(refused(client, &format!("use {tube}"), other)),
     }
 }
 
 /// Puts `record` as job `record.index`'s newest, then deletes `replaces` (the record it
-/// follows). Returns the new record's id.
+/// follows). Returns the new record's id. One round trip (`use`, `put`, `delete` pipelined:
+/// the delete is sent after the put, so a record is never without a successor).
 pub async fn write(
     client: &mut Client,
     tube: &Tube,
     record: &Record,
     replaces: Option<u64>,
 ) -> Result<u64, Error> {
-    client
-        .use_tube(&record_tube(tube, &record.run, record.index)?)
-        .await?;
-    let id = client
-        .put(
-            record_priority(record.gen),
-            0,
-            RECORD_TTR,
-            record.to_body()?,
-        )
-        .await?;
+    let rtube = record_tube(tube, &record.run, record.index)?;
+    let mut cmds = vec![
+        Command::Use(rtube.clone()),
+        Command::Put {
+            pri: record_priority(record.gen),
+            delay: 0,
+            ttr: RECORD_TTR,
+            body: record.to_body()?.into(),
+        },
+    ];
     if let Some(old) = replaces {
-        // Gone already (another writer replaced it): nothing to do.
-        match client.delete(old).await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e),
-        }
+        cmds.push(Command::Delete(old));
     }
-    Ok(id)
+    let replies = client.pipeline(cmds).await?;
+    expect_using(client, &rtube, replies.first())?;
+    let id = match replies.get(1) {
+        Some(Reply::Inserted(id)) => *id,
+        other => return Err(refused(client, "put (a job record)", other)),
+    };
+    // NOT_FOUND: gone already (another writer replaced it), nothing to do.
+    match replies.get(2) {
+        None | Some(Reply::Deleted | Reply::NotFound) => Ok(id),
+        other => Err(refused(client, "delete (the record replaced)", other)),
+    }
 }
 
 /// A run's manifest; `None` when the queue holds no such run.

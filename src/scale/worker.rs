@@ -31,6 +31,8 @@ use crate::failure::Failure;
 
 /// How long one reserve waits before the slot looks at Ctrl-C and --drain again.
 const RESERVE_WAIT: Duration = Duration::from_secs(1);
+/// How often a draining worker looks at a tube whose last jobs other workers hold.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
 /// A job of another pump version goes back for this long, for a worker of its version.
 const REFUSED_DELAY: u32 = 30;
 /// The priority a job gets back when its own cannot be read.
@@ -154,11 +156,25 @@ async fn slot(n: usize, shared: Arc<Shared>) {
                 continue;
             }
         };
+        let mut patient = false;
         loop {
             if shared.stop.is_cancelled() {
                 return;
             }
-            let r = match c.reserve(RESERVE_WAIT).await {
+            // Draining: a reserve that does not wait first, so that an empty tube ends the
+            // worker at once rather than after a wait.
+            // Draining: reserves that do not wait, and a look at the tube every 100 ms, so
+            // that the worker ends as soon as the last job of the tube is done.
+            let wait = if shared.config.drain {
+                if patient {
+                    tokio::time::sleep(DRAIN_POLL).await;
+                }
+                Duration::ZERO
+            } else {
+                RESERVE_WAIT
+            };
+            patient = false;
+            let r = match c.reserve(wait).await {
                 Ok(Reservation::Job(job)) if shared.stop.is_cancelled() => {
                     // Stopping: given back untouched.
                     c.release(job.id, DEFAULT_PRI, 0).await
@@ -183,7 +199,10 @@ async fn slot(n: usize, shared: Arc<Shared>) {
                                 ));
                                 return;
                             }
-                            Ok(false) => Ok(()),
+                            Ok(false) => {
+                                patient = true;
+                                Ok(())
+                            }
                             Err(e) => Err(e),
                         }
                     } else {
@@ -385,8 +404,10 @@ async fn run_job(
             }
             shared.count(|t| t.done += 1);
             shared.say(&format!(
-                "{label}: done: {} in {secs:.1}s ({} in all)",
-                s.items, fin.items
+                "{label}: done: {} in {:.0} ms ({} in all)",
+                s.items,
+                secs * 1e3,
+                fin.items
             ));
         }
         Ok(Ended::Stopped) => {
