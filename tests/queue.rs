@@ -807,6 +807,11 @@ fn a_worker_killed_mid_transfer_job_leaves_dcp_positions_the_next_resumes_from()
     }
     let st = status(&url, &run);
     assert_eq!(count(&st, "done"), 4, "{st}");
+    // Jobs of over a second with a TTR of one: touched, every 250 ms, and none timed out.
+    let (rt, mut c) = client(&b);
+    let server = rt.block_on(c.stats()).unwrap();
+    assert!(server.touches >= 4, "{server:?}");
+    assert_eq!(server.timeouts, 0, "{server:?}");
     let rec = &jobs(&st)[index]["record"];
     assert_eq!(rec["attempt"].as_u64(), Some(2), "{rec}");
     assert!(

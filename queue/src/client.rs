@@ -89,6 +89,10 @@ pub struct ServerStats {
     /// Jobs ever created.
     pub total_jobs: u64,
     pub current_connections: u64,
+    /// `touch` commands ever answered.
+    pub touches: u64,
+    /// Reserved jobs that ran out of time.
+    pub timeouts: u64,
 }
 
 /// One connection.
@@ -400,6 +404,8 @@ impl Client {
             max_job_size: usize::try_from(num("max-job-size")).unwrap_or(usize::MAX),
             total_jobs: num("total-jobs"),
             current_connections: num("current-connections"),
+            touches: num("cmd-touch"),
+            timeouts: num("job-timeouts"),
         })
     }
 
