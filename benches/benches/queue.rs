@@ -245,12 +245,13 @@ fn main() {
         "   median: one `pump transfer`        {sw:>6.2} s  {sc:>6.2} s CPU  {:>9.0} items/s",
         items as f64 / sw
     );
-    let mut qc = 0.0;
+    let (mut qc, mut by_jobs_cpu0) = (0.0, 0.0);
     for (k, n) in sweep.iter().enumerate() {
         let (ws, cs, qs) = &mut by_jobs[k];
         let (jw, jc, q) = (median(ws), median(cs), median(qs));
         if k == 0 {
             qc = q;
+            by_jobs_cpu0 = jc;
         }
         println!(
             "           {n:>3} jobs, 1 worker        {jw:>6.2} s  {jc:>6.2} s CPU  {:>9.0} items/s   overhead: time {:+.1}%, CPU {:+.1}%{}; per job {:.1} ms of time, {:.1} ms of CPU, {:.2} ms of beanstalkd CPU",
@@ -273,18 +274,24 @@ fn main() {
     }
 
     // 3. Projection.
-    let per_core = items as f64 / sc; // items per CPU second of the pump
+    let per_core = items as f64 / sc; // items per CPU second of the pump, one transfer
+    let job_cpu = (by_jobs_cpu0 - sc) / jobs as f64; // CPU seconds a job adds, measured
     let slots = 2.0; // --concurrency 2 on a 2-core machine
-    let per_machine = per_core * slots * 0.9; // both cores, 90% busy
     let node_rate = 1_000_000.0; // items/s one source node serves over DCP (assumption)
-    let job_items = items as f64 / jobs as f64;
-    let server_per_job = qc / jobs as f64; // beanstalkd CPU seconds per job, measured above
-    println!("\n3. projection: a 50-node source, worker machines of 2 cores like this one");
-    println!("   assumptions: the pump moves {per_core:.0} items per CPU second (measured above); a machine runs 2 slots and");
-    println!("   keeps its 2 cores 90% busy ({per_machine:.0} items/s); a source node serves {node_rate:.0} items/s over DCP (the");
-    println!("   reference node's producer, BENCHMARKS.md); jobs of {job_items:.0} items; the network and the sink are not the limit;");
-    println!("   one beanstalkd: {:.0} us of its CPU per job (measured above), and a touch and a record per running job every 5 s", server_per_job * 1e6);
+    let total = 100_000_000.0; // items in the bucket (assumption)
+    let server_per_job = qc / jobs as f64; // beanstalkd CPU seconds per job, measured
+    println!("\n3. projection: a 50-node source holding {:.0} M items in 1,024 vbuckets, worker machines of 2 cores like this one", total / 1e6);
+    println!("   measured above: the pump moves {per_core:.0} items per CPU second; a job adds {:.1} ms of CPU and {:.2} ms of", job_cpu * 1e3, server_per_job * 1e3);
+    println!(
+        "   beanstalkd CPU; a touch and a record cost {per_tick:.0} us every 5 s per running job"
+    );
+    println!("   assumed: 2 slots per machine, 90% of its 2 cores busy; a source node serves {node_rate:.0} items/s over DCP (the");
+    println!("   reference node's producer, BENCHMARKS.md); the network and the sink keep up; 4 jobs per slot (README), at most 1,024");
     for machines in [10.0f64, 100.0] {
+        let jobs_n = (machines * slots * 4.0).min(1024.0);
+        let job_items = total / jobs_n;
+        let per_job_secs = job_items / per_core + job_cpu;
+        let per_machine = slots * 0.9 * job_items / per_job_secs;
         let workers = machines * per_machine;
         let source = 50.0 * node_rate;
         let rate = workers.min(source);
@@ -292,7 +299,8 @@ fn main() {
         let ticks = machines * slots / 5.0 * per_tick / 1e6;
         let busy = jobs_per_sec * server_per_job + ticks;
         println!(
-            "   {machines:>3} machines: {:>5.1} M items/s, {} ({:.0} jobs/s of {job_items:.0} items; beanstalkd {:.1}% of a core)",
+            "   {machines:>3} machines: {jobs_n:>4.0} jobs of {:.2} M items: {:>5.1} M items/s, {} ({:.1} jobs/s; beanstalkd {:.2}% of a core); the bucket in {:.0} s",
+            job_items / 1e6,
             rate / 1e6,
             if workers < source {
                 "bound by the workers"
@@ -300,7 +308,8 @@ fn main() {
                 "bound by the source's 50 nodes"
             },
             jobs_per_sec,
-            busy * 100.0
+            busy * 100.0,
+            total / rate
         );
     }
     drop(node);
