@@ -135,13 +135,42 @@ fn client(b: &Beanstalkd) -> (tokio::runtime::Runtime, Client) {
     (rt, c)
 }
 
+/// Waits until `victim` holds a job whose record shows items moved, freezes it (SIGSTOP) and
+/// checks that the job is still its and unfinished: then it is mid-job, and stays so. Returns
+/// the job's index and the items its record holds.
+fn freeze_mid_job(url: &str, run: &str, victim: &Worker) -> (usize, u64) {
+    let tag = format!("pid {}", victim.pid);
+    eventually(Duration::from_secs(60), "the victim mid-job", || {
+        let st = status(url, run);
+        let j = jobs(&st).into_iter().find(|j| {
+            j["standing"] == "running"
+                && j["record"]["worker"]
+                    .as_str()
+                    .is_some_and(|w| w.ends_with(&tag))
+                && j["record"]["items"].as_u64().unwrap_or(0) > 0
+        })?;
+        victim.signal(libc::SIGSTOP);
+        let again = &jobs(&status(url, run))[j["index"].as_u64()? as usize];
+        if again["standing"] == "running" && again["record"]["state"] == "running" {
+            Some((
+                again["index"].as_u64()? as usize,
+                again["record"]["items"].as_u64()?,
+            ))
+        } else {
+            victim.signal(libc::SIGCONT);
+            None
+        }
+    })
+}
+
 #[test]
-fn a_transfer_in_16_jobs_on_3_workers_copies_a_cluster_key_by_key() {
+fn a_transfer_in_16_jobs_on_3_workers_one_killed_mid_job_copies_a_cluster_key_by_key() {
     let b = Beanstalkd::start();
     let url = b.url("copy");
     let src = LocalCluster::up(3, 0, &[]);
     let dst = LocalCluster::up(3, 0, &[]);
     transfer_ok("gen:max-items=200000,min-value-size=20", &src.spec(), &[]);
+    // Small batches over one connection and a record every 250 ms: each job takes a while.
     let run = plan(&[
         "transfer",
         &src.spec(),
@@ -150,28 +179,39 @@ fn a_transfer_in_16_jobs_on_3_workers_copies_a_cluster_key_by_key() {
         &url,
         "--jobs",
         "16",
+        "--ttr",
+        "1",
+        "-t",
+        "1",
+        "-x",
+        "batch_max_size=5",
     ]);
     let st = status(&url, &run);
     assert_eq!(
         (count(&st, "ready"), st["manifest"]["jobs"].as_u64()),
         (16, Some(16))
     );
-    let ranges: Vec<String> = jobs(&st)
-        .iter()
-        .map(|j| j["record"]["id"].to_string())
-        .collect();
-    assert_eq!(ranges.len(), 16);
 
     let dir = tempfile::tempdir().unwrap();
-    let mut workers: Vec<Worker> = (0..3)
+    let victim = Worker::start(dir.path(), "victim", &url, &[]);
+    let mut workers: Vec<Worker> = (0..2)
         .map(|i| Worker::start(dir.path(), &format!("w{i}"), &url, &["--drain"]))
         .collect();
+    let (index, items) = freeze_mid_job(&url, &run, &victim);
+    victim.signal(libc::SIGKILL);
     for w in &mut workers {
-        assert!(w.wait(Duration::from_secs(60)).success(), "{}", w.log());
+        assert!(w.wait(Duration::from_secs(120)).success(), "{}", w.log());
     }
     let st = status(&url, &run);
     assert_eq!(count(&st, "done"), 16, "{st}");
-    assert_eq!(st["items"].as_u64(), Some(200_000));
+    assert!(st["items"].as_u64().unwrap() >= 200_000, "{st}");
+    let rec = &jobs(&st)[index]["record"];
+    assert_eq!(rec["attempt"].as_u64(), Some(2), "{rec}");
+    let logs: String = workers.iter().map(Worker::log).collect();
+    assert!(
+        logs.contains(&format!("{items} items moved before")),
+        "the killed job did not resume from its record ({items} items): {logs}"
+    );
     let pids: std::collections::BTreeSet<String> = jobs(&st)
         .iter()
         .map(|j| j["record"]["worker"].as_str().unwrap().to_string())
@@ -774,29 +814,7 @@ fn a_worker_killed_mid_transfer_job_leaves_dcp_positions_the_next_resumes_from()
     ]);
     let dir = tempfile::tempdir().unwrap();
     let victim = Worker::start(dir.path(), "victim", &url, &[]);
-    let tag = format!("pid {}", victim.pid);
-    // Mid-job: frozen while it holds a job whose record shows items moved, not all of them.
-    let (index, items) = eventually(Duration::from_secs(60), "the victim mid-job", || {
-        let st = status(&url, &run);
-        let j = jobs(&st).into_iter().find(|j| {
-            j["standing"] == "running"
-                && j["record"]["worker"]
-                    .as_str()
-                    .is_some_and(|w| w.ends_with(&tag))
-                && j["record"]["items"].as_u64().unwrap_or(0) > 0
-        })?;
-        victim.signal(libc::SIGSTOP);
-        let again = &jobs(&status(&url, &run))[j["index"].as_u64()? as usize];
-        if again["standing"] == "running" && again["record"]["state"] == "running" {
-            Some((
-                again["index"].as_u64()? as usize,
-                again["record"]["items"].as_u64()?,
-            ))
-        } else {
-            victim.signal(libc::SIGCONT);
-            None
-        }
-    });
+    let (index, items) = freeze_mid_job(&url, &run, &victim);
     assert!(items > 0 && items < 120_000 / 4 + 1000, "{items}");
     victim.signal(libc::SIGKILL);
     let mut ws: Vec<Worker> = (0..2)
