@@ -62,6 +62,11 @@
 //! pump plan retry R       each buried job: a record "retried", kick-job
 //! ```
 //!
+//! Sinks: a network sink (a cluster, a node, memcached, TAP) takes any number of jobs at once.
+//! A file or stream (`csv:`, `stdout:`) takes one job, and so does a backup directory for now: a
+//! planner refuses more. Several jobs writing one backup run need that run's records (issue 17:
+//! `pump-run.json`, the completion record) to know of several writers.
+//!
 //! # Where a job's progress lives, and why
 //!
 //! A beanstalkd job body cannot change, so a job's checkpoint lives in its **record tube**
