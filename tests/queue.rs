@@ -164,17 +164,20 @@ fn freeze_mid_job(url: &str, run: &str, victim: &Worker) -> (usize, u64) {
 }
 
 #[test]
-fn a_transfer_in_16_jobs_on_3_workers_one_killed_mid_job_copies_a_cluster_key_by_key() {
+fn a_backup_in_16_jobs_on_3_workers_one_killed_mid_job_is_one_run_that_restores_key_by_key() {
     let b = Beanstalkd::start();
     let url = b.url("copy");
     let src = LocalCluster::up(3, 0, &[]);
     let dst = LocalCluster::up(3, 0, &[]);
     transfer_ok("gen:max-items=200000,min-value-size=20", &src.spec(), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup");
+    let backup = backup.to_str().unwrap();
     // Small batches over one connection and a record every 250 ms: each job takes a while.
     let run = plan(&[
         "transfer",
         &src.spec(),
-        &dst.spec(),
+        backup,
         "--queue",
         &url,
         "--jobs",
@@ -191,8 +194,16 @@ fn a_transfer_in_16_jobs_on_3_workers_one_killed_mid_job_copies_a_cluster_key_by
         (count(&st, "ready"), st["manifest"]["jobs"].as_u64()),
         (16, Some(16))
     );
+    // The plan made the run, once, for 16 parts; the jobs name it.
+    let nodes = pump_formats::run::list_node_runs(Path::new(backup)).unwrap();
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    let node_dir = nodes[0].node_dir.clone();
+    let record: pump_formats::run::RunRecord =
+        pump_formats::run::read_json(&node_dir.join("pump-run.json"))
+            .unwrap()
+            .unwrap();
+    assert_eq!(record.parts, Some(16));
 
-    let dir = tempfile::tempdir().unwrap();
     let victim = Worker::start(dir.path(), "victim", &url, &[]);
     let mut workers: Vec<Worker> = (0..2)
         .map(|i| Worker::start(dir.path(), &format!("w{i}"), &url, &["--drain"]))
@@ -212,11 +223,61 @@ fn a_transfer_in_16_jobs_on_3_workers_one_killed_mid_job_copies_a_cluster_key_by
         logs.contains(&format!("{items} items moved before")),
         "the killed job did not resume from its record ({items} items): {logs}"
     );
+    assert!(
+        logs.contains(&format!("resuming part {index} of 16")),
+        "the killed job's part did not go on from its files: {logs}"
+    );
     let pids: std::collections::BTreeSet<String> = jobs(&st)
         .iter()
         .map(|j| j["record"]["worker"].as_str().unwrap().to_string())
         .collect();
     assert!(pids.len() > 1, "one worker did every job: {pids:?}");
+
+    // One run, complete once: one node directory, one meta.json, seqno.json and completion
+    // record, 16 part records, each part's files in its own numbers, no row written twice.
+    assert_eq!(
+        pump_formats::run::list_node_runs(Path::new(backup))
+            .unwrap()
+            .len(),
+        1
+    );
+    let pump_formats::run::RunState::Complete { completion, .. } =
+        pump_formats::run::RunState::of(&node_dir).unwrap()
+    else {
+        panic!("the run is not complete")
+    };
+    assert_eq!(completion.mutations, 200_000, "{completion:?}");
+    assert_eq!(completion.vbuckets.len(), 1024);
+    let names: Vec<String> = std::fs::read_dir(&node_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    for f in [
+        "meta.json",
+        "seqno.json",
+        "failover.json",
+        "pump-complete.json",
+    ] {
+        assert!(names.iter().any(|n| n == f), "{f}: {names:?}");
+    }
+    assert!(names.iter().all(|n| !n.ends_with(".partial")), "{names:?}");
+    for k in 0..16 {
+        assert!(
+            names.contains(&format!("pump-part-{k:04}.json")),
+            "part {k}: {names:?}"
+        );
+        assert!(
+            names.contains(&format!("data-{}.cbb", k * 10_000)) || k == 0,
+            "part {k}'s data file: {names:?}"
+        );
+    }
+    assert!(names.contains(&"data-0000.cbb".to_string()), "{names:?}");
+    let seqnos: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(node_dir.join("seqno.json")).unwrap())
+            .unwrap();
+    assert_eq!(seqnos.as_object().unwrap().len(), 1024, "{seqnos}");
+    // The backup restores into another cluster, equal key by key.
+    transfer_ok(backup, &dst.spec(), &[]);
     assert_eq!(src.contents(), dst.contents());
 }
 
@@ -361,6 +422,7 @@ fn a_job_of_another_pump_version_is_refused_by_name_and_stays_in_the_queue() {
             threads: 1,
             extra: String::new(),
             add: false,
+            backup_run: None,
         }),
     );
     job.pump = "0.0.1".into();
@@ -442,6 +504,9 @@ fn plans_that_cannot_run_are_refused_and_put_nothing() {
     let url = b.url("refused");
     let dir = tempfile::tempdir().unwrap();
     let csv = format!("csv:{}", dir.path().join("x.csv").display());
+    let vols = meta2_volumes(dir.path(), 3);
+    let empty_lost = format!("127.0.0.2:6120={}", vols[1].display());
+    let from = format!("127.0.0.1:6120={}", vols[0].display());
     for (args, why) in [
         (
             vec![
@@ -502,6 +567,19 @@ fn plans_that_cannot_run_are_refused_and_put_nothing() {
                 "0",
             ],
             "at least 1",
+        ),
+        (
+            vec![
+                "meta2",
+                "rebuild",
+                "--peer",
+                &empty_lost,
+                "--from-peer",
+                &from,
+                "--queue",
+                &url,
+            ],
+            "holds no meta2 base; if it is a new or emptied volume, pass --create",
         ),
     ] {
         let out = pump(&[&["plan"], args.as_slice()].concat());
@@ -580,6 +658,7 @@ fn a_meta2_rebuild_of_2000_bases_through_2_workers_passes_check() {
         &format!("127.0.0.3:6120={}", vols[2].display()),
         "--queue",
         &url,
+        "--create",
     ]);
     let mut ws: Vec<Worker> = (0..2)
         .map(|i| Worker::start(dir.path(), &format!("w{i}"), &url, &["--drain"]))
@@ -634,6 +713,7 @@ fn a_volume_check_in_jobs_reports_each_bad_copy() {
         &format!("127.0.0.2:6120={}", vols[1].display()),
         "--from-peer",
         &format!("127.0.0.1:6120={}", vols[0].display()),
+        "--create",
         "-q",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -714,6 +794,7 @@ fn stop_a_rebuild_midway_and_resume(signal: i32) -> (serde_json::Value, String) 
         &format!("127.0.0.3:6120={}", vols[2].display()),
         "--queue",
         &url,
+        "--create",
         "--jobs",
         "1",
         "--ttr",
@@ -893,4 +974,84 @@ fn a_restore_split_into_jobs_fills_a_cluster_from_one_backup() {
     assert_eq!(count(&st, "done"), 4, "{st}");
     assert_eq!(st["items"].as_u64(), Some(expected.len() as u64), "{st}");
     assert_eq!(dst.contents(), expected);
+}
+
+#[test]
+fn a_backup_run_of_jobs_under_way_is_taken_up_by_its_jobs_only() {
+    let b = Beanstalkd::start();
+    let url = b.url("parts");
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup");
+    let backup = backup.to_str().unwrap();
+    // A queue that does not answer: refused before any run is made in the directory.
+    let dead = format!("beanstalk://127.0.0.1:{}", common::free_port());
+    let out = pump(&[
+        "plan",
+        "transfer",
+        "gen:max-items=100",
+        backup,
+        "--queue",
+        &dead,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+    assert!(!Path::new(backup).join("bucket-default").exists());
+    assert!(pump_formats::run::list_node_runs(Path::new(backup)).map_or(true, |v| v.is_empty()));
+
+    let run = plan(&[
+        "transfer",
+        "gen:max-items=3000,vbuckets=16",
+        backup,
+        "--queue",
+        &url,
+        "--jobs",
+        "4",
+    ]);
+    // While its jobs have not run, neither a second plan nor a pump transfer takes it up.
+    let out = pump(&[
+        "plan",
+        "transfer",
+        "gen:max-items=10,vbuckets=16",
+        backup,
+        "--queue",
+        &url,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is incomplete"), "{}", stderr(&out));
+    let out = pump(&["transfer", "gen:max-items=10", backup]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("written by 4 jobs of a queue run"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(count(&status(&url, &run), "ready"), 4);
+    let listed = pump(&["plan", "status", "--queue", &url, "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["runs"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["tube"]["ready"].as_u64(), Some(4), "{listed}");
+    // A restore refuses the run until every part is complete.
+    let csv = dir.path().join("early.csv");
+    let out = pump(&["transfer", backup, &format!("csv:{}", csv.display())]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("incomplete"), "{}", stderr(&out));
+
+    let mut w = Worker::start(dir.path(), "w", &url, &["--drain", "--concurrency", "2"]);
+    assert!(w.wait(Duration::from_secs(60)).success(), "{}", w.log());
+    assert_eq!(count(&status(&url, &run), "done"), 4);
+    let csv = dir.path().join("all.csv");
+    transfer_ok(backup, &format!("csv:{}", csv.display()), &[]);
+    assert_eq!(
+        common::csv_rows(&csv).len(),
+        1 + 3000,
+        "a header and every item"
+    );
+    // Complete: the next pump transfer writes a new run beside it.
+    transfer_ok("gen:max-items=10", backup, &[]);
+    assert_eq!(
+        pump_formats::run::list_node_runs(Path::new(backup))
+            .unwrap()
+            .len(),
+        2
+    );
 }

@@ -7,7 +7,9 @@
 //!           "source": "couchbase://10.0.0.1:8091", "sink": "/backups/b1",
 //!           "vbuckets": "192-255",                      this job's range (-l)
 //!           "bucket_source": "default", "bucket_destination": null,
-//!           "key": null, "threads": 4, "extra": "batch_max_size=500", "add": false}}
+//!           "key": null, "threads": 4, "extra": "batch_max_size=500", "add": false,
+//!           "backup_run": "2026-12-05T201502Z/2026-12-05T201502Z-full"}}
+//!                                                        a backup sink's run, planned once
 //!
 //!  "work": {"kind": "meta2_rebuild", "lost": "10.0.0.2:6120=/v2",
 //!           "from": ["10.0.0.1:6120=/v1", "10.0.0.3:6120=/v3"],
@@ -94,6 +96,10 @@ pub struct TransferWork {
     pub extra: String,
     /// `-a`.
     pub add: bool,
+    /// A backup directory sink: the run (`<root>/<run>`) every job of this run writes a part
+    /// of, planned before the jobs were put. None for other sinks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_run: Option<String>,
 }
 
 /// A meta2 rebuild job: `pump meta2 rebuild` restricted to some bases.
@@ -248,6 +254,7 @@ mod tests {
                 threads: 4,
                 extra: String::new(),
                 add: false,
+                backup_run: Some("2026-12-05T201502Z/2026-12-05T201502Z-full".into()),
             }),
         )
     }

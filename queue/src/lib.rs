@@ -63,9 +63,11 @@
 //! ```
 //!
 //! Sinks: a network sink (a cluster, a node, memcached, TAP) takes any number of jobs at once.
-//! A file or stream (`csv:`, `stdout:`) takes one job, and so does a backup directory for now: a
-//! planner refuses more. Several jobs writing one backup run need that run's records (issue 17:
-//! `pump-run.json`, the completion record) to know of several writers.
+//! A file or stream (`csv:`, `stdout:`) takes one job: a planner refuses more. A backup
+//! directory takes any number: the planner plans its run once as a run of N parts (its
+//! `pump-run.json` says so) and each job names it (`TransferWork::backup_run`); job k writes
+//! part k (its own data files and positions file in the run, `pump-part-k.json` when done),
+//! and the job that completes the last part completes the run (`pump_sinks::backup`).
 //!
 //! # Where a job's progress lives, and why
 //!

@@ -230,6 +230,7 @@ fn job(run: &str, index: u32, of: u32) -> Job {
             threads: 1,
             extra: String::new(),
             add: false,
+            backup_run: None,
         }),
     )
 }

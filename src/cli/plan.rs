@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! pump plan transfer SOURCE SINK --queue beanstalk://HOST:PORT[/TUBE] [--jobs N] [transfer options]
+//!     a backup directory SINK: its run is planned here (-m full|diff|accu), each job writes a part
 //! pump plan meta2 rebuild --peer LOST=VOLUME --from-peer ADDR=VOLUME ... --queue URL [--jobs N]
 //! pump plan meta2 check --volume VOLUME --peer ADDR=VOLUME ... --queue URL [--jobs N]
 //!     -> prints the run id on stdout (what was planned on stderr)
@@ -111,6 +112,10 @@ struct PlanTransferArgs {
     /// Use ADD instead of SET in a memcached-protocol sink.
     #[arg(short = 'a', long = "add")]
     add: bool,
+    /// A backup directory sink's run, as pump transfer -m: full, diff or accu. The run is
+    /// planned here, once; every job writes a part of it.
+    #[arg(short = 'm', long = "mode", value_enum)]
+    mode: Option<super::transfer::Mode>,
     #[command(flatten)]
     queue: QueueOpt,
     #[command(flatten)]
@@ -158,6 +163,10 @@ struct PlanRebuildArgs {
     /// With --stream: index key bytes held before sorting into runs on disk (64M, 1G).
     #[arg(long, value_parser = size)]
     sort_memory: Option<u64>,
+    /// The lost service's volume may be new or hold no base yet (as pump meta2 rebuild
+    /// --create): without it, a volume the planner finds missing or empty is refused.
+    #[arg(long)]
+    create: bool,
     #[command(flatten)]
     queue: QueueOpt,
     #[command(flatten)]
@@ -219,6 +228,22 @@ pub async fn run(args: PlanArgs) -> Result<(), Failure> {
                         "--sort-memory is for --stream: a page copy sorts nothing".into(),
                     ));
                 }
+                if !a.create {
+                    let v = &r.lost.volume;
+                    let holds_bases = pump_meta2::BaseName::list(v).is_ok_and(|b| !b.is_empty());
+                    if !v.is_dir() || !holds_bases {
+                        return Err(Failure::Usage(format!(
+                            "{}={}: {}; if it is a new or emptied volume, pass --create",
+                            r.lost.address,
+                            v.display(),
+                            if v.is_dir() {
+                                "holds no meta2 base"
+                            } else {
+                                "no such volume directory"
+                            }
+                        )));
+                    }
+                }
                 announce(&q, plan::meta2_rebuild(&q, r).await?)
             }
             PlanMeta2Command::Check(a) => {
@@ -238,8 +263,8 @@ async fn transfer(a: PlanTransferArgs) -> Result<(), Failure> {
         sink: a.sink,
         bucket_source: a.bucket_source,
         bucket_destination: a.bucket_destination,
-        source_auth: a.credentials.source(),
-        dest_auth: a.credentials.dest(),
+        source_auth: a.credentials.source()?,
+        dest_auth: a.credentials.dest()?,
         vbucket_list: a.vbucket_list,
         key: a.key,
         threads: a.threads,
@@ -247,6 +272,9 @@ async fn transfer(a: PlanTransferArgs) -> Result<(), Failure> {
         verbose: 0,
         extra: a.extra,
         add: a.add,
+        mode: a.mode.map(pump_sinks::backup::RunKind::from),
+        allow_partial: false,
+        overwrite: false,
     };
     announce(&q, plan::transfer(&q, request).await?)
 }

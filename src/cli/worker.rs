@@ -77,8 +77,8 @@ pub async fn run(args: WorkerArgs) -> Result<(), Failure> {
         url: args.queue,
         concurrency: args.concurrency,
         credentials: WorkerCredentials {
-            source: args.credentials.source(),
-            dest: args.credentials.dest(),
+            source: args.credentials.source()?,
+            dest: args.credentials.dest()?,
         },
         max_failures: args.max_failures,
         drain: args.drain,

@@ -2,8 +2,13 @@
 //!
 //! ```text
 //! transfer      TransferRequest {job's specs and options, -l RANGE, the worker's credentials}
-//!               a source that keeps positions (dcp://, couchbase://) gets -x checkpoint=FILE,
-//!               FILE first written from the record's positions: each vbucket resumes there
+//!               a backup directory sink: the job writes part INDEX of the run it names
+//!               (pump_sinks::backup::plan_part: its own data files and positions file in the
+//!               run, resumed from what an earlier attempt committed); a part found complete
+//!               only completes the run if it can (complete_parts)
+//!               any other sink, a source that keeps positions (dcp://, couchbase://) gets
+//!               -x checkpoint=FILE, FILE first written from the record's positions: each
+//!               vbucket resumes there
 //!               crate::transfer::open -> pump::run (Ctrl-C / a lost job: the context's cancel)
 //! meta2 rebuild repair::meta2::rebuild_bases of the bases the record does not list as done
 //! meta2 check   repair::meta2::check_base of each base not done yet
@@ -92,8 +97,20 @@ fn is_permanent(message: &str) -> bool {
 #[derive(Debug, Default)]
 pub struct Live {
     stats: Mutex<Option<Arc<pump::Stats>>>,
-    checkpoint: Mutex<Option<PathBuf>>,
+    checkpoint: Mutex<Option<Checkpoint>>,
     bases: Mutex<BasesDone>,
+    /// Items and bytes the job's output already holds from earlier attempts, when the sink
+    /// counts them exactly (a backup part's committed rows): they replace the record's count,
+    /// which misses what was committed after the last record of a killed attempt.
+    before: Mutex<Option<(u64, u64)>>,
+}
+
+/// The positions file a transfer job's source keeps.
+#[derive(Debug, Clone)]
+struct Checkpoint {
+    path: PathBuf,
+    /// A file of this worker's (removed with the job); a backup part's lives in the run.
+    owned: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -115,6 +132,8 @@ pub struct Sample {
     pub bases_done: BTreeSet<u32>,
     pub counts: BTreeMap<String, u64>,
     pub findings: Vec<String>,
+    /// See [`Live`]: items and bytes earlier attempts left in the output, counted there.
+    pub before: Option<(u64, u64)>,
 }
 
 /// A record keeps this many findings.
@@ -129,9 +148,10 @@ impl Live {
             s.items = c.items_written;
             s.bytes = c.bytes_written;
         }
-        if let Some(path) = self.checkpoint.lock().ok().and_then(|g| g.clone()) {
-            s.positions = read_positions(&path);
+        if let Some(c) = self.checkpoint.lock().ok().and_then(|g| g.clone()) {
+            s.positions = read_positions(&c.path);
         }
+        s.before = self.before.lock().ok().and_then(|g| *g);
         if let Ok(b) = self.bases.lock() {
             if !b.done.is_empty() || !b.counts.is_empty() {
                 s.items = b.done.len() as u64;
@@ -146,8 +166,9 @@ impl Live {
     /// The record that follows `base` once this sample is added to what earlier attempts
     /// did.
     pub fn merge(base: &Record, s: &Sample, into: &mut Record) {
-        into.items = base.items + s.items;
-        into.bytes = base.bytes + s.bytes;
+        let (items, bytes) = s.before.unwrap_or((base.items, base.bytes));
+        into.items = items + s.items;
+        into.bytes = bytes + s.bytes;
         into.positions = if s.positions.is_empty() {
             base.positions.clone()
         } else {
@@ -168,8 +189,10 @@ impl Live {
 
 impl Drop for Live {
     fn drop(&mut self) {
-        if let Some(path) = self.checkpoint.lock().ok().and_then(|g| g.clone()) {
-            let _ = std::fs::remove_file(&path);
+        if let Some(c) = self.checkpoint.lock().ok().and_then(|g| g.clone()) {
+            if c.owned {
+                let _ = std::fs::remove_file(&c.path);
+            }
         }
     }
 }
@@ -254,7 +277,7 @@ async fn transfer(
     live: Arc<Live>,
 ) -> Result<Ended, JobError> {
     let registry = crate::kinds::registry();
-    let mut req = TransferRequest {
+    let req = TransferRequest {
         source: w.source.clone(),
         sink: w.sink.clone(),
         bucket_source: w.bucket_source.clone(),
@@ -268,26 +291,60 @@ async fn transfer(
         verbose,
         extra: w.extra.clone(),
         add: w.add,
+        mode: None,
+        allow_partial: false,
+        overwrite: false,
     };
-    let checked = crate::transfer::check(&req, &registry).map_err(JobError::from_failure)?;
-    if checked.keeps_positions() {
-        let path = std::env::temp_dir().join(format!(
-            "pump-worker-{}-{}-{}.json",
-            std::process::id(),
-            job.run,
-            job.index
-        ));
-        write_positions(&path, &record.positions)?;
-        if let Ok(mut g) = live.checkpoint.lock() {
-            *g = Some(path.clone());
+    let mut checked = crate::transfer::check(&req, &registry).map_err(JobError::from_failure)?;
+    let plan = match &w.backup_run {
+        Some(run) => match backup_part(job, run, &checked)? {
+            Some(plan) => {
+                if let Ok(mut g) = live.before.lock() {
+                    let p = &plan.prior;
+                    *g = Some((p.mutations + p.deletions, p.bytes));
+                }
+                if let (Some(path), Ok(mut g)) = (&plan.positions, live.checkpoint.lock()) {
+                    checked
+                        .options
+                        .extra
+                        .set("checkpoint", &path.display().to_string());
+                    *g = Some(Checkpoint {
+                        path: path.clone(),
+                        owned: false,
+                    });
+                }
+                Some(plan)
+            }
+            None => return Ok(Ended::Done),
+        },
+        None if checked.is_backup_sink() => Some(
+            crate::transfer::plan_backup(&mut checked, None, None)
+                .map_err(JobError::from_failure)?,
+        ),
+        None => {
+            if checked.keeps_positions() {
+                let path = std::env::temp_dir().join(format!(
+                    "pump-worker-{}-{}-{}.json",
+                    std::process::id(),
+                    job.run,
+                    job.index
+                ));
+                write_positions(&path, &record.positions)?;
+                if let Ok(mut g) = live.checkpoint.lock() {
+                    *g = Some(Checkpoint {
+                        path: path.clone(),
+                        owned: true,
+                    });
+                }
+                checked
+                    .options
+                    .extra
+                    .set("checkpoint", &path.display().to_string());
+            }
+            None
         }
-        if !req.extra.is_empty() {
-            req.extra.push(',');
-        }
-        req.extra
-            .push_str(&format!("checkpoint={}", path.display()));
-    }
-    let opened = crate::transfer::open(&req, &registry).map_err(JobError::from_failure)?;
+    };
+    let opened = crate::transfer::open(checked, &registry, plan).map_err(JobError::from_failure)?;
     let ctx = Context::new(opened.options);
     if let Ok(mut g) = live.stats.lock() {
         *g = Some(ctx.stats.clone());
@@ -315,6 +372,66 @@ async fn transfer(
         Ok(_) => Ok(Ended::Done),
         Err(pump::Error::Cancelled) => Ok(Ended::Stopped),
         Err(e) => Err(JobError::from_failure(Failure::from(e))),
+    }
+}
+
+/// The part of the backup run `run` this job writes: `None` when it is complete already (and
+/// then the run is completed, if this was the last part and its job stopped just before).
+fn backup_part(
+    job: &Job,
+    run: &str,
+    checked: &crate::transfer::Checked,
+) -> Result<Option<pump_sinks::backup::RunPlan>, JobError> {
+    use pump_sinks::backup::{complete_parts, plan_part, BackupConfig, PartPlan, PartRequest};
+    if !checked.is_backup_sink() {
+        return Err(JobError::permanent(format!(
+            "the job names the backup run {run}, but its sink {} is not a backup directory",
+            checked.sink_spec
+        )));
+    }
+    if run
+        .split('/')
+        .any(|p| p.is_empty() || p == "." || p == "..")
+    {
+        return Err(JobError::permanent(format!(
+            "the job's backup run {run:?} is not <root>/<run>"
+        )));
+    }
+    let config = BackupConfig::from_spec(&checked.sink_spec, &checked.options)
+        .map_err(|e| JobError::permanent(e.to_string()))?;
+    let node_dir = pump_formats::bfd::node_dir(&config.dir.join(run), &config.bucket, &config.node);
+    let vbuckets: Vec<u16> = checked
+        .options
+        .vbuckets
+        .as_ref()
+        .map(|v| v.iter().collect())
+        .unwrap_or_default();
+    // A part that cannot be planned (the run missing, another shape) is the plan's fault, not
+    // this attempt's; a file error may pass (a full disk, a mount back).
+    let fail = |e: String| JobError {
+        permanent: e.contains("is not there") || e.contains("not part"),
+        message: format!("{}: {e}", checked.sink_spec),
+    };
+    match plan_part(&PartRequest {
+        node_dir: &node_dir,
+        run,
+        part: job.index,
+        parts: job.of,
+        vbuckets: &vbuckets,
+        resumable: checked.keeps_positions(),
+    })
+    .map_err(fail)?
+    {
+        PartPlan::Write(plan) => {
+            for note in &plan.notes {
+                eprintln!("job {}/{}: {note}", job.run, job.index);
+            }
+            Ok(Some(*plan))
+        }
+        PartPlan::Done => {
+            complete_parts(&node_dir).map_err(fail)?;
+            Ok(None)
+        }
     }
 }
 
@@ -509,6 +626,16 @@ mod tests {
             next.positions, base.positions,
             "no new positions: the old ones stay"
         );
+        // A backup part counts what its files hold from earlier attempts: that replaces the
+        // record's count (a killed attempt committed more than it recorded).
+        let s = Sample {
+            items: 5,
+            before: Some((130, 4000)),
+            ..Sample::default()
+        };
+        Live::merge(&base, &s, &mut next);
+        assert_eq!(next.items, 135);
+        assert_eq!(next.bytes, 4000);
     }
 
     #[test]

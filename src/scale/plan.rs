@@ -14,6 +14,12 @@
 //! Nothing is put unless every job of the run is valid: the specs parse, the kinds pair, the
 //! options are known, no credentials are in a spec (workers bring their own), the sink can
 //! take several writers, and every body fits the server's max-job-size.
+//!
+//! A backup directory sink takes several jobs: its run is planned here, once, as a run of N
+//! parts (`pump_sinks::backup::plan`, `-m full|diff|accu` as pump transfer chooses it), and
+//! each job names it; a job writes its part, and the last part to complete completes the run
+//! (`pump_sinks::backup::plan_part`, `complete_parts`). The directory must be the same, at the
+//! same path, for the planner and every worker (a shared file system).
 
 use std::path::{Path, PathBuf};
 
@@ -68,7 +74,7 @@ pub async fn transfer(q: &QueueArgs, request: TransferRequest) -> Result<Planned
         }
     }
     let registry = crate::kinds::registry();
-    let checked = crate::transfer::check(&request, &registry)?;
+    let mut checked = crate::transfer::check(&request, &registry)?;
     if checked.options.extra.get("checkpoint").is_some() {
         return Err(Failure::Usage(
             "-x checkpoint: the queue keeps each job's checkpoint (its record); plan without it"
@@ -97,12 +103,6 @@ pub async fn transfer(q: &QueueArgs, request: TransferRequest) -> Result<Planned
                     checked.sink_spec
                 )))
             }
-            "backup" => {
-                return Err(Failure::Usage(format!(
-                    "{}: a backup directory takes one job at a time for now; plan --jobs 1",
-                    checked.sink_spec
-                )))
-            }
             _ => {}
         }
     }
@@ -118,8 +118,20 @@ pub async fn transfer(q: &QueueArgs, request: TransferRequest) -> Result<Planned
             )));
         }
     }
-    let run_id = new_run_id(now_secs());
+    // A backup directory: its run is planned now, once, for this many parts (nothing else
+    // is written before every job is known to fit).
     let chunks = split(&vbuckets, jobs as usize);
+    let jobs = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+    let backup_run = if checked.is_backup_sink() {
+        Some(crate::transfer::plan_backup(
+            &mut checked,
+            request.mode,
+            Some(jobs),
+        )?)
+    } else {
+        None
+    };
+    let run_id = new_run_id(now_secs());
     let mut out = Vec::with_capacity(chunks.len());
     for (k, chunk) in (0u32..).zip(&chunks) {
         let work = TransferWork {
@@ -132,17 +144,40 @@ pub async fn transfer(q: &QueueArgs, request: TransferRequest) -> Result<Planned
             threads: request.threads,
             extra: request.extra.clone(),
             add: request.add,
+            backup_run: backup_run.as_ref().map(|p| p.run.clone()),
         };
         out.push(Job::new(&run_id, k, jobs, q.ttr, Work::Transfer(work)));
     }
     let what = format!(
-        "{} -> {} (bucket {}, {} vbuckets)",
+        "{} -> {} (bucket {}, {} vbuckets){}",
         checked.source_spec,
         checked.sink_spec,
         request.bucket_source,
-        vbuckets.len()
+        vbuckets.len(),
+        backup_run
+            .as_ref()
+            .map(|p| format!(", the {} run {}", p.mode, p.run))
+            .unwrap_or_default()
     );
-    put(q, &mut client, max_job, &run_id, "transfer", &what, out).await
+    let put = put(q, &mut client, max_job, &run_id, "transfer", &what, out).await;
+    if let (Err(_), Some(p)) = (&put, &backup_run) {
+        // Nothing was put: the run planned for the jobs is removed again.
+        remove_planned_run(&p.node_dir);
+    }
+    put
+}
+
+/// Removes a backup run planned for jobs that were not put: its node directory (its records
+/// only) and the bucket and run directories above it when nothing else is in them.
+fn remove_planned_run(node_dir: &Path) {
+    let _ = std::fs::remove_dir_all(node_dir);
+    let mut dir = node_dir.parent();
+    for _ in 0..3 {
+        match dir {
+            Some(d) if std::fs::remove_dir(d).is_ok() => dir = d.parent(),
+            _ => break,
+        }
+    }
 }
 
 /// The vbuckets a transfer covers.
