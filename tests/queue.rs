@@ -602,6 +602,19 @@ fn plans_that_cannot_run_are_refused_and_put_nothing() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+    // A worker told to drain a queue it cannot reach says so and exits; a wrong URL is a usage
+    // error.
+    let dead = format!("beanstalk://127.0.0.1:{}", common::free_port());
+    let out = pump(&["worker", &dead, "--drain"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot connect") && stderr(&out).contains(&dead),
+        "{}",
+        stderr(&out)
+    );
+    let out = pump(&["worker", "http://127.0.0.1:11300", "--drain"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("beanstalk://"), "{}", stderr(&out));
 }
 
 /// Three meta2 volumes: the bases on v1 and v3, listing v2's service, v2 empty (lost).

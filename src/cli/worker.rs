@@ -73,6 +73,17 @@ pub async fn run(args: WorkerArgs) -> Result<(), Failure> {
         );
         std::process::exit(130);
     });
+    if args.drain {
+        // A run to the end of the tube: a queue that cannot be reached at the start (a wrong
+        // address, a server not up) is an error, not a wait. Without --drain a worker is a
+        // service, which waits for its queue and says so once.
+        crate::scale::connect(&args.queue).await.map_err(|e| match e {
+            Failure::Failed(m) => Failure::Failed(format!(
+                "{m}: nothing to drain; check the address (a worker without --drain waits for the queue)"
+            )),
+            other => other,
+        })?;
+    }
     let config = WorkerConfig {
         url: args.queue,
         concurrency: args.concurrency,
