@@ -1068,3 +1068,55 @@ fn a_backup_run_of_jobs_under_way_is_taken_up_by_its_jobs_only() {
         2
     );
 }
+
+#[test]
+fn a_full_then_a_diff_backup_in_jobs_restore_a_cluster_equal() {
+    let b = Beanstalkd::start();
+    let url = b.url("diff");
+    let src = LocalCluster::up(2, 0, &[]);
+    let dst = LocalCluster::up(2, 0, &[]);
+    transfer_ok("gen:max-items=20000,min-value-size=20", &src.spec(), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup");
+    let backup = backup.to_str().unwrap();
+    let backup_in_jobs = |mode: &str| {
+        let run = plan(&[
+            "transfer",
+            &src.spec(),
+            backup,
+            "--queue",
+            &url,
+            "--jobs",
+            "4",
+            "-m",
+            mode,
+        ]);
+        let mut w = Worker::start(dir.path(), mode, &url, &["--drain", "--concurrency", "2"]);
+        assert!(w.wait(Duration::from_secs(60)).success(), "{}", w.log());
+        assert_eq!(count(&status(&url, &run), "done"), 4);
+    };
+    backup_in_jobs("full");
+    // 100 new items and 50 changed ones: the diff run, in jobs, holds those only.
+    transfer_ok("gen:max-items=100,prefix=new", &src.spec(), &[]);
+    transfer_ok("gen:max-items=50,min-value-size=30", &src.spec(), &[]);
+    backup_in_jobs("diff");
+    let runs = pump_formats::run::list_node_runs(Path::new(backup)).unwrap();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let rows = |n: &pump_formats::run::NodeRun| match pump_formats::run::RunState::of(&n.node_dir)
+        .unwrap()
+    {
+        pump_formats::run::RunState::Complete { completion, .. } => completion.mutations,
+        other => panic!("{}: not complete: {other:?}", n.node_dir.display()),
+    };
+    assert_eq!(
+        (runs[0].kind, runs[1].kind),
+        (
+            pump_formats::bfd::RunKind::Full,
+            pump_formats::bfd::RunKind::Diff
+        )
+    );
+    assert_eq!(rows(&runs[0]), 20_000);
+    assert_eq!(rows(&runs[1]), 150, "the diff holds what changed only");
+    transfer_ok(backup, &dst.spec(), &[]);
+    assert_eq!(src.contents(), dst.contents());
+}
