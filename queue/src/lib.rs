@@ -81,6 +81,12 @@
 //! over confirmed seqnos; for meta2, the bases done. A worker that reserves a job reads its
 //! newest record first and starts from there, so a finished range never starts again.
 //!
+//! A job writing part of a backup run is the exception: the backup directory is one every
+//! worker reaches (the planner made the run in it), and the part's own files say exactly what
+//! it committed, so the part resumes from its positions file in the run, moved up to the last
+//! row its data files hold (`pump_sinks::backup::plan_part`), and its record counts those rows:
+//! no row is written twice even when the killed attempt committed past its last record.
+//!
 //! Failure cases:
 //! - A worker killed after its sink confirmed a batch but before the next record: the next
 //!   attempt sends that tick's items again (at most a tick's worth). The run stays
