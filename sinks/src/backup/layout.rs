@@ -584,7 +584,15 @@ pub const PARTS_LOCK: &str = "pump-parts.lock";
 pub fn complete_parts(node_dir: &Path) -> Result<bool, String> {
     let lock_path = node_dir.join(PARTS_LOCK);
     let err = |e: rusqlite::Error| format!("{}: {e}", lock_path.display());
-    let lock = rusqlite::Connection::open(&lock_path).map_err(err)?;
+    // Never through a planted symlink (the run directory is the pump's own).
+    let lock = rusqlite::Connection::open_with_flags(
+        &lock_path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )
+    .map_err(err)?;
     lock.busy_timeout(std::time::Duration::from_secs(60))
         .map_err(err)?;
     lock.execute_batch("BEGIN EXCLUSIVE").map_err(err)?;
