@@ -11,7 +11,7 @@ use pump::deliver::{Heard, Link, LinkError, Protocol, Route};
 use pump::{Message, RetryPolicy, Verdict};
 use pump_client::{Auth, Connection, VbucketMap};
 use pump_protocol::packet::encode_request;
-use pump_protocol::{vbucket_of, Magic, Opcode, Packet, Status};
+use pump_protocol::{vbucket_of, Opcode, Packet, Status};
 
 use crate::net;
 
@@ -155,16 +155,7 @@ impl Protocol for Router {
     }
 
     fn hear(&self, p: Packet) -> Heard<Status> {
-        if p.magic != Magic::Response {
-            return Heard::Broken(format!(
-                "a request ({:?}) where answers were expected",
-                p.opcode
-            ));
-        }
-        Heard::Answer {
-            id: p.opaque,
-            status: p.status(),
-        }
+        crate::net::hear_answer(p)
     }
 
     fn is_success(&self, status: Status) -> bool {
