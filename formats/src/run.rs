@@ -12,6 +12,14 @@
 //!                           pump-complete.json    written and synced last, once every data file
 //!                                                 is synced and renamed: the counts, the files,
 //!                                                 each vbucket's seqno range, the end positions
+//!
+//! a run several jobs write (pump-run.json says "parts": N):
+//!                           pump-positions-KKKK.json  part K's checkpoint (its vbuckets)
+//!                           data-(K*10000+i).cbb      part K's data files
+//!                           pump-part-KKKK.json       part K complete (its files synced, renamed)
+//!                           pump-parts.lock           held while the last part completes the run
+//!                           then, once every part is complete: pump-positions.json (merged),
+//!                           meta.json, seqno.json, ..., pump-complete.json
 //! ```
 //!
 //! A run is **complete** from the instant `pump-complete.json` is in place, and only then. A run
@@ -59,6 +67,38 @@ pub struct RunRecord {
     /// Rollbacks seen by the attempts before the last one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rollbacks: Vec<Rollback>,
+    /// A run written by this many jobs of a queue run (`pump plan transfer` into a backup
+    /// directory): each writes its own data files and its part record, and the run is
+    /// complete once every part is (see [`PartRecord`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<u32>,
+}
+
+/// `pump-part-NNNN.json`: one part of a run that several jobs write, complete. Written and
+/// synced once the part's data files are synced and renamed; when every part of the run has
+/// one, the run's own files and `pump-complete.json` are written from them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRecord {
+    pub part: u32,
+    pub parts: u32,
+    /// The part's vbuckets, as `-l` takes them.
+    pub vbuckets: String,
+    /// What the part holds; its positions are those of its vbuckets only.
+    pub completion: Completion,
+}
+
+/// A part's data files are numbered from `part * PART_FILES`: `data-30000.cbb` is part 3's
+/// first, so that parts written at once never pick the same name.
+pub const PART_FILES: u32 = 10_000;
+
+/// The part record's name.
+pub fn part_record_name(part: u32) -> String {
+    format!("pump-part-{part:04}.json")
+}
+
+/// A part's positions (its DCP checkpoint), beside the run's.
+pub fn part_positions_name(part: u32) -> String {
+    format!("pump-positions-{part:04}.json")
 }
 
 /// One start or resume of a run.
@@ -449,6 +489,7 @@ mod tests {
                 first_file: 0,
             }],
             rollbacks: Vec::new(),
+            parts: None,
         };
         write_json_synced(&node.join(RUN_JSON), &record).unwrap();
         assert!(matches!(

@@ -11,11 +11,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pump::deliver::{Link, LinkError, LinkReader, LinkWriter};
+use pump::deliver::{Heard, Link, LinkError, LinkReader, LinkWriter};
 use pump::{Error, Options, Spec};
 use pump_client::{Auth, ClientError, Connection, Handshake, Next, ReadHalf, TlsClient, WriteHalf};
 use pump_protocol::sasl::Mechanism;
-use pump_protocol::Packet;
+use pump_protocol::{Magic, Packet, Status};
 
 /// Credentials: the URL's userinfo, else `-U/-P`.
 pub fn auth(spec: &Spec, options: &Options) -> Result<Option<Auth>, Error> {
@@ -24,6 +24,21 @@ pub fn auth(spec: &Spec, options: &Options) -> Result<Option<Auth>, Error> {
         user: c.user,
         password: c.password,
     }))
+}
+
+/// What a sink that only sends requests hears: an answer by its opaque, or a request from the
+/// server, which breaks the connection (the memcached and couchbase sinks).
+pub fn hear_answer(p: Packet) -> Heard<Status> {
+    if p.magic != Magic::Response {
+        return Heard::Broken(format!(
+            "a request ({:?}) where answers were expected",
+            p.opcode
+        ));
+    }
+    Heard::Answer {
+        id: p.opaque,
+        status: p.status(),
+    }
 }
 
 /// A connected connection as a link of the one writer.

@@ -14,9 +14,11 @@ mod demo;
 mod meta2;
 mod metrics;
 mod node;
+mod plan;
 mod recover;
 mod transfer;
 mod verify;
+mod worker;
 
 /// pump: move vbucket data and meta2 bases from a source to a sink, at wire speed.
 #[derive(Debug, Parser)]
@@ -48,6 +50,10 @@ enum Command {
     Demo(demo::DemoArgs),
     /// meta2 bases: check, sync, move, rebuild, generate.
     Meta2(Box<meta2::Meta2Args>),
+    /// Split a transfer or a meta2 repair into jobs on beanstalkd; follow and retry a run.
+    Plan(Box<plan::PlanArgs>),
+    /// Run the jobs of a beanstalkd tube (on as many machines as wanted).
+    Worker(Box<worker::WorkerArgs>),
 }
 
 pub use crate::failure::Failure;
@@ -126,6 +132,8 @@ pub fn main() -> ExitCode {
             Command::Node(args) => node::run(*args).await,
             Command::Cluster(args) => cluster::run(*args).await,
             Command::Meta2(args) => meta2::run(*args).await,
+            Command::Plan(args) => plan::run(*args).await,
+            Command::Worker(args) => worker::run(*args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Kinds => {
                 print_kinds();

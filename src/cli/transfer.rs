@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use pump::progress::ProgressMode;
-use pump::{Context, Extra, Options, Rate, SinkKind, SourceKind, Spec, TtlRewrite, VbucketSet};
-use pump_sinks::backup::{BackupConfig, BackupSink, PlanRequest, RunKind, RunPlan};
+use pump::{Context, Rate, Spec, TtlRewrite};
+use pump_sinks::backup::{RunKind, RunPlan};
 
 use super::credentials::CredentialArgs;
 use super::{print_out, registry, Failure};
@@ -148,78 +148,41 @@ pub enum Progress {
     None,
 }
 
-/// A bare word (no `:`, no `/`) that names a kind is almost always a forgotten colon: it would
-/// otherwise be a backup directory of that name in the current directory.
-pub fn check_bare_word(role: &str, raw: &str, registry: &pump::Registry) -> Result<(), Failure> {
-    if raw.contains(':') || raw.contains('/') || raw.contains(std::path::MAIN_SEPARATOR) {
-        return Ok(());
+pub use crate::transfer::check_bare_word;
+
+impl TransferArgs {
+    /// The request `crate::transfer` checks and opens (a job of `pump worker` makes the same).
+    pub fn request(&self) -> Result<crate::transfer::TransferRequest, Failure> {
+        Ok(crate::transfer::TransferRequest {
+            source: self.source.clone(),
+            sink: self.sink.clone(),
+            bucket_source: self.bucket_source.clone(),
+            bucket_destination: self.bucket_destination.clone(),
+            source_auth: self.credentials.source()?,
+            dest_auth: self.credentials.dest()?,
+            vbucket_list: self.vbucket_list.clone(),
+            key: self.key.clone(),
+            threads: self.threads,
+            dry_run: self.dry_run,
+            verbose: self.verbose,
+            extra: self.extra.clone(),
+            add: self.add,
+            mode: self.mode.map(RunKind::from),
+            allow_partial: self.allow_partial,
+            overwrite: self.overwrite,
+            cacert: self.cacert.clone(),
+            no_ssl_verify: self.no_ssl_verify,
+            include_data: self.include_data.clone(),
+            exclude_data: self.exclude_data.clone(),
+            map_data: self.map_data.clone(),
+        })
     }
-    let word = raw.to_ascii_lowercase();
-    let syntax = registry
-        .sources()
-        .map(|k| (k.name(), k.syntax()))
-        .chain(registry.sinks().map(|k| (k.name(), k.syntax())))
-        .filter(|(name, _)| *name != "backup")
-        .find(|(name, _)| *name == word);
-    if let Some((name, syntax)) = syntax {
-        return Err(Failure::Usage(format!(
-            "{role} {raw:?} is a bare word, which would be a backup directory named {raw} here: did you mean {name}:? ({syntax}; write ./{raw} for a directory)"
-        )));
-    }
-    Ok(())
 }
 
 /// Runs the transfer and prints the summary.
 pub async fn run(args: TransferArgs) -> Result<(), Failure> {
     let registry = registry();
-    check_bare_word("source", &args.source, &registry)?;
-    check_bare_word("sink", &args.sink, &registry)?;
-    let source_spec = Spec::parse(&args.source)?;
-    let sink_spec = Spec::parse(&args.sink)?;
-    let (source_kind, sink_kind) = registry.pair(&source_spec, &sink_spec)?;
-    let mut kind_keys: Vec<&str> = source_kind.extra_keys().to_vec();
-    kind_keys.extend(sink_kind.extra_keys());
-    let mut extra = Extra::parse(&args.extra, &kind_keys)?;
-    if args.add {
-        extra.set("add", "1");
-    }
-    let is_backup_sink = sink_kind.name() == "backup";
-    if args.allow_partial {
-        if source_kind.name() != "backup" {
-            return Err(Failure::Usage(format!(
-                "--allow-partial: {source_spec} is not a backup directory"
-            )));
-        }
-        extra.set("allow_partial", "1");
-    }
-    if args.overwrite {
-        if !sink_kind.extra_keys().contains(&"overwrite") {
-            return Err(Failure::Usage(format!(
-                "--overwrite: {sink_spec} is not a file sink (csv:FILE)"
-            )));
-        }
-        extra.set("overwrite", "1");
-    }
-    if args.mode.is_some() && !is_backup_sink {
-        return Err(Failure::Usage(format!(
-            "-m: {sink_spec} is not a backup directory; -m chooses a backup's run"
-        )));
-    }
-    if let Some(c) = &args.cacert {
-        if !c.is_file() {
-            return Err(Failure::Usage(format!(
-                "--cacert {}: no such file",
-                c.display()
-            )));
-        }
-        extra.set("cacert", &c.to_string_lossy());
-    }
-    if args.no_ssl_verify {
-        extra.set("no_ssl_verify", "1");
-    }
-    if args.threads == 0 {
-        return Err(Failure::Usage("-t/--threads must be at least 1".into()));
-    }
+    let mut checked = crate::transfer::check(&args.request()?, &registry)?;
     let regex = |flag: &str, re: &Option<String>| -> Result<Option<regex::bytes::Regex>, Failure> {
         re.as_deref()
             .map(|k| {
@@ -228,71 +191,27 @@ pub async fn run(args: TransferArgs) -> Result<(), Failure> {
             })
             .transpose()
     };
-    let key = regex("-k", &args.key)?;
     let value = regex("--filter-values", &args.filter_values)?;
     let ttl = ttl_rewrite(args.replace_ttl, args.replace_ttl_with.as_deref())?;
     let rate = args.rate.as_deref().map(Rate::parse).transpose()?;
-    let mut options = Options {
-        source_bucket: args.bucket_source.clone(),
-        dest_bucket: args.bucket_destination.clone(),
-        source_auth: args.credentials.source()?,
-        dest_auth: args.credentials.dest()?,
-        vbuckets: args
-            .vbucket_list
-            .as_deref()
-            .map(VbucketSet::parse)
-            .transpose()?,
-        key,
-        threads: args.threads,
-        dry_run: args.dry_run,
-        verbose: args.verbose,
-        extra,
-        data: pump::DataRules::parse(
-            args.include_data.as_deref(),
-            args.exclude_data.as_deref(),
-            args.map_data.as_deref(),
-        )
-        .map_err(Failure::Usage)?,
-    };
-    let mut filter = options.filter();
+    let mut filter = checked.options.filter();
     filter.value = value;
     filter.exclude_deletions = args.exclude_deletions;
     filter.ttl = ttl;
-    describe(
-        &args,
-        &source_spec,
-        source_kind,
-        &sink_spec,
-        sink_kind,
-        &options,
-        rate,
-    );
+    describe(&args, &checked, rate);
 
-    let plan = if is_backup_sink && !options.dry_run {
-        Some(plan_backup(
-            &args,
-            &source_spec,
-            source_kind,
-            &sink_spec,
-            &mut options,
+    let plan = if checked.is_backup_sink() && !checked.options.dry_run {
+        Some(crate::transfer::plan_backup(
+            &mut checked,
+            args.mode.map(RunKind::from),
+            None,
         )?)
     } else {
         None
     };
-    let source = source_kind.open(&source_spec, &options)?;
-    // A dry run opens the real sink too: pump::run checks it (connects, authenticates, checks
-    // the bucket or the directory) and writes nothing.
-    let sink: Box<dyn pump::Sink> = if let Some(plan) = &plan {
-        Box::new(BackupSink::with_plan(
-            BackupConfig::from_spec(&sink_spec, &options)?,
-            plan.clone(),
-        ))
-    } else {
-        sink_kind.open(&sink_spec, &options)?
-    };
-    if options.dry_run {
-        eprintln!("dry run: reading {source_spec}, checking {sink_spec}, writing nothing");
-    }
+    let opened = crate::transfer::open(checked, &registry, plan.clone())?;
+    let (source, sink, options) = (opened.source, opened.sink, opened.options);
+    let (source_spec, sink_spec) = (opened.source_spec, opened.sink_spec);
     let mut ctx = Context::new(options)
         .with_progress(match (args.quiet, args.progress) {
             (true, _) | (_, Progress::None) => ProgressMode::Off,
@@ -458,17 +377,10 @@ fn filter_names(args: &TransferArgs) -> String {
 }
 
 /// What `-v` shows before the run: the kinds, limits, filters and rate.
-fn describe(
-    args: &TransferArgs,
-    source_spec: &Spec,
-    source_kind: &dyn SourceKind,
-    sink_spec: &Spec,
-    sink_kind: &dyn SinkKind,
-    options: &Options,
-    rate: Option<Rate>,
-) {
-    tracing::info!("source {source_spec}: kind {}", source_kind.name());
-    tracing::info!("sink {sink_spec}: kind {}", sink_kind.name());
+fn describe(args: &TransferArgs, c: &crate::transfer::Checked, rate: Option<Rate>) {
+    tracing::info!("source {}: kind {}", c.source_spec, c.source_kind);
+    tracing::info!("sink {}: kind {}", c.sink_spec, c.sink_kind);
+    let options = &c.options;
     let l = options.batch_limits();
     tracing::info!(
         "batches of {} items or {} bytes, {} worker(s), retries {} (backoff up to {:?})",
@@ -485,58 +397,6 @@ fn describe(
     if let Some(r) = rate {
         tracing::info!("rate: held to {r}");
     }
-}
-
-/// Plans a backup sink's run and, for a source that keeps positions, points it at the run's
-/// positions file (so a diff starts where the last run ended, and a rerun resumes).
-fn plan_backup(
-    args: &TransferArgs,
-    source_spec: &Spec,
-    source_kind: &dyn SourceKind,
-    sink_spec: &Spec,
-    options: &mut Options,
-) -> Result<RunPlan, Failure> {
-    let resumable = source_kind.extra_keys().contains(&"checkpoint")
-        && options.extra.get("stream").unwrap_or("dcp") == "dcp";
-    if resumable && options.extra.get("checkpoint").is_some() {
-        return Err(Failure::Usage(format!(
-            "-x checkpoint: {sink_spec} is a backup, which keeps its source's positions with each run; leave -x checkpoint out"
-        )));
-    }
-    let config = BackupConfig::from_spec(sink_spec, options)?;
-    let source = source_spec.to_string();
-    let plan = pump_sinks::backup::plan(&PlanRequest {
-        dir: &config.dir,
-        bucket: &config.bucket,
-        node: &config.node,
-        mode: args.mode.map(RunKind::from),
-        resumable,
-        source: &source,
-        now: chrono::Utc::now(),
-    })
-    .map_err(|e| {
-        if e.starts_with("-m ")
-            || e.contains("incomplete: rerun")
-            || e.contains("is an incomplete run of")
-        {
-            Failure::Usage(format!("{sink_spec}: {e}"))
-        } else {
-            Failure::Failed(format!("sink {sink_spec}: {e}"))
-        }
-    })?;
-    for note in &plan.notes {
-        eprintln!("{note}");
-    }
-    if let Some(p) = &plan.positions {
-        options.extra.set("checkpoint", &p.display().to_string());
-    }
-    tracing::info!(
-        "backup run {} ({}), data files from data-{:04}.cbb",
-        plan.node_dir.display(),
-        plan.mode,
-        plan.first_file
-    );
-    Ok(plan)
 }
 
 /// The summary as one JSON object.

@@ -13,6 +13,12 @@
 //!                                    bucket and node, else in a new root)
 //! ```
 //!
+//! A run several jobs of a queue run write (`PlanRequest::parts`) is planned once, before the
+//! jobs are put; each job then writes one part (`plan_part`): data files numbered from
+//! `part * PART_FILES`, its own positions file, its part record when done; the part that finds
+//! every part record in place writes the run's end (`complete_parts`). An incomplete run of
+//! parts is taken up only by its jobs, never by a `pump transfer` into the same directory.
+//!
 //! A diff's timestamp is moved past every run already in its root, so that name order stays
 //! restore order. The plan writes `pump-run.json` (and the positions a diff starts from) before
 //! any data file; a resume first rolls back what an interrupted transaction left in a data file
@@ -43,6 +49,8 @@ pub struct PlanRequest<'a> {
     /// The source spec (password hidden), recorded with the run.
     pub source: &'a str,
     pub now: DateTime<Utc>,
+    /// The run is written by this many jobs (`pump plan transfer`), each a [`Part`].
+    pub parts: Option<u32>,
 }
 
 /// The run a backup writes.
@@ -65,6 +73,26 @@ pub struct RunPlan {
     pub prior: Prior,
     /// Sentences for the operator (what was chosen and why).
     pub notes: Vec<String>,
+    /// The part of a run several jobs write that this sink writes (see [`plan_part`]).
+    pub part: Option<Part>,
+}
+
+/// One part of a run several jobs write: its own data files (numbered from
+/// `index * PART_FILES`), its own positions file, its part record when done.
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub index: u32,
+    pub of: u32,
+    /// Its vbuckets, sorted.
+    pub vbuckets: Vec<u16>,
+}
+
+impl Part {
+    /// The data file numbers this part may use.
+    pub fn files(&self) -> std::ops::Range<u32> {
+        let start = self.index.saturating_mul(run::PART_FILES);
+        start..start.saturating_add(run::PART_FILES)
+    }
 }
 
 /// What a resumed run's earlier attempts wrote.
@@ -114,6 +142,15 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<RunPlan, String> {
     if let Some(last) = runs.last() {
         if let Some(RunState::Incomplete { record }) = &last.state {
             let root = newest_root.as_deref().unwrap_or_default();
+            if req.parts.is_some() {
+                return Err(format!(
+                    "the newest run of bucket {} in {} ({root}/{}) is incomplete: complete it first (the same pump transfer, or the jobs of the queue run writing it: pump plan status), or remove {}",
+                    req.bucket,
+                    dir.display(),
+                    last.name,
+                    last.node_dir.display()
+                ));
+            }
             return take_up(req, root, last, record.clone());
         }
     }
@@ -210,6 +247,7 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<RunPlan, String> {
             first_file: 0,
         }],
         rollbacks: Vec::new(),
+        parts: req.parts,
     };
     run::write_json_synced(&node_dir.join(run::RUN_JSON), &record)?;
     if let Some(b) = &base_name {
@@ -227,6 +265,7 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<RunPlan, String> {
         first_file: 0,
         prior: Prior::default(),
         notes,
+        part: None,
     })
 }
 
@@ -240,6 +279,14 @@ fn take_up(
 ) -> Result<RunPlan, String> {
     let node_dir = last.node_dir.clone();
     let run_name = format!("{root}/{}", last.name);
+    if let Some(parts) = record.parts {
+        return Err(format!(
+            "the newest run of bucket {} in {} ({run_name}) is incomplete and written by {parts} jobs of a queue run: let them finish (pump plan status, pump plan retry), or remove {}",
+            req.bucket,
+            req.dir.display(),
+            node_dir.display()
+        ));
+    }
     if let Some(mode) = req.mode {
         if mode != record.mode {
             return Err(format!(
@@ -290,6 +337,7 @@ fn take_up(
                 "{run_name} was incomplete and {} keeps no positions to resume from: written again",
                 req.source
             )],
+            part: None,
         });
     }
     let positions_path = node_dir.join(run::POSITIONS_JSON);
@@ -306,13 +354,48 @@ fn take_up(
         }
     }
     let files = run::run_data_files(&node_dir)?;
+    let prior = take_up_files(&files, record.rollbacks.clone(), &mut positions)?;
+    run::write_json_synced(&positions_path, &positions)?;
+    let first_file = files.last().map_or(0, |(n, _)| n + 1);
+    record.attempts.push(Attempt {
+        started: run::now_text(),
+        first_file,
+    });
+    run::write_json_synced(&node_dir.join(run::RUN_JSON), &record)?;
+    let rows: u64 = prior.files.iter().map(|f| f.rows).sum();
+    Ok(RunPlan {
+        node_dir,
+        run: run_name.clone(),
+        mode: record.mode,
+        base: record.base.clone(),
+        resumed: true,
+        positions: Some(positions_path),
+        first_file,
+        prior,
+        notes: vec![format!(
+            "resuming the incomplete {} run {run_name} (attempt {}): {rows} rows already confirmed",
+            record.mode,
+            record.attempts.len()
+        )],
+        part: None,
+    })
+}
+
+/// Counts what the data files of an interrupted attempt hold (rolling back what an interrupted
+/// transaction left in them) and moves each vbucket's position up to the last row committed
+/// since its last rollback, so that no row is written twice.
+fn take_up_files(
+    files: &[(u32, PathBuf)],
+    rollbacks: Vec<Rollback>,
+    positions: &mut Positions,
+) -> Result<Prior, String> {
     let mut prior = Prior {
-        rollbacks: record.rollbacks.clone(),
+        rollbacks,
         ..Prior::default()
     };
     // Per vbucket, the highest seqno committed in files written since its last rollback.
     let mut committed: BTreeMap<u16, u64> = BTreeMap::new();
-    for (n, path) in &files {
+    for (n, path) in files {
         let counts = scan_file(path)?;
         for (vb, s) in &counts.vbuckets {
             prior.vbuckets.entry(*vb).or_default().merge(s);
@@ -355,29 +438,283 @@ fn take_up(
             );
         }
     }
-    run::write_json_synced(&positions_path, &positions)?;
-    let first_file = files.last().map_or(0, |(n, _)| n + 1);
-    record.attempts.push(Attempt {
-        started: run::now_text(),
-        first_file,
-    });
-    run::write_json_synced(&node_dir.join(run::RUN_JSON), &record)?;
+    Ok(prior)
+}
+
+/// What a job writing one part of a run asks for.
+#[derive(Debug, Clone)]
+pub struct PartRequest<'a> {
+    /// The run's node directory (planned, with its `pump-run.json`, before the jobs were put).
+    pub node_dir: &'a Path,
+    /// `<root>/<run>`, for messages.
+    pub run: &'a str,
+    pub part: u32,
+    pub parts: u32,
+    /// The part's vbuckets.
+    pub vbuckets: &'a [u16],
+    /// The source keeps positions: the part resumes from its positions file.
+    pub resumable: bool,
+}
+
+/// What a part's job does.
+#[derive(Debug, Clone)]
+pub enum PartPlan {
+    /// The part is complete already (its record is there): only the run may remain to complete.
+    Done,
+    /// Write the part, from where an earlier attempt left it.
+    Write(Box<RunPlan>),
+}
+
+/// Plans one part of a run several jobs write: its data files are numbered from
+/// `part * PART_FILES`. A source that keeps positions resumes after what an earlier attempt
+/// committed (its interrupted transactions rolled back; the part's positions file starts from
+/// the run's, a diff's seed, for its vbuckets, moved up to what its files already hold); any
+/// other source writes the part again (the earlier attempt's files are removed first).
+pub fn plan_part(req: &PartRequest<'_>) -> Result<PartPlan, String> {
+    let node_dir = req.node_dir;
+    let record: RunRecord = run::read_json(&node_dir.join(run::RUN_JSON))?.ok_or_else(|| {
+        format!(
+            "{}: no {}: the run {} this job writes is not there (the backup directory must be the same, at the same path, for the planner and every worker)",
+            node_dir.display(),
+            run::RUN_JSON,
+            req.run
+        )
+    })?;
+    if record.parts != Some(req.parts) || req.part >= req.parts {
+        return Err(format!(
+            "{}: the run {} is written by {} job(s), not part {} of {}",
+            node_dir.display(),
+            req.run,
+            record.parts.map_or("one".to_string(), |n| n.to_string()),
+            req.part,
+            req.parts
+        ));
+    }
+    if node_dir.join(run::part_record_name(req.part)).exists()
+        || node_dir.join(run::COMPLETE_JSON).exists()
+    {
+        return Ok(PartPlan::Done);
+    }
+    let part = Part {
+        index: req.part,
+        of: req.parts,
+        vbuckets: req.vbuckets.to_vec(),
+    };
+    let block = part.files();
+    let mut files: Vec<(u32, PathBuf)> = run::run_data_files(node_dir)?
+        .into_iter()
+        .filter(|(n, _)| block.contains(n))
+        .collect();
+    if !req.resumable {
+        // Nothing says where the source stood: the part is written again from the start.
+        for (_, f) in files.drain(..) {
+            remove_with_journal(&f)?;
+        }
+    }
+    let mut positions = Positions::default();
+    let positions_path = req
+        .resumable
+        .then(|| node_dir.join(run::part_positions_name(req.part)));
+    if let Some(path) = &positions_path {
+        positions = if path.exists() {
+            Positions::load(path)?
+        } else {
+            let mut seed = Positions::load(&node_dir.join(run::POSITIONS_JSON))?;
+            seed.rollbacks.clear();
+            keep_vbuckets(&mut seed, req.vbuckets);
+            seed
+        };
+    }
+    let prior = take_up_files(&files, Vec::new(), &mut positions)?;
+    if let Some(path) = &positions_path {
+        run::write_json_synced(path, &positions)?;
+    }
+    let first_file = files.last().map_or(block.start, |(n, _)| n + 1);
+    if first_file >= block.end {
+        return Err(format!(
+            "{}: part {} of {} has used all of its {} data file numbers",
+            node_dir.display(),
+            req.part,
+            req.run,
+            run::PART_FILES
+        ));
+    }
     let rows: u64 = prior.files.iter().map(|f| f.rows).sum();
-    Ok(RunPlan {
-        node_dir,
-        run: run_name.clone(),
+    let resumed = !files.is_empty();
+    Ok(PartPlan::Write(Box::new(RunPlan {
+        node_dir: node_dir.to_path_buf(),
+        run: req.run.to_string(),
         mode: record.mode,
         base: record.base.clone(),
-        resumed: true,
-        positions: Some(positions_path),
+        resumed,
+        positions: positions_path,
         first_file,
         prior,
-        notes: vec![format!(
-            "resuming the incomplete {} run {run_name} (attempt {}): {rows} rows already confirmed",
-            record.mode,
-            record.attempts.len()
-        )],
-    })
+        notes: if resumed {
+            vec![format!(
+                "resuming part {} of {} of the run {}: {rows} rows already confirmed",
+                req.part, req.parts, req.run
+            )]
+        } else {
+            Vec::new()
+        },
+        part: Some(part),
+    })))
+}
+
+/// Leaves only `vbuckets` (sorted) in `p`.
+pub fn keep_vbuckets(p: &mut Positions, vbuckets: &[u16]) {
+    let keep = |k: &String| {
+        k.parse::<u16>()
+            .is_ok_and(|vb| vbuckets.binary_search(&vb).is_ok())
+    };
+    p.vbuckets.retain(|k, _| keep(k));
+    p.failover.retain(|k, _| keep(k));
+    p.rollbacks.retain(|k, _| keep(k));
+}
+
+/// Held while a part completes the run, so that two parts ending at once do not both write
+/// the run's files.
+pub const PARTS_LOCK: &str = "pump-parts.lock";
+
+/// Completes a run several jobs wrote, once every part has its record: its merged positions,
+/// the files cbrestore reads, and `pump-complete.json` last. `Ok(false)`: parts remain.
+/// Called by each part as it completes, under an exclusive lock (SQLite's, released when the
+/// process dies), so the last one completes the run, and again by a job whose part was done.
+pub fn complete_parts(node_dir: &Path) -> Result<bool, String> {
+    let lock_path = node_dir.join(PARTS_LOCK);
+    let err = |e: rusqlite::Error| format!("{}: {e}", lock_path.display());
+    // Never through a planted symlink (the run directory is the pump's own).
+    let lock = rusqlite::Connection::open_with_flags(
+        &lock_path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )
+    .map_err(err)?;
+    lock.busy_timeout(std::time::Duration::from_secs(60))
+        .map_err(err)?;
+    lock.execute_batch("BEGIN EXCLUSIVE").map_err(err)?;
+    let done = complete_parts_locked(node_dir);
+    let _ = lock.execute_batch("ROLLBACK");
+    done
+}
+
+fn complete_parts_locked(node_dir: &Path) -> Result<bool, String> {
+    if node_dir.join(run::COMPLETE_JSON).exists() {
+        return Ok(true);
+    }
+    let record: RunRecord = run::read_json(&node_dir.join(run::RUN_JSON))?
+        .ok_or_else(|| format!("{}: no {}", node_dir.display(), run::RUN_JSON))?;
+    let Some(parts) = record.parts else {
+        return Err(format!(
+            "{}: a run of one writer, not of several jobs",
+            node_dir.display()
+        ));
+    };
+    let mut records = Vec::new();
+    for k in 0..parts {
+        match run::read_json::<run::PartRecord>(&node_dir.join(run::part_record_name(k)))? {
+            Some(r) => records.push(r),
+            None => return Ok(false),
+        }
+    }
+    let mut all = Completion {
+        finished: run::now_text(),
+        ..Completion::default()
+    };
+    let mut positions: Option<Positions> = None;
+    for r in records {
+        let c = r.completion;
+        all.mutations += c.mutations;
+        all.deletions += c.deletions;
+        all.expirations += c.expirations;
+        all.bytes += c.bytes;
+        all.files.extend(c.files);
+        for (vb, s) in c.vbuckets {
+            all.vbuckets.entry(vb).or_default().merge(&s);
+        }
+        all.rollbacks.extend(c.rollbacks);
+        if let Some(p) = c.positions {
+            let into = positions.get_or_insert_with(Positions::default);
+            into.vbuckets.extend(p.vbuckets);
+            into.failover.extend(p.failover);
+        }
+    }
+    all.files.sort_by_key(|f| {
+        f.name
+            .strip_prefix("data-")
+            .and_then(|n| n.strip_suffix(".cbb"))
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(u32::MAX)
+    });
+    all.positions = positions.clone();
+    if let Some(p) = &positions {
+        run::write_json_synced(&node_dir.join(run::POSITIONS_JSON), p)?;
+    }
+    write_run_end(node_dir, positions.as_ref(), &all)?;
+    Ok(true)
+}
+
+/// The files cbrestore reads beside the data files (seqno, failover logs and snapshot markers
+/// from the source's positions when it keeps them), then `pump-complete.json`, last.
+pub fn write_run_end(
+    node_dir: &Path,
+    positions: Option<&Positions>,
+    completion: &Completion,
+) -> Result<(), String> {
+    let seqno_json = match positions {
+        Some(p) => {
+            let map: serde_json::Map<String, serde_json::Value> = p
+                .iter()
+                .filter(|(_, pos)| pos.seqno > 0)
+                .map(|(vb, pos)| (vb.to_string(), pos.seqno.into()))
+                .collect();
+            serde_json::Value::Object(map).to_string()
+        }
+        None => {
+            let mut seqnos = vec![0u64; 1024];
+            for (vb, s) in &completion.vbuckets {
+                if let Ok(vb) = vb.parse::<usize>() {
+                    if vb >= seqnos.len() {
+                        seqnos.resize(vb + 1, 0);
+                    }
+                    seqnos[vb] = s.last_seqno;
+                }
+            }
+            bfd::seqno_json(&seqnos)
+        }
+    };
+    let failover_json = positions
+        .map(|p| serde_json::to_string(&p.failover).unwrap_or_else(|_| "{}".into()))
+        .unwrap_or_else(|| "{}".into());
+    let markers_json = positions
+        .map(|p| {
+            let map: serde_json::Map<String, serde_json::Value> = p
+                .iter()
+                .map(|(vb, pos)| {
+                    (
+                        vb.to_string(),
+                        serde_json::json!([pos.snap_start, pos.snap_end]),
+                    )
+                })
+                .collect();
+            serde_json::Value::Object(map).to_string()
+        })
+        .unwrap_or_else(|| "{}".into());
+    let json = [
+        (bfd::META_JSON, bfd::meta_json("seqno", "0.0.0")),
+        (bfd::SEQNO_JSON, seqno_json),
+        (bfd::FAILOVER_JSON, failover_json),
+        (bfd::SNAPSHOT_MARKERS_JSON, markers_json),
+    ];
+    for (name, text) in json {
+        run::write_synced(&node_dir.join(name), text.as_bytes())?;
+    }
+    run::sync_dir(node_dir)?;
+    // Last: from here on the run is complete.
+    run::write_json_synced(&node_dir.join(run::COMPLETE_JSON), completion)
 }
 
 /// What one data file holds.

@@ -4,7 +4,9 @@
 //! ```text
 //! mod.rs     BackupKind (the spec), BackupConfig, BackupSink (the async side)
 //! layout.rs  which run this backup writes (-m full|diff|accu), or which incomplete run it
-//!            resumes; the run's records (pump_formats::run)
+//!            resumes; the run's records (pump_formats::run); a part of a run several jobs
+//!            write (plan_part), and the run's end once every part is complete
+//!            (complete_parts)
 //! writer.rs  the SQLite thread: prepared inserts, large transactions, rolling data files,
 //!            temporary names renamed, and the completion record written, only when the source
 //!            completed
@@ -28,7 +30,10 @@ use pump::pipeline::Context;
 use pump::{BatchReceiver, Error, Options, Sink, SinkKind, Spec};
 use tokio::sync::mpsc;
 
-pub use layout::{plan, tool_name, PlanRequest, Prior, RunPlan};
+pub use layout::{
+    complete_parts, keep_vbuckets, plan, plan_part, tool_name, Part, PartPlan, PartRequest,
+    PlanRequest, Prior, RunPlan,
+};
 pub use pump_formats::bfd::RunKind;
 use writer::{Job, Writer};
 
@@ -171,6 +176,7 @@ impl Sink for BackupSink {
                     resumable: false,
                     source: "",
                     now: chrono::Utc::now(),
+                    parts: None,
                 })?,
             };
             Writer::run(config, plan, collections, rx)

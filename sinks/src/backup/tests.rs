@@ -89,6 +89,7 @@ fn request<'a>(
         resumable,
         source: "couchbase://h:1",
         now: chrono::Utc::now(),
+        parts: None,
     }
 }
 
@@ -277,6 +278,7 @@ async fn a_resumed_run_goes_on_in_its_next_file_and_its_record_counts_every_atte
         resumable: true,
         source: "dcp://h:1",
         now: chrono::Utc::now(),
+        parts: None,
     };
     let p = plan(&req).unwrap();
     assert!(p.resumed);
@@ -310,4 +312,173 @@ async fn a_resumed_run_goes_on_in_its_next_file_and_its_record_counts_every_atte
             .collect::<Vec<_>>(),
         [0, 1]
     );
+}
+
+async fn run_part(
+    cfg: BackupConfig,
+    plan: Box<RunPlan>,
+    batches: Vec<Vec<Message>>,
+    fail: bool,
+) -> bool {
+    pump::run(
+        Box::new(Batches(batches, fail)),
+        Box::new(BackupSink::with_plan(cfg, *plan)),
+        Context::new(Options::default()),
+    )
+    .await
+    .is_ok()
+}
+
+fn part_plan(node: &std::path::Path, part: u32, vbuckets: &[u16]) -> PartPlan {
+    plan_part(&PartRequest {
+        node_dir: node,
+        run: "r",
+        part,
+        parts: 3,
+        vbuckets,
+        resumable: true,
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_run_of_three_parts_is_complete_once_every_part_is_and_a_cut_part_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 30);
+    let mut req = request(dir.path(), "my bucket", None, true);
+    req.node = "127.0.0.1:8091";
+    req.parts = Some(3);
+    let run_plan = plan(&req).unwrap();
+    let node = run_plan.node_dir.clone();
+    // One item in each of vbuckets 0-9 (part 0), 10-19 (part 1), 20-29 (part 2).
+    let of = |lo: usize| -> Vec<Message> {
+        items(300, 0, 5)
+            .into_iter()
+            .filter(|m| (lo..lo + 10).contains(&(m.vbucket as usize)))
+            .collect()
+    };
+    let vbs = |lo: u16| (lo..lo + 10).collect::<Vec<u16>>();
+    let PartPlan::Write(p0) = part_plan(&node, 0, &vbs(0)) else {
+        panic!("part 0 is not done yet")
+    };
+    assert_eq!(p0.first_file, 0);
+    assert!(run_part(cfg.clone(), p0, vec![of(0)], false).await);
+    // Part 1 is cut: its source fails after one batch.
+    let PartPlan::Write(p1) = part_plan(&node, 1, &vbs(10)) else {
+        panic!("part 1 is not done yet")
+    };
+    assert_eq!(p1.first_file, 10_000);
+    assert!(!run_part(cfg.clone(), p1, vec![of(10)], true).await);
+    let PartPlan::Write(p2) = part_plan(&node, 2, &vbs(20)) else {
+        panic!("part 2 is not done yet")
+    };
+    assert!(run_part(cfg.clone(), p2, vec![of(20)], false).await);
+    // Two parts done, one cut: incomplete, and a restore would refuse it.
+    assert!(matches!(
+        RunState::of(&node).unwrap(),
+        RunState::Incomplete { .. }
+    ));
+    assert!(node.join(run::part_record_name(0)).exists());
+    assert!(node.join(run::part_record_name(2)).exists());
+    assert!(!node.join(run::part_record_name(1)).exists());
+    assert!(names(&node).contains(&"data-10000.cbb.partial".to_string()));
+    assert!(!complete_parts(&node).unwrap());
+    // A pump transfer into the directory does not take the run of jobs up.
+    let mut again = request(dir.path(), "my bucket", None, true);
+    again.node = "127.0.0.1:8091";
+    let e = plan(&again).unwrap_err();
+    assert!(e.contains("written by 3 jobs of a queue run"), "{e}");
+    // Part 1 again: it goes on in its next file, counting what the cut attempt committed.
+    let PartPlan::Write(p1) = part_plan(&node, 1, &vbs(10)) else {
+        panic!("part 1 is not done yet")
+    };
+    assert!(p1.resumed);
+    assert_eq!((p1.first_file, p1.prior.mutations), (10_001, 10));
+    let pos = run::Positions::load(p1.positions.as_ref().unwrap()).unwrap();
+    assert!(pos.iter().all(|(vb, _)| (10..20).contains(&vb)));
+    assert_eq!(
+        pos.iter().count(),
+        10,
+        "each vbucket moved up to its last committed row"
+    );
+    assert!(run_part(cfg.clone(), p1, vec![], false).await);
+    // Now complete: one completion record for the whole run, every data file final.
+    let RunState::Complete { completion, .. } = RunState::of(&node).unwrap() else {
+        panic!("the run is not complete")
+    };
+    assert_eq!(completion.mutations, 30);
+    assert_eq!(completion.vbuckets.len(), 30);
+    let files: Vec<&str> = completion.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        files,
+        ["data-0000.cbb", "data-10000.cbb", "data-20000.cbb"],
+        "the resumed part had nothing more to write: no empty file"
+    );
+    let listed = names(&node);
+    assert!(
+        listed.iter().all(|n| !n.ends_with(".cbb.partial")),
+        "{listed:?}"
+    );
+    for f in ["meta.json", "seqno.json", "pump-complete.json"] {
+        assert!(listed.contains(&f.to_string()), "{f} missing: {listed:?}");
+    }
+    let rows: i64 = ["data-0000.cbb", "data-10000.cbb", "data-20000.cbb"]
+        .iter()
+        .map(|f| {
+            rusqlite::Connection::open(node.join(f))
+                .unwrap()
+                .query_row("SELECT count(*) FROM cbb_msg", [], |r| r.get::<_, i64>(0))
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(rows, 30);
+    // A job whose part is done finds it so, and completing again changes nothing.
+    assert!(matches!(part_plan(&node, 1, &vbs(10)), PartPlan::Done));
+    assert!(complete_parts(&node).unwrap());
+    // A job of another run shape is refused by name.
+    let e = plan_part(&PartRequest {
+        node_dir: &node,
+        run: "r",
+        part: 0,
+        parts: 4,
+        vbuckets: &vbs(0),
+        resumable: false,
+    })
+    .unwrap_err();
+    assert!(e.contains("written by 3 job(s), not part 0 of 4"), "{e}");
+}
+
+#[tokio::test]
+async fn a_cut_part_of_a_source_without_positions_is_written_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 30);
+    let mut req = request(dir.path(), "my bucket", None, false);
+    req.node = "127.0.0.1:8091";
+    req.parts = Some(2);
+    let node = plan(&req).unwrap().node_dir;
+    let part = |n| {
+        plan_part(&PartRequest {
+            node_dir: &node,
+            run: "r",
+            part: n,
+            parts: 2,
+            vbuckets: &[0, 1],
+            resumable: false,
+        })
+        .unwrap()
+    };
+    let PartPlan::Write(p) = part(1) else {
+        panic!("part 1 is not done")
+    };
+    assert!(!run_part(cfg.clone(), p, vec![items(10, 0, 5)], true).await);
+    assert!(names(&node).contains(&"data-10000.cbb.partial".to_string()));
+    let PartPlan::Write(p) = part(1) else {
+        panic!("part 1 is not done")
+    };
+    assert_eq!(
+        (p.first_file, p.prior.mutations, p.resumed),
+        (10_000, 0, false)
+    );
+    assert!(!names(&node).contains(&"data-10000.cbb.partial".to_string()));
+    assert!(p.positions.is_none());
 }

@@ -130,7 +130,18 @@ impl Writer {
 
     /// Opens the next data file under its temporary name.
     fn open_next(&mut self) -> Result<(), String> {
-        let name = bfd::data_file_name(self.plan.first_file + self.files.len() as u32);
+        let number = self.plan.first_file + self.files.len() as u32;
+        if let Some(part) = &self.plan.part {
+            if !part.files().contains(&number) {
+                return Err(format!(
+                    "{}: part {} has used all of its {} data file numbers (raise -x cbb_max_mb)",
+                    self.plan.node_dir.display(),
+                    part.index,
+                    run::PART_FILES
+                ));
+            }
+        }
+        let name = bfd::data_file_name(number);
         let done = self.plan.node_dir.join(&name);
         let partial = self.plan.node_dir.join(bfd::partial_name(&name));
         // Made new and private (0600, never through a planted file or symlink; a partial file
@@ -283,6 +294,20 @@ impl Writer {
         }
         let node_dir = self.plan.node_dir.clone();
         if end != SourceEnd::Complete {
+            if let Some(part) = &self.plan.part {
+                eprintln!(
+                    "backup {}: the source did not complete; part {} of the run {} is incomplete: its job, run again, {} it",
+                    self.config.spec,
+                    part.index,
+                    node_dir.display(),
+                    if self.plan.positions.is_some() {
+                        "resumes"
+                    } else {
+                        "writes again"
+                    }
+                );
+                return Ok(());
+            }
             eprintln!(
                 "backup {}: the source did not complete; the run {} is incomplete (a restore refuses it): rerun the same command to {}",
                 self.config.spec,
@@ -295,8 +320,13 @@ impl Writer {
             );
             return Ok(());
         }
-        // Every data file of the run, earlier attempts' included, under its final name.
-        for (_, path) in run::run_data_files(&node_dir)? {
+        // Every data file of the run (of its part), earlier attempts' included, under its
+        // final name.
+        let mine = self.plan.part.as_ref().map(layout::Part::files);
+        for (_, path) in run::run_data_files(&node_dir)?
+            .into_iter()
+            .filter(|(n, _)| mine.as_ref().is_none_or(|r| r.contains(n)))
+        {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             sync_file(&path)?;
             if let Some(done) = name.strip_suffix(".partial") {
@@ -357,63 +387,32 @@ impl Writer {
             end_positions,
             rollbacks,
         );
-        let seqno_json = match &positions {
-            Some(p) => {
-                let map: serde_json::Map<String, serde_json::Value> = p
-                    .iter()
-                    .filter(|(_, pos)| pos.seqno > 0)
-                    .map(|(vb, pos)| (vb.to_string(), pos.seqno.into()))
-                    .collect();
-                serde_json::Value::Object(map).to_string()
-            }
-            None => {
-                let mut seqnos = vec![0u64; 1024];
-                for (vb, s) in &completion.vbuckets {
-                    if let Ok(vb) = vb.parse::<usize>() {
-                        if vb >= seqnos.len() {
-                            seqnos.resize(vb + 1, 0);
-                        }
-                        seqnos[vb] = s.last_seqno;
-                    }
-                }
-                bfd::seqno_json(&seqnos)
-            }
-        };
-        let failover_json = positions
-            .as_ref()
-            .map(|p| serde_json::to_string(&p.failover).unwrap_or_else(|_| "{}".into()))
-            .unwrap_or_else(|| "{}".into());
-        let markers_json = positions
-            .as_ref()
-            .map(|p| {
-                let map: serde_json::Map<String, serde_json::Value> = p
-                    .iter()
-                    .map(|(vb, pos)| {
-                        (
-                            vb.to_string(),
-                            serde_json::json!([pos.snap_start, pos.snap_end]),
-                        )
-                    })
-                    .collect();
-                serde_json::Value::Object(map).to_string()
-            })
-            .unwrap_or_else(|| "{}".into());
-        let json = [
-            (bfd::META_JSON, bfd::meta_json("seqno", "0.0.0")),
-            (bfd::SEQNO_JSON, seqno_json),
-            (bfd::FAILOVER_JSON, failover_json),
-            (bfd::SNAPSHOT_MARKERS_JSON, markers_json),
-        ];
-        for (name, text) in json {
-            write_atomically(&node_dir.join(name), text.as_bytes())?;
-        }
+        // The run's manifest before its end: a run is complete only with it. Every part of a
+        // run of several jobs writes the same bucket's manifest (the last one written stays).
         if self.collections.has_collections() {
             let text = collections_json(&self.collections).to_string();
-            write_atomically(&node_dir.join(bfd::COLLECTIONS_JSON), text.as_bytes())?;
+            run::write_synced(&node_dir.join(bfd::COLLECTIONS_JSON), text.as_bytes())?;
         }
-        sync_file(&node_dir)?;
-        // Last: from here on the run is complete.
-        run::write_json_synced(&node_dir.join(run::COMPLETE_JSON), &completion)
+        match &self.plan.part {
+            None => layout::write_run_end(&node_dir, positions.as_ref(), &completion),
+            Some(part) => {
+                // One part of a run several jobs write: its record, then the run's end once
+                // every part has one.
+                let mut completion = completion;
+                if let Some(p) = completion.positions.as_mut() {
+                    layout::keep_vbuckets(p, &part.vbuckets);
+                }
+                let record = run::PartRecord {
+                    part: part.index,
+                    parts: part.of,
+                    vbuckets: pump::VbucketSet::from_ids(part.vbuckets.iter().copied())
+                        .to_list_string(),
+                    completion,
+                };
+                run::write_json_synced(&node_dir.join(run::part_record_name(part.index)), &record)?;
+                layout::complete_parts(&node_dir).map(|_| ())
+            }
+        }
     }
 }
 
@@ -458,17 +457,4 @@ fn sync_file(path: &Path) -> Result<(), String> {
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(|e| format!("{}: cannot sync: {e}", path.display()))
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(bfd::partial_name(name));
-    let write = || -> std::io::Result<()> {
-        let mut f = pump_files::replace_private(&tmp)?;
-        std::io::Write::write_all(&mut f, bytes)?;
-        f.sync_all()?;
-        pump_files::Perms::for_name(path).apply(&f)?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| format!("{}: cannot write: {e}", path.display()))
 }

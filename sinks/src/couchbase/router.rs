@@ -328,21 +328,10 @@ impl Protocol for Router {
     }
 
     fn hear(&self, a: Answer) -> Heard<Status> {
-        let p = a.packet;
-        if p.magic != Magic::Response {
-            return Heard::Broken(format!(
-                "a request ({:?}) where answers were expected",
-                p.opcode
-            ));
+        if a.packet.magic == Magic::Response && a.packet.status() == Status::NotMyVbucket {
+            self.take_map_from(&a.peer, &a.packet.value);
         }
-        let status = p.status();
-        if status == Status::NotMyVbucket {
-            self.take_map_from(&a.peer, &p.value);
-        }
-        Heard::Answer {
-            id: p.opaque,
-            status,
-        }
+        crate::net::hear_answer(a.packet)
     }
 
     fn is_success(&self, status: Status) -> bool {

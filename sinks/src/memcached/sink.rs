@@ -21,7 +21,7 @@ use pump::{Message, Verdict};
 use pump_client::Auth;
 use pump_protocol::datatype::{SNAPPY, XATTR};
 use pump_protocol::packet::encode_request;
-use pump_protocol::{Magic, Opcode, Packet, Status};
+use pump_protocol::{Opcode, Packet, Status};
 
 use super::MemcachedConfig;
 use crate::net;
@@ -161,16 +161,7 @@ impl Protocol for MemcachedWire {
     }
 
     fn hear(&self, p: Packet) -> Heard<Status> {
-        if p.magic != Magic::Response {
-            return Heard::Broken(format!(
-                "a request ({:?}) where answers were expected",
-                p.opcode
-            ));
-        }
-        Heard::Answer {
-            id: p.opaque,
-            status: p.status(),
-        }
+        crate::net::hear_answer(p)
     }
 
     fn is_success(&self, status: Status) -> bool {

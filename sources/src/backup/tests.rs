@@ -390,6 +390,7 @@ fn record(mode: bfd::RunKind) -> run::RunRecord {
             first_file: 0,
         }],
         rollbacks: Vec::new(),
+        parts: None,
     }
 }
 

@@ -52,13 +52,44 @@ struct Confirmed {
 /// than was read is safe; more is not).
 const DCP_FRAME_OVERHEAD: u64 = 24 + 64;
 
-/// High seqnos from `STAT vbucket-seqno`, or `None` when the node does not answer it.
-async fn high_seqnos(conn: &mut Connection) -> Result<Option<HashMap<u16, u64>>, ClientError> {
+/// A connection streaming at most this many vbuckets asks `STAT vbucket-seqno N` for each
+/// rather than the whole bucket's (3 stats per vbucket: 3,072 packets for 1,024 vbuckets on
+/// every connection of every small job of `pump worker`).
+const PER_VBUCKET_STATS: usize = 16;
+
+/// High seqnos of `vbuckets` from `STAT vbucket-seqno` (per vbucket when they are few), or
+/// `None` when the node does not answer it.
+async fn high_seqnos(
+    conn: &mut Connection,
+    vbuckets: &[u16],
+) -> Result<Option<HashMap<u16, u64>>, ClientError> {
+    if vbuckets.len() <= PER_VBUCKET_STATS {
+        let mut stats = Vec::new();
+        for vb in vbuckets {
+            match conn.stats(&format!("vbucket-seqno {vb}")).await {
+                Ok(s) => stats.extend(s),
+                // A node without the one-vbucket form: the whole bucket's, below.
+                Err(ClientError::Status { .. }) => {
+                    stats.clear();
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !stats.is_empty() {
+            return Ok(Some(parse_high_seqnos(stats)));
+        }
+    }
     let stats = match conn.stats("vbucket-seqno").await {
         Ok(s) => s,
         Err(ClientError::Status { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
+    Ok(Some(parse_high_seqnos(stats)))
+}
+
+/// `vb_N:high_seqno` of each vbucket in a `STAT vbucket-seqno` answer.
+fn parse_high_seqnos(stats: Vec<(String, String)>) -> HashMap<u16, u64> {
     let mut out = HashMap::new();
     for (k, v) in stats {
         let Some(rest) = k.strip_prefix("vb_") else {
@@ -74,7 +105,7 @@ async fn high_seqnos(conn: &mut Connection) -> Result<Option<HashMap<u16, u64>>,
             out.insert(vb, seq);
         }
     }
-    Ok(Some(out))
+    out
 }
 
 /// Streams `vbuckets` over one connection to `addr` (connection number `index`); returns how
@@ -126,7 +157,7 @@ pub async fn stream_connection(
             format!("{addr}: the node does not do collections (no COLLECTIONS in HELLO): cannot stream only some of them"),
         ));
     }
-    let highs = high_seqnos(&mut conn).await.map_err(err)?;
+    let highs = high_seqnos(&mut conn, &vbuckets).await.map_err(err)?;
     if highs.is_none() && config.verbose > 0 {
         tracing::warn!("{addr}: no STAT vbucket-seqno; streaming each vbucket to its STREAM_END");
     }

@@ -18,15 +18,29 @@ pub(crate) struct Handshake {
     pub hello: Option<(String, Vec<pump_protocol::Feature>)>,
     pub controls: Vec<(String, String)>,
     pub requests: Vec<StreamRequest>,
+    /// The STAT groups asked, in order.
+    pub stats: Vec<String>,
 }
 
 /// Plays a producer's handshake: no SELECT_BUCKET, STAT vbucket-seqno from `highs`, OPEN and
 /// CONTROL accepted; returns once `streams` STREAM_REQs arrived.
 pub(crate) async fn handshake(peer: &mut Peer, highs: &[(u16, u64)], streams: usize) -> Handshake {
+    handshake_with(peer, highs, streams, true).await
+}
+
+/// [`handshake`]; `per_vbucket` false: a node that knows only the whole bucket's STAT
+/// vbucket-seqno (KEY_ENOENT for `vbucket-seqno N`).
+pub(crate) async fn handshake_with(
+    peer: &mut Peer,
+    highs: &[(u16, u64)],
+    streams: usize,
+    per_vbucket: bool,
+) -> Handshake {
     let mut h = Handshake {
         hello: None,
         controls: Vec::new(),
         requests: Vec::new(),
+        stats: Vec::new(),
     };
     while h.requests.len() < streams {
         let p = peer.recv().await.expect("a request");
@@ -44,8 +58,19 @@ pub(crate) async fn handshake(peer: &mut Peer, highs: &[(u16, u64)], streams: us
                     .await
             }
             Opcode::Stat => {
-                assert_eq!(&p.key[..], b"vbucket-seqno");
-                for (vb, high) in highs {
+                // The whole bucket's, or one vbucket's (`vbucket-seqno N`).
+                let key = String::from_utf8(p.key.to_vec()).unwrap();
+                let only: Option<u16> = match key.strip_prefix("vbucket-seqno") {
+                    Some("") => None,
+                    Some(n) => Some(n.trim().parse().expect("a vbucket id")),
+                    None => panic!("unexpected STAT {key:?}"),
+                };
+                h.stats.push(key);
+                if only.is_some() && !per_vbucket {
+                    peer.send(Packet::response_to(&p, Status::KeyEnoent)).await;
+                    continue;
+                }
+                for (vb, high) in highs.iter().filter(|(vb, _)| only.is_none_or(|o| o == *vb)) {
                     for (k, v) in [("high_seqno", high.to_string()), ("uuid", "1".into())] {
                         peer.send(
                             Packet::response_to(&p, Status::Success)
@@ -324,6 +349,8 @@ async fn a_rerun_resumes_from_the_checkpoint_file_with_its_uuid_and_snapshot() {
     let producer = tokio::spawn(async move {
         let mut peer = Peer::accept(&l).await;
         let h = handshake(&mut peer, &[(0, 3), (1, 2)], 2).await;
+        // Two vbuckets: their seqnos alone, not the whole bucket's.
+        assert_eq!(h.stats, ["vbucket-seqno 0", "vbucket-seqno 1"]);
         for r in &h.requests {
             assert_eq!((r.start, r.vbucket_uuid), (0, 0));
             accept_stream(&mut peer, r, 500 + u64::from(r.vbucket)).await;
@@ -457,6 +484,30 @@ async fn noops_are_answered_even_while_the_sink_holds_the_channel_full() {
     run(open(&addr, &o), sink.clone(), o).await.unwrap();
     producer.await.unwrap();
     assert_eq!(sink.messages().len(), 12);
+}
+
+#[tokio::test]
+async fn a_node_without_the_one_vbucket_stat_is_asked_for_the_whole_buckets() {
+    let (l, addr) = listen().await;
+    let producer = tokio::spawn(async move {
+        let mut peer = Peer::accept(&l).await;
+        let h = handshake_with(&mut peer, &[(0, 2), (7, 9)], 1, false).await;
+        assert_eq!(h.stats, ["vbucket-seqno 0", "vbucket-seqno"]);
+        let r = h.requests[0];
+        assert_eq!((r.vbucket, r.end), (0, 2));
+        accept_stream(&mut peer, &r, 1).await;
+        peer.send(marker(&r, 1, 2).to_packet()).await;
+        for s in 1..=2 {
+            peer.send(mutation(&r, s).to_packet()).await;
+        }
+        peer.send(end(&r).to_packet()).await;
+        while peer.recv().await.is_some() {}
+    });
+    let o = options("0", None);
+    let sink = Collect::default();
+    run(open(&addr, &o), sink.clone(), o).await.unwrap();
+    producer.await.unwrap();
+    assert_eq!(sink.messages().len(), 2);
 }
 
 #[tokio::test]

@@ -37,7 +37,7 @@ mod sync;
 pub use exec::{Executor, FileExecutor, Step, StreamCopy};
 pub use move_base::{move_base, MoveRequest};
 pub(crate) use pump_meta2::files::{aside_path, corrupted_suffix, now_secs, volume_writable};
-pub use rebuild::{rebuild, RebuildMode};
+pub use rebuild::{rebuild, rebuild_bases, BaseOutcome, RebuildMode};
 pub use sync::sync;
 
 /// Every peer's copy of `base`, inspected (`full`: integrity_check), by address.

@@ -21,6 +21,18 @@ pub struct RebuildSummary {
     pub bytes: u64,
 }
 
+/// What became of one base (told to a [`rebuild_bases`] caller as each is settled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseOutcome {
+    /// A new copy is in place and on disk: its size.
+    Rebuilt(u64),
+    /// A sound copy at least as recent was there already.
+    Present,
+    /// No copy on the other volumes lists the lost service.
+    Elsewhere,
+    Failed(String),
+}
+
 /// Rebuilds on `lost` every base that lists it in `sys.peers` on the other volumes.
 pub async fn rebuild(
     lost: &Peer,
@@ -29,8 +41,6 @@ pub async fn rebuild(
     quiet: bool,
     mode: RebuildMode,
 ) -> Result<RebuildSummary, Failure> {
-    volume_writable(&lost.volume)
-        .map_err(|e| Failure::Usage(format!("--peer {}: {e}", lost.address)))?;
     let mut holders: BTreeMap<BaseName, Vec<PathBuf>> = BTreeMap::new();
     for p in others {
         let bases = BaseName::list(&p.volume).map_err(|e| Failure::Failed(e.to_string()))?;
@@ -39,6 +49,48 @@ pub async fn rebuild(
         }
     }
     let work: Vec<(BaseName, Vec<PathBuf>)> = holders.into_iter().collect();
+    let stop = tokio_util::sync::CancellationToken::new();
+    rebuild_work(lost, work, threads, quiet, mode, &stop, &mut |_, _| {}).await
+}
+
+/// Rebuilds these `bases` only (a job of `pump plan meta2 rebuild`): their copies are looked
+/// for on the `others` volumes. `on_done` hears of each base once it is settled (a new copy
+/// linked and synced, or found present, elsewhere, failed); once `stop` is cancelled no new
+/// base is started and the ones under way finish.
+pub async fn rebuild_bases(
+    lost: &Peer,
+    others: &[Peer],
+    bases: &[BaseName],
+    threads: usize,
+    mode: RebuildMode,
+    stop: &tokio_util::sync::CancellationToken,
+    on_done: &mut (dyn FnMut(&BaseName, BaseOutcome) + Send),
+) -> Result<RebuildSummary, Failure> {
+    let work: Vec<(BaseName, Vec<PathBuf>)> = bases
+        .iter()
+        .map(|b| {
+            let copies = others
+                .iter()
+                .map(|p| p.path(b))
+                .filter(|p| p.exists())
+                .collect();
+            (b.clone(), copies)
+        })
+        .collect();
+    rebuild_work(lost, work, threads, true, mode, stop, on_done).await
+}
+
+async fn rebuild_work(
+    lost: &Peer,
+    work: Vec<(BaseName, Vec<PathBuf>)>,
+    threads: usize,
+    quiet: bool,
+    mode: RebuildMode,
+    stop: &tokio_util::sync::CancellationToken,
+    on_done: &mut (dyn FnMut(&BaseName, BaseOutcome) + Send),
+) -> Result<RebuildSummary, Failure> {
+    volume_writable(&lost.volume)
+        .map_err(|e| Failure::Usage(format!("--peer {}: {e}", lost.address)))?;
     let total = work.len();
     let threads = threads.max(1);
     let mut summary = RebuildSummary::default();
@@ -46,12 +98,12 @@ pub async fn rebuild(
     let mut iter = work.into_iter();
     let mut done = 0usize;
     // Streamed copies are linked as they finish; their directories are synced at the end.
-    let mut streamed: Vec<BaseName> = Vec::new();
+    let mut streamed: Vec<(BaseName, u64)> = Vec::new();
     let mut pending: Pending = Vec::new();
     let mut linking: Option<Linking> = None;
     let started = std::time::Instant::now();
     loop {
-        while set.len() < threads {
+        while set.len() < threads && !stop.is_cancelled() {
             let Some((base, copies)) = iter.next() else {
                 break;
             };
@@ -68,21 +120,33 @@ pub async fn rebuild(
         done += 1;
         match r {
             Ok(Rebuilt::Copied(bytes)) => {
-                streamed.push(base);
+                streamed.push((base, bytes));
                 summary.rebuilt += 1;
                 summary.bytes += bytes;
+                if streamed.len() >= STREAM_SYNC_BATCH {
+                    settle_streamed(lost, std::mem::take(&mut streamed), on_done).await?;
+                }
             }
             Ok(Rebuilt::Built { bytes, aside }) => {
                 pending.push((base, bytes, aside));
                 if pending.len() >= LINK_BATCH {
                     // One batch links while the next is copied.
-                    finish_linking(linking.take(), &mut summary).await?;
+                    finish_linking(linking.take(), &mut summary, on_done).await?;
                     linking = Some(start_linking(lost, std::mem::take(&mut pending)));
                 }
             }
-            Ok(Rebuilt::Present) => summary.present += 1,
-            Ok(Rebuilt::Elsewhere) => summary.elsewhere += 1,
-            Err(e) => summary.failed.push(format!("{base}: {e}")),
+            Ok(Rebuilt::Present) => {
+                summary.present += 1;
+                on_done(&base, BaseOutcome::Present);
+            }
+            Ok(Rebuilt::Elsewhere) => {
+                summary.elsewhere += 1;
+                on_done(&base, BaseOutcome::Elsewhere);
+            }
+            Err(e) => {
+                summary.failed.push(format!("{base}: {e}"));
+                on_done(&base, BaseOutcome::Failed(e));
+            }
         }
         if !quiet && (done.is_multiple_of(1000) || done == total) {
             eprintln!(
@@ -91,20 +155,41 @@ pub async fn rebuild(
             );
         }
     }
-    finish_linking(linking.take(), &mut summary).await?;
+    finish_linking(linking.take(), &mut summary, on_done).await?;
     if !pending.is_empty() {
         let last = start_linking(lost, pending);
-        finish_linking(Some(last), &mut summary).await?;
+        finish_linking(Some(last), &mut summary, on_done).await?;
     }
-    // Each streamed base was synced before its link; the links reach the disk here, before
-    // the summary says they are done.
-    let dirs = parent_dirs(streamed.iter().map(|b| lost.path(b)));
-    pump_meta2::files::sync_paths(&dirs).map_err(Failure::Failed)?;
+    settle_streamed(lost, streamed, on_done).await?;
     Ok(summary)
 }
 
 /// Verified copies are synced (fsyncs in parallel) and linked this many at a time.
 const LINK_BATCH: usize = 256;
+/// Streamed copies (each synced before its link) have their directories synced this many at
+/// a time, and only then count as done.
+const STREAM_SYNC_BATCH: usize = 32;
+
+/// Each streamed base was synced before its link; the links reach the disk here (one sync per
+/// directory), before the bases count as done.
+async fn settle_streamed(
+    lost: &Peer,
+    streamed: Vec<(BaseName, u64)>,
+    on_done: &mut (dyn FnMut(&BaseName, BaseOutcome) + Send),
+) -> Result<(), Failure> {
+    if streamed.is_empty() {
+        return Ok(());
+    }
+    let dirs = parent_dirs(streamed.iter().map(|(b, _)| lost.path(b)));
+    tokio::task::spawn_blocking(move || pump_meta2::files::sync_paths(&dirs))
+        .await
+        .map_err(|e| Failure::Failed(format!("a rebuild task failed: {e}")))?
+        .map_err(Failure::Failed)?;
+    for (base, bytes) in streamed {
+        on_done(&base, BaseOutcome::Rebuilt(bytes));
+    }
+    Ok(())
+}
 
 /// The copies of a batch not linked yet: each base, its size, where a bad copy that was in
 /// place went.
@@ -156,6 +241,7 @@ fn start_linking(lost: &Peer, batch: Pending) -> Linking {
 async fn finish_linking(
     linking: Option<Linking>,
     summary: &mut RebuildSummary,
+    on_done: &mut (dyn FnMut(&BaseName, BaseOutcome) + Send),
 ) -> Result<(), Failure> {
     let Some(linking) = linking else {
         return Ok(());
@@ -168,8 +254,12 @@ async fn finish_linking(
             Ok(()) => {
                 summary.rebuilt += 1;
                 summary.bytes += bytes;
+                on_done(&base, BaseOutcome::Rebuilt(bytes));
             }
-            Err(e) => summary.failed.push(format!("{base}: {e}")),
+            Err(e) => {
+                summary.failed.push(format!("{base}: {e}"));
+                on_done(&base, BaseOutcome::Failed(e));
+            }
         }
     }
     Ok(())
