@@ -8,6 +8,14 @@
 //! `value` and `rev` (the backup format's `meta` column) are Python bytes literals, as
 //! `str(bytes)` prints them; a reader also takes plain text. Lines end in `\r\n` (Python's csv
 //! default dialect).
+//!
+//! With collections (a source holding any but `_default._default`), two more columns name
+//! each row's scope and collection; a file without them is of the default collection:
+//!
+//! ```text
+//! id,flags,expiration,cas,value,rev,vbid,dtype,scope,collection
+//! pymc0,0,0,1558712345,b'0123456789',b'',912,0,s1,c1
+//! ```
 
 /// The header, in column order.
 pub const COLUMNS: [&str; 8] = [
@@ -20,6 +28,9 @@ pub const COLUMNS: [&str; 8] = [
     "vbid",
     "dtype",
 ];
+
+/// The columns after [`COLUMNS`] when the rows are not all of the default collection.
+pub const COLLECTION_COLUMNS: [&str; 2] = ["scope", "collection"];
 
 /// The vbucket cbtransfer's CSV source gives every row: unknown, hash the key.
 pub const UNKNOWN_VBUCKET: u32 = 0xffff;

@@ -321,6 +321,34 @@ impl CollectionSelect {
     }
 }
 
+/// How a text sink (`csv:`, `stdout:`) names each message's collection: the source's scope
+/// and collection names, after `--map-data`.
+#[derive(Debug, Clone, Default)]
+pub struct CollectionNames {
+    pub run: Arc<RunCollections>,
+    pub rules: Arc<DataRules>,
+    /// The source bucket the rules' paths are matched against.
+    pub bucket: String,
+}
+
+impl CollectionNames {
+    /// Where collection `id` is shown: its path after `--map-data`; None for an id the source
+    /// never named.
+    pub fn path(&self, id: u32) -> Option<CollectionPath> {
+        let path = self.run.path(id)?;
+        if self.rules.map.is_empty() {
+            return Some(path);
+        }
+        Some(self.rules.target(&self.bucket, &path).1)
+    }
+
+    /// True when some message may be shown outside the default collection: the source holds
+    /// other collections, or `--map-data` may move the default one.
+    pub fn beyond_default(&self) -> bool {
+        self.run.has_collections() || self.path(0).is_some_and(|p| !p.is_default())
+    }
+}
+
 /// For a sink that holds the default collection only (memcached, TAP): the source collection
 /// ids it may take (those `rules` map to `_default._default`; the default collection itself
 /// unless mapped away), or an error naming the first collection it would have to refuse and

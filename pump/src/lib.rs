@@ -85,7 +85,9 @@ pub use batch::{
 };
 pub use channel::{BatchReceiver, BatchSender, Filter, SourceEnd, TtlRewrite};
 pub use checkpoint::Checkpoint;
-pub use collections::{CollectionChange, CollectionSelect, DataPath, DataRules, RunCollections};
+pub use collections::{
+    CollectionChange, CollectionNames, CollectionSelect, DataPath, DataRules, RunCollections,
+};
 pub use error::Error;
 pub use message::{Message, Op};
 pub use options::{parse_size, Credentials, Extra, Options};

@@ -79,6 +79,16 @@ impl Context {
         self.progress = mode;
         self
     }
+
+    /// How a text sink names each message's collection (the source's names after
+    /// `--map-data`).
+    pub fn collection_names(&self) -> crate::collections::CollectionNames {
+        crate::collections::CollectionNames {
+            run: self.collections.clone(),
+            rules: Arc::new(self.options.data.clone()),
+            bucket: self.options.source_bucket.clone(),
+        }
+    }
 }
 
 /// Reads messages and sends them in batches. Returns when it has sent everything; returning
@@ -106,6 +116,9 @@ pub trait Sink: Send {
 pub trait BatchWriter: Send {
     /// What [`Sink::check`] does for this writer: checks the destination, writes nothing.
     async fn check(&mut self, ctx: &Context) -> Result<(), Error>;
+    /// Takes what it needs of the run before the first batch (a text sink: the source's
+    /// collections, to name each message's). By default nothing.
+    fn begin(&mut self, _ctx: &Context) {}
     /// Writes the messages; returns once they are durable (or failed per key).
     async fn write(&mut self, messages: Vec<Message>) -> Result<Delivery, Error>;
     /// Writes a batch and confirms its `ack` once the batch is applied. By default: `write`,
@@ -133,7 +146,8 @@ impl<W: BatchWriter> Sink for WriterSink<W> {
         self.0.check(ctx).await
     }
 
-    async fn run(mut self: Box<Self>, input: BatchReceiver, _ctx: Context) -> Result<(), Error> {
+    async fn run(mut self: Box<Self>, input: BatchReceiver, ctx: Context) -> Result<(), Error> {
+        self.0.begin(&ctx);
         while let Some(batch) = input.recv().await {
             let (messages, ack) = batch.into_parts();
             self.0.write_acked(messages, ack).await?;

@@ -9,6 +9,13 @@
 //! exists is refused unless `-x overwrite=1` (the CLI's `--overwrite`). A compressed value is
 //! written decompressed (its `dtype` without SNAPPY); xattrs stay in front of the body, with
 //! XATTR in `dtype`, so a restore from the file keeps them.
+//!
+//! Collections: when the source holds any collection but `_default._default` (or
+//! `--map-data` moves the default one), the header gets two more columns, `scope` and
+//! `collection`, and each row names its own (after `--map-data`). Otherwise the file is
+//! exactly cbtransfer's. A row of another collection coming after a header written without
+//! those columns (a collection created at the source during the run) fails the run by key,
+//! and the partial file is removed: rerun, the collection is then in the source's manifest.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -16,7 +23,8 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use pump::{
-    BatchWriter, Delivery, Error, Message, Op, Options, Sink, SinkKind, SourceEnd, Spec, WriterSink,
+    BatchWriter, CollectionNames, Delivery, Error, Message, Op, Options, Sink, SinkKind, SourceEnd,
+    Spec, WriterSink,
 };
 use pump_formats::{bfd, csv as format};
 
@@ -76,6 +84,12 @@ pub struct CsvWriter {
     out: Option<::csv::Writer<BufWriter<File>>>,
     field: Vec<u8>,
     rev: Vec<u8>,
+    /// The run's collection names (set by `begin`; a writer used alone has none).
+    names: CollectionNames,
+    /// True when the header has the `scope` and `collection` columns.
+    with_paths: bool,
+    /// Each collection id's path, once looked up (an id's names never change in a run).
+    paths: std::collections::HashMap<u32, pump_protocol::collections::CollectionPath>,
 }
 
 impl CsvWriter {
@@ -93,6 +107,9 @@ impl CsvWriter {
             out: None,
             field: Vec::new(),
             rev: Vec::new(),
+            names: CollectionNames::default(),
+            with_paths: false,
+            paths: std::collections::HashMap::new(),
         }
     }
 
@@ -103,12 +120,25 @@ impl CsvWriter {
         )
     }
 
-    fn open(&mut self) -> Result<(), Error> {
+    /// Creates the partial file and writes the header: with the collection columns when the
+    /// source holds other collections or `first` (the first batch) has a row outside the
+    /// default collection.
+    fn open(&mut self, first: &[Message]) -> Result<(), Error> {
+        self.with_paths = self.names.beyond_default()
+            || first.iter().any(|m| {
+                self.names
+                    .path(m.collection)
+                    .is_none_or(|p| !p.is_default())
+            });
         let file = pump_files::replace_private(&self.partial).map_err(|e| self.err(e))?;
         let mut w = ::csv::WriterBuilder::new()
             .terminator(::csv::Terminator::CRLF)
             .from_writer(BufWriter::with_capacity(1 << 20, file));
-        w.write_record(format::COLUMNS).map_err(|e| self.err(e))?;
+        let mut header = format::COLUMNS.to_vec();
+        if self.with_paths {
+            header.extend(format::COLLECTION_COLUMNS);
+        }
+        w.write_record(header).map_err(|e| self.err(e))?;
         self.out = Some(w);
         Ok(())
     }
@@ -124,16 +154,28 @@ impl BatchWriter for CsvWriter {
             .map_err(|e| Error::sink(format!("csv:{}", self.path.display()), e))
     }
 
+    fn begin(&mut self, ctx: &pump::Context) {
+        self.names = ctx.collection_names();
+    }
+
     async fn write(&mut self, messages: Vec<Message>) -> Result<Delivery, Error> {
         if self.out.is_none() {
-            self.open()?;
+            self.open(&messages)?;
         }
         let mut delivery = Delivery::default();
         let (mut field, mut rev) = (
             std::mem::take(&mut self.field),
             std::mem::take(&mut self.rev),
         );
+        for m in &messages {
+            if !self.paths.contains_key(&m.collection) {
+                if let Some(p) = self.names.path(m.collection) {
+                    self.paths.insert(m.collection, p);
+                }
+            }
+        }
         let mut result = Ok(());
+        let mut refused = None;
         if let Some(out) = self.out.as_mut() {
             for m in &messages {
                 if m.op != Op::Mutation {
@@ -149,7 +191,26 @@ impl BatchWriter for CsvWriter {
                 let (flags, expiry, cas) =
                     (m.flags.to_string(), m.expiry.to_string(), m.cas.to_string());
                 let (vbid, dtype) = (m.vbucket.to_string(), datatype.to_string());
-                let row: [&[u8]; 8] = [
+                let path = match self.paths.get(&m.collection) {
+                    Some(p) if self.with_paths || p.is_default() => p,
+                    other => {
+                        refused = Some(match other {
+                            None => format!(
+                                "{}: its collection id {:#x} was never named by the source",
+                                m.key_display(),
+                                m.collection
+                            ),
+                            Some(p) => format!(
+                                "{}: in collection {}.{}, which the source did not hold when the file's header was written (without scope and collection columns); rerun the transfer",
+                                m.key_display(),
+                                p.scope,
+                                p.collection
+                            ),
+                        });
+                        break;
+                    }
+                };
+                let row: [&[u8]; 10] = [
                     &m.key,
                     flags.as_bytes(),
                     expiry.as_bytes(),
@@ -158,8 +219,11 @@ impl BatchWriter for CsvWriter {
                     &rev,
                     vbid.as_bytes(),
                     dtype.as_bytes(),
+                    path.scope.as_bytes(),
+                    path.collection.as_bytes(),
                 ];
-                if let Err(e) = out.write_record(row) {
+                let n = if self.with_paths { 10 } else { 8 };
+                if let Err(e) = out.write_record(&row[..n]) {
                     result = Err(e);
                     break;
                 }
@@ -168,13 +232,19 @@ impl BatchWriter for CsvWriter {
         }
         self.field = field;
         self.rev = rev;
+        if let Some(why) = refused {
+            // The run fails: nothing of it stays.
+            self.out = None;
+            let _ = std::fs::remove_file(&self.partial);
+            return Err(Error::sink(format!("csv:{}", self.path.display()), why));
+        }
         result.map_err(|e| self.err(e))?;
         Ok(delivery)
     }
 
     async fn finish(&mut self, end: SourceEnd) -> Result<(), Error> {
         if self.out.is_none() && end == SourceEnd::Complete {
-            self.open()?;
+            self.open(&[])?;
         }
         let Some(out) = self.out.take() else {
             return Ok(());
@@ -236,6 +306,74 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("_s\\x001\\x00{}',b'',0,5\r\n"), "{text}");
+    }
+
+    fn names_with_s1_c1() -> CollectionNames {
+        use pump_protocol::collections::{Collection, Manifest, Scope};
+        let names = CollectionNames::default();
+        let mut m = Manifest {
+            uid: 2,
+            ..Manifest::default()
+        };
+        m.scopes.push(Scope {
+            name: "s1".into(),
+            uid: 8,
+            collections: vec![Collection {
+                name: "c1".into(),
+                uid: 9,
+                max_ttl: None,
+            }],
+        });
+        names.run.publish(m);
+        names
+    }
+
+    #[tokio::test]
+    async fn with_collections_rows_name_their_scope_and_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.csv");
+        let mut w = CsvWriter::new(path.clone());
+        w.names = names_with_s1_c1();
+        w.write(vec![
+            Message {
+                collection: 9,
+                ..Message::mutation("in", "1")
+            },
+            Message::mutation("plain", "2"),
+        ])
+        .await
+        .unwrap();
+        w.finish(SourceEnd::Complete).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "id,flags,expiration,cas,value,rev,vbid,dtype,scope,collection\r\n\
+             in,0,0,0,b'1',b'',0,0,s1,c1\r\n\
+             plain,0,0,0,b'2',b'',0,0,_default,_default\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_collection_created_after_a_header_without_the_columns_fails_the_run_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.csv");
+        let mut w = CsvWriter::new(path.clone());
+        // The source held the default collection only when the header was written ...
+        w.write(vec![Message::mutation("plain", "2")])
+            .await
+            .unwrap();
+        // ... then s1.c1 appeared.
+        w.names = names_with_s1_c1();
+        w.paths.clear();
+        let err = w
+            .write(vec![Message {
+                collection: 9,
+                ..Message::mutation("late", "1")
+            }])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("late") && err.contains("s1.c1"), "{err}");
+        assert!(!path.exists() && !w.partial.exists(), "nothing is left");
     }
 
     #[tokio::test]

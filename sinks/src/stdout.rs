@@ -6,11 +6,21 @@
 //! ```
 //!
 //! The value is the document body as a reader wants it: decompressed, without its xattrs.
+//! A message outside the default collection ends its line with the scope and collection it is
+//! in (after `--map-data`), and one of a collection the source never named with its id:
+//!
+//! ```text
+//! set <key> <flags> <expiry> <bytes> <vbucket> <scope>.<collection>\r\n<value>\r\n
+//! delete <key> <vbucket> <scope>.<collection>\r\n
+//! ```
 
 use std::io::Write;
 
 use async_trait::async_trait;
-use pump::{BatchWriter, Delivery, Error, Message, Op, Options, Sink, SinkKind, Spec, WriterSink};
+use pump::{
+    BatchWriter, CollectionNames, Delivery, Error, Message, Op, Options, Sink, SinkKind, Spec,
+    WriterSink,
+};
 
 /// The `stdout:` kind.
 pub struct StdoutKind;
@@ -26,23 +36,33 @@ impl SinkKind for StdoutKind {
         spec.scheme() == Some("stdout")
     }
     fn open(&self, _spec: &Spec, _options: &Options) -> Result<Box<dyn Sink>, Error> {
-        Ok(Box::new(WriterSink(StdoutWriter)))
+        Ok(Box::new(WriterSink(StdoutWriter::default())))
     }
 }
 
 /// Writes each message to standard output.
-pub struct StdoutWriter;
+#[derive(Default)]
+pub struct StdoutWriter {
+    /// The run's collection names (set by `begin`).
+    names: CollectionNames,
+}
 
-/// Appends the text form of `m` to `out`.
-pub fn format_message(m: &Message, out: &mut Vec<u8>) {
+/// Appends the text form of `m` to `out`; `names` names its collection when it is not the
+/// default one.
+pub fn format_message(m: &Message, names: &CollectionNames, out: &mut Vec<u8>) {
     let key = m.key_display();
+    let place = match names.path(m.collection) {
+        Some(p) if p.is_default() => String::new(),
+        Some(p) => format!(" {}.{}", p.scope, p.collection),
+        None => format!(" collection-{:#x}", m.collection),
+    };
     match m.op {
         Op::Mutation => {
             let (_, value) =
                 crate::values::shaped(m.datatype, &m.value, crate::values::Takes::BODY);
             let _ = write!(
                 out,
-                "set {key} {} {} {} {}\r\n",
+                "set {key} {} {} {} {}{place}\r\n",
                 m.flags,
                 m.expiry,
                 value.len(),
@@ -52,7 +72,7 @@ pub fn format_message(m: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(b"\r\n");
         }
         Op::Deletion | Op::Expiration => {
-            let _ = write!(out, "delete {key} {}\r\n", m.vbucket);
+            let _ = write!(out, "delete {key} {}{place}\r\n", m.vbucket);
         }
         Op::Control(code) => {
             let _ = write!(out, "control {code} {key} {}\r\n", m.vbucket);
@@ -66,10 +86,14 @@ impl BatchWriter for StdoutWriter {
         Ok(())
     }
 
+    fn begin(&mut self, ctx: &pump::Context) {
+        self.names = ctx.collection_names();
+    }
+
     async fn write(&mut self, messages: Vec<Message>) -> Result<Delivery, Error> {
         let mut buf = Vec::with_capacity(messages.iter().map(|m| m.size() + 48).sum());
         for m in &messages {
-            format_message(m, &mut buf);
+            format_message(m, &self.names, &mut buf);
         }
         let mut out = std::io::stdout().lock();
         out.write_all(&buf)
@@ -84,6 +108,69 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_message_outside_the_default_collection_names_its_scope_and_collection() {
+        use pump_protocol::collections::{Collection, Manifest, Scope};
+        let names = CollectionNames::default();
+        let mut m = Manifest {
+            uid: 2,
+            ..Manifest::default()
+        };
+        m.scopes.push(Scope {
+            name: "s1".into(),
+            uid: 8,
+            collections: vec![Collection {
+                name: "c1".into(),
+                uid: 9,
+                max_ttl: None,
+            }],
+        });
+        names.run.publish(m);
+        let mut out = Vec::new();
+        for (collection, key) in [(9, "in-c1"), (0, "plain"), (0x77, "stray")] {
+            format_message(
+                &Message {
+                    collection,
+                    vbucket: 4,
+                    ..Message::mutation(key, "v")
+                },
+                &names,
+                &mut out,
+            );
+        }
+        format_message(
+            &Message {
+                collection: 9,
+                vbucket: 4,
+                ..Message::deletion("gone")
+            },
+            &names,
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "set in-c1 0 0 1 4 s1.c1\r\nv\r\nset plain 0 0 1 4\r\nv\r\nset stray 0 0 1 4 collection-0x77\r\nv\r\ndelete gone 4 s1.c1\r\n"
+        );
+        // --map-data moves what is shown.
+        let names = CollectionNames {
+            rules: std::sync::Arc::new(
+                pump::DataRules::parse(None, None, Some("default.s1.c1=default.s2.c9")).unwrap(),
+            ),
+            bucket: "default".into(),
+            ..names
+        };
+        let mut out = Vec::new();
+        format_message(
+            &Message {
+                collection: 9,
+                ..Message::mutation("k", "v")
+            },
+            &names,
+            &mut out,
+        );
+        assert_eq!(out, b"set k 0 0 1 0 s2.c9\r\nv\r\n");
+    }
+
+    #[test]
     fn mutations_and_deletions_have_their_text_form() {
         let mut out = Vec::new();
         format_message(
@@ -93,6 +180,7 @@ mod tests {
                 vbucket: 528,
                 ..Message::mutation("hello", "world")
             },
+            &CollectionNames::default(),
             &mut out,
         );
         format_message(
@@ -100,6 +188,7 @@ mod tests {
                 vbucket: 1,
                 ..Message::deletion("gone")
             },
+            &CollectionNames::default(),
             &mut out,
         );
         assert_eq!(out, b"set hello 3 9 5 528\r\nworld\r\ndelete gone 1\r\n");

@@ -5,6 +5,13 @@
 //! literals (`b'...'`) or plain text. A row without `vbid`, or with cbtransfer's 65535
 //! ("unknown"), gets the CRC32 hash of its key over `-x num_vbuckets`. A malformed line (a
 //! wrong number of fields, a bad number, a bad literal) fails the run naming the file and line.
+//!
+//! Collections: `scope` and `collection` columns (as the `csv:` sink writes them when the
+//! source had collections) put each row in its collection; empty cells, or no such columns,
+//! mean the default collection. The file's collections become the run's manifest (ids given
+//! in the order they first appear, from 8), published before the batch that first holds each,
+//! so that a `couchbase://` sink creates them by name. A bad name, one column without the
+//! other, or a collection without its scope fails the run naming the line.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -12,8 +19,11 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pump::pipeline::Context;
-use pump::{BatchLimits, BatchSender, Error, Message, Options, Source, SourceKind, Spec};
+use pump::{
+    BatchLimits, BatchSender, Error, Message, Options, RunCollections, Source, SourceKind, Spec,
+};
 use pump_formats::{bfd, csv as format};
+use pump_protocol::collections::{self as coll, Collection, Manifest, Scope};
 use tokio::sync::mpsc;
 
 use crate::file::forward_from_thread;
@@ -61,8 +71,9 @@ impl Source for CsvSource {
     async fn run(self: Box<Self>, out: BatchSender, ctx: Context) -> Result<(), Error> {
         let spec = format!("csv:{}", self.path.display());
         let limits = ctx.options.batch_limits();
+        let run = ctx.collections.clone();
         forward_from_thread(&spec, &out, move |tx| {
-            read(&self.path, self.num_vbuckets, limits, &tx)
+            read(&self.path, self.num_vbuckets, limits, &run, &tx)
         })
         .await
     }
@@ -79,6 +90,67 @@ struct Columns {
     rev: Option<usize>,
     vbid: Option<usize>,
     dtype: Option<usize>,
+    /// `scope` and `collection`, both or neither.
+    paths: Option<(usize, usize)>,
+}
+
+/// The collections a file's rows name, as a manifest the run shares.
+struct FileCollections<'a> {
+    manifest: Manifest,
+    run: &'a RunCollections,
+}
+
+impl FileCollections<'_> {
+    /// The id of `scope.collection`: 0 for empty cells or the default collection, the next
+    /// free id for one not seen yet (published before it is used).
+    fn id_of(&mut self, scope: &[u8], collection: &[u8]) -> Result<u32, String> {
+        if scope.is_empty() && collection.is_empty() {
+            return Ok(0);
+        }
+        let text = |b: &[u8], what: &str| {
+            std::str::from_utf8(b)
+                .map(str::to_string)
+                .map_err(|_| format!("{what} {:?} is not UTF-8", String::from_utf8_lossy(b)))
+        };
+        let (scope, collection) = (text(scope, "scope")?, text(collection, "collection")?);
+        if scope.is_empty() || collection.is_empty() {
+            return Err(format!(
+                "scope {scope:?} and collection {collection:?}: give both or neither"
+            ));
+        }
+        if let Some(id) = self.manifest.id_of(&scope, &collection) {
+            return Ok(id);
+        }
+        for (what, name) in [("scope", &scope), ("collection", &collection)] {
+            if let Some(e) = coll::name_error(name, false) {
+                return Err(format!("{what}: {e}"));
+            }
+        }
+        if collection == coll::DEFAULT_NAME {
+            return Err(format!(
+                "collection _default in scope {scope:?}: only scope _default holds it"
+            ));
+        }
+        if self.manifest.scope(&scope).is_none() {
+            let uid = self.manifest.next_id();
+            self.manifest.scopes.push(Scope {
+                name: scope.clone(),
+                uid,
+                collections: Vec::new(),
+            });
+        }
+        let uid = self.manifest.next_id();
+        if let Some(s) = self.manifest.scopes.iter_mut().find(|s| s.name == scope) {
+            s.collections.push(Collection {
+                name: collection,
+                uid,
+                max_ttl: None,
+            });
+        }
+        self.manifest.uid += 1;
+        self.run.publish(self.manifest.clone());
+        Ok(uid)
+    }
 }
 
 /// The line a record starts on, from its byte offset (read again from the file, only for an
@@ -117,6 +189,7 @@ fn read(
     path: &Path,
     num_vbuckets: u16,
     limits: BatchLimits,
+    run: &RunCollections,
     tx: &mpsc::Sender<Vec<Message>>,
 ) -> Result<(), String> {
     let file = path.display();
@@ -144,7 +217,25 @@ fn read(
         rev: find("rev"),
         vbid: find("vbid"),
         dtype: find("dtype"),
+        paths: match (find("scope"), find("collection")) {
+            (Some(s), Some(c)) => Some((s, c)),
+            (None, None) => None,
+            _ => {
+                return Err(format!(
+                    "{file}: line 1: a 'scope' column without 'collection' or the other way round (give both or neither)"
+                ))
+            }
+        },
     };
+    let mut collections = FileCollections {
+        manifest: Manifest::default(),
+        run,
+    };
+    if cols.paths.is_some() {
+        // A file that names collections: the run knows them from the start (the default
+        // one), and each new one as its first row comes.
+        run.publish(Manifest::default());
+    }
     let mut record = ::csv::ByteRecord::new();
     let mut buf = BytesMut::new();
     let mut batch: Vec<Pending> = Vec::new();
@@ -207,6 +298,12 @@ fn read(
         let rev =
             format::read_bytes_field(field(cols.rev)).map_err(|e| bad(format!("rev: {e}")))?;
         let (rev_seqno, meta) = bfd::parse_meta_column(&rev);
+        let collection = match cols.paths {
+            Some((s, c)) => collections
+                .id_of(field(Some(s)), field(Some(c)))
+                .map_err(bad)?,
+            None => 0,
+        };
         let k0 = buf.len();
         buf.extend_from_slice(key_bytes);
         let v0 = buf.len();
@@ -222,6 +319,7 @@ fn read(
                 cas,
                 rev_seqno,
                 datatype: dtype,
+                collection,
                 ..Message::default()
             },
             k0..v0,
@@ -262,6 +360,10 @@ mod tests {
     use super::*;
 
     async fn read_all(text: &str) -> Result<Vec<Message>, Error> {
+        read_with(text, &Context::new(Options::default())).await
+    }
+
+    async fn read_with(text: &str, ctx: &Context) -> Result<Vec<Message>, Error> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.csv");
         std::fs::write(&path, text).unwrap();
@@ -270,7 +372,7 @@ mod tests {
         let (tx, rx) =
             pump::channel::bounded(1000, 1 << 30, pump::Filter::default(), stats, cancel);
         Box::new(CsvSource::new(path, 1024))
-            .run(tx, Context::new(Options::default()))
+            .run(tx, ctx.clone())
             .await?;
         let mut out = Vec::new();
         while let Some(b) = rx.recv().await {
@@ -294,6 +396,70 @@ mod tests {
             (528, 7, 1)
         );
         assert_eq!((&got[1].value[..], got[1].vbucket), (&b"plain"[..], 3));
+    }
+
+    #[tokio::test]
+    async fn scope_and_collection_columns_put_rows_in_their_collections_named_in_the_manifest() {
+        let ctx = Context::new(Options::default());
+        let got = read_with(
+            "id,flags,expiration,cas,value,rev,vbid,dtype,scope,collection\r\n\
+             a,0,0,0,1,,1,0,s1,c1\r\n\
+             b,0,0,0,2,,1,0,,\r\n\
+             c,0,0,0,3,,1,0,s1,c2\r\n\
+             d,0,0,0,4,,1,0,_default,_default\r\n\
+             e,0,0,0,5,,1,0,s2,c1\r\n\
+             f,0,0,0,6,,1,0,s1,c1\r\n",
+            &ctx,
+        )
+        .await
+        .unwrap();
+        let run = &ctx.collections;
+        let names: Vec<(String, String)> = got
+            .iter()
+            .map(|m| {
+                let p = run.path(m.collection).unwrap();
+                (
+                    String::from_utf8_lossy(&m.key).into_owned(),
+                    format!("{}.{}", p.scope, p.collection),
+                )
+            })
+            .collect();
+        let want = [
+            ("a", "s1.c1"),
+            ("b", "_default._default"),
+            ("c", "s1.c2"),
+            ("d", "_default._default"),
+            ("e", "s2.c1"),
+            ("f", "s1.c1"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, p)| (k.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(names, want);
+        assert_eq!(got[0].collection, got[5].collection);
+        assert_ne!(got[0].collection, got[4].collection);
+        let m = run.manifest().unwrap();
+        assert!(m.check().is_ok(), "{m:?}");
+        assert_eq!(m.collections().count(), 4);
+        assert!(run.has_collections());
+    }
+
+    #[tokio::test]
+    async fn bad_scope_and_collection_cells_are_errors_naming_the_line() {
+        for (text, want) in [
+            ("id,scope\nk,s1\n", "line 1"),
+            ("id,scope,collection\nk,s1,c1\nk2,s1,\n", "line 3"),
+            ("id,scope,collection\nk,s 1,c1\n", "line 2"),
+            (
+                "id,scope,collection\nk,s1,_default\n",
+                "only scope _default",
+            ),
+            ("id,scope,collection\nk,s1,_c\n", "must not start with _"),
+        ] {
+            let err = read_all(text).await.unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
     }
 
     #[tokio::test]
