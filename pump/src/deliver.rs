@@ -133,6 +133,12 @@ pub trait Protocol: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Learns what a batch needs before its messages are routed (a collection the source
+    /// created during the run: the destination creates it). An error fails the run.
+    async fn admit(&self, _messages: &[Message]) -> Result<(), String> {
+        Ok(())
+    }
+
     /// The endpoints (`host:port`) messages are routed to, by index.
     fn endpoints(&self) -> Vec<String>;
 
@@ -553,7 +559,7 @@ impl<P: Protocol> Driver<P> {
             let mut waiting = open;
             while open && self.queued < limit {
                 match input.recv().now_or_never() {
-                    Some(Some(b)) => self.take(b),
+                    Some(Some(b)) => self.admit_and_take(b).await?,
                     Some(None) => open = false,
                     None => {
                         waiting = false;
@@ -577,7 +583,7 @@ impl<P: Protocol> Driver<P> {
                     self.wake().await?;
                 }
                 b = input.recv(), if open && self.queued < limit => match b {
-                    Some(b) => self.take(b),
+                    Some(b) => self.admit_and_take(b).await?,
                     None => open = false,
                 },
             }
@@ -600,6 +606,16 @@ impl<P: Protocol> Driver<P> {
     /// The message a slot names (a slot always names a message of a live batch).
     fn message(&self, s: Slot) -> Option<&Message> {
         message_of(&self.batches, s)
+    }
+
+    /// [`Protocol::admit`], then [`Driver::take`].
+    async fn admit_and_take(&mut self, batch: crate::batch::Batch) -> Result<(), Error> {
+        self.p
+            .admit(&batch.messages)
+            .await
+            .map_err(|e| self.fatal(e))?;
+        self.take(batch);
+        Ok(())
     }
 
     /// Takes a batch from the channel: each message routed to its lane (or its held group).

@@ -9,15 +9,19 @@
 //! every key then goes out as LEB128(destination id) | key (COLLECTIONS negotiated)
 //! ```
 //!
-//! A run whose source has no collections but the default one, and no `--map-data`, writes as
-//! before: no COLLECTIONS, keys as they are. A mapping to another bucket than the
+//! A run whose source has no collections but the default one, and no `--map-data`, writes
+//! through COLLECTIONS too when the source knows collections (it published a manifest: a
+//! DCP stream of a 7.x cluster) and the destination answers its manifest, so that a
+//! collection created at the source during the run reaches the destination
+//! ([`CollectionMap::extend`], with its first item or after its system event); otherwise
+//! (a source or a destination without collections) keys go as they are, without COLLECTIONS. A mapping to another bucket than the
 //! destination's, or to a collection the destination refuses to create, fails the run before
 //! anything is written, naming it.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use pump::{DataRules, Message, RunCollections};
 use pump_client::{Auth, TlsClient};
 use pump_protocol::collections::{put_leb128, CollectionPath, Manifest, DEFAULT_NAME};
@@ -133,12 +137,32 @@ impl CollectionMap {
         rules: &DataRules,
         source_bucket: &str,
     ) -> Result<CollectionMap, String> {
-        let mut wanted: Vec<(u32, CollectionPath)> = Vec::new();
         let ids = match run.manifest() {
             Some(m) => m.collections().map(|(id, _)| id).collect::<Vec<u32>>(),
             None => vec![0],
         };
-        for id in ids {
+        CollectionMap::default()
+            .extend(rest, run, rules, source_bucket, &ids)
+            .await
+    }
+
+    /// This map and source collections `ids` (those it lacks, that the source named and
+    /// `rules` keep): created on the destination when it lacks them, then mapped. A collection
+    /// created at the source during the run comes this way, with its first item or with the
+    /// first batch after its system event.
+    pub async fn extend(
+        &self,
+        rest: &Rest,
+        run: &RunCollections,
+        rules: &DataRules,
+        source_bucket: &str,
+        ids: &[u32],
+    ) -> Result<CollectionMap, String> {
+        let mut wanted: Vec<(u32, CollectionPath)> = Vec::new();
+        for &id in ids {
+            if self.ids.contains_key(&id) {
+                continue;
+            }
             let Some(path) = run.path(id) else { continue };
             if !rules.keeps(source_bucket, &path) {
                 continue;
@@ -151,6 +175,9 @@ impl CollectionMap {
                 )));
             }
             wanted.push((id, target));
+        }
+        if wanted.is_empty() {
+            return Ok(self.clone());
         }
         let mut have = rest.manifest().await?;
         for (_, t) in &wanted {
@@ -174,7 +201,7 @@ impl CollectionMap {
             .await?;
             have = rest.manifest().await?;
         }
-        let mut map = CollectionMap::default();
+        let mut map = self.clone();
         for (id, t) in wanted {
             let to = have.id_of(&t.scope, &t.collection).ok_or_else(|| {
                 rest.err(format!(
@@ -195,11 +222,19 @@ impl CollectionMap {
 
     /// The key as a COLLECTIONS connection sends it: the destination id, then the key.
     pub fn key(&self, m: &Message) -> Option<Bytes> {
+        let mut k = Vec::with_capacity(5 + m.key.len());
+        self.key_into(m, &mut k)?;
+        Some(Bytes::from(k))
+    }
+
+    /// Writes [`CollectionMap::key`] into `out` (cleared first), without allocating once it
+    /// has grown; None for a message whose collection is not mapped.
+    pub fn key_into(&self, m: &Message, out: &mut Vec<u8>) -> Option<()> {
         let to = self.target(m.collection)?;
-        let mut k = BytesMut::with_capacity(5 + m.key.len());
-        put_leb128(&mut k, to);
-        k.put_slice(&m.key);
-        Some(k.freeze())
+        out.clear();
+        put_leb128(out, to);
+        out.put_slice(&m.key);
+        Some(())
     }
 }
 

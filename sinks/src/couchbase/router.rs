@@ -57,8 +57,20 @@ pub struct Router {
     fresh: AtomicBool,
     /// Source collection -> destination collection, when the run writes through collections
     /// (then every connection negotiates COLLECTIONS and each key carries its id); set by
-    /// `prepare`, before any connection.
+    /// `prepare`, before any connection, and grown by `admit`.
     collections: RwLock<Option<Arc<CollectionMap>>>,
+    /// What `admit` needs to create a collection the source made during the run.
+    run: std::sync::OnceLock<RunSide>,
+}
+
+/// The run's side of the collection map: the source's collections, the rules, the REST API.
+struct RunSide {
+    rest: Rest,
+    run: Arc<pump::RunCollections>,
+    rules: pump::DataRules,
+    source_bucket: String,
+    /// The source manifest's uid last looked at (a change: its new collections are created).
+    uid: std::sync::atomic::AtomicU64,
 }
 
 /// An answer, and the node (`host:port`) it came from: its `$HOST`.
@@ -94,6 +106,7 @@ impl Router {
             takes: RwLock::new(None),
             fresh: AtomicBool::new(false),
             collections: RwLock::new(None),
+            run: std::sync::OnceLock::new(),
         }
     }
 
@@ -184,9 +197,14 @@ impl Protocol for Router {
     }
 
     /// With collections (see the module docs of `collections`): the destination's scopes and
-    /// collections created, and the ids mapped, before the first connection.
+    /// collections created, and the ids mapped, before the first connection. A source that
+    /// knows collections but holds the default one only goes through COLLECTIONS too when the
+    /// destination answers its manifest, so that a collection it creates during the run can
+    /// be created on the destination (`admit`).
     async fn prepare(&self, ctx: &pump::pipeline::Context) -> Result<(), String> {
-        if !CollectionMap::needed(&ctx.collections, &ctx.options.data) {
+        let required = CollectionMap::needed(&ctx.collections, &ctx.options.data);
+        let aware = ctx.collections.manifest().is_some();
+        if !required && !aware {
             return Ok(());
         }
         let c = &self.config;
@@ -198,16 +216,87 @@ impl Protocol for Router {
             tls: c.handshake.tls.clone(),
             timeout: c.timeout,
         };
-        let map = CollectionMap::prepare(
+        let uid = ctx.collections.manifest().map_or(0, |m| m.uid);
+        let map = match CollectionMap::prepare(
             &rest,
             &ctx.collections,
             &ctx.options.data,
             &ctx.options.source_bucket,
         )
-        .await?;
+        .await
+        {
+            Ok(map) => map,
+            Err(e) if !required => {
+                tracing::debug!(
+                    "{}: writing without collections (the destination's manifest: {e})",
+                    c.spec
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         if let Ok(mut m) = self.collections.write() {
             *m = Some(Arc::new(map));
         }
+        let _ = self.run.set(RunSide {
+            rest,
+            run: ctx.collections.clone(),
+            rules: ctx.options.data.clone(),
+            source_bucket: ctx.options.source_bucket.clone(),
+            uid: std::sync::atomic::AtomicU64::new(uid),
+        });
+        Ok(())
+    }
+
+    /// A collection the source created during the run: created on the destination and mapped
+    /// when the first batch after its system event comes (the source's manifest changed), or
+    /// with its first item.
+    async fn admit(&self, messages: &[Message]) -> Result<(), String> {
+        let (Some(side), Some(map)) = (self.run.get(), self.collections()) else {
+            return Ok(());
+        };
+        let manifest = side.run.manifest();
+        let uid = manifest.as_ref().map_or(0, |m| m.uid);
+        let mut ids: Vec<u32> = Vec::new();
+        if uid != side.uid.load(Ordering::SeqCst) {
+            if let Some(m) = &manifest {
+                ids.extend(m.collections().map(|(id, _)| id));
+            }
+        }
+        ids.extend(
+            messages
+                .iter()
+                .filter(|m| !m.is_control() && map.target(m.collection).is_none())
+                .map(|m| m.collection),
+        );
+        ids.retain(|id| map.target(*id).is_none());
+        ids.sort_unstable();
+        ids.dedup();
+        if !ids.is_empty() {
+            let grown = map
+                .extend(
+                    &side.rest,
+                    &side.run,
+                    &side.rules,
+                    &side.source_bucket,
+                    &ids,
+                )
+                .await?;
+            for id in &ids {
+                if let (Some(p), Some(to)) = (side.run.path(*id), grown.target(*id)) {
+                    tracing::info!(
+                        "{}: collection {}.{} (source id {id:#x}) appeared during the run: mapped to the destination's id {to:#x}",
+                        self.config.spec,
+                        p.scope,
+                        p.collection
+                    );
+                }
+            }
+            if let Ok(mut m) = self.collections.write() {
+                *m = Some(Arc::new(grown));
+            }
+        }
+        side.uid.store(uid, Ordering::SeqCst);
         Ok(())
     }
 
@@ -230,13 +319,21 @@ impl Protocol for Router {
     }
 
     fn refuse(&self, m: &Message) -> Option<String> {
-        if let Some(c) = self.collections() {
-            if c.target(m.collection).is_none() {
+        match self.collections() {
+            Some(c) if c.target(m.collection).is_none() => {
                 return Some(format!(
-                    "its collection (id {:#x}) is not mapped to the destination (created at the source during the run? rerun to copy it)",
+                    "its collection (id {:#x}) was never named by the source, so it has no place on the destination",
                     m.collection
                 ));
             }
+            // Written without COLLECTIONS, it would land in the default collection.
+            None if m.collection != 0 => {
+                return Some(format!(
+                    "its collection (id {:#x}) is not the default one, and the run writes without collections (the destination's manifest could not be read when it started)",
+                    m.collection
+                ));
+            }
+            _ => {}
         }
         let n = self.map()?.num_vbuckets();
         let vb = self.vbucket(m, n);
@@ -304,12 +401,16 @@ impl Protocol for Router {
             .unwrap_or(Takes::BODY);
         let collections = self.collections();
         let mut id = first_id;
+        let mut key = Vec::new();
         for m in msgs {
             let vb = self.vbucket(m, n);
             let w = plan.write_of(m, takes);
             // With collections, the key carries the destination's collection id (`refuse`
             // kept out every message whose collection is not mapped).
-            let prefixed = collections.as_ref().and_then(|c| c.key(m));
+            let prefixed = collections
+                .as_ref()
+                .and_then(|c| c.key_into(m, &mut key))
+                .is_some();
             encode_request(
                 buf,
                 w.opcode,
@@ -318,7 +419,7 @@ impl Protocol for Router {
                 0,
                 w.datatype,
                 w.extras(),
-                prefixed.as_deref().unwrap_or(&m.key),
+                if prefixed { &key } else { &m.key },
                 &w.value,
             );
             id = id.wrapping_add(1);
