@@ -6,7 +6,12 @@ mod common;
 
 use std::path::Path;
 
-use common::{http, pump, sdk_script, transfer_ok, LocalCluster, Memcached};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{
+    csv_rows, export_file, http, pump, sdk_script, transfer_ok, Export, LocalCluster, Memcached,
+};
 
 const AUTH: [&str; 4] = ["--user", "U", "--password", "P"];
 
@@ -288,4 +293,252 @@ fn memcached_takes_the_default_collection_only_and_refuses_another_by_name_first
     );
     let got = mc2.text().get_many(&["same-key".to_string()]);
     assert!(String::from_utf8_lossy(&got[0].as_ref().unwrap().value).contains("s1.c1"));
+}
+
+/// `pump transfer C csv:FILE` with `extra`, read back.
+fn export(c: &LocalCluster, extra: &[&str]) -> Export {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("all.csv");
+    let args = [&SRC[..], extra].concat();
+    transfer_ok(&c.spec(), &format!("csv:{}", csv.display()), &args);
+    export_file(&csv)
+}
+
+fn per_collection(e: &Export) -> BTreeMap<String, usize> {
+    let mut n = BTreeMap::new();
+    for (place, _) in e.keys() {
+        *n.entry(place.clone()).or_insert(0) += 1;
+    }
+    n
+}
+
+fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(p, n)| (p.to_string(), *n)).collect()
+}
+
+#[test]
+fn csv_and_stdout_name_scope_and_collection_and_csv_reads_them_back_into_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = up();
+    let expect = sdk_write(&a, dir.path());
+    let csv = dir.path().join("a.csv");
+    transfer_ok(&a.spec(), &format!("csv:{}", csv.display()), &SRC);
+    let rows = csv_rows(&csv);
+    assert_eq!(
+        rows[0],
+        [
+            "id",
+            "flags",
+            "expiration",
+            "cas",
+            "value",
+            "rev",
+            "vbid",
+            "dtype",
+            "scope",
+            "collection"
+        ]
+    );
+    let e = export_file(&csv);
+    assert_eq!(
+        per_collection(&e),
+        counts(&[("_default._default", 38), ("s1.c1", 38), ("s1.c2", 38)])
+    );
+    // The same key in each collection, each with its own value.
+    for place in ["s1.c1", "s1.c2"] {
+        let (value, _) = &e[&(place.to_string(), "same-key".to_string())];
+        assert!(value.contains(place), "{place}: {value}");
+    }
+    // Read back into a cluster without s1: the SDK finds every document in its collection.
+    let b = up();
+    transfer_ok(&format!("csv:{}", csv.display()), &b.spec(), &DEST);
+    assert!(sdk_read(&b, &expect, &[]) >= 3 * 41);
+    // stdout: a line outside the default collection ends with its scope and collection.
+    let (src, dst) = (a.spec(), "stdout:".to_string());
+    let mut args = vec!["transfer", &src[..], &dst[..], "-q", "-k", "^same-key$"];
+    args.extend(SRC);
+    let o = pump(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let mut heads: Vec<&str> = out.lines().filter(|l| l.starts_with("set ")).collect();
+    heads.sort_unstable();
+    assert_eq!(heads.len(), 3, "{out}");
+    assert!(heads.iter().any(|l| l.ends_with(" s1.c1")), "{out}");
+    assert!(heads.iter().any(|l| l.ends_with(" s1.c2")), "{out}");
+    assert!(
+        heads
+            .iter()
+            .any(|l| !l.ends_with(" s1.c1") && !l.ends_with(" s1.c2") && l.split(' ').count() == 6),
+        "the default collection's line has no suffix: {out}"
+    );
+}
+
+#[test]
+fn a_collection_appearing_in_the_middle_of_a_run_is_created_on_the_destination() {
+    // A CSV file whose first 3,000 rows are of the default collection and whose last 50 are
+    // of s9.c9: in batches of 10, the sink starts (and maps the collections it knows) long
+    // before the csv source reaches s9.c9.
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("late.csv");
+    let mut text =
+        String::from("id,flags,expiration,cas,value,rev,vbid,dtype,scope,collection\r\n");
+    for i in 0..3000 {
+        text.push_str(&format!("d{i},0,0,0,v{i},,65535,0,,\r\n"));
+    }
+    for i in 0..50 {
+        text.push_str(&format!("late{i},0,0,0,w{i},,65535,0,s9,c9\r\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let b = up();
+    let (spec, bspec) = (format!("csv:{}", csv.display()), b.spec());
+    let mut all = vec![
+        "transfer",
+        &spec[..],
+        &bspec[..],
+        "-x",
+        "batch_max_size=10",
+        "-v",
+    ];
+    all.extend(DEST);
+    let o = pump(&all);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("collection s9.c9") && err.contains("appeared during the run"),
+        "created during the run, not before: {err}"
+    );
+    let got = export(&b, &[]);
+    assert_eq!(
+        per_collection(&got),
+        counts(&[("_default._default", 3000), ("s9.c9", 50)])
+    );
+    assert_eq!(got[&("s9.c9".to_string(), "late7".to_string())].0, "b'w7'");
+}
+
+#[test]
+fn key_and_vbucket_filters_keep_each_item_in_its_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = up();
+    sdk_write(&a, dir.path());
+    let all = export(&a, &[]);
+    // -k into another cluster: the three same-keys, each in its own collection.
+    let b = up();
+    transfer_ok(&a.spec(), &b.spec(), &with(&BOTH, &["-k", "^same-key$"]));
+    let got = export(&b, &[]);
+    let want: Export = all
+        .iter()
+        .filter(|((_, k), _)| k == "same-key")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert_eq!(want.len(), 3);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (k, (value, _)) in &want {
+        assert_eq!(&got[k].0, value, "{k:?}");
+    }
+    // -l: the items of those vbuckets, of every collection, and no others.
+    let half = export(&a, &["-l", "0-511"]);
+    let want: Export = all
+        .iter()
+        .filter(|(_, (_, vb))| *vb <= 511)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert!(half.len() < all.len() && !half.is_empty());
+    assert_eq!(half, want);
+    assert_eq!(
+        per_collection(&half).len(),
+        3,
+        "{:?}",
+        per_collection(&half)
+    );
+}
+
+#[test]
+fn a_dcp_transfer_stopped_midway_resumes_from_its_checkpoint_with_every_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = up();
+    sdk_write(&a, dir.path());
+    // 2,000 more items in s1.c2 and 1,000 in the default collection.
+    let load = with(
+        &DEST,
+        &["--map-data", "default._default._default=default.s1.c2"],
+    );
+    transfer_ok(
+        "gen:max-items=2000,min-value-size=2000,prefix=bulk-",
+        &a.spec(),
+        &load,
+    );
+    transfer_ok(
+        "gen:max-items=1000,min-value-size=2000,prefix=dflt-",
+        &a.spec(),
+        &DEST,
+    );
+    let original = export(&a, &[]);
+    assert_eq!(original.len(), 3 * 38 + 3000);
+    let b = up();
+    let checkpoint = dir.path().join("ckpt.json");
+    let x = format!("checkpoint={},batch_max_size=20", checkpoint.display());
+    let (src, dst) = (a.spec(), b.spec());
+    let mut run = std::process::Command::new(env!("CARGO_BIN_EXE_pump"))
+        .args([
+            "transfer", &src, &dst, "-t", "1", "-q", "--rate", "1000", "-x", &x,
+        ])
+        .args(BOTH)
+        .spawn()
+        .unwrap();
+    let progress = || -> u64 {
+        std::fs::read(&checkpoint)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                v["vbuckets"]
+                    .as_object()
+                    .map(|m| m.values().filter_map(|p| p["seqno"].as_u64()).sum())
+            })
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress() < 200 {
+        assert!(
+            Instant::now() < deadline,
+            "no progress checkpointed in 60 s"
+        );
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "the transfer ended before it was stopped"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Stopped midway, hard: its own process id.
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let partial = export(&b, &[]).len();
+    assert!(
+        partial < original.len(),
+        "{partial} items already copied: not midway"
+    );
+    let mut all = vec!["transfer", &src[..], &dst[..], "-x", &x[..]];
+    all.extend(BOTH);
+    let o = pump(&all);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let received: usize = err
+        .split_whitespace()
+        .zip(err.split_whitespace().skip(1))
+        .find(|(_, w)| *w == "received,")
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no received count in: {err}"));
+    assert!(
+        received < original.len(),
+        "the rerun resumed ({received} of {} items streamed again): {err}",
+        original.len()
+    );
+    // Nothing lost: every item, in its collection, equal.
+    let copied = export(&b, &[]);
+    assert_eq!(per_collection(&copied), per_collection(&original));
+    for (k, (value, _)) in &original {
+        assert_eq!(copied.get(k).map(|v| &v.0), Some(value), "{k:?}");
+    }
 }

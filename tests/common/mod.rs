@@ -720,3 +720,68 @@ pub fn sdk_script(script: &str, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The rows of a `csv:` export: (scope.collection, key) -> (value, vbid), the collection
+/// `_default._default` when the file has no scope and collection columns.
+pub type Export = std::collections::BTreeMap<(String, String), (String, u16)>;
+
+pub fn export_file(csv: &Path) -> Export {
+    let rows = csv_rows(csv);
+    let head = &rows[0];
+    let col = |name: &str| head.iter().position(|h| h == name);
+    let (id, value, vbid) = (
+        col("id").unwrap(),
+        col("value").unwrap(),
+        col("vbid").unwrap(),
+    );
+    let paths = col("scope").zip(col("collection"));
+    rows[1..]
+        .iter()
+        .map(|r| {
+            let place = match paths {
+                Some((s, c)) => format!("{}.{}", r[s], r[c]),
+                None => "_default._default".to_string(),
+            };
+            (
+                (place, r[id].clone()),
+                (r[value].clone(), r[vbid].parse().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// Creates `scope.collection` on `c` over REST (the scope too, when it is new).
+pub fn create_collection(c: &LocalCluster, scope: &str, collection: &str) {
+    let base = "/pools/default/buckets/default/scopes";
+    let (status, body) = http(&c.nodes[0].rest, "POST", base, &format!("name={scope}"));
+    assert!(
+        status == 200 || body.contains("already exists"),
+        "{status} {body}"
+    );
+    let (status, body) = http(
+        &c.nodes[0].rest,
+        "POST",
+        &format!("{base}/{scope}/collections"),
+        &format!("name={collection}"),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+/// `items` gen: documents (keys PREFIX0...) into `scope.collection` of `c`.
+pub fn load_into(c: &LocalCluster, items: usize, prefix: &str, scope: &str, collection: &str) {
+    let gen = format!("gen:max-items={items},min-value-size=20,prefix={prefix}");
+    let map = format!("default._default._default=default.{scope}.{collection}");
+    let mut args = Vec::new();
+    if (scope, collection) != ("_default", "_default") {
+        args.extend(["--map-data", &map[..]]);
+    }
+    transfer_ok(&gen, &c.spec(), &args);
+}
+
+/// `pump transfer C csv:FILE EXTRA`, read back as an [`Export`].
+pub fn export_cluster(c: &LocalCluster, extra: &[&str]) -> Export {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("all.csv");
+    transfer_ok(&c.spec(), &format!("csv:{}", csv.display()), extra);
+    export_file(&csv)
+}
