@@ -192,3 +192,77 @@ fn couchbase_cli_cbrecovery_brings_back_the_vbuckets_a_failover_lost() {
     };
     assert_eq!(strip_cas(items(&a)), strip_cas(items(&b)));
 }
+
+#[test]
+#[ignore = "opt-in: COUCHBASE_CLI_SRC=<a couchbase-cli checkout> cargo nextest run --run-ignored only couchbase_cli"]
+fn couchbase_cli_cbtransfer_reads_a_pump_backup_of_a_cluster_with_collections() {
+    // A cluster whose DCP producer speaks collections: the pump's backup of its default
+    // collection alone is cbbackup's format, and cbtransfer reads every item of it; a backup
+    // that also holds another collection still gives cbtransfer the default collection's.
+    let mut args = vec!["--replicas", "1"];
+    args.extend_from_slice(ADMIN);
+    let a = LocalCluster::up(2, 0, &args);
+    let dest: Vec<&str> = ["-U", "Administrator", "-P", "password"].to_vec();
+    transfer_ok("gen:max-items=2000,json=1", &a.spec(), &dest);
+    let dir = tempfile::tempdir().unwrap();
+    // cbtransfer's CSV sink writes a file per bucket and node (NAME_BUCKET_NODE.csv): every
+    // row of each, read back.
+    let read_back =
+        |backup: &Path, name: &str| -> std::collections::BTreeMap<String, Vec<String>> {
+            let out_dir = dir.path().join(name);
+            std::fs::create_dir(&out_dir).unwrap();
+            let csv = out_dir.join("items.csv");
+            let out = tool(
+                "cbtransfer",
+                &[
+                    backup.to_str().unwrap(),
+                    &format!("csv:{}", csv.display()),
+                    "-b",
+                    "default",
+                    "-u",
+                    "Administrator",
+                    "-p",
+                    "password",
+                ],
+            );
+            assert!(out.contains("done"), "{out}");
+            let files = common::files_named(&out_dir, &|n| n.ends_with(".csv"));
+            assert!(!files.is_empty(), "no CSV file from cbtransfer: {out}");
+            files
+                .iter()
+                .flat_map(|f| csv_rows(f).into_iter().skip(1))
+                .map(|r| (r[0].clone(), vec![r[1].clone(), r[2].clone(), r[4].clone()]))
+                .collect()
+        };
+    let strip = |m: std::collections::BTreeMap<String, Vec<String>>| {
+        m.into_iter()
+            .map(|(k, v)| (k, vec![v[0].clone(), v[1].clone(), v[3].clone()]))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let want = strip(items(&a));
+    assert_eq!(want.len(), 2000);
+    let only_default = dir.path().join("only-default");
+    transfer_ok(&a.spec(), only_default.to_str().unwrap(), CREDS);
+    assert_eq!(read_back(&only_default, "a.csv"), want);
+    // s1.c1 with 500 items of its own: the backup holds them apart, cbtransfer the rest.
+    let (status, body) = common::http(
+        &a.nodes[0].rest,
+        "POST",
+        "/pools/default/buckets/default/scopes",
+        "name=s1",
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = common::http(
+        &a.nodes[0].rest,
+        "POST",
+        "/pools/default/buckets/default/scopes/s1/collections",
+        "name=c1",
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut to_c1 = dest.clone();
+    to_c1.extend(["--map-data", "default._default._default=default.s1.c1"]);
+    transfer_ok("gen:max-items=500,prefix=c1-", &a.spec(), &to_c1);
+    let with_c1 = dir.path().join("with-c1");
+    transfer_ok(&a.spec(), with_c1.to_str().unwrap(), CREDS);
+    assert_eq!(read_back(&with_c1, "b.csv"), want);
+}
