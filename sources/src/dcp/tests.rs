@@ -685,3 +685,139 @@ async fn a_node_holding_none_of_the_vbuckets_alive_fails_rather_than_streaming_n
     );
     producer.await.unwrap();
 }
+
+/// A producer that agrees to COLLECTIONS, answers GET_COLLECTIONS_MANIFEST with `manifest`,
+/// and streams vbucket 0 to seqno 2 with these two keys (LEB128-prefixed as sent): what the
+/// run ends with, and what reached the sink.
+async fn collections_stream(
+    manifest: &'static str,
+    keys: [&'static [u8]; 2],
+) -> (String, Vec<pump::Message>) {
+    let (l, addr) = listen().await;
+    // Every connection (the streaming one, and the one that reads the manifest again once
+    // the streams ended) is served alike.
+    let producer = tokio::spawn(async move {
+        loop {
+            let peer = Peer::accept(&l).await;
+            tokio::spawn(serve_collections(peer, manifest, keys));
+        }
+    });
+    let o = options("0", None);
+    let sink = Collect::default();
+    let result = run(open(&addr, &o), sink.clone(), o).await;
+    producer.abort();
+    let said = match result {
+        Ok(s) => format!("ok: {} items", s.counts.items_written),
+        Err(e) => e.to_string(),
+    };
+    (said, sink.messages())
+}
+
+/// One connection of [`collections_stream`]'s producer.
+async fn serve_collections(mut peer: Peer, manifest: &'static str, keys: [&'static [u8]; 2]) {
+    let mut requests = Vec::new();
+    while requests.is_empty() {
+        let Some(p) = peer.recv().await else { return };
+        match p.opcode {
+            Opcode::Hello => {
+                let asked = pump_protocol::hello::decode_features(&p.value).unwrap();
+                assert!(asked.contains(&pump_protocol::Feature::Collections));
+                let agreed =
+                    pump_protocol::hello::encode_features([pump_protocol::Feature::Collections]);
+                peer.send(Packet::response_to(&p, Status::Success).with_value(agreed))
+                    .await;
+            }
+            Opcode::GetCollectionsManifest => {
+                peer.send(Packet::response_to(&p, Status::Success).with_value(manifest))
+                    .await;
+            }
+            Opcode::SelectBucket => {
+                peer.send(Packet::response_to(&p, Status::UnknownCommand))
+                    .await;
+            }
+            Opcode::Stat => {
+                for (k, v) in [("vb_0:high_seqno", "2"), ("vb_0:uuid", "1")] {
+                    peer.send(
+                        Packet::response_to(&p, Status::Success)
+                            .with_key(k)
+                            .with_value(v),
+                    )
+                    .await;
+                }
+                peer.send(Packet::response_to(&p, Status::Success)).await;
+            }
+            Opcode::DcpOpen | Opcode::DcpControl => {
+                peer.send(Packet::response_to(&p, Status::Success)).await;
+            }
+            Opcode::DcpStreamReq => {
+                let DcpMessage::StreamReq(r) = DcpMessage::from_packet(&p).unwrap() else {
+                    unreachable!()
+                };
+                requests.push(r);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let r = requests[0];
+    accept_stream(&mut peer, &r, 7).await;
+    peer.send(marker(&r, 1, 2).to_packet()).await;
+    for (s, key) in keys.into_iter().enumerate() {
+        let mut m = mutation(&r, s as u64 + 1);
+        if let DcpMessage::Mutation(i) = &mut m {
+            i.key = Bytes::from_static(key);
+        }
+        peer.send(m.to_packet()).await;
+    }
+    peer.send(end(&r).to_packet()).await;
+    // Until the source hangs up.
+    while peer.recv().await.is_some() {}
+}
+
+/// The bucket's manifest: _default, and s1 (id 8) holding c1 (id 9).
+const S1_C1: &str = r#"{"uid":"2","scopes":[{"name":"_default","uid":"0","collections":[{"name":"_default","uid":"0"}]},{"name":"s1","uid":"8","collections":[{"name":"c1","uid":"9"}]}]}"#;
+
+#[tokio::test]
+async fn a_collection_stream_takes_each_keys_id_into_its_message() {
+    let (said, got) = collections_stream(S1_C1, [b"\x09in-c1", b"\x00plain"]).await;
+    assert_eq!(said, "ok: 2 items");
+    let got: Vec<(u32, &[u8])> = got.iter().map(|m| (m.collection, &m.key[..])).collect();
+    assert_eq!(got, [(9, &b"in-c1"[..]), (0, &b"plain"[..])]);
+}
+
+#[tokio::test]
+async fn a_leb128_prefix_running_past_the_key_stops_the_run_naming_it_and_writes_nothing() {
+    // 0x89 0x80: two continuation bytes, and the key ends.
+    let (said, n) = collections_stream(S1_C1, [b"\x89\x80", b"\x00plain"]).await;
+    assert!(
+        said.contains("vbucket 0 seqno 1")
+            && said.contains("its LEB128 collection id runs past the end of the key"),
+        "{said}"
+    );
+    assert!(n.is_empty(), "nothing reached the sink: {n:?}");
+}
+
+#[tokio::test]
+async fn an_unknown_collection_id_in_a_stream_stops_the_run_naming_it_and_writes_nothing() {
+    let (said, n) = collections_stream(S1_C1, [b"\x77stray", b"\x00plain"]).await;
+    assert!(
+        said.contains("vbucket 0 seqno 1")
+            && said.contains("collection id 0x77 is not in the bucket's manifest (uid 0x2)"),
+        "{said}"
+    );
+    assert!(n.is_empty(), "nothing reached the sink: {n:?}");
+}
+
+#[tokio::test]
+async fn a_manifest_that_does_not_parse_stops_the_run_before_any_stream_and_writes_nothing() {
+    for manifest in [
+        r#"{"uid":"2","scopes":[{"name":"s1""#,
+        r#"{"uid":"zz","scopes":[]}"#,
+    ] {
+        let (said, n) = collections_stream(manifest, [b"\x00a", b"\x00b"]).await;
+        assert!(
+            said.contains("the bucket's manifest:"),
+            "{manifest}: {said}"
+        );
+        assert!(n.is_empty(), "nothing reached the sink: {n:?}");
+    }
+}
