@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{
-    csv_rows, export_file, http, pump, sdk_script, transfer_ok, Export, LocalCluster, Memcached,
+    create_collection as create, csv_rows, export_cluster, export_file, http, load_into, pump,
+    sdk_script, transfer_ok, Export, LocalCluster, Memcached,
 };
 
 const AUTH: [&str; 4] = ["--user", "U", "--password", "P"];
@@ -541,4 +542,67 @@ fn a_dcp_transfer_stopped_midway_resumes_from_its_checkpoint_with_every_collecti
     for (k, (value, _)) in &original {
         assert_eq!(copied.get(k).map(|v| &v.0), Some(value), "{k:?}");
     }
+}
+
+#[test]
+fn recover_brings_back_every_collection_of_the_lost_vbuckets_mapped_by_name() {
+    let from = LocalCluster::up(2, 0, &[]);
+    let to = LocalCluster::up(3, 0, &["--recovery-api", "shipped"]);
+    // The same names on both, under other ids: `to` made s0.c0 first.
+    create(&to, "s0", "c0");
+    for c in [&from, &to] {
+        create(c, "s1", "c1");
+        load_into(c, 3000, "d-", "_default", "_default");
+        load_into(c, 3000, "c1-", "s1", "c1");
+    }
+    let ids = |c: &LocalCluster| {
+        let (_, body) = http(
+            &c.nodes[0].rest,
+            "GET",
+            "/pools/default/buckets/default/scopes",
+            "",
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["scopes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "s1")
+            .map(|s| s["collections"][0]["uid"].clone())
+            .unwrap()
+    };
+    assert_ne!(ids(&from), ids(&to), "the test needs ids that differ");
+    let want = export_cluster(&from, &[]);
+    assert_eq!(
+        per_collection(&want),
+        counts(&[("_default._default", 3000), ("s1.c1", 3000)])
+    );
+    to.failover(2);
+    let map = to.map();
+    let lost = (0..map.len()).filter(|vb| map[*vb][0] < 0).count();
+    assert!(lost > 200, "a third of the vbuckets lost, not {lost}");
+    let out = pump(&["recover", &from.url(), &to.url()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // Every item back, each in its own collection.
+    assert_eq!(export_cluster(&to, &[]), want);
+}
+
+#[test]
+fn a_tap_sink_refuses_by_name_a_collection_the_node_lacks_before_writing_anything() {
+    let (a, b) = (LocalCluster::up(1, 0, &[]), LocalCluster::up(1, 0, &[]));
+    create(&a, "s1", "c1");
+    load_into(&a, 100, "d-", "_default", "_default");
+    load_into(&a, 100, "c1-", "s1", "c1");
+    let tap = format!("tap://{}", b.nodes[0].kv);
+    let o = pump(&["transfer", &a.spec(), &tap]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the source holds collection s1.c1")
+            && err.contains("has no collection s1.c1")
+            && err.contains("create it on the destination first"),
+        "{err}"
+    );
+    assert!(export_cluster(&b, &[]).is_empty(), "nothing written");
 }

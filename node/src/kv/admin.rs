@@ -171,7 +171,8 @@ impl<S: KvStream> Connection<S> {
 
     /// The TAP consumer: writes TAP messages into replica or pending vbuckets; answers every
     /// message that carries the ACK flag, and every failure. Values are checked as any client
-    /// value is (a snappy one must decompress), every datatype bit allowed.
+    /// value is (a snappy one must decompress), every datatype bit allowed. Keys are read as
+    /// any request's (`doc_key`): with COLLECTIONS negotiated, LEB128 collection id first.
     pub(super) fn tap_consume(&mut self, p: &Packet) -> Next {
         let m = match TapMessage::from_packet(p) {
             Ok(m) => m,
@@ -179,12 +180,15 @@ impl<S: KvStream> Connection<S> {
         };
         let bucket = self.ctx.bucket.clone();
         let r: Result<(), Status> = match m.kind() {
-            TapKind::Mutation => match value::accept(m.datatype, &m.value, ALL, ALL) {
-                Err(e) => Err(e.status),
-                Ok((datatype, v)) => bucket
+            TapKind::Mutation => match value::accept(m.datatype, &m.value, ALL, ALL)
+                .map_err(|e| e.status)
+                .and_then(|ok| Ok((ok, self.doc_key(&m.key)?)))
+            {
+                Err(e) => Err(e),
+                Ok(((datatype, v), key)) => bucket
                     .apply(
                         m.vbucket,
-                        store::doc_key(0, &m.key),
+                        key,
                         Item {
                             value: v,
                             flags: m.fixed_item_flags(),
@@ -199,23 +203,25 @@ impl<S: KvStream> Connection<S> {
                     )
                     .map(|_| ()),
             },
-            TapKind::Delete => bucket
-                .apply(
-                    m.vbucket,
-                    store::doc_key(0, &m.key),
-                    Item {
-                        value: Bytes::new(),
-                        flags: 0,
-                        expiry: 0,
-                        cas: m.cas,
-                        by_seqno: 0,
-                        rev_seqno: 0,
-                        datatype: 0,
-                        deleted: true,
-                    },
-                    REPLICATION_STATES,
-                )
-                .map(|_| ()),
+            TapKind::Delete => self.doc_key(&m.key).and_then(|key| {
+                bucket
+                    .apply(
+                        m.vbucket,
+                        key,
+                        Item {
+                            value: Bytes::new(),
+                            flags: 0,
+                            expiry: 0,
+                            cas: m.cas,
+                            by_seqno: 0,
+                            rev_seqno: 0,
+                            datatype: 0,
+                            deleted: true,
+                        },
+                        REPLICATION_STATES,
+                    )
+                    .map(|_| ())
+            }),
             TapKind::VbucketSet => match m.vbucket_state() {
                 Ok(s) if bucket.set_state(m.vbucket, s) => Ok(()),
                 Ok(_) => Err(Status::NotMyVbucket),

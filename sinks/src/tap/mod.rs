@@ -29,6 +29,17 @@
 //!
 //! A value keeps its datatype where the node agreed to it in HELLO (SNAPPY, XATTR, JSON), and
 //! is decompressed, or written as its body alone, where it did not.
+//!
+//! Collections: TAP predates them, and a source of the default collection alone writes as
+//! above. When the source holds other collections (that `--exclude-data` does not leave out
+//! nor `--map-data` map to the default one), the sink asks the node for COLLECTIONS in HELLO
+//! and for its manifest (GET_COLLECTIONS_MANIFEST) before anything is written, maps each
+//! source collection to the node's of the same name (after `--map-data`), and sends each key
+//! with the node's collection id in front (LEB128), as any COLLECTIONS connection does: so
+//! `pump recover` brings back every collection of a lost vbucket. A node without COLLECTIONS,
+//! or a collection the node does not hold, is refused by name before anything is written
+//! (create it on the destination first: its items go into a replica vbucket, and only an
+//! active one may name a new collection).
 
 #[cfg(test)]
 mod tests;
@@ -40,6 +51,7 @@ use bytes::BytesMut;
 use pump::deliver::{DeliverConfig, Heard, Link, LinkError, PipelinedSink, Protocol, Route};
 use pump::{Error, Message, Options, Sink, SinkKind, Spec, Verdict};
 use pump_client::{Connection, Handshake};
+use pump_protocol::collections::{put_leb128, Manifest};
 use pump_protocol::Feature;
 
 use crate::values::{shaped, Takes};
@@ -117,7 +129,95 @@ pub struct TapWire {
     takes: Mutex<Takes>,
     ack_every: usize,
     /// The source collections it takes (see `prepare`); unset: the default collection.
-    collections: std::sync::OnceLock<std::collections::HashSet<u32>>,
+    collections: std::sync::OnceLock<TapCollections>,
+}
+
+/// What the TAP sink does with each source collection (set by `prepare`).
+#[derive(Debug)]
+enum TapCollections {
+    /// Keys as they are (no COLLECTIONS): these source collections, all the default one.
+    DefaultOnly(std::collections::HashSet<u32>),
+    /// COLLECTIONS negotiated: source id -> the node's id, sent in front of each key.
+    Mapped(std::collections::HashMap<u32, u32>),
+}
+
+impl TapCollections {
+    fn takes(&self, collection: u32) -> bool {
+        match self {
+            TapCollections::DefaultOnly(ids) => ids.contains(&collection),
+            TapCollections::Mapped(ids) => ids.contains_key(&collection),
+        }
+    }
+}
+
+impl TapWire {
+    /// The node's manifest over a COLLECTIONS connection; None when the node does not agree
+    /// to COLLECTIONS.
+    async fn node_manifest(&self) -> Result<Option<Manifest>, String> {
+        let mut h = self.handshake.clone();
+        h.features.push(Feature::Collections);
+        let mut conn = Connection::negotiate(&self.addr, &h)
+            .await
+            .map_err(|e| format!("{}: {e}", self.addr))?;
+        if !conn.features().contains(Feature::Collections) {
+            return Ok(None);
+        }
+        let r = conn
+            .request(
+                Packet::request(Opcode::GetCollectionsManifest),
+                "GET_COLLECTIONS_MANIFEST",
+            )
+            .await
+            .map_err(|e| format!("{}: {e}", self.addr))?;
+        if r.status() != Status::Success {
+            return Err(format!(
+                "{}: GET_COLLECTIONS_MANIFEST failed: {}",
+                self.addr,
+                r.status()
+            ));
+        }
+        Manifest::from_json(&r.value)
+            .map(Some)
+            .map_err(|e| format!("{}: the bucket's manifest: {e}", self.addr))
+    }
+
+    fn mapped(&self) -> Option<&std::collections::HashMap<u32, u32>> {
+        match self.collections.get() {
+            Some(TapCollections::Mapped(ids)) => Some(ids),
+            _ => None,
+        }
+    }
+}
+
+/// Each source collection `run` names that `rules` keep -> the id of the collection of the
+/// same name (after `rules`) in `node`'s manifest; an error names the first one `node` lacks.
+fn map_by_name(
+    run: &pump::RunCollections,
+    rules: &pump::DataRules,
+    bucket: &str,
+    node: &Manifest,
+    addr: &str,
+) -> Result<std::collections::HashMap<u32, u32>, String> {
+    let ids: Vec<u32> = match run.manifest() {
+        Some(m) => m.collections().map(|(id, _)| id).collect(),
+        None => vec![0],
+    };
+    let mut map = std::collections::HashMap::new();
+    for id in ids {
+        let Some(path) = run.path(id) else { continue };
+        if !rules.keeps(bucket, &path) {
+            continue;
+        }
+        let target = rules.target(bucket, &path).1;
+        let to = node.id_of(&target.scope, &target.collection).ok_or_else(|| {
+            format!(
+                "the source holds collection {}.{}, and {addr} has no collection {}.{} (manifest uid {:#x}): create it on the destination first, or leave it out (--exclude-data) or map it (--map-data)",
+                path.scope, path.collection, target.scope, target.collection, node.uid
+            )
+        })?;
+        map.insert(id, to);
+    }
+    Ok(map)
 }
 
 #[async_trait]
@@ -131,27 +231,46 @@ impl Protocol for TapWire {
 
     /// TAP knows no collections: any other than the default one the source has is refused by
     /// name before anything is written, unless left out or mapped to the default one.
+    /// With other collections: through COLLECTIONS, mapped by name to the node's (see the
+    /// module docs).
     async fn prepare(&self, ctx: &pump::pipeline::Context) -> Result<(), String> {
-        let allowed = pump::collections::default_only(
+        let (run, rules, bucket) = (
             &ctx.collections,
             &ctx.options.data,
             &ctx.options.source_bucket,
-            "TAP",
-        )?;
-        let _ = self.collections.set(allowed);
+        );
+        let refusal = match pump::collections::default_only(run, rules, bucket, "TAP") {
+            Ok(allowed) => {
+                let _ = self.collections.set(TapCollections::DefaultOnly(allowed));
+                return Ok(());
+            }
+            Err(refusal) => refusal,
+        };
+        let Some(node) = self.node_manifest().await? else {
+            return Err(format!(
+                "{refusal} ({} does not do collections: no COLLECTIONS in HELLO)",
+                self.addr
+            ));
+        };
+        let map = map_by_name(run, rules, bucket, &node, &self.addr)?;
+        let _ = self.collections.set(TapCollections::Mapped(map));
         Ok(())
     }
 
     fn refuse(&self, m: &Message) -> Option<String> {
-        (!self
-            .collections
-            .get()
-            .map_or(m.collection == 0, |a| a.contains(&m.collection)))
-        .then(|| {
-            format!(
+        let takes = match self.collections.get() {
+            Some(c) => c.takes(m.collection),
+            None => m.collection == 0,
+        };
+        (!takes).then(|| match self.mapped() {
+            Some(_) => format!(
+                "collection id {:#x} was never named by the source, so it has no place on the destination",
+                m.collection
+            ),
+            None => format!(
                 "collection id {:#x} is not the default collection, the only one TAP carries",
                 m.collection
-            )
+            ),
         })
     }
 
@@ -172,9 +291,20 @@ impl Protocol for TapWire {
     }
 
     async fn connect(&self, endpoint: &str) -> Result<Link<Packet>, LinkError> {
-        let conn = Connection::negotiate(endpoint, &self.handshake)
-            .await
-            .map_err(net::link_error)?;
+        let conn = match self.mapped() {
+            Some(_) => {
+                let mut h = self.handshake.clone();
+                h.features.push(Feature::Collections);
+                Connection::negotiate(endpoint, &h).await
+            }
+            None => Connection::negotiate(endpoint, &self.handshake).await,
+        }
+        .map_err(net::link_error)?;
+        if self.mapped().is_some() && !conn.features().contains(Feature::Collections) {
+            return Err(LinkError::Failed(format!(
+                "{endpoint}: no longer agrees to COLLECTIONS in HELLO"
+            )));
+        }
         // What the node agreed to decides how values are encoded.
         let f = conn.features();
         if let Ok(mut t) = self.takes.lock() {
@@ -191,7 +321,20 @@ impl Protocol for TapWire {
     /// last (whose ack closes the round).
     fn encode_round(&self, msgs: &[&Message], first_id: u32, buf: &mut BytesMut) -> u32 {
         let takes = self.takes.lock().map_or(Takes::BODY, |t| *t);
+        let mapped = self.mapped();
+        let mut prefixed = Vec::new();
         for (n, m) in msgs.iter().enumerate() {
+            // With collections, the node's id in front of the key (`refuse` kept out every
+            // message whose collection is not mapped).
+            let key: &[u8] = match mapped.and_then(|ids| ids.get(&m.collection)) {
+                Some(&to) => {
+                    prefixed.clear();
+                    put_leb128(&mut prefixed, to);
+                    prefixed.extend_from_slice(&m.key);
+                    &prefixed
+                }
+                None => &m.key,
+            };
             let id = first_id.wrapping_add(n as u32);
             let ack = (n + 1) % self.ack_every == 0 || n + 1 == msgs.len();
             let mut tap_flags = message_flags::NETWORK_BYTE_ORDER;
@@ -211,7 +354,7 @@ impl Protocol for TapWire {
                     m.cas,
                     0,
                     &extras[..8],
-                    &m.key,
+                    key,
                     &[],
                 );
             } else {
@@ -226,7 +369,7 @@ impl Protocol for TapWire {
                     m.cas,
                     dt,
                     &extras,
-                    &m.key,
+                    key,
                     &value,
                 );
             }
