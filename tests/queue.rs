@@ -1132,3 +1132,85 @@ fn a_full_then_a_diff_backup_in_jobs_restore_a_cluster_equal() {
     transfer_ok(backup, &dst.spec(), &[]);
     assert_eq!(src.contents(), dst.contents());
 }
+
+#[test]
+fn transfer_jobs_carry_include_exclude_and_map_data_to_the_workers() {
+    use common::{create_collection, export_cluster, load_into};
+    let b = Beanstalkd::start();
+    let url = b.url("collections");
+    let src = LocalCluster::up(2, 0, &[]);
+    create_collection(&src, "s1", "c1");
+    create_collection(&src, "s1", "c2");
+    load_into(&src, 400, "d-", "_default", "_default");
+    load_into(&src, 400, "c1-", "s1", "c1");
+    load_into(&src, 400, "c2-", "s1", "c2");
+    let all = export_cluster(&src, &[]);
+    assert_eq!(all.len(), 1200);
+    // Two runs in jobs on one queue: scope s1 only with s1.c1 renamed s2.c9; all but s1.c2.
+    let (mapped, excluded) = (LocalCluster::up(2, 0, &[]), LocalCluster::up(2, 0, &[]));
+    let runs = [
+        plan(&[
+            "transfer",
+            &src.spec(),
+            &mapped.spec(),
+            "--queue",
+            &url,
+            "--jobs",
+            "4",
+            "--include-data",
+            "default.s1",
+            "--map-data",
+            "default.s1.c1=default.s2.c9",
+        ]),
+        plan(&[
+            "transfer",
+            &src.spec(),
+            &excluded.spec(),
+            "--queue",
+            &url,
+            "--jobs",
+            "4",
+            "--exclude-data",
+            "default.s1.c2",
+        ]),
+    ];
+    // The jobs on the queue hold the options as given.
+    let (rt, mut c) = client(&b);
+    rt.block_on(c.use_tube(&Tube::new("collections").unwrap()))
+        .unwrap();
+    let peeked = rt.block_on(c.peek_ready()).unwrap().expect("a ready job");
+    let body = String::from_utf8_lossy(&peeked.body).into_owned();
+    assert!(
+        body.contains(r#""include_data":"default.s1""#)
+            && body.contains(r#""map_data":"default.s1.c1=default.s2.c9""#),
+        "{body}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut ws: Vec<Worker> = (0..2)
+        .map(|i| Worker::start(dir.path(), &format!("w{i}"), &url, &["--drain"]))
+        .collect();
+    for w in &mut ws {
+        assert!(w.wait(Duration::from_secs(60)).success(), "{}", w.log());
+    }
+    for run in &runs {
+        assert_eq!(count(&status(&url, run), "done"), 4, "{run}");
+    }
+    // Each worker applied them: the rows each destination holds, by collection and key.
+    let moved = |from: &str, to: &str, keep: &dyn Fn(&str) -> bool| -> common::Export {
+        all.iter()
+            .filter(|((place, _), _)| keep(place))
+            .map(|((place, key), v)| {
+                let place = if place == from { to } else { place };
+                ((place.to_string(), key.clone()), v.clone())
+            })
+            .collect()
+    };
+    assert_eq!(
+        export_cluster(&mapped, &[]),
+        moved("s1.c1", "s2.c9", &|p| p.starts_with("s1."))
+    );
+    assert_eq!(
+        export_cluster(&excluded, &[]),
+        moved("", "", &|p| p != "s1.c2")
+    );
+}
