@@ -589,6 +589,38 @@ fn recover_brings_back_every_collection_of_the_lost_vbuckets_mapped_by_name() {
 }
 
 #[test]
+fn a_collection_created_on_the_source_after_a_run_comes_with_the_next_run_from_its_checkpoint() {
+    // A DCP run streams each vbucket to the seqno it had at the start: a collection created
+    // later (its system event and items after that seqno) comes with the next run from the
+    // checkpoint, created on the destination by name before its items.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (LocalCluster::up(2, 0, &[]), LocalCluster::up(2, 0, &[]));
+    // The destination's ids differ from the source's: it made s0.c0 first.
+    create(&b, "s0", "c0");
+    load_into(&a, 500, "d-", "_default", "_default");
+    let x = format!("checkpoint={}", dir.path().join("ckpt.json").display());
+    transfer_ok(&a.spec(), &b.spec(), &["-x", &x]);
+    create(&a, "s5", "c5");
+    load_into(&a, 300, "n-", "s5", "c5");
+    let o = pump(&["transfer", &a.spec(), &b.spec(), "-x", &x, "-v"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let received: usize = err
+        .split_whitespace()
+        .zip(err.split_whitespace().skip(1))
+        .find(|(_, w)| *w == "received,")
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no received count in: {err}"));
+    assert_eq!(received, 300, "only the new collection's items: {err}");
+    let got = export_cluster(&b, &[]);
+    assert_eq!(
+        per_collection(&got),
+        counts(&[("_default._default", 500), ("s5.c5", 300)])
+    );
+    assert_eq!(got, export_cluster(&a, &[]));
+}
+
+#[test]
 fn a_tap_sink_refuses_by_name_a_collection_the_node_lacks_before_writing_anything() {
     let (a, b) = (LocalCluster::up(1, 0, &[]), LocalCluster::up(1, 0, &[]));
     create(&a, "s1", "c1");
