@@ -9,8 +9,14 @@
 //!                                the official SDK writes them), streamed as stored (SNAPPY
 //!                                negotiated) into a backup directory, kept compressed
 //! dcp:// -> backup, JSON, plain  the same documents stored and streamed uncompressed
+//! pump dcp:// -> blackhole:,     the same keys and values as the first rows (the default
+//!   10 collections               collection), spread over collections c0..c9 of a scope on
+//!                                a second node (issue 16: within 10% of the one collection)
 //! loopback TCP ceiling           the same bytes, one socket, no protocol
 //! ```
+//!
+//! ONLY=2,7 ROUNDS=6 compares one collection with ten in alternating pairs (the order of the
+//! rows flips every round), with each pair's CPU per item.
 //!
 //! The JSON rows move JSON_ITEMS (200,000) documents and report the backup's size on disk:
 //! the compressed stream must move at least as many items/s, into a backup at most half the
@@ -224,7 +230,7 @@ async fn json_node(n: u64, compressed: bool) -> (Node, u64) {
             (Bytes::from(doc), JSON)
         };
         let w = Write {
-            key: key.clone(),
+            key: pump_node::store::doc_key(0, &key),
             value,
             flags: 0x0200_0000,
             expiry: 0,
@@ -237,6 +243,46 @@ async fn json_node(n: u64, compressed: bool) -> (Node, u64) {
             .unwrap();
     }
     (node, raw)
+}
+
+/// A node holding the same `items` keys and `value` as the main one, spread over `n`
+/// collections c0..c(n-1) of scope s (key i in collection i mod n), created as the REST API
+/// does (their system events in every vbucket).
+async fn collections_node(items: u64, value: &Bytes, n: u64) -> Node {
+    use pump_node::collections::{plan, Change};
+    let node = Node::start(NodeConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut changes = vec![Change::CreateScope("s".into())];
+    changes.extend((0..n).map(|c| Change::CreateCollection {
+        scope: "s".into(),
+        name: format!("c{c}"),
+        max_ttl: None,
+    }));
+    for change in &changes {
+        let (next, events) = plan(&node.bucket.manifest(), change).unwrap();
+        node.bucket.set_manifest(next, &events);
+    }
+    let m = node.bucket.manifest();
+    let ids: Vec<u32> = (0..n)
+        .map(|c| m.id_of("s", &format!("c{c}")).unwrap())
+        .collect();
+    for i in 0..items {
+        let key = format!("key{i:09}");
+        let w = Write {
+            key: pump_node::store::doc_key(ids[(i % n) as usize], key.as_bytes()),
+            value: value.clone(),
+            flags: 0,
+            expiry: 0,
+            datatype: 0,
+            cas: 0,
+            mode: WriteMode::Set,
+        };
+        node.bucket
+            .write(vbucket_of(key.as_bytes(), 1024), w, CLIENT_STATES)
+            .unwrap();
+    }
+    node
 }
 
 /// Bytes of the files under `dir`.
@@ -290,6 +336,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async move {
+        let wants = |i: usize| only.as_ref().is_none_or(|o| o.contains(&i));
         let node = Node::start(NodeConfig::default(), "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
@@ -300,7 +347,8 @@ fn main() {
             payload += (key.len() + value.len()) as u64;
             let vb = vbucket_of(&key, 1024);
             let w = Write {
-                key,
+                // The node keeps each key behind its collection id (the default one here).
+                key: pump_node::store::doc_key(0, &key),
                 value: value.clone(),
                 flags: 0,
                 expiry: 0,
@@ -311,8 +359,12 @@ fn main() {
             node.bucket.write(vb, w, CLIENT_STATES).unwrap();
         }
         let kv = node.kv_addr;
+        let spread = if wants(7) {
+            Some(collections_node(items, &value, 10).await)
+        } else {
+            None
+        };
         let json_items = env("JSON_ITEMS", 200_000);
-        let wants = |i: usize| only.as_ref().is_none_or(|o| o.contains(&i));
         let (zipped, plain, json_raw) = if wants(5) || wants(6) {
             let (z, raw) = json_node(json_items, true).await;
             let (p, _) = json_node(json_items, false).await;
@@ -328,22 +380,34 @@ fn main() {
             "pump dcp:// -> couchbase://",
             "dcp:// -> backup, JSON, snappy",
             "dcp:// -> backup, JSON, plain",
+            "dcp:// -> blackhole:, 10 colls",
         ];
-        let mut best = [0.0f64; 7];
-        let mut backup_size = [0u64; 7];
+        const ROWS: usize = 8;
+        let mut best = [0.0f64; ROWS];
+        let mut backup_size = [0u64; ROWS];
         // CPU per item (node and pump together: they share this process), least of the rounds.
-        let mut cpu = [f64::MAX; 7];
+        let mut cpu = [f64::MAX; ROWS];
+        // Each round's CPU per item of rows 2 and 7 (one collection, ten): the pairs.
+        let mut pairs: Vec<(f64, f64)> = Vec::new();
         let mut dcp_wire = 0;
         println!(
             "{items} items of {}-byte values ({:.0} MB of keys and values), pump -t {threads}, best of {rounds} rounds",
             value.len(),
             payload as f64 / 1e6
         );
-        for _ in 0..rounds {
-            for (i, b) in best.iter_mut().enumerate() {
+        for round in 0..rounds {
+            // The order flips every round: each row runs as often early as late.
+            let order: Vec<usize> = if round % 2 == 0 {
+                (0..ROWS).collect()
+            } else {
+                (0..ROWS).rev().collect()
+            };
+            let mut pair = (0.0, 0.0);
+            for i in order {
                 if only.as_ref().is_some_and(|o| !o.contains(&i)) {
                     continue;
                 }
+                let b = &mut best[i];
                 let c0 = pump_benches::cpu_seconds(pump_benches::Who::SelfProcess);
                 let r = match i {
                     0 => {
@@ -364,6 +428,10 @@ fn main() {
                         dest.shutdown().await.unwrap();
                         r
                     }
+                    7 => {
+                        let n = spread.as_ref().unwrap();
+                        pump(&format!("dcp://{}", n.kv_addr), "blackhole:", threads, items).await
+                    }
                     _ => {
                         let n = if i == 5 { &zipped } else { &plain };
                         let (r, size) = dcp_to_backup(n.as_ref().unwrap(), threads, json_items).await;
@@ -372,8 +440,17 @@ fn main() {
                     }
                 };
                 *b = b.max(r);
-                let moved = if i >= 5 { json_items } else { items };
-                cpu[i] = cpu[i].min((pump_benches::cpu_seconds(pump_benches::Who::SelfProcess) - c0) / moved as f64);
+                let moved = if i == 5 || i == 6 { json_items } else { items };
+                let per_item = (pump_benches::cpu_seconds(pump_benches::Who::SelfProcess) - c0) / moved as f64;
+                cpu[i] = cpu[i].min(per_item);
+                match i {
+                    2 => pair.0 = per_item,
+                    7 => pair.1 = per_item,
+                    _ => {}
+                }
+            }
+            if pair.0 > 0.0 && pair.1 > 0.0 {
+                pairs.push(pair);
             }
         }
         let mb = |r: f64| r * payload as f64 / items as f64 / 1e6;
@@ -388,6 +465,24 @@ fn main() {
                 100.0 * r / target,
                 target,
                 cpu[i] * 1e6
+            );
+        }
+        if best[2] > 0.0 && best[7] > 0.0 {
+            println!(
+                "  {:<32} {:>10.0} items/s {:>7.1} MB/s  {:>5.1}% of one collection's items/s  CPU {:.2} us/item",
+                names[7],
+                best[7],
+                mb(best[7]),
+                100.0 * best[7] / best[2],
+                cpu[7] * 1e6
+            );
+            let ratios: Vec<String> = pairs
+                .iter()
+                .map(|(one, ten)| format!("{:+.1}%", 100.0 * (ten / one - 1.0)))
+                .collect();
+            println!(
+                "  10 collections / 1, CPU per item round by round (alternating order): {}",
+                ratios.join(" ")
             );
         }
         if best[2] > 0.0 && best[4] > 0.0 {

@@ -187,7 +187,8 @@ fn main() {
             let key = Bytes::from(format!("key{i:09}"));
             let vb = vbucket_of(&key, 1024);
             let w = Write {
-                key,
+                // The node keeps each key behind its collection id.
+                key: pump_node::store::doc_key(0, &key),
                 value: value.clone(),
                 flags: 0,
                 expiry: 0,

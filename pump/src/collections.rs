@@ -111,6 +111,12 @@ impl RunCollections {
         self.read().paths.get(&id).cloned()
     }
 
+    /// True when [`RunCollections::path`] knows collection `id` (without building its path:
+    /// a stream asks it for every item).
+    pub fn knows(&self, id: u32) -> bool {
+        id == 0 || self.read().paths.contains_key(&id)
+    }
+
     /// Every collection id seen in this run, in order.
     pub fn ids(&self) -> Vec<u32> {
         let mut ids: Vec<u32> = self.read().paths.keys().copied().collect();

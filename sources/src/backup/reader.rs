@@ -118,7 +118,7 @@ pub(super) fn read_collection_rows(
             _ => None,
         }
         .ok_or_else(|| bad("collection_id is not a collection id"))?;
-        if collections.path(id).is_none() {
+        if !collections.knows(id) {
             return Err(bad(&format!(
                 "collection id {id:#x} is not named in the run's {}",
                 bfd::COLLECTIONS_JSON

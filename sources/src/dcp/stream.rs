@@ -681,7 +681,7 @@ fn item(
         })?;
         // Any id the run has seen: another vbucket may have carried a drop this one has not
         // reached yet.
-        if config.collections.path(id).is_none() {
+        if !config.collections.knows(id) {
             return Err(Error::source(
                 spec,
                 format!(
