@@ -638,3 +638,53 @@ fn a_tap_sink_refuses_by_name_a_collection_the_node_lacks_before_writing_anythin
     );
     assert!(export_cluster(&b, &[]).is_empty(), "nothing written");
 }
+
+#[test]
+fn a_backup_whose_collections_json_does_not_parse_or_lacks_a_rows_id_is_refused_writing_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = LocalCluster::up(1, 0, &[]);
+    create(&a, "s1", "c1");
+    load_into(&a, 200, "c1-", "s1", "c1");
+    let backup = dir.path().join("backup");
+    transfer_ok(&a.spec(), backup.to_str().unwrap(), &[]);
+    let files = pump_sources::backup::data_files(&backup, "default").unwrap();
+    let cj = files[0].parent().unwrap().join("collections.json");
+    let good = std::fs::read(&cj).unwrap();
+    let restore = |what: &str| -> String {
+        let b = LocalCluster::up(1, 0, &[]);
+        let o = pump(&["transfer", backup.to_str().unwrap(), &b.spec()]);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(1), "{what}: {err}");
+        assert!(
+            export_cluster(&b, &[]).is_empty(),
+            "{what}: nothing written"
+        );
+        err
+    };
+    // A manifest cut short: the file is named.
+    std::fs::write(&cj, &good[..good.len() / 2]).unwrap();
+    let err = restore("cut");
+    assert!(
+        err.contains("collections.json") && err.contains("not JSON"),
+        "{err}"
+    );
+    // A manifest that parses as JSON but not as a manifest (a uid that is not hex).
+    let mut v: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    v["manifest"]["uid"] = serde_json::json!("zz");
+    std::fs::write(&cj, v.to_string()).unwrap();
+    let err = restore("bad uid");
+    assert!(err.contains("collections.json: the manifest:"), "{err}");
+    // Rows of a collection id the file never names.
+    std::fs::write(&cj, &good).unwrap();
+    for f in &files {
+        rusqlite::Connection::open(f)
+            .unwrap()
+            .execute("UPDATE cbb_collection_msg SET collection_id = 119", [])
+            .unwrap();
+    }
+    let err = restore("unknown id");
+    assert!(
+        err.contains("collection id 0x77 is not named in the run's collections.json"),
+        "{err}"
+    );
+}
