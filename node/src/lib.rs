@@ -10,6 +10,7 @@
 //! cluster.rs  N nodes sharing one vbucket map, in-process replication, failover
 //! recovery.rs the vbuckets a failover lost: both recovery REST dialects, on the cluster state
 //! rest.rs     the REST port (the map as Couchbase's REST shows it, the recovery API)
+//! rest_guard.rs who may use it: HTTP Basic with the node's credentials, test hooks only when on
 //! sds/        a reference OpenIO SDS proxy (oio-proxy 7 or 9) over local meta2 volumes: meta1,
 //!             its cache, the services' elections (also as read-only ZooKeeper nodes)
 //! ```
@@ -21,6 +22,7 @@ pub mod node;
 pub mod persist;
 pub mod recovery;
 pub mod rest;
+pub mod rest_guard;
 pub mod sds;
 pub mod store;
 pub mod tap;

@@ -62,7 +62,8 @@ pub struct Up {
     /// The user and password clients must give (SASL on the KV port).
     #[command(flatten)]
     pub auth: NodeAuthArgs,
-    /// Serve the test hooks a test drives the nodes with (POST /pump/rollback).
+    /// Serve the test hooks a test drives the nodes with (POST /pump/faults, /pump/rollback);
+    /// without it they answer 404.
     #[arg(long)]
     pub test_hooks: bool,
 }
