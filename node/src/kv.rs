@@ -198,6 +198,11 @@ impl Connection {
         }
     }
 
+    /// Authenticated with the node's credentials (a node without any has no admin).
+    fn is_admin(&self) -> bool {
+        self.ctx.auth.is_some() && self.authed
+    }
+
     fn reply(&mut self, p: &Packet, status: Status, cas: u64, extras: &[u8], key: &[u8], v: &[u8]) {
         put_response(
             &mut self.wbuf,
@@ -244,6 +249,10 @@ impl Connection {
             )
         {
             self.fail(&p, Status::AuthError);
+            return Next::Continue;
+        }
+        if changes_vbucket_states(&p) && !self.is_admin() {
+            self.reply(&p, Status::Eaccess, 0, &[], &[], NEEDS_ADMIN);
             return Next::Continue;
         }
         let bucket = self.ctx.bucket.clone();
@@ -670,5 +679,21 @@ impl Connection {
                 ack.encode(&mut self.wbuf);
             }
         }
+    }
+}
+
+/// What a request that [`changes_vbucket_states`] gets without the admin credentials.
+const NEEDS_ADMIN: &[u8] = b"vbucket state changes and TAP takeover need the node's admin \
+credentials: start it with --user/--password and authenticate";
+
+/// Requests that change which node serves a vbucket: SET_VBUCKET, DEL_VBUCKET, and a
+/// TAP_CONNECT asking for TAKEOVER_VBUCKETS (its end marks every vbucket it streamed dead).
+/// One such request from anyone could stop the node serving its data.
+fn changes_vbucket_states(p: &Packet) -> bool {
+    match p.opcode {
+        Opcode::SetVbucket | Opcode::DelVbucket => true,
+        Opcode::TapConnect => TapConnect::from_packet(p)
+            .is_ok_and(|c| c.has(pump_protocol::tap::connect_flags::TAKEOVER_VBUCKETS)),
+        _ => false,
     }
 }
