@@ -31,6 +31,10 @@ const FLUSH_AT: usize = 256 * 1024;
 const ITEMS_PER_TURN: usize = 256;
 /// Steps (marker, items, end) one stream takes in a turn of the round robin.
 const STEPS_PER_TURN: usize = 4;
+/// Events (acks, controls, replies) the connection's reader may queue ahead of the producer.
+/// When they are not taken (the client floods BUFFER_ACKs and does not read what it is sent),
+/// the reader waits, so the client's own writes wait in its socket: its memory, not the node's.
+pub const EVENT_QUEUE: usize = 1024;
 
 enum Event {
     /// Bytes to send as they are (replies), not flow-controlled.
@@ -80,8 +84,9 @@ pub fn check_request(
     Ok(())
 }
 
-fn stream_req(bucket: &Bucket, p: &Packet, tx: &mpsc::UnboundedSender<Event>) -> Bytes {
-    let reply = |r: StreamReqReply| r.to_packet(p.opaque).to_bytes();
+/// The reply to a STREAM_REQ, and the stream it opens.
+fn stream_req(bucket: &Bucket, p: &Packet) -> (Bytes, Option<Stream>) {
+    let reply = |r: StreamReqReply| (r.to_packet(p.opaque).to_bytes(), None);
     if p.extras.len() != 48 {
         return reply(StreamReqReply::Err(Status::Einval));
     }
@@ -109,15 +114,18 @@ fn stream_req(bucket: &Bucket, p: &Packet, tx: &mpsc::UnboundedSender<Event>) ->
     }
     let log = v.failover.clone();
     drop(v);
-    let _ = tx.send(Event::Stream(Stream {
+    let stream = Stream {
         vb,
         opaque: p.opaque,
         last: start,
         end,
         snap_end: 0,
         first: true,
-    }));
-    reply(StreamReqReply::Ok(log))
+    };
+    (
+        StreamReqReply::Ok(log).to_packet(p.opaque).to_bytes(),
+        Some(stream),
+    )
 }
 
 /// Runs a DCP producer on `sock` (OPEN already answered); `rbuf` holds bytes already read.
@@ -129,7 +137,7 @@ pub async fn produce(
 ) -> std::io::Result<()> {
     let bucket = ctx.bucket.clone();
     let (mut r, mut w) = sock.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let rb = bucket.clone();
     let reader = crate::tap::AbortOnDrop(tokio::spawn(async move {
         let mut codec = PacketCodec::with_max_body(MAX_BODY);
@@ -173,13 +181,28 @@ pub async fn produce(
                                 &[],
                             );
                             if let Some(ev) = ev {
-                                let _ = tx.send(ev);
+                                if tx.send(ev).await.is_err() {
+                                    return;
+                                }
                             }
                             Event::Reply(out.freeze())
                         }
-                        Opcode::DcpStreamReq => Event::Reply(stream_req(&rb, &p, &tx)),
+                        Opcode::DcpStreamReq => {
+                            // The reply first: the stream's first frames must not overtake it
+                            // (the queue may make the second send wait).
+                            let (reply, stream) = stream_req(&rb, &p);
+                            if tx.send(Event::Reply(reply)).await.is_err() {
+                                return;
+                            }
+                            match stream {
+                                Some(s) => Event::Stream(s),
+                                None => continue,
+                            }
+                        }
                         Opcode::DcpCloseStream => {
-                            let _ = tx.send(Event::Close(p.vbucket()));
+                            if tx.send(Event::Close(p.vbucket())).await.is_err() {
+                                return;
+                            }
                             Event::Reply(Packet::response_to(&p, Status::Success).to_bytes())
                         }
                         Opcode::DcpGetFailoverLog => match rb.vb(p.vbucket()) {
@@ -201,7 +224,7 @@ pub async fn produce(
                         }
                     }
                 };
-                if tx.send(ev).is_err() {
+                if tx.send(ev).await.is_err() {
                     return;
                 }
             }

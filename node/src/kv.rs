@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
+use crate::limits;
 use crate::store::{self, Bucket, Item, Write, WriteMode, CLIENT_STATES, REPLICATION_STATES};
 
 /// How long a connection may stay silent before the node closes it.
@@ -39,6 +40,8 @@ pub struct KvContext {
     /// SASL PLAIN credentials; None = no authentication required.
     pub auth: Option<(String, String)>,
     pub started: Instant,
+    /// The connections this node serves at once (`--max-connections`).
+    pub cap: crate::limits::ConnectionCap,
 }
 
 /// Accepts connections until `stop` is cancelled; each connection also ends on `stop`.
@@ -50,10 +53,15 @@ pub async fn serve(listener: TcpListener, ctx: Arc<KvContext>, stop: Cancellatio
         };
         match accepted {
             Ok((sock, peer)) => {
+                let Some(place) = ctx.cap.admit("KV port", peer) else {
+                    drop(sock);
+                    continue;
+                };
                 let _ = sock.set_nodelay(true);
                 let ctx = ctx.clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {
+                    let _place = place;
                     tokio::select! {
                         _ = stop.cancelled() => {}
                         r = Connection::new(sock, ctx).run() => {
@@ -144,7 +152,9 @@ impl Connection {
     }
 
     async fn run(mut self) -> std::io::Result<()> {
-        let mut codec = PacketCodec::with_max_body(MAX_BODY);
+        // Small bodies only until the connection authenticated (see crate::limits).
+        let mut codec = PacketCodec::with_max_body(limits::max_body(self.authed, MAX_BODY));
+        let mut authed = self.authed;
         loop {
             loop {
                 let p = match codec.decode(&mut self.rbuf) {
@@ -155,7 +165,12 @@ impl Connection {
                         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
                     }
                 };
-                match self.dispatch(p) {
+                let next = self.dispatch(p);
+                if self.authed != authed {
+                    authed = self.authed;
+                    codec = PacketCodec::with_max_body(limits::max_body(authed, MAX_BODY));
+                }
+                match next {
                     Next::Continue => {}
                     Next::Close => {
                         self.sock.write_all(&self.wbuf).await?;
@@ -182,7 +197,8 @@ impl Connection {
             if self.rbuf.capacity() - self.rbuf.len() < 16 * 1024 {
                 self.rbuf.reserve(256 * 1024);
             }
-            let n = tokio::time::timeout(IDLE_TIMEOUT, self.sock.read_buf(&mut self.rbuf))
+            let idle = limits::idle_timeout(self.authed, IDLE_TIMEOUT);
+            let n = tokio::time::timeout(idle, self.sock.read_buf(&mut self.rbuf))
                 .await
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"))??;
             if n == 0 {

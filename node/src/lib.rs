@@ -4,6 +4,8 @@
 //! store.rs    a bucket of vbuckets: items, seqnos, tombstones, failover logs, per-vbucket locks
 //! persist.rs  the bucket snapshot file (--data DIR)
 //! kv.rs       the KV port: memcached binary protocol, pipelined; the TAP consumer path
+//! limits.rs   what one client may cost: the connection cap, small bodies and short silence
+//!             before authentication
 //! tap.rs      the TAP producer (TAP_CONNECT)
 //! dcp.rs      the DCP producer (DCP_OPEN), flow control, noops
 //! node.rs     one node: bucket + KV listener + persistence
@@ -18,6 +20,7 @@
 pub mod cluster;
 pub mod dcp;
 pub mod kv;
+pub mod limits;
 pub mod node;
 pub mod persist;
 pub mod recovery;

@@ -23,6 +23,8 @@ pub struct NodeConfig {
     pub auth: Option<(String, String)>,
     /// Where the bucket is persisted, if anywhere.
     pub data: Option<PathBuf>,
+    /// The connections the KV port serves at once (`--max-connections`).
+    pub max_connections: usize,
 }
 
 impl Default for NodeConfig {
@@ -32,6 +34,7 @@ impl Default for NodeConfig {
             vbuckets: 1024,
             initial_state: VbucketState::Active,
             auth: None,
+            max_connections: crate::limits::DEFAULT_MAX_CONNECTIONS,
             data: None,
         }
     }
@@ -76,6 +79,7 @@ impl Node {
             bucket: bucket.clone(),
             auth: cfg.auth.clone(),
             started: Instant::now(),
+            cap: crate::limits::ConnectionCap::new(cfg.max_connections),
         });
         let closed = CancellationToken::new();
         let serve = kv::serve(listener, ctx, stop.clone());
