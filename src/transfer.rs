@@ -45,6 +45,10 @@ pub struct TransferRequest {
     pub allow_partial: bool,
     /// `--overwrite`: a file sink replaces a file that exists.
     pub overwrite: bool,
+    /// `--cacert`: the CA certificate a TLS peer is checked against.
+    pub cacert: Option<std::path::PathBuf>,
+    /// `--no-ssl-verify`: a TLS peer is not checked.
+    pub no_ssl_verify: bool,
 }
 
 /// A request checked against the registry, nothing opened yet.
@@ -137,6 +141,18 @@ pub fn check(req: &TransferRequest, registry: &Registry) -> Result<Checked, Fail
         return Err(Failure::Usage(format!(
             "-m: {sink_spec} is not a backup directory; -m chooses a backup's run"
         )));
+    }
+    if let Some(c) = &req.cacert {
+        if !c.is_file() {
+            return Err(Failure::Usage(format!(
+                "--cacert {}: no such file",
+                c.display()
+            )));
+        }
+        extra.set("cacert", &c.to_string_lossy());
+    }
+    if req.no_ssl_verify {
+        extra.set("no_ssl_verify", "1");
     }
     if req.threads == 0 {
         return Err(Failure::Usage("-t/--threads must be at least 1".into()));

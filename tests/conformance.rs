@@ -645,7 +645,9 @@ fn dry_run(kind: Kind) {
 fn ctrl_c_drains(kind: Kind) {
     let t = Target::new(kind, Faults::default());
     let source = if kind == Kind::Meta2 {
-        let (src, _) = meta2_source(t.dir.path(), 20_000);
+        // Large enough that the signal lands while it is being read (20,000 rows were read
+        // whole in 0.2 s, before the signal came).
+        let (src, _) = meta2_source(t.dir.path(), 60_000);
         format!("meta2:{}", src.display())
     } else {
         "gen:max-items=100000000,min-value-size=20".to_string()

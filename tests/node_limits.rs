@@ -128,19 +128,27 @@ fn frame(opcode: u8, extras: &[u8], key: &[u8], value: &[u8], announced: Option<
     f
 }
 
-/// A connection authenticated with SASL PLAIN.
+/// Reads one response; panics unless it is a success.
+fn expect_success(s: &mut TcpStream, what: &str) {
+    let mut h = [0u8; 24];
+    s.read_exact(&mut h).unwrap();
+    let body = u32::from_be_bytes([h[8], h[9], h[10], h[11]]) as usize;
+    let mut b = vec![0; body];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!((h[6], h[7]), (0, 0), "{what} refused");
+}
+
+/// A connection authenticated with SASL PLAIN, the bucket selected.
 fn authenticated(kv: &str) -> TcpStream {
     let mut s = TcpStream::connect(kv).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let plain = format!("\0{USER}\0{PASSWORD}");
     s.write_all(&frame(0x21, &[], b"PLAIN", plain.as_bytes(), None))
         .unwrap();
-    let mut h = [0u8; 24];
-    s.read_exact(&mut h).unwrap();
-    let body = u32::from_be_bytes([h[8], h[9], h[10], h[11]]) as usize;
-    let mut b = vec![0; body];
-    s.read_exact(&mut b).unwrap();
-    assert_eq!((h[6], h[7]), (0, 0), "SASL refused");
+    expect_success(&mut s, "SASL");
+    s.write_all(&frame(0x89, &[], b"default", &[], None))
+        .unwrap();
+    expect_success(&mut s, "SELECT_BUCKET");
     s
 }
 

@@ -173,7 +173,8 @@ fn a_backup_in_16_jobs_on_3_workers_one_killed_mid_job_is_one_run_that_restores_
     let dir = tempfile::tempdir().unwrap();
     let backup = dir.path().join("backup");
     let backup = backup.to_str().unwrap();
-    // Small batches over one connection and a record every 250 ms: each job takes a while.
+    // Each job's source held to 10k items/s: 12,500 items take over a second whatever the
+    // machine's speed, and a record goes every 250 ms.
     let run = plan(&[
         "transfer",
         &src.spec(),
@@ -188,6 +189,8 @@ fn a_backup_in_16_jobs_on_3_workers_one_killed_mid_job_is_one_run_that_restores_
         "1",
         "-x",
         "batch_max_size=5",
+        "--rate",
+        "10k",
     ]);
     let st = status(&url, &run);
     assert_eq!(
@@ -423,6 +426,7 @@ fn a_job_of_another_pump_version_is_refused_by_name_and_stays_in_the_queue() {
             extra: String::new(),
             add: false,
             backup_run: None,
+            rate: None,
         }),
     );
     job.pump = "0.0.1".into();
@@ -462,7 +466,7 @@ fn a_worker_rides_out_beanstalkd_going_away_mid_run_and_every_job_completes() {
     let src = LocalCluster::up(2, 0, &[]);
     let dst = LocalCluster::up(2, 0, &[]);
     transfer_ok("gen:max-items=60000", &src.spec(), &[]);
-    // Small batches over one connection: each job takes a while.
+    // Each job's source held to 10k items/s: 7,500 items take most of a second.
     let run = plan(&[
         "transfer",
         &src.spec(),
@@ -477,6 +481,8 @@ fn a_worker_rides_out_beanstalkd_going_away_mid_run_and_every_job_completes() {
         "1",
         "-x",
         "batch_max_size=5",
+        "--rate",
+        "10k",
     ]);
     let dir = tempfile::tempdir().unwrap();
     let mut w = Worker::start(dir.path(), "w", &url, &["--drain"]);
@@ -890,7 +896,8 @@ fn a_worker_killed_mid_transfer_job_leaves_dcp_positions_the_next_resumes_from()
     let src = LocalCluster::up(2, 0, &[]);
     let dst = LocalCluster::up(2, 0, &[]);
     transfer_ok("gen:max-items=120000,min-value-size=20", &src.spec(), &[]);
-    // Small batches over one connection, records every 250 ms: a job takes over a second.
+    // Each job's source held to 20k items/s: 30,000 items take a second and a half whatever
+    // the machine's speed, and a record goes every 250 ms.
     let run = plan(&[
         "transfer",
         &src.spec(),
@@ -905,6 +912,8 @@ fn a_worker_killed_mid_transfer_job_leaves_dcp_positions_the_next_resumes_from()
         "1",
         "-x",
         "batch_max_size=5",
+        "--rate",
+        "20k",
     ]);
     let dir = tempfile::tempdir().unwrap();
     let victim = Worker::start(dir.path(), "victim", &url, &[]);

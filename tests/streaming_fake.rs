@@ -49,6 +49,7 @@ async fn fake_producer(l: TcpListener, items: u64) {
             Opcode::SelectBucket => {
                 write(&mut s, Packet::response_to(&p, Status::UnknownCommand)).await
             }
+            Opcode::Hello => write(&mut s, Packet::response_to(&p, Status::Success)).await,
             Opcode::DcpOpen | Opcode::DcpControl => {
                 write(&mut s, Packet::response_to(&p, Status::Success)).await
             }

@@ -5,8 +5,16 @@
 //! pump dcp:// -> blackhole:      the real pipeline: source, channel, sink, acks
 //! pump tap:// -> blackhole:
 //! pump dcp:// -> couchbase://    node -> node: pipelined quiet writes into a second node
+//! dcp:// -> backup, JSON, snappy compressible ~1 KB JSON documents, stored snappy-compressed (as
+//!                                the official SDK writes them), streamed as stored (SNAPPY
+//!                                negotiated) into a backup directory, kept compressed
+//! dcp:// -> backup, JSON, plain  the same documents stored and streamed uncompressed
 //! loopback TCP ceiling           the same bytes, one socket, no protocol
 //! ```
+//!
+//! The JSON rows move JSON_ITEMS (200,000) documents and report the backup's size on disk:
+//! the compressed stream must move at least as many items/s, into a backup at most half the
+//! size (issue 20).
 //!
 //! 1 M items of 100-byte values (ITEMS=N to change), best of ROUNDS (3) alternating rounds:
 //! the machine is shared and noisy, so every figure is taken under the same load. Targets
@@ -161,6 +169,88 @@ async fn pump(source: &str, sink: &str, threads: usize, items: u64) -> f64 {
     items as f64 / pump_benches::transfer(source, sink, threads, items).await
 }
 
+/// A compressible JSON document of about 1 KB: a user record with a short history.
+fn json_doc(i: u64) -> Vec<u8> {
+    let mut s = format!(
+        "{{\"id\":{i},\"type\":\"user\",\"name\":\"user number {i}\",\"email\":\"user{i}@example.com\",\
+         \"country\":\"{}\",\"active\":{},\"history\":[",
+        ["FR", "DE", "US", "JP"][(i % 4) as usize],
+        i.is_multiple_of(3)
+    );
+    for j in 0..14 {
+        if j > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!(
+            "{{\"event\":\"login\",\"seq\":{j},\"client\":\"web\",\"status\":\"ok\",\"ms\":{}}}",
+            (i * 7 + j) % 900
+        ));
+    }
+    s.push_str("]}");
+    s.into_bytes()
+}
+
+/// A node holding `n` JSON documents, snappy-compressed or plain. Returns it and the
+/// documents' total size uncompressed.
+async fn json_node(n: u64, compressed: bool) -> (Node, u64) {
+    use pump_protocol::datatype::{compress, JSON, SNAPPY};
+    let node = Node::start(NodeConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut raw = 0;
+    for i in 0..n {
+        let key = Bytes::from(format!("doc{i:09}"));
+        let doc = json_doc(i);
+        raw += doc.len() as u64;
+        let (value, datatype) = if compressed {
+            (compress(&doc), SNAPPY | JSON)
+        } else {
+            (Bytes::from(doc), JSON)
+        };
+        let w = Write {
+            key: key.clone(),
+            value,
+            flags: 0x0200_0000,
+            expiry: 0,
+            datatype,
+            cas: 0,
+            mode: WriteMode::Set,
+        };
+        node.bucket
+            .write(vbucket_of(&key, 1024), w, CLIENT_STATES)
+            .unwrap();
+    }
+    (node, raw)
+}
+
+/// Bytes of the files under `dir`.
+fn size_of(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => size_of(&e.path()),
+                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// dcp:// from `node` into a new backup directory: (items/s, bytes on disk).
+async fn dcp_to_backup(node: &Node, threads: usize, items: u64) -> (f64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup");
+    let r = pump(
+        &format!("dcp://{}", node.kv_addr),
+        backup.to_str().unwrap(),
+        threads,
+        items,
+    )
+    .await;
+    (r, size_of(&backup))
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -213,21 +303,34 @@ fn main() {
             rest_port: 0,
             spares: 0,
             recovery_api: Default::default(),
+            tls: None,
         })
         .await
         .unwrap();
         let rest = dest.lock().nodes[0].rest;
         let kv = node.kv_addr;
+        let json_items = env("JSON_ITEMS", 200_000);
+        let wants = |i: usize| only.as_ref().is_none_or(|o| o.contains(&i));
+        let (zipped, plain, json_raw) = if wants(5) || wants(6) {
+            let (z, raw) = json_node(json_items, true).await;
+            let (p, _) = json_node(json_items, false).await;
+            (Some(z), Some(p), raw)
+        } else {
+            (None, None, 0)
+        };
         let names = [
             "raw DCP stream (producer alone)",
             "raw TAP dump (producer alone)",
             "pump dcp:// -> blackhole:",
             "pump tap:// -> blackhole:",
             "pump dcp:// -> couchbase://",
+            "dcp:// -> backup, JSON, snappy",
+            "dcp:// -> backup, JSON, plain",
         ];
-        let mut best = [0.0f64; 5];
+        let mut best = [0.0f64; 7];
+        let mut backup_size = [0u64; 7];
         // CPU per item (node and pump together: they share this process), least of the rounds.
-        let mut cpu = [f64::MAX; 5];
+        let mut cpu = [f64::MAX; 7];
         let mut dcp_wire = 0;
         println!(
             "{items} items of {}-byte values ({:.0} MB of keys and values), pump -t {threads}, best of {rounds} rounds",
@@ -249,17 +352,24 @@ fn main() {
                     1 => raw_tap(&node, items).await,
                     2 => pump(&format!("dcp://{kv}"), "blackhole:", threads, items).await,
                     3 => pump(&format!("tap://{kv}"), "blackhole:", threads, items).await,
-                    _ => {
+                    4 => {
                         pump(&format!("dcp://{kv}"), &format!("couchbase://{rest}"), threads, items)
                             .await
                     }
+                    _ => {
+                        let n = if i == 5 { &zipped } else { &plain };
+                        let (r, size) = dcp_to_backup(n.as_ref().unwrap(), threads, json_items).await;
+                        backup_size[i] = size;
+                        r
+                    }
                 };
                 *b = b.max(r);
-                cpu[i] = cpu[i].min((pump_benches::cpu_seconds(pump_benches::Who::SelfProcess) - c0) / items as f64);
+                let moved = if i >= 5 { json_items } else { items };
+                cpu[i] = cpu[i].min((pump_benches::cpu_seconds(pump_benches::Who::SelfProcess) - c0) / moved as f64);
             }
         }
         let mb = |r: f64| r * payload as f64 / items as f64 / 1e6;
-        for (i, (name, r)) in names.iter().zip(best).enumerate() {
+        for (i, (name, r)) in names.iter().zip(best).enumerate().take(5) {
             if r == 0.0 {
                 continue;
             }
@@ -276,6 +386,27 @@ fn main() {
             println!(
                 "  node -> node / pump dcp -> blackhole: {:.1}%",
                 100.0 * best[4] / best[2]
+            );
+        }
+        if best[5] > 0.0 && best[6] > 0.0 {
+            println!(
+                "{json_items} JSON documents of {} bytes on average ({:.0} MB uncompressed):",
+                json_raw / json_items.max(1),
+                json_raw as f64 / 1e6
+            );
+            for i in [5, 6] {
+                println!(
+                    "  {:<32} {:>10.0} items/s  backup {:>7.1} MB  CPU {:.2} us/item",
+                    names[i],
+                    best[i],
+                    backup_size[i] as f64 / 1e6,
+                    cpu[i] * 1e6
+                );
+            }
+            println!(
+                "  snappy / plain: {:.1}% of the items/s (target >= 100%), {:.1}% of the backup size (target <= 50%)",
+                100.0 * best[5] / best[6],
+                100.0 * backup_size[5] as f64 / backup_size[6].max(1) as f64
             );
         }
         if dcp_wire > 0 {

@@ -1,30 +1,49 @@
-//! One TCP connection speaking the memcached binary protocol, every read under a timeout.
+//! One connection (TCP, or TLS over TCP) speaking the memcached binary protocol, every read
+//! under a timeout.
 //!
 //! ```text
-//! Connection::open(addr, auth, bucket, timeout)
+//! Connection::open(addr, auth, bucket, timeout)          a plain memcached: no HELLO
 //!   connect -> SASL_AUTH PLAIN (when auth) -> SELECT_BUCKET (when bucket; skipped when the
 //!   server answers UNKNOWN_COMMAND or NOT_SUPPORTED, as servers without buckets do)
+//! Connection::negotiate(addr, &Handshake)                a Couchbase node, as its tools do
+//!   connect (TLS with Handshake::tls) -> HELLO (user agent "pump/VERSION", the features asked)
+//!   -> SASL_LIST_MECHS -> the strongest listed: SCRAM-SHA512, SCRAM-SHA256, SCRAM-SHA1, PLAIN
+//!      last (Handshake::sasl forces one) -> SELECT_BUCKET
 //! request(packet)      sends with a fresh opaque, returns the response with that opaque
 //! stats(group)         STAT: key/value responses until the one with an empty key
 //! into_split()         ReadHalf (frames in) + WriteHalf (frames out) for streaming
 //! ```
 //!
+//! A feature the server did not agree to in HELLO is never used: [`Connection::features`] is
+//! what both sides agreed to. No password is ever part of an error or a log line.
+//!
 //! Reads never wait forever: [`ReadHalf::recv`] fails with [`ClientError::Timeout`] naming the
 //! peer and what it was waiting for; a clean close between frames is [`Next::Eof`], a close in
 //! the middle of a frame is an error.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::StreamExt;
+use pump_protocol::hello::{self, Feature, FeatureSet};
+use pump_protocol::sasl::{Mechanism, ScramClient};
 use pump_protocol::{Opcode, Packet, PacketCodec, Status};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, FramedRead};
 
 use crate::error::ClientError;
+use crate::tls::TlsClient;
+
+/// The user agent the pump sends in HELLO.
+pub const USER_AGENT: &str = concat!("pump/", env!("CARGO_PKG_VERSION"));
+
+/// The reading side of a stream (TCP or TLS).
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing side of a stream (TCP or TLS).
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// How long a read or write may wait by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,7 +91,7 @@ fn io_error(peer: &str, what: &str, source: std::io::Error) -> ClientError {
 /// The reading half: frames in.
 pub struct ReadHalf {
     peer: Arc<str>,
-    frames: FramedRead<OwnedReadHalf, PacketCodec>,
+    frames: FramedRead<Reader, PacketCodec>,
     timeout: Duration,
 }
 
@@ -149,7 +168,7 @@ impl ReadHalf {
 /// The writing half: frames out, each write under the timeout.
 pub struct WriteHalf {
     peer: Arc<str>,
-    stream: OwnedWriteHalf,
+    stream: Writer,
     buf: BytesMut,
     timeout: Duration,
 }
@@ -172,7 +191,12 @@ impl WriteHalf {
 
     /// Sends bytes already encoded (one or many frames).
     pub async fn send_bytes(&mut self, bytes: &[u8], what: &str) -> Result<(), ClientError> {
-        match tokio::time::timeout(self.timeout, self.stream.write_all(bytes)).await {
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            // A TLS stream holds its records until flushed; TCP's flush does nothing.
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.timeout, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(source)) => Err(io_error(&self.peer, what, source)),
             Err(_) => Err(ClientError::Timeout {
@@ -189,17 +213,130 @@ impl WriteHalf {
     }
 }
 
-/// A connection: both halves plus an opaque counter for request/response.
+/// How to open a connection to a Couchbase node: what [`Connection::negotiate`] does.
+#[derive(Clone)]
+pub struct Handshake {
+    pub auth: Option<Auth>,
+    pub bucket: Option<String>,
+    pub timeout: Duration,
+    /// TLS, for `couchbases://` and `dcps://`.
+    pub tls: Option<TlsClient>,
+    /// The mechanism to use (`-x sasl=PLAIN`); the strongest listed otherwise.
+    pub sasl: Option<Mechanism>,
+    /// The features asked for in HELLO.
+    pub features: Vec<Feature>,
+}
+
+impl std::fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handshake")
+            .field("auth", &self.auth)
+            .field("bucket", &self.bucket)
+            .field("tls", &self.tls)
+            .field("sasl", &self.sasl)
+            .finish()
+    }
+}
+
+/// The features the pump's streams and writes use: datatypes as stored (JSON, SNAPPY, XATTR),
+/// extended statuses, SELECT_BUCKET (COLLECTIONS comes with the collections work).
+pub const PUMP_FEATURES: &[Feature] = &[
+    Feature::TcpNoDelay,
+    Feature::Xattr,
+    Feature::Xerror,
+    Feature::SelectBucket,
+    Feature::Json,
+    Feature::Snappy,
+];
+
+impl Handshake {
+    /// A handshake with the pump's features, without TLS, the mechanism chosen by the server's
+    /// list.
+    pub fn new(auth: Option<Auth>, bucket: Option<&str>, timeout: Duration) -> Handshake {
+        Handshake {
+            auth,
+            bucket: bucket.map(str::to_string),
+            timeout,
+            tls: None,
+            sasl: None,
+            features: PUMP_FEATURES.to_vec(),
+        }
+    }
+}
+
+/// A connection: both halves plus an opaque counter for request/response, and what was
+/// negotiated.
 pub struct Connection {
     read: ReadHalf,
     write: WriteHalf,
     next_opaque: u32,
+    features: FeatureSet,
+    mechanism: Option<Mechanism>,
+}
+
+/// Salted passwords already computed in this process, by mechanism, salt, iterations and a
+/// digest of the password: PBKDF2 is deliberately slow, and every connection to a node gets
+/// the same salt.
+type SaltCache = Mutex<HashMap<(Mechanism, Vec<u8>, u32, Vec<u8>), Vec<u8>>>;
+
+fn salted(m: Mechanism, password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
+    static CACHE: OnceLock<SaltCache> = OnceLock::new();
+    let id = pump_protocol::sasl::salted_password(m, password, b"pump-cache-key", 1);
+    let key = (m, salt.to_vec(), iterations, id);
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(v) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return v;
+    }
+    let v = pump_protocol::sasl::salted_password(m, password, salt, iterations);
+    if let Ok(mut c) = cache.lock() {
+        c.insert(key, v.clone());
+    }
+    v
+}
+
+fn nonce() -> String {
+    use rand::Rng;
+    let b: [u8; 16] = rand::rng().random();
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl Connection {
-    /// Connects to `addr` (`host:port`).
-    pub async fn connect(addr: &str, timeout: Duration) -> Result<Connection, ClientError> {
+    /// A connection over a TLS stream (its halves share it behind a lock).
+    fn from_stream<S>(addr: &str, stream: S, timeout: Duration) -> Connection
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (r, w) = tokio::io::split(stream);
+        Connection::from_halves(addr, Box::new(r), Box::new(w), timeout)
+    }
+
+    /// A connection over TCP (owned halves, no lock between them).
+    fn from_tcp(addr: &str, stream: TcpStream, timeout: Duration) -> Connection {
+        let (r, w) = stream.into_split();
+        Connection::from_halves(addr, Box::new(r), Box::new(w), timeout)
+    }
+
+    fn from_halves(addr: &str, r: Reader, w: Writer, timeout: Duration) -> Connection {
         let peer: Arc<str> = Arc::from(addr);
+        Connection {
+            read: ReadHalf {
+                peer: peer.clone(),
+                frames: FramedRead::with_capacity(r, PacketCodec::default(), 256 * 1024),
+                timeout,
+            },
+            write: WriteHalf {
+                peer,
+                stream: w,
+                buf: BytesMut::with_capacity(1024),
+                timeout,
+            },
+            next_opaque: 0x1000_0000,
+            features: FeatureSet::EMPTY,
+            mechanism: None,
+        }
+    }
+
+    async fn tcp(addr: &str, timeout: Duration) -> Result<TcpStream, ClientError> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => {
@@ -218,21 +355,169 @@ impl Connection {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
-        Ok(Connection {
-            read: ReadHalf {
-                peer: peer.clone(),
-                frames: FramedRead::with_capacity(r, PacketCodec::default(), 256 * 1024),
-                timeout,
-            },
-            write: WriteHalf {
-                peer,
-                stream: w,
-                buf: BytesMut::with_capacity(1024),
-                timeout,
-            },
-            next_opaque: 0x1000_0000,
-        })
+        Ok(stream)
+    }
+
+    /// Connects to `addr` (`host:port`).
+    pub async fn connect(addr: &str, timeout: Duration) -> Result<Connection, ClientError> {
+        let stream = Connection::tcp(addr, timeout).await?;
+        Ok(Connection::from_tcp(addr, stream, timeout))
+    }
+
+    /// Connects to `addr` over TLS, the server's certificate checked as `tls` says.
+    pub async fn connect_tls(
+        addr: &str,
+        tls: &TlsClient,
+        timeout: Duration,
+    ) -> Result<Connection, ClientError> {
+        let stream = Connection::tcp(addr, timeout).await?;
+        let name = TlsClient::server_name(addr)?;
+        let handshake = tls.connector().connect(name, stream);
+        let stream = match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(ClientError::Tls {
+                    what: format!("{addr}: handshake failed ({e}); trusting {}", tls.trust()),
+                })
+            }
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    peer: addr.to_string(),
+                    what: "the TLS handshake".into(),
+                    secs: timeout.as_secs_f64(),
+                })
+            }
+        };
+        Ok(Connection::from_stream(addr, stream, timeout))
+    }
+
+    /// Connects and negotiates as Couchbase's own tools do (see the module docs).
+    pub async fn negotiate(addr: &str, h: &Handshake) -> Result<Connection, ClientError> {
+        let mut c = match &h.tls {
+            Some(tls) => Connection::connect_tls(addr, tls, h.timeout).await?,
+            None => Connection::connect(addr, h.timeout).await?,
+        };
+        c.hello(USER_AGENT, &h.features).await?;
+        if let Some(a) = &h.auth {
+            c.authenticate_with(a, h.sasl).await?;
+        }
+        if let Some(b) = &h.bucket {
+            c.select_bucket(b).await?;
+        }
+        Ok(c)
+    }
+
+    /// The features both sides agreed to in HELLO (none before, or without, HELLO).
+    pub fn features(&self) -> FeatureSet {
+        self.features
+    }
+
+    /// The SASL mechanism the connection authenticated with.
+    pub fn mechanism(&self) -> Option<Mechanism> {
+        self.mechanism
+    }
+
+    /// HELLO as `agent`, asking for `features`; keeps what the server agreed to. A server
+    /// without HELLO (UNKNOWN_COMMAND) agrees to nothing.
+    pub async fn hello(
+        &mut self,
+        agent: &str,
+        features: &[Feature],
+    ) -> Result<FeatureSet, ClientError> {
+        let r = self
+            .request(hello::hello_request(agent, features), "HELLO")
+            .await?;
+        self.features = match r.status() {
+            Status::Success => {
+                hello::agreed(features, &r.value).map_err(|source| ClientError::Protocol {
+                    peer: self.peer().to_string(),
+                    source,
+                })?
+            }
+            Status::UnknownCommand | Status::NotSupported => FeatureSet::EMPTY,
+            status => {
+                return Err(ClientError::Status {
+                    peer: self.peer().to_string(),
+                    what: "HELLO".into(),
+                    status,
+                })
+            }
+        };
+        tracing::debug!(peer = self.peer(), "HELLO agreed {}", self.features);
+        Ok(self.features)
+    }
+
+    /// Authenticates with the strongest mechanism the server lists (SCRAM-SHA512, -SHA256,
+    /// -SHA1, then PLAIN), or `forced`. A server that cannot list its mechanisms gets PLAIN.
+    pub async fn authenticate_with(
+        &mut self,
+        auth: &Auth,
+        forced: Option<Mechanism>,
+    ) -> Result<(), ClientError> {
+        let listed = self
+            .request(Packet::request(Opcode::SaslListMechs), "SASL_LIST_MECHS")
+            .await?;
+        let list = if listed.status() == Status::Success {
+            String::from_utf8_lossy(&listed.value).into_owned()
+        } else {
+            "PLAIN".to_string()
+        };
+        let Some(m) = Mechanism::choose(&list, forced) else {
+            let want = forced
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "SCRAM-SHA512, SCRAM-SHA256, SCRAM-SHA1 or PLAIN".to_string());
+            return Err(ClientError::Auth {
+                peer: self.peer().to_string(),
+                user: auth.user.clone(),
+                reason: format!("the server offers {list:?}, not {want}"),
+            });
+        };
+        if m == Mechanism::Plain {
+            self.authenticate(auth).await?;
+        } else {
+            self.scram(m, auth).await?;
+        }
+        self.mechanism = Some(m);
+        Ok(())
+    }
+
+    /// One SCRAM exchange: SASL_AUTH (client-first), SASL_STEP (client-final); the server's
+    /// signature is checked.
+    async fn scram(&mut self, m: Mechanism, auth: &Auth) -> Result<(), ClientError> {
+        let refused = |peer: &str, reason: String| ClientError::Auth {
+            peer: peer.to_string(),
+            user: auth.user.clone(),
+            reason,
+        };
+        let mut sc = ScramClient::new(m, &auth.user, &auth.password, &nonce());
+        let what = format!("SASL {m} authentication as {:?}", auth.user);
+        let first = self
+            .request(
+                Packet::request(Opcode::SaslAuth)
+                    .with_key(m.name().as_bytes().to_vec())
+                    .with_value(sc.first_message().into_bytes()),
+                &what,
+            )
+            .await?;
+        if first.status() != Status::AuthContinue {
+            return Err(refused(self.peer(), first.status().to_string()));
+        }
+        let fin = sc
+            .final_message_with(&first.value, salted)
+            .map_err(|e| refused(self.peer(), e.to_string()))?;
+        let last = self
+            .request(
+                Packet::request(Opcode::SaslStep)
+                    .with_key(m.name().as_bytes().to_vec())
+                    .with_value(fin.into_bytes()),
+                &what,
+            )
+            .await?;
+        if last.status() != Status::Success {
+            return Err(refused(self.peer(), format!("{m}: {}", last.status())));
+        }
+        sc.verify_final(&last.value)
+            .map_err(|e| refused(self.peer(), e.to_string()))
     }
 
     /// Connects, authenticates when `auth` is given and selects `bucket` when given.

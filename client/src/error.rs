@@ -46,6 +46,10 @@ pub enum ClientError {
         user: String,
         reason: String,
     },
+    /// TLS could not be set up (a certificate file, a handshake), or the server's certificate
+    /// is not trusted.
+    #[error("TLS: {what}")]
+    Tls { what: String },
     /// The server refused a command because the connection is not authenticated.
     #[error("{peer}: the server requires authentication ({reason}): give USER:PASSWORD")]
     AuthRequired { peer: String, reason: String },
@@ -64,6 +68,7 @@ impl ClientError {
             | ClientError::Auth { peer, .. }
             | ClientError::AuthRequired { peer, .. } => peer,
             ClientError::Rest { url, .. } => url,
+            ClientError::Tls { what } => what,
         }
     }
 

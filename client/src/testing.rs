@@ -123,6 +123,20 @@ impl Peer {
         self.0.send(p).await.expect("send a frame");
     }
 
+    /// Expects the client's HELLO and agrees to none of its features (a server that predates
+    /// them); returns the HELLO for the test to inspect.
+    pub async fn hello(&mut self) -> Packet {
+        let p = self.recv().await.expect("a HELLO");
+        assert_eq!(
+            p.opcode,
+            pump_protocol::Opcode::Hello,
+            "the first request is HELLO"
+        );
+        self.send(Packet::response_to(&p, pump_protocol::Status::Success))
+            .await;
+        p
+    }
+
     /// Sends bytes as they are (a truncated or corrupt frame).
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         use tokio::io::AsyncWriteExt;

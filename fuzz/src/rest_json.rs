@@ -285,6 +285,7 @@ fn peers() -> Result<Peers, String> {
             rest_port: 0,
             spares: 1,
             recovery_api: Default::default(),
+            tls: None,
         }))
         .map_err(|e| e.to_string())?;
     Ok(Peers {

@@ -16,6 +16,7 @@ use pump_protocol::VbucketState;
 
 use crate::node::{Node, NodeConfig};
 use crate::recovery::{RecoveryApi, ShippedRecovery};
+use crate::tls::TlsIdentity;
 
 /// How a cluster is set up.
 #[derive(Debug, Clone)]
@@ -31,6 +32,15 @@ pub struct ClusterConfig {
     pub spares: usize,
     /// The recovery REST dialect(s) the nodes answer.
     pub recovery_api: RecoveryApi,
+    /// TLS KV and HTTPS REST ports beside the plain ones, if any.
+    pub tls: Option<TlsPorts>,
+}
+
+/// The first TLS KV port and the first HTTPS REST port (node i listens on P+i; 0 = free ports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsPorts {
+    pub kv: u16,
+    pub rest: u16,
 }
 
 /// A node's place in the cluster.
@@ -63,6 +73,10 @@ impl Membership {
 pub struct NodeInfo {
     pub kv: SocketAddr,
     pub rest: SocketAddr,
+    /// The TLS KV port, if served.
+    pub kv_tls: Option<SocketAddr>,
+    /// The HTTPS REST port, if served.
+    pub rest_tls: Option<SocketAddr>,
     pub otp: String,
     pub membership: Membership,
 }
@@ -71,6 +85,8 @@ pub struct NodeInfo {
 #[derive(Debug, Clone)]
 pub struct ClusterState {
     pub bucket: String,
+    /// The bucket's conflictResolutionType.
+    pub conflict_resolution: pump_protocol::meta::ConflictResolution,
     pub replicas: usize,
     pub nodes: Vec<NodeInfo>,
     /// Per vbucket: [active, replica...], -1 = none.
@@ -95,6 +111,7 @@ pub struct ClusterState {
 pub struct Cluster {
     pub state: Mutex<ClusterState>,
     pub nodes: Vec<Node>,
+    tls: Option<TlsIdentity>,
 }
 
 fn port(base: u16, i: usize) -> u16 {
@@ -121,15 +138,23 @@ impl Cluster {
         let n = cfg.nodes.max(1);
         let replicas = cfg.replicas.min(n - 1);
         let nvb = cfg.node.vbuckets;
+        let mut node_cfg = cfg.node.clone();
+        if cfg.tls.is_some() && node_cfg.tls.is_none() {
+            // One certificate for every node, so one file is all a client has to trust.
+            node_cfg.tls = Some(TlsIdentity::self_signed().map_err(std::io::Error::other)?);
+        }
         let mut nodes = Vec::with_capacity(n + cfg.spares);
         for i in 0..n + cfg.spares {
-            let mut nc = cfg.node.clone();
+            let mut nc = node_cfg.clone();
             nc.initial_state = VbucketState::Dead;
             if let (Some(d), true) = (&cfg.node.data, subdirs) {
                 nc.data = Some(d.join(format!("node-{i}")));
             }
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port(cfg.kv_port, i)));
-            nodes.push(Node::start(nc, addr).await?);
+            let tls_addr = cfg
+                .tls
+                .map(|t| SocketAddr::from((Ipv4Addr::LOCALHOST, port(t.kv, i))));
+            nodes.push(Node::start_with_tls(nc, addr, tls_addr).await?);
         }
         let map: Vec<Vec<i32>> = (0..nvb as usize)
             .map(|vb| {
@@ -159,6 +184,8 @@ impl Cluster {
             infos.push(NodeInfo {
                 kv: node.kv_addr,
                 rest: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                kv_tls: node.kv_tls_addr,
+                rest_tls: None,
                 otp: format!("n_{i}@127.0.0.1"),
                 membership: if i < n {
                     Membership::Active
@@ -170,6 +197,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             state: Mutex::new(ClusterState {
                 bucket: cfg.node.bucket.clone(),
+                conflict_resolution: cfg.node.conflict_resolution,
                 replicas,
                 nodes: infos,
                 map,
@@ -186,11 +214,22 @@ impl Cluster {
                     .map(|(u, p)| crate::rest_guard::RestAuth::new(u, p)),
             }),
             nodes,
+            tls: if cfg.tls.is_some() {
+                node_cfg.tls.clone()
+            } else {
+                None
+            },
         });
         for i in 0..n + cfg.spares {
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port(cfg.rest_port, i)));
             let bound = crate::rest::serve(cluster.clone(), addr).await?;
             cluster.lock().nodes[i].rest = bound;
+            if let (Some(t), Some(id)) = (cfg.tls, &node_cfg.tls) {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port(t.rest, i)));
+                let bound = crate::rest::serve_tls(cluster.clone(), addr, id.acceptor()).await?;
+                cluster.lock().nodes[i].rest_tls = Some(bound);
+            }
+            cluster.nodes[i].config().attach(&cluster, i);
         }
         Ok(cluster)
     }
@@ -221,6 +260,11 @@ impl Cluster {
         }
         v.roll_back(seqno);
         Ok(v.uuid())
+    }
+
+    /// The certificate the TLS ports present, if the cluster serves TLS.
+    pub fn tls_identity(&self) -> Option<&TlsIdentity> {
+        self.tls.as_ref()
     }
 
     /// Locks the shared state.

@@ -15,16 +15,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use pump_protocol::dcp::open_flags;
 use pump_protocol::dcp::{snapshot_type, FailoverEntry, StreamReqReply};
 use pump_protocol::header::{Header, Magic, HEADER_LEN};
-use pump_protocol::{Opcode, Packet, PacketCodec, Status, VbucketState};
+use pump_protocol::{Feature, FeatureSet, Opcode, Packet, PacketCodec, Status, VbucketState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 
-use crate::kv::{put_response, KvContext, IDLE_TIMEOUT, MAX_BODY};
+use crate::kv::{put_response, KvContext, KvStream, IDLE_TIMEOUT, MAX_BODY};
 use crate::store::{self, Bucket};
+use crate::value;
 
 const FLUSH_AT: usize = 256 * 1024;
 /// Items one stream encodes in a turn (under its vbucket's lock, straight into the buffer).
@@ -128,15 +129,33 @@ fn stream_req(bucket: &Bucket, p: &Packet) -> (Bytes, Option<Stream>) {
     )
 }
 
-/// Runs a DCP producer on `sock` (OPEN already answered); `rbuf` holds bytes already read.
-pub async fn produce(
-    sock: TcpStream,
+/// How values go out on one DCP connection.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    /// SNAPPY negotiated: values as stored.
+    snappy: bool,
+    /// DCP_OPEN INCLUDE_XATTRS: values keep their xattrs.
+    xattrs: bool,
+    /// DCP_OPEN NO_VALUE: keys and metadata only.
+    no_value: bool,
+}
+
+/// Runs a DCP producer on `sock` (OPEN already answered with `flags`); `rbuf` holds bytes
+/// already read; `features` are what the connection negotiated with HELLO.
+pub async fn produce<S: KvStream>(
+    sock: S,
     mut rbuf: BytesMut,
     ctx: Arc<KvContext>,
-    _name: Bytes,
+    flags: u32,
+    features: FeatureSet,
 ) -> std::io::Result<()> {
     let bucket = ctx.bucket.clone();
-    let (mut r, mut w) = sock.into_split();
+    let shape = Shape {
+        snappy: features.contains(Feature::Snappy),
+        xattrs: flags & open_flags::INCLUDE_XATTRS != 0,
+        no_value: flags & open_flags::NO_VALUE != 0,
+    };
+    let (mut r, mut w) = sock.halves();
     let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let rb = bucket.clone();
     let reader = crate::tap::AbortOnDrop(tokio::spawn(async move {
@@ -243,6 +262,7 @@ pub async fn produce(
     let mut last_noop = tokio::time::Instant::now();
     let mut buf = BytesMut::with_capacity(FLUSH_AT + 64 * 1024);
     let mut next = 0usize;
+    let mut snappy_out = 0u64;
     let result: std::io::Result<()> = async {
         loop {
             // Take every event already there.
@@ -267,6 +287,7 @@ pub async fn produce(
             }
             if closed {
                 w.write_all(&buf).await?;
+                w.flush().await?;
                 return Ok(());
             }
             if noop && last_noop.elapsed() >= noop_every {
@@ -289,7 +310,16 @@ pub async fn produce(
                 let mut sent = false;
                 let now = store::now();
                 for _ in 0..STEPS_PER_TURN {
-                    match step(&bucket, s, &mut buf, window, &mut unacked, now) {
+                    match step(
+                        &bucket,
+                        s,
+                        &mut buf,
+                        window,
+                        &mut unacked,
+                        now,
+                        shape,
+                        &mut snappy_out,
+                    ) {
                         Step::Sent => sent = true,
                         Step::Full => {
                             full = true;
@@ -315,8 +345,15 @@ pub async fn produce(
                     next += 1;
                 }
             }
+            if snappy_out > 0 {
+                ctx.counters.snappy_out.fetch_add(
+                    std::mem::take(&mut snappy_out),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
             if !buf.is_empty() {
                 w.write_all(&buf).await?;
+                w.flush().await?;
                 buf.clear();
             }
             if !progressed {
@@ -426,7 +463,9 @@ fn put_header(
 }
 
 /// Sends the next message of `s`: a snapshot marker, up to ITEMS_PER_TURN items of the open
-/// snapshot, or the stream end.
+/// snapshot, or the stream end. Values go out in the connection's `shape`; `snappy_out` counts
+/// those sent compressed.
+#[allow(clippy::too_many_arguments)]
 fn step(
     bucket: &Bucket,
     s: &mut Stream,
@@ -434,6 +473,8 @@ fn step(
     window: u64,
     unacked: &mut u64,
     now: u32,
+    shape: Shape,
+    snappy_out: &mut u64,
 ) -> Step {
     if s.last >= s.end {
         let len = HEADER_LEN + 4;
@@ -496,13 +537,27 @@ fn step(
         if sent == ITEMS_PER_TURN || buf.len() >= FLUSH_AT {
             return false;
         }
-        let (op, elen, vlen) = if item.deleted {
-            (Opcode::DcpDeletion, 18, 0)
+        let (op, elen) = if item.deleted {
+            (Opcode::DcpDeletion, 18)
         } else if item.expired(now) {
-            (Opcode::DcpExpiration, 18, 0)
+            (Opcode::DcpExpiration, 18)
         } else {
-            (Opcode::DcpMutation, 31, item.value.len())
+            (Opcode::DcpMutation, 31)
         };
+        // Most values go out as stored; a compressed one to a consumer without SNAPPY, or one
+        // with xattrs to a consumer that did not ask for them, is rewritten first.
+        let shown;
+        let (datatype, value): (u8, &[u8]) = if op != Opcode::DcpMutation || shape.no_value {
+            (0, &[])
+        } else if item.datatype & (pump_protocol::datatype::SNAPPY | pump_protocol::datatype::XATTR)
+            == 0
+        {
+            (item.datatype, &item.value)
+        } else {
+            shown = value::present(item.datatype, &item.value, shape.snappy, shape.xattrs);
+            (shown.0, &shown.1)
+        };
+        let vlen = value.len();
         let len = HEADER_LEN + elen + key.len() + vlen;
         if !fits(window, *unacked, len) {
             full = true;
@@ -514,11 +569,14 @@ fn step(
             vb,
             opaque,
             item.cas,
-            item.datatype,
+            datatype,
             elen,
             key.len(),
             vlen,
         );
+        if datatype & pump_protocol::datatype::SNAPPY != 0 {
+            *snappy_out += 1;
+        }
         buf.put_u64(item.by_seqno);
         buf.put_u64(item.rev_seqno);
         if op == Opcode::DcpMutation {
@@ -528,7 +586,7 @@ fn step(
             buf.put_u16(0);
             buf.put_u8(0);
             buf.put_slice(key);
-            buf.put_slice(&item.value);
+            buf.put_slice(value);
         } else {
             buf.put_u16(0);
             buf.put_slice(key);

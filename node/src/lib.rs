@@ -3,7 +3,12 @@
 //! ```text
 //! store.rs    a bucket of vbuckets: items, seqnos, tombstones, failover logs, per-vbucket locks
 //! persist.rs  the bucket snapshot file (--data DIR)
-//! kv.rs       the KV port: memcached binary protocol, pipelined; the TAP consumer path
+//! kv/         the KV port: memcached binary protocol as Couchbase speaks it, pipelined (HELLO,
+//!             SASL, SELECT_BUCKET, GET_CLUSTER_CONFIG, GET_ERROR_MAP, items, with-meta, TAP in)
+//! auth.rs     the node's user and the server side of SASL (PLAIN, SCRAM-SHA512/256/1)
+//! value.rs    values as stored and as each connection sees them (JSON, SNAPPY, XATTR)
+//! config.rs   the cluster map a node serves over KV and as REST's terse bucket config
+//! tls.rs      the certificate of the TLS KV port and HTTPS REST (given, or self-signed)
 //! limits.rs   what one client may cost: the connection cap, small bodies and short silence
 //!             before authentication
 //! tap.rs      the TAP producer (TAP_CONNECT)
@@ -17,7 +22,9 @@
 //!             its cache, the services' elections (also as read-only ZooKeeper nodes)
 //! ```
 
+pub mod auth;
 pub mod cluster;
+pub mod config;
 pub mod dcp;
 pub mod kv;
 pub mod limits;
@@ -29,6 +36,8 @@ pub mod rest_guard;
 pub mod sds;
 pub mod store;
 pub mod tap;
+pub mod tls;
+pub mod value;
 
 pub use cluster::{Cluster, ClusterConfig, ClusterState, Membership, NodeInfo};
 pub use node::{Node, NodeConfig};

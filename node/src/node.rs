@@ -5,13 +5,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pump_protocol::meta::ConflictResolution;
 use pump_protocol::VbucketState;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::kv::{self, KvContext};
+use crate::auth::Users;
+use crate::kv::{self, Counters, KvContext};
 use crate::persist;
 use crate::store::Bucket;
+use crate::tls::TlsIdentity;
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -25,6 +28,10 @@ pub struct NodeConfig {
     pub data: Option<PathBuf>,
     /// The connections the KV port serves at once (`--max-connections`).
     pub max_connections: usize,
+    /// The certificate of the TLS KV port (and HTTPS REST), if one is served.
+    pub tls: Option<TlsIdentity>,
+    /// The bucket's conflictResolutionType: how with-meta writes are resolved.
+    pub conflict_resolution: ConflictResolution,
 }
 
 impl Default for NodeConfig {
@@ -36,6 +43,8 @@ impl Default for NodeConfig {
             auth: None,
             max_connections: crate::limits::DEFAULT_MAX_CONNECTIONS,
             data: None,
+            tls: None,
+            conflict_resolution: ConflictResolution::Seqno,
         }
     }
 }
@@ -45,6 +54,9 @@ impl Default for NodeConfig {
 pub struct Node {
     pub bucket: Arc<Bucket>,
     pub kv_addr: SocketAddr,
+    /// The TLS KV port, when the node serves one.
+    pub kv_tls_addr: Option<SocketAddr>,
+    pub(crate) ctx: Arc<KvContext>,
     stop: CancellationToken,
     /// Cancelled once the KV listener is closed (after `stop`).
     closed: CancellationToken,
@@ -55,6 +67,19 @@ pub struct Node {
 impl Node {
     /// Loads (or creates) the bucket and starts serving KV on `kv_addr`.
     pub async fn start(cfg: NodeConfig, kv_addr: SocketAddr) -> std::io::Result<Node> {
+        Node::start_with_tls(cfg, kv_addr, None).await
+    }
+
+    /// As [`Node::start`], and TLS KV on `tls_addr` when given (with `cfg.tls`, or a
+    /// self-signed certificate when none is configured).
+    pub async fn start_with_tls(
+        mut cfg: NodeConfig,
+        kv_addr: SocketAddr,
+        tls_addr: Option<SocketAddr>,
+    ) -> std::io::Result<Node> {
+        if tls_addr.is_some() && cfg.tls.is_none() {
+            cfg.tls = Some(TlsIdentity::self_signed().map_err(std::io::Error::other)?);
+        }
         let snapshot = match &cfg.data {
             Some(d) => {
                 std::fs::create_dir_all(d)?;
@@ -66,29 +91,59 @@ impl Node {
             Some(p) => persist::load(p)?,
             None => None,
         };
-        let bucket = Arc::new(match loaded {
-            Some(vbs) => Bucket::from_vbuckets(&cfg.bucket, vbs),
-            None => Bucket::new(&cfg.bucket, cfg.vbuckets, cfg.initial_state),
-        });
+        let bucket = Arc::new(
+            match loaded {
+                Some(vbs) => Bucket::from_vbuckets(&cfg.bucket, vbs),
+                None => Bucket::new(&cfg.bucket, cfg.vbuckets, cfg.initial_state),
+            }
+            .with_conflict_resolution(cfg.conflict_resolution),
+        );
         let listener = TcpListener::bind(kv_addr)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("KV port {kv_addr}: {e}")))?;
         let kv_addr = listener.local_addr()?;
+        let tls_listener = match tls_addr {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
+        let kv_tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let stop = CancellationToken::new();
+        let users = match cfg.auth.clone() {
+            // Deriving the SCRAM secrets is deliberately slow: off the runtime's threads.
+            Some((u, p)) => Some(
+                tokio::task::spawn_blocking(move || Users::new(&u, &p))
+                    .await
+                    .map_err(std::io::Error::other)?,
+            ),
+            None => None,
+        };
         let ctx = Arc::new(KvContext {
             bucket: bucket.clone(),
-            auth: cfg.auth.clone(),
+            users,
             started: Instant::now(),
             cap: crate::limits::ConnectionCap::new(cfg.max_connections),
+            config: Default::default(),
+            counters: Counters::default(),
         });
         let closed = CancellationToken::new();
-        let serve = kv::serve(listener, ctx, stop.clone());
+        let serve = kv::serve(listener, ctx.clone(), stop.clone(), None);
         let on_close = closed.clone();
+        let tls_serve = match (tls_listener, &cfg.tls) {
+            (Some(l), Some(id)) => {
+                Some(kv::serve(l, ctx.clone(), stop.clone(), Some(id.acceptor())))
+            }
+            _ => None,
+        };
         tokio::spawn(async move {
-            // `serve` owns the listener: it is closed when `serve` returns, before the guard
+            // `serve` owns the listeners: they are closed when it returns, before the guard
             // (which also fires if the task panics) says so.
             let _closed = on_close.drop_guard();
-            serve.await;
+            match tls_serve {
+                Some(t) => {
+                    tokio::join!(serve, t);
+                }
+                None => serve.await,
+            }
         });
         let saver = snapshot.clone().map(|path| {
             let b = bucket.clone();
@@ -108,11 +163,23 @@ impl Node {
         Ok(Node {
             bucket,
             kv_addr,
+            kv_tls_addr,
+            ctx,
             stop,
             closed,
             snapshot,
             saver,
         })
+    }
+
+    /// What the node counted (snappy values in and out, logins per mechanism, HELLOs).
+    pub fn counters(&self) -> &Counters {
+        &self.ctx.counters
+    }
+
+    /// The cluster map slot this node serves GET_CLUSTER_CONFIG from.
+    pub fn config(&self) -> &crate::config::ConfigSlot {
+        &self.ctx.config
     }
 
     /// Stops serving: closes the listener and every connection.

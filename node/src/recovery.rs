@@ -346,6 +346,7 @@ mod tests {
             rest_port: 0,
             spares: 1,
             recovery_api: api,
+            tls: None,
         })
         .await
         .unwrap();

@@ -3,8 +3,17 @@
 //! ```text
 //! GET  /pools                              {"pools": [{"name": "default", "uri": "/pools/default"}]}
 //! GET  /pools/default                      {"name": "default", "nodes": [...]}
-//! GET  /pools/default/buckets/{bucket}     {"name", "nodeLocator": "vbucket", "vBucketServerMap", "nodes"}
+//! GET  /pools/default/buckets              [the bucket, as below]
+//! GET  /pools/default/buckets/{bucket}     {"name", "uuid", "bucketType", "conflictResolutionType",
+//!                                           "nodeLocator": "vbucket",
+//!                                           "bucketCapabilities", "vBucketServerMap", "nodes"}
+//! GET  /pools/default/b/{bucket}           the terse config a node serves over KV, $HOST made
+//!                                          the host the client asked for (Host header)
+//! GET  /pools/default/nodeServices         the global config: rev and nodesExt
+//! GET  /pools/default/buckets/{b}/ddocs    {"rows": []}: no design documents
+//! GET  /pools/default/buckets/{b}/stats/{s} curr_items, vb_active_resident_items_ratio per node
 //! POST /controller/failOver                form otpNode=n_1@127.0.0.1
+//! anything else                            404, text/plain, as ns_server answers
 //!
 //! the recovery design, under /pools/default/buckets/{bucket}/ (see crate::recovery)
 //! GET  vbucketsMissing                     [5, 8, ...]
@@ -55,7 +64,15 @@ fn routes(cluster: Arc<Cluster>) -> Router {
     let mut r = Router::new()
         .route("/pools", get(pools))
         .route("/pools/default", get(pool_default))
+        .route("/pools/default/buckets", get(buckets))
         .route("/pools/default/buckets/{bucket}", get(bucket))
+        .route("/pools/default/b/{bucket}", get(terse_bucket))
+        .route("/pools/default/nodeServices", get(node_services))
+        .route("/pools/default/buckets/{bucket}/ddocs", get(ddocs))
+        .route(
+            "/pools/default/buckets/{bucket}/stats/{stat}",
+            get(bucket_stat),
+        )
         .route("/controller/failOver", post(failover))
         .route("/pump/faults", post(inject_fault))
         .route("/pump/rollback", post(roll_back));
@@ -77,12 +94,88 @@ fn routes(cluster: Arc<Cluster>) -> Router {
             .route(&format!("{c}/commitVBucket"), post(commit_vbucket))
             .route(&format!("{c}/stopRecovery"), post(stop_recovery));
     }
-    r.with_state(cluster)
+    r.fallback(not_found).with_state(cluster)
+}
+
+/// What ns_server answers a path it does not serve.
+async fn not_found() -> (
+    StatusCode,
+    [(axum::http::HeaderName, &'static str); 1],
+    &'static str,
+) {
+    (
+        StatusCode::NOT_FOUND,
+        [(axum::http::header::CONTENT_TYPE, "text/plain")],
+        "Requested resource not found.\r\n",
+    )
+}
+
+/// The host a client asked for (the Host header without its port), for `$HOST`.
+fn requested_host(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| match h.rsplit_once(':') {
+            Some((host, port)) if port.parse::<u16>().is_ok() => host.to_string(),
+            _ => h.to_string(),
+        })
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
+fn unknown_bucket(name: &str) -> (StatusCode, String) {
+    (
+        StatusCode::NOT_FOUND,
+        format!("Requested resource not found: bucket {name}"),
+    )
 }
 
 /// Binds `addr` and serves the router in the background; returns the bound address.
 pub async fn serve(cluster: Arc<Cluster>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
     serve_app(router(cluster), addr, "REST").await
+}
+
+/// Binds `addr` and serves the router over TLS (HTTPS) in the background; returns the bound
+/// address. Each connection's handshake is bounded; a failed one is dropped.
+pub async fn serve_tls(
+    cluster: Arc<Cluster>,
+    addr: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = router(cluster);
+    tokio::spawn(async move {
+        loop {
+            let (sock, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("HTTPS {bound}: accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let tls =
+                    match tokio::time::timeout(crate::kv::HANDSHAKE_TIMEOUT, acceptor.accept(sock))
+                        .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return tracing::debug!("HTTPS {peer}: handshake: {e}"),
+                        Err(_) => return tracing::debug!("HTTPS {peer}: handshake timed out"),
+                    };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let io = hyper_util::rt::TokioIo::new(tls);
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await
+                {
+                    tracing::debug!("HTTPS {peer}: {e}");
+                }
+            });
+        }
+    });
+    Ok(bound)
 }
 
 /// Binds `addr` and serves `app` in the background (errors logged under `name`); returns the
@@ -106,10 +199,17 @@ fn nodes_json(c: &Cluster, s: &ClusterState) -> Vec<Value> {
         .iter()
         .enumerate()
         .map(|(i, n)| {
+            let mut ports = json!({"direct": n.kv.port()});
+            if let Some(t) = n.rest_tls {
+                ports["httpsMgmt"] = json!(t.port());
+            }
             json!({
                 "hostname": n.rest.to_string(),
                 "otpNode": n.otp,
-                "ports": {"direct": n.kv.port()},
+                "ports": ports,
+                "services": ["kv"],
+                "version": crate::config::SERVER_VERSION,
+                "clusterCompatibility": crate::config::CLUSTER_COMPATIBILITY,
                 "status": if c.nodes[i].is_halted() { "unhealthy" } else { "healthy" },
                 "clusterMembership": n.membership.as_rest(),
             })
@@ -130,21 +230,15 @@ async fn pool_default(State(c): State<Arc<Cluster>>) -> Json<Value> {
     }))
 }
 
-async fn bucket(
-    State(c): State<Arc<Cluster>>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, (StatusCode, String)> {
-    let s = c.lock();
-    if name != s.bucket {
-        return Err((
-            StatusCode::NOT_FOUND,
-            format!("Requested resource not found: bucket {name}"),
-        ));
-    }
-    Ok(Json(json!({
+fn bucket_json(c: &Cluster, s: &ClusterState) -> Value {
+    json!({
         "name": s.bucket,
+        "uuid": crate::config::bucket_uuid(s),
         "bucketType": "membase",
+        "conflictResolutionType": s.conflict_resolution.as_str(),
         "nodeLocator": "vbucket",
+        "bucketCapabilitiesVer": "",
+        "bucketCapabilities": crate::config::BUCKET_CAPABILITIES,
         "vBucketServerMap": {
             "hashAlgorithm": "CRC",
             "numReplicas": s.replicas,
@@ -152,8 +246,92 @@ async fn bucket(
             "vBucketMap": s.map,
         },
         "rev": s.revision,
-        "nodes": nodes_json(&c, &s),
-    })))
+        "nodes": nodes_json(c, s),
+    })
+}
+
+async fn buckets(State(c): State<Arc<Cluster>>) -> Json<Value> {
+    let s = c.lock();
+    Json(json!([bucket_json(&c, &s)]))
+}
+
+async fn bucket(
+    State(c): State<Arc<Cluster>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, (StatusCode, String)> {
+    let s = c.lock();
+    if name != s.bucket {
+        return Err(unknown_bucket(&name));
+    }
+    Ok(Json(bucket_json(&c, &s)))
+}
+
+/// A config of crate::config with `$HOST` made the host the client asked for.
+fn with_host(v: Value, headers: &axum::http::HeaderMap) -> Result<Response, (StatusCode, String)> {
+    let text = v
+        .to_string()
+        .replace(crate::config::HOST, &requested_host(headers));
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        text,
+    )
+        .into_response())
+}
+
+async fn terse_bucket(
+    State(c): State<Arc<Cluster>>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, (StatusCode, String)> {
+    let s = c.lock();
+    if name != s.bucket {
+        return Err(unknown_bucket(&name));
+    }
+    with_host(crate::config::bucket_config(&s, usize::MAX, true), &headers)
+}
+
+async fn node_services(
+    State(c): State<Arc<Cluster>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, (StatusCode, String)> {
+    let s = c.lock();
+    with_host(
+        crate::config::bucket_config(&s, usize::MAX, false),
+        &headers,
+    )
+}
+
+async fn ddocs(
+    State(c): State<Arc<Cluster>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, (StatusCode, String)> {
+    if name != c.lock().bucket {
+        return Err(unknown_bucket(&name));
+    }
+    Ok(Json(json!({"rows": []})))
+}
+
+/// One stat's samples per node (`hostname` -> [value]), as cbtransfer reads its item count.
+async fn bucket_stat(
+    State(c): State<Arc<Cluster>>,
+    Path((name, stat)): Path<(String, String)>,
+) -> Result<Json<Value>, (StatusCode, String)> {
+    let s = c.lock();
+    if name != s.bucket {
+        return Err(unknown_bucket(&name));
+    }
+    let mut per_node = serde_json::Map::new();
+    for (i, n) in s.nodes.iter().enumerate() {
+        let v = match stat.as_str() {
+            "curr_items" => c.nodes[i].bucket.active_item_count() as f64,
+            "vb_active_resident_items_ratio" => 100.0,
+            _ => return Err(unknown_bucket(&format!("{name} stat {stat}"))),
+        };
+        per_node.insert(n.rest.to_string(), json!([v]));
+    }
+    Ok(Json(
+        json!({"samplesCount": 1, "op": {}, "nodeStats": per_node}),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

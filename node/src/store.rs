@@ -18,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use pump_protocol::dcp::FailoverEntry;
+use pump_protocol::meta::ConflictResolution;
 use pump_protocol::{Status, VbucketState};
 
 /// Relative expirations above this many seconds are absolute unix times (memcached's rule).
@@ -102,6 +103,25 @@ pub struct Write {
     pub mode: WriteMode,
 }
 
+/// What a stored change got: its cas, its seqno and the vbucket's uuid (a mutation token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mutation {
+    pub cas: u64,
+    pub seqno: u64,
+    pub vbucket_uuid: u64,
+}
+
+/// How a with-meta write treats an existing copy of the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaMode {
+    /// SET_WITH_META: revision-based conflict resolution unless `force`.
+    Set { force: bool },
+    /// ADD_WITH_META: only where no live item is.
+    Add,
+    /// DEL_WITH_META: a tombstone, conflict resolution unless `force`.
+    Delete { force: bool },
+}
+
 /// One vbucket.
 #[derive(Debug)]
 pub struct Vbucket {
@@ -142,13 +162,17 @@ impl Vbucket {
         self.failover.first().map(|e| e.uuid).unwrap_or(0)
     }
 
-    /// Stores `item` under `key` at the next seqno; returns its cas.
-    fn put(&mut self, key: Bytes, mut item: Item) -> u64 {
+    /// Stores `item` under `key` at the next seqno.
+    fn put(&mut self, key: Bytes, mut item: Item) -> Mutation {
         self.high_seqno += 1;
         item.by_seqno = self.high_seqno;
-        let cas = item.cas;
+        let m = Mutation {
+            cas: item.cas,
+            seqno: item.by_seqno,
+            vbucket_uuid: self.uuid(),
+        };
         self.place(key, item);
-        cas
+        m
     }
 
     /// Stores an item that already carries its seqno (replication); keeps high_seqno monotonic.
@@ -257,6 +281,8 @@ pub struct Bucket {
     vbuckets: Vec<Mutex<Vbucket>>,
     cas: AtomicU64,
     dirty: AtomicBool,
+    /// How with-meta writes are resolved against the copy here.
+    conflict_resolution: ConflictResolution,
 }
 
 /// Asks the CPU to start loading the cache line at `p` (a hint: nothing happens elsewhere).
@@ -310,7 +336,19 @@ impl Bucket {
             vbuckets: (0..n).map(|_| Mutex::new(Vbucket::new(state))).collect(),
             cas: AtomicU64::new(now() as u64 * 1_000_000),
             dirty: AtomicBool::new(false),
+            conflict_resolution: ConflictResolution::Seqno,
         }
+    }
+
+    /// The same bucket resolving with-meta conflicts by `mode` (seqno unless told).
+    pub fn with_conflict_resolution(mut self, mode: ConflictResolution) -> Bucket {
+        self.conflict_resolution = mode;
+        self
+    }
+
+    /// How with-meta writes are resolved here.
+    pub fn conflict_resolution(&self) -> ConflictResolution {
+        self.conflict_resolution
     }
 
     /// Rebuilds a bucket from loaded vbuckets.
@@ -325,6 +363,7 @@ impl Bucket {
             vbuckets: vbs.into_iter().map(Mutex::new).collect(),
             cas: AtomicU64::new(max_cas.max(now() as u64 * 1_000_000)),
             dirty: AtomicBool::new(false),
+            conflict_resolution: ConflictResolution::Seqno,
         }
     }
 
@@ -380,16 +419,24 @@ impl Bucket {
         }
     }
 
-    /// A client write into `vb`; `allowed` are the states that accept it.
-    /// Returns the new cas, or the status to answer.
-    pub fn write(&self, vb: u16, w: Write, allowed: &[VbucketState]) -> Result<u64, Status> {
+    /// A client write into `vb`; `allowed` are the states that accept it. A live item's
+    /// xattrs are kept in front of the new body. Returns the mutation, or the status to answer.
+    pub fn write(&self, vb: u16, w: Write, allowed: &[VbucketState]) -> Result<Mutation, Status> {
         let mut v = self.vb(vb).ok_or(Status::NotMyVbucket)?;
         if !allowed.contains(&v.state) {
             return Err(Status::NotMyVbucket);
         }
         let t = now();
+        let mut kept: Option<(u8, Bytes)> = None;
         let (existing_cas, rev) = match v.items.get(&w.key) {
-            Some(i) if !i.deleted && !i.expired(t) => (Some(i.cas), i.rev_seqno + 1),
+            Some(i) if !i.deleted && !i.expired(t) => {
+                if i.datatype & pump_protocol::datatype::XATTR != 0 {
+                    kept = Some(crate::value::keep_xattrs(
+                        i.datatype, &i.value, w.datatype, &w.value,
+                    ));
+                }
+                (Some(i.cas), i.rev_seqno + 1)
+            }
             Some(i) => (None, i.rev_seqno + 1),
             None => (None, 1),
         };
@@ -405,20 +452,113 @@ impl Bucket {
                 _ => {}
             }
         }
+        let (datatype, value) = kept.unwrap_or((w.datatype, w.value));
         let item = Item {
-            value: w.value,
+            value,
             flags: w.flags,
             expiry: absolute_expiry(w.expiry),
             cas: self.next_cas(),
             by_seqno: 0,
             rev_seqno: rev,
-            datatype: w.datatype,
+            datatype,
             deleted: false,
         };
-        let cas = v.put(w.key.clone(), item);
+        let m = v.put(w.key.clone(), item);
         self.forward(vb, &v, w.key);
         self.mark_dirty();
-        Ok(cas)
+        Ok(m)
+    }
+
+    /// TOUCH / GAT: a new expiry (relative or absolute) for a live item, as a new revision.
+    /// Returns the item after the change and the mutation.
+    pub fn touch(
+        &self,
+        vb: u16,
+        key: &Bytes,
+        expiry: u32,
+        allowed: &[VbucketState],
+    ) -> Result<(Item, Mutation), Status> {
+        let mut v = self.vb(vb).ok_or(Status::NotMyVbucket)?;
+        if !allowed.contains(&v.state) {
+            return Err(Status::NotMyVbucket);
+        }
+        let mut item = v.live(key, now()).cloned().ok_or(Status::KeyEnoent)?;
+        item.expiry = absolute_expiry(expiry);
+        item.cas = self.next_cas();
+        item.rev_seqno += 1;
+        let m = v.put(key.clone(), item);
+        let stored = v.items.get(key).cloned().ok_or(Status::Einternal)?;
+        self.forward(vb, &v, key.clone());
+        self.mark_dirty();
+        Ok((stored, m))
+    }
+
+    /// SET/ADD/DEL_WITH_META: stores `item` with its own cas, rev seqno, flags and expiry
+    /// (absolute), unless the copy here wins conflict resolution (the bucket's: revision
+    /// seqno or last write wins; KEY_EEXISTS, as a lost conflict answers). `cas` non-zero must match the copy here. Into a vbucket in
+    /// one of the `allowed` states.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_with_meta(
+        &self,
+        vb: u16,
+        key: Bytes,
+        mut item: Item,
+        mode: MetaMode,
+        cas: u64,
+        regenerate_cas: bool,
+        allowed: &[VbucketState],
+    ) -> Result<Mutation, Status> {
+        use pump_protocol::meta::Revision;
+        let mut v = self.vb(vb).ok_or(Status::NotMyVbucket)?;
+        if !allowed.contains(&v.state) {
+            return Err(Status::NotMyVbucket);
+        }
+        let t = now();
+        if let Some(old) = v.items.get(&key) {
+            let live = !old.deleted && !old.expired(t);
+            if cas != 0 && old.cas != cas {
+                return Err(Status::KeyEexists);
+            }
+            let mine = Revision {
+                rev_seqno: old.rev_seqno,
+                cas: old.cas,
+                expiry: old.expiry,
+                flags: old.flags,
+            };
+            let theirs = Revision {
+                rev_seqno: item.rev_seqno,
+                cas: item.cas,
+                expiry: item.expiry,
+                flags: item.flags,
+            };
+            let wins = match mode {
+                MetaMode::Add => !live,
+                MetaMode::Set { force: true } | MetaMode::Delete { force: true } => true,
+                MetaMode::Set { force: false } => {
+                    self.conflict_resolution.wins(theirs, mine, false)
+                }
+                MetaMode::Delete { force: false } => {
+                    self.conflict_resolution.wins(theirs, mine, true)
+                }
+            };
+            if !wins {
+                return Err(Status::KeyEexists);
+            }
+        } else if cas != 0 {
+            return Err(Status::KeyEnoent);
+        }
+        if regenerate_cas || item.cas == 0 {
+            item.cas = self.next_cas();
+        }
+        if matches!(mode, MetaMode::Delete { .. }) {
+            item.deleted = true;
+            item.value = Bytes::new();
+            item.datatype = 0;
+        }
+        let m = v.put(key.clone(), item);
+        self.forward(vb, &v, key);
+        self.mark_dirty();
+        Ok(m)
     }
 
     /// Deletes `key` (a tombstone with a new seqno); `cas` 0 = any.
@@ -428,7 +568,7 @@ impl Bucket {
         key: Bytes,
         cas: u64,
         allowed: &[VbucketState],
-    ) -> Result<u64, Status> {
+    ) -> Result<Mutation, Status> {
         let mut v = self.vb(vb).ok_or(Status::NotMyVbucket)?;
         if !allowed.contains(&v.state) {
             return Err(Status::NotMyVbucket);
@@ -449,10 +589,10 @@ impl Bucket {
             datatype: 0,
             deleted: true,
         };
-        let cas = v.put(key.clone(), item);
+        let m = v.put(key.clone(), item);
         self.forward(vb, &v, key);
         self.mark_dirty();
-        Ok(cas)
+        Ok(m)
     }
 
     /// Applies an item as a replication stream carries it (a new seqno here, flags and expiry
@@ -463,7 +603,7 @@ impl Bucket {
         key: Bytes,
         mut item: Item,
         allowed: &[VbucketState],
-    ) -> Result<u64, Status> {
+    ) -> Result<Mutation, Status> {
         let mut v = self.vb(vb).ok_or(Status::NotMyVbucket)?;
         if !allowed.contains(&v.state) {
             return Err(Status::NotMyVbucket);
@@ -474,10 +614,10 @@ impl Bucket {
         if item.rev_seqno == 0 {
             item.rev_seqno = v.items.get(&key).map(|i| i.rev_seqno + 1).unwrap_or(1);
         }
-        let cas = v.put(key.clone(), item);
+        let m = v.put(key.clone(), item);
         self.forward(vb, &v, key);
         self.mark_dirty();
-        Ok(cas)
+        Ok(m)
     }
 
     /// Forwards a change to the replica copy, same seqno.
@@ -520,6 +660,21 @@ impl Bucket {
         }
     }
 
+    /// Live items in the active vbuckets.
+    pub fn active_item_count(&self) -> usize {
+        let t = now();
+        (0..self.num_vbuckets())
+            .filter_map(|vb| self.vb(vb))
+            .filter(|v| v.state == VbucketState::Active)
+            .map(|v| {
+                v.items
+                    .values()
+                    .filter(|i| !i.deleted && !i.expired(t))
+                    .count()
+            })
+            .sum()
+    }
+
     /// Live items in all vbuckets.
     pub fn item_count(&self) -> usize {
         let t = now();
@@ -537,6 +692,13 @@ impl Bucket {
 
 /// The states a client's reads and writes are served from.
 pub const CLIENT_STATES: &[VbucketState] = &[VbucketState::Active];
+/// The states a with-meta write with FORCE_WITH_META_OP may write into (Couchbase Server 7:
+/// a recovery writes into replica vbucket before activating them).
+pub const WITH_META_FORCED_STATES: &[VbucketState] = &[
+    VbucketState::Active,
+    VbucketState::Replica,
+    VbucketState::Pending,
+];
 /// The states a replication stream (TAP/DCP consumer) may write into.
 pub const REPLICATION_STATES: &[VbucketState] = &[VbucketState::Replica, VbucketState::Pending];
 
@@ -574,7 +736,7 @@ mod tests {
     #[test]
     fn a_delete_leaves_a_tombstone_and_add_replace_cas_follow_memcached() {
         let b = Bucket::new("default", 4, VbucketState::Active);
-        let cas = b.write(0, set("k", "v"), CLIENT_STATES).unwrap();
+        let cas = b.write(0, set("k", "v"), CLIENT_STATES).unwrap().cas;
         let mut add = set("k", "x");
         add.mode = WriteMode::Add;
         assert_eq!(b.write(0, add, CLIENT_STATES), Err(Status::KeyEexists));
@@ -637,6 +799,106 @@ mod tests {
         assert_eq!(
             crate::dcp::check_request(&v.failover, v.high_seqno, 2, old),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn a_with_meta_write_keeps_the_newer_revision_and_its_own_cas() {
+        let b = Bucket::new("default", 2, VbucketState::Active);
+        let item = |rev: u64, cas: u64, v: &'static str| Item {
+            value: Bytes::from_static(v.as_bytes()),
+            flags: 1,
+            expiry: 0,
+            cas,
+            by_seqno: 0,
+            rev_seqno: rev,
+            datatype: 0,
+            deleted: false,
+        };
+        let k = || Bytes::from_static(b"k");
+        let set = MetaMode::Set { force: false };
+        let m = b
+            .write_with_meta(0, k(), item(5, 500, "v5"), set, 0, false, CLIENT_STATES)
+            .unwrap();
+        assert_eq!(m.cas, 500);
+        assert_eq!(m.vbucket_uuid, b.vb(0).unwrap().uuid());
+        assert_eq!(
+            b.write_with_meta(0, k(), item(4, 900, "v4"), set, 0, false, CLIENT_STATES),
+            Err(Status::KeyEexists)
+        );
+        assert_eq!(&b.get(0, b"k", CLIENT_STATES).unwrap().value[..], b"v5");
+        b.write_with_meta(0, k(), item(6, 1, "v6"), set, 0, false, CLIENT_STATES)
+            .unwrap();
+        assert_eq!(b.get(0, b"k", CLIENT_STATES).unwrap().rev_seqno, 6);
+        assert_eq!(
+            b.write_with_meta(
+                0,
+                k(),
+                item(9, 1, ""),
+                MetaMode::Add,
+                0,
+                false,
+                CLIENT_STATES
+            ),
+            Err(Status::KeyEexists)
+        );
+        let del = MetaMode::Delete { force: false };
+        assert_eq!(
+            b.write_with_meta(0, k(), item(6, 0, ""), del, 0, false, CLIENT_STATES),
+            Err(Status::KeyEexists)
+        );
+        b.write_with_meta(0, k(), item(7, 2, ""), del, 0, false, CLIENT_STATES)
+            .unwrap();
+        assert_eq!(b.get(0, b"k", CLIENT_STATES), Err(Status::KeyEnoent));
+        // A tombstone's revision still takes part.
+        assert_eq!(
+            b.write_with_meta(0, k(), item(7, 1, "old"), set, 0, false, CLIENT_STATES),
+            Err(Status::KeyEexists)
+        );
+        b.write_with_meta(
+            0,
+            k(),
+            item(1, 1, "forced"),
+            MetaMode::Set { force: true },
+            0,
+            true,
+            CLIENT_STATES,
+        )
+        .unwrap();
+        assert_eq!(&b.get(0, b"k", CLIENT_STATES).unwrap().value[..], b"forced");
+        b.set_state(1, VbucketState::Replica);
+        assert_eq!(
+            b.write_with_meta(1, k(), item(1, 1, "x"), set, 0, false, CLIENT_STATES),
+            Err(Status::NotMyVbucket)
+        );
+        // FORCE_WITH_META_OP writes into a replica (what cbrecovery relies on).
+        let forced = MetaMode::Set { force: true };
+        b.write_with_meta(
+            1,
+            k(),
+            item(1, 1, "x"),
+            forced,
+            0,
+            false,
+            WITH_META_FORCED_STATES,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn touch_sets_a_new_expiry_cas_and_seqno() {
+        let b = Bucket::new("default", 1, VbucketState::Active);
+        let first = b.write(0, set("k", "v"), CLIENT_STATES).unwrap();
+        let (item, m) = b
+            .touch(0, &Bytes::from_static(b"k"), 100, CLIENT_STATES)
+            .unwrap();
+        assert!(item.expiry >= now() + 99 && item.expiry <= now() + 101);
+        assert!(m.cas > first.cas && m.seqno == first.seqno + 1);
+        assert_eq!(&item.value[..], b"v");
+        assert_eq!(
+            b.touch(0, &Bytes::from_static(b"nope"), 1, CLIENT_STATES)
+                .unwrap_err(),
+            Status::KeyEnoent
         );
     }
 

@@ -16,15 +16,15 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use pump_protocol::header::Magic;
 use pump_protocol::tap::{connect_flags, message_flags, TapConnect, TapFrame, TapKind, TapMessage};
+use pump_protocol::{Feature, FeatureSet};
 use pump_protocol::{PacketCodec, VbucketState};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 
-use crate::kv::{KvContext, IDLE_TIMEOUT, MAX_BODY};
+use crate::kv::{Counters, KvContext, KvStream, IDLE_TIMEOUT, MAX_BODY};
 use crate::store;
+use crate::value;
 
 /// Messages between two ACK flags (ep-engine's default tap_ack_interval; the pump's default
 /// batch_max_size, so that one batch holds what one ack covers).
@@ -48,8 +48,13 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-struct Emitter {
-    w: OwnedWriteHalf,
+struct Emitter<W> {
+    w: W,
+    ctx: Arc<KvContext>,
+    /// SNAPPY negotiated: values go out as stored.
+    snappy: bool,
+    /// XATTR negotiated: values keep their xattrs.
+    xattrs: bool,
     buf: BytesMut,
     acks: mpsc::Receiver<(u32, u16)>,
     support_ack: bool,
@@ -60,7 +65,7 @@ struct Emitter {
     awaiting: Option<u32>,
 }
 
-impl Emitter {
+impl<W: AsyncWrite + Unpin> Emitter<W> {
     async fn emit(&mut self, mut m: TapMessage, last: bool) -> std::io::Result<()> {
         self.sent += 1;
         m.opaque = self.sent as u32;
@@ -91,6 +96,15 @@ impl Emitter {
         let opaque = self.sent as u32;
         let ack = self.support_ack && self.sent.is_multiple_of(ACK_EVERY);
         let mut tap_flags = if ack { message_flags::ACK } else { 0 };
+        let (datatype, shown) = if i.deleted || self.keys_only {
+            (i.datatype, Bytes::new())
+        } else {
+            let (dt, v) = value::present(i.datatype, &i.value, self.snappy, self.xattrs);
+            if dt & pump_protocol::datatype::SNAPPY != 0 {
+                Counters::bump(&self.ctx.counters.snappy_out);
+            }
+            (dt, v)
+        };
         let (kind, item_flags, value): (_, _, &[u8]) = if i.deleted {
             (TapKind::Delete, 0, &[])
         } else {
@@ -104,7 +118,7 @@ impl Emitter {
                 tap_flags |= message_flags::NO_VALUE;
                 (TapKind::Mutation, flags, &[])
             } else {
-                (TapKind::Mutation, flags, &i.value)
+                (TapKind::Mutation, flags, &shown)
             }
         };
         TapFrame {
@@ -112,7 +126,7 @@ impl Emitter {
             vbucket: vb,
             opaque,
             cas: i.cas,
-            datatype: i.datatype,
+            datatype,
             tap_flags,
             ttl: 255,
             item_flags,
@@ -130,6 +144,7 @@ impl Emitter {
         if !self.buf.is_empty() {
             self.settle().await?;
             self.w.write_all(&self.buf).await?;
+            self.w.flush().await?;
             self.buf.clear();
         }
         Ok(())
@@ -176,22 +191,30 @@ impl Emitter {
             if self.keys_only {
                 m.tap_flags |= message_flags::NO_VALUE;
             } else {
-                m.value = i.value.clone();
+                let (dt, v) = value::present(i.datatype, &i.value, self.snappy, self.xattrs);
+                if dt & pump_protocol::datatype::SNAPPY != 0 {
+                    Counters::bump(&self.ctx.counters.snappy_out);
+                }
+                m.datatype = dt;
+                m.value = v;
             }
         }
         m
     }
 }
 
-/// Runs a TAP producer on `sock` for the TAP_CONNECT `c`; `rbuf` holds bytes already read.
-pub async fn produce(
-    sock: TcpStream,
+/// Runs a TAP producer on `sock` for the TAP_CONNECT `c`; `rbuf` holds bytes already read;
+/// `features` are what the connection negotiated (values keep their snappy compression and
+/// xattrs only when it did).
+pub async fn produce<S: KvStream>(
+    sock: S,
     mut rbuf: BytesMut,
     ctx: Arc<KvContext>,
     c: TapConnect,
+    features: FeatureSet,
 ) -> std::io::Result<()> {
     let bucket = ctx.bucket.clone();
-    let (mut r, w) = sock.into_split();
+    let (mut r, w) = sock.halves();
     let (ack_tx, acks) = mpsc::channel(ACK_QUEUE);
     // The reader: acks (responses to our messages) go to the emitter; EOF ends it.
     let reader = AbortOnDrop(tokio::spawn(async move {
@@ -221,6 +244,9 @@ pub async fn produce(
     let backfill = dump || c.backfill_since.is_some_and(|s| s != u64::MAX);
     let mut e = Emitter {
         w,
+        ctx: ctx.clone(),
+        snappy: features.contains(Feature::Snappy),
+        xattrs: features.contains(Feature::Xattr),
         buf: BytesMut::with_capacity(FLUSH_AT + 64 * 1024),
         acks,
         support_ack: c.has(connect_flags::SUPPORT_ACK),

@@ -172,6 +172,9 @@ async fn sasl_plain_lets_in_the_right_password_only() {
     c.send(&pump_protocol::sasl::plain_auth("admin", "secret"))
         .await;
     assert_eq!(c.recv().await.status(), Status::Success);
+    c.send(&Packet::request(Opcode::SelectBucket).with_key(&b"default"[..]))
+        .await;
+    assert_eq!(c.recv().await.status(), Status::Success);
     c.send(&set(Opcode::Set, "k", "v", 0)).await;
     assert_eq!(c.recv().await.status(), Status::Success);
 }
@@ -720,6 +723,16 @@ async fn tap_consumer_takes_a_delete_into_a_pending_vbucket_and_acks() {
     assert!(v.live(b"gone", 0).is_none());
 }
 
+/// SASL PLAIN as admin:secret, then SELECT_BUCKET default (the user is not named after it).
+async fn login(c: &mut Client) {
+    c.send(&pump_protocol::sasl::plain_auth("admin", "secret"))
+        .await;
+    assert_eq!(c.recv().await.status(), Status::Success);
+    c.send(&Packet::request(Opcode::SelectBucket).with_key(&b"default"[..]))
+        .await;
+    assert_eq!(c.recv().await.status(), Status::Success);
+}
+
 #[tokio::test]
 async fn tap_takeover_sends_vbucket_set_active_per_vbucket_and_the_local_copy_goes_dead() {
     let n = node(NodeConfig {
@@ -728,9 +741,7 @@ async fn tap_takeover_sends_vbucket_set_active_per_vbucket_and_the_local_copy_go
     })
     .await;
     let mut c = Client::connect(n.kv_addr).await;
-    c.send(&pump_protocol::sasl::plain_auth("admin", "secret"))
-        .await;
-    assert_eq!(c.recv().await.status(), Status::Success);
+    login(&mut c).await;
     let mut ps: Vec<Packet> = (0..20)
         .map(|i| set(Opcode::SetQ, &format!("key{i:06}"), "v", 0))
         .collect();
@@ -809,9 +820,7 @@ async fn tap_takeover_and_vbucket_state_changes_need_the_admin_credentials() {
     }
     // The admin may.
     let mut c = Client::connect(guarded.kv_addr).await;
-    c.send(&pump_protocol::sasl::plain_auth("admin", "secret"))
-        .await;
-    assert_eq!(c.recv().await.status(), Status::Success);
+    login(&mut c).await;
     c.send(&set_dead).await;
     assert_eq!(c.recv().await.status(), Status::Success);
     assert_eq!(guarded.bucket.state(5), Some(VbucketState::Dead));

@@ -20,6 +20,9 @@ pub enum ProtocolError {
     /// A typed message was asked of a packet that does not have its shape.
     #[error("malformed {what}: {reason}")]
     Malformed { what: &'static str, reason: String },
+    /// A SASL exchange that cannot go on (never holds a password or key).
+    #[error("SASL: {0}")]
+    Sasl(String),
     /// An I/O error from the transport.
     #[error(transparent)]
     Io(#[from] std::io::Error),

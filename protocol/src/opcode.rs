@@ -25,7 +25,8 @@ macro_rules! wire_enum {
 }
 
 wire_enum! {
-    /// Every opcode of REFERENCE.md: the memcached core, TAP (0x40..) and DCP (0x50..).
+    /// Every opcode of REFERENCE.md: the memcached core, TAP (0x40..), DCP (0x50..), the
+    /// with-meta writes (0xa2..), GET_CLUSTER_CONFIG and GET_ERROR_MAP.
     Opcode: u8 {
         Get = 0x00, Set = 0x01, Add = 0x02, Replace = 0x03, Delete = 0x04, Increment = 0x05,
         Decrement = 0x06, Quit = 0x07, Flush = 0x08, GetQ = 0x09, Noop = 0x0a, Version = 0x0b,
@@ -43,8 +44,9 @@ wire_enum! {
         DcpMutation = 0x57, DcpDeletion = 0x58, DcpExpiration = 0x59,
         DcpSetVbucketState = 0x5b, DcpNoop = 0x5c, DcpBufferAck = 0x5d, DcpControl = 0x5e,
         SelectBucket = 0x89,
-        SetWithMeta = 0xa2, AddWithMeta = 0xa4, DelWithMeta = 0xa8,
-        GetClusterConfig = 0xb5,
+        SetWithMeta = 0xa2, SetqWithMeta = 0xa3, AddWithMeta = 0xa4, AddqWithMeta = 0xa5,
+        DelWithMeta = 0xa8, DelqWithMeta = 0xa9,
+        GetClusterConfig = 0xb5, GetErrorMap = 0xfe,
     }
 }
 
@@ -66,6 +68,9 @@ impl Opcode {
                 | Opcode::AppendQ
                 | Opcode::PrependQ
                 | Opcode::GatQ
+                | Opcode::SetqWithMeta
+                | Opcode::AddqWithMeta
+                | Opcode::DelqWithMeta
         )
     }
 }
@@ -75,9 +80,9 @@ wire_enum! {
     Status: u16 {
         Success = 0x00, KeyEnoent = 0x01, KeyEexists = 0x02, E2big = 0x03, Einval = 0x04,
         NotStored = 0x05, DeltaBadval = 0x06, NotMyVbucket = 0x07, NoBucket = 0x08,
-        AuthError = 0x20, AuthContinue = 0x21, Erange = 0x22, Rollback = 0x23, Eaccess = 0x24,
+        Locked = 0x09, AuthStale = 0x1f, AuthError = 0x20, AuthContinue = 0x21, Erange = 0x22, Rollback = 0x23, Eaccess = 0x24,
         UnknownCommand = 0x81, Enomem = 0x82, NotSupported = 0x83, Einternal = 0x84,
-        Ebusy = 0x85, Etmpfail = 0x86,
+        Ebusy = 0x85, Etmpfail = 0x86, XattrEinval = 0x87, UnknownCollection = 0x88,
     }
 }
 

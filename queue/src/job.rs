@@ -8,8 +8,9 @@
 //!           "vbuckets": "192-255",                      this job's range (-l)
 //!           "bucket_source": "default", "bucket_destination": null,
 //!           "key": null, "threads": 4, "extra": "batch_max_size=500", "add": false,
-//!           "backup_run": "2026-12-05T201502Z/2026-12-05T201502Z-full"}}
+//!           "backup_run": "2026-12-05T201502Z/2026-12-05T201502Z-full",
 //!                                                        a backup sink's run, planned once
+//!           "rate": "50k"}}                              --rate, each job's source held to it
 //!
 //!  "work": {"kind": "meta2_rebuild", "lost": "10.0.0.2:6120=/v2",
 //!           "from": ["10.0.0.1:6120=/v1", "10.0.0.3:6120=/v3"],
@@ -100,6 +101,9 @@ pub struct TransferWork {
     /// of, planned before the jobs were put. None for other sinks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_run: Option<String>,
+    /// `--rate`, as given: each job's source is held to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
 }
 
 /// A meta2 rebuild job: `pump meta2 rebuild` restricted to some bases.
@@ -255,6 +259,7 @@ mod tests {
                 extra: String::new(),
                 add: false,
                 backup_run: Some("2026-12-05T201502Z/2026-12-05T201502Z-full".into()),
+                rate: None,
             }),
         )
     }

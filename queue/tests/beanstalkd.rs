@@ -231,6 +231,7 @@ fn job(run: &str, index: u32, of: u32) -> Job {
             extra: String::new(),
             add: false,
             backup_run: None,
+            rate: None,
         }),
     )
 }

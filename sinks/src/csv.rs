@@ -6,7 +6,9 @@
 //! file or symlink planted at that name is unlinked, never written through), given FILE's
 //! final mode and renamed to FILE only when the source completed; when it did not, the
 //! partial file is removed (a CSV run has no resume) and FILE is left as it was. A FILE that
-//! exists is refused unless `-x overwrite=1` (the CLI's `--overwrite`).
+//! exists is refused unless `-x overwrite=1` (the CLI's `--overwrite`). A compressed value is
+//! written decompressed (its `dtype` without SNAPPY); xattrs stay in front of the body, with
+//! XATTR in `dtype`, so a restore from the file keeps them.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -17,6 +19,8 @@ use pump::{
     BatchWriter, Delivery, Error, Message, Op, Options, Sink, SinkKind, SourceEnd, Spec, WriterSink,
 };
 use pump_formats::{bfd, csv as format};
+
+use crate::values::{shaped, Takes};
 
 /// The `csv:` kind.
 pub struct CsvKind;
@@ -136,13 +140,15 @@ impl BatchWriter for CsvWriter {
                     delivery.skip(m.op);
                     continue;
                 }
+                // Decompressed (the dtype column loses SNAPPY); xattrs stay, with XATTR.
+                let (datatype, value) = shaped(m.datatype, &m.value, Takes::UNCOMPRESSED);
                 field.clear();
-                format::write_bytes_literal(&m.value, &mut field);
+                format::write_bytes_literal(&value, &mut field);
                 rev.clear();
                 format::write_bytes_literal(&bfd::meta_column(m.rev_seqno, &m.meta), &mut rev);
                 let (flags, expiry, cas) =
                     (m.flags.to_string(), m.expiry.to_string(), m.cas.to_string());
-                let (vbid, dtype) = (m.vbucket.to_string(), m.datatype.to_string());
+                let (vbid, dtype) = (m.vbucket.to_string(), datatype.to_string());
                 let row: [&[u8]; 8] = [
                     &m.key,
                     flags.as_bytes(),
@@ -202,6 +208,35 @@ impl BatchWriter for CsvWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_compressed_value_is_written_decompressed_and_xattrs_stay() {
+        use pump_protocol::datatype::{build_xattrs, compress, JSON, SNAPPY, XATTR};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.csv");
+        let mut w = CsvWriter::new(path.clone());
+        let mut with_x = build_xattrs(&[(b"_s", b"1")]).to_vec();
+        with_x.extend_from_slice(b"{}");
+        w.write(vec![
+            Message {
+                datatype: SNAPPY | JSON,
+                ..Message::mutation("z", compress(b"{\"zip\":1}"))
+            },
+            Message {
+                datatype: SNAPPY | XATTR | JSON,
+                ..Message::mutation("x", compress(&with_x))
+            },
+        ])
+        .await
+        .unwrap();
+        w.finish(SourceEnd::Complete).await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("z,0,0,0,\"b'{\"\"zip\"\":1}'\",b'',0,1\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("_s\\x001\\x00{}',b'',0,5\r\n"), "{text}");
+    }
 
     #[tokio::test]
     async fn rows_are_written_as_cbtransfer_does_and_renamed_on_complete() {

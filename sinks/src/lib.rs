@@ -10,8 +10,9 @@
 //! memcached/    memcached://HOST:PORT       pipelined binary-protocol writes to a memcached
 //! stdout.rs     stdout:                     one line per message
 //! tap/          tap://HOST:PORT             a TAP consumer into a node's replica vbuckets
-//! net.rs        what the network sinks share: destination credentials, a binary-protocol
-//!               connection as a link of the one writer (pump::deliver)
+//! net.rs        what the network sinks share: destination credentials, the Couchbase handshake,
+//!               a binary-protocol connection as a link of the one writer (pump::deliver)
+//! values.rs     a value as a sink can take it: decompressed, without xattrs, by datatype
 //! writable.rs   what a dry run checks of a file sink's directory, writing nothing
 //! ```
 //!
@@ -28,6 +29,7 @@ pub mod stdout;
 pub mod tap;
 #[cfg(test)]
 mod testutil;
+pub mod values;
 pub mod writable;
 
 /// Adds every sink kind of this crate to `registry`.

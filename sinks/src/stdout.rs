@@ -4,6 +4,8 @@
 //! set <key> <flags> <expiry> <bytes> <vbucket>\r\n<value>\r\n
 //! delete <key> <vbucket>\r\n
 //! ```
+//!
+//! The value is the document body as a reader wants it: decompressed, without its xattrs.
 
 use std::io::Write;
 
@@ -36,15 +38,17 @@ pub fn format_message(m: &Message, out: &mut Vec<u8>) {
     let key = m.key_display();
     match m.op {
         Op::Mutation => {
+            let (_, value) =
+                crate::values::shaped(m.datatype, &m.value, crate::values::Takes::BODY);
             let _ = write!(
                 out,
                 "set {key} {} {} {} {}\r\n",
                 m.flags,
                 m.expiry,
-                m.value.len(),
+                value.len(),
                 m.vbucket
             );
-            out.extend_from_slice(&m.value);
+            out.extend_from_slice(&value);
             out.extend_from_slice(b"\r\n");
         }
         Op::Deletion | Op::Expiration => {

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use pump_client::error::with_causes;
+use pump_node::cluster::TlsPorts;
+use pump_node::tls::TlsIdentity;
 use pump_node::{Cluster, ClusterConfig, Membership, NodeConfig, RecoveryApi};
+use pump_protocol::meta::ConflictResolution;
 
 use super::credentials::{NodeAuthArgs, SourceCredentialArgs};
 use super::Failure;
@@ -53,6 +56,10 @@ pub struct Up {
     /// Number of vbuckets.
     #[arg(long, default_value_t = 1024)]
     pub vbuckets: u16,
+    /// How the bucket resolves with-meta writes against its copy: seqno (revision, the
+    /// default) or lww (last write wins: the higher cas).
+    #[arg(long, default_value = "seqno", value_parser = conflict_resolution)]
+    pub conflict_resolution: ConflictResolution,
     /// Directory where each node persists its bucket (DIR/node-i).
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -72,6 +79,64 @@ pub struct Up {
     /// without it they answer 404.
     #[arg(long)]
     pub test_hooks: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// `--conflict-resolution`.
+pub fn conflict_resolution(s: &str) -> Result<ConflictResolution, String> {
+    ConflictResolution::parse(s).ok_or_else(|| format!("{s:?}: expected seqno or lww"))
+}
+
+/// TLS ports beside the plain ones: KV over TLS and HTTPS REST.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// Serve TLS KV and HTTPS REST too; without --tls-cert, with a self-signed certificate
+    /// for 127.0.0.1 and localhost, written to --tls-dir for clients to trust (--cacert).
+    #[arg(long)]
+    pub tls: bool,
+    /// The certificate chain (PEM) of the TLS ports (implies --tls).
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// First TLS KV port (node i listens on P+i); 0 picks free ports.
+    #[arg(long, default_value_t = 13000)]
+    pub tls_kv_port: u16,
+    /// First HTTPS REST port (node i listens on P+i); 0 picks free ports.
+    #[arg(long, default_value_t = 19000)]
+    pub tls_rest_port: u16,
+    /// Where a generated certificate (cert.pem) and key (key.pem) are written: --data, else
+    /// the current directory.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The identity to serve with, and where its certificate was written; None without TLS.
+    fn identity(&self, data: Option<&PathBuf>) -> Result<Option<(TlsIdentity, PathBuf)>, Failure> {
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            let id = TlsIdentity::load(cert, key).map_err(Failure::Usage)?;
+            return Ok(Some((id, cert.clone())));
+        }
+        if !self.tls {
+            return Ok(None);
+        }
+        let dir = self
+            .tls_dir
+            .clone()
+            .or_else(|| data.cloned())
+            .unwrap_or_else(|| PathBuf::from("."));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Failure::Failed(format!("--tls-dir {}: {e}", dir.display())))?;
+        let id = TlsIdentity::self_signed().map_err(Failure::Failed)?;
+        let cert = dir.join("cert.pem");
+        id.write_cert(&cert)
+            .and_then(|_| id.write_key(&dir.join("key.pem")))
+            .map_err(|e| Failure::Failed(format!("{}: {e}", dir.display())))?;
+        Ok(Some((id, cert)))
+    }
 }
 
 /// Runs `pump cluster ...`.
@@ -95,12 +160,15 @@ pub async fn up(a: Up, single: bool) -> Result<(), Failure> {
     if a.vbuckets == 0 {
         return Err(Failure::Usage("--vbuckets must be at least 1".into()));
     }
+    let tls = a.tls.identity(a.data.as_ref())?;
     let node = NodeConfig {
         bucket: a.bucket,
         vbuckets: a.vbuckets,
         auth: a.auth.auth()?,
         max_connections: a.max_connections,
         data: a.data.clone(),
+        tls: tls.as_ref().map(|(id, _)| id.clone()),
+        conflict_resolution: a.conflict_resolution,
         ..NodeConfig::default()
     };
     let cfg = ClusterConfig {
@@ -111,6 +179,10 @@ pub async fn up(a: Up, single: bool) -> Result<(), Failure> {
         rest_port: a.rest_port,
         spares: a.spares,
         recovery_api: a.recovery_api,
+        tls: tls.as_ref().map(|_| TlsPorts {
+            kv: a.tls.tls_kv_port,
+            rest: a.tls.tls_rest_port,
+        }),
     };
     let cluster = if single {
         Cluster::start_single(cfg).await
@@ -127,8 +199,18 @@ pub async fn up(a: Up, single: bool) -> Result<(), Failure> {
             } else {
                 ""
             };
-            println!("node {i} kv={} rest={} otp={}{spare}", n.kv, n.rest, n.otp);
+            let tls = match (n.kv_tls, n.rest_tls) {
+                (Some(k), Some(r)) => format!(" kvs={k} https={r}"),
+                _ => String::new(),
+            };
+            println!(
+                "node {i} kv={} rest={} otp={}{tls}{spare}",
+                n.kv, n.rest, n.otp
+            );
         }
+    }
+    if let Some((_, cert)) = &tls {
+        println!("tls cert={}", cert.display());
     }
     use std::io::Write as _;
     let _ = std::io::stdout().flush();

@@ -40,6 +40,7 @@ async fn start(nodes: usize, spares: usize) -> Result<Arc<Cluster>, Failure> {
         rest_port: 0,
         spares,
         recovery_api: RecoveryApi::Both,
+        tls: None,
     })
     .await
     .map_err(|e| Failure::Failed(format!("cannot start a local cluster: {e}")))

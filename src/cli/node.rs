@@ -25,6 +25,9 @@ pub struct NodeArgs {
     /// Number of vbuckets.
     #[arg(long, default_value_t = 1024)]
     pub vbuckets: u16,
+    /// How the bucket resolves with-meta writes: seqno (revision) or lww (last write wins).
+    #[arg(long, default_value = "seqno", value_parser = super::cluster::conflict_resolution)]
+    pub conflict_resolution: pump_protocol::meta::ConflictResolution,
     /// Directory where the bucket is persisted across restarts.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -55,6 +58,8 @@ pub struct NodeArgs {
     /// --sds, the data node's (POST /pump/rollback) otherwise.
     #[arg(long)]
     pub test_hooks: bool,
+    #[command(flatten)]
+    pub tls: super::cluster::TlsArgs,
 }
 
 fn meta2_service(s: &str) -> Result<Meta2Service, String> {
@@ -114,10 +119,12 @@ pub async fn run(a: NodeArgs) -> Result<(), Failure> {
         recovery_api: pump_node::RecoveryApi::Both,
         bucket: a.bucket,
         vbuckets: a.vbuckets,
+        conflict_resolution: a.conflict_resolution,
         data: a.data,
         auth: a.auth,
         max_connections: a.max_connections,
         test_hooks: a.test_hooks,
+        tls: a.tls,
     };
     super::cluster::up(cfg, true).await
 }

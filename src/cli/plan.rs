@@ -112,6 +112,10 @@ struct PlanTransferArgs {
     /// Use ADD instead of SET in a memcached-protocol sink.
     #[arg(short = 'a', long = "add")]
     add: bool,
+    /// Hold each job's source to this rate, as `pump transfer --rate` does: items/s (50000,
+    /// 50k) or bytes/s (10MB/s). A worker running N jobs at once moves up to N times as much.
+    #[arg(long = "rate")]
+    rate: Option<String>,
     /// A backup directory sink's run, as pump transfer -m: full, diff or accu. The run is
     /// planned here, once; every job writes a part of it.
     #[arg(short = 'm', long = "mode", value_enum)]
@@ -275,8 +279,13 @@ async fn transfer(a: PlanTransferArgs) -> Result<(), Failure> {
         mode: a.mode.map(pump_sinks::backup::RunKind::from),
         allow_partial: false,
         overwrite: false,
+        cacert: None,
+        no_ssl_verify: false,
     };
-    announce(&q, plan::transfer(&q, request).await?)
+    if let Some(r) = &a.rate {
+        pump::Rate::parse(r)?;
+    }
+    announce(&q, plan::transfer(&q, request, a.rate).await?)
 }
 
 fn announce(q: &plan::QueueArgs, p: plan::Planned) -> Result<(), Failure> {

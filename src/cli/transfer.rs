@@ -95,6 +95,12 @@ pub struct TransferArgs {
     /// No progress output.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
+    /// couchbases:// and dcps://: trust the PEM certificates of FILE (the cluster's CA).
+    #[arg(long = "cacert", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// couchbases:// and dcps://: accept any server certificate (encrypted, not authenticated).
+    #[arg(long = "no-ssl-verify")]
+    pub no_ssl_verify: bool,
 }
 
 /// `-m`.
@@ -154,6 +160,8 @@ impl TransferArgs {
             mode: self.mode.map(RunKind::from),
             allow_partial: self.allow_partial,
             overwrite: self.overwrite,
+            cacert: self.cacert.clone(),
+            no_ssl_verify: self.no_ssl_verify,
         })
     }
 }

@@ -294,6 +294,8 @@ async fn transfer(
         mode: None,
         allow_partial: false,
         overwrite: false,
+        cacert: None,
+        no_ssl_verify: false,
     };
     let mut checked = crate::transfer::check(&req, &registry).map_err(JobError::from_failure)?;
     let plan = match &w.backup_run {
@@ -345,7 +347,10 @@ async fn transfer(
         }
     };
     let opened = crate::transfer::open(checked, &registry, plan).map_err(JobError::from_failure)?;
-    let ctx = Context::new(opened.options);
+    let mut ctx = Context::new(opened.options);
+    if let Some(r) = &w.rate {
+        ctx = ctx.with_rate(pump::Rate::parse(r).map_err(|e| JobError::from_failure(e.into()))?);
+    }
     if let Ok(mut g) = live.stats.lock() {
         *g = Some(ctx.stats.clone());
     }

@@ -60,7 +60,12 @@ pub struct Planned {
 
 /// Plans a transfer: `request` as `pump transfer` takes it (its credentials are used to read
 /// the source's map, and go into no job).
-pub async fn transfer(q: &QueueArgs, request: TransferRequest) -> Result<Planned, Failure> {
+/// `rate` (`--rate`, as given) holds each job's source.
+pub async fn transfer(
+    q: &QueueArgs,
+    request: TransferRequest,
+    rate: Option<String>,
+) -> Result<Planned, Failure> {
     for (which, raw) in [("source", &request.source), ("sink", &request.sink)] {
         let spec = pump::Spec::parse(raw)?;
         if spec.scheme().is_some() {
@@ -145,6 +150,7 @@ pub async fn transfer(q: &QueueArgs, request: TransferRequest) -> Result<Planned
             extra: request.extra.clone(),
             add: request.add,
             backup_run: backup_run.as_ref().map(|p| p.run.clone()),
+            rate: rate.clone(),
         };
         out.push(Job::new(&run_id, k, jobs, q.ttr, Work::Transfer(work)));
     }

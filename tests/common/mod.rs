@@ -366,6 +366,8 @@ pub struct LocalCluster {
     auth_header: String,
     /// Per node: KV address, REST address, otpNode name, spare or not.
     pub nodes: Vec<ClusterNode>,
+    /// With `--tls`: the certificate the cluster wrote for clients to trust.
+    pub cert: Option<PathBuf>,
 }
 
 /// One node as `pump cluster up` prints it.
@@ -375,6 +377,9 @@ pub struct ClusterNode {
     pub rest: String,
     pub otp: String,
     pub spare: bool,
+    /// With `--tls`: the TLS KV and the HTTPS REST addresses.
+    pub kvs: Option<String>,
+    pub https: Option<String>,
 }
 
 impl LocalCluster {
@@ -419,11 +424,18 @@ impl LocalCluster {
                     .unwrap_or_else(|| panic!("no {name} in {line:?}"))
                     .to_string()
             };
+            let optional = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .map(str::to_string)
+            };
             found.push(ClusterNode {
                 kv: field("kv="),
                 rest: field("rest="),
                 otp: field("otp="),
                 spare: line.trim_end().ends_with(" spare"),
+                kvs: optional("kvs="),
+                https: optional("https="),
             });
         }
         let flag = |name: &str| {
@@ -440,9 +452,19 @@ impl LocalCluster {
             }
             _ => String::new(),
         };
+        let cert = found[0].kvs.is_some().then(|| {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            let path = line
+                .trim()
+                .strip_prefix("tls cert=")
+                .unwrap_or_else(|| panic!("no 'tls cert=' line: {line:?}"));
+            PathBuf::from(path)
+        });
         LocalCluster {
             child,
             nodes: found,
+            cert,
             auth_header,
         }
     }
@@ -515,9 +537,17 @@ impl LocalCluster {
 
     /// key -> (flags, expiry, value) of every item, read through the pump's CSV sink.
     pub fn contents(&self) -> std::collections::BTreeMap<String, (String, String, String)> {
+        self.contents_with(&[])
+    }
+
+    /// [`LocalCluster::contents`] with more `pump transfer` arguments (`-u`, `-p`, ...).
+    pub fn contents_with(
+        &self,
+        extra: &[&str],
+    ) -> std::collections::BTreeMap<String, (String, String, String)> {
         let dir = tempfile::tempdir().unwrap();
         let csv = dir.path().join("all.csv");
-        transfer_ok(&self.spec(), &format!("csv:{}", csv.display()), &[]);
+        transfer_ok(&self.spec(), &format!("csv:{}", csv.display()), extra);
         let rows = csv_rows(&csv);
         let head = &rows[0];
         let col = |name: &str| head.iter().position(|h| h == name).unwrap();
@@ -585,4 +615,130 @@ pub fn http_with(addr: &str, method: &str, path: &str, form: &str, headers: &str
         body.to_string()
     };
     (status, body)
+}
+
+/// A blocking binary-protocol connection to a node, for tests that read what a node counted.
+pub struct KvClient {
+    sock: TcpStream,
+    buf: bytes::BytesMut,
+    opaque: u32,
+}
+
+impl KvClient {
+    /// Connects; with `auth`, SASL PLAIN and SELECT_BUCKET default.
+    pub fn connect(addr: &str, auth: Option<(&str, &str)>) -> KvClient {
+        let sock = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut c = KvClient {
+            sock,
+            buf: bytes::BytesMut::new(),
+            opaque: 0,
+        };
+        if let Some((u, p)) = auth {
+            let r = c.request(pump_protocol::sasl::plain_auth(u, p));
+            assert_eq!(r.status(), pump_protocol::Status::Success, "PLAIN as {u}");
+            let r = c.request(
+                pump_protocol::Packet::request(pump_protocol::Opcode::SelectBucket)
+                    .with_key(&b"default"[..]),
+            );
+            assert_eq!(r.status(), pump_protocol::Status::Success, "SELECT_BUCKET");
+        }
+        c
+    }
+
+    /// Sends `p` and returns the first answer with its opaque.
+    pub fn request(&mut self, p: pump_protocol::Packet) -> pump_protocol::Packet {
+        self.opaque += 1;
+        let opaque = self.opaque;
+        self.sock
+            .write_all(&p.with_opaque(opaque).to_bytes())
+            .unwrap();
+        loop {
+            let r = self.recv();
+            if r.opaque == opaque {
+                return r;
+            }
+        }
+    }
+
+    /// The next frame.
+    pub fn recv(&mut self) -> pump_protocol::Packet {
+        use tokio_util::codec::Decoder;
+        loop {
+            if let Some(p) = pump_protocol::PacketCodec::default()
+                .decode(&mut self.buf)
+                .unwrap()
+            {
+                return p;
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.sock.read(&mut chunk).expect("read a frame");
+            assert!(n > 0, "the node closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Every STAT pair of the general group.
+    pub fn stats(&mut self) -> std::collections::BTreeMap<String, String> {
+        self.opaque += 1;
+        let opaque = self.opaque;
+        let p = pump_protocol::Packet::request(pump_protocol::Opcode::Stat).with_opaque(opaque);
+        self.sock.write_all(&p.to_bytes()).unwrap();
+        let mut out = std::collections::BTreeMap::new();
+        loop {
+            let r = self.recv();
+            if r.opaque != opaque {
+                continue;
+            }
+            if r.key.is_empty() {
+                return out;
+            }
+            out.insert(
+                String::from_utf8_lossy(&r.key).into_owned(),
+                String::from_utf8_lossy(&r.value).into_owned(),
+            );
+        }
+    }
+
+    /// One numeric STAT.
+    pub fn stat(&mut self, name: &str) -> u64 {
+        self.stats()
+            .get(name)
+            .unwrap_or_else(|| panic!("no stat {name}"))
+            .parse()
+            .unwrap()
+    }
+}
+
+/// The Python interpreter of the virtual environment holding the official Couchbase SDK:
+/// `PUMP_SDK_PYTHON`, else `target/py-sdk/bin/python` (what scripts/test creates).
+pub fn sdk_python() -> PathBuf {
+    let p = std::env::var_os("PUMP_SDK_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py-sdk/bin/python"));
+    assert!(
+        p.exists(),
+        "{}: no Python with the official Couchbase SDK; run scripts/test (it creates \
+         target/py-sdk) or set PUMP_SDK_PYTHON",
+        p.display()
+    );
+    p
+}
+
+/// Runs a script of tests/sdk with the SDK's Python: (success, stdout, stderr).
+pub fn sdk_script(script: &str, args: &[&str]) -> (bool, String, String) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
+    let out = Command::new(sdk_python())
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("run the SDK script");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

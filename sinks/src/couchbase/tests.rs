@@ -16,13 +16,15 @@ use crate::testutil::{listen, run, Feed, Peer};
 type Log = Arc<Mutex<Vec<(Opcode, u16, String, Vec<u8>)>>>;
 
 /// A fake KV node: answers NOT_MY_VBUCKET for `not_mine` (after switching the REST map to
-/// `new_map`), ETMPFAIL once for the key "tmp", E2BIG for "big", NOOPs at once.
+/// `new_map`, or with `in_body` carrying `new_map` in the answer as Server 5+ does),
+/// ETMPFAIL once for the key "tmp", E2BIG for "big", NOOPs at once.
 fn fake_node(
     l: tokio::net::TcpListener,
     log: Log,
     not_mine: HashSet<u16>,
     rest: FakeRest,
     new_map: serde_json::Value,
+    in_body: bool,
 ) {
     let tmp_failed = Arc::new(AtomicBool::new(false));
     tokio::spawn(async move {
@@ -43,6 +45,8 @@ fn fake_node(
                             assert_eq!(key, "dest");
                             Some(Status::Success)
                         }
+                        // A node that predates HELLO's features: agrees to none.
+                        Opcode::Hello => Some(Status::Success),
                         Opcode::Noop => Some(Status::Success),
                         _ => {
                             log.lock().unwrap().push((
@@ -52,7 +56,9 @@ fn fake_node(
                                 p.extras.to_vec(),
                             ));
                             if not_mine.contains(&p.vbucket()) {
-                                rest.set(new_map.clone());
+                                if !in_body {
+                                    rest.set(new_map.clone());
+                                }
                                 Some(Status::NotMyVbucket)
                             } else if key == "tmp" && !tmp_failed.swap(true, Ordering::SeqCst) {
                                 Some(Status::Etmpfail)
@@ -64,7 +70,11 @@ fn fake_node(
                         }
                     };
                     if let Some(s) = status {
-                        peer.send(Packet::response_to(&p, s)).await;
+                        let mut answer = Packet::response_to(&p, s);
+                        if s == Status::NotMyVbucket && in_body {
+                            answer = answer.with_value(new_map.to_string().into_bytes());
+                        }
+                        peer.send(answer).await;
                     }
                 }
             });
@@ -96,8 +106,9 @@ async fn messages_go_to_the_node_owning_their_vbucket_and_not_my_vbucket_reroute
         HashSet::from([2]),
         rest.clone(),
         new.clone(),
+        false,
     );
-    fake_node(l1, log1.clone(), HashSet::new(), rest.clone(), new);
+    fake_node(l1, log1.clone(), HashSet::new(), rest.clone(), new, false);
     let mut o = Options {
         dest_bucket: Some("dest".into()),
         threads: 1,
@@ -170,6 +181,7 @@ async fn with_rehash_vbuckets_are_recomputed_for_the_destination_vbucket_count()
         HashSet::new(),
         rest.clone(),
         serde_json::Value::Null,
+        false,
     );
     let mut o = Options {
         dest_bucket: Some("dest".into()),
@@ -200,4 +212,65 @@ async fn with_rehash_vbuckets_are_recomputed_for_the_destination_vbucket_count()
         assert_eq!(*vb, pump_protocol::vbucket_of(k.as_bytes(), 64), "{k}");
     }
     assert_eq!(log.iter().find(|e| e.2 == "hello").unwrap().1, 16);
+}
+
+#[tokio::test]
+async fn a_not_my_vbucket_answer_carrying_a_newer_map_reroutes_without_asking_rest() {
+    let (l0, a0) = listen().await;
+    let (l1, a1) = listen().await;
+    let old = bucket_json(&[&a0, &a1], &[vec![0], vec![1], vec![0], vec![1]]);
+    // The config a node puts in the answer: a newer rev, vbucket 2 moved to node 1, and node
+    // 1 named by $HOST (the host the answering node was reached at).
+    let mut new = bucket_json(
+        &[
+            "$HOST:".to_string() + a0.rsplit_once(':').unwrap().1,
+            "$HOST:".to_string() + a1.rsplit_once(':').unwrap().1,
+        ]
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+        &[vec![0], vec![1], vec![1], vec![1]],
+    );
+    new["rev"] = serde_json::json!(7);
+    // REST keeps answering the old map: only the answer's body can move vbucket 2.
+    let rest = FakeRest::start(old).await;
+    let (log0, log1): (Log, Log) = Default::default();
+    fake_node(
+        l0,
+        log0.clone(),
+        HashSet::from([2]),
+        rest.clone(),
+        new.clone(),
+        true,
+    );
+    fake_node(l1, log1.clone(), HashSet::new(), rest.clone(), new, true);
+    let o = Options {
+        dest_bucket: Some("dest".into()),
+        threads: 1,
+        ..Options::default()
+    };
+    let sink = CouchbaseSinkKind
+        .open(
+            &Spec::parse(&format!("couchbase://{}", rest.addr)).unwrap(),
+            &o,
+        )
+        .unwrap();
+    let feed = Feed {
+        batches: vec![vec![msg(2, "moved"), msg(0, "a"), msg(2, "after")]],
+        on_confirmed: None,
+    };
+    let summary = run(feed, sink, o).await.unwrap();
+    assert_eq!(summary.counts.items_written, 3);
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    let on1: Vec<String> = log1.lock().unwrap().iter().map(|e| e.2.clone()).collect();
+    assert_eq!(
+        on1,
+        vec!["moved".to_string(), "after".to_string()],
+        "in order on node 1"
+    );
+    assert_eq!(
+        rest.hits().len(),
+        1,
+        "the map was fetched once, at the start"
+    );
 }

@@ -19,11 +19,13 @@ use bytes::BytesMut;
 use pump::deliver::{DeliverConfig, Heard, Link, LinkError, PipelinedSink, Protocol, Route};
 use pump::{Message, Verdict};
 use pump_client::Auth;
+use pump_protocol::datatype::{SNAPPY, XATTR};
 use pump_protocol::packet::encode_request;
-use pump_protocol::{Magic, Opcode, Packet, Status};
+use pump_protocol::{Opcode, Packet, Status};
 
 use super::MemcachedConfig;
 use crate::net;
+use crate::values::{shaped, Takes};
 
 /// memcached refuses longer keys.
 const MAX_KEY_LEN: usize = 250;
@@ -117,8 +119,14 @@ impl Protocol for MemcachedWire {
                 let mut extras = [0u8; 8];
                 extras[..4].copy_from_slice(&m.flags.to_be_bytes());
                 extras[4..].copy_from_slice(&m.expiry.to_be_bytes());
-                // Datatype stays 0: a plain memcached knows no datatypes.
-                encode_request(buf, set, m.vbucket, id, 0, 0, &extras, &m.key, &m.value);
+                // Datatype stays 0: a plain memcached knows no datatypes. A compressed value
+                // is decompressed, a value with xattrs written as its document body.
+                if m.datatype & (SNAPPY | XATTR) == 0 {
+                    encode_request(buf, set, m.vbucket, id, 0, 0, &extras, &m.key, &m.value);
+                } else {
+                    let (_, v) = shaped(m.datatype, &m.value, Takes::BODY);
+                    encode_request(buf, set, m.vbucket, id, 0, 0, &extras, &m.key, &v);
+                }
             }
             id = id.wrapping_add(1);
         }
@@ -127,16 +135,7 @@ impl Protocol for MemcachedWire {
     }
 
     fn hear(&self, p: Packet) -> Heard<Status> {
-        if p.magic != Magic::Response {
-            return Heard::Broken(format!(
-                "a request ({:?}) where answers were expected",
-                p.opcode
-            ));
-        }
-        Heard::Answer {
-            id: p.opaque,
-            status: p.status(),
-        }
+        crate::net::hear_answer(p)
     }
 
     fn is_success(&self, status: Status) -> bool {

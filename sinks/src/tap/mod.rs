@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! pump                                            node
-//!  | SASL_AUTH, SELECT_BUCKET -B                   |
+//!  | HELLO, SASL (SCRAM or PLAIN), SELECT_BUCKET -B |
 //!  | TAP_MUTATION (flags in network order, NETWORK_BYTE_ORDER) / TAP_DELETE, with ACK ...
 //!  |<--- ack (same opcode and opaque, a status) for every ACK-flagged message,
 //!  |<--- and a reply for every refused one
@@ -25,15 +25,24 @@
 //! |---|---|---|
 //! | tap_ack_every | 1 | ACK flag on every N-th message (and the last of a batch) |
 //! | timeout | 30 | seconds any network wait may take |
+//! | sasl | the strongest listed | the SASL mechanism: PLAIN, SCRAM-SHA512, SCRAM-SHA256, SCRAM-SHA1 |
+//!
+//! A value keeps its datatype where the node agreed to it in HELLO (SNAPPY, XATTR, JSON), and
+//! is decompressed, or written as its body alone, where it did not.
 
 #[cfg(test)]
 mod tests;
+
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pump::deliver::{DeliverConfig, Heard, Link, LinkError, PipelinedSink, Protocol, Route};
 use pump::{Error, Message, Options, Sink, SinkKind, Spec, Verdict};
-use pump_client::{Auth, Connection};
+use pump_client::{Connection, Handshake};
+use pump_protocol::Feature;
+
+use crate::values::{shaped, Takes};
 use pump_protocol::packet::encode_request;
 use pump_protocol::tap::message_flags;
 use pump_protocol::{Magic, Opcode, Packet, Status};
@@ -41,7 +50,13 @@ use pump_protocol::{Magic, Opcode, Packet, Status};
 use crate::net;
 
 /// `-x` keys of the TAP sink.
-pub const EXTRA_KEYS: &[&str] = &["tap_ack_every", "timeout"];
+pub const EXTRA_KEYS: &[&str] = &[
+    "tap_ack_every",
+    "timeout",
+    "sasl",
+    "cacert",
+    "no_ssl_verify",
+];
 
 /// The `tap://` sink kind.
 pub struct TapSinkKind;
@@ -68,9 +83,13 @@ impl SinkKind for TapSinkKind {
         let wire = TapWire {
             spec: spec.to_string(),
             addr: spec.authority()?.addr(),
-            auth: net::auth(spec, options)?,
-            bucket: options.dest_bucket().to_string(),
-            timeout,
+            handshake: net::handshake(
+                net::auth(spec, options)?,
+                options.dest_bucket(),
+                options,
+                false,
+            )?,
+            takes: Mutex::new(Takes::BODY),
             ack_every: every as usize,
         };
         let deliver = DeliverConfig {
@@ -91,9 +110,10 @@ pub type TapSink = PipelinedSink<TapWire>;
 pub struct TapWire {
     spec: String,
     addr: String,
-    auth: Option<Auth>,
-    bucket: String,
-    timeout: std::time::Duration,
+    /// HELLO, SASL, SELECT_BUCKET.
+    handshake: Handshake,
+    /// The datatype bits the node agreed to on the last connection.
+    takes: Mutex<Takes>,
     ack_every: usize,
 }
 
@@ -123,20 +143,25 @@ impl Protocol for TapWire {
     }
 
     async fn connect(&self, endpoint: &str) -> Result<Link<Packet>, LinkError> {
-        let conn = Connection::open(
-            endpoint,
-            self.auth.as_ref(),
-            Some(&self.bucket),
-            self.timeout,
-        )
-        .await
-        .map_err(net::link_error)?;
+        let conn = Connection::negotiate(endpoint, &self.handshake)
+            .await
+            .map_err(net::link_error)?;
+        // What the node agreed to decides how values are encoded.
+        let f = conn.features();
+        if let Ok(mut t) = self.takes.lock() {
+            *t = Takes {
+                snappy: f.contains(Feature::Snappy),
+                xattrs: f.contains(Feature::Xattr),
+                json: f.contains(Feature::Json),
+            };
+        }
         Ok(net::link(conn))
     }
 
     /// The round's messages with opaque = request id, the ACK flag on every N-th and the
     /// last (whose ack closes the round).
     fn encode_round(&self, msgs: &[&Message], first_id: u32, buf: &mut BytesMut) -> u32 {
+        let takes = self.takes.lock().map_or(Takes::BODY, |t| *t);
         for (n, m) in msgs.iter().enumerate() {
             let id = first_id.wrapping_add(n as u32);
             let ack = (n + 1) % self.ack_every == 0 || n + 1 == msgs.len();
@@ -163,16 +188,17 @@ impl Protocol for TapWire {
             } else {
                 extras[8..12].copy_from_slice(&m.flags.to_be_bytes());
                 extras[12..16].copy_from_slice(&m.expiry.to_be_bytes());
+                let (dt, value) = shaped(m.datatype, &m.value, takes);
                 encode_request(
                     buf,
                     Opcode::TapMutation,
                     m.vbucket,
                     id,
                     m.cas,
-                    m.datatype,
+                    dt,
                     &extras,
                     &m.key,
-                    &m.value,
+                    &value,
                 );
             }
         }

@@ -39,6 +39,7 @@ fn consumer(
 ) -> tokio::task::JoinHandle<Vec<TapMessage>> {
     tokio::spawn(async move {
         let mut peer = Peer::accept(&l).await;
+        peer.hello().await;
         let sel = peer.recv().await.unwrap();
         assert_eq!(sel.opcode, Opcode::SelectBucket);
         peer.send(Packet::response_to(&sel, Status::UnknownCommand))

@@ -1,9 +1,11 @@
-//! `couchbase://[user:pass@]host:restport` (or `http://...`, as cbtransfer accepts): every
-//! vbucket of a bucket, each from its active node.
+//! `couchbase://[user:pass@]host:restport` (or `http://...`, as cbtransfer accepts; or
+//! `couchbases://host:httpsport`, REST over HTTPS and KV over TLS): every vbucket of a bucket,
+//! each from its active node.
 //!
 //! ```text
 //! GET http://host:restport/pools/default/buckets/<-b>   (-u/-p as HTTP basic auth)
 //!   -> vBucketServerMap {serverList, vBucketMap}
+//! (couchbases: GET https://host:port/pools/default/b/<-b>, each node at its kvSSL port)
 //! group the vbuckets (-l, or all of the map) by active server
 //! stream every group from its node, nodes in parallel:
 //!   DCP (default; -x checkpoint=PATH resumes)  or  TAP with LIST_VBUCKETS (-x stream=tap)
@@ -17,6 +19,8 @@
 //! | checkpoint | none | DCP resume file |
 //! | tap_backfill | 0 | TAP: BACKFILL since 0 instead of DUMP |
 //! | timeout | 30 | seconds any network wait may take |
+//! | sasl | the strongest listed | the SASL mechanism: PLAIN, SCRAM-SHA512, SCRAM-SHA256, SCRAM-SHA1 |
+//! | cacert, no_ssl_verify | system roots | the TLS trust of `couchbases://` (`--cacert`, `--no-ssl-verify`) |
 
 #[cfg(test)]
 mod tests;
@@ -31,7 +35,15 @@ use crate::net;
 use crate::tap::{self, TapConfig};
 
 /// `-x` keys of the couchbase source.
-pub const EXTRA_KEYS: &[&str] = &["stream", "checkpoint", "tap_backfill", "timeout"];
+pub const EXTRA_KEYS: &[&str] = &[
+    "stream",
+    "checkpoint",
+    "tap_backfill",
+    "timeout",
+    "sasl",
+    "cacert",
+    "no_ssl_verify",
+];
 
 /// The `couchbase://` source kind.
 pub struct CouchbaseSourceKind;
@@ -41,10 +53,13 @@ impl SourceKind for CouchbaseSourceKind {
         "couchbase"
     }
     fn syntax(&self) -> &'static str {
-        "couchbase://[USER:PASSWORD@]HOST:RESTPORT (or http://HOST:RESTPORT)"
+        "couchbase://[USER:PASSWORD@]HOST:RESTPORT (or http://HOST:RESTPORT; couchbases:// over TLS)"
     }
     fn matches(&self, spec: &Spec) -> bool {
-        matches!(spec.scheme(), Some("couchbase" | "http"))
+        matches!(
+            spec.scheme(),
+            Some("couchbase" | "http" | "couchbases" | "https")
+        )
     }
     fn extra_keys(&self) -> &'static [&'static str] {
         EXTRA_KEYS
@@ -60,11 +75,11 @@ impl SourceKind for CouchbaseSourceKind {
                 )))
             }
         };
+        let tls = matches!(spec.scheme(), Some("couchbases" | "https"));
         Ok(Box::new(CouchbaseSource {
             spec: spec.to_string(),
-            rest: pump::spec::RestUrl::of_authority(&a, None)
-                .base()
-                .to_string(),
+            rest: format!("{}://{}", if tls { "https" } else { "http" }, a.addr()),
+            tls: tls.then(|| net::tls_client(options)).transpose()?,
             auth: net::auth(spec, options)?,
             bucket: options.source_bucket.clone(),
             vbuckets: options.vbuckets.as_ref().map(|v| v.iter().collect()),
@@ -85,6 +100,8 @@ pub enum Stream {
 pub struct CouchbaseSource {
     spec: String,
     rest: String,
+    /// REST over HTTPS and KV over TLS, as `couchbases://` asks.
+    tls: Option<pump_client::TlsClient>,
     auth: Option<Auth>,
     bucket: String,
     vbuckets: Option<Vec<u16>>,
@@ -95,9 +112,15 @@ pub struct CouchbaseSource {
 #[async_trait]
 impl Source for CouchbaseSource {
     async fn run(self: Box<Self>, out: BatchSender, _ctx: Context) -> Result<(), Error> {
-        let map = VbucketMap::fetch(&self.rest, &self.bucket, self.auth.as_ref(), self.timeout)
-            .await
-            .map_err(|e| Error::source(&self.spec, e))?;
+        let map = VbucketMap::fetch_with(
+            &self.rest,
+            &self.bucket,
+            self.auth.as_ref(),
+            self.timeout,
+            self.tls.as_ref(),
+        )
+        .await
+        .map_err(|e| Error::source(&self.spec, e))?;
         let wanted: Vec<u16> = match &self.vbuckets {
             Some(v) => v.clone(),
             None => (0..map.num_vbuckets() as u16).collect(),

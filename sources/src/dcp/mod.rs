@@ -1,10 +1,13 @@
-//! `dcp://[user:pass@]host:port`: DCP streams of one node's vbuckets, resumable.
+//! `dcp://[user:pass@]host:port` (or `dcps://` over TLS): DCP streams of one node's vbuckets,
+//! resumable.
 //!
 //! ```text
 //! pump                                        node
-//!  | SASL_AUTH, SELECT_BUCKET -b               |
+//!  | HELLO (pump/VERSION; XATTR, XERROR, SELECT_BUCKET, JSON, SNAPPY), SASL (the strongest
+//!  | listed: SCRAM-SHA512 ... PLAIN), SELECT_BUCKET -b
+//!  | DCP_OPEN producer [| INCLUDE_XATTRS when XATTR was agreed]
 //!  | STAT "vbucket-seqno" ----------------------> vb_N:high_seqno ... (the end of each stream)
-//!  | DCP_OPEN producer, CONTROL connection_buffer_size / enable_noop / set_noop_interval
+//!  | CONTROL connection_buffer_size / enable_noop / set_noop_interval
 //!  | STREAM_REQ vb a, vb b, ... (all at once, start from the checkpoint file)
 //!  |<--- failover log | ROLLBACK seqno (ask again from there)
 //!  |<--- SNAPSHOT_MARKER, MUTATION, DELETION, EXPIRATION ... STREAM_END per vbucket
@@ -21,6 +24,11 @@
 //! |---|---|---|
 //! | checkpoint | none | resume file (JSON, per vbucket uuid, seqno, snapshot) |
 //! | timeout | 30 | seconds any network wait may take |
+//! | sasl | the strongest listed | the SASL mechanism: PLAIN, SCRAM-SHA512, SCRAM-SHA256, SCRAM-SHA1 |
+//! | cacert, no_ssl_verify | system roots | the TLS trust of `dcps://` (`--cacert`, `--no-ssl-verify`) |
+//!
+//! Values arrive as the node holds them when it agreed to SNAPPY (compressed) and XATTR
+//! (with their xattrs), and travel to the sink with their datatype byte.
 
 pub mod checkpoint;
 mod stream;
@@ -34,14 +42,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pump::pipeline::Context;
 use pump::{BatchLimits, BatchSender, Error, Options, Source, SourceKind, Spec};
-use pump_client::Auth;
+use pump_client::{Auth, Handshake};
 
 use crate::net;
 pub use checkpoint::{CheckpointFile, VbPosition};
 pub use stream::stream_connection;
 
 /// `-x` keys of the DCP source.
-pub const EXTRA_KEYS: &[&str] = &["checkpoint", "timeout"];
+pub const EXTRA_KEYS: &[&str] = &["checkpoint", "timeout", "sasl", "cacert", "no_ssl_verify"];
 
 /// The `dcp://` source kind.
 pub struct DcpSourceKind;
@@ -51,10 +59,10 @@ impl SourceKind for DcpSourceKind {
         "dcp"
     }
     fn syntax(&self) -> &'static str {
-        "dcp://[USER:PASSWORD@]HOST:PORT"
+        "dcp://[USER:PASSWORD@]HOST:PORT (dcps:// over TLS)"
     }
     fn matches(&self, spec: &Spec) -> bool {
-        spec.scheme() == Some("dcp")
+        matches!(spec.scheme(), Some("dcp" | "dcps"))
     }
     fn extra_keys(&self) -> &'static [&'static str] {
         EXTRA_KEYS
@@ -89,6 +97,8 @@ pub struct DcpConfig {
     /// Seconds between the producer's NOOPs.
     pub noop_interval: u32,
     pub checkpoint: Option<PathBuf>,
+    /// HELLO, SASL, SELECT_BUCKET, and TLS for `dcps://` or `couchbases://`.
+    pub handshake: Handshake,
 }
 
 impl DcpConfig {
@@ -97,8 +107,11 @@ impl DcpConfig {
     pub fn from_options(spec: &Spec, options: &Options) -> Result<DcpConfig, Error> {
         let timeout = options.extra.timeout()?;
         let limits = options.batch_limits();
+        let auth = net::auth(spec, options)?;
+        let tls = matches!(spec.scheme(), Some("dcps" | "couchbases" | "https"));
         Ok(DcpConfig {
-            auth: net::auth(spec, options)?,
+            handshake: net::handshake(auth.clone(), &options.source_bucket, options, tls)?,
+            auth,
             bucket: options.source_bucket.clone(),
             timeout,
             limits,

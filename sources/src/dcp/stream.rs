@@ -10,7 +10,7 @@ use pump_client::{ClientError, Connection, Next, ReadHalf, WriteHalf};
 use pump_protocol::dcp::{
     noop_reply, open_flags, DcpItem, DcpMessage, StreamEndReason, StreamReqReply, StreamRequest,
 };
-use pump_protocol::{Magic, Opcode, Status};
+use pump_protocol::{Feature, Magic, Opcode, Status};
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::checkpoint::{CheckpointFile, VbPosition};
@@ -120,14 +120,10 @@ pub async fn stream_connection(
     ckpt: Option<Arc<Mutex<CheckpointFile>>>,
 ) -> Result<usize, Error> {
     let err = |e: ClientError| crate::net::source_error(spec, e);
-    let mut conn = Connection::open(
-        addr,
-        config.auth.as_ref(),
-        Some(&config.bucket),
-        config.timeout,
-    )
-    .await
-    .map_err(err)?;
+    let mut conn = Connection::negotiate(addr, &config.handshake)
+        .await
+        .map_err(err)?;
+    let xattrs = conn.features().contains(Feature::Xattr);
     let highs = high_seqnos(&mut conn, &vbuckets).await.map_err(err)?;
     if highs.is_none() && config.verbose > 0 {
         tracing::warn!("{addr}: no STAT vbucket-seqno; streaming each vbucket to its STREAM_END");
@@ -137,7 +133,11 @@ pub async fn stream_connection(
         opaque: 0,
         name: Bytes::from(name),
         seqno: 0,
-        flags: open_flags::PRODUCER,
+        flags: if xattrs {
+            open_flags::PRODUCER | open_flags::INCLUDE_XATTRS
+        } else {
+            open_flags::PRODUCER
+        },
     };
     conn.request_ok(open.to_packet(), "DCP_OPEN as a producer")
         .await

@@ -14,6 +14,8 @@ use crate::testutil::{listen, run, Collect, Peer};
 
 /// What the fake producer learnt during the handshake.
 pub(crate) struct Handshake {
+    /// The HELLO: user agent and the features asked for.
+    pub hello: Option<(String, Vec<pump_protocol::Feature>)>,
     pub controls: Vec<(String, String)>,
     pub requests: Vec<StreamRequest>,
     /// The STAT groups asked, in order.
@@ -35,6 +37,7 @@ pub(crate) async fn handshake_with(
     per_vbucket: bool,
 ) -> Handshake {
     let mut h = Handshake {
+        hello: None,
         controls: Vec::new(),
         requests: Vec::new(),
         stats: Vec::new(),
@@ -42,6 +45,14 @@ pub(crate) async fn handshake_with(
     while h.requests.len() < streams {
         let p = peer.recv().await.expect("a request");
         match p.opcode {
+            Opcode::Hello => {
+                // A producer that predates HELLO's features: agrees to none.
+                h.hello = Some((
+                    String::from_utf8(p.key.to_vec()).unwrap(),
+                    pump_protocol::hello::decode_features(&p.value).unwrap(),
+                ));
+                peer.send(Packet::response_to(&p, Status::Success)).await
+            }
             Opcode::SelectBucket => {
                 peer.send(Packet::response_to(&p, Status::UnknownCommand))
                     .await
@@ -162,6 +173,17 @@ async fn buffer_acks_cover_only_confirmed_bytes_noops_are_answered_at_once_and_r
     let producer = tokio::spawn(async move {
         let mut peer = Peer::accept(&l).await;
         let h = handshake(&mut peer, &[(0, 5)], 1).await;
+        // HELLO first, naming the pump and asking for the datatypes as stored.
+        let (agent, features) = h.hello.clone().expect("a HELLO");
+        assert_eq!(agent, format!("pump/{}", env!("CARGO_PKG_VERSION")));
+        for f in [
+            pump_protocol::Feature::Snappy,
+            pump_protocol::Feature::Xattr,
+            pump_protocol::Feature::Json,
+            pump_protocol::Feature::Xerror,
+        ] {
+            assert!(features.contains(&f), "{f:?} asked for");
+        }
         assert!(h
             .controls
             .contains(&("connection_buffer_size".into(), "4000000".into())));
@@ -646,7 +668,7 @@ async fn a_node_holding_none_of_the_vbuckets_alive_fails_rather_than_streaming_n
                     Status::Success
                 }
                 Opcode::SelectBucket => Status::UnknownCommand,
-                Opcode::DcpOpen | Opcode::DcpControl => Status::Success,
+                Opcode::Hello | Opcode::DcpOpen | Opcode::DcpControl => Status::Success,
                 other => panic!("unexpected {other:?}"),
             };
             peer.send(Packet::response_to(&p, answer)).await;

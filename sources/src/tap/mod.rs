@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! pump                                   node
-//!  | SASL_AUTH PLAIN (when credentials)   |
+//!  | HELLO, SASL (SCRAM or PLAIN, when credentials)
 //!  | SELECT_BUCKET -b (skipped on UNKNOWN_COMMAND)
 //!  | TAP_CONNECT DUMP|SUPPORT_ACK|FIX_FLAG_BYTEORDER [|LIST_VBUCKETS -l]
 //!  |<--------- TAP_MUTATION / TAP_DELETE ...
@@ -20,6 +20,11 @@
 //! |---|---|---|
 //! | tap_backfill | 0 | BACKFILL since 0 instead of DUMP |
 //! | timeout | 30 | seconds any network wait may take |
+//! | sasl | the strongest listed | the SASL mechanism: PLAIN, SCRAM-SHA512, SCRAM-SHA256, SCRAM-SHA1 |
+//!
+//! The connection says HELLO first (user agent `pump/VERSION`; XATTR, XERROR, SELECT_BUCKET,
+//! JSON, SNAPPY): values then arrive as the node holds them, compressed or with xattrs, and
+//! keep their datatype on their way to the sink.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,7 +37,7 @@ use pump::{
     Batch, BatchBuilder, BatchLimits, BatchSender, Error, Message, Op, Options, Source, SourceKind,
     Spec,
 };
-use pump_client::{Auth, Connection, Next};
+use pump_client::{Auth, Connection, Handshake, Next};
 use pump_protocol::tap::{connect_flags, TapConnect, TapKind, TapMessage};
 use pump_protocol::{Magic, Opcode, Packet, Status};
 use tokio::sync::Mutex;
@@ -46,7 +51,7 @@ mod tests;
 pub struct TapSourceKind;
 
 /// `-x` keys of the TAP source.
-pub const EXTRA_KEYS: &[&str] = &["tap_backfill", "timeout"];
+pub const EXTRA_KEYS: &[&str] = &["tap_backfill", "timeout", "sasl", "cacert", "no_ssl_verify"];
 
 impl SourceKind for TapSourceKind {
     fn name(&self) -> &'static str {
@@ -81,13 +86,18 @@ pub struct TapConfig {
     pub timeout: Duration,
     pub limits: BatchLimits,
     pub verbose: u8,
+    /// HELLO, SASL, SELECT_BUCKET (and TLS for a `couchbases://` cluster).
+    pub handshake: Handshake,
 }
 
 impl TapConfig {
-    /// Reads credentials, bucket, `-x tap_backfill` and `-x timeout`.
+    /// Reads credentials, bucket, `-x tap_backfill`, `-x timeout` and the handshake's keys.
     pub fn from_options(spec: &Spec, options: &Options) -> Result<TapConfig, Error> {
+        let auth = net::auth(spec, options)?;
+        let tls = matches!(spec.scheme(), Some("couchbases" | "https"));
         Ok(TapConfig {
-            auth: net::auth(spec, options)?,
+            handshake: net::handshake(auth.clone(), &options.source_bucket, options, tls)?,
+            auth,
             bucket: options.source_bucket.clone(),
             backfill: options.extra.flag("tap_backfill")?,
             timeout: options.extra.timeout()?,
@@ -137,14 +147,9 @@ pub async fn stream(
     out: &BatchSender,
 ) -> Result<(), Error> {
     let err = |e| net::source_error(spec, e);
-    let mut conn = Connection::open(
-        addr,
-        config.auth.as_ref(),
-        Some(&config.bucket),
-        config.timeout,
-    )
-    .await
-    .map_err(err)?;
+    let mut conn = Connection::negotiate(addr, &config.handshake)
+        .await
+        .map_err(err)?;
     // A node whose vbuckets are all dead would end the dump at once, as if it were empty.
     net::require_a_live_vbucket(spec, addr, &mut conn, vbuckets.as_deref()).await?;
     conn.send(&config.connect(vbuckets).to_packet())

@@ -63,6 +63,7 @@ async fn the_tap_ack_is_sent_only_after_the_sink_confirmed_the_batch() {
     let confirmed = sink.clone();
     let producer = tokio::spawn(async move {
         let mut peer = Peer::accept(&l).await;
+        peer.hello().await;
         let sel = peer.recv().await.unwrap();
         assert_eq!(sel.opcode, Opcode::SelectBucket);
         assert_eq!(&sel.key[..], b"default");
@@ -123,6 +124,12 @@ async fn item_flags_are_fixed_with_and_without_network_byte_order_and_deletes_pa
     let (l, addr) = listen().await;
     let producer = tokio::spawn(async move {
         let mut peer = Peer::accept(&l).await;
+        peer.hello().await;
+        // A server that lists only PLAIN gets PLAIN.
+        let list = peer.recv().await.unwrap();
+        assert_eq!(list.opcode, Opcode::SaslListMechs);
+        peer.send(Packet::response_to(&list, Status::Success).with_value(&b"PLAIN"[..]))
+            .await;
         let auth = peer.recv().await.unwrap();
         assert_eq!(auth.opcode, Opcode::SaslAuth);
         assert_eq!(&auth.value[..], b"\0alice\0pw");
@@ -205,6 +212,7 @@ async fn a_failed_key_withholds_the_tap_ack_and_stops_the_stream_naming_it() {
     let (l, addr) = listen().await;
     let producer = tokio::spawn(async move {
         let mut peer = Peer::accept(&l).await;
+        peer.hello().await;
         let sel = peer.recv().await.unwrap();
         peer.send(Packet::response_to(&sel, Status::UnknownCommand))
             .await;
@@ -244,6 +252,7 @@ async fn a_node_whose_vbuckets_are_all_dead_fails_before_the_dump() {
     let (l, addr) = listen().await;
     let producer = tokio::spawn(async move {
         let mut peer = Peer::accept(&l).await;
+        peer.hello().await;
         let sel = peer.recv().await.unwrap();
         peer.send(Packet::response_to(&sel, Status::UnknownCommand))
             .await;
