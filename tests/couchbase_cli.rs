@@ -1,6 +1,7 @@
 //! Couchbase's own Python tools against `pump cluster up`: couchbase-cli's cbtransfer (a
-//! cluster to a backup directory and back into another cluster) and cbrecovery (the vbuckets
-//! a failover lost, from another cluster), every item compared.
+//! cluster to a backup directory and back into another cluster; a backup the pump wrote in
+//! jobs through `pump worker`s, one run of many parts, into a cluster) and cbrecovery (the
+//! vbuckets a failover lost, from another cluster), every item compared.
 //!
 //! Opt-in: couchbase-cli is not part of the project. Point COUCHBASE_CLI_SRC at a checkout of
 //! github.com/couchbase/couchbase-cli and run
@@ -191,4 +192,57 @@ fn couchbase_cli_cbrecovery_brings_back_the_vbuckets_a_failover_lost() {
             .collect::<std::collections::BTreeMap<_, _>>()
     };
     assert_eq!(strip_cas(items(&a)), strip_cas(items(&b)));
+}
+
+#[test]
+#[ignore = "opt-in: COUCHBASE_CLI_SRC=<a couchbase-cli checkout> cargo nextest run --run-ignored only couchbase_cli"]
+fn couchbase_cli_cbtransfer_restores_a_backup_written_in_jobs_by_pump_workers() {
+    use pump_queue::testing::Beanstalkd;
+    let a = LocalCluster::up(2, 0, ADMIN);
+    let b = LocalCluster::up(2, 0, ADMIN);
+    let dest: Vec<&str> = ["-U", "Administrator", "-P", "password"].to_vec();
+    transfer_ok("gen:max-items=5000,json=1", &a.spec(), &dest);
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup");
+    // One backup run of 8 parts, written by two workers: per-part data files, one meta.json.
+    let q = Beanstalkd::start();
+    let url = q.url("cbtransfer");
+    let planned = common::pump(
+        &[
+            &["plan", "transfer", &a.spec(), backup.to_str().unwrap()][..],
+            &["--queue", &url, "--jobs", "8"],
+            CREDS,
+        ]
+        .concat(),
+    );
+    assert!(planned.status.success(), "{}", common::stderr(&planned));
+    let worker = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pump"))
+            .args([&["worker", &url, "--drain"][..], CREDS].concat())
+            .output()
+            .unwrap()
+    };
+    let (w1, w2) = std::thread::scope(|s| {
+        let h = s.spawn(worker);
+        (worker(), h.join().unwrap())
+    });
+    for w in [&w1, &w2] {
+        assert!(w.status.success(), "{}", common::stderr(w));
+    }
+    assert!(common::data_files(&backup).len() > 1, "one file per part");
+    let out = tool(
+        "cbtransfer",
+        &[
+            backup.to_str().unwrap(),
+            &b.url(),
+            "-u",
+            "Administrator",
+            "-p",
+            "password",
+        ],
+    );
+    assert!(out.contains("done"), "{out}");
+    let (ia, ib) = (items(&a), items(&b));
+    assert_eq!(ia.len(), 5000);
+    assert_eq!(ia, ib);
 }

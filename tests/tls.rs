@@ -107,3 +107,59 @@ fn a_stream_and_a_restore_run_over_tls_with_cacert_and_an_unknown_certificate_is
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("/nonexistent/ca.pem"));
 }
+
+#[test]
+fn jobs_run_over_tls_with_the_trust_the_planner_and_each_worker_are_given() {
+    use pump_queue::testing::Beanstalkd;
+    let da = tempfile::tempdir().unwrap();
+    let a = tls_cluster(da.path());
+    let spec = format!("couchbases://{}", a.nodes[0].https.clone().unwrap());
+    let ca = a.cert.clone().unwrap().to_string_lossy().into_owned();
+    transfer_ok(
+        "gen:max-items=3000,json=1",
+        &spec,
+        &["-U", "U", "-P", "P", "--cacert", &ca],
+    );
+    let q = Beanstalkd::start();
+    let url = q.url("tls");
+    let backup = da.path().join("backup");
+    let plan = |trust: &[&str]| {
+        pump(
+            &[
+                &["plan", "transfer", &spec, backup.to_str().unwrap()][..],
+                &["--queue", &url, "--jobs", "4", "-u", "U", "-p", "P"],
+                trust,
+            ]
+            .concat(),
+        )
+    };
+    // The planner reads the source's map over HTTPS: without the CA it is refused, saying what
+    // to give.
+    let out = plan(&[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--cacert"), "{}", stderr(&out));
+    let out = plan(&["--cacert", &ca]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The jobs carry no trust: the worker brings its own, as it brings its credentials.
+    let out = pump(&[
+        "worker", &url, "--drain", "-u", "U", "-p", "P", "--cacert", &ca,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let db = tempfile::tempdir().unwrap();
+    let b = tls_cluster(db.path());
+    transfer_ok(
+        backup.to_str().unwrap(),
+        &format!("couchbases://{}", b.nodes[0].https.clone().unwrap()),
+        &[
+            "-U",
+            "U",
+            "-P",
+            "P",
+            "--cacert",
+            &b.cert.clone().unwrap().to_string_lossy(),
+        ],
+    );
+    let plain = ["-u", "U", "-p", "P"];
+    assert_eq!(b.contents_with(&plain).len(), 3000);
+    assert_eq!(a.contents_with(&plain), b.contents_with(&plain));
+}

@@ -24,6 +24,19 @@ use super::Failure;
 /// The longest password file read (a password is a line; a bigger file is a mistake).
 const MAX_PASSWORD_FILE: u64 = 64 * 1024;
 
+/// How a TLS peer (couchbases://, dcps://) is trusted: `pump transfer`, `pump plan transfer`
+/// (to read the source's map) and `pump worker` (for every job: jobs carry no trust, as they
+/// carry no credentials).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// couchbases:// and dcps://: trust the PEM certificates of FILE (the cluster's CA).
+    #[arg(long = "cacert", value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// couchbases:// and dcps://: accept any server certificate (encrypted, not authenticated).
+    #[arg(long = "no-ssl-verify")]
+    pub no_ssl_verify: bool,
+}
+
 /// The source's and the destination's user and password.
 #[derive(Debug, clap::Args)]
 pub struct CredentialArgs {

@@ -97,6 +97,9 @@ struct PlanTransferArgs {
     /// Used here to read the source's map only; workers bring their own.
     #[command(flatten)]
     credentials: CredentialArgs,
+    /// Used here to read the source's map only; workers bring their own.
+    #[command(flatten)]
+    tls: crate::cli::credentials::TlsArgs,
     /// Only these vbuckets: 500,612,700-712 (split among the jobs).
     #[arg(short = 'l', long = "vbucket-list")]
     vbucket_list: Option<String>,
@@ -279,8 +282,8 @@ async fn transfer(a: PlanTransferArgs) -> Result<(), Failure> {
         mode: a.mode.map(pump_sinks::backup::RunKind::from),
         allow_partial: false,
         overwrite: false,
-        cacert: None,
-        no_ssl_verify: false,
+        cacert: a.tls.cacert,
+        no_ssl_verify: a.tls.no_ssl_verify,
     };
     if let Some(r) = &a.rate {
         pump::Rate::parse(r)?;

@@ -95,12 +95,8 @@ pub struct TransferArgs {
     /// No progress output.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
-    /// couchbases:// and dcps://: trust the PEM certificates of FILE (the cluster's CA).
-    #[arg(long = "cacert", value_name = "FILE")]
-    pub cacert: Option<PathBuf>,
-    /// couchbases:// and dcps://: accept any server certificate (encrypted, not authenticated).
-    #[arg(long = "no-ssl-verify")]
-    pub no_ssl_verify: bool,
+    #[command(flatten)]
+    pub tls: crate::cli::credentials::TlsArgs,
 }
 
 /// `-m`.
@@ -160,8 +156,8 @@ impl TransferArgs {
             mode: self.mode.map(RunKind::from),
             allow_partial: self.allow_partial,
             overwrite: self.overwrite,
-            cacert: self.cacert.clone(),
-            no_ssl_verify: self.no_ssl_verify,
+            cacert: self.tls.cacert.clone(),
+            no_ssl_verify: self.tls.no_ssl_verify,
         })
     }
 }

@@ -27,6 +27,9 @@ pub struct WorkerArgs {
     /// The credentials every job uses (jobs carry none).
     #[command(flatten)]
     credentials: CredentialArgs,
+    /// How every job trusts a TLS peer (jobs carry no trust).
+    #[command(flatten)]
+    tls: crate::cli::credentials::TlsArgs,
     /// A job failing this many times in a row for a temporary reason (a peer down) is buried.
     #[arg(long, default_value_t = 5)]
     max_failures: u32,
@@ -90,6 +93,8 @@ pub async fn run(args: WorkerArgs) -> Result<(), Failure> {
         credentials: WorkerCredentials {
             source: args.credentials.source()?,
             dest: args.credentials.dest()?,
+            cacert: args.tls.cacert,
+            no_ssl_verify: args.tls.no_ssl_verify,
         },
         max_failures: args.max_failures,
         drain: args.drain,

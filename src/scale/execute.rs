@@ -244,11 +244,15 @@ fn write_positions(path: &std::path::Path, positions: &[Position]) -> Result<(),
     })
 }
 
-/// The worker's own credentials, given to every job.
+/// The worker's own credentials and TLS trust, given to every job.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerCredentials {
     pub source: Option<Credentials>,
     pub dest: Option<Credentials>,
+    /// `--cacert`: the CA a TLS peer is checked against.
+    pub cacert: Option<PathBuf>,
+    /// `--no-ssl-verify`.
+    pub no_ssl_verify: bool,
 }
 
 /// Runs `job` from where `record` says it stands, until done, failed or `stop`.
@@ -294,8 +298,8 @@ async fn transfer(
         mode: None,
         allow_partial: false,
         overwrite: false,
-        cacert: None,
-        no_ssl_verify: false,
+        cacert: credentials.cacert.clone(),
+        no_ssl_verify: credentials.no_ssl_verify,
     };
     let mut checked = crate::transfer::check(&req, &registry).map_err(JobError::from_failure)?;
     let plan = match &w.backup_run {

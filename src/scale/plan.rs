@@ -203,11 +203,18 @@ async fn vbuckets_of(
                     user: c.user,
                     password: c.password,
                 });
-            let map = pump_client::VbucketMap::fetch(
-                &format!("http://{}", a.addr()),
+            // couchbases:// reads the map over HTTPS, trusting --cacert / --no-ssl-verify,
+            // as the couchbase source does.
+            let tls = matches!(checked.source_spec.scheme(), Some("couchbases" | "https"))
+                .then(|| pump_sinks::net::tls_client(&checked.options))
+                .transpose()?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let map = pump_client::VbucketMap::fetch_with(
+                &format!("{scheme}://{}", a.addr()),
                 &request.bucket_source,
                 auth.as_ref(),
                 checked.options.extra.timeout()?,
+                tls.as_ref(),
             )
             .await
             .map_err(|e| Failure::Failed(format!("{}: {e}", checked.source_spec)))?;
