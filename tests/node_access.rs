@@ -58,3 +58,42 @@ fn the_test_hooks_exist_only_with_test_hooks() {
         assert_ne!(status, 404, "{path} with --test-hooks: {body}");
     }
 }
+
+#[test]
+fn dcp_and_tap_sources_fail_when_every_vbucket_asked_for_is_dead_on_the_node() {
+    // The case: after a takeover marked every vbucket dead, `dcp://` reported 0 items
+    // and exited 0. With a short -l the DCP source asks `STAT vbucket-seqno N` per vbucket,
+    // and the node listed dead vbuckets there too: the check saw them as live.
+    let c = LocalCluster::up(1, 0, &["--user", "admin", "--password", "s3cret"]);
+    let kv = c.nodes[0].kv.clone();
+    let mut admin = common::KvClient::connect(&kv, Some(("admin", "s3cret")));
+    for vb in 0..4u16 {
+        let r = admin.request(
+            pump_protocol::Packet::request(pump_protocol::Opcode::SetVbucket)
+                .with_vbucket(vb)
+                .with_extras(
+                    (pump_protocol::VbucketState::Dead as u32)
+                        .to_be_bytes()
+                        .to_vec(),
+                ),
+        );
+        assert_eq!(r.status(), pump_protocol::Status::Success, "vbucket {vb}");
+    }
+    for scheme in ["dcp", "tap"] {
+        for list in ["0-3", "2"] {
+            let spec = format!("{scheme}://admin:s3cret@{kv}");
+            let out = common::pump(&["transfer", &spec, "blackhole:", "-l", list, "-q"]);
+            let e = common::stderr(&out);
+            assert!(!out.status.success(), "{scheme} -l {list}: exit 0 ({e})");
+            assert!(
+                e.contains("active on this node") && e.contains(&kv),
+                "{scheme} -l {list}: {e}"
+            );
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+    }
+    // A live vbucket beside the dead ones is streamed.
+    let spec = format!("dcp://admin:s3cret@{kv}");
+    let out = common::pump(&["transfer", &spec, "blackhole:", "-l", "3-4", "-q"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+}

@@ -825,3 +825,34 @@ async fn tap_takeover_and_vbucket_state_changes_need_the_admin_credentials() {
     assert_eq!(c.recv().await.status(), Status::Success);
     assert_eq!(guarded.bucket.state(5), Some(VbucketState::Dead));
 }
+
+#[tokio::test]
+async fn stat_vbucket_seqno_of_one_dead_vbucket_is_not_my_vbucket_as_the_whole_list_leaves_it_out()
+{
+    let n = node(NodeConfig {
+        auth: Some(("admin".into(), "secret".into())),
+        ..NodeConfig::default()
+    })
+    .await;
+    let mut c = Client::connect(n.kv_addr).await;
+    login(&mut c).await;
+    c.send(
+        &Packet::request(Opcode::SetVbucket)
+            .with_vbucket(5)
+            .with_extras((VbucketState::Dead as u32).to_be_bytes().to_vec()),
+    )
+    .await;
+    assert_eq!(c.recv().await.status(), Status::Success);
+    c.send(&Packet::request(Opcode::Stat).with_key(&b"vbucket-seqno 5"[..]))
+        .await;
+    let r = c.recv().await;
+    assert_eq!(r.status(), Status::NotMyVbucket, "{:?}", r.key);
+    // A live one is listed, then the end of the group.
+    c.send(&Packet::request(Opcode::Stat).with_key(&b"vbucket-seqno 6"[..]))
+        .await;
+    let r = c.recv().await;
+    assert_eq!(
+        (r.status(), &r.key[..]),
+        (Status::Success, &b"vb_6:high_seqno"[..])
+    );
+}
