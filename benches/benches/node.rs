@@ -169,6 +169,22 @@ async fn pump(source: &str, sink: &str, threads: usize, items: u64) -> f64 {
     items as f64 / pump_benches::transfer(source, sink, threads, items).await
 }
 
+/// The destination of node -> node: a one-node cluster (REST for the map), empty.
+async fn empty_cluster() -> std::sync::Arc<Cluster> {
+    Cluster::start_single(ClusterConfig {
+        nodes: 1,
+        replicas: 0,
+        node: NodeConfig::default(),
+        kv_port: 0,
+        rest_port: 0,
+        spares: 0,
+        recovery_api: Default::default(),
+        tls: None,
+    })
+    .await
+    .unwrap()
+}
+
 /// A compressible JSON document of about 1 KB: a user record with a short history.
 fn json_doc(i: u64) -> Vec<u8> {
     let mut s = format!(
@@ -294,20 +310,6 @@ fn main() {
             };
             node.bucket.write(vb, w, CLIENT_STATES).unwrap();
         }
-        // The destination of node -> node: a one-node cluster (REST for the map).
-        let dest = Cluster::start_single(ClusterConfig {
-            nodes: 1,
-            replicas: 0,
-            node: NodeConfig::default(),
-            kv_port: 0,
-            rest_port: 0,
-            spares: 0,
-            recovery_api: Default::default(),
-            tls: None,
-        })
-        .await
-        .unwrap();
-        let rest = dest.lock().nodes[0].rest;
         let kv = node.kv_addr;
         let json_items = env("JSON_ITEMS", 200_000);
         let wants = |i: usize| only.as_ref().is_none_or(|o| o.contains(&i));
@@ -353,8 +355,14 @@ fn main() {
                     2 => pump(&format!("dcp://{kv}"), "blackhole:", threads, items).await,
                     3 => pump(&format!("tap://{kv}"), "blackhole:", threads, items).await,
                     4 => {
-                        pump(&format!("dcp://{kv}"), &format!("couchbase://{rest}"), threads, items)
-                            .await
+                        // A fresh destination each round: a restore over the same revisions
+                        // is skipped (SET_WITH_META's conflict resolution), not written.
+                        let dest = empty_cluster().await;
+                        let rest = dest.lock().nodes[0].rest;
+                        let r = pump(&format!("dcp://{kv}"), &format!("couchbase://{rest}"), threads, items)
+                            .await;
+                        dest.shutdown().await.unwrap();
+                        r
                     }
                     _ => {
                         let n = if i == 5 { &zipped } else { &plain };

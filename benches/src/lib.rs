@@ -53,7 +53,11 @@ pub async fn transfer(source: &str, sink: &str, threads: usize, items: u64) -> f
         .await
         .expect("the transfer succeeds");
     let secs = t.elapsed().as_secs_f64();
-    assert_eq!(summary.counts.items_written, items, "{src} -> {dst}");
+    assert_eq!(
+        summary.counts.items_written, items,
+        "{src} -> {dst}: {:?}",
+        summary.counts
+    );
     secs
 }
 

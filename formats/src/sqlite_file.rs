@@ -24,7 +24,9 @@
 //! shrinks under a mapping kills the reader with SIGBUS; here it is an error naming the file
 //! and the page that is gone). A window grows while pages are read in sequence, so a table
 //! laid out in rowid order is read in large reads, and a row's value is a slice of its
-//! window, not a copy.
+//! window, not a copy. A window's buffer goes back to the file's pool when its last value is
+//! dropped, and the next window is read into it: memory already in place, not fresh pages to
+//! zero and fault in.
 //!
 //! Every offset is checked against its page: a corrupt file is an error naming the file and
 //! the page, never a panic, and a page met twice (a cycle) or a tree deeper than
@@ -46,6 +48,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use rusqlite::types::ValueRef;
@@ -61,7 +64,7 @@ const LEAF_TABLE: u8 = 0x0D;
 
 /// The first read of a run of pages, and the most one read takes (a window).
 const FIRST_WINDOW: usize = 64 << 10;
-const MAX_WINDOW: usize = 4 << 20;
+const MAX_WINDOW: usize = 1 << 20;
 
 /// How much a reader proves about the file it reads (`-x verify=none|quick|full`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -115,8 +118,62 @@ pub fn has_side_files(path: &Path) -> bool {
 
 /// Where the bytes come from: the file (read with `pread`), or memory.
 enum Backing {
-    File(File),
+    File(File, WindowPool),
     Memory(Bytes),
+}
+
+/// Window buffers given back when the last value sliced from them is dropped (wherever the
+/// sink drops it), so that a long read reuses memory already in place: a fresh buffer per
+/// window cost a zeroing and a page fault per 4 KiB, more CPU than the reading itself.
+#[derive(Default)]
+struct WindowPool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+/// Buffers kept for reuse: as many windows as a few batches in flight hold.
+const POOLED: usize = 16;
+
+impl WindowPool {
+    /// A buffer of `len` bytes, reused when one is free (its old bytes are all read over).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let reused = self.0.lock().ok().and_then(|mut free| free.pop());
+        match reused {
+            Some(mut buf) => {
+                buf.resize(len, 0);
+                buf
+            }
+            None => vec![0u8; len],
+        }
+    }
+
+    /// `buf` as shared bytes that return to the pool when the last slice of them is dropped.
+    fn share(&self, buf: Vec<u8>) -> Bytes {
+        Bytes::from_owner(Pooled {
+            buf,
+            pool: Arc::downgrade(&self.0),
+        })
+    }
+}
+
+struct Pooled {
+    buf: Vec<u8>,
+    pool: Weak<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            if let Ok(mut free) = pool.lock() {
+                if free.len() < POOLED {
+                    free.push(std::mem::take(&mut self.buf));
+                }
+            }
+        }
+    }
 }
 
 /// A database file open for reading, with its header checked.
@@ -151,7 +208,12 @@ impl SqliteFile {
         } else {
             0
         };
-        SqliteFile::with_header(path, Backing::File(file), len, &header[..got])
+        SqliteFile::with_header(
+            path,
+            Backing::File(file, WindowPool::default()),
+            len,
+            &header[..got],
+        )
     }
 
     /// A database held in `data`; `path` names it in errors.
@@ -292,10 +354,10 @@ impl SqliteFile {
         let len = n * self.page_size;
         match &self.backing {
             Backing::Memory(data) => Ok(data.slice(start as usize..start as usize + len)),
-            Backing::File(f) => {
-                let mut buf = vec![0u8; len];
+            Backing::File(f, pool) => {
+                let mut buf = pool.take(len);
                 match f.read_exact_at(&mut buf, start) {
-                    Ok(()) => Ok(Bytes::from(buf)),
+                    Ok(()) => Ok(pool.share(buf)),
                     Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                         let now = f.metadata().map(|m| m.len()).unwrap_or(0);
                         Err(self.error(

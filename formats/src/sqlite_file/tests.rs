@@ -205,6 +205,63 @@ fn values_read_in_place_share_the_map_and_spilled_ones_do_not() {
     assert_eq!(shared, [Some(true), None]);
 }
 
+#[test]
+fn windows_come_back_for_reuse_once_their_values_are_dropped_and_values_outlive_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<[Value; 5]> = (0..3000)
+        .map(|i| {
+            [
+                Value::Integer(i),
+                Value::Null,
+                blob(100, i as u8),
+                Value::Null,
+                Value::Null,
+            ]
+        })
+        .collect();
+    let (path, root) = table(dir.path(), 4096, &rows, &[]);
+    let file = SqliteFile::open(&path).unwrap();
+    let Backing::File(_, pool) = &file.backing else {
+        panic!("a file is read with pread")
+    };
+    let free = |pool: &WindowPool| pool.0.lock().unwrap().len();
+    // Every value kept: no window can come back.
+    let mut kept = Vec::new();
+    let mut it = file.table(root);
+    while let Some(row) = it.next_row().unwrap() {
+        let mut cols = [ValueRef::Null; 5];
+        row.columns(&mut cols).unwrap();
+        let ValueRef::Blob(b) = cols[2] else {
+            panic!("not a blob")
+        };
+        kept.push(row.share(b).expect("a 100-byte value lies in its page"));
+    }
+    drop(it);
+    let before = free(pool);
+    // Dropped: the windows the values held are free again, and the next read takes one
+    // rather than a new buffer.
+    drop(kept);
+    let returned = free(pool);
+    assert!(returned > before, "{before} -> {returned}");
+    let mut it = file.table(root);
+    let row = it.next_row().unwrap().unwrap();
+    assert_eq!(row.rowid, 1);
+    assert!(free(pool) < returned, "the read reused a window");
+    // A value taken from a file that is then dropped stays whole.
+    let mut cols = [ValueRef::Null; 5];
+    row.columns(&mut cols).unwrap();
+    let ValueRef::Blob(b) = cols[2] else {
+        panic!("not a blob")
+    };
+    let value = row.share(b).unwrap();
+    drop(it);
+    drop(file);
+    let Value::Blob(want) = blob(100, 0) else {
+        unreachable!()
+    };
+    assert_eq!(&value[..], &want[..]);
+}
+
 /// A file of a few thousand rows whose root is an interior page; returns its bytes, path,
 /// root and page size.
 fn deep_file(dir: &Path) -> (Vec<u8>, PathBuf, u32, usize) {
