@@ -101,6 +101,14 @@ impl TestNode {
         assert!(out.status.success(), "read: {}", stderr(&out));
     }
 
+    /// gen -> the node: `items` of `size`-byte values.
+    fn fill(&self, items: u64, size: u64) {
+        let spec = format!("couchbase://{USER}:{PASSWORD}@{}", self.rest);
+        let gen = format!("gen:max-items={items},min-value-size={size}");
+        let out = common::pump(&["transfer", &gen, &spec, "-q"]);
+        assert!(out.status.success(), "fill: {}", stderr(&out));
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -192,20 +200,32 @@ fn flood(mut s: TcpStream, unit: Vec<u8>, stop: Arc<AtomicBool>, sent: Arc<Atomi
 fn floods_of_dcp_buffer_acks_and_tap_responses_leave_the_node_small_and_serving() {
     let node = TestNode::start(&[]);
     node.transfer(20_000);
+    // 20 MB to stream, more than the socket buffers hold: a producer whose client reads
+    // nothing is stuck writing, and only the bound on its queue stops the reader behind it.
+    node.fill(20_000, 1_000);
     let before = node.rss_kb();
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = node.sample(stop.clone());
     let sent = Arc::new(AtomicU64::new(0));
     let mut flooders = Vec::new();
     for _ in 0..2 {
-        // DCP: OPEN as a producer, then BUFFER_ACKs without end, reading nothing.
+        // DCP: OPEN as a producer, a stream of each vbucket, then BUFFER_ACKs without end,
+        // reading nothing.
         let mut s = authenticated(&node.kv);
         let open = frame(0x50, &[0, 0, 0, 0, 0, 0, 0, 1], b"flood", &[], None);
         s.write_all(&open).unwrap();
+        // Every vbucket streamed from 0 to the end, no flow control asked for.
+        let mut extras = vec![0u8; 48];
+        extras[16..24].copy_from_slice(&u64::MAX.to_be_bytes());
+        for vb in 0..1024u16 {
+            let mut req = frame(0x53, &extras, &[], &[], None);
+            req[6..8].copy_from_slice(&vb.to_be_bytes());
+            s.write_all(&req).unwrap();
+        }
         let ack = frame(0x5d, &1u32.to_be_bytes(), &[], &[], None);
         let (st, se) = (stop.clone(), sent.clone());
         flooders.push(std::thread::spawn(move || flood(s, ack, st, se)));
-        // TAP: a dump, then responses without end.
+        // TAP: a dump (stuck writing, as above), then responses without end.
         let mut s = authenticated(&node.kv);
         let connect = frame(0x40, &0x02u32.to_be_bytes(), b"flood", &[], None);
         s.write_all(&connect).unwrap();
