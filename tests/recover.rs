@@ -205,7 +205,7 @@ fn refused(from: &LocalCluster, to: &LocalCluster, args: &[&str], sentence: &str
 #[test]
 fn each_refusal_of_the_recovery_design_is_a_sentence_naming_its_subject() {
     let from = LocalCluster::up(1, 0, &["--vbuckets", "16"]);
-    let to = LocalCluster::up(3, 1, &["--vbuckets", "16"]);
+    let to = LocalCluster::up(3, 1, &["--vbuckets", "16", "--test-hooks"]);
     load(&from, 500);
     load(&to, 500);
     to.failover(1);
@@ -255,7 +255,17 @@ fn each_refusal_of_the_recovery_design_is_a_sentence_naming_its_subject() {
 #[test]
 fn each_refusal_of_the_shipped_dialect_is_a_sentence() {
     let from = LocalCluster::up(1, 0, &["--vbuckets", "8"]);
-    let to = LocalCluster::up(2, 0, &["--vbuckets", "8", "--recovery-api", "shipped"]);
+    let to = LocalCluster::up(
+        2,
+        0,
+        &[
+            "--vbuckets",
+            "8",
+            "--recovery-api",
+            "shipped",
+            "--test-hooks",
+        ],
+    );
     load(&from, 200);
     load(&to, 200);
     to.failover(1);

@@ -250,3 +250,58 @@ fn a_user_without_a_password_or_a_password_given_twice_is_a_usage_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn cluster_failover_and_recover_take_the_credentials_and_never_print_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let pw = pw.display().to_string();
+    let auth = ["--user", "admin", "--password-file", pw.as_str()];
+    let from = LocalCluster::up(1, 0, &auth);
+    let to = LocalCluster::up(2, 0, &auth);
+    let url = to.url();
+    // The REST port refuses a failover without the credentials, and takes -u with the file.
+    let out = pump_env(&["cluster", "failover", &url, "1"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let out = pump_env(
+        &[
+            "cluster",
+            "failover",
+            &url,
+            "1",
+            "-u",
+            "admin",
+            "--password-file",
+            &pw,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    no_password_in(&out);
+    // A dry run of the recovery, the credentials from the environment, then in the URLs.
+    let out = pump_env(
+        &[
+            "recover",
+            "-n",
+            &from.url(),
+            &url,
+            "-u",
+            "admin",
+            "-U",
+            "admin",
+        ],
+        &[
+            ("PUMP_PASSWORD", PASSWORD),
+            ("PUMP_PASSWORD_DEST", PASSWORD),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("missing"), "{}", stderr(&out));
+    no_password_in(&out);
+    let with = |u: &str| u.replace("http://", "http://admin:s3cr%3At%2FP%40ss%20w0rd@");
+    let out = pump_env(&["recover", "-n", &with(&from.url()), &with(&url)], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("missing"), "{}", stderr(&out));
+    no_password_in(&out);
+}

@@ -236,6 +236,21 @@ impl VbucketMap {
             .bytes()
             .await
             .map_err(|e| rest(format!("reading the answer: {}", with_causes(&e))))?;
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            // The REST port wants the cluster's credentials: a refusal, not a failure to retry.
+            let reason = format!("HTTP {status}");
+            return Err(match auth {
+                Some(a) => ClientError::Auth {
+                    peer: url.clone(),
+                    user: a.user.clone(),
+                    reason,
+                },
+                None => ClientError::AuthRequired {
+                    peer: url.clone(),
+                    reason,
+                },
+            });
+        }
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
             return Err(rest(format!("HTTP {status}: {text}")));

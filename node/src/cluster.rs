@@ -100,8 +100,10 @@ pub struct ClusterState {
     pub recovery_api: RecoveryApi,
     /// Test hook: route name -> statuses to answer instead of serving it, in order.
     pub faults: std::collections::HashMap<String, Vec<u16>>,
-    /// `POST /pump/rollback` is served (`--test-hooks`); refused otherwise.
+    /// `/pump/...` (faults, rollback) is served (`--test-hooks`); 404 otherwise.
     pub test_hooks: bool,
+    /// The credentials every REST request but `GET /pools` must carry (the KV port's).
+    pub rest_auth: Option<crate::rest_guard::RestAuth>,
 }
 
 /// A running cluster.
@@ -205,6 +207,11 @@ impl Cluster {
                 recovery_api: cfg.recovery_api,
                 faults: Default::default(),
                 test_hooks: false,
+                rest_auth: cfg
+                    .node
+                    .auth
+                    .as_ref()
+                    .map(|(u, p)| crate::rest_guard::RestAuth::new(u, p)),
             }),
             nodes,
             tls: if cfg.tls.is_some() {

@@ -38,6 +38,10 @@ const FLUSH_AT: usize = 256 * 1024;
 const ITEMS_PER_TURN: usize = 256;
 /// Steps (marker, items, end) one stream takes in a turn of the round robin.
 const STEPS_PER_TURN: usize = 4;
+/// Events (acks, controls, replies) the connection's reader may queue ahead of the producer.
+/// When they are not taken (the client floods BUFFER_ACKs and does not read what it is sent),
+/// the reader waits, so the client's own writes wait in its socket: its memory, not the node's.
+pub const EVENT_QUEUE: usize = 1024;
 
 enum Event {
     /// Bytes to send as they are (replies), not flow-controlled.
@@ -89,13 +93,9 @@ pub fn check_request(
     Ok(())
 }
 
-fn stream_req(
-    bucket: &Bucket,
-    p: &Packet,
-    tx: &mpsc::UnboundedSender<Event>,
-    collections: bool,
-) -> Bytes {
-    let reply = |r: StreamReqReply| r.to_packet(p.opaque).to_bytes();
+/// The reply to a STREAM_REQ, and the stream it opens.
+fn stream_req(bucket: &Bucket, p: &Packet, collections: bool) -> (Bytes, Option<Stream>) {
+    let reply = |r: StreamReqReply| (r.to_packet(p.opaque).to_bytes(), None);
     if p.extras.len() != 48 {
         return reply(StreamReqReply::Err(Status::Einval));
     }
@@ -113,12 +113,12 @@ fn stream_req(
     let manifest = bucket.manifest();
     match &filter {
         Some(StreamFilter::Scope(sid)) if manifest.scope_by_id(*sid).is_none() => {
-            return unknown(p, Status::UnknownScope, manifest.uid);
+            return (unknown(p, Status::UnknownScope, manifest.uid), None);
         }
         Some(StreamFilter::Collections(ids))
             if ids.iter().any(|c| manifest.collection(*c).is_none()) =>
         {
-            return unknown(p, Status::UnknownCollection, manifest.uid);
+            return (unknown(p, Status::UnknownCollection, manifest.uid), None);
         }
         _ => {}
     }
@@ -146,7 +146,7 @@ fn stream_req(
     }
     let log = v.failover.clone();
     drop(v);
-    let _ = tx.send(Event::Stream(Stream {
+    let stream = Stream {
         vb,
         opaque: p.opaque,
         last: start,
@@ -154,8 +154,11 @@ fn stream_req(
         snap_end: 0,
         first: true,
         filter,
-    }));
-    reply(StreamReqReply::Ok(log))
+    };
+    (
+        StreamReqReply::Ok(log).to_packet(p.opaque).to_bytes(),
+        Some(stream),
+    )
 }
 
 /// UNKNOWN_SCOPE or UNKNOWN_COLLECTION to a stream request, with the manifest uid.
@@ -195,7 +198,7 @@ pub async fn produce<S: KvStream>(
         collections: features.contains(Feature::Collections),
     };
     let (mut r, mut w) = sock.halves();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let rb = bucket.clone();
     let reader = crate::tap::AbortOnDrop(tokio::spawn(async move {
         let mut codec = PacketCodec::with_max_body(MAX_BODY);
@@ -239,15 +242,28 @@ pub async fn produce<S: KvStream>(
                                 &[],
                             );
                             if let Some(ev) = ev {
-                                let _ = tx.send(ev);
+                                if tx.send(ev).await.is_err() {
+                                    return;
+                                }
                             }
                             Event::Reply(out.freeze())
                         }
                         Opcode::DcpStreamReq => {
-                            Event::Reply(stream_req(&rb, &p, &tx, shape.collections))
+                            // The reply first: the stream's first frames must not overtake it
+                            // (the queue may make the second send wait).
+                            let (reply, stream) = stream_req(&rb, &p, shape.collections);
+                            if tx.send(Event::Reply(reply)).await.is_err() {
+                                return;
+                            }
+                            match stream {
+                                Some(s) => Event::Stream(s),
+                                None => continue,
+                            }
                         }
                         Opcode::DcpCloseStream => {
-                            let _ = tx.send(Event::Close(p.vbucket()));
+                            if tx.send(Event::Close(p.vbucket())).await.is_err() {
+                                return;
+                            }
                             Event::Reply(Packet::response_to(&p, Status::Success).to_bytes())
                         }
                         Opcode::DcpGetFailoverLog => match rb.vb(p.vbucket()) {
@@ -269,7 +285,7 @@ pub async fn produce<S: KvStream>(
                         }
                     }
                 };
-                if tx.send(ev).is_err() {
+                if tx.send(ev).await.is_err() {
                     return;
                 }
             }

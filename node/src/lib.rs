@@ -11,12 +11,15 @@
 //! value.rs    values as stored and as each connection sees them (JSON, SNAPPY, XATTR)
 //! config.rs   the cluster map a node serves over KV and as REST's terse bucket config
 //! tls.rs      the certificate of the TLS KV port and HTTPS REST (given, or self-signed)
+//! limits.rs   what one client may cost: the connection cap, small bodies and short silence
+//!             before authentication
 //! tap.rs      the TAP producer (TAP_CONNECT)
 //! dcp.rs      the DCP producer (DCP_OPEN), flow control, noops
 //! node.rs     one node: bucket + KV listener + persistence
 //! cluster.rs  N nodes sharing one vbucket map, in-process replication, failover
 //! recovery.rs the vbuckets a failover lost: both recovery REST dialects, on the cluster state
 //! rest.rs     the REST port (the map as Couchbase's REST shows it, the recovery API)
+//! rest_guard.rs who may use it: HTTP Basic with the node's credentials, test hooks only when on
 //! sds/        a reference OpenIO SDS proxy (oio-proxy 7 or 9) over local meta2 volumes: meta1,
 //!             its cache, the services' elections (also as read-only ZooKeeper nodes)
 //! ```
@@ -27,10 +30,12 @@ pub mod collections;
 pub mod config;
 pub mod dcp;
 pub mod kv;
+pub mod limits;
 pub mod node;
 pub mod persist;
 pub mod recovery;
 pub mod rest;
+pub mod rest_guard;
 pub mod sds;
 pub mod store;
 pub mod tap;

@@ -16,8 +16,8 @@ use crate::persist;
 use crate::store::Bucket;
 use crate::tls::TlsIdentity;
 
-/// How a node is set up.
-#[derive(Debug, Clone)]
+/// How a node is set up. Its `Debug` shows the user and never the password.
+#[derive(Clone)]
 pub struct NodeConfig {
     pub bucket: String,
     pub vbuckets: u16,
@@ -26,10 +26,27 @@ pub struct NodeConfig {
     pub auth: Option<(String, String)>,
     /// Where the bucket is persisted, if anywhere.
     pub data: Option<PathBuf>,
+    /// The connections the KV port serves at once (`--max-connections`).
+    pub max_connections: usize,
     /// The certificate of the TLS KV port (and HTTPS REST), if one is served.
     pub tls: Option<TlsIdentity>,
     /// The bucket's conflictResolutionType: how with-meta writes are resolved.
     pub conflict_resolution: ConflictResolution,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("bucket", &self.bucket)
+            .field("vbuckets", &self.vbuckets)
+            .field("initial_state", &self.initial_state)
+            .field("auth", &self.auth.as_ref().map(|(user, _)| (user, "***")))
+            .field("data", &self.data)
+            .field("max_connections", &self.max_connections)
+            .field("tls", &self.tls)
+            .field("conflict_resolution", &self.conflict_resolution)
+            .finish()
+    }
 }
 
 impl Default for NodeConfig {
@@ -39,6 +56,7 @@ impl Default for NodeConfig {
             vbuckets: 1024,
             initial_state: VbucketState::Active,
             auth: None,
+            max_connections: crate::limits::DEFAULT_MAX_CONNECTIONS,
             data: None,
             tls: None,
             conflict_resolution: ConflictResolution::Seqno,
@@ -118,6 +136,7 @@ impl Node {
             bucket: bucket.clone(),
             users,
             started: Instant::now(),
+            cap: crate::limits::ConnectionCap::new(cfg.max_connections),
             config: Default::default(),
             counters: Counters::default(),
         });
@@ -225,6 +244,39 @@ impl Drop for Node {
         self.stop.cancel();
         if let Some(s) = self.saver.take() {
             s.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_the_user_and_never_the_password() {
+        let cfg = NodeConfig {
+            auth: Some(("admin".into(), "p@ss:w0rd-Secret".into())),
+            ..NodeConfig::default()
+        };
+        let cluster = crate::ClusterConfig {
+            nodes: 1,
+            replicas: 0,
+            node: cfg.clone(),
+            kv_port: 0,
+            rest_port: 0,
+            spares: 0,
+            recovery_api: crate::RecoveryApi::default(),
+            tls: None,
+        };
+        for text in [
+            format!("{cfg:?}"),
+            format!("{cfg:#?}"),
+            format!("{cluster:?}"),
+        ] {
+            assert!(text.contains("admin") && text.contains("***"), "{text}");
+            for part in ["p@ss", "w0rd", "Secret"] {
+                assert!(!text.contains(part), "{part} in {text}");
+            }
         }
     }
 }

@@ -26,12 +26,14 @@
 //! POST commitVBucket?recovery_uuid=U       vbucket=N          200 | 400 402 404 406
 //! POST stopRecovery?recovery_uuid=U                           200 | 400 406
 //!
-//! test hooks
+//! test hooks, only with --test-hooks (404 otherwise)
 //! POST /pump/faults                        route=replaceNode&status=403: the next call answers it
 //! POST /pump/rollback                      vbucket=5&seqno=12: the vbucket rolls back there on its
-//!                                          active node (a new failover branch); only with
-//!                                          --test-hooks, 403 otherwise
+//!                                          active node (a new failover branch)
 //! ```
+//!
+//! With credentials set (`--user/--password`), every route but `GET /pools` needs them as HTTP
+//! Basic (401 otherwise): see [`crate::rest_guard`].
 //!
 //! Every node's REST port serves the same router over the one shared [`Cluster`]. A node started
 //! with one recovery dialect answers 404 to the other's routes, as such a server would.
@@ -52,8 +54,13 @@ use serde_json::{json, Value};
 use crate::cluster::{Cluster, ClusterState};
 use crate::recovery::{RecoveryApi, Refusal};
 
-/// The routes, over the shared cluster state.
+/// The routes, over the shared cluster state, behind [`crate::rest_guard`].
 pub fn router(cluster: Arc<Cluster>) -> Router {
+    let guard = axum::middleware::from_fn_with_state(cluster.clone(), crate::rest_guard::guard);
+    routes(cluster).layer(guard)
+}
+
+fn routes(cluster: Arc<Cluster>) -> Router {
     let api = cluster.lock().recovery_api;
     let mut r = Router::new()
         .route("/pools", get(pools))

@@ -31,6 +31,9 @@ use crate::value;
 pub const ACK_EVERY: u64 = 1000;
 const CHUNK: usize = 1024;
 const FLUSH_AT: usize = 256 * 1024;
+/// Responses (acks) the connection's reader may queue ahead of the producer; when full, the
+/// reader waits and a client flooding responses is slowed by its own socket.
+pub const ACK_QUEUE: usize = 1024;
 
 fn io_err(msg: impl Into<String>) -> std::io::Error {
     std::io::Error::other(msg.into())
@@ -53,7 +56,7 @@ struct Emitter<W> {
     /// XATTR negotiated: values keep their xattrs.
     xattrs: bool,
     buf: BytesMut,
-    acks: mpsc::UnboundedReceiver<(u32, u16)>,
+    acks: mpsc::Receiver<(u32, u16)>,
     support_ack: bool,
     fix: bool,
     keys_only: bool,
@@ -212,14 +215,14 @@ pub async fn produce<S: KvStream>(
 ) -> std::io::Result<()> {
     let bucket = ctx.bucket.clone();
     let (mut r, w) = sock.halves();
-    let (ack_tx, acks) = mpsc::unbounded_channel();
+    let (ack_tx, acks) = mpsc::channel(ACK_QUEUE);
     // The reader: acks (responses to our messages) go to the emitter; EOF ends it.
     let reader = AbortOnDrop(tokio::spawn(async move {
         let mut codec = PacketCodec::with_max_body(MAX_BODY);
         loop {
             while let Ok(Some(p)) = codec.decode(&mut rbuf) {
                 if p.magic == Magic::Response
-                    && ack_tx.send((p.opaque, p.vbucket_or_status)).is_err()
+                    && ack_tx.send((p.opaque, p.vbucket_or_status)).await.is_err()
                 {
                     return;
                 }

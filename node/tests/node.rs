@@ -726,20 +726,42 @@ async fn tap_consumer_takes_a_delete_into_a_pending_vbucket_and_acks() {
     assert!(v.live(&pump_node::store::doc_key(0, b"gone"), 0).is_none());
 }
 
+/// SASL PLAIN as admin:secret, then SELECT_BUCKET default (the user is not named after it).
+async fn login(c: &mut Client) {
+    c.send(&pump_protocol::sasl::plain_auth("admin", "secret"))
+        .await;
+    assert_eq!(c.recv().await.status(), Status::Success);
+    c.send(&Packet::request(Opcode::SelectBucket).with_key(&b"default"[..]))
+        .await;
+    assert_eq!(c.recv().await.status(), Status::Success);
+}
+
 #[tokio::test]
 async fn tap_takeover_sends_vbucket_set_active_per_vbucket_and_the_local_copy_goes_dead() {
-    let n = node(NodeConfig::default()).await;
-    load(n.kv_addr, 20, 0).await;
+    let n = node(NodeConfig {
+        auth: Some(("admin".into(), "secret".into())),
+        ..NodeConfig::default()
+    })
+    .await;
+    let mut c = Client::connect(n.kv_addr).await;
+    login(&mut c).await;
+    let mut ps: Vec<Packet> = (0..20)
+        .map(|i| set(Opcode::SetQ, &format!("key{i:06}"), "v", 0))
+        .collect();
+    ps.push(Packet::request(Opcode::Noop));
+    c.send_all(&ps).await;
+    assert_eq!(c.recv().await.opcode, Opcode::Noop);
     let vbs = vec![3u16, 700];
-    let mut c = tap_connect(
-        n.kv_addr,
-        connect_flags::DUMP
+    let tc = TapConnect {
+        name: Bytes::from_static(b"test"),
+        flags: connect_flags::DUMP
             | connect_flags::SUPPORT_ACK
             | connect_flags::LIST_VBUCKETS
             | connect_flags::TAKEOVER_VBUCKETS,
-        Some(vbs.clone()),
-    )
-    .await;
+        vbuckets: Some(vbs.clone()),
+        ..TapConnect::default()
+    };
+    c.send(&tc.to_packet()).await;
     let ms = tap_messages(&mut c).await;
     let sets: Vec<(u16, VbucketState)> = ms
         .iter()
@@ -765,4 +787,75 @@ async fn tap_takeover_sends_vbucket_set_active_per_vbucket_and_the_local_copy_go
     for vb in vbs {
         assert_eq!(n.bucket.state(vb), Some(VbucketState::Dead), "vbucket {vb}");
     }
+}
+
+#[tokio::test]
+async fn tap_takeover_and_vbucket_state_changes_need_the_admin_credentials() {
+    // The case: one TAP_CONNECT with DUMP|TAKEOVER from anyone marked every vbucket
+    // dead. A node without credentials has no admin: it refuses them all.
+    let open = node(NodeConfig::default()).await;
+    let guarded = node(NodeConfig {
+        auth: Some(("admin".into(), "secret".into())),
+        ..NodeConfig::default()
+    })
+    .await;
+    let takeover = TapConnect {
+        name: Bytes::from_static(b"thief"),
+        flags: connect_flags::DUMP | connect_flags::TAKEOVER_VBUCKETS,
+        ..TapConnect::default()
+    }
+    .to_packet();
+    let set_dead = Packet::request(Opcode::SetVbucket)
+        .with_vbucket(5)
+        .with_extras((VbucketState::Dead as u32).to_be_bytes().to_vec());
+    let del = Packet::request(Opcode::DelVbucket).with_vbucket(6);
+    for (n, expect) in [(&open, Status::Eaccess), (&guarded, Status::AuthError)] {
+        let mut c = Client::connect(n.kv_addr).await;
+        for p in [&takeover, &set_dead, &del] {
+            c.send(p).await;
+            let r = c.recv().await;
+            assert_eq!((r.opcode, r.status()), (p.opcode, expect), "{:?}", p.opcode);
+        }
+        let active = (0..n.bucket.num_vbuckets())
+            .filter(|vb| n.bucket.state(*vb) == Some(VbucketState::Active))
+            .count();
+        assert_eq!(active, 1024, "a refused request changed a vbucket's state");
+    }
+    // The admin may.
+    let mut c = Client::connect(guarded.kv_addr).await;
+    login(&mut c).await;
+    c.send(&set_dead).await;
+    assert_eq!(c.recv().await.status(), Status::Success);
+    assert_eq!(guarded.bucket.state(5), Some(VbucketState::Dead));
+}
+
+#[tokio::test]
+async fn stat_vbucket_seqno_of_one_dead_vbucket_is_not_my_vbucket_as_the_whole_list_leaves_it_out()
+{
+    let n = node(NodeConfig {
+        auth: Some(("admin".into(), "secret".into())),
+        ..NodeConfig::default()
+    })
+    .await;
+    let mut c = Client::connect(n.kv_addr).await;
+    login(&mut c).await;
+    c.send(
+        &Packet::request(Opcode::SetVbucket)
+            .with_vbucket(5)
+            .with_extras((VbucketState::Dead as u32).to_be_bytes().to_vec()),
+    )
+    .await;
+    assert_eq!(c.recv().await.status(), Status::Success);
+    c.send(&Packet::request(Opcode::Stat).with_key(&b"vbucket-seqno 5"[..]))
+        .await;
+    let r = c.recv().await;
+    assert_eq!(r.status(), Status::NotMyVbucket, "{:?}", r.key);
+    // A live one is listed, then the end of the group.
+    c.send(&Packet::request(Opcode::Stat).with_key(&b"vbucket-seqno 6"[..]))
+        .await;
+    let r = c.recv().await;
+    assert_eq!(
+        (r.status(), &r.key[..]),
+        (Status::Success, &b"vb_6:high_seqno"[..])
+    );
 }

@@ -9,7 +9,7 @@ use pump_node::tls::TlsIdentity;
 use pump_node::{Cluster, ClusterConfig, Membership, NodeConfig, RecoveryApi};
 use pump_protocol::meta::ConflictResolution;
 
-use super::credentials::NodeAuthArgs;
+use super::credentials::{NodeAuthArgs, SourceCredentialArgs};
 use super::Failure;
 
 /// Arguments of `pump cluster`.
@@ -29,6 +29,9 @@ pub enum ClusterCommand {
         url: String,
         /// The node: its otpNode name (n_1@127.0.0.1), host:port, or index.
         node: String,
+        /// The cluster's user and password (HTTP Basic), unless the URL holds them.
+        #[command(flatten)]
+        credentials: SourceCredentialArgs,
     },
 }
 
@@ -69,7 +72,11 @@ pub struct Up {
     /// The user and password clients must give (SASL on the KV port).
     #[command(flatten)]
     pub auth: NodeAuthArgs,
-    /// Serve the test hooks a test drives the nodes with (POST /pump/rollback).
+    /// Connections each KV port serves at once; past it new ones are closed, and a line logged.
+    #[arg(long, default_value_t = pump_node::limits::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Serve the test hooks a test drives the nodes with (POST /pump/faults, /pump/rollback);
+    /// without it they answer 404.
     #[arg(long)]
     pub test_hooks: bool,
     #[command(flatten)]
@@ -136,7 +143,11 @@ impl TlsArgs {
 pub async fn run(a: ClusterArgs) -> Result<(), Failure> {
     match a.command {
         ClusterCommand::Up(up_args) => up(up_args, false).await,
-        ClusterCommand::Failover { url, node } => failover(&url, &node).await,
+        ClusterCommand::Failover {
+            url,
+            node,
+            credentials,
+        } => failover(&url, &node, credentials.credentials()?).await,
     }
 }
 
@@ -154,6 +165,7 @@ pub async fn up(a: Up, single: bool) -> Result<(), Failure> {
         bucket: a.bucket,
         vbuckets: a.vbuckets,
         auth: a.auth.auth()?,
+        max_connections: a.max_connections,
         data: a.data.clone(),
         tls: tls.as_ref().map(|(id, _)| id.clone()),
         conflict_resolution: a.conflict_resolution,
@@ -224,8 +236,12 @@ pub(super) async fn wait_for_stop() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn failover(url: &str, node: &str) -> Result<(), Failure> {
-    let rest = pump::spec::RestUrl::parse(url)?;
+async fn failover(
+    url: &str,
+    node: &str,
+    credentials: Option<pump::Credentials>,
+) -> Result<(), Failure> {
+    let rest = pump::spec::RestUrl::parse(url)?.or_credentials(credentials);
     let base = rest.base();
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))

@@ -37,8 +37,8 @@ pub struct TlsArgs {
     pub no_ssl_verify: bool,
 }
 
-/// The source's and the destination's user and password.
-#[derive(Debug, clap::Args)]
+/// The source's and the destination's user and password (`Debug` hides the passwords).
+#[derive(clap::Args)]
 pub struct CredentialArgs {
     #[command(flatten)]
     source: SourceCredentialArgs,
@@ -62,8 +62,9 @@ pub struct CredentialArgs {
     password_dest_file: Option<PathBuf>,
 }
 
-/// `-u/-p`: the user and password of one cluster (the source's, or the only one's).
-#[derive(Debug, clap::Args)]
+/// `-u/-p`: the user and password of one cluster (the source's, or the only one's); `Debug`
+/// hides the password.
+#[derive(clap::Args)]
 pub struct SourceCredentialArgs {
     /// Source user (SASL on a data port, basic auth on a REST port).
     #[arg(short = 'u', long = "username")]
@@ -105,8 +106,9 @@ impl CredentialArgs {
     }
 }
 
-/// `--user/--password` of a reference node: the SASL (and REST) credentials it requires.
-#[derive(Debug, Clone, clap::Args)]
+/// `--user/--password` of a reference node: the SASL (and REST) credentials it requires;
+/// `Debug` hides the password.
+#[derive(Clone, clap::Args)]
 pub struct NodeAuthArgs {
     /// The user the node requires of its clients (with a password).
     #[arg(long)]
@@ -142,6 +144,42 @@ impl NodeAuthArgs {
                 "a password needs --user (the user the node requires)".into(),
             )),
         }
+    }
+}
+
+/// A password argument as `Debug` shows it: whether one was given, never what.
+fn hidden(p: &Option<String>) -> Option<&'static str> {
+    p.as_ref().map(|_| "***")
+}
+
+impl std::fmt::Debug for SourceCredentialArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceCredentialArgs")
+            .field("username", &self.username)
+            .field("password", &hidden(&self.password))
+            .field("password_file", &self.password_file)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CredentialArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialArgs")
+            .field("source", &self.source)
+            .field("username_dest", &self.username_dest)
+            .field("password_dest", &hidden(&self.password_dest))
+            .field("password_dest_file", &self.password_dest_file)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for NodeAuthArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeAuthArgs")
+            .field("user", &self.user)
+            .field("password", &hidden(&self.password))
+            .field("password_file", &self.password_file)
+            .finish()
     }
 }
 
@@ -211,6 +249,42 @@ mod tests {
                 Failure::Usage(m) | Failure::Failed(m) | Failure::Interrupted(m) => m,
             }
         }
+    }
+
+    #[test]
+    fn the_parsed_arguments_debug_never_shows_a_password() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Transfer {
+            #[command(flatten)]
+            credentials: CredentialArgs,
+        }
+        #[derive(Debug, Parser)]
+        struct Node {
+            #[command(flatten)]
+            auth: NodeAuthArgs,
+        }
+        let transfer = Transfer::try_parse_from([
+            "pump",
+            "-u",
+            "src-user",
+            "-p",
+            "src-Secret1",
+            "-U",
+            "dst-user",
+            "-P",
+            "dst-Secret2",
+        ])
+        .unwrap();
+        let node =
+            Node::try_parse_from(["pump", "--user", "node-user", "--password", "node-Secret3"])
+                .unwrap();
+        let text = format!("{transfer:?}{transfer:#?}{node:?}{node:#?}");
+        for user in ["src-user", "dst-user", "node-user"] {
+            assert!(text.contains(user), "{user} missing: {text}");
+        }
+        assert!(text.contains("***"), "{text}");
+        assert!(!text.contains("Secret"), "a password in {text}");
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct NodeArgs {
     /// The user and password clients must give (SASL on the KV port).
     #[command(flatten)]
     pub auth: NodeAuthArgs,
+    /// Connections each KV port serves at once; past it new ones are closed, and a line logged.
+    #[arg(long, default_value_t = pump_node::limits::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// Serve the reference SDS proxy for namespace NS (with --meta2) instead of a data node.
     #[arg(long, value_name = "NS", requires = "meta2")]
     pub sds: Option<String>,
@@ -119,6 +122,7 @@ pub async fn run(a: NodeArgs) -> Result<(), Failure> {
         conflict_resolution: a.conflict_resolution,
         data: a.data,
         auth: a.auth,
+        max_connections: a.max_connections,
         test_hooks: a.test_hooks,
         tls: a.tls,
     };

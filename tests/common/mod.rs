@@ -362,6 +362,8 @@ pub fn data_files(dir: &Path) -> Vec<PathBuf> {
 /// by its pid when dropped.
 pub struct LocalCluster {
     child: Child,
+    /// `Authorization: Basic ...\r\n` when the cluster was started with --user/--password.
+    auth_header: String,
     /// Per node: KV address, REST address, otpNode name, spare or not.
     pub nodes: Vec<ClusterNode>,
     /// With `--tls`: the certificate the cluster wrote for clients to trust.
@@ -436,6 +438,20 @@ impl LocalCluster {
                 https: optional("https="),
             });
         }
+        let flag = |name: &str| {
+            args.iter()
+                .position(|a| *a == name)
+                .and_then(|i| args.get(i + 1))
+                .map(|v| v.to_string())
+        };
+        let auth_header = match (flag("--user"), flag("--password")) {
+            (Some(u), Some(p)) => {
+                use base64::Engine as _;
+                let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+                format!("Authorization: Basic {token}\r\n")
+            }
+            _ => String::new(),
+        };
         let cert = found[0].kvs.is_some().then(|| {
             let mut line = String::new();
             out.read_line(&mut line).unwrap();
@@ -449,6 +465,7 @@ impl LocalCluster {
             child,
             nodes: found,
             cert,
+            auth_header,
         }
     }
 
@@ -469,14 +486,14 @@ impl LocalCluster {
 
     /// GET `path` on node 0's REST port, as JSON.
     pub fn get(&self, path: &str) -> serde_json::Value {
-        let (status, body) = http(&self.nodes[0].rest, "GET", path, "");
+        let (status, body) = http_with(&self.nodes[0].rest, "GET", path, "", &self.auth_header);
         assert_eq!(status, 200, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
     }
 
     /// POST a form to `path` on node 0's REST port: (status, body).
     pub fn post(&self, path: &str, form: &str) -> (u16, String) {
-        http(&self.nodes[0].rest, "POST", path, form)
+        http_with(&self.nodes[0].rest, "POST", path, form, &self.auth_header)
     }
 
     /// The bucket's missing vbuckets (GET vbucketsMissing).
@@ -556,11 +573,16 @@ impl Drop for LocalCluster {
 
 /// A minimal HTTP/1.1 exchange (the tests' own client, independent of the pump's).
 pub fn http(addr: &str, method: &str, path: &str, form: &str) -> (u16, String) {
+    http_with(addr, method, path, form, "")
+}
+
+/// [`http`] with `headers` (each line ending in `\r\n`) added to the request.
+pub fn http_with(addr: &str, method: &str, path: &str, form: &str, headers: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
         form.len()
     )

@@ -3,7 +3,8 @@
 //! ```text
 //! STAT ""                   pid, uptime, time, version, curr_items, ep_num_vbuckets and the
 //!                           node's counters (snappy values in and out, logins per mechanism)
-//! STAT "vbucket-seqno [N]"  vb_N:high_seqno, vb_N:abs_high_seqno, vb_N:uuid
+//! STAT "vbucket-seqno [N]"  vb_N:high_seqno, vb_N:abs_high_seqno, vb_N:uuid of each vbucket
+//!                           not dead; NOT_MY_VBUCKET for one dead vbucket N
 //! SET_VBUCKET               extras (or value) u32 state
 //! GET_VBUCKET / DEL_VBUCKET
 //! TAP_MUTATION / TAP_DELETE / TAP_VBUCKET_SET ...  into replica or pending vbuckets (the
@@ -84,13 +85,18 @@ impl<S: KvStream> Connection<S> {
             .filter(|g| !g.is_empty());
         let vbs: Vec<u16> = match only.map(str::parse::<u16>) {
             None => (0..b.num_vbuckets()).collect(),
+            // One dead vbucket is not this node's, as the whole list leaves it out: a client
+            // must not take it for one it can stream.
+            Some(Ok(vb)) if b.state(vb) == Some(VbucketState::Dead) => {
+                return self.fail(p, Status::NotMyVbucket)
+            }
             Some(Ok(vb)) if vb < b.num_vbuckets() => vec![vb],
             Some(_) => return self.fail(p, Status::Einval),
         };
         for vb in vbs {
             let Some((high, uuid)) = b
                 .vb(vb)
-                .filter(|v| only.is_some() || v.state != VbucketState::Dead)
+                .filter(|v| v.state != VbucketState::Dead)
                 .map(|v| (v.high_seqno, v.uuid()))
             else {
                 continue;

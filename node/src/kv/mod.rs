@@ -10,6 +10,11 @@
 //!             negotiated (Session)
 //! items.rs    GET/SET/ADD/REPLACE/DELETE/TOUCH/GAT, INCR/DECR, APPEND/PREPEND, *_WITH_META
 //! admin.rs    STAT, SET/GET/DEL_VBUCKET, the TAP consumer
+//!
+//! accept past --max-connections (plain and TLS together): closed at once, one log line
+//! before SASL (a node with credentials): bodies up to 64 KiB, 10 s of silence (crate::limits)
+//! SET_VBUCKET, DEL_VBUCKET, TAP_CONNECT with TAKEOVER: the node's user only (PLAIN or SCRAM),
+//!             EACCESS otherwise, and always on a node without credentials
 //! ```
 //!
 //! Each connection gets only what it negotiated: the datatype bits it may send and receive
@@ -43,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Users;
 use crate::config::ConfigSlot;
+use crate::limits;
 use crate::store::Bucket;
 pub use session::Session;
 
@@ -113,10 +119,13 @@ pub struct KvContext {
     /// The cluster map this node serves.
     pub config: ConfigSlot,
     pub counters: Counters,
+    /// The connections this node serves at once, plain and TLS together (`--max-connections`).
+    pub cap: limits::ConnectionCap,
 }
 
 /// Accepts connections until `stop` is cancelled; each connection also ends on `stop`. With
-/// `tls`, each connection is a TLS session first.
+/// `tls`, each connection is a TLS session first. A connection past the node's cap is closed at
+/// once (see [`crate::limits`]).
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<KvContext>,
@@ -130,11 +139,21 @@ pub async fn serve(
         };
         match accepted {
             Ok((sock, peer)) => {
+                let port = if tls.is_some() {
+                    "TLS KV port"
+                } else {
+                    "KV port"
+                };
+                let Some(place) = ctx.cap.admit(port, peer) else {
+                    drop(sock);
+                    continue;
+                };
                 let _ = sock.set_nodelay(true);
                 let ctx = ctx.clone();
                 let stop = stop.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
+                    let _place = place;
                     let run = async {
                         match tls {
                             None => Connection::new(sock, ctx).run().await,
@@ -261,7 +280,9 @@ impl<S: KvStream> Connection<S> {
     }
 
     async fn run(mut self) -> std::io::Result<()> {
-        let mut codec = PacketCodec::with_max_body(MAX_BODY);
+        // Small bodies only until the connection authenticated (see crate::limits).
+        let mut authed = self.session.authed;
+        let mut codec = PacketCodec::with_max_body(limits::max_body(authed, MAX_BODY));
         loop {
             loop {
                 let p = match codec.decode(&mut self.rbuf) {
@@ -272,7 +293,12 @@ impl<S: KvStream> Connection<S> {
                         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
                     }
                 };
-                match self.dispatch(p) {
+                let next = self.dispatch(p);
+                if self.session.authed != authed {
+                    authed = self.session.authed;
+                    codec = PacketCodec::with_max_body(limits::max_body(authed, MAX_BODY));
+                }
+                match next {
                     Next::Continue => {}
                     Next::Close => {
                         self.sock.write_all(&self.wbuf).await?;
@@ -311,7 +337,8 @@ impl<S: KvStream> Connection<S> {
             if self.rbuf.capacity() - self.rbuf.len() < 16 * 1024 {
                 self.rbuf.reserve(256 * 1024);
             }
-            let n = tokio::time::timeout(IDLE_TIMEOUT, self.sock.read_buf(&mut self.rbuf))
+            let idle = limits::idle_timeout(self.session.authed, IDLE_TIMEOUT);
+            let n = tokio::time::timeout(idle, self.sock.read_buf(&mut self.rbuf))
                 .await
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"))??;
             if n == 0 {
@@ -325,6 +352,12 @@ impl<S: KvStream> Connection<S> {
                 };
             }
         }
+    }
+
+    /// Authenticated with the node's credentials, by PLAIN or SCRAM (a node without any has no
+    /// admin).
+    fn is_admin(&self) -> bool {
+        self.ctx.users.is_some() && self.session.authed
     }
 
     fn reply(&mut self, p: &Packet, status: Status, cas: u64, extras: &[u8], key: &[u8], v: &[u8]) {
@@ -428,6 +461,11 @@ impl<S: KvStream> Connection<S> {
         if !self.session.bucket && session::needs_bucket(op) {
             return self.fail(&p, Status::NoBucket);
         }
+        if changes_vbucket_states(&p) && !self.is_admin() {
+            // Answered even without XERROR: the text says what is missing.
+            self.reply(&p, Status::Eaccess, 0, &[], &[], NEEDS_ADMIN);
+            return Next::Continue;
+        }
         match op {
             Opcode::Get
             | Opcode::GetQ
@@ -514,5 +552,21 @@ impl<S: KvStream> Connection<S> {
         }
         self.reply(p, Status::Success, 0, &[], &[], &[]);
         Next::Dcp { flags }
+    }
+}
+
+/// What a request that [`changes_vbucket_states`] gets without the admin credentials.
+const NEEDS_ADMIN: &[u8] = b"vbucket state changes and TAP takeover need the node's admin \
+credentials: start it with --user/--password and authenticate";
+
+/// Requests that change which node serves a vbucket: SET_VBUCKET, DEL_VBUCKET, and a
+/// TAP_CONNECT asking for TAKEOVER_VBUCKETS (its end marks every vbucket it streamed dead).
+/// One such request from anyone could stop the node serving its data.
+fn changes_vbucket_states(p: &Packet) -> bool {
+    match p.opcode {
+        Opcode::SetVbucket | Opcode::DelVbucket => true,
+        Opcode::TapConnect => TapConnect::from_packet(p)
+            .is_ok_and(|c| c.has(pump_protocol::tap::connect_flags::TAKEOVER_VBUCKETS)),
+        _ => false,
     }
 }

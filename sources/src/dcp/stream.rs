@@ -65,18 +65,25 @@ async fn high_seqnos(
 ) -> Result<Option<HashMap<u16, u64>>, ClientError> {
     if vbuckets.len() <= PER_VBUCKET_STATS {
         let mut stats = Vec::new();
+        let mut not_here = 0;
         for vb in vbuckets {
             match conn.stats(&format!("vbucket-seqno {vb}")).await {
                 Ok(s) => stats.extend(s),
+                // Dead or absent on this node: not listed, so not counted as live.
+                Err(ClientError::Status {
+                    status: Status::NotMyVbucket,
+                    ..
+                }) => not_here += 1,
                 // A node without the one-vbucket form: the whole bucket's, below.
                 Err(ClientError::Status { .. }) => {
                     stats.clear();
+                    not_here = 0;
                     break;
                 }
                 Err(e) => return Err(e),
             }
         }
-        if !stats.is_empty() {
+        if !stats.is_empty() || not_here > 0 {
             return Ok(Some(parse_high_seqnos(stats)));
         }
     }

@@ -821,3 +821,42 @@ async fn a_manifest_that_does_not_parse_stops_the_run_before_any_stream_and_writ
         assert!(n.is_empty(), "nothing reached the sink: {n:?}");
     }
 }
+
+#[tokio::test]
+async fn vbuckets_a_node_calls_not_its_own_in_stat_vbucket_seqno_n_are_not_live() {
+    // A short -l asks `STAT vbucket-seqno N` per vbucket; a node holding them dead answers
+    // NOT_MY_VBUCKET. They must not count as live (the run ended with 0 items, exit 0), nor
+    // send the source to the whole bucket's list.
+    let (l, addr) = listen().await;
+    let producer = tokio::spawn(async move {
+        let mut peer = Peer::accept(&l).await;
+        let mut asked = Vec::new();
+        while let Some(p) = peer.recv().await {
+            let answer = match p.opcode {
+                Opcode::Stat => {
+                    asked.push(String::from_utf8(p.key.to_vec()).unwrap());
+                    assert_ne!(&p.key[..], b"vbucket-seqno", "fell back to the whole list");
+                    Status::NotMyVbucket
+                }
+                Opcode::SelectBucket => Status::UnknownCommand,
+                Opcode::Hello | Opcode::DcpOpen | Opcode::DcpControl => Status::Success,
+                other => panic!("unexpected {other:?}"),
+            };
+            peer.send(Packet::response_to(&p, answer)).await;
+        }
+        asked
+    });
+    let o = options("0-1", None);
+    let e = run(open(&addr, &o), Collect::default(), o)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("none of the 2 vbuckets asked for is active on this node"),
+        "{e}"
+    );
+    assert_eq!(
+        producer.await.unwrap(),
+        ["vbucket-seqno 0", "vbucket-seqno 1"]
+    );
+}
