@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{
-    create_collection as create, csv_rows, export_cluster, export_file, http, load_into, pump,
+    create_collection as create, csv_rows, export_cluster, export_file, load_into, pump,
     sdk_script, transfer_ok, Export, LocalCluster, Memcached,
 };
 
@@ -195,8 +195,7 @@ fn a_collection_dropped_while_the_stream_runs_stops_and_the_backup_records_the_d
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1000));
-    let (status, body) = http(
-        &a.nodes[0].rest,
+    let (status, body) = a.rest(
         "DELETE",
         "/pools/default/buckets/default/scopes/s1/collections/c2",
         "",
@@ -556,12 +555,7 @@ fn recover_brings_back_every_collection_of_the_lost_vbuckets_mapped_by_name() {
         load_into(c, 3000, "c1-", "s1", "c1");
     }
     let ids = |c: &LocalCluster| {
-        let (_, body) = http(
-            &c.nodes[0].rest,
-            "GET",
-            "/pools/default/buckets/default/scopes",
-            "",
-        );
+        let (_, body) = c.rest("GET", "/pools/default/buckets/default/scopes", "");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         v["scopes"]
             .as_array()

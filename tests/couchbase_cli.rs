@@ -246,15 +246,9 @@ fn couchbase_cli_cbtransfer_reads_a_pump_backup_of_a_cluster_with_collections() 
     transfer_ok(&a.spec(), only_default.to_str().unwrap(), CREDS);
     assert_eq!(read_back(&only_default, "a.csv"), want);
     // s1.c1 with 500 items of its own: the backup holds them apart, cbtransfer the rest.
-    let (status, body) = common::http(
-        &a.nodes[0].rest,
-        "POST",
-        "/pools/default/buckets/default/scopes",
-        "name=s1",
-    );
+    let (status, body) = a.rest("POST", "/pools/default/buckets/default/scopes", "name=s1");
     assert_eq!(status, 200, "{body}");
-    let (status, body) = common::http(
-        &a.nodes[0].rest,
+    let (status, body) = a.rest(
         "POST",
         "/pools/default/buckets/default/scopes/s1/collections",
         "name=c1",

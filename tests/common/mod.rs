@@ -364,6 +364,8 @@ pub struct LocalCluster {
     child: Child,
     /// `Authorization: Basic ...\r\n` when the cluster was started with --user/--password.
     auth_header: String,
+    /// `-u USER -p PASSWORD` for the pump's commands, when it was.
+    credentials: Vec<String>,
     /// Per node: KV address, REST address, otpNode name, spare or not.
     pub nodes: Vec<ClusterNode>,
     /// With `--tls`: the certificate the cluster wrote for clients to trust.
@@ -444,6 +446,10 @@ impl LocalCluster {
                 .and_then(|i| args.get(i + 1))
                 .map(|v| v.to_string())
         };
+        let credentials = match (flag("--user"), flag("--password")) {
+            (Some(u), Some(p)) => vec!["-u".to_string(), u, "-p".to_string(), p],
+            _ => Vec::new(),
+        };
         let auth_header = match (flag("--user"), flag("--password")) {
             (Some(u), Some(p)) => {
                 use base64::Engine as _;
@@ -466,6 +472,7 @@ impl LocalCluster {
             nodes: found,
             cert,
             auth_header,
+            credentials,
         }
     }
 
@@ -494,6 +501,12 @@ impl LocalCluster {
     /// POST a form to `path` on node 0's REST port: (status, body).
     pub fn post(&self, path: &str, form: &str) -> (u16, String) {
         http_with(&self.nodes[0].rest, "POST", path, form, &self.auth_header)
+    }
+
+    /// `method` `path` (with a form) on node 0's REST port, with the cluster's credentials:
+    /// (status, body).
+    pub fn rest(&self, method: &str, path: &str, form: &str) -> (u16, String) {
+        http_with(&self.nodes[0].rest, method, path, form, &self.auth_header)
     }
 
     /// The bucket's missing vbuckets (GET vbucketsMissing).
@@ -525,7 +538,10 @@ impl LocalCluster {
 
     /// Fails node `i` over through `pump cluster failover`.
     pub fn failover(&self, i: usize) {
-        let out = pump(&["cluster", "failover", &self.url(), &self.nodes[i].otp]);
+        let url = self.url();
+        let mut args = vec!["cluster", "failover", &url, &self.nodes[i].otp];
+        args.extend(self.credentials.iter().map(String::as_str));
+        let out = pump(&args);
         assert!(out.status.success(), "failover: {}", stderr(&out));
     }
 
@@ -775,13 +791,12 @@ pub fn export_file(csv: &Path) -> Export {
 /// Creates `scope.collection` on `c` over REST (the scope too, when it is new).
 pub fn create_collection(c: &LocalCluster, scope: &str, collection: &str) {
     let base = "/pools/default/buckets/default/scopes";
-    let (status, body) = http(&c.nodes[0].rest, "POST", base, &format!("name={scope}"));
+    let (status, body) = c.rest("POST", base, &format!("name={scope}"));
     assert!(
         status == 200 || body.contains("already exists"),
         "{status} {body}"
     );
-    let (status, body) = http(
-        &c.nodes[0].rest,
+    let (status, body) = c.rest(
         "POST",
         &format!("{base}/{scope}/collections"),
         &format!("name={collection}"),
