@@ -859,3 +859,77 @@ async fn stat_vbucket_seqno_of_one_dead_vbucket_is_not_my_vbucket_as_the_whole_l
         (Status::Success, &b"vb_6:high_seqno"[..])
     );
 }
+
+#[tokio::test]
+async fn at_the_cap_the_oldest_connection_not_authenticated_makes_room_for_a_new_client() {
+    // Issue 18: idle connections that never authenticate must not keep a real client out
+    // until they time out. At the cap, the oldest of them is closed for the newcomer; one
+    // that authenticated is never closed for another.
+    let n = node(NodeConfig {
+        auth: Some(("admin".into(), "secret".into())),
+        max_connections: 6,
+        ..NodeConfig::default()
+    })
+    .await;
+    let mut holder = Client::connect(n.kv_addr).await;
+    login(&mut holder).await;
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        let mut c = Client::connect(n.kv_addr).await;
+        // Admitted: it is answered (NOOP needs no login).
+        c.send(&Packet::request(Opcode::Noop)).await;
+        assert_eq!(c.recv().await.status(), Status::Success);
+        idle.push(c);
+    }
+    // The cap is reached: a real client still gets in, at once, and is served.
+    let mut clients = Vec::new();
+    for (round, oldest) in idle.iter_mut().take(2).enumerate() {
+        let mut c = Client::connect(n.kv_addr).await;
+        login(&mut c).await;
+        c.send(&set(Opcode::Set, &format!("k{round}"), "v", 0))
+            .await;
+        assert_eq!(c.recv().await.status(), Status::Success);
+        // The one closed for it is the oldest idle one still open.
+        assert!(
+            oldest.recv_within(WAIT).await.is_none(),
+            "round {round}: the oldest idle connection is still open"
+        );
+        holder_answers(&mut holder).await;
+        clients.push(c); // kept open: it holds a place
+    }
+    for c in &mut idle[2..] {
+        c.send(&Packet::request(Opcode::Noop)).await;
+        assert_eq!(
+            c.recv().await.status(),
+            Status::Success,
+            "a younger one was closed"
+        );
+    }
+}
+
+async fn holder_answers(c: &mut Client) {
+    c.send(&get("k0")).await;
+    assert_eq!(c.recv().await.status(), Status::Success);
+}
+
+#[tokio::test]
+async fn at_a_cap_of_authenticated_connections_a_new_one_is_closed_at_once() {
+    let n = node(NodeConfig {
+        auth: Some(("admin".into(), "secret".into())),
+        max_connections: 2,
+        ..NodeConfig::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect(n.kv_addr).await;
+        login(&mut c).await;
+        held.push(c);
+    }
+    let mut refused = Client::connect(n.kv_addr).await;
+    assert!(refused.recv_within(WAIT).await.is_none(), "not closed");
+    for c in &mut held {
+        c.send(&Packet::request(Opcode::Noop)).await;
+        assert_eq!(c.recv().await.status(), Status::Success);
+    }
+}

@@ -1,5 +1,6 @@
 //! What the network sinks share: destination credentials from the spec or the options, how a
-//! Couchbase connection is negotiated (HELLO, the SASL mechanism, TLS), and a
+//! Couchbase connection is negotiated (HELLO, the SASL mechanism, TLS: [`pump_connect`], one
+//! copy for sources and sinks), and a
 //! memcached-binary-protocol connection as a [`Link`] of the one writer ([`pump::deliver`]).
 //!
 //! ```text
@@ -13,17 +14,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pump::deliver::{Heard, Link, LinkError, LinkReader, LinkWriter};
 use pump::{Error, Options, Spec};
-use pump_client::{Auth, ClientError, Connection, Handshake, Next, ReadHalf, TlsClient, WriteHalf};
-use pump_protocol::sasl::Mechanism;
+use pump_client::{Auth, ClientError, Connection, Next, ReadHalf, WriteHalf};
 use pump_protocol::{Magic, Packet, Status};
+
+pub use pump_connect::{handshake, tls_client};
 
 /// Credentials: the URL's userinfo, else `-U/-P`.
 pub fn auth(spec: &Spec, options: &Options) -> Result<Option<Auth>, Error> {
-    let c = spec.authority()?.credentials(options.dest_auth.as_ref());
-    Ok(c.map(|c| Auth {
-        user: c.user,
-        password: c.password,
-    }))
+    pump_connect::auth(spec, options.dest_auth.as_ref())
 }
 
 /// What a sink that only sends requests hears: an answer by its opaque, or a request from the
@@ -93,45 +91,4 @@ impl LinkReader for BinaryReader {
             Err(e) => Err(e.to_string()),
         }
     }
-}
-
-/// The `-x` keys of every kind that opens a Couchbase connection: the SASL mechanism to force
-/// and the TLS trust (`--cacert FILE` and `--no-ssl-verify` set the last two).
-pub const HANDSHAKE_KEYS: &[&str] = &["sasl", "cacert", "no_ssl_verify"];
-
-/// `-x sasl=NAME`: PLAIN, SCRAM-SHA512, SCRAM-SHA256 or SCRAM-SHA1 (any case), or none.
-pub fn forced_mechanism(options: &Options) -> Result<Option<Mechanism>, Error> {
-    match options.extra.get("sasl") {
-        None => Ok(None),
-        Some(v) => Mechanism::from_name(&v.to_ascii_uppercase())
-            .map(Some)
-            .ok_or_else(|| {
-                Error::usage(format!(
-                    "-x sasl={v}: expected PLAIN, SCRAM-SHA512, SCRAM-SHA256 or SCRAM-SHA1"
-                ))
-            }),
-    }
-}
-
-/// The TLS trust of `--cacert` / `--no-ssl-verify` (the system's roots without either).
-pub fn tls_client(options: &Options) -> Result<TlsClient, Error> {
-    let cacert = options.extra.get("cacert").map(std::path::Path::new);
-    let no_verify = options.extra.flag("no_ssl_verify")?;
-    TlsClient::new(cacert, no_verify).map_err(|e| Error::usage(e.to_string()))
-}
-
-/// How to open a connection to a Couchbase node for `spec`: HELLO with the pump's features,
-/// the strongest SASL mechanism (or `-x sasl`), `bucket` selected, TLS when `tls`.
-pub fn handshake(
-    auth: Option<Auth>,
-    bucket: &str,
-    options: &Options,
-    tls: bool,
-) -> Result<Handshake, Error> {
-    let mut h = Handshake::new(auth, Some(bucket), options.extra.timeout()?);
-    h.sasl = forced_mechanism(options)?;
-    if tls {
-        h.tls = Some(tls_client(options)?);
-    }
-    Ok(h)
 }

@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pump::{Acked, Delivery, Error, Options, Spec};
-use pump_client::{Auth, ClientError, Handshake, TlsClient, WriteHalf};
-use pump_protocol::sasl::Mechanism;
+use pump_client::{Auth, ClientError, WriteHalf};
 use pump_protocol::Packet;
 use tokio::sync::{mpsc, Mutex};
 
@@ -22,13 +21,11 @@ use tokio::sync::{mpsc, Mutex};
 /// sink, so that a window or an ack is never held hostage by batch size.
 pub const IDLE_FLUSH: Duration = Duration::from_millis(10);
 
+pub use pump_connect::{handshake, tls_client};
+
 /// Credentials: the URL's userinfo, else `-u/-p`.
 pub fn auth(spec: &Spec, options: &Options) -> Result<Option<Auth>, Error> {
-    let c = spec.authority()?.credentials(options.source_auth.as_ref());
-    Ok(c.map(|c| Auth {
-        user: c.user,
-        password: c.password,
-    }))
+    pump_connect::auth(spec, options.source_auth.as_ref())
 }
 
 /// Fails when the node answers `STAT vbucket-seqno` on `conn` (it lists every vbucket that is
@@ -71,47 +68,6 @@ pub fn no_live_vbucket(spec: &str, addr: &str, asked: Option<usize>) -> Error {
             "{addr}: {asked} active on this node (each is dead or absent, e.g. after a takeover): nothing to stream; point at the node holding them, or use couchbase://HOST:RESTPORT for a cluster"
         ),
     )
-}
-
-/// The `-x` keys of every kind that opens a Couchbase connection: the SASL mechanism to force
-/// and the TLS trust (`--cacert FILE` and `--no-ssl-verify` set the last two).
-pub const HANDSHAKE_KEYS: &[&str] = &["sasl", "cacert", "no_ssl_verify"];
-
-/// `-x sasl=NAME`: PLAIN, SCRAM-SHA512, SCRAM-SHA256 or SCRAM-SHA1 (any case), or none.
-pub fn forced_mechanism(options: &Options) -> Result<Option<Mechanism>, Error> {
-    match options.extra.get("sasl") {
-        None => Ok(None),
-        Some(v) => Mechanism::from_name(&v.to_ascii_uppercase())
-            .map(Some)
-            .ok_or_else(|| {
-                Error::usage(format!(
-                    "-x sasl={v}: expected PLAIN, SCRAM-SHA512, SCRAM-SHA256 or SCRAM-SHA1"
-                ))
-            }),
-    }
-}
-
-/// The TLS trust of `--cacert` / `--no-ssl-verify` (the system's roots without either).
-pub fn tls_client(options: &Options) -> Result<TlsClient, Error> {
-    let cacert = options.extra.get("cacert").map(std::path::Path::new);
-    let no_verify = options.extra.flag("no_ssl_verify")?;
-    TlsClient::new(cacert, no_verify).map_err(|e| Error::usage(e.to_string()))
-}
-
-/// How to open a connection to a Couchbase node for `spec`: HELLO with the pump's features,
-/// the strongest SASL mechanism (or `-x sasl`), `bucket` selected, TLS when `tls`.
-pub fn handshake(
-    auth: Option<Auth>,
-    bucket: &str,
-    options: &Options,
-    tls: bool,
-) -> Result<Handshake, Error> {
-    let mut h = Handshake::new(auth, Some(bucket), options.extra.timeout()?);
-    h.sasl = forced_mechanism(options)?;
-    if tls {
-        h.tls = Some(tls_client(options)?);
-    }
-    Ok(h)
 }
 
 /// The source's error for a client error; a refusal of the credentials (never retried) says

@@ -34,7 +34,8 @@ pub struct NodeArgs {
     /// The user and password clients must give (SASL on the KV port).
     #[command(flatten)]
     pub auth: NodeAuthArgs,
-    /// Connections each KV port serves at once; past it new ones are closed, and a line logged.
+    /// Connections each KV port serves at once; at it, the oldest connection not yet
+    /// authenticated is closed for a new one (or the new one, when all have), and a line logged.
     #[arg(long, default_value_t = pump_node::limits::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Serve the reference SDS proxy for namespace NS (with --meta2) instead of a data node.

@@ -124,8 +124,9 @@ pub struct KvContext {
 }
 
 /// Accepts connections until `stop` is cancelled; each connection also ends on `stop`. With
-/// `tls`, each connection is a TLS session first. A connection past the node's cap is closed at
-/// once (see [`crate::limits`]).
+/// `tls`, each connection is a TLS session first. At the node's cap, the oldest connection that
+/// has not authenticated makes room for a new one, else the new one is closed at once (see
+/// [`crate::limits`]).
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<KvContext>,
@@ -144,7 +145,7 @@ pub async fn serve(
                 } else {
                     "KV port"
                 };
-                let Some(place) = ctx.cap.admit(port, peer) else {
+                let Some(place) = ctx.cap.admit(port, peer, ctx.users.is_none()).await else {
                     drop(sock);
                     continue;
                 };
@@ -153,10 +154,10 @@ pub async fn serve(
                 let stop = stop.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _place = place;
+                    let handle = place.handle();
                     let run = async {
                         match tls {
-                            None => Connection::new(sock, ctx).run().await,
+                            None => Connection::new(sock, ctx, handle).run().await,
                             Some(acceptor) => {
                                 let s =
                                     tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock))
@@ -167,12 +168,15 @@ pub async fn serve(
                                                 "TLS handshake timed out",
                                             )
                                         })??;
-                                Connection::new(s, ctx).run().await
+                                Connection::new(s, ctx, handle).run().await
                             }
                         }
                     };
                     tokio::select! {
                         _ = stop.cancelled() => {}
+                        _ = place.evicted() => {
+                            tracing::debug!("connection {peer}: closed to make room at the cap before it authenticated");
+                        }
                         r = run => {
                             if let Err(e) = r {
                                 tracing::debug!("connection {peer}: {e}");
@@ -265,10 +269,12 @@ pub(crate) struct Connection<S> {
     rbuf: BytesMut,
     wbuf: BytesMut,
     session: Session,
+    /// Its place under the node's cap: told when the connection authenticates.
+    place: limits::PlaceHandle,
 }
 
 impl<S: KvStream> Connection<S> {
-    fn new(sock: S, ctx: Arc<KvContext>) -> Connection<S> {
+    fn new(sock: S, ctx: Arc<KvContext>, place: limits::PlaceHandle) -> Connection<S> {
         let session = Session::new(&ctx);
         Connection {
             sock,
@@ -276,6 +282,7 @@ impl<S: KvStream> Connection<S> {
             rbuf: BytesMut::with_capacity(256 * 1024),
             wbuf: BytesMut::with_capacity(64 * 1024),
             session,
+            place,
         }
     }
 
@@ -297,6 +304,9 @@ impl<S: KvStream> Connection<S> {
                 if self.session.authed != authed {
                     authed = self.session.authed;
                     codec = PacketCodec::with_max_body(limits::max_body(authed, MAX_BODY));
+                    if authed {
+                        self.place.authenticated();
+                    }
                 }
                 match next {
                     Next::Continue => {}
