@@ -113,23 +113,14 @@ pub fn before_auth(op: Opcode) -> bool {
     )
 }
 
-/// The commands that work on the bucket, and so need one selected.
+/// The commands that work on the bucket, and so need one selected: all but those allowed
+/// before authentication, SELECT_BUCKET itself, GET_CLUSTER_CONFIG and STAT.
 pub fn needs_bucket(op: Opcode) -> bool {
-    !matches!(
-        op,
-        Opcode::SaslListMechs
-            | Opcode::SaslAuth
-            | Opcode::SaslStep
-            | Opcode::Version
-            | Opcode::Noop
-            | Opcode::Hello
-            | Opcode::Quit
-            | Opcode::QuitQ
-            | Opcode::GetErrorMap
-            | Opcode::SelectBucket
-            | Opcode::GetClusterConfig
-            | Opcode::Stat
-    )
+    !(before_auth(op)
+        || matches!(
+            op,
+            Opcode::SelectBucket | Opcode::GetClusterConfig | Opcode::Stat
+        ))
 }
 
 impl<S: KvStream> Connection<S> {
