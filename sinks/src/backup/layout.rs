@@ -421,7 +421,9 @@ fn take_up_files(
     }
     for (vb, seqno) in committed {
         let p = positions.position(vb);
-        if seqno > p.seqno {
+        // Without a uuid (the DCP checkpoint saves a vbucket's first one lazily) the rows
+        // cannot be placed in the vbucket's history: it is read again from the file's seqno.
+        if seqno > p.seqno && p.uuid != 0 {
             let (snap_start, snap_end) = if p.snap_end >= seqno {
                 (p.snap_start, p.snap_end)
             } else {
@@ -527,7 +529,11 @@ pub fn plan_part(req: &PartRequest<'_>) -> Result<PartPlan, String> {
     }
     let prior = take_up_files(&files, Vec::new(), &mut positions)?;
     if let Some(path) = &positions_path {
-        run::write_json_synced(path, &positions)?;
+        // A first attempt with nothing to start from (a full run) has nothing to write: the
+        // source starts from zero without the file, and writes it itself.
+        if path.exists() || positions != Positions::default() {
+            run::write_json_synced(path, &positions)?;
+        }
     }
     let first_file = files.last().map_or(block.start, |(n, _)| n + 1);
     if first_file >= block.end {
@@ -759,9 +765,7 @@ fn scan_file(path: &Path) -> Result<FileScan, String> {
 }
 
 fn remove_with_journal(path: &Path) -> Result<(), String> {
-    let mut journal = path.as_os_str().to_owned();
-    journal.push("-journal");
-    let _ = std::fs::remove_file(PathBuf::from(journal));
+    let _ = std::fs::remove_file(bfd::journal_path(path));
     std::fs::remove_file(path).map_err(|e| format!("cannot remove {}: {e}", path.display()))
 }
 

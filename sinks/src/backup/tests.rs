@@ -1,7 +1,7 @@
 use super::*;
 use pump::{BatchSender, Message};
 use pump_formats::bfd;
-use pump_formats::run::{self, RunState};
+use pump_formats::run::{self, RunState, VbPosition};
 
 fn config(dir: &std::path::Path, max: u64) -> BackupConfig {
     BackupConfig {
@@ -280,12 +280,30 @@ async fn a_resumed_run_goes_on_in_its_next_file_and_its_record_counts_every_atte
         now: chrono::Utc::now(),
         parts: None,
     };
+    // The DCP source had saved the uuids of vbuckets 1-9, not yet vbucket 0's (a first uuid
+    // waits for its regular save).
+    let positions = node.join(run::POSITIONS_JSON);
+    let mut known = run::Positions::load(&positions).unwrap();
+    for vb in 1..10 {
+        known.set(vb, with_uuid(0x5eed));
+    }
+    run::write_json_synced(&positions, &known).unwrap();
     let p = plan(&req).unwrap();
     assert!(p.resumed);
     assert_eq!((p.first_file, p.prior.mutations), (1, 10));
-    // The committed rows moved each vbucket's position: a DCP source resumes after them.
+    // The committed rows moved each vbucket's position: a DCP source resumes after them...
     let pos = run::Positions::load(p.positions.as_ref().unwrap()).unwrap();
-    assert_eq!(pos.position(9).seqno, 10);
+    assert_eq!(
+        pos.position(9),
+        VbPosition {
+            seqno: 10,
+            snap_start: 10,
+            snap_end: 10,
+            uuid: 0x5eed
+        }
+    );
+    // ...but not a vbucket whose uuid the file did not hold yet: its rows are read again.
+    assert_eq!(pos.position(0), VbPosition::default());
     let ok = pump::run(
         Box::new(Batches(vec![items(5, 10, 5)], false)),
         Box::new(BackupSink::with_plan(config(dir.path(), 1 << 30), p)),
@@ -312,6 +330,14 @@ async fn a_resumed_run_goes_on_in_its_next_file_and_its_record_counts_every_atte
             .collect::<Vec<_>>(),
         [0, 1]
     );
+}
+
+/// A vbucket at seqno 0 under `uuid`, as the DCP source saves it once its stream opened.
+fn with_uuid(uuid: u64) -> VbPosition {
+    VbPosition {
+        uuid,
+        ..VbPosition::default()
+    }
 }
 
 async fn run_part(
@@ -368,6 +394,15 @@ async fn a_run_of_three_parts_is_complete_once_every_part_is_and_a_cut_part_resu
         panic!("part 1 is not done yet")
     };
     assert_eq!(p1.first_file, 10_000);
+    // A first attempt of a full run has no positions to start from: no file yet, the DCP
+    // source writes it (here, as it would have by the cut, with each vbucket's uuid).
+    let p1_positions = p1.positions.clone().unwrap();
+    assert!(!p1_positions.exists());
+    let mut known = run::Positions::default();
+    for vb in 10..20 {
+        known.set(vb, with_uuid(0x5eed));
+    }
+    run::write_json_synced(&p1_positions, &known).unwrap();
     assert!(!run_part(cfg.clone(), p1, vec![of(10)], true).await);
     let PartPlan::Write(p2) = part_plan(&node, 2, &vbs(20)) else {
         panic!("part 2 is not done yet")

@@ -9,8 +9,14 @@
 //! `seqno` is the highest seqno of that vbucket the sink has confirmed, never past a gap;
 //! `uuid` the vbucket uuid it was read under; `snap_start..snap_end` the snapshot that holds
 //! it (both equal to `seqno` once that snapshot is complete). A rerun asks each stream from
-//! there. The file is rewritten atomically (a temporary file, then rename); a new uuid, failover
-//! log or rollback is written before the next batch leaves.
+//! there. The file is rewritten atomically (a temporary file, then rename), every
+//! [`SAVE_EVERY`] while positions move and at the end. A change of what the file already
+//! held (another uuid for a vbucket it knew, another failover log, a rollback) is written
+//! before the next batch leaves: a backup run resumes from the rows its files committed, under
+//! the uuid this file gives them, so no such row may be committed under a uuid the file does
+//! not hold. A vbucket's first uuid and failover log wait for the next regular save: until
+//! then the file gives it no uuid, and a resume never moves a position without one past the
+//! file's seqno (`pump_sinks::backup`), so the rows are read again rather than misplaced.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,15 +30,17 @@ pub use pump_formats::run::VbPosition;
 pub struct CheckpointFile {
     path: PathBuf,
     positions: Positions,
-    saved_at: Option<Instant>,
+    saved_at: Instant,
     dirty: bool,
-    /// A new uuid, failover log or rollback: saved before the next batch leaves, so that no
-    /// row read under a uuid can be confirmed before the file holds that uuid.
+    /// Another uuid or failover log for a vbucket the file knew, or a rollback: saved before
+    /// the next batch leaves, so that no row read under a uuid can be committed before the
+    /// file holds that uuid.
     urgent: bool,
 }
 
-/// How often the file is rewritten while positions move.
-const SAVE_EVERY: Duration = Duration::from_millis(500);
+/// How often the file is rewritten while positions move (the first time this long after it
+/// was loaded: a short run saves once, at its end).
+pub const SAVE_EVERY: Duration = Duration::from_millis(500);
 
 impl CheckpointFile {
     /// Loads `path`, or starts empty when it does not exist.
@@ -50,7 +58,7 @@ impl CheckpointFile {
         Ok(CheckpointFile {
             path: path.to_path_buf(),
             positions,
-            saved_at: None,
+            saved_at: Instant::now(),
             dirty: false,
             urgent: false,
         })
@@ -66,7 +74,8 @@ impl CheckpointFile {
         if p.seqno == p.snap_end {
             p.snap_start = p.seqno;
         }
-        if p.uuid != self.positions.position(vb).uuid {
+        let known = self.positions.position(vb).uuid;
+        if known != 0 && p.uuid != known {
             self.urgent = true;
         }
         self.positions.set(vb, p);
@@ -76,11 +85,14 @@ impl CheckpointFile {
     /// Records the failover log the node sent for `vb` (newest first).
     pub fn set_failover(&mut self, vb: u16, log: Vec<[u64; 2]>) {
         let key = vb.to_string();
-        if self.positions.failover.get(&key) != Some(&log) {
-            self.positions.failover.insert(key, log);
-            self.dirty = true;
-            self.urgent = true;
-        }
+        let known = match self.positions.failover.get(&key) {
+            Some(old) if *old == log => return,
+            Some(old) => !old.is_empty(),
+            None => false,
+        };
+        self.positions.failover.insert(key, log);
+        self.dirty = true;
+        self.urgent |= known;
     }
 
     /// Records that the node asked `vb` to restart from `seqno` (its history diverged).
@@ -96,15 +108,15 @@ impl CheckpointFile {
         self.urgent = true;
     }
 
-    /// Saves when something changed and the last save is old enough.
+    /// Saves when something changed and the last save (or the load) is old enough.
     pub fn save_soon(&mut self) -> Result<(), Error> {
-        if self.saved_at.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
+        if self.saved_at.elapsed() >= SAVE_EVERY {
             self.save()?;
         }
         Ok(())
     }
 
-    /// Saves now when a uuid, failover log or rollback is not saved yet.
+    /// Saves now when a changed uuid or failover log, or a rollback, is not saved yet.
     pub fn save_if_urgent(&mut self) -> Result<(), Error> {
         if self.urgent {
             self.save()?;
@@ -124,7 +136,7 @@ impl CheckpointFile {
         let tmp = PathBuf::from(tmp);
         pump_files::write_replacing(&tmp, &self.path, &json)
             .map_err(|e| Error::io(&self.path, e))?;
-        self.saved_at = Some(Instant::now());
+        self.saved_at = Instant::now();
         self.dirty = false;
         self.urgent = false;
         Ok(())
@@ -180,6 +192,46 @@ mod tests {
                 snap_end: 15
             }
         );
+    }
+
+    fn at(uuid: u64, seqno: u64) -> VbPosition {
+        VbPosition {
+            uuid,
+            seqno,
+            snap_start: seqno,
+            snap_end: seqno,
+        }
+    }
+
+    #[test]
+    fn a_first_uuid_waits_for_the_regular_save_and_a_changed_one_is_saved_before_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ckpt.json");
+        let mut c = CheckpointFile::load(&path).unwrap();
+        c.set_failover(3, vec![[7, 0]]);
+        c.set(3, at(7, 0));
+        c.save_if_urgent().unwrap();
+        c.save_soon().unwrap();
+        assert!(!path.exists(), "a first uuid and log are not urgent");
+        c.save().unwrap();
+        assert_eq!(CheckpointFile::load(&path).unwrap().position(3), at(7, 0));
+
+        // Loaded again, the file knows uuid 7: another one (a failover) is urgent.
+        let mut c = CheckpointFile::load(&path).unwrap();
+        c.set(3, at(9, 0));
+        c.save_if_urgent().unwrap();
+        assert_eq!(CheckpointFile::load(&path).unwrap().position(3).uuid, 9);
+        // So is another failover log, and a rollback.
+        c.set_failover(3, vec![[9, 0], [7, 0]]);
+        c.save_if_urgent().unwrap();
+        let saved = Positions::load(&path).unwrap();
+        assert_eq!(saved.failover["3"], vec![[9, 0], [7, 0]]);
+        c.record_rollback(3, 0);
+        c.save_if_urgent().unwrap();
+        assert_eq!(Positions::load(&path).unwrap().rollbacks["3"], 0);
+        // The same log again changes nothing.
+        c.set_failover(3, vec![[9, 0], [7, 0]]);
+        assert!(!c.urgent && !c.dirty);
     }
 
     #[test]

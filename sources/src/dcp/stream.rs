@@ -553,9 +553,10 @@ pub async fn stream_connection(
             .await
             .unwrap_or(Ok(())),
     };
+    // The last save is `stream_node`'s, once every connection of the node has ended.
     if let Some(file) = &ckpt {
         if let Ok(mut f) = file.lock() {
-            f.save()?;
+            f.save_soon()?;
         }
     }
     result?;
@@ -563,8 +564,9 @@ pub async fn stream_connection(
     finished.map(|()| live)
 }
 
-/// Writes the checkpoint file now if it holds a uuid, failover log or rollback not saved yet:
-/// called before a batch leaves, so no row is confirmed under a uuid the file does not hold.
+/// Writes the checkpoint file now if it holds a changed uuid or failover log, or a rollback,
+/// not saved yet: called before a batch leaves, so no row is committed under a uuid the file
+/// does not hold (see `checkpoint`).
 fn save_if_urgent(ckpt: &Option<Arc<Mutex<CheckpointFile>>>) -> Result<(), Error> {
     if let Some(file) = ckpt {
         if let Ok(mut f) = file.lock() {
