@@ -148,9 +148,12 @@ pub fn create_schema(db: &rusqlite::Connection) -> rusqlite::Result<()> {
 /// complete: a rollback journal, so that a transaction is whole or absent even when the
 /// process is killed (the next opener rolls an interrupted one back, and a resumed run goes on
 /// from what was committed); no fsync per commit (the writer syncs each file once before
-/// renaming it). Appending rows journals only the few pages a commit changes.
+/// renaming it). Appending rows journals only the few pages a commit changes. The journal is
+/// truncated at each commit rather than deleted, so a commit creates no file (creating one
+/// per batch cost a 64-job run 0.3 s of CPU in ext4's inode allocation): an empty journal
+/// beside a data file holds no transaction, and the writer removes it with the file's close.
 pub const WRITER_PRAGMAS: [(&str, &str); 3] = [
-    ("journal_mode", "DELETE"),
+    ("journal_mode", "TRUNCATE"),
     ("synchronous", "OFF"),
     ("cache_size", "-65536"),
 ];
@@ -270,6 +273,31 @@ pub fn partial_name(final_name: &str) -> String {
     format!("{final_name}.partial")
 }
 
+/// SQLite's rollback journal of a data file: `<file>-journal`.
+pub fn journal_path(data_file: &Path) -> PathBuf {
+    let mut journal = data_file.as_os_str().to_owned();
+    journal.push("-journal");
+    PathBuf::from(journal)
+}
+
+/// True when `data_file` has a journal holding a transaction (a process cut in the middle of
+/// one): an empty journal, which [`WRITER_PRAGMAS`] leave after each commit, holds none.
+pub fn has_hot_journal(data_file: &Path) -> bool {
+    std::fs::metadata(journal_path(data_file)).is_ok_and(|m| m.len() > 0)
+}
+
+/// Removes the empty journal a closed data file leaves (nothing when there is none; a journal
+/// holding a transaction is left for the next opener to roll back).
+pub fn remove_empty_journal(data_file: &Path) -> std::io::Result<()> {
+    let journal = journal_path(data_file);
+    match std::fs::metadata(&journal) {
+        Ok(m) if m.len() == 0 => std::fs::remove_file(&journal),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The files beside the data files.
 pub const META_JSON: &str = "meta.json";
 pub const SEQNO_JSON: &str = "seqno.json";
@@ -335,6 +363,30 @@ pub fn parse_meta_column(bytes: &[u8]) -> (u64, Option<&[u8]>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_empty_journal_is_removed_and_only_a_full_one_is_hot() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data-0000.cbb.partial");
+        let journal = journal_path(&data);
+        assert_eq!(journal, dir.path().join("data-0000.cbb.partial-journal"));
+        assert!(!has_hot_journal(&data));
+        remove_empty_journal(&data).unwrap();
+        std::fs::write(&journal, b"").unwrap();
+        assert!(
+            !has_hot_journal(&data),
+            "an empty journal holds no transaction"
+        );
+        remove_empty_journal(&data).unwrap();
+        assert!(!journal.exists());
+        std::fs::write(&journal, b"\xd9\xd5\x05\xf9\x20\xa1\x63\xd7").unwrap();
+        assert!(has_hot_journal(&data));
+        remove_empty_journal(&data).unwrap();
+        assert!(
+            journal.exists(),
+            "a journal holding a transaction is left to roll back"
+        );
+    }
 
     #[test]
     fn names_are_quote_plus_encoded_both_ways() {

@@ -128,6 +128,22 @@ impl Writer {
             .unwrap_or_else(|| self.plan.node_dir.display().to_string())
     }
 
+    /// Closes the open data file (its transaction committed) and removes the empty journal it
+    /// leaves.
+    fn close_file(&mut self) -> Result<(), String> {
+        let Some(db) = self.db.take() else {
+            return Ok(());
+        };
+        let file = self.current_file();
+        db.close()
+            .map_err(|(_, e)| format!("{file}: close failed: {e}"))?;
+        if let Some((partial, _, _)) = self.files.last() {
+            bfd::remove_empty_journal(partial)
+                .map_err(|e| format!("{file}: cannot remove its empty journal: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// Opens the next data file under its temporary name.
     fn open_next(&mut self) -> Result<(), String> {
         let number = self.plan.first_file + self.files.len() as u32;
@@ -171,7 +187,7 @@ impl Writer {
     fn write(&mut self, messages: &[Message]) -> Result<(), String> {
         if self.db.is_some() && self.file_bytes >= self.config.cbb_max_bytes {
             self.commit()?;
-            self.db = None;
+            self.close_file()?;
         }
         if self.db.is_none() {
             self.open_next()?;
@@ -288,10 +304,7 @@ impl Writer {
             // An empty source still makes a readable (empty) backup, as cbbackup does.
             self.open_next()?;
         }
-        if let Some(db) = self.db.take() {
-            db.close()
-                .map_err(|(_, e)| format!("{}: close failed: {e}", self.current_file()))?;
-        }
+        self.close_file()?;
         let node_dir = self.plan.node_dir.clone();
         if end != SourceEnd::Complete {
             if let Some(part) = &self.plan.part {
@@ -328,6 +341,8 @@ impl Writer {
             .filter(|(n, _)| mine.as_ref().is_none_or(|r| r.contains(n)))
         {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            bfd::remove_empty_journal(&path)
+                .map_err(|e| format!("{}: cannot remove its empty journal: {e}", path.display()))?;
             sync_file(&path)?;
             if let Some(done) = name.strip_suffix(".partial") {
                 let done = node_dir.join(done);

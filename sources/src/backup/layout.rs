@@ -173,10 +173,7 @@ pub fn restore_plan(
 /// A data file of an incomplete run with a journal beside it was cut in the middle of a
 /// transaction: opening it for writing rolls that transaction back, leaving what was committed.
 fn roll_back_interrupted(path: &Path) -> Result<(), String> {
-    let mut journal = path.as_os_str().to_owned();
-    journal.push("-journal");
-    let journal = PathBuf::from(journal);
-    if !journal.exists() {
+    if !bfd::has_hot_journal(path) {
         return Ok(());
     }
     let err = |e: rusqlite::Error| {
