@@ -86,6 +86,23 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
+/// A run allocates the same buffers again and again (reads, batches, a data file's page
+/// cache), and a worker does so job after job. glibc's allocator gives back to the kernel what
+/// is freed (it trims a heap whose free top passes 128 KiB and unmaps large blocks), and the
+/// next allocation faults it in again: a 1,000,000-item transfer into a backup directory took
+/// 33,000 page faults and spent a sixth of its CPU clearing fresh pages, and a worker 660
+/// faults per job (BENCHMARKS.md, "queue"). The pump keeps what it frees instead: a process's
+/// memory stays at its peak, which the engine's channel limits bound.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets the allocator's parameters (under its own lock), before any
+    // thread of ours allocates.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+    }
+}
+
 /// Parses the arguments, runs the command, prints errors, returns the exit code.
 pub fn main() -> ExitCode {
     // A closed standard output (`pump ... | head`) ends the process quietly, as it does `cat`:
@@ -95,6 +112,7 @@ pub fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
