@@ -1214,3 +1214,65 @@ fn transfer_jobs_carry_include_exclude_and_map_data_to_the_workers() {
         moved("", "", &|p| p != "s1.c2")
     );
 }
+
+/// A slot reserves its next job once the job before has read everything, while that one still
+/// waits on its destination: here memcached's answers, held back by a proxy, so that the first
+/// job's source is done and its sink is not. One slot then holds two jobs, never three, and
+/// both finish once the answers come.
+#[test]
+fn a_slot_reads_its_next_job_while_the_one_before_waits_for_its_writes() {
+    let b = Beanstalkd::start();
+    let url = b.url("overlap");
+    let mc = common::Memcached::start(&[]);
+    let proxy = common::faults::FaultProxy::start(&mc.addr(), Default::default());
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup");
+    transfer_ok(
+        "gen:max-items=300,min-value-size=10",
+        backup.to_str().unwrap(),
+        &[],
+    );
+    let sink = format!("memcached://{}", proxy.addr());
+    let run = plan(&[
+        "transfer",
+        backup.to_str().unwrap(),
+        &sink,
+        "--queue",
+        &url,
+        "--jobs",
+        "3",
+    ]);
+    proxy.hold_answers(true);
+    let mut w = Worker::start(dir.path(), "w", &url, &["--drain", "--concurrency", "1"]);
+    let (rt, mut c) = client(&b);
+    let tube = Tube::new("overlap").unwrap();
+    let mut stats = || rt.block_on(c.stats_tube(&tube)).unwrap().unwrap();
+    let held = eventually(
+        Duration::from_secs(30),
+        "two jobs reserved by one slot",
+        || {
+            let s = stats();
+            (s.reserved == 2).then_some(s)
+        },
+    );
+    assert_eq!(held.ready, 1, "{held:?}");
+    assert!(
+        proxy.counts.held.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the first job's answers were not held"
+    );
+    // Both wait on their answers: the slot takes no third job meanwhile.
+    std::thread::sleep(Duration::from_millis(500));
+    let s = stats();
+    assert_eq!((s.reserved, s.ready), (2, 1), "{s:?}");
+    proxy.hold_answers(false);
+    assert!(w.wait(Duration::from_secs(60)).success(), "{}", w.log());
+    let st = status(&url, &run);
+    assert_eq!(count(&st, "done"), 3, "{st}");
+    let mut m = mc.text();
+    assert_eq!(m.stat("curr_items"), 300);
+    let keys: Vec<String> = (0..300).map(|i| format!("pymc{i}")).collect();
+    assert!(m
+        .get_many(&keys)
+        .iter()
+        .all(|i| i.as_ref().is_some_and(|i| i.value == common::gen_value(10))));
+}

@@ -46,6 +46,10 @@ pub struct Context {
     pub filter: Option<Filter>,
     /// The source's collections: its manifest, published once, and its changes.
     pub collections: Arc<RunCollections>,
+    /// Cancelled by [`run`] once the source has returned: what remains is the sink's, which
+    /// drains the channel and finishes (a backup syncs and renames its files). A caller
+    /// running one transfer after another (`pump worker`) starts reading the next then.
+    pub source_done: CancellationToken,
 }
 
 impl Context {
@@ -59,6 +63,7 @@ impl Context {
             rate: None,
             filter: None,
             collections: Arc::new(RunCollections::default()),
+            source_done: CancellationToken::new(),
         }
     }
 
@@ -241,6 +246,8 @@ pub async fn run(
         Err(_) => SourceEnd::Failed,
     };
     keep.set_end(end);
+    // Before the channel closes: a sink that sees its end finds the source done.
+    ctx.source_done.cancel();
     drop(keep);
     let sink_result = sink_task
         .await
@@ -367,6 +374,47 @@ mod tests {
         .await
         .unwrap_err();
         assert!(err.to_string().contains("refused"), "{err}");
+    }
+
+    /// Notes whether the source was done before the first batch and at the channel's end.
+    struct Watch(Arc<Mutex<Vec<bool>>>);
+
+    #[async_trait]
+    impl Sink for Watch {
+        async fn check(&mut self, _ctx: &Context) -> Result<(), Error> {
+            Ok(())
+        }
+        async fn run(self: Box<Self>, input: BatchReceiver, ctx: Context) -> Result<(), Error> {
+            let mut first = true;
+            while let Some(batch) = input.recv().await {
+                if first {
+                    self.0.lock().unwrap().push(ctx.source_done.is_cancelled());
+                    first = false;
+                }
+                let n = batch.len();
+                batch.into_parts().1.confirm(Delivery::all(n));
+            }
+            self.0.lock().unwrap().push(ctx.source_done.is_cancelled());
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn source_done_is_cancelled_once_the_source_returned_before_the_sink_sees_the_end() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let ctx = Context::new(Options::default());
+        let done = ctx.source_done.clone();
+        // 10,000 batches: more than the channel holds, so the source is still sending when
+        // the sink takes its first batch.
+        run(
+            Box::new(Numbers(100_000)),
+            Box::new(Watch(seen.clone())),
+            ctx,
+        )
+        .await
+        .unwrap();
+        assert_eq!(*seen.lock().unwrap(), [false, true]);
+        assert!(done.is_cancelled());
     }
 
     #[tokio::test]

@@ -21,7 +21,8 @@ pub struct WorkerArgs {
     /// The work queue: beanstalk://HOST[:PORT][/TUBE] (or PUMP_QUEUE).
     #[arg(env = "PUMP_QUEUE", value_parser = queue_url)]
     queue: QueueUrl,
-    /// Jobs run at the same time.
+    /// Jobs read at the same time (each slot also holds the job before its current one while
+    /// that job finishes: syncs its files and is deleted).
     #[arg(short = 'c', long, default_value_t = 1)]
     concurrency: usize,
     /// The credentials every job uses (jobs carry none).

@@ -103,6 +103,9 @@ pub struct Live {
     /// counts them exactly (a backup part's committed rows): they replace the record's count,
     /// which misses what was committed after the last record of a killed attempt.
     before: Mutex<Option<(u64, u64)>>,
+    /// Cancelled once a transfer's source has returned: what remains is its sink's finishing
+    /// (never, for a meta2 job: its end says it).
+    reading: CancellationToken,
 }
 
 /// The positions file a transfer job's source keeps.
@@ -140,6 +143,13 @@ pub struct Sample {
 pub const MAX_FINDINGS: usize = 50;
 
 impl Live {
+    /// A job's, whose transfer cancels `reading` once its source has returned.
+    pub fn reading_until(reading: CancellationToken) -> Live {
+        let mut live = Live::default();
+        live.reading = reading;
+        live
+    }
+
     /// What the job has done, now.
     pub fn sample(&self) -> Sample {
         let mut s = Sample::default();
@@ -355,6 +365,7 @@ async fn transfer(
     };
     let opened = crate::transfer::open(checked, &registry, plan).map_err(JobError::from_failure)?;
     let mut ctx = Context::new(opened.options);
+    ctx.source_done = live.reading.clone();
     if let Some(r) = &w.rate {
         ctx = ctx.with_rate(pump::Rate::parse(r).map_err(|e| JobError::from_failure(e.into()))?);
     }

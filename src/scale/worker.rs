@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use pump_queue::{
     run, Client, Error as QueueError, Job, QueueUrl, Record, RecordState, Refusal, Reservation,
 };
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::execute::{self, Ended, Live, WorkerCredentials};
@@ -126,43 +127,48 @@ async fn connect(shared: &Shared) -> Result<Client, QueueError> {
 }
 
 async fn slot(n: usize, shared: Arc<Shared>) {
+    // The job before, finishing its writes on its own connection while the slot reads the
+    // next: its task gives the connection back (`None` when it broke).
+    let mut finishing: Option<JoinHandle<Option<Client>>> = None;
+    let mut spare: Option<Client> = None;
     let mut backoff = Duration::from_millis(200);
     let mut down_since: Option<Instant> = None;
-    while !shared.stop.is_cancelled() {
-        let mut c = match connect(&shared).await {
-            Ok(c) => {
-                if let Some(t) = down_since.take() {
-                    shared.warn(&format!(
-                        "slot {n}: the queue {} answers again (after {:.1}s)",
-                        shared.config.url,
-                        t.elapsed().as_secs_f64()
-                    ));
+    'connect: while !shared.stop.is_cancelled() {
+        let mut c = match spare.take() {
+            Some(c) => c,
+            None => match connect(&shared).await {
+                Ok(c) => {
+                    if let Some(t) = down_since.take() {
+                        shared.warn(&format!(
+                            "slot {n}: the queue {} answers again (after {:.1}s)",
+                            shared.config.url,
+                            t.elapsed().as_secs_f64()
+                        ));
+                    }
+                    backoff = Duration::from_millis(200);
+                    c
                 }
-                backoff = Duration::from_millis(200);
-                c
-            }
-            Err(e) => {
-                if down_since.is_none() {
-                    down_since = Some(Instant::now());
-                    shared.warn(&format!(
-                        "slot {n}: {e}; trying again every few seconds (no job is lost: what the queue holds stays there)"
-                    ));
+                Err(e) => {
+                    if down_since.is_none() {
+                        down_since = Some(Instant::now());
+                        shared.warn(&format!(
+                            "slot {n}: {e}; trying again every few seconds (no job is lost: what the queue holds stays there)"
+                        ));
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shared.stop.cancelled() => break 'connect,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shared.stop.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
+            },
         };
         let mut patient = false;
         loop {
             if shared.stop.is_cancelled() {
-                return;
+                break 'connect;
             }
-            // Draining: a reserve that does not wait first, so that an empty tube ends the
-            // worker at once rather than after a wait.
             // Draining: reserves that do not wait, and a look at the tube every 100 ms, so
             // that the worker ends as soon as the last job of the tube is done.
             let wait = if shared.config.drain {
@@ -179,17 +185,48 @@ async fn slot(n: usize, shared: Arc<Shared>) {
                     // Stopping: given back untouched.
                     c.release(job.id, DEFAULT_PRI, 0).await
                 }
-                Ok(Reservation::Job(job)) => match handle(&shared, &mut c, job.id, &job.body).await
-                {
-                    Err(e) if !e.is_connection() => {
-                        // Held by this connection and not runnable: set aside, not left held.
-                        shared.warn(&format!("job {}: {e}; buried", job.id));
-                        shared.count(|t| t.buried += 1);
-                        c.bury(job.id, DEFAULT_PRI).await
+                Ok(Reservation::Job(job)) => {
+                    // The job runs in a task of its own, on this connection (a job is
+                    // touched, deleted or released by the connection that reserved it). Once
+                    // its reading is over, the slot reserves the next on another connection
+                    // while this one finishes (syncs and renames its files, is deleted): the
+                    // waits of one overlap the reading of the next, and a slot holds at most
+                    // two jobs, one reading, one finishing.
+                    let reading = CancellationToken::new();
+                    let mut task =
+                        tokio::spawn(own(n, shared.clone(), c, job.id, job.body, reading.clone()));
+                    let ended = tokio::select! {
+                        r = &mut task => Some(r.ok().flatten()),
+                        _ = reading.cancelled() => None,
+                    };
+                    // The job before is done before this one finishes.
+                    if let Some(before) = finishing.take() {
+                        spare = before.await.ok().flatten();
                     }
-                    r => r,
-                },
+                    let next = match ended {
+                        Some(back) => back.or_else(|| spare.take()),
+                        None => {
+                            finishing = Some(task);
+                            spare.take()
+                        }
+                    };
+                    match next {
+                        Some(next) => {
+                            c = next;
+                            continue;
+                        }
+                        None => {
+                            down_since.get_or_insert_with(Instant::now);
+                            continue 'connect;
+                        }
+                    }
+                }
                 Ok(Reservation::TimedOut | Reservation::DeadlineSoon) => {
+                    if let Some(before) = finishing.take() {
+                        // Its end can empty the tube: looked at once it is done.
+                        spare = before.await.ok().flatten();
+                        continue;
+                    }
                     if shared.config.drain {
                         match idle(&shared, &mut c).await {
                             Ok(true) => {
@@ -197,7 +234,7 @@ async fn slot(n: usize, shared: Arc<Shared>) {
                                     "slot {n}: nothing left to do in {}",
                                     shared.config.url
                                 ));
-                                return;
+                                break 'connect;
                             }
                             Ok(false) => {
                                 patient = true;
@@ -223,6 +260,43 @@ async fn slot(n: usize, shared: Arc<Shared>) {
             }
         }
     }
+    if let Some(before) = finishing.take() {
+        let _ = before.await;
+    }
+}
+
+/// Runs a reserved job on `c`, from its body to its delete, release or bury; gives the
+/// connection back unless it broke (the server then gives the job back itself).
+async fn own(
+    n: usize,
+    shared: Arc<Shared>,
+    mut c: Client,
+    id: u64,
+    body: bytes::Bytes,
+    reading: CancellationToken,
+) -> Option<Client> {
+    let r = match handle(&shared, &mut c, id, &body, reading).await {
+        Err(e) if !e.is_connection() => {
+            // Held by this connection and not runnable: set aside, not left held.
+            shared.warn(&format!("job {id}: {e}; buried"));
+            shared.count(|t| t.buried += 1);
+            c.bury(id, DEFAULT_PRI).await
+        }
+        r => r,
+    };
+    match r {
+        Ok(()) => Some(c),
+        Err(e) if e.is_connection() => {
+            shared.warn(&format!(
+                "slot {n}: {e}; connecting again (a job this slot held is back in the queue)"
+            ));
+            None
+        }
+        Err(e) => {
+            shared.warn(&format!("slot {n}: {e}"));
+            Some(c)
+        }
+    }
 }
 
 /// True when the tube holds no job that is ready, reserved or delayed.
@@ -235,7 +309,13 @@ async fn idle(shared: &Shared, c: &mut Client) -> Result<bool, QueueError> {
 }
 
 /// One reserved job, from its body to its delete, release or bury.
-async fn handle(shared: &Shared, c: &mut Client, id: u64, body: &[u8]) -> Result<(), QueueError> {
+async fn handle(
+    shared: &Shared,
+    c: &mut Client,
+    id: u64,
+    body: &[u8],
+    reading: CancellationToken,
+) -> Result<(), QueueError> {
     let pri = c.stats_job(id).await?.map_or(DEFAULT_PRI, |s| s.pri);
     let job = match Job::parse(body) {
         Ok(job) => job,
@@ -268,7 +348,7 @@ async fn handle(shared: &Shared, c: &mut Client, id: u64, body: &[u8]) -> Result
             return Ok(());
         }
     };
-    run_job(shared, c, id, pri, job).await
+    run_job(shared, c, id, pri, job, reading).await
 }
 
 fn now() -> u64 {
@@ -287,12 +367,14 @@ fn retry_delay(failures: u32) -> u32 {
         .min(300)
 }
 
+/// Runs a job and settles it; `reading` is cancelled once its reading is over.
 async fn run_job(
     shared: &Shared,
     c: &mut Client,
     id: u64,
     pri: u32,
     job: Job,
+    reading: CancellationToken,
 ) -> Result<(), QueueError> {
     let tube = shared.config.url.tube.clone();
     let label = format!(
@@ -331,7 +413,7 @@ async fn run_job(
 
     let started = Instant::now();
     let job_stop = shared.stop.child_token();
-    let live = Arc::new(Live::default());
+    let live = Arc::new(Live::reading_until(reading));
     let mut task = {
         let (job, base, creds, verbose, stop, live) = (
             job.clone(),

@@ -15,7 +15,9 @@
 //!
 //! Faults fall on writes by a deterministic pseudo-random draw (seeded), or on every write of
 //! a key with a given prefix (a key that can never be written). Every fault is counted, so a
-//! test proves that the faults it relies on happened.
+//! test proves that the faults it relies on happened. [`FaultProxy::hold_answers`] keeps the
+//! answers of every connection that has sent a write back, in order, until let go (a
+//! destination that has taken the writes and not answered yet).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +80,8 @@ pub struct Counts {
     pub connections: AtomicU64,
     /// With `Faults::record`: (key, value) of every write forwarded, in order.
     pub forwarded: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// Answers that waited for `hold_answers(false)`.
+    pub held: AtomicU64,
 }
 
 impl Counts {
@@ -96,6 +100,7 @@ impl Counts {
 pub struct FaultProxy {
     pub port: u16,
     pub counts: Arc<Counts>,
+    hold: Arc<tokio::sync::watch::Sender<bool>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -121,6 +126,8 @@ impl FaultProxy {
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let upstream = upstream.to_string();
         let c = counts.clone();
+        let hold = Arc::new(tokio::sync::watch::Sender::new(false));
+        let h = hold.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -136,11 +143,16 @@ impl FaultProxy {
                         a = listener.accept() => {
                             let Ok((client, _)) = a else { return };
                             c.connections.fetch_add(1, Ordering::SeqCst);
-                            let (up, faults, c, draw) =
-                                (upstream.clone(), faults.clone(), c.clone(), draw.clone());
+                            let (up, faults, c, draw, held) = (
+                                upstream.clone(),
+                                faults.clone(),
+                                c.clone(),
+                                draw.clone(),
+                                h.subscribe(),
+                            );
                             tokio::spawn(async move {
                                 if let Ok(server) = TcpStream::connect(&up).await {
-                                    let _ = serve(client, server, faults, c, draw).await;
+                                    let _ = serve(client, server, faults, c, draw, held).await;
                                 }
                             });
                         }
@@ -151,9 +163,16 @@ impl FaultProxy {
         FaultProxy {
             port,
             counts,
+            hold,
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+
+    /// From now on (`true`), the answers of every connection that has sent a write wait,
+    /// in order; `false` lets them go.
+    pub fn hold_answers(&self, on: bool) {
+        self.hold.send_replace(on);
     }
 
     /// `127.0.0.1:PORT`.
@@ -281,6 +300,7 @@ async fn serve(
     faults: Faults,
     counts: Arc<Counts>,
     draw: Arc<Mutex<Draw>>,
+    mut hold: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
@@ -297,8 +317,17 @@ async fn serve(
     // Marker opaque -> the answer that replaces the NOOP's.
     let marks: Arc<Mutex<HashMap<u32, Vec<u8>>>> = Arc::default();
     let (m2, cw2) = (marks.clone(), cw.clone());
+    // Set once the client has sent a write: its answers are the ones a hold keeps back.
+    let wrote = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (wrote2, counts2) = (wrote.clone(), counts.clone());
     let back = tokio::spawn(async move {
         while let Ok(Some(f)) = read_frame(&mut sr).await {
+            if wrote2.load(Ordering::SeqCst) && *hold.borrow() {
+                counts2.held.fetch_add(1, Ordering::SeqCst);
+                if hold.wait_for(|on| !*on).await.is_err() {
+                    return;
+                }
+            }
             let bytes = if f.opcode() == NOOP && f.opaque() & 0xFF00_0000 == MARK {
                 m2.lock().unwrap().remove(&f.opaque()).unwrap_or(f.bytes)
             } else {
@@ -320,6 +349,7 @@ async fn serve(
         };
         let mut fault: Option<u16> = None;
         if f.bytes[0] == 0x80 && is_write(f.opcode()) {
+            wrote.store(true, Ordering::SeqCst);
             let n = counts.writes.fetch_add(1, Ordering::SeqCst) + 1;
             if let Some((prefix, status)) = &faults.permanent {
                 if f.key().starts_with(prefix.as_bytes()) {
