@@ -124,7 +124,10 @@ enum Backing {
 
 /// Window buffers given back when the last value sliced from them is dropped (wherever the
 /// sink drops it), so that a long read reuses memory already in place: a fresh buffer per
-/// window cost a zeroing and a page fault per 4 KiB, more CPU than the reading itself.
+/// window cost a zeroing and a page fault per 4 KiB, more CPU than the reading itself. A
+/// buffer keeps its size from window to window (a window reads into its first bytes), so
+/// that a short read (one page) between long ones never makes the next long one zero the
+/// bytes it gave up.
 #[derive(Default)]
 struct WindowPool(Arc<Mutex<Vec<Vec<u8>>>>);
 
@@ -132,21 +135,27 @@ struct WindowPool(Arc<Mutex<Vec<Vec<u8>>>>);
 const POOLED: usize = 16;
 
 impl WindowPool {
-    /// A buffer of `len` bytes, reused when one is free (its old bytes are all read over).
-    fn take(&self, len: usize) -> Vec<u8> {
+    /// A buffer of at least `len` bytes, reused when one is free (its old bytes are all read
+    /// over before they are read); a new one has room for the largest window of a file of
+    /// `file` bytes.
+    fn take(&self, len: usize, file: u64) -> Vec<u8> {
         let reused = self.0.lock().ok().and_then(|mut free| free.pop());
         match reused {
             Some(mut buf) => {
-                buf.resize(len, 0);
+                if buf.len() < len {
+                    buf.resize(len, 0);
+                }
                 buf
             }
-            None => vec![0u8; len],
+            None => vec![0u8; len.max(MAX_WINDOW.min(usize::try_from(file).unwrap_or(MAX_WINDOW)))],
         }
     }
 
-    /// `buf` as shared bytes that return to the pool when the last slice of them is dropped.
-    fn share(&self, buf: Vec<u8>) -> Bytes {
+    /// The first `len` bytes of `buf` as shared bytes; the buffer returns to the pool when
+    /// the last slice of them is dropped.
+    fn share(&self, buf: Vec<u8>, len: usize) -> Bytes {
         Bytes::from_owner(Pooled {
+            len: len.min(buf.len()),
             buf,
             pool: Arc::downgrade(&self.0),
         })
@@ -155,12 +164,14 @@ impl WindowPool {
 
 struct Pooled {
     buf: Vec<u8>,
+    /// The bytes of `buf` the window read.
+    len: usize,
     pool: Weak<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl AsRef<[u8]> for Pooled {
     fn as_ref(&self) -> &[u8] {
-        &self.buf
+        &self.buf[..self.len]
     }
 }
 
@@ -355,9 +366,9 @@ impl SqliteFile {
         match &self.backing {
             Backing::Memory(data) => Ok(data.slice(start as usize..start as usize + len)),
             Backing::File(f, pool) => {
-                let mut buf = pool.take(len);
-                match f.read_exact_at(&mut buf, start) {
-                    Ok(()) => Ok(pool.share(buf)),
+                let mut buf = pool.take(len, self.len);
+                match f.read_exact_at(&mut buf[..len], start) {
+                    Ok(()) => Ok(pool.share(buf, len)),
                     Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                         let now = f.metadata().map(|m| m.len()).unwrap_or(0);
                         Err(self.error(
@@ -999,10 +1010,14 @@ fn int_be(v: &[u8]) -> i64 {
 /// offset after it; `None` when it runs past `buf`.
 #[inline(always)]
 fn varint(buf: &[u8], at: usize) -> Option<(u64, usize)> {
-    // Serial types, header sizes and small payload sizes fit in one byte.
+    // Serial types, header sizes and small payload sizes fit in one byte; a record's size
+    // and the serial type of a value of up to 8 KiB in two.
     match buf.get(at) {
         Some(&b) if b < 0x80 => Some((b as u64, at + 1)),
-        Some(_) => varint_long(buf, at),
+        Some(&b) => match buf.get(at + 1) {
+            Some(&c) if c < 0x80 => Some(((((b & 0x7f) as u64) << 7) | c as u64, at + 2)),
+            _ => varint_long(buf, at),
+        },
         None => None,
     }
 }
