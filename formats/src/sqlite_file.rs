@@ -128,34 +128,49 @@ enum Backing {
 /// buffer keeps its size from window to window (a window reads into its first bytes), so
 /// that a short read (one page) between long ones never makes the next long one zero the
 /// bytes it gave up.
+///
+/// A window starts at a 64-byte boundary of its buffer: `malloc` puts a large block 16 bytes
+/// past a page boundary, and the kernel's copy into a destination 16 bytes off its source's
+/// alignment ran three times slower on this machine (a 136 MB data file read in 1 MiB
+/// windows: 68 ms of CPU at 16 bytes past a boundary, 21 ms at 0, 32, 64 or 128).
 #[derive(Default)]
 struct WindowPool(Arc<Mutex<Vec<Vec<u8>>>>);
 
 /// Buffers kept for reuse: as many windows as a few batches in flight hold.
 const POOLED: usize = 16;
 
+/// The alignment of a window's first byte in its buffer (see [`WindowPool`]).
+const WINDOW_ALIGN: usize = 64;
+
 impl WindowPool {
-    /// A buffer of at least `len` bytes, reused when one is free (its old bytes are all read
-    /// over before they are read); a new one has room for the largest window of a file of
-    /// `file` bytes.
-    fn take(&self, len: usize, file: u64) -> Vec<u8> {
+    /// A buffer holding a window of `len` bytes at a [`WINDOW_ALIGN`] boundary, and where the
+    /// window starts in it; reused when one is free (its old bytes are all read over before
+    /// they are read). A new one has room for the largest window of a file of `file` bytes.
+    fn take(&self, len: usize, file: u64) -> (Vec<u8>, usize) {
         let reused = self.0.lock().ok().and_then(|mut free| free.pop());
-        match reused {
-            Some(mut buf) => {
-                if buf.len() < len {
-                    buf.resize(len, 0);
-                }
-                buf
+        let mut buf = match reused {
+            Some(buf) => buf,
+            None => {
+                let most = MAX_WINDOW.min(usize::try_from(file).unwrap_or(MAX_WINDOW));
+                vec![0u8; len.max(most) + WINDOW_ALIGN]
             }
-            None => vec![0u8; len.max(MAX_WINDOW.min(usize::try_from(file).unwrap_or(MAX_WINDOW)))],
+        };
+        if buf.len() < len + WINDOW_ALIGN {
+            buf.resize(len + WINDOW_ALIGN, 0);
         }
+        let start = match buf.as_ptr().align_offset(WINDOW_ALIGN) {
+            at if at + len <= buf.len() => at,
+            _ => 0,
+        };
+        (buf, start)
     }
 
-    /// The first `len` bytes of `buf` as shared bytes; the buffer returns to the pool when
-    /// the last slice of them is dropped.
-    fn share(&self, buf: Vec<u8>, len: usize) -> Bytes {
+    /// The `len` bytes of `buf` from `start` as shared bytes; the buffer returns to the pool
+    /// when the last slice of them is dropped.
+    fn share(&self, buf: Vec<u8>, start: usize, len: usize) -> Bytes {
         Bytes::from_owner(Pooled {
-            len: len.min(buf.len()),
+            start: start.min(buf.len()),
+            len: len.min(buf.len() - start.min(buf.len())),
             buf,
             pool: Arc::downgrade(&self.0),
         })
@@ -164,14 +179,15 @@ impl WindowPool {
 
 struct Pooled {
     buf: Vec<u8>,
-    /// The bytes of `buf` the window read.
+    /// Where the window read starts in `buf`, and its length.
+    start: usize,
     len: usize,
     pool: Weak<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl AsRef<[u8]> for Pooled {
     fn as_ref(&self) -> &[u8] {
-        &self.buf[..self.len]
+        &self.buf[self.start..self.start + self.len]
     }
 }
 
@@ -366,9 +382,9 @@ impl SqliteFile {
         match &self.backing {
             Backing::Memory(data) => Ok(data.slice(start as usize..start as usize + len)),
             Backing::File(f, pool) => {
-                let mut buf = pool.take(len, self.len);
-                match f.read_exact_at(&mut buf[..len], start) {
-                    Ok(()) => Ok(pool.share(buf, len)),
+                let (mut buf, at) = pool.take(len, self.len);
+                match f.read_exact_at(&mut buf[at..at + len], start) {
+                    Ok(()) => Ok(pool.share(buf, at, len)),
                     Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                         let now = f.metadata().map(|m| m.len()).unwrap_or(0);
                         Err(self.error(
