@@ -419,6 +419,18 @@ fn varints_and_integers_decode_at_every_width() {
     assert_eq!(varint(&[0x81, 0x00], 0), Some((0x80, 2)));
     assert_eq!(varint(&[0xff; 9], 0), Some((u64::MAX, 9)));
     assert_eq!(varint(&[0x81], 0), None);
+    // The two-byte path agrees with the general decoder on every two-byte start.
+    for b in 0x80..=0xffu8 {
+        for c in 0..=0xffu8 {
+            let buf = [b, c, 0x01];
+            assert_eq!(varint(&buf, 0), varint_long(&buf, 0), "{b:#x} {c:#x}");
+            assert_eq!(
+                varint(&buf[..2], 0),
+                varint_long(&buf[..2], 0),
+                "{b:#x} {c:#x}"
+            );
+        }
+    }
     assert_eq!(int_be(&[0xff]), -1);
     assert_eq!(int_be(&[0x80, 0, 0]), -(1 << 23));
     assert_eq!(int_be(&[0x7f, 0xff, 0xff, 0xff, 0xff, 0xff]), (1 << 47) - 1);

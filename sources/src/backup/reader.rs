@@ -540,9 +540,12 @@ impl<'a> Batcher<'a> {
             }
         };
         let cas = match row[col::CAS] {
-            ValueRef::Text(t) | ValueRef::Blob(t) => std::str::from_utf8(t)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+            ValueRef::Text(t) | ValueRef::Blob(t) => decimal_u64(t)
+                .or_else(|| {
+                    std::str::from_utf8(t)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                })
                 .ok_or_else(|| bad("cas is not a 64-bit number"))?,
             ValueRef::Integer(v) => v as u64,
             ValueRef::Null => 0,
@@ -641,6 +644,15 @@ impl<'a> Batcher<'a> {
     }
 }
 
+/// `t` read as a u64 when it is 1 to 19 ASCII digits and nothing else (how cbbackup writes a
+/// cas: as text), which cannot overflow; `None` sends anything else to the general parse.
+fn decimal_u64(t: &[u8]) -> Option<u64> {
+    if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(t.iter().fold(0u64, |n, d| n * 10 + (d - b'0') as u64))
+}
+
 /// True when `a` and `b` are the same bytes (the same page).
 fn same(a: &Bytes, b: &Bytes) -> bool {
     a.as_ptr() == b.as_ptr() && a.len() == b.len()
@@ -650,4 +662,40 @@ fn same(a: &Bytes, b: &Bytes) -> bool {
 fn within(whole: &Bytes, part: &[u8]) -> bool {
     let (w, p) = (whole.as_ptr() as usize, part.as_ptr() as usize);
     p >= w && p + part.len() <= w + whole.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decimal_u64;
+
+    #[test]
+    fn a_cas_of_plain_digits_reads_as_the_general_parse_reads_it() {
+        let general = |t: &[u8]| {
+            std::str::from_utf8(t)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        };
+        for t in [
+            &b"0"[..],
+            b"7",
+            b"1733456789123456789",
+            b"9999999999999999999",
+            b"0000000000000000042",
+        ] {
+            assert_eq!(decimal_u64(t), general(t), "{t:?}");
+        }
+        // Anything else is left to the general parse: signs, spaces, 20 digits, not digits.
+        for t in [
+            &b""[..],
+            b"+5",
+            b" 5",
+            b"5 ",
+            b"18446744073709551615",
+            b"99999999999999999999",
+            b"12a",
+            b"-1",
+        ] {
+            assert_eq!(decimal_u64(t), None, "{t:?}");
+        }
+    }
 }
