@@ -421,8 +421,9 @@ fn take_up_files(
     }
     for (vb, seqno) in committed {
         let p = positions.position(vb);
-        // Without a uuid (the DCP checkpoint saves a vbucket's first one lazily) the rows
-        // cannot be placed in the vbucket's history: it is read again from the file's seqno.
+        // Without a uuid (a file written by a source that keeps none, or cut before its
+        // first save) the rows cannot be placed in the vbucket's history: it is read again
+        // from the file's seqno.
         if seqno > p.seqno && p.uuid != 0 {
             let (snap_start, snap_end) = if p.snap_end >= seqno {
                 (p.snap_start, p.snap_end)

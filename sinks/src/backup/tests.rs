@@ -280,8 +280,8 @@ async fn a_resumed_run_goes_on_in_its_next_file_and_its_record_counts_every_atte
         now: chrono::Utc::now(),
         parts: None,
     };
-    // The DCP source had saved the uuids of vbuckets 1-9, not yet vbucket 0's (a first uuid
-    // waits for its regular save).
+    // The DCP source had saved the uuids of vbuckets 1-9 (each before its first row left),
+    // not vbucket 0's.
     let positions = node.join(run::POSITIONS_JSON);
     let mut known = run::Positions::load(&positions).unwrap();
     for vb in 1..10 {

@@ -9,14 +9,12 @@
 //! `seqno` is the highest seqno of that vbucket the sink has confirmed, never past a gap;
 //! `uuid` the vbucket uuid it was read under; `snap_start..snap_end` the snapshot that holds
 //! it (both equal to `seqno` once that snapshot is complete). A rerun asks each stream from
-//! there. The file is rewritten atomically (a temporary file, then rename), every
-//! [`SAVE_EVERY`] while positions move and at the end. A change of what the file already
-//! held (another uuid for a vbucket it knew, another failover log, a rollback) is written
-//! before the next batch leaves: a backup run resumes from the rows its files committed, under
-//! the uuid this file gives them, so no such row may be committed under a uuid the file does
-//! not hold. A vbucket's first uuid and failover log wait for the next regular save: until
-//! then the file gives it no uuid, and a resume never moves a position without one past the
-//! file's seqno (`pump_sinks::backup`), so the rows are read again rather than misplaced.
+//! there. The file is rewritten atomically (a temporary file, then rename), at the first
+//! confirmation, then every [`SAVE_EVERY`] while positions move, and at the end. A new uuid,
+//! failover log or rollback is written before the next batch leaves: a backup run resumes from
+//! the rows its files committed, under the uuid this file gives them, so no such row may be
+//! committed under a uuid the file does not hold (and a resume never moves a position without
+//! a uuid past the file's seqno, `pump_sinks::backup`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,16 +28,14 @@ pub use pump_formats::run::VbPosition;
 pub struct CheckpointFile {
     path: PathBuf,
     positions: Positions,
-    saved_at: Instant,
+    saved_at: Option<Instant>,
     dirty: bool,
-    /// Another uuid or failover log for a vbucket the file knew, or a rollback: saved before
-    /// the next batch leaves, so that no row read under a uuid can be committed before the
-    /// file holds that uuid.
+    /// A new uuid, failover log or rollback: saved before the next batch leaves, so that no
+    /// row read under a uuid can be committed before the file holds that uuid.
     urgent: bool,
 }
 
-/// How often the file is rewritten while positions move (the first time this long after it
-/// was loaded: a short run saves once, at its end).
+/// How often the file is rewritten while positions move.
 pub const SAVE_EVERY: Duration = Duration::from_millis(500);
 
 impl CheckpointFile {
@@ -58,7 +54,7 @@ impl CheckpointFile {
         Ok(CheckpointFile {
             path: path.to_path_buf(),
             positions,
-            saved_at: Instant::now(),
+            saved_at: None,
             dirty: false,
             urgent: false,
         })
@@ -74,8 +70,7 @@ impl CheckpointFile {
         if p.seqno == p.snap_end {
             p.snap_start = p.seqno;
         }
-        let known = self.positions.position(vb).uuid;
-        if known != 0 && p.uuid != known {
+        if p.uuid != self.positions.position(vb).uuid {
             self.urgent = true;
         }
         self.positions.set(vb, p);
@@ -85,14 +80,11 @@ impl CheckpointFile {
     /// Records the failover log the node sent for `vb` (newest first).
     pub fn set_failover(&mut self, vb: u16, log: Vec<[u64; 2]>) {
         let key = vb.to_string();
-        let known = match self.positions.failover.get(&key) {
-            Some(old) if *old == log => return,
-            Some(old) => !old.is_empty(),
-            None => false,
-        };
-        self.positions.failover.insert(key, log);
-        self.dirty = true;
-        self.urgent |= known;
+        if self.positions.failover.get(&key) != Some(&log) {
+            self.positions.failover.insert(key, log);
+            self.dirty = true;
+            self.urgent = true;
+        }
     }
 
     /// Records that the node asked `vb` to restart from `seqno` (its history diverged).
@@ -108,15 +100,15 @@ impl CheckpointFile {
         self.urgent = true;
     }
 
-    /// Saves when something changed and the last save (or the load) is old enough.
+    /// Saves when something changed and the last save is old enough.
     pub fn save_soon(&mut self) -> Result<(), Error> {
-        if self.saved_at.elapsed() >= SAVE_EVERY {
+        if self.saved_at.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
             self.save()?;
         }
         Ok(())
     }
 
-    /// Saves now when a changed uuid or failover log, or a rollback, is not saved yet.
+    /// Saves now when a uuid, failover log or rollback is not saved yet.
     pub fn save_if_urgent(&mut self) -> Result<(), Error> {
         if self.urgent {
             self.save()?;
@@ -136,7 +128,7 @@ impl CheckpointFile {
         let tmp = PathBuf::from(tmp);
         pump_files::write_replacing(&tmp, &self.path, &json)
             .map_err(|e| Error::io(&self.path, e))?;
-        self.saved_at = Instant::now();
+        self.saved_at = Some(Instant::now());
         self.dirty = false;
         self.urgent = false;
         Ok(())
@@ -204,28 +196,24 @@ mod tests {
     }
 
     #[test]
-    fn a_first_uuid_waits_for_the_regular_save_and_a_changed_one_is_saved_before_the_next_batch() {
+    fn a_new_uuid_log_or_rollback_is_saved_before_the_next_batch_and_the_same_log_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ckpt.json");
         let mut c = CheckpointFile::load(&path).unwrap();
         c.set_failover(3, vec![[7, 0]]);
         c.set(3, at(7, 0));
         c.save_if_urgent().unwrap();
-        c.save_soon().unwrap();
-        assert!(!path.exists(), "a first uuid and log are not urgent");
-        c.save().unwrap();
         assert_eq!(CheckpointFile::load(&path).unwrap().position(3), at(7, 0));
-
-        // Loaded again, the file knows uuid 7: another one (a failover) is urgent.
-        let mut c = CheckpointFile::load(&path).unwrap();
+        // Another uuid (a failover), another log, a rollback: each saved at once.
         c.set(3, at(9, 0));
         c.save_if_urgent().unwrap();
         assert_eq!(CheckpointFile::load(&path).unwrap().position(3).uuid, 9);
-        // So is another failover log, and a rollback.
         c.set_failover(3, vec![[9, 0], [7, 0]]);
         c.save_if_urgent().unwrap();
-        let saved = Positions::load(&path).unwrap();
-        assert_eq!(saved.failover["3"], vec![[9, 0], [7, 0]]);
+        assert_eq!(
+            Positions::load(&path).unwrap().failover["3"],
+            vec![[9, 0], [7, 0]]
+        );
         c.record_rollback(3, 0);
         c.save_if_urgent().unwrap();
         assert_eq!(Positions::load(&path).unwrap().rollbacks["3"], 0);
