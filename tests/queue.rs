@@ -1256,12 +1256,13 @@ fn a_slot_reads_its_next_job_while_the_one_before_waits_for_its_writes() {
         },
     );
     assert_eq!(held.ready, 1, "{held:?}");
-    assert!(
-        proxy.counts.held.load(std::sync::atomic::Ordering::SeqCst) > 0,
-        "the first job's answers were not held"
-    );
     // Both wait on their answers: the slot takes no third job meanwhile.
     std::thread::sleep(Duration::from_millis(500));
+    let s = stats();
+    assert_eq!((s.reserved, s.ready), (2, 1), "{s:?}");
+    eventually(Duration::from_secs(10), "the jobs' answers held", || {
+        (proxy.counts.held.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
+    });
     let s = stats();
     assert_eq!((s.reserved, s.ready), (2, 1), "{s:?}");
     proxy.hold_answers(false);
