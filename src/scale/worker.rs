@@ -203,6 +203,8 @@ async fn slot(n: usize, shared: Arc<Shared>) {
                     if let Some(before) = finishing.take() {
                         spare = before.await.ok().flatten();
                     }
+                    // The job's connection broke (its task said so): the queue may be down.
+                    let broke = matches!(ended, Some(None));
                     let next = match ended {
                         Some(back) => back.or_else(|| spare.take()),
                         None => {
@@ -216,7 +218,9 @@ async fn slot(n: usize, shared: Arc<Shared>) {
                             continue;
                         }
                         None => {
-                            down_since.get_or_insert_with(Instant::now);
+                            if broke {
+                                down_since.get_or_insert_with(Instant::now);
+                            }
                             continue 'connect;
                         }
                     }
