@@ -44,11 +44,20 @@ fn python() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("couchbase-cli-venv"));
     let py = venv.join("bin/python");
-    let ready = Command::new(&py)
-        .args(["-c", "import requests, snappy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ready {
+    let ready = || {
+        Command::new(&py)
+            .args(["-c", "import requests, snappy"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready() {
+        return py;
+    }
+    // nextest runs each test in a process of its own: one builds the environment while the
+    // others wait for it (two at once failed, each pip seeing the other's half).
+    let lock = std::fs::File::create(venv.with_extension("lock")).expect("the venv's lock file");
+    lock.lock().expect("lock the venv");
+    if !ready() {
         let run = |cmd: &mut Command| {
             let out = cmd.output().expect("run the installer");
             assert!(out.status.success(), "{cmd:?}: {}", common::stderr(&out));
