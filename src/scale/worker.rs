@@ -82,6 +82,13 @@ impl Shared {
         eprintln!("pump worker: {line}");
     }
 
+    /// Slot `n`'s connection broke: the server gives back the job it held.
+    fn connection_lost(&self, n: usize, e: &QueueError) {
+        self.warn(&format!(
+            "slot {n}: {e}; connecting again (a job this slot held is back in the queue)"
+        ));
+    }
+
     fn count(&self, f: impl FnOnce(&mut Totals)) {
         if let Ok(mut t) = self.totals.lock() {
             f(&mut t);
@@ -255,9 +262,7 @@ async fn slot(n: usize, shared: Arc<Shared>) {
             if let Err(e) = r {
                 if e.is_connection() {
                     down_since.get_or_insert_with(Instant::now);
-                    shared.warn(&format!(
-                        "slot {n}: {e}; connecting again (a job this slot held is back in the queue)"
-                    ));
+                    shared.connection_lost(n, &e);
                     break;
                 }
                 shared.warn(&format!("slot {n}: {e}"));
@@ -291,9 +296,7 @@ async fn own(
     match r {
         Ok(()) => Some(c),
         Err(e) if e.is_connection() => {
-            shared.warn(&format!(
-                "slot {n}: {e}; connecting again (a job this slot held is back in the queue)"
-            ));
+            shared.connection_lost(n, &e);
             None
         }
         Err(e) => {
