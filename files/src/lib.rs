@@ -143,17 +143,21 @@ impl Perms {
     }
 }
 
-/// This process's umask, read from `/proc/self/status` (0o022 where it cannot be read:
-/// setting the umask to read it back would race with other threads creating files).
+/// This process's umask, read from `/proc/self/status` once (0o022 where it cannot be read:
+/// setting the umask to read it back would race with other threads creating files). The pump
+/// never changes its umask, so a worker does not read it again for every job's files.
 pub fn umask() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Umask:"))
-                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        })
-        .unwrap_or(0o022)
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o022)
+    })
 }
 
 /// Opens `path` for reading when it is a regular file (a symlink to one is followed); any

@@ -406,7 +406,12 @@ impl Writer {
         // run of several jobs writes the same bucket's manifest (the last one written stays).
         if self.collections.has_collections() {
             let text = collections_json(&self.collections).to_string();
-            run::write_synced(&node_dir.join(bfd::COLLECTIONS_JSON), text.as_bytes())?;
+            let path = node_dir.join(bfd::COLLECTIONS_JSON);
+            // The parts of a run mostly see the same manifest: a file already holding it
+            // (written whole and synced, then renamed) is not written again.
+            if std::fs::read(&path).ok().as_deref() != Some(text.as_bytes()) {
+                run::write_synced(&path, text.as_bytes())?;
+            }
         }
         match &self.plan.part {
             None => layout::write_run_end(&node_dir, positions.as_ref(), &completion),
