@@ -294,6 +294,42 @@ fn salted(m: Mechanism, password: &str, salt: &[u8], iterations: u32) -> Vec<u8>
     v
 }
 
+/// The frames answering one request of [`Connection::pipeline`], the last one ending it.
+#[derive(Debug, Clone)]
+pub struct Answer(pub Vec<Packet>);
+
+impl Answer {
+    /// The frame that ended the answer (its status is the request's).
+    pub fn last(&self) -> &Packet {
+        self.0
+            .last()
+            .expect("an answer holds at least its last frame")
+    }
+
+    /// A STAT's rows, when it succeeded: every frame but the last, as key and value.
+    pub fn stats(&self) -> Vec<(String, String)> {
+        let rows = &self.0[..self.0.len().saturating_sub(1)];
+        rows.iter()
+            .map(|r| {
+                (
+                    String::from_utf8_lossy(&r.key).into_owned(),
+                    String::from_utf8_lossy(&r.value).into_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Whether `frame`, answering a request (a STAT when `stat`), leaves more to come.
+fn continues(stat: bool, frame: &Packet) -> bool {
+    stat && frame.status() == Status::Success && !frame.key.is_empty()
+}
+
+/// SELECT_BUCKET `bucket`.
+fn select_bucket_request(bucket: &str) -> Packet {
+    Packet::request(Opcode::SelectBucket).with_key(bucket.as_bytes().to_vec())
+}
+
 fn nonce() -> String {
     use rand::Rng;
     let b: [u8; 16] = rand::rng().random();
@@ -397,12 +433,23 @@ impl Connection {
             Some(tls) => Connection::connect_tls(addr, tls, h.timeout).await?,
             None => Connection::connect(addr, h.timeout).await?,
         };
-        c.hello(USER_AGENT, &h.features).await?;
-        if let Some(a) = &h.auth {
-            c.authenticate_with(a, h.sasl).await?;
+        // HELLO and what does not depend on its answer go in one round trip: the mechanisms
+        // to choose from, or (without credentials) the bucket.
+        let mut first = vec![hello::hello_request(USER_AGENT, &h.features)];
+        if h.auth.is_some() {
+            first.push(Packet::request(Opcode::SaslListMechs));
+        } else if let Some(b) = &h.bucket {
+            first.push(select_bucket_request(b));
         }
-        if let Some(b) = &h.bucket {
-            c.select_bucket(b).await?;
+        let answers = c.pipeline(first, "HELLO").await?;
+        c.agree(&h.features, answers[0].last())?;
+        if let Some(a) = &h.auth {
+            c.authenticate_listed(a, h.sasl, answers[1].last()).await?;
+            if let Some(b) = &h.bucket {
+                c.select_bucket(b).await?;
+            }
+        } else if let Some(b) = &h.bucket {
+            c.selected(b, answers[1].last())?;
         }
         Ok(c)
     }
@@ -427,6 +474,11 @@ impl Connection {
         let r = self
             .request(hello::hello_request(agent, features), "HELLO")
             .await?;
+        self.agree(features, &r)
+    }
+
+    /// Keeps what the server agreed to in its answer `r` to a HELLO asking for `features`.
+    fn agree(&mut self, features: &[Feature], r: &Packet) -> Result<FeatureSet, ClientError> {
         self.features = match r.status() {
             Status::Success => {
                 hello::agreed(features, &r.value).map_err(|source| ClientError::Protocol {
@@ -457,6 +509,16 @@ impl Connection {
         let listed = self
             .request(Packet::request(Opcode::SaslListMechs), "SASL_LIST_MECHS")
             .await?;
+        self.authenticate_listed(auth, forced, &listed).await
+    }
+
+    /// [`Connection::authenticate_with`], given the server's answer to SASL_LIST_MECHS.
+    async fn authenticate_listed(
+        &mut self,
+        auth: &Auth,
+        forced: Option<Mechanism>,
+        listed: &Packet,
+    ) -> Result<(), ClientError> {
         let list = if listed.status() == Status::Success {
             String::from_utf8_lossy(&listed.value).into_owned()
         } else {
@@ -561,18 +623,64 @@ impl Connection {
     /// SELECT_BUCKET; `Ok(false)` when the server has no buckets to select (UNKNOWN_COMMAND or
     /// NOT_SUPPORTED), an error for any other refusal (no such bucket, no access).
     pub async fn select_bucket(&mut self, bucket: &str) -> Result<bool, ClientError> {
-        let p = Packet::request(Opcode::SelectBucket).with_key(bucket.as_bytes().to_vec());
         let what = format!("SELECT_BUCKET {bucket:?}");
-        let r = self.request(p, &what).await?;
+        let r = self.request(select_bucket_request(bucket), &what).await?;
+        self.selected(bucket, &r)
+    }
+
+    /// What the server's answer `r` to SELECT_BUCKET `bucket` means (see `select_bucket`).
+    fn selected(&self, bucket: &str, r: &Packet) -> Result<bool, ClientError> {
         match r.status() {
             Status::Success => Ok(true),
             Status::UnknownCommand | Status::NotSupported => Ok(false),
             status => Err(ClientError::Status {
                 peer: self.peer().to_string(),
-                what,
+                what: format!("SELECT_BUCKET {bucket:?}"),
                 status,
             }),
         }
+    }
+
+    /// Sends `requests` at once (one write) and reads the answer of each: a server answers a
+    /// connection's requests in order, so independent requests cost one round trip together
+    /// rather than one each. Each answer holds the frames carrying its request's opaque, its
+    /// last frame ending it (a STAT's rows end with one without a key). Frames with an opaque
+    /// not asked here are skipped.
+    pub async fn pipeline(
+        &mut self,
+        requests: Vec<Packet>,
+        what: &str,
+    ) -> Result<Vec<Answer>, ClientError> {
+        let first = self.next_opaque;
+        let mut buf = BytesMut::new();
+        let mut stats = Vec::with_capacity(requests.len());
+        for p in requests {
+            stats.push(p.opcode == Opcode::Stat);
+            p.with_opaque(self.next_opaque).encode(&mut buf);
+            self.next_opaque = self.next_opaque.wrapping_add(1);
+        }
+        self.write.send_bytes(&buf, what).await?;
+        let mut answers: Vec<Answer> = stats.iter().map(|_| Answer(Vec::new())).collect();
+        let mut open = answers.len();
+        while open > 0 {
+            let r = self.read.recv(what).await?;
+            let i = r.opaque.wrapping_sub(first) as usize;
+            if r.magic != pump_protocol::Magic::Response || i >= answers.len() {
+                tracing::debug!(peer = self.peer(), opcode = ?r.opcode, "skipped a frame while {what}");
+                continue;
+            }
+            let ends = !continues(stats[i], &r);
+            if answers[i].0.last().is_some_and(|l| !continues(stats[i], l)) {
+                // Already ended: a second answer to one request.
+                tracing::debug!(peer = self.peer(), opcode = ?r.opcode, "skipped a frame while {what}");
+                continue;
+            }
+            answers[i].0.push(r);
+            if ends {
+                open -= 1;
+            }
+        }
+        Ok(answers)
     }
 
     /// Sends `p` with a fresh opaque and returns the response carrying it. Frames with another

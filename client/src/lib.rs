@@ -23,7 +23,7 @@ pub mod tls;
 pub mod vbmap;
 
 pub use connection::{
-    Auth, Connection, Handshake, Next, ReadHalf, WriteHalf, DEFAULT_TIMEOUT, PUMP_FEATURES,
+    Answer, Auth, Connection, Handshake, Next, ReadHalf, WriteHalf, DEFAULT_TIMEOUT, PUMP_FEATURES,
     USER_AGENT,
 };
 pub use duplex::{open_probed, Duplex};

@@ -140,3 +140,61 @@ async fn tls_trusts_the_nodes_certificate_refuses_another_and_no_ssl_verify_take
     let e = TlsClient::new(Some(&dir.path().join("missing.pem")), false).unwrap_err();
     assert!(e.to_string().contains("missing.pem"), "{e}");
 }
+
+/// A peer that answers nothing until it holds both HELLO and SELECT_BUCKET: a handshake that
+/// waited for HELLO's answer before sending the bucket would time out against it.
+#[tokio::test]
+async fn hello_and_the_bucket_go_in_one_round_trip_and_a_pipeline_matches_answers_by_opaque() {
+    use pump_client::testing::{listen, Peer};
+    use pump_protocol::Status;
+    let (l, addr) = listen().await;
+    let server = tokio::spawn(async move {
+        let mut p = Peer::accept(&l).await;
+        let hello = p.recv().await.unwrap();
+        let select = p.recv().await.unwrap();
+        assert_eq!(
+            (hello.opcode, select.opcode),
+            (Opcode::Hello, Opcode::SelectBucket)
+        );
+        assert_eq!(&select.key[..], b"default");
+        p.send(Packet::response_to(&hello, Status::Success)).await;
+        p.send(Packet::response_to(&select, Status::Success)).await;
+        // Then a pipeline of a STAT and a GET: a stray frame first, the STAT's two rows and
+        // its end, the GET's answer.
+        let stat = p.recv().await.unwrap();
+        let get = p.recv().await.unwrap();
+        p.send(Packet::response_to(&get, Status::Success).with_opaque(0xdead))
+            .await;
+        for (k, v) in [("a", "1"), ("b", "2"), ("", "")] {
+            p.send(
+                Packet::response_to(&stat, Status::Success)
+                    .with_key(k.as_bytes().to_vec())
+                    .with_value(v.as_bytes().to_vec()),
+            )
+            .await;
+        }
+        p.send(Packet::response_to(&get, Status::KeyEnoent)).await;
+        p.recv().await
+    });
+    let h = Handshake::new(None, Some("default"), T);
+    let mut c = Connection::negotiate(&addr, &h).await.unwrap();
+    let answers = c
+        .pipeline(
+            vec![
+                Packet::request(Opcode::Stat).with_key(&b"x"[..]),
+                Packet::request(Opcode::Get).with_key(&b"k"[..]),
+            ],
+            "STAT and GET",
+        )
+        .await
+        .unwrap();
+    assert_eq!(answers.len(), 2);
+    assert_eq!(
+        answers[0].stats(),
+        vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+    );
+    assert_eq!(answers[1].0.len(), 1, "the stray frame is not the GET's");
+    assert_eq!(answers[1].last().status(), Status::KeyEnoent);
+    drop(c);
+    assert!(server.await.unwrap().is_none(), "nothing more was sent");
+}

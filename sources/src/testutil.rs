@@ -22,6 +22,8 @@ pub struct Collect {
     pub fail_keys: Vec<&'static str>,
     /// From this batch on (0-based), the sink drops batches without settling them.
     pub reject_from: Option<usize>,
+    /// Called when the first batch arrives, before anything else.
+    pub at_first_batch: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl Collect {
@@ -51,6 +53,11 @@ impl Sink for Collect {
         }
         let mut taken = 0;
         while let Some(batch) = input.recv().await {
+            if taken == 0 {
+                if let Some(f) = &self.at_first_batch {
+                    f();
+                }
+            }
             tokio::time::sleep(self.delay).await;
             taken += 1;
             if self.reject_from.is_some_and(|n| taken > n) {

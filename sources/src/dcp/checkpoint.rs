@@ -108,6 +108,11 @@ impl CheckpointFile {
         Ok(())
     }
 
+    /// Whether a uuid, failover log or rollback is not saved yet.
+    pub fn urgent(&self) -> bool {
+        self.urgent
+    }
+
     /// Saves now when a uuid, failover log or rollback is not saved yet.
     pub fn save_if_urgent(&mut self) -> Result<(), Error> {
         if self.urgent {

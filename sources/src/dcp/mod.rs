@@ -57,7 +57,7 @@ use pump_protocol::Feature;
 
 use crate::net;
 pub use checkpoint::{CheckpointFile, VbPosition};
-pub use stream::stream_connection;
+pub use stream::{stream_connection, Opening, Share, OPENING_WAIT};
 
 /// `-x` keys of the DCP source.
 pub const EXTRA_KEYS: &[&str] = &["checkpoint", "timeout", "sasl", "cacert", "no_ssl_verify"];
@@ -195,7 +195,9 @@ pub async fn stream_node(
     let n = config.connections.min(vbuckets.len()).max(1);
     let per = vbuckets.len().div_ceil(n);
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, chunk) in vbuckets.chunks(per).enumerate() {
+    let chunks: Vec<Vec<u16>> = vbuckets.chunks(per).map(<[u16]>::to_vec).collect();
+    let opening = Opening::new(chunks.len());
+    for (index, vbuckets) in chunks.into_iter().enumerate() {
         let (spec, addr, config, out, ckpt) = (
             spec.to_string(),
             addr.to_string(),
@@ -203,9 +205,13 @@ pub async fn stream_node(
             out.clone(),
             ckpt.clone(),
         );
-        let chunk = chunk.to_vec();
+        let share = Share {
+            index,
+            vbuckets,
+            opening: opening.clone(),
+        };
         tasks.spawn(
-            async move { stream_connection(&spec, &addr, &config, i, chunk, &out, ckpt).await },
+            async move { stream_connection(&spec, &addr, &config, share, &out, ckpt).await },
         );
     }
     let mut first_err = None;

@@ -1,18 +1,20 @@
 //! One DCP connection: open, stream its vbuckets, answer NOOPs, ack what the sink confirmed.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use pump::checkpoint::Ticket;
 use pump::{Batch, BatchBuilder, BatchSender, Checkpoint, Error, Message, Op};
-use pump_client::{ClientError, Connection, Next, ReadHalf, WriteHalf};
+use pump_client::{Answer, ClientError, Connection, Next, ReadHalf, WriteHalf};
 use pump_protocol::collections::{split_key, CollectionPath, Manifest, StreamFilter, SystemEvent};
 use pump_protocol::dcp::{
     noop_reply, open_flags, DcpItem, DcpMessage, StreamEndReason, StreamReqReply, StreamRequest,
 };
 use pump_protocol::{Feature, Magic, Opcode, Packet, Status};
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::{Mutex as AsyncMutex, Notify};
 
 use super::checkpoint::{CheckpointFile, VbPosition};
 use super::DcpConfig;
@@ -57,42 +59,56 @@ const DCP_FRAME_OVERHEAD: u64 = 24 + 64;
 /// every connection of every small job of `pump worker`).
 const PER_VBUCKET_STATS: usize = 16;
 
-/// High seqnos of `vbuckets` from `STAT vbucket-seqno` (per vbucket when they are few), or
-/// `None` when the node does not answer it.
+/// The STAT requests that ask where `vbuckets` end: `STAT vbucket-seqno N` for each when they
+/// are few, the whole bucket's otherwise.
+fn high_seqno_requests(vbuckets: &[u16]) -> Vec<Packet> {
+    let stat = |group: String| Packet::request(Opcode::Stat).with_key(group.into_bytes());
+    if vbuckets.len() <= PER_VBUCKET_STATS {
+        vbuckets
+            .iter()
+            .map(|vb| stat(format!("vbucket-seqno {vb}")))
+            .collect()
+    } else {
+        vec![stat("vbucket-seqno".to_string())]
+    }
+}
+
+/// High seqnos of `vbuckets` from the answers to [`high_seqno_requests`], or `None` when the
+/// node does not answer `STAT vbucket-seqno`. A node without the one-vbucket form is asked
+/// the whole bucket's.
 async fn high_seqnos(
     conn: &mut Connection,
     vbuckets: &[u16],
+    answers: &[Answer],
 ) -> Result<Option<HashMap<u16, u64>>, ClientError> {
     if vbuckets.len() <= PER_VBUCKET_STATS {
         let mut stats = Vec::new();
         let mut not_here = 0;
-        for vb in vbuckets {
-            match conn.stats(&format!("vbucket-seqno {vb}")).await {
-                Ok(s) => stats.extend(s),
+        let mut one_vbucket_form = true;
+        for a in answers {
+            match a.last().status() {
+                Status::Success => stats.extend(a.stats()),
                 // Dead or absent on this node: not listed, so not counted as live.
-                Err(ClientError::Status {
-                    status: Status::NotMyVbucket,
-                    ..
-                }) => not_here += 1,
-                // A node without the one-vbucket form: the whole bucket's, below.
-                Err(ClientError::Status { .. }) => {
-                    stats.clear();
-                    not_here = 0;
+                Status::NotMyVbucket => not_here += 1,
+                _ => {
+                    one_vbucket_form = false;
                     break;
                 }
-                Err(e) => return Err(e),
             }
         }
-        if !stats.is_empty() || not_here > 0 {
+        if one_vbucket_form && (!stats.is_empty() || not_here > 0) {
             return Ok(Some(parse_high_seqnos(stats)));
         }
+        return match conn.stats("vbucket-seqno").await {
+            Ok(s) => Ok(Some(parse_high_seqnos(s))),
+            Err(ClientError::Status { .. }) => Ok(None),
+            Err(e) => Err(e),
+        };
     }
-    let stats = match conn.stats("vbucket-seqno").await {
-        Ok(s) => s,
-        Err(ClientError::Status { .. }) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    Ok(Some(parse_high_seqnos(stats)))
+    Ok(answers
+        .first()
+        .filter(|a| a.last().status() == Status::Success)
+        .map(|a| parse_high_seqnos(a.stats())))
 }
 
 /// `vb_N:high_seqno` of each vbucket in a `STAT vbucket-seqno` answer.
@@ -115,34 +131,122 @@ fn parse_high_seqnos(stats: Vec<(String, String)>) -> HashMap<u16, u64> {
     out
 }
 
-/// Streams `vbuckets` over one connection to `addr` (connection number `index`); returns how
-/// many of them the node listed in `STAT vbucket-seqno` (every one, when it does not answer
-/// it): a vbucket it does not list is dead or absent there, and is not streamed.
+/// A node's connections opening their streams. Each answer to a STREAM_REQ brings a uuid and
+/// a failover log that must be in the checkpoint file before a batch of that vbucket leaves;
+/// a connection whose streams are all answered waits (at most [`OPENING_WAIT`]) for the
+/// other connections' answers before its first save, so that one save holds them all rather
+/// than one save (a file written and synced) per connection. A connection whose own streams
+/// are not all answered saves at once: it never waits on itself.
+#[derive(Debug)]
+pub struct Opening {
+    pending: AtomicUsize,
+    all_in: Notify,
+}
+
+/// How long a connection's first save waits for the node's other connections to have their
+/// streams' answers.
+pub const OPENING_WAIT: Duration = Duration::from_millis(100);
+
+impl Opening {
+    /// `connections` connections, none of them answered yet.
+    pub fn new(connections: usize) -> Arc<Opening> {
+        Arc::new(Opening {
+            pending: AtomicUsize::new(connections),
+            all_in: Notify::new(),
+        })
+    }
+
+    /// Whether every connection has its streams' answers (or has ended).
+    fn all_answered(&self) -> bool {
+        self.pending.load(Ordering::Acquire) == 0
+    }
+
+    /// Waits until every connection has its answers, at most `bound`.
+    async fn wait(&self, bound: Duration) {
+        let notified = self.all_in.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.all_answered() {
+            return;
+        }
+        let _ = tokio::time::timeout(bound, notified).await;
+    }
+}
+
+/// One connection's part in [`Opening`]: counted as answered once, when its streams are, or
+/// when it ends (however it ends).
+struct OpeningTurn {
+    opening: Arc<Opening>,
+    answered: bool,
+}
+
+impl OpeningTurn {
+    fn answered(&mut self) {
+        if !std::mem::replace(&mut self.answered, true)
+            && self.opening.pending.fetch_sub(1, Ordering::AcqRel) == 1
+        {
+            self.opening.all_in.notify_waiters();
+        }
+    }
+}
+
+impl Drop for OpeningTurn {
+    fn drop(&mut self) {
+        self.answered();
+    }
+}
+
+/// One connection's share of a node's streams.
+#[derive(Debug)]
+pub struct Share {
+    /// The connection's number among the node's.
+    pub index: usize,
+    pub vbuckets: Vec<u16>,
+    /// The node's connections opening their streams.
+    pub opening: Arc<Opening>,
+}
+
+/// Streams `share.vbuckets` over one connection to `addr`; returns how many of them the node
+/// listed in `STAT vbucket-seqno` (every one, when it does not answer it): a vbucket it does
+/// not list is dead or absent there, and is not streamed.
 pub async fn stream_connection(
     spec: &str,
     addr: &str,
     config: &DcpConfig,
-    index: usize,
-    vbuckets: Vec<u16>,
+    share: Share,
     out: &BatchSender,
     ckpt: Option<Arc<Mutex<CheckpointFile>>>,
 ) -> Result<usize, Error> {
+    let Share {
+        index,
+        vbuckets,
+        opening,
+    } = share;
+    let mut turn = OpeningTurn {
+        opening,
+        answered: false,
+    };
     let err = |e: ClientError| crate::net::source_error(spec, e);
     let mut conn = Connection::negotiate(addr, &config.handshake)
         .await
         .map_err(err)?;
     let xattrs = conn.features().contains(Feature::Xattr);
     let collections = conn.features().contains(Feature::Collections);
+    // The manifest and where each vbucket ends, in one round trip.
+    let mut asked = Vec::new();
+    if collections {
+        asked.push(Packet::request(Opcode::GetCollectionsManifest));
+    }
+    asked.extend(high_seqno_requests(&vbuckets));
+    let mut answers = conn
+        .pipeline(asked, "GET_COLLECTIONS_MANIFEST and STAT vbucket-seqno")
+        .await
+        .map_err(err)?;
     // The stream filter's value, when the run is limited to some collections.
     let mut filter_value = None;
     if collections {
-        let r = conn
-            .request(
-                Packet::request(Opcode::GetCollectionsManifest),
-                "GET_COLLECTIONS_MANIFEST",
-            )
-            .await
-            .map_err(err)?;
+        let a = answers.remove(0);
+        let r = a.last();
         if r.status() != Status::Success {
             return Err(Error::source(
                 spec,
@@ -164,7 +268,9 @@ pub async fn stream_connection(
             format!("{addr}: the node does not do collections (no COLLECTIONS in HELLO): cannot stream only some of them"),
         ));
     }
-    let highs = high_seqnos(&mut conn, &vbuckets).await.map_err(err)?;
+    let highs = high_seqnos(&mut conn, &vbuckets, &answers)
+        .await
+        .map_err(err)?;
     if highs.is_none() && config.verbose > 0 {
         tracing::warn!("{addr}: no STAT vbucket-seqno; streaming each vbucket to its STREAM_END");
     }
@@ -179,28 +285,30 @@ pub async fn stream_connection(
             open_flags::PRODUCER
         },
     };
-    conn.request_ok(open.to_packet(), "DCP_OPEN as a producer")
-        .await
-        .map_err(err)?;
-    let flow_control = control(
-        &mut conn,
-        "connection_buffer_size",
-        &config.buffer_size.to_string(),
-    )
-    .await
-    .map_err(err)?;
-    if control(&mut conn, "enable_noop", "true")
-        .await
-        .map_err(err)?
-    {
-        control(
-            &mut conn,
-            "set_noop_interval",
-            &config.noop_interval.to_string(),
+    // The producer and its settings, in one round trip (a node answers in order: the
+    // settings reach the producer DCP_OPEN made; the noop interval matters only once
+    // enable_noop is agreed).
+    let answers = conn
+        .pipeline(
+            vec![
+                open.to_packet(),
+                control("connection_buffer_size", &config.buffer_size.to_string()),
+                control("enable_noop", "true"),
+                control("set_noop_interval", &config.noop_interval.to_string()),
+            ],
+            "DCP_OPEN and DCP_CONTROL",
         )
         .await
         .map_err(err)?;
+    let opened = answers[0].last().status();
+    if opened != Status::Success {
+        return Err(err(ClientError::Status {
+            peer: addr.to_string(),
+            what: "DCP_OPEN as a producer".to_string(),
+            status: opened,
+        }));
     }
+    let flow_control = answers[1].last().status() == Status::Success;
     if !flow_control && config.verbose > 0 {
         tracing::warn!("{addr}: no flow control (connection_buffer_size refused)");
     }
@@ -322,6 +430,8 @@ pub async fn stream_connection(
     let mut backlog: VecDeque<Result<Next, ClientError>> = VecDeque::new();
     let what = "reading the DCP streams";
     let cancel = out.cancellation().clone();
+    // Whether the first save before a batch has been through `save_before_batch`'s wait.
+    let mut waited = false;
 
     let result: Result<(), Error> = async {
         while open_streams > 0 {
@@ -361,7 +471,7 @@ pub async fn stream_connection(
                     }));
                 }
                 Next::Idle if !pending.is_empty() => {
-                    save_if_urgent(&ckpt)?;
+                    save_before_batch(&ckpt, &turn, &mut waited).await?;
                     let batch = pending.flush(&acker, &checkpoint)?;
                     send_serving(out, batch, &mut read, &writer, &mut backlog, config).await?;
                     continue;
@@ -453,6 +563,9 @@ pub async fn stream_connection(
                             )));
                         }
                     }
+                    if !turn.answered && streams.values().all(|s| s.state != State::Requested) {
+                        turn.answered();
+                    }
                 } else if p.status() != Status::Success {
                     return Err(Error::source(spec, format!(
                         "{addr}: {:?} failed: {}", p.opcode, p.status()
@@ -528,7 +641,7 @@ pub async fn stream_connection(
             }
             pending.bytes += wire as u64;
             if pending.should_flush() {
-                save_if_urgent(&ckpt)?;
+                save_before_batch(&ckpt, &turn, &mut waited).await?;
                 let batch = pending.flush(&acker, &checkpoint)?;
                 send_serving(out, batch, &mut read, &writer, &mut backlog, config).await?;
             }
@@ -542,7 +655,10 @@ pub async fn stream_connection(
     let flushed = if pending.is_empty() {
         Ok(())
     } else {
-        match save_if_urgent(&ckpt).and_then(|_| pending.flush(&acker, &checkpoint)) {
+        match save_before_batch(&ckpt, &turn, &mut waited)
+            .await
+            .and_then(|_| pending.flush(&acker, &checkpoint))
+        {
             Ok(batch) => out.send(batch).await,
             Err(e) => Err(e),
         }
@@ -562,6 +678,26 @@ pub async fn stream_connection(
     result?;
     flushed?;
     finished.map(|()| live)
+}
+
+/// Before a batch leaves: [`save_if_urgent`], the connection's first such save waiting
+/// (bounded) until the node's other connections have their streams' answers too, when its
+/// own are all in (see [`Opening`]).
+async fn save_before_batch(
+    ckpt: &Option<Arc<Mutex<CheckpointFile>>>,
+    turn: &OpeningTurn,
+    waited: &mut bool,
+) -> Result<(), Error> {
+    if !std::mem::replace(waited, true)
+        && turn.answered
+        && !turn.opening.all_answered()
+        && ckpt
+            .as_ref()
+            .is_some_and(|f| f.lock().is_ok_and(|f| f.urgent()))
+    {
+        turn.opening.wait(OPENING_WAIT).await;
+    }
+    save_if_urgent(ckpt)
 }
 
 /// Writes the checkpoint file now if it holds a changed uuid or failover log, or a rollback,
@@ -616,18 +752,14 @@ async fn send_serving(
     }
 }
 
-/// CONTROL key=value; false when the producer refuses it.
-async fn control(conn: &mut Connection, key: &str, value: &str) -> Result<bool, ClientError> {
-    let p = DcpMessage::Control {
+/// DCP_CONTROL key=value.
+fn control(key: &str, value: &str) -> Packet {
+    DcpMessage::Control {
         opaque: 0,
         key: Bytes::copy_from_slice(key.as_bytes()),
         value: Bytes::copy_from_slice(value.as_bytes()),
     }
-    .to_packet();
-    let r = conn
-        .request(p, &format!("DCP_CONTROL {key}={value}"))
-        .await?;
-    Ok(r.status() == Status::Success)
+    .to_packet()
 }
 
 /// The STREAM_REQ of `req`, with the filter's value when there is one.

@@ -860,3 +860,61 @@ async fn vbuckets_a_node_calls_not_its_own_in_stat_vbucket_seqno_n_are_not_live(
         ["vbucket-seqno 0", "vbucket-seqno 1"]
     );
 }
+
+/// Two connections, the second's stream answered 30 ms after the first's has all its data:
+/// the first connection's save before its first batch waits for the second's answer, so the
+/// file holds both vbuckets' uuids when that batch reaches the sink (one save for the node's
+/// connections, not one each).
+#[tokio::test]
+async fn a_nodes_connections_save_their_streams_uuids_together_before_the_first_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.json");
+    let (l, addr) = listen().await;
+    let producer = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..2 {
+            let mut peer = Peer::accept(&l).await;
+            // Each frame at once (no Nagle wait for the client's delayed ACK).
+            peer.0.get_ref().set_nodelay(true).unwrap();
+            tasks.push(tokio::spawn(async move {
+                let h = handshake(&mut peer, &[(0, 3), (1, 2)], 1).await;
+                let r = h.requests[0];
+                if r.vbucket == 1 {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+                accept_stream(&mut peer, &r, 500 + u64::from(r.vbucket)).await;
+                let n = if r.vbucket == 0 { 3 } else { 2 };
+                peer.send(marker(&r, 1, n).to_packet()).await;
+                for s in 1..=n {
+                    peer.send(mutation(&r, s).to_packet()).await;
+                }
+                peer.send(end(&r).to_packet()).await;
+                while peer.recv().await.is_some() {}
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let mut o = options("0-1", Some(&path));
+    o.threads = 2;
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let sink = Collect {
+        at_first_batch: Some(Arc::new({
+            let (seen, path) = (seen.clone(), path.clone());
+            move || {
+                let c = CheckpointFile::load(&path).unwrap();
+                *seen.lock().unwrap() = Some((c.position(0).uuid, c.position(1).uuid));
+            }
+        })),
+        ..Collect::default()
+    };
+    run(open(&addr, &o), sink.clone(), o).await.unwrap();
+    producer.await.unwrap();
+    assert_eq!(sink.messages().len(), 5);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        Some((500, 501)),
+        "the file as the first batch arrived: both streams' uuids"
+    );
+}
