@@ -26,6 +26,7 @@
 //! to the last row already committed, so that no row is written twice.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -586,25 +587,24 @@ pub const PARTS_LOCK: &str = "pump-parts.lock";
 
 /// Completes a run several jobs wrote, once every part has its record: its merged positions,
 /// the files cbrestore reads, and `pump-complete.json` last. `Ok(false)`: parts remain.
-/// Called by each part as it completes, under an exclusive lock (SQLite's, released when the
-/// process dies), so the last one completes the run, and again by a job whose part was done.
+/// Called by each part as it completes, under an exclusive lock on [`PARTS_LOCK`] (`flock`,
+/// released when the process dies), so the last one completes the run, and again by a job
+/// whose part was done.
 pub fn complete_parts(node_dir: &Path) -> Result<bool, String> {
     let lock_path = node_dir.join(PARTS_LOCK);
-    let err = |e: rusqlite::Error| format!("{}: {e}", lock_path.display());
+    let err = |e: std::io::Error| format!("{}: {e}", lock_path.display());
     // Never through a planted symlink (the run directory is the pump's own).
-    let lock = rusqlite::Connection::open_with_flags(
-        &lock_path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
-            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
-            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )
-    .map_err(err)?;
-    lock.busy_timeout(std::time::Duration::from_secs(60))
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&lock_path)
         .map_err(err)?;
-    lock.execute_batch("BEGIN EXCLUSIVE").map_err(err)?;
+    lock.lock().map_err(err)?;
     let done = complete_parts_locked(node_dir);
-    let _ = lock.execute_batch("ROLLBACK");
+    let _ = lock.unlock();
     done
 }
 

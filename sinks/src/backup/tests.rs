@@ -519,3 +519,26 @@ async fn a_cut_part_of_a_source_without_positions_is_written_again() {
     assert!(!names(&node).contains(&"data-10000.cbb.partial".to_string()));
     assert!(p.positions.is_none());
 }
+
+/// The lock that makes one part complete the run: a part that finds it held waits for it.
+#[test]
+fn a_part_completing_the_run_waits_while_another_holds_the_parts_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().to_path_buf();
+    let held = std::fs::File::create(node.join(super::layout::PARTS_LOCK)).unwrap();
+    held.lock().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || tx.send(complete_parts(&node)).unwrap());
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
+        "completed while the lock was held"
+    );
+    held.unlock().unwrap();
+    let done = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("completes once the lock is free");
+    waiter.join().unwrap();
+    // This directory holds no run: the error says so.
+    assert!(done.unwrap_err().contains("pump-run.json"));
+}
