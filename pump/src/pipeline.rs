@@ -46,9 +46,11 @@ pub struct Context {
     pub filter: Option<Filter>,
     /// The source's collections: its manifest, published once, and its changes.
     pub collections: Arc<RunCollections>,
-    /// Cancelled by [`run`] once the source has returned: what remains is the sink's, which
-    /// drains the channel and finishes (a backup syncs and renames its files). A caller
-    /// running one transfer after another (`pump worker`) starts reading the next then.
+    /// Cancelled by [`run`] once the source has returned, or earlier by a source that has
+    /// handed over everything it reads (the DCP source of one node, while it waits for the
+    /// sink's confirmations): what remains is mostly the sink's, which drains the channel and
+    /// finishes (a backup syncs and renames its files). A caller running one transfer after
+    /// another (`pump worker`) starts reading the next then.
     pub source_done: CancellationToken,
 }
 

@@ -154,7 +154,7 @@ impl Source for CouchbaseSource {
                 (self.spec.clone(), out.clone(), stream.clone(), ckpt.clone());
             tasks.spawn(async move {
                 match stream {
-                    Stream::Dcp(c) => dcp::stream_node(&spec, &addr, &c, vbs, &out, ckpt)
+                    Stream::Dcp(c) => dcp::stream_node(&spec, &addr, &c, vbs, &out, ckpt, None)
                         .await
                         .map(|_| ()),
                     Stream::Tap(c) => tap::stream(&spec, &addr, &c, Some(vbs), &out).await,

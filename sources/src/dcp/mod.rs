@@ -54,6 +54,7 @@ use pump::{BatchLimits, BatchSender, Error, Options, RunCollections, Source, Sou
 use pump_client::{Auth, Handshake};
 use pump_protocol::collections::CollectionPath;
 use pump_protocol::Feature;
+use tokio_util::sync::CancellationToken;
 
 use crate::net;
 pub use checkpoint::{CheckpointFile, VbPosition};
@@ -171,7 +172,18 @@ impl Source for DcpSource {
             ..self.config
         };
         let asked = self.vbuckets.len();
-        let live = stream_node(&self.spec, &self.addr, &config, self.vbuckets, &out, ckpt).await?;
+        // The node is this source's only one: once its streams are read, so is the source.
+        let read_all = Some(ctx.source_done.clone());
+        let live = stream_node(
+            &self.spec,
+            &self.addr,
+            &config,
+            self.vbuckets,
+            &out,
+            ckpt,
+            read_all,
+        )
+        .await?;
         if live == 0 && asked > 0 {
             return Err(net::no_live_vbucket(&self.spec, &self.addr, Some(asked)));
         }
@@ -181,6 +193,8 @@ impl Source for DcpSource {
 
 /// Streams `vbuckets` of the node at `addr` over `config.connections` connections; returns
 /// how many of them the node holds in a state it streams (all, when it does not say).
+/// `read_all` is cancelled once every stream has been read and handed over, before the sink
+/// confirmed the last batches.
 pub async fn stream_node(
     spec: &str,
     addr: &str,
@@ -188,15 +202,19 @@ pub async fn stream_node(
     vbuckets: Vec<u16>,
     out: &BatchSender,
     ckpt: Option<Arc<Mutex<CheckpointFile>>>,
+    read_all: Option<CancellationToken>,
 ) -> Result<usize, Error> {
     if vbuckets.is_empty() {
+        if let Some(t) = read_all {
+            t.cancel();
+        }
         return Ok(0);
     }
     let n = config.connections.min(vbuckets.len()).max(1);
     let per = vbuckets.len().div_ceil(n);
     let mut tasks = tokio::task::JoinSet::new();
     let chunks: Vec<Vec<u16>> = vbuckets.chunks(per).map(<[u16]>::to_vec).collect();
-    let opening = Opening::new(chunks.len());
+    let opening = Opening::new(chunks.len(), read_all);
     for (index, vbuckets) in chunks.into_iter().enumerate() {
         let (spec, addr, config, out, ckpt) = (
             spec.to_string(),

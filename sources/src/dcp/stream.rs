@@ -15,6 +15,7 @@ use pump_protocol::dcp::{
 };
 use pump_protocol::{Feature, Magic, Opcode, Packet, Status};
 use tokio::sync::{Mutex as AsyncMutex, Notify};
+use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::{CheckpointFile, VbPosition};
 use super::DcpConfig;
@@ -131,16 +132,24 @@ fn parse_high_seqnos(stats: Vec<(String, String)>) -> HashMap<u16, u64> {
     out
 }
 
-/// A node's connections opening their streams. Each answer to a STREAM_REQ brings a uuid and
-/// a failover log that must be in the checkpoint file before a batch of that vbucket leaves;
-/// a connection whose streams are all answered waits (at most [`OPENING_WAIT`]) for the
-/// other connections' answers before its first save, so that one save holds them all rather
-/// than one save (a file written and synced) per connection. A connection whose own streams
-/// are not all answered saves at once: it never waits on itself.
+/// A node's connections, as they open their streams and as they finish reading them.
+///
+/// Opening: each answer to a STREAM_REQ brings a uuid and a failover log that must be in the
+/// checkpoint file before a batch of that vbucket leaves; a connection whose streams are all
+/// answered waits (at most [`OPENING_WAIT`]) for the other connections' answers before its
+/// first save, so that one save holds them all rather than one save (a file written and
+/// synced) per connection. A connection whose own streams are not all answered saves at once:
+/// it never waits on itself.
+///
+/// Reading: once every connection has handed its last batch over (its streams ended),
+/// `read_all` is cancelled: what remains is waiting for the sink's confirmations and the
+/// checkpoint's last save. `pump worker` starts reading its next job then.
 #[derive(Debug)]
 pub struct Opening {
     pending: AtomicUsize,
     all_in: Notify,
+    reading: AtomicUsize,
+    read_all: Option<CancellationToken>,
 }
 
 /// How long a connection's first save waits for the node's other connections to have their
@@ -148,12 +157,24 @@ pub struct Opening {
 pub const OPENING_WAIT: Duration = Duration::from_millis(100);
 
 impl Opening {
-    /// `connections` connections, none of them answered yet.
-    pub fn new(connections: usize) -> Arc<Opening> {
+    /// `connections` connections, none of them answered yet; `read_all` is cancelled once they
+    /// have all read everything.
+    pub fn new(connections: usize, read_all: Option<CancellationToken>) -> Arc<Opening> {
         Arc::new(Opening {
             pending: AtomicUsize::new(connections),
             all_in: Notify::new(),
+            reading: AtomicUsize::new(connections),
+            read_all,
         })
+    }
+
+    /// One connection has handed its last batch over.
+    fn read_everything(&self) {
+        if self.reading.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(t) = &self.read_all {
+                t.cancel();
+            }
+        }
     }
 
     /// Whether every connection has its streams' answers (or has ended).
@@ -362,6 +383,7 @@ pub async fn stream_connection(
         );
     }
     if streams.is_empty() {
+        turn.opening.read_everything();
         return Ok(live);
     }
     let (mut read, write) = conn.into_split();
@@ -663,6 +685,9 @@ pub async fn stream_connection(
             Err(e) => Err(e),
         }
     };
+    if result.is_ok() && flushed.is_ok() {
+        turn.opening.read_everything();
+    }
     let finished = match &result {
         Ok(()) => acker.finish().await,
         Err(_) => tokio::time::timeout(config.timeout, acker.finish())

@@ -918,3 +918,48 @@ async fn a_nodes_connections_save_their_streams_uuids_together_before_the_first_
         "the file as the first batch arrived: both streams' uuids"
     );
 }
+
+/// A one-node source says it has read everything (`Context::source_done`) once its streams
+/// ended and their last batch is in the channel, while the sink still holds it: a worker
+/// starts its next job then, not once the sink confirmed.
+#[tokio::test]
+async fn the_source_is_done_reading_before_the_sink_confirms_its_last_batch() {
+    let (l, addr) = listen().await;
+    let producer = tokio::spawn(async move {
+        let mut peer = Peer::accept(&l).await;
+        let h = handshake(&mut peer, &[(0, 3)], 1).await;
+        let r = h.requests[0];
+        accept_stream(&mut peer, &r, 500).await;
+        peer.send(marker(&r, 1, 3).to_packet()).await;
+        for s in 1..=3 {
+            peer.send(mutation(&r, s).to_packet()).await;
+        }
+        peer.send(end(&r).to_packet()).await;
+        while peer.recv().await.is_some() {}
+    });
+    let o = options("0", None);
+    let sink = Collect::delayed(Duration::from_millis(300));
+    let ctx = pump::pipeline::Context::new(o.clone());
+    let done = ctx.source_done.clone();
+    let confirmed_then = tokio::spawn({
+        let sink = sink.clone();
+        async move {
+            done.cancelled().await;
+            sink.confirmed()
+        }
+    });
+    let summary = tokio::time::timeout(
+        Duration::from_secs(30),
+        pump::run(open(&addr, &o), Box::new(sink.clone()), ctx),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    producer.await.unwrap();
+    assert_eq!(summary.counts.items_written, 3);
+    assert_eq!(
+        confirmed_then.await.unwrap(),
+        0,
+        "source_done came before the sink confirmed anything"
+    );
+}
