@@ -33,6 +33,7 @@ use pump_client::{Auth, VbucketMap};
 use crate::dcp::{self, DcpConfig};
 use crate::net;
 use crate::tap::{self, TapConfig};
+use tokio_util::sync::CancellationToken;
 
 /// `-x` keys of the couchbase source.
 pub const EXTRA_KEYS: &[&str] = &[
@@ -148,19 +149,34 @@ impl Source for CouchbaseSource {
             Stream::Tap(_) => None,
         };
         let mut tasks = tokio::task::JoinSet::new();
+        // Each node's streams read: the source has read everything (see Context::source_done).
+        let mut nodes_read = Vec::new();
         for (server, vbs) in groups {
             let addr = map.servers[server].clone();
             let (spec, out, stream, ckpt) =
                 (self.spec.clone(), out.clone(), stream.clone(), ckpt.clone());
+            let read = CancellationToken::new();
+            nodes_read.push(read.clone());
             tasks.spawn(async move {
                 match stream {
-                    Stream::Dcp(c) => dcp::stream_node(&spec, &addr, &c, vbs, &out, ckpt, None)
-                        .await
-                        .map(|_| ()),
+                    Stream::Dcp(c) => {
+                        dcp::stream_node(&spec, &addr, &c, vbs, &out, ckpt, Some(read))
+                            .await
+                            .map(|_| ())
+                    }
                     Stream::Tap(c) => tap::stream(&spec, &addr, &c, Some(vbs), &out).await,
                 }
             });
         }
+        let all_read = matches!(self.stream, Stream::Dcp(_)).then(|| {
+            let done = ctx.source_done.clone();
+            tokio::spawn(async move {
+                for node in nodes_read {
+                    node.cancelled().await;
+                }
+                done.cancel();
+            })
+        });
         let mut first_err = None;
         while let Some(r) = tasks.join_next().await {
             let r = r.unwrap_or_else(|e| {
@@ -172,6 +188,9 @@ impl Source for CouchbaseSource {
                     tasks.abort_all();
                 }
             }
+        }
+        if let Some(watch) = all_read {
+            watch.abort();
         }
         if let Some(c) = &ckpt {
             if let Ok(mut f) = c.lock() {

@@ -69,3 +69,47 @@ async fn a_vbucket_without_an_active_node_fails_before_streaming() {
         .to_string();
     assert!(e.contains("no active node") && e.contains("[1]"), "{e}");
 }
+
+/// A cluster's source has read everything once every node's streams are read: source_done
+/// comes while the sink still holds the batches (each waits 300 ms before it is confirmed).
+#[tokio::test]
+async fn the_cluster_source_is_done_reading_once_every_node_is_before_the_sink_confirms() {
+    let (l0, a0) = listen().await;
+    let (l1, a1) = listen().await;
+    let rest = FakeRest::start(bucket_json(&[&a0, &a1], &[vec![0, 1], vec![1, 0]])).await;
+    let n0 = fake_node(l0, vec![0]);
+    let n1 = fake_node(l1, vec![1]);
+    let o = Options {
+        threads: 1,
+        ..Options::default()
+    };
+    let src = CouchbaseSourceKind
+        .open(
+            &Spec::parse(&format!("couchbase://{}", rest.addr)).unwrap(),
+            &o,
+        )
+        .unwrap();
+    let sink = Collect::delayed(std::time::Duration::from_millis(300));
+    let ctx = pump::pipeline::Context::new(o);
+    let done = ctx.source_done.clone();
+    let confirmed_then = tokio::spawn({
+        let sink = sink.clone();
+        async move {
+            done.cancelled().await;
+            sink.confirmed()
+        }
+    });
+    let summary = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        pump::run(src, Box::new(sink.clone()), ctx),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!((n0.await.unwrap(), n1.await.unwrap()), (vec![0], vec![1]));
+    assert_eq!(summary.counts.items_written, 2);
+    assert!(
+        confirmed_then.await.unwrap() < 2,
+        "source_done came before the sink confirmed both nodes' batches"
+    );
+}
