@@ -1267,7 +1267,7 @@ impl<P: Protocol> Driver<P> {
             let Conn::Down { due, attempt, .. } = &self.lanes[l].conn else {
                 continue;
             };
-            if *due > now || !(self.lanes[l].has_unsent() || !self.lanes[l].wire.is_empty()) {
+            if *due > now || (!self.lanes[l].has_unsent() && self.lanes[l].wire.is_empty()) {
                 continue;
             }
             let attempt = *attempt;
