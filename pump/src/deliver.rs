@@ -14,6 +14,13 @@
 //!   round's last request settles the round: every request of it without an answer succeeded
 //! ```
 //!
+//! A protocol that encodes ahead ([`Protocol::encodes_ahead`]: memcached) has each message
+//! encoded into its lane's next round as its batch is taken, in source order, its request id
+//! given then: the copies of keys and values read each batch in order, where a lane's round
+//! cut at sending holds every n-th message of several batches, scattered in memory. A hold or
+//! a resend first puts the lane's messages encoded ahead back in its queue, in order, to be
+//! encoded again when sent (their ids never reach the wire).
+//!
 //! The order contract, per group (and so per vbucket and per key):
 //! - a group's messages go out in source order on one connection, which answers in order;
 //! - a message answered "retry later" (TMPFAIL, ENOMEM, EBUSY) or "not my vbucket" *holds its
@@ -170,6 +177,26 @@ pub trait Protocol: Send + Sync + 'static {
     /// Returns the number of ids used (`len`, or `len + 1`).
     fn encode_round(&self, msgs: &[&Message], first_id: u32, buf: &mut BytesMut) -> u32;
 
+    /// True when a round is its messages, each encoded alone by [`Protocol::encode_one`], then
+    /// the closing request of [`Protocol::encode_close`], and a message's encoding depends on
+    /// nothing that changes during the run. The writer then encodes each message into its
+    /// lane's next round as its batch is taken, in source order, rather than when the round
+    /// is sent (see the module docs). A protocol whose encoding follows a map that may change
+    /// (a cluster's), or whose last message closes its round itself, keeps false.
+    fn encodes_ahead(&self) -> bool {
+        false
+    }
+
+    /// Appends `m` as request `id`, as [`Protocol::encode_round`] does within a round. Called
+    /// only when [`Protocol::encodes_ahead`].
+    fn encode_one(&self, _m: &Message, _id: u32, _buf: &mut BytesMut) {}
+
+    /// Appends the request that closes a round, as request `id` (always answered); returns
+    /// the ids it uses. Called only when [`Protocol::encodes_ahead`].
+    fn encode_close(&self, _id: u32, _buf: &mut BytesMut) -> u32 {
+        0
+    }
+
     /// Reads one answer.
     fn hear(&self, answer: Self::Answer) -> Heard<Self::Status>;
 
@@ -318,14 +345,97 @@ enum Conn {
 struct Lane<S> {
     endpoint: String,
     conn: Conn,
-    /// Routed, not yet sent: (slot, group).
+    /// Routed, not yet sent, encoded when their round is sent: (slot, group).
     queue: VecDeque<(Slot, u16)>,
+    /// Routed, not yet sent, encoded as they were taken ([`Protocol::encodes_ahead`]): rounds
+    /// in order, closed but the last. A message is encoded ahead only while `queue` is empty,
+    /// so that these always come after `queue`'s; anything that takes messages out of order
+    /// (a hold, a resend) first puts them back in `queue` ([`Lane::unstage`]).
+    ahead: VecDeque<Encoded>,
     /// Rounds sent, not yet settled, in id order.
     wire: VecDeque<Round<S>>,
     /// Messages in those rounds.
     in_flight: usize,
     /// The id of the next request.
     next_id: u32,
+    /// The bytes of the last round encoded ahead: the next one's first capacity.
+    round_bytes: usize,
+}
+
+/// A round encoded ahead: its requests from id `first` on, and their messages in order.
+struct Encoded {
+    bytes: BytesMut,
+    first: u32,
+    slots: Vec<(Slot, u16)>,
+    /// The ids it uses once closed ([`Protocol::encode_close`] appended); `None` while open.
+    used: Option<u32>,
+}
+
+impl<S> Lane<S> {
+    /// True when it holds messages not yet sent.
+    fn has_unsent(&self) -> bool {
+        !self.queue.is_empty() || !self.ahead.is_empty()
+    }
+
+    /// Puts the messages encoded ahead back in `queue`, in order, their bytes dropped (the ids
+    /// they had never reach the wire): they are encoded again when sent.
+    fn unstage(&mut self) {
+        for e in self.ahead.drain(..) {
+            self.queue.extend(e.slots);
+        }
+    }
+
+    /// Appends `m` (slot `slot` of group `group`) to the round being encoded ahead, opening
+    /// one as needed, and closes that round once it holds `round` messages.
+    #[inline]
+    fn stage<P: Protocol>(&mut self, p: &P, round: usize, slot: Slot, group: u16, m: &Message) {
+        if self.ahead.back().is_none_or(|e| e.used.is_some()) {
+            let capacity = self.round_bytes.max(m.size() + ROUND_OVERHEAD);
+            self.ahead.push_back(Encoded {
+                bytes: BytesMut::with_capacity(capacity),
+                first: self.next_id,
+                slots: Vec::with_capacity(round),
+                used: None,
+            });
+        }
+        let Some(e) = self.ahead.back_mut() else {
+            return;
+        };
+        p.encode_one(m, self.next_id, &mut e.bytes);
+        self.next_id = self.next_id.wrapping_add(1);
+        e.slots.push((slot, group));
+        if e.slots.len() >= round {
+            self.close(p);
+        }
+    }
+
+    /// Queues `m` (slot `slot` of group `group`): encoded ahead into a round of `round`
+    /// messages when `ahead` gives the protocol and nothing waits in `queue` before it.
+    #[inline]
+    fn enqueue<P: Protocol>(
+        &mut self,
+        ahead: Option<&P>,
+        round: usize,
+        slot: Slot,
+        group: u16,
+        m: &Message,
+    ) {
+        match ahead {
+            Some(p) if self.queue.is_empty() => self.stage(p, round, slot, group, m),
+            _ => self.queue.push_back((slot, group)),
+        }
+    }
+
+    /// Closes the last round encoded ahead, when it is open.
+    fn close<P: Protocol>(&mut self, p: &P) {
+        let Some(e) = self.ahead.back_mut().filter(|e| e.used.is_none()) else {
+            return;
+        };
+        let close = p.encode_close(self.next_id, &mut e.bytes);
+        self.next_id = self.next_id.wrapping_add(close);
+        e.used = Some(e.slots.len() as u32 + close);
+        self.round_bytes = e.bytes.len() + ROUND_OVERHEAD;
+    }
 }
 
 struct BatchState {
@@ -378,6 +488,8 @@ struct Driver<P: Protocol> {
     held: Vec<u16>,
     /// The protocol's routes never change ([`Protocol::fixed_routes`]).
     fixed: bool,
+    /// The protocol encodes messages ahead ([`Protocol::encodes_ahead`]).
+    ahead: bool,
     queued: usize,
     events_tx: mpsc::Sender<Event<P::Answer>>,
     events: mpsc::Receiver<Event<P::Answer>>,
@@ -388,6 +500,7 @@ impl<P: Protocol> Driver<P> {
     fn new(p: Arc<P>, config: DeliverConfig) -> Self {
         let (events_tx, events) = mpsc::channel(4096);
         let fixed = p.fixed_routes();
+        let ahead = p.encodes_ahead();
         Driver {
             p,
             config,
@@ -400,6 +513,7 @@ impl<P: Protocol> Driver<P> {
             attempts: HashMap::new(),
             held: Vec::new(),
             fixed,
+            ahead,
             queued: 0,
             events_tx,
             events,
@@ -441,9 +555,11 @@ impl<P: Protocol> Driver<P> {
                             attempt: 0,
                         },
                         queue: VecDeque::new(),
+                        ahead: VecDeque::new(),
                         wire: VecDeque::new(),
                         in_flight: 0,
                         next_id: 0,
+                        round_bytes: 0,
                     });
                     ids.push(self.lanes.len() - 1);
                 }
@@ -593,7 +709,7 @@ impl<P: Protocol> Driver<P> {
     /// The earliest held group or down lane to wake.
     fn next_due(&self) -> Option<Instant> {
         let lanes = self.lanes.iter().filter_map(|l| match &l.conn {
-            Conn::Down { due, .. } if !l.queue.is_empty() || !l.wire.is_empty() => Some(*due),
+            Conn::Down { due, .. } if l.has_unsent() || !l.wire.is_empty() => Some(*due),
             _ => None,
         });
         let held = self
@@ -646,7 +762,11 @@ impl<P: Protocol> Driver<P> {
                 unsent.push((slot, Settle::Failed(why)));
             } else {
                 let route = self.p.route(m);
-                self.place(slot, route);
+                if let Some(l) = self.place(slot, route) {
+                    let ahead = self.ahead.then_some(&*self.p);
+                    let round = self.config.round_items.max(1);
+                    self.lanes[l].enqueue(ahead, round, slot, route.group, m);
+                }
             }
         }
         let n = messages.len();
@@ -662,29 +782,41 @@ impl<P: Protocol> Driver<P> {
         }
     }
 
-    /// Puts a message in its group's lane queue, or with its group when it is held.
-    fn place(&mut self, slot: Slot, route: Route) {
+    /// Counts a message as its group's and finds its lane, which the caller then queues it
+    /// on ([`Lane::enqueue`]); `None` when it waits with its group instead (held, or no
+    /// endpoint takes it now).
+    #[inline]
+    fn place(&mut self, slot: Slot, route: Route) -> Option<usize> {
+        if self.fixed && self.held.is_empty() {
+            // Nothing held and nothing to count (the common case of one server): the group's
+            // lane without reading its state, whose line the reading of the data has usually
+            // evicted by then (a cache miss per message).
+            if let Some(ls) = route.endpoint.and_then(|e| self.endpoint_lanes.get(e)) {
+                self.queued += 1;
+                return Some(lane_of(ls, route.group));
+            }
+        }
         let g = &mut self.groups[route.group as usize];
         if !self.fixed {
             g.pending += 1;
         }
         if let Some(h) = &mut g.held {
             h.slots.push(slot);
-            return;
+            return None;
         }
         let lane = match (g.lane, route.endpoint) {
             (Some(l), _) if g.pending > 1 => Some(l),
             (_, Some(e)) => self
                 .endpoint_lanes
                 .get(e)
-                .map(|ls| ls[route.group as usize % ls.len()]),
+                .map(|ls| lane_of(ls, route.group)),
             (_, None) => None,
         };
         match lane {
             Some(l) => {
                 g.lane = Some(l);
-                self.lanes[l].queue.push_back((slot, route.group));
                 self.queued += 1;
+                Some(l)
             }
             None => {
                 // No endpoint takes it now: it waits, with its group, for a fresher map.
@@ -704,6 +836,7 @@ impl<P: Protocol> Driver<P> {
                     unroutable: true,
                 }));
                 self.held.push(route.group);
+                None
             }
         }
     }
@@ -726,11 +859,40 @@ impl<P: Protocol> Driver<P> {
                     break;
                 };
                 let round = self.config.round_items.max(1);
-                if lane.queue.is_empty()
-                    || lane.in_flight >= window
-                    || lane.wire.len() >= max_rounds
-                    || (!partial && lane.queue.len() < round && lane.in_flight > 0)
-                {
+                if !lane.has_unsent() || lane.in_flight >= window || lane.wire.len() >= max_rounds {
+                    break;
+                }
+                if lane.queue.is_empty() {
+                    // Encoded ahead: a closed round is full; the open one is a partial round.
+                    // Only the last round can be open: then it is the only one.
+                    let open = lane.ahead.front().is_some_and(|e| e.used.is_none());
+                    if open && !partial && lane.in_flight > 0 {
+                        break;
+                    }
+                    let (tx, outstanding) = (tx.clone(), outstanding.clone());
+                    if open {
+                        lane.close(&*self.p);
+                    }
+                    let Some(e) = lane.ahead.pop_front() else {
+                        break;
+                    };
+                    let used = e.used.unwrap_or(e.slots.len() as u32).max(1);
+                    self.queued -= e.slots.len();
+                    lane.in_flight += e.slots.len();
+                    lane.wire.push_back(Round {
+                        first: e.first,
+                        last: e.first.wrapping_add(used - 1),
+                        slots: e.slots,
+                        answers: Vec::new(),
+                        void: Vec::new(),
+                    });
+                    outstanding.fetch_add(1, Ordering::Relaxed);
+                    if tx.try_send(e.bytes.freeze()).is_err() {
+                        self.lane_down(l, "the connection's writer stopped".into())?;
+                    }
+                    continue;
+                }
+                if !partial && lane.queue.len() < round && lane.in_flight > 0 {
                     break;
                 }
                 let (tx, outstanding) = (tx.clone(), outstanding.clone());
@@ -995,6 +1157,8 @@ impl<P: Protocol> Driver<P> {
         why: String,
         refresh: bool,
     ) {
+        // Messages are taken out of the lane's order below: none stays encoded ahead.
+        self.lanes[l].unstage();
         let attempt = {
             let a = self.attempts.entry(slot).or_insert(0);
             *a += 1;
@@ -1103,7 +1267,7 @@ impl<P: Protocol> Driver<P> {
             let Conn::Down { due, attempt, .. } = &self.lanes[l].conn else {
                 continue;
             };
-            if *due > now || (self.lanes[l].queue.is_empty() && self.lanes[l].wire.is_empty()) {
+            if *due > now || (!self.lanes[l].has_unsent() && self.lanes[l].wire.is_empty()) {
                 continue;
             }
             let attempt = *attempt;
@@ -1151,7 +1315,14 @@ impl<P: Protocol> Driver<P> {
                     return;
                 }
             }
-            self.place(slot, route);
+            if let Some(l) = self.place(slot, route) {
+                let ahead = self.ahead.then_some(&*self.p);
+                let round = self.config.round_items.max(1);
+                match message_of(&self.batches, slot) {
+                    Some(m) => self.lanes[l].enqueue(ahead, round, slot, route.group, m),
+                    None => self.lanes[l].queue.push_back((slot, route.group)),
+                }
+            }
         }
     }
 
@@ -1159,6 +1330,7 @@ impl<P: Protocol> Driver<P> {
     /// queue, in order, and it reconnects after a backoff.
     fn lane_down(&mut self, l: usize, why: String) -> Result<(), Error> {
         let lane = &mut self.lanes[l];
+        lane.unstage();
         let attempt = match &lane.conn {
             Conn::Up { tasks, attempt, .. } => {
                 for t in tasks {
@@ -1280,6 +1452,19 @@ fn warm(msgs: &[&Message]) {
         }
     }
     std::hint::black_box(x);
+}
+
+/// The lane of `group` among an endpoint's lanes `ls` (never empty): a group always takes the
+/// same one.
+#[inline]
+fn lane_of(ls: &[usize], group: u16) -> usize {
+    let n = ls.len();
+    // -t is usually a power of two: a mask rather than a division per message.
+    if n.is_power_of_two() {
+        ls[group as usize & (n - 1)]
+    } else {
+        ls[group as usize % n]
+    }
 }
 
 /// The message `s` names, while its batch is live.

@@ -733,3 +733,46 @@ fn a_page_changed_after_a_checked_count_is_caught_as_the_rows_are_read() {
         "{err}"
     );
 }
+
+/// A database of two 4096-byte pages whose page 2 is a table leaf holding `cells` (offset in
+/// the page, bytes), pointed at in that order, with the content area starting at `top` and
+/// `frag` fragmented bytes.
+fn one_leaf(cells: &[(usize, &[u8])], top: u16, frag: u8) -> Bytes {
+    let mut db = vec![0u8; 2 * 4096];
+    db[..16].copy_from_slice(MAGIC);
+    db[16..18].copy_from_slice(&4096u16.to_be_bytes());
+    db[18..20].copy_from_slice(&[1, 1]);
+    db[21..24].copy_from_slice(&[64, 32, 32]);
+    db[24..28].copy_from_slice(&[0, 0, 0, 1]);
+    db[28..32].copy_from_slice(&2u32.to_be_bytes());
+    db[92..96].copy_from_slice(&[0, 0, 0, 1]);
+    db[56..60].copy_from_slice(&1u32.to_be_bytes());
+    let page = &mut db[4096..];
+    page[0] = LEAF_TABLE;
+    page[3..5].copy_from_slice(&(cells.len() as u16).to_be_bytes());
+    page[5..7].copy_from_slice(&top.to_be_bytes());
+    page[7] = frag;
+    for (i, (at, bytes)) in cells.iter().enumerate() {
+        page[8 + 2 * i..10 + 2 * i].copy_from_slice(&(*at as u16).to_be_bytes());
+        page[*at..*at + bytes.len()].copy_from_slice(bytes);
+    }
+    Bytes::from(db)
+}
+
+#[test]
+fn overlapping_cells_are_refused_whether_their_offsets_fall_or_rise() {
+    let path = Path::new("one-leaf.cbb");
+    let count = |db: Bytes| SqliteFile::from_bytes(path, db).unwrap().table(2).count();
+    // Cells of 5 bytes (payload size 3, rowid, a record of one integer): SQLite's layout
+    // (falling offsets), and the same cells at rising offsets, are both read.
+    let (a, b): (&[u8], &[u8]) = (&[3, 5, 2, 1, 9], &[3, 6, 2, 1, 8]);
+    assert_eq!(count(one_leaf(&[(4091, a), (4086, b)], 4086, 0)), Ok(2));
+    assert_eq!(count(one_leaf(&[(4086, a), (4091, b)], 4086, 0)), Ok(2));
+    // Overlapping, at falling offsets: the cell at 3998 runs into the one at 4000 (the
+    // fragmented count makes the space add up).
+    let err = count(one_leaf(&[(4000, a), (3998, &[3, 6, 3, 5, 2])], 3998, 88)).unwrap_err();
+    assert!(err.contains("page 2:") && err.contains("overlap"), "{err}");
+    // At rising offsets: the cell at 4001 (rowid 2) lies across the one at 4000 (rowid 5).
+    let err = count(one_leaf(&[(4001, &[5, 2]), (4000, a)], 4000, 84)).unwrap_err();
+    assert!(err.contains("page 2:") && err.contains("overlap"), "{err}");
+}

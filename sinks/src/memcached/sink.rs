@@ -134,32 +134,48 @@ impl Protocol for MemcachedWire {
     }
 
     fn encode_round(&self, msgs: &[&Message], first_id: u32, buf: &mut BytesMut) -> u32 {
+        let mut id = first_id;
+        for m in msgs {
+            self.encode_one(m, id, buf);
+            id = id.wrapping_add(1);
+        }
+        msgs.len() as u32 + self.encode_close(id, buf)
+    }
+
+    /// A write's bytes depend on the message and `-a` alone: the writer encodes each as its
+    /// batch is taken.
+    fn encodes_ahead(&self) -> bool {
+        true
+    }
+
+    #[inline]
+    fn encode_one(&self, m: &Message, id: u32, buf: &mut BytesMut) {
+        if m.is_removal() {
+            encode_request(buf, Opcode::DeleteQ, m.vbucket, id, 0, 0, &[], &m.key, &[]);
+            return;
+        }
         let set = if self.config.add {
             Opcode::AddQ
         } else {
             Opcode::SetQ
         };
-        let mut id = first_id;
-        for m in msgs {
-            if m.is_removal() {
-                encode_request(buf, Opcode::DeleteQ, m.vbucket, id, 0, 0, &[], &m.key, &[]);
-            } else {
-                let mut extras = [0u8; 8];
-                extras[..4].copy_from_slice(&m.flags.to_be_bytes());
-                extras[4..].copy_from_slice(&m.expiry.to_be_bytes());
-                // Datatype stays 0: a plain memcached knows no datatypes. A compressed value
-                // is decompressed, a value with xattrs written as its document body.
-                if m.datatype & (SNAPPY | XATTR) == 0 {
-                    encode_request(buf, set, m.vbucket, id, 0, 0, &extras, &m.key, &m.value);
-                } else {
-                    let (_, v) = shaped(m.datatype, &m.value, Takes::BODY);
-                    encode_request(buf, set, m.vbucket, id, 0, 0, &extras, &m.key, &v);
-                }
-            }
-            id = id.wrapping_add(1);
+        let mut extras = [0u8; 8];
+        extras[..4].copy_from_slice(&m.flags.to_be_bytes());
+        extras[4..].copy_from_slice(&m.expiry.to_be_bytes());
+        // Datatype stays 0: a plain memcached knows no datatypes. A compressed value is
+        // decompressed, a value with xattrs written as its document body.
+        if m.datatype & (SNAPPY | XATTR) == 0 {
+            encode_request(buf, set, m.vbucket, id, 0, 0, &extras, &m.key, &m.value);
+        } else {
+            let (_, v) = shaped(m.datatype, &m.value, Takes::BODY);
+            encode_request(buf, set, m.vbucket, id, 0, 0, &extras, &m.key, &v);
         }
+    }
+
+    /// A NOOP: the writes before it are quiet, and memcached answers it after them.
+    fn encode_close(&self, id: u32, buf: &mut BytesMut) -> u32 {
         encode_request(buf, Opcode::Noop, 0, id, 0, 0, &[], &[], &[]);
-        msgs.len() as u32 + 1
+        1
     }
 
     fn hear(&self, p: Packet) -> Heard<Status> {
@@ -216,6 +232,15 @@ mod tests {
         let c = codec.decode(&mut buf).unwrap().unwrap();
         assert_eq!((c.opcode, c.opaque), (Opcode::Noop, 42));
         assert!(buf.is_empty());
+        // Encoded ahead, message by message, then the NOOP: the same bytes.
+        let w = wire(false);
+        let (mut whole, mut ahead) = (BytesMut::new(), BytesMut::new());
+        w.encode_round(&[&set, &del], 40, &mut whole);
+        w.encode_one(&set, 40, &mut ahead);
+        w.encode_one(&del, 41, &mut ahead);
+        assert_eq!(w.encode_close(42, &mut ahead), 1);
+        assert!(w.encodes_ahead());
+        assert_eq!(whole, ahead);
         let mut buf = BytesMut::new();
         wire(true).encode_round(&[&Message::mutation("k", "v")], 0, &mut buf);
         assert_eq!(
@@ -417,6 +442,85 @@ mod server_tests {
         assert_eq!(second, want);
         assert_eq!(summary.counts.items_written, 10);
         assert!(summary.counts.retries >= 1);
+    }
+
+    /// Runs `messages` into the server at `port` in rounds of two messages, one round on the
+    /// wire at a time (`-x in_flight=1`): the rounds after it wait encoded ahead.
+    async fn transfer_in_rounds_of_two(
+        port: u16,
+        messages: Vec<Message>,
+    ) -> Result<pump::Summary, Error> {
+        let mut options = Options {
+            threads: 1,
+            ..Options::default()
+        };
+        options.extra.backoff_cap = Duration::from_millis(20);
+        options.extra.batch_max_size = 2;
+        options.extra.set("in_flight", "1");
+        let spec = Spec::parse(&format!("memcached://127.0.0.1:{port}")).unwrap();
+        let sink = super::super::MemcachedKind.open(&spec, &options).unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            pump::run(Box::new(Messages(messages)), sink, Context::new(options)),
+        )
+        .await
+        .expect("the transfer ended")
+    }
+
+    /// A write answered TMPFAIL while the later writes of its vbucket wait encoded ahead: those
+    /// are held with it and go again after it, in order, so the newest value is the last.
+    #[tokio::test]
+    async fn writes_encoded_ahead_of_a_retried_write_wait_for_it_and_keep_their_order() {
+        static SEEN: std::sync::Mutex<Vec<Bytes>> = std::sync::Mutex::new(Vec::new());
+        let (port, _) = server(|_, p| {
+            let mut seen = SEEN.lock().unwrap();
+            seen.push(p.value.clone());
+            // The first write is refused, once.
+            ((seen.len() == 1).then_some(Status::Etmpfail), false)
+        })
+        .await;
+        let vbucket = pump_protocol::vbucket_of(b"same", 1024);
+        let messages = (0..10)
+            .map(|i| Message {
+                vbucket,
+                ..Message::mutation("same", format!("v{i}"))
+            })
+            .collect();
+        let summary = transfer_in_rounds_of_two(port, messages).await.unwrap();
+        assert_eq!(summary.counts.items_written, 10, "each counted once");
+        let seen: Vec<String> = SEEN
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        // v0 (refused) and v1 (on the wire with it, voided), then all ten in order.
+        let mut want = vec!["v0".to_string(), "v1".to_string()];
+        want.extend((0..10).map(|i| format!("v{i}")));
+        assert_eq!(seen, want);
+    }
+
+    /// A connection lost while rounds wait encoded ahead: the round on the wire and those
+    /// go again, in order, on the new connection.
+    #[tokio::test]
+    async fn rounds_encoded_ahead_of_a_lost_connection_are_resent_in_order() {
+        let (port, seen) = server(|conn, p| (None, conn == 0 && &p.key[..] == b"k4")).await;
+        let messages = (0..10)
+            .map(|i| {
+                let key = format!("k{i}");
+                Message {
+                    vbucket: pump_protocol::vbucket_of(key.as_bytes(), 1024),
+                    ..Message::mutation(key, "v")
+                }
+            })
+            .collect();
+        let summary = transfer_in_rounds_of_two(port, messages).await.unwrap();
+        assert_eq!(summary.counts.items_written, 10);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "reconnected once");
+        let second: Vec<_> = seen[1].iter().map(|k| k.to_vec()).collect();
+        let want: Vec<Vec<u8>> = (4..10).map(|i| format!("k{i}").into_bytes()).collect();
+        assert_eq!(second, want, "from the round that was on the wire on");
     }
 
     #[tokio::test]

@@ -490,15 +490,7 @@ impl<'a> Batcher<'a> {
         }
         let (buf, view) = (&mut self.buf, self.view.as_ref());
         let int = |i: usize| -> Result<i64, String> {
-            match row[i] {
-                ValueRef::Integer(v) => Ok(v),
-                ValueRef::Null => Ok(0),
-                ValueRef::Text(t) => std::str::from_utf8(t)
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                    .ok_or_else(|| bad(&format!("column {i} is not a number"))),
-                _ => Err(bad(&format!("column {i} is not a number"))),
-            }
+            int_of(row[i]).ok_or_else(|| bad(&format!("column {i} is not a number")))
         };
         let bytes_of = |i: usize| -> Result<&[u8], String> {
             match row[i] {
@@ -519,16 +511,7 @@ impl<'a> Batcher<'a> {
             }
             Bytes::new()
         };
-        // A number of a column that must fit in `max` (a u32, a u8): anything else is an
-        // error naming the column and the value, never a value cut to fit.
-        let ranged = |i: usize, name: &str, max: i64| -> Result<i64, String> {
-            let v = int(i)?;
-            if (0..=max).contains(&v) {
-                Ok(v)
-            } else {
-                Err(bad(&format!("{name} {v} is not 0 to {max}")))
-            }
-        };
+        let ranged = |i: usize, name: &str, max: i64| ranged(row, i, name, max, bad);
         let op = match int(col::CMD)? {
             bfd::cmd::TAP_MUTATION | bfd::cmd::DCP_MUTATION => Op::Mutation,
             bfd::cmd::TAP_DELETE | bfd::cmd::DCP_DELETE => Op::Deletion,
@@ -641,6 +624,51 @@ impl<'a> Batcher<'a> {
             }
         }
         self.tx.blocking_send(messages).is_ok()
+    }
+}
+
+/// A column's value as a number: an integer, NULL as 0, or text holding a number (as SQLite
+/// would store it in a column of integer affinity it could not convert); `None` otherwise.
+#[inline(always)]
+fn int_of(v: ValueRef<'_>) -> Option<i64> {
+    match v {
+        ValueRef::Integer(v) => Some(v),
+        ValueRef::Null => Some(0),
+        ValueRef::Text(t) => std::str::from_utf8(t).ok()?.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// The number in column `i` (`name`) of `row`, which must fit in 0 to `max` (a u32, a u8):
+/// anything else is an error naming the column and the value, never a value cut to fit.
+/// Inlined (six columns a row); the error is built apart.
+#[inline(always)]
+fn ranged(
+    row: &[ValueRef<'_>],
+    i: usize,
+    name: &str,
+    max: i64,
+    bad: &dyn Fn(&str) -> String,
+) -> Result<i64, String> {
+    match int_of(row[i]) {
+        Some(v) if (0..=max).contains(&v) => Ok(v),
+        v => Err(out_of_range(bad, i, name, v, max)),
+    }
+}
+
+/// The error of column `i` (`name`) holding `v` (`None`: not a number) where 0 to `max` fit.
+#[cold]
+#[inline(never)]
+fn out_of_range(
+    bad: &dyn Fn(&str) -> String,
+    i: usize,
+    name: &str,
+    v: Option<i64>,
+    max: i64,
+) -> String {
+    match v {
+        Some(v) => bad(&format!("{name} {v} is not 0 to {max}")),
+        None => bad(&format!("column {i} is not a number")),
     }
 }
 
