@@ -94,3 +94,29 @@ pub async fn run(
     .await
     .expect("the run finished in time")
 }
+
+/// [`run`], also giving how many messages the sink had confirmed when the source said it was
+/// done reading (`Context::source_done`).
+pub async fn run_watching_source_done(
+    source: Box<dyn Source>,
+    sink: Collect,
+    options: Options,
+) -> (Summary, usize) {
+    let ctx = Context::new(options);
+    let done = ctx.source_done.clone();
+    let confirmed_then = tokio::spawn({
+        let sink = sink.clone();
+        async move {
+            done.cancelled().await;
+            sink.confirmed()
+        }
+    });
+    let summary = tokio::time::timeout(
+        Duration::from_secs(30),
+        pump::run(source, Box::new(sink), ctx),
+    )
+    .await
+    .expect("the run finished in time")
+    .expect("the run succeeded");
+    (summary, confirmed_then.await.unwrap())
+}

@@ -3,7 +3,7 @@ use pump_client::testing::{bucket_json, FakeRest};
 
 use super::CouchbaseSourceKind;
 use crate::dcp::tests::{accept_stream, end, handshake, marker, mutation};
-use crate::testutil::{listen, run, Collect, Peer};
+use crate::testutil::{listen, run, run_watching_source_done, Collect, Peer};
 
 /// A fake DCP node that serves its vbuckets (one item each) and returns which it was asked.
 fn fake_node(l: tokio::net::TcpListener, vbs: Vec<u16>) -> tokio::task::JoinHandle<Vec<u16>> {
@@ -90,26 +90,11 @@ async fn the_cluster_source_is_done_reading_once_every_node_is_before_the_sink_c
         )
         .unwrap();
     let sink = Collect::delayed(std::time::Duration::from_millis(300));
-    let ctx = pump::pipeline::Context::new(o);
-    let done = ctx.source_done.clone();
-    let confirmed_then = tokio::spawn({
-        let sink = sink.clone();
-        async move {
-            done.cancelled().await;
-            sink.confirmed()
-        }
-    });
-    let summary = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        pump::run(src, Box::new(sink.clone()), ctx),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let (summary, confirmed_then) = run_watching_source_done(src, sink, o).await;
     assert_eq!((n0.await.unwrap(), n1.await.unwrap()), (vec![0], vec![1]));
     assert_eq!(summary.counts.items_written, 2);
     assert!(
-        confirmed_then.await.unwrap() < 2,
+        confirmed_then < 2,
         "source_done came before the sink confirmed both nodes' batches"
     );
 }

@@ -10,7 +10,7 @@ use pump_protocol::{Magic, Opcode, Packet, Status};
 
 use super::checkpoint::{CheckpointFile, VbPosition};
 use super::DcpSourceKind;
-use crate::testutil::{listen, run, Collect, Peer};
+use crate::testutil::{listen, run, run_watching_source_done, Collect, Peer};
 
 /// What the fake producer learnt during the handshake.
 pub(crate) struct Handshake {
@@ -939,27 +939,12 @@ async fn the_source_is_done_reading_before_the_sink_confirms_its_last_batch() {
     });
     let o = options("0", None);
     let sink = Collect::delayed(Duration::from_millis(300));
-    let ctx = pump::pipeline::Context::new(o.clone());
-    let done = ctx.source_done.clone();
-    let confirmed_then = tokio::spawn({
-        let sink = sink.clone();
-        async move {
-            done.cancelled().await;
-            sink.confirmed()
-        }
-    });
-    let summary = tokio::time::timeout(
-        Duration::from_secs(30),
-        pump::run(open(&addr, &o), Box::new(sink.clone()), ctx),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let (summary, confirmed_then) =
+        run_watching_source_done(open(&addr, &o), sink.clone(), o).await;
     producer.await.unwrap();
     assert_eq!(summary.counts.items_written, 3);
     assert_eq!(
-        confirmed_then.await.unwrap(),
-        0,
+        confirmed_then, 0,
         "source_done came before the sink confirmed anything"
     );
 }
