@@ -58,7 +58,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::net;
 pub use checkpoint::{CheckpointFile, VbPosition};
-pub use stream::{stream_connection, Opening, Share, OPENING_WAIT};
+pub use stream::{stream_connection, NodeConnections, Share, OPENING_WAIT};
 
 /// `-x` keys of the DCP source.
 pub const EXTRA_KEYS: &[&str] = &["checkpoint", "timeout", "sasl", "cacert", "no_ssl_verify"];
@@ -214,7 +214,7 @@ pub async fn stream_node(
     let per = vbuckets.len().div_ceil(n);
     let mut tasks = tokio::task::JoinSet::new();
     let chunks: Vec<Vec<u16>> = vbuckets.chunks(per).map(<[u16]>::to_vec).collect();
-    let opening = Opening::new(chunks.len(), read_all);
+    let node = NodeConnections::new(chunks.len(), read_all);
     for (index, vbuckets) in chunks.into_iter().enumerate() {
         let (spec, addr, config, out, ckpt) = (
             spec.to_string(),
@@ -226,7 +226,7 @@ pub async fn stream_node(
         let share = Share {
             index,
             vbuckets,
-            opening: opening.clone(),
+            node: node.clone(),
         };
         tasks.spawn(
             async move { stream_connection(&spec, &addr, &config, share, &out, ckpt).await },

@@ -134,7 +134,7 @@ fn parse_high_seqnos(stats: Vec<(String, String)>) -> HashMap<u16, u64> {
 
 /// A node's connections, as they open their streams and as they finish reading them.
 ///
-/// Opening: each answer to a STREAM_REQ brings a uuid and a failover log that must be in the
+/// NodeConnections: each answer to a STREAM_REQ brings a uuid and a failover log that must be in the
 /// checkpoint file before a batch of that vbucket leaves; a connection whose streams are all
 /// answered waits (at most [`OPENING_WAIT`]) for the other connections' answers before its
 /// first save, so that one save holds them all rather than one save (a file written and
@@ -145,7 +145,7 @@ fn parse_high_seqnos(stats: Vec<(String, String)>) -> HashMap<u16, u64> {
 /// `read_all` is cancelled: what remains is waiting for the sink's confirmations and the
 /// checkpoint's last save. `pump worker` starts reading its next job then.
 #[derive(Debug)]
-pub struct Opening {
+pub struct NodeConnections {
     pending: AtomicUsize,
     all_in: Notify,
     reading: AtomicUsize,
@@ -156,11 +156,11 @@ pub struct Opening {
 /// streams' answers.
 pub const OPENING_WAIT: Duration = Duration::from_millis(100);
 
-impl Opening {
+impl NodeConnections {
     /// `connections` connections, none of them answered yet; `read_all` is cancelled once they
     /// have all read everything.
-    pub fn new(connections: usize, read_all: Option<CancellationToken>) -> Arc<Opening> {
-        Arc::new(Opening {
+    pub fn new(connections: usize, read_all: Option<CancellationToken>) -> Arc<NodeConnections> {
+        Arc::new(NodeConnections {
             pending: AtomicUsize::new(connections),
             all_in: Notify::new(),
             reading: AtomicUsize::new(connections),
@@ -194,24 +194,24 @@ impl Opening {
     }
 }
 
-/// One connection's part in [`Opening`]: counted as answered once, when its streams are, or
-/// when it ends (however it ends).
-struct OpeningTurn {
-    opening: Arc<Opening>,
+/// One connection's part in [`NodeConnections`]: counted as answered once, when its streams
+/// are, or when it ends (however it ends).
+struct ConnectionTurn {
+    node: Arc<NodeConnections>,
     answered: bool,
 }
 
-impl OpeningTurn {
+impl ConnectionTurn {
     fn answered(&mut self) {
         if !std::mem::replace(&mut self.answered, true)
-            && self.opening.pending.fetch_sub(1, Ordering::AcqRel) == 1
+            && self.node.pending.fetch_sub(1, Ordering::AcqRel) == 1
         {
-            self.opening.all_in.notify_waiters();
+            self.node.all_in.notify_waiters();
         }
     }
 }
 
-impl Drop for OpeningTurn {
+impl Drop for ConnectionTurn {
     fn drop(&mut self) {
         self.answered();
     }
@@ -223,8 +223,8 @@ pub struct Share {
     /// The connection's number among the node's.
     pub index: usize,
     pub vbuckets: Vec<u16>,
-    /// The node's connections opening their streams.
-    pub opening: Arc<Opening>,
+    /// The node's connections, as they open and finish reading their streams.
+    pub node: Arc<NodeConnections>,
 }
 
 /// Streams `share.vbuckets` over one connection to `addr`; returns how many of them the node
@@ -241,10 +241,10 @@ pub async fn stream_connection(
     let Share {
         index,
         vbuckets,
-        opening,
+        node,
     } = share;
-    let mut turn = OpeningTurn {
-        opening,
+    let mut turn = ConnectionTurn {
+        node,
         answered: false,
     };
     let err = |e: ClientError| crate::net::source_error(spec, e);
@@ -383,7 +383,7 @@ pub async fn stream_connection(
         );
     }
     if streams.is_empty() {
-        turn.opening.read_everything();
+        turn.node.read_everything();
         return Ok(live);
     }
     let (mut read, write) = conn.into_split();
@@ -686,7 +686,7 @@ pub async fn stream_connection(
         }
     };
     if result.is_ok() && flushed.is_ok() {
-        turn.opening.read_everything();
+        turn.node.read_everything();
     }
     let finished = match &result {
         Ok(()) => acker.finish().await,
@@ -707,20 +707,20 @@ pub async fn stream_connection(
 
 /// Before a batch leaves: [`save_if_urgent`], the connection's first such save waiting
 /// (bounded) until the node's other connections have their streams' answers too, when its
-/// own are all in (see [`Opening`]).
+/// own are all in (see [`NodeConnections`]).
 async fn save_before_batch(
     ckpt: &Option<Arc<Mutex<CheckpointFile>>>,
-    turn: &OpeningTurn,
+    turn: &ConnectionTurn,
     waited: &mut bool,
 ) -> Result<(), Error> {
     if !std::mem::replace(waited, true)
         && turn.answered
-        && !turn.opening.all_answered()
+        && !turn.node.all_answered()
         && ckpt
             .as_ref()
             .is_some_and(|f| f.lock().is_ok_and(|f| f.urgent()))
     {
-        turn.opening.wait(OPENING_WAIT).await;
+        turn.node.wait(OPENING_WAIT).await;
     }
     save_if_urgent(ckpt)
 }
