@@ -134,7 +134,7 @@ fn parse_high_seqnos(stats: Vec<(String, String)>) -> HashMap<u16, u64> {
 
 /// A node's connections, as they open their streams and as they finish reading them.
 ///
-/// NodeConnections: each answer to a STREAM_REQ brings a uuid and a failover log that must be in the
+/// Opening: each answer to a STREAM_REQ brings a uuid and a failover log that must be in the
 /// checkpoint file before a batch of that vbucket leaves; a connection whose streams are all
 /// answered waits (at most [`OPENING_WAIT`]) for the other connections' answers before its
 /// first save, so that one save holds them all rather than one save (a file written and
