@@ -713,33 +713,16 @@ impl Connection {
 
     /// STAT `group` ("" for the general stats): every key/value pair.
     pub async fn stats(&mut self, group: &str) -> Result<Vec<(String, String)>, ClientError> {
-        let opaque = self.next_opaque;
-        self.next_opaque = self.next_opaque.wrapping_add(1);
         let what = format!("STAT {group:?}");
-        let p = Packet::request(Opcode::Stat)
-            .with_key(group.as_bytes().to_vec())
-            .with_opaque(opaque);
-        self.write.send(&p).await?;
-        let mut out = Vec::new();
-        loop {
-            let r = self.read.recv(&what).await?;
-            if r.opaque != opaque || r.magic != pump_protocol::Magic::Response {
-                continue;
-            }
-            if r.status() != Status::Success {
-                return Err(ClientError::Status {
-                    peer: self.peer().to_string(),
-                    what,
-                    status: r.status(),
-                });
-            }
-            if r.key.is_empty() {
-                return Ok(out);
-            }
-            out.push((
-                String::from_utf8_lossy(&r.key).into_owned(),
-                String::from_utf8_lossy(&r.value).into_owned(),
-            ));
+        let p = Packet::request(Opcode::Stat).with_key(group.as_bytes().to_vec());
+        let answer = self.pipeline(vec![p], &what).await?.remove(0);
+        match answer.last().status() {
+            Status::Success => Ok(answer.stats()),
+            status => Err(ClientError::Status {
+                peer: self.peer().to_string(),
+                what,
+                status,
+            }),
         }
     }
 

@@ -330,14 +330,26 @@ mod server_tests {
         (port, seen)
     }
 
-    async fn transfer(port: u16, n: usize) -> Result<pump::Summary, Error> {
-        let mut options = Options {
-            threads: 1,
-            ..Options::default()
-        };
+    /// Runs `messages` into the server at `port` with `options` (`-t 1`, retries backing off
+    /// at most 20 ms, and what the caller set).
+    async fn run_into(
+        port: u16,
+        messages: Vec<Message>,
+        mut options: Options,
+    ) -> Result<pump::Summary, Error> {
+        options.threads = 1;
         options.extra.backoff_cap = Duration::from_millis(20);
         let spec = Spec::parse(&format!("memcached://127.0.0.1:{port}")).unwrap();
         let sink = super::super::MemcachedKind.open(&spec, &options).unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            pump::run(Box::new(Messages(messages)), sink, Context::new(options)),
+        )
+        .await
+        .expect("the transfer ended")
+    }
+
+    async fn transfer(port: u16, n: usize) -> Result<pump::Summary, Error> {
         // Each key in its own vbucket, as every source gives them (a hash of the key).
         let messages = (0..n)
             .map(|i| {
@@ -348,12 +360,7 @@ mod server_tests {
                 }
             })
             .collect();
-        tokio::time::timeout(
-            Duration::from_secs(20),
-            pump::run(Box::new(Messages(messages)), sink, Context::new(options)),
-        )
-        .await
-        .expect("the transfer ended")
+        run_into(port, messages, Options::default()).await
     }
 
     #[tokio::test]
@@ -450,21 +457,10 @@ mod server_tests {
         port: u16,
         messages: Vec<Message>,
     ) -> Result<pump::Summary, Error> {
-        let mut options = Options {
-            threads: 1,
-            ..Options::default()
-        };
-        options.extra.backoff_cap = Duration::from_millis(20);
+        let mut options = Options::default();
         options.extra.batch_max_size = 2;
         options.extra.set("in_flight", "1");
-        let spec = Spec::parse(&format!("memcached://127.0.0.1:{port}")).unwrap();
-        let sink = super::super::MemcachedKind.open(&spec, &options).unwrap();
-        tokio::time::timeout(
-            Duration::from_secs(20),
-            pump::run(Box::new(Messages(messages)), sink, Context::new(options)),
-        )
-        .await
-        .expect("the transfer ended")
+        run_into(port, messages, options).await
     }
 
     /// A write answered TMPFAIL while the later writes of its vbucket wait encoded ahead: those
